@@ -1,0 +1,112 @@
+"""`nixcell doctor`: what this host has, what is missing, and how to install it."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+MIN_BWRAP = (0, 8)
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    required: bool = True
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def check_nix() -> Check:
+    path = shutil.which("nix-build")
+    if path is None:
+        return Check("nix", False, "not found: install with `apt install nix-bin` or from nixos.org")
+    proc = _run([path, "--version"])
+    version = proc.stdout.strip() if proc and proc.returncode == 0 else "unknown version"
+    return Check("nix", True, f"{version} ({path})")
+
+
+def check_bwrap() -> Check:
+    path = shutil.which("bwrap")
+    if path is None:
+        return Check("bubblewrap", False, "not found: install with `apt install bubblewrap`")
+    proc = _run([path, "--version"])
+    match = re.search(r"(\d+)\.(\d+)", proc.stdout if proc else "")
+    if not match or (int(match.group(1)), int(match.group(2))) < MIN_BWRAP:
+        return Check("bubblewrap", False, f"{path} is too old (need >= 0.8): upgrade bubblewrap")
+    return Check("bubblewrap", True, f"{proc.stdout.strip()} ({path})")  # type: ignore[union-attr]
+
+
+def check_userns() -> Check:
+    path = shutil.which("bwrap")
+    if path is None:
+        return Check("user namespaces", False, "cannot test without bubblewrap")
+    proc = _run([path, "--unshare-all", "--uid", "1000", "--ro-bind", "/", "/", "true"])
+    if proc is None or proc.returncode != 0:
+        why = (proc.stderr.strip() if proc else "bwrap did not run") or "failed"
+        return Check("user namespaces", False,
+                     f"{why}: enable them (sysctl kernel.unprivileged_userns_clone=1, "
+                     "user.max_user_namespaces > 0, or the AppArmor bwrap profile)")
+    return Check("user namespaces", True, "bwrap can create user, pid, net, ipc, uts namespaces")
+
+
+def check_seccomp() -> Check:
+    from nixcell.sandbox.seccomp import unavailable_reason
+
+    reason = unavailable_reason()
+    return Check("seccomp", reason is None, reason or "libseccomp loaded; filter compiles")
+
+
+def check_cgroups() -> Check:
+    from nixcell.sandbox.cgroups import describe_host
+
+    host = describe_host()
+    usable = [c for c, base in host.controllers.items() if base.usable]
+    unusable = {c: base.reason for c, base in host.controllers.items() if not base.usable}
+    detail = f"cgroup {host.version}: "
+    detail += f"usable {', '.join(sorted(usable))}" if usable else "no usable controller"
+    for ctrl, reason in sorted(unusable.items()):
+        detail += f"; {ctrl}: {reason}"
+    return Check("cgroups (--memory/--cpus/--pids)", len(unusable) == 0 and bool(usable), detail,
+                 required=False)
+
+
+def check_packages() -> Check:
+    from nixcell.nix.offline import find_set
+    from nixcell.nix.pins import host_has_nixpkgs
+
+    nixpkgs = host_has_nixpkgs()
+    offline = find_set()
+    if nixpkgs:
+        return Check("packages", True, f"nixpkgs at {nixpkgs}")
+    if offline:
+        return Check("packages", True,
+                     f"offline package set ({len(offline.packages)} packages); no nixpkgs channel")
+    return Check("packages", False,
+                 "no nixpkgs and no offline set: run `nixcell offline build` (./setup does)")
+
+
+def run_doctor() -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    checks = []
+    for fn in (check_nix, check_bwrap, check_userns, check_seccomp, check_cgroups, check_packages):
+        try:
+            checks.append(fn())
+        except Exception as exc:  # a broken check is a failed check, not a crash
+            checks.append(Check(fn.__name__.removeprefix("check_"), False, str(exc)))
+    table = Table(box=None, show_header=False)
+    for c in checks:
+        mark = "[green]ok[/]" if c.ok else ("[red]MISSING[/]" if c.required else "[yellow]warn[/]")
+        table.add_row(mark, c.name, c.detail)
+    Console().print(table)
+    return 1 if any(c.required and not c.ok for c in checks) else 0

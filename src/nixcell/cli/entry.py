@@ -1,0 +1,94 @@
+"""Console entry point: the fast path first, then click; every error becomes one line.
+
+This module is what ``nixcell`` imports at start-up, so it imports almost nothing itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+class Terminated(BaseException):
+    """SIGTERM/SIGHUP, raised so that the cell is torn down like on Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
+
+
+def error(message: str) -> None:
+    sys.stderr.write(f"nixcell: {message}\n")
+    sys.stderr.flush()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _on_signal)
+    verbose = "-v" in args[:1] or "--verbose" in args[: args.index("--") if "--" in args else None]
+    try:
+        code = _dispatch(args)
+    except KeyboardInterrupt:
+        error("interrupted")
+        code = 130
+    except Terminated as exc:
+        error("terminated")
+        code = 128 + exc.signum
+    except BrokenPipeError:
+        code = 141
+    except Exception as exc:
+        code = _report(exc, verbose)
+    sys.stdout.flush()
+    sys.exit(code)
+
+
+def _dispatch(args: list[str]) -> int:
+    from nixcell.cli.fast import try_fast_run
+
+    fast = try_fast_run(args)
+    if fast is not None:
+        return fast
+    import click
+
+    from nixcell.cli.main import cli
+
+    try:
+        result = cli.main(args=args, prog_name="nixcell", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelp as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        error("aborted")
+        return 130
+    except click.UsageError as exc:
+        cmd = exc.ctx.command_path if exc.ctx else "nixcell"
+        error(f"{exc.format_message()} (see `{cmd} --help`)")
+        return 2
+    except click.ClickException as exc:
+        error(exc.format_message())
+        return exc.exit_code
+    return result if isinstance(result, int) else 0
+
+
+def _report(exc: Exception, verbose: bool) -> int:
+    from nixcell.errors import NixcellError
+
+    if isinstance(exc, NixcellError):
+        error(exc.message)
+        if verbose and exc.detail:
+            sys.stderr.write(exc.detail.rstrip("\n") + "\n")
+        return exc.exit_code
+    if verbose:
+        import traceback
+
+        traceback.print_exc()
+    error(f"internal error: {type(exc).__name__}: {exc} (rerun with --verbose for details)")
+    return 70

@@ -1,0 +1,109 @@
+"""The warm fast path of ``nixcell run``: a cached plan, executed without click or pydantic.
+
+Planning is a pure function of the flags, the resolved closure and a few host facts. So when the
+same flags ran before (same directory, same user, same package sources), the plan from last time is
+the plan for now, with only the command swapped. Loading it skips importing click and pydantic
+(~150 ms here), which is most of a cold CLI start. Anything unusual (no ``--``, --dry-run, --pass-env,
+a global flag, a vanished closure or mount source) falls through to the normal path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nixcell.plan import Plan
+
+_NOT_CACHED = {"--dry-run", "--json", "--pass-env", "-h", "--help", "-v", "--verbose"}
+_KEY_ENV = ("TERM", "NIX_PATH", "NIXCELL_HOME", "NIXCELL_OFFLINE_DIR", "XDG_CACHE_HOME",
+            "XDG_STATE_HOME", "XDG_DATA_HOME", "HOME", "USER")
+_pending: Path | None = None
+
+
+def _key_file(options: list[str]) -> Path:
+    from nixcell import __version__, paths
+    from nixcell.nix.pins import host_has_nixpkgs
+
+    try:
+        offline_stamp = os.stat(paths.offline_dir() / "set.json").st_mtime_ns
+    except OSError:
+        offline_stamp = 0
+    material = json.dumps([
+        __version__, options, os.getcwd(), os.getuid(), os.getgid(),
+        [os.environ.get(k) for k in _KEY_ENV], offline_stamp, host_has_nixpkgs(),
+    ])
+    key = hashlib.sha256(material.encode()).hexdigest()[:32]
+    return paths.cache_dir() / "plans" / f"{key}.json"
+
+
+def _split(args: list[str]) -> tuple[list[str], list[str]] | None:
+    if not args or args[0] != "run" or "--" not in args:
+        return None
+    cut = args.index("--")
+    options, command = args[1:cut], args[cut + 1 :]
+    if not command or _NOT_CACHED.intersection(options):
+        return None
+    if any(o.startswith(("--pass-env=", "--json=", "--dry-run=")) for o in options):
+        return None
+    return options, command
+
+
+def _still_valid(plan: Plan) -> bool:
+    if not os.path.isdir(plan.path_dirs[0]):
+        return False
+    sources = [op.src for op in plan.mounts if op.kind in ("bind", "ro-bind") and op.src]
+    return all(os.path.exists(s) for s in sources if not s.startswith("/nix/store/"))
+
+
+def try_fast_run(args: list[str]) -> int | None:
+    """Run from a cached plan and return the exit code, or None to take the normal path."""
+    global _pending
+    split = _split(args)
+    if split is None:
+        return None
+    options, command = split
+    key_file = _key_file(options)
+    try:
+        data = json.loads(key_file.read_text())
+    except (OSError, ValueError):
+        _pending = key_file
+        return None
+    import dataclasses
+
+    from nixcell.plan import Plan
+
+    try:
+        plan = dataclasses.replace(Plan.from_json(data), command=tuple(command))
+    except (TypeError, KeyError, ValueError):
+        _pending = key_file
+        return None
+    if not _still_valid(plan):
+        _pending = key_file
+        return None
+    from nixcell.runner import execute
+
+    result = execute(plan)
+    if result.message:
+        import sys
+
+        sys.stderr.write(f"nixcell: {result.message}\n")
+    return result.exit_code
+
+
+def remember(plan: Plan) -> None:
+    """Store the plan for the flags of this invocation (when they were cacheable)."""
+    import contextlib
+    import dataclasses
+
+    if _pending is None:
+        return
+    data = dataclasses.replace(plan, command=()).to_json()
+    with contextlib.suppress(OSError):
+        _pending.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _pending.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, _pending)

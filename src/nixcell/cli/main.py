@@ -1,0 +1,167 @@
+"""The click command tree. Thin: flags -> CellSpec -> runner; output only here."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from nixcell import __version__
+
+HARDENING_HELP = (
+    "Weaken one named protection (repeatable): nested-sandbox = allow user/mount namespaces so "
+    "bwrap or chromium can run inside; debugger = allow ptrace, process_vm_*, personality "
+    "(ADDR_NO_RANDOMIZE) inside the cell; jit-runtime = accepted for nix-jail compatibility, "
+    "changes nothing here (nixcell never restricts executable memory)."
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="nixcell", message="%(prog)s %(version)s")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging and full error details.")
+def cli(verbose: bool) -> None:
+    """Run commands in cells: only the Nix packages they ask for, nothing else of the host."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="nixcell: %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _split_mount(value: str, flag: str) -> tuple[str, str]:
+    src, sep, dst = value.partition(":")
+    if not src:
+        raise click.BadParameter(f"{flag} needs SRC[:DST], got {value!r}")
+    src = os.path.abspath(os.path.expanduser(src))
+    return src, (dst if sep and dst else src)
+
+
+def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:
+    env = {}
+    for item in values:
+        key, sep, val = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"-e needs K=V, got {item!r}")
+        env[key] = val
+    return env
+
+
+def run_options(f):  # noqa: ANN001, ANN201
+    opts = [
+        click.option("-p", "--package", "packages", multiple=True, metavar="PKG",
+                     help="Nix package: attribute path, store path or flake#attr (repeatable)."),
+        click.option("--nixpkgs", metavar="PIN",
+                     help="Package set: nixos-24.11, nixos-unstable, a 40-hex commit, a path, "
+                     "or 'offline'."),
+        click.option("-e", "--env", "env", multiple=True, metavar="K=V", help="Set a variable."),
+        click.option("--pass-env", multiple=True, metavar="NAME",
+                     help="Pass a host variable through (skipped when unset)."),
+        click.option("--workdir", metavar="DIR",
+                     help="Host dir bound read-write at /workspace (default: a fresh tmpfs)."),
+        click.option("--cwd", default="/workspace", show_default=True, metavar="DIR",
+                     help="Directory inside the cell to start in."),
+        click.option("--ro-bind", multiple=True, metavar="SRC[:DST]", help="Read-only mount."),
+        click.option("--bind", multiple=True, metavar="SRC[:DST]", help="Read-write mount."),
+        click.option("--hide", multiple=True, metavar="PATH",
+                     help="Hide a path inside a mount (cell path or host path)."),
+        click.option("--memory", metavar="SIZE", help="Memory limit, e.g. 256M (cgroup)."),
+        click.option("--cpus", type=float, metavar="N", help="CPU limit, e.g. 1.5 (cgroup)."),
+        click.option("--pids", type=int, metavar="N", help="Max processes+threads (cgroup)."),
+        click.option("--timeout", metavar="DURATION", help="Kill the cell after e.g. 30s; exit 124."),
+        click.option("--disk", metavar="SIZE",
+                     help="Size of each writable tmpfs area (/tmp, home, fresh /workspace)."),
+        click.option("--hardening-profile", "profiles", multiple=True, metavar="NAME",
+                     help=HARDENING_HELP),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def spec_from_flags(command: tuple[str, ...], **o: object):  # noqa: ANN201
+    from nixcell.spec import make_spec
+
+    mounts = []
+    for flag, writable in (("ro_bind", False), ("bind", True)):
+        for value in o[flag]:  # type: ignore[attr-defined]
+            src, dst = _split_mount(str(value), f"--{flag.replace('_', '-')}")
+            mounts.append({"source": src, "target": dst, "writable": writable})
+    workdir = o["workdir"]
+    hides = [os.path.abspath(os.path.expanduser(str(h))) if not str(h).startswith("/") else str(h)
+             for h in o["hide"]]  # type: ignore[attr-defined]
+    return make_spec(
+        command=list(command),
+        packages=list(o["packages"]),  # type: ignore[call-overload]
+        nixpkgs=o["nixpkgs"],
+        env=_env_pairs(o["env"]),  # type: ignore[arg-type]
+        pass_env=list(o["pass_env"]),  # type: ignore[call-overload]
+        workdir=os.path.abspath(os.path.expanduser(str(workdir))) if workdir else None,
+        cwd=o["cwd"],
+        mounts=mounts,
+        hide=hides,
+        limits={"memory": o["memory"], "cpus": o["cpus"], "pids": o["pids"],
+                "timeout": o["timeout"], "disk": o["disk"]},
+        hardening_profiles=list(o["profiles"]),  # type: ignore[call-overload]
+    )
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@run_options
+@click.option("--dry-run", is_flag=True, help="Print the plan instead of running it.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(command: tuple[str, ...], dry_run: bool, as_json: bool, **flags: object) -> int:
+    """Run COMMAND in a fresh cell (put it after `--`)."""
+    from nixcell.cli import fast, progress
+    from nixcell.runner import execute, prepare
+
+    spec = spec_from_flags(command, **flags)
+    with progress.reporter() as report:
+        plan, _closure = prepare(spec, progress=report)
+    if dry_run:
+        from nixcell.cli.show import show_plan
+
+        show_plan(plan, as_json=as_json)
+        return 0
+    fast.remember(plan)
+    result = execute(plan)
+    if result.message:
+        click.echo(f"nixcell: {result.message}", err=True)
+    return result.exit_code
+
+
+@cli.command()
+def doctor() -> int:
+    """Check what nixcell needs on this host and how to install what is missing."""
+    from nixcell.cli.doctor import run_doctor
+
+    return run_doctor()
+
+
+@cli.command()
+def gc() -> int:
+    """Remove leftovers of killed nixcell runs (cgroups) and the plan cache."""
+    import shutil
+
+    from nixcell import paths
+    from nixcell.sandbox.cgroups import sweep_stale
+
+    removed = sweep_stale()
+    shutil.rmtree(paths.cache_dir() / "plans", ignore_errors=True)
+    click.echo(f"removed {len(removed)} stale cgroup(s); cleared the plan cache")
+    return 0
+
+
+def _register_offline() -> None:
+    try:
+        from nixcell.cli.offline_cmd import offline
+    except ImportError:  # pragma: no cover - only while the offline set is being built
+        return
+    cli.add_command(offline)
+
+
+_register_offline()
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(cli())

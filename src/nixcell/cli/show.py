@@ -1,0 +1,38 @@
+"""Printing a plan for --dry-run (rich for humans, JSON for programs)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from nixcell.plan import Plan
+from nixcell.units import format_duration, format_size
+
+
+def show_plan(plan: Plan, *, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(plan.dumps() + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]command[/] {shlex.join(plan.command)}  [dim](cwd {plan.cwd})[/]")
+    console.print(f"[bold]packages[/] from {plan.source}: {len(plan.closure)} store paths")
+    table = Table("mount", "cell path", "source", box=None)
+    for op in plan.mounts:
+        table.add_row(op.kind, op.dest, op.src or ("(generated)" if op.data else ""))
+    console.print(table)
+    lim = plan.limits
+    limits = [
+        f"memory {format_size(lim.memory)}" if lim.memory else None,
+        f"cpus {lim.cpus:g}" if lim.cpus else None,
+        f"pids {lim.pids}" if lim.pids else None,
+        f"timeout {format_duration(lim.timeout)}" if lim.timeout else None,
+        f"disk {format_size(lim.disk)}" if lim.disk else None,
+    ]
+    console.print("[bold]limits[/] " + (", ".join(x for x in limits if x) or "none"))
+    console.print("[bold]namespaces[/] " + ", ".join(plan.namespaces) + "  [bold]seccomp[/] default"
+                  + "".join(f" +{p}" for p in plan.seccomp_profiles))
+    console.print("[bold]env[/] " + " ".join(f"{k}={shlex.quote(v)}" for k, v in plan.env.items()))
+    console.print("[bold]bwrap[/] " + shlex.join(plan.bwrap_args()), soft_wrap=True)

@@ -1,0 +1,60 @@
+"""The one exception family of nixcell.
+
+Every error a user can cause or meet carries a one-line message meant for them; the CLI prints
+``nixcell: <message>`` and exits non-zero. ``detail`` holds the longer story (nix's log excerpt,
+the command that failed) and is shown only with ``--verbose``.
+"""
+
+from __future__ import annotations
+
+
+class NixcellError(Exception):
+    """Base class: ``str(err)`` is the one-line user message."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(NixcellError):
+    """Malformed flags, values or config: the user's input is wrong."""
+
+    exit_code = 2
+
+
+class SpecError(UsageError):
+    """A CellSpec field is invalid (bad size, duplicate mount, unknown profile)."""
+
+
+class NixError(NixcellError):
+    """Nix is missing or failed (evaluation, build, store query)."""
+
+
+class NixMissingError(NixError):
+    """No usable nix installation."""
+
+
+class UnknownPackageError(NixError):
+    """A requested package does not exist in the package set."""
+
+
+class EvaluationError(NixError):
+    """Nix evaluation failed for a reason other than a missing attribute."""
+
+
+class SandboxError(NixcellError):
+    """The sandbox could not be set up (bwrap missing, namespaces unavailable)."""
+
+
+class LimitUnavailableError(SandboxError):
+    """A requested limit or isolation cannot be enforced here: we refuse rather than run weaker."""
+
+
+class CellFailedError(SandboxError):
+    """bwrap itself failed before the command started."""

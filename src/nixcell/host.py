@@ -1,0 +1,71 @@
+"""HostFacts: the few facts about this machine that the plan depends on.
+
+Gathered with cheap syscalls (stat, getuid) before planning, so that ``plan()`` itself stays a
+pure function: same spec + closure + facts, same plan.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+
+from nixcell.errors import SpecError
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    uid: int
+    gid: int
+    term: str = "dumb"
+    passed_env: dict[str, str] = field(default_factory=dict)
+    # host path -> "dir" | "file" for every mount source and hidden path
+    kinds: dict[str, str] = field(default_factory=dict)
+
+
+def _kind(path: str) -> str | None:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return "dir" if stat.S_ISDIR(mode) else "file"
+
+
+def gather(spec) -> HostFacts:
+    """Check the host paths the spec names and collect what ``plan()`` needs."""
+    kinds: dict[str, str] = {}
+    if spec.workdir is not None:
+        if _kind(spec.workdir) != "dir":
+            raise SpecError(f"--workdir {spec.workdir}: no such directory")
+        kinds[spec.workdir] = "dir"
+    for mount in spec.mounts:
+        kind = _kind(mount.source)
+        if kind is None:
+            raise SpecError(f"mount source {mount.source}: no such file or directory")
+        kinds[mount.source] = kind
+    for hidden in spec.hide:
+        host_path = host_path_of(spec, hidden)
+        kind = _kind(host_path) if host_path else None
+        kinds[hidden] = kind or "dir"
+    passed = {name: os.environ[name] for name in spec.pass_env if name in os.environ}
+    return HostFacts(
+        uid=os.getuid(),
+        gid=os.getgid(),
+        term=os.environ.get("TERM") or "dumb",
+        passed_env=passed,
+        kinds=kinds,
+    )
+
+
+def host_path_of(spec, cell_path: str) -> str | None:
+    """Map a path as the cell sees it back to the host path it comes from (or None)."""
+    binds = [(m.target, m.source) for m in spec.mounts]
+    if spec.workdir is not None:
+        binds.append(("/workspace", spec.workdir))
+    for target, source in sorted(binds, key=lambda b: -len(b[0])):
+        if cell_path == target or cell_path.startswith(target + "/"):
+            return source + cell_path[len(target) :]
+        # --hide also accepts the host path itself
+        if cell_path == source or cell_path.startswith(source + "/"):
+            return cell_path
+    return None

@@ -1,0 +1,266 @@
+"""Resolve a cell's packages to a runtime closure: one nix-build, then ``nix-store -qR``.
+
+All packages of a cell (attribute paths, store paths, flake installables) go into ONE generated
+``buildEnv`` expression, built in one ``nix-build`` call with a GC root under the state dir.
+The result is cached (key: package source + packages + system), so a warm run calls no nix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from nixcell import paths
+from nixcell.errors import (
+    EvaluationError,
+    NixError,
+    NixMissingError,
+    UnknownPackageError,
+    UsageError,
+)
+from nixcell.nix.closure import Closure
+from nixcell.nix.pins import PackageSource, _nix_string, source_for
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+NIX_OPTIONS = ("--option", "substituters", "")
+FLAKE_FEATURES = ("--extra-experimental-features", "nix-command flakes")
+_ATTR_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_'+-]*(\.[A-Za-z0-9_][A-Za-z0-9_'+-]*)*$")
+_STORE_PATH = re.compile(r"^(/nix/store/[0-9a-z]{32}-[^/]+)(/.*)?$")
+_UNKNOWN = re.compile(r"nixcell-unknown-package: (\S+)")
+_BUILDING = re.compile(r"building '/nix/store/[0-9a-z]{32}-(.+?)\.drv'")
+
+Progress = Callable[[str], None]
+
+_HELPERS = """
+  nixcellLookup = root: path: builtins.foldl' (acc: n:
+    if acc.ok && builtins.isAttrs acc.value && builtins.hasAttr n acc.value
+    then { ok = true; value = acc.value.${n}; } else { ok = false; value = null; })
+    { ok = true; value = root; } path;
+  nixcellPick = name: root: candidates:
+    let found = builtins.filter (r: r.ok) (map (nixcellLookup root) candidates);
+    in if found == [] then throw "nixcell-unknown-package: ${name}" else (builtins.head found).value;
+  nixcellSystem = builtins.currentSystem;
+"""
+
+
+def system() -> str:
+    machine = platform.machine()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine) + "-linux"
+
+
+def _nix_list(items: Sequence[str]) -> str:
+    return "[ " + " ".join(_nix_string(i) for i in items) + " ]"
+
+
+def package_expr(pkg: str, cwd: str | None = None) -> tuple[str, bool, str]:
+    """(Nix expression, needs flakes?, cache-key part) for one ``-p`` argument."""
+    store = _STORE_PATH.match(pkg)
+    if store:
+        return f"(builtins.storePath {_nix_string(store.group(1))})", False, store.group(1)
+    if "#" in pkg:
+        ref, _, attr = pkg.partition("#")
+        ref = _absolute_flake_ref(ref, cwd)
+        if attr:
+            segs = attr.split(".")
+            cands = [["packages", "${sys}", *segs], ["legacyPackages", "${sys}", *segs], segs]
+        else:
+            cands = [["packages", "${sys}", "default"], ["defaultPackage", "${sys}"]]
+        nix_cands = " ".join(
+            "[ " + " ".join("nixcellSystem" if s == "${sys}" else _nix_string(s) for s in c) + " ]"
+            for c in cands
+        )
+        expr = f"(nixcellPick {_nix_string(pkg)} (builtins.getFlake {_nix_string(ref)}) [ {nix_cands} ])"
+        return expr, True, f"{ref}#{attr}|{_flake_stamp(ref)}"
+    if not _ATTR_PATH.match(pkg):
+        raise UsageError(
+            f"invalid package {pkg!r}: expected an attribute path like python3Packages.requests"
+        )
+    return f"(nixcellPick {_nix_string(pkg)} pkgs [ {_nix_list(pkg.split('.'))} ])", False, pkg
+
+
+def _absolute_flake_ref(ref: str, cwd: str | None) -> str:
+    base = Path(cwd or os.getcwd())
+    if ref.startswith("path:") and not ref.startswith("path:/"):
+        return "path:" + str((base / ref.removeprefix("path:")).resolve())
+    if ref in (".", "..") or ref.startswith(("./", "../")):
+        return "path:" + str((base / ref).resolve())
+    if ref.startswith("/"):
+        return "path:" + ref
+    return ref
+
+
+def _flake_stamp(ref: str) -> str:
+    """Local flakes change under us: their files' mtimes are part of the cache key."""
+    if not ref.startswith("path:"):
+        return ""
+    root = Path(ref.removeprefix("path:").split("?", 1)[0])
+    stamps = []
+    for name in ("flake.nix", "flake.lock"):
+        try:
+            stamps.append(str((root / name).stat().st_mtime_ns))
+        except OSError:
+            stamps.append("-")
+    return ",".join(stamps)
+
+
+def build_expression(source: PackageSource, exprs: Sequence[str]) -> str:
+    body = "\n    ".join(exprs)
+    return (
+        f"let\n  pkgs = {source.expr};\n{_HELPERS}in pkgs.buildEnv {{\n"
+        f'  name = "nixcell-env";\n  ignoreCollisions = true;\n  paths = [\n    {body}\n  ];\n}}\n'
+    )
+
+
+def cache_key(source: PackageSource, key_parts: Sequence[str]) -> str:
+    material = json.dumps([CACHE_VERSION, source.ident, list(key_parts), system()])
+    return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+def resolve(
+    packages: Sequence[str],
+    pin: str | None = None,
+    *,
+    cwd: str | None = None,
+    progress: Progress | None = None,
+) -> Closure:
+    """The closure for these packages; warm: one file read and one stat, no nix."""
+    source = source_for(pin)
+    parts = [package_expr(p, cwd) for p in packages]
+    key = cache_key(source, [k for _, _, k in parts])
+    cache_file = paths.cache_dir() / "resolve" / f"{key}.json"
+    cached = _read_cache(cache_file)
+    if cached is not None:
+        return cached
+    if source.is_default_offline and progress is not None:
+        progress(
+            "no nixpkgs found on this host: using nixcell's offline package set (host binaries); "
+            "use --nixpkgs nixos-24.11 or NIX_PATH=nixpkgs=PATH for real nixpkgs"
+        )
+    expr = build_expression(source, [e for e, _, _ in parts])
+    flakes = any(f for _, f, _ in parts)
+    gcroot = paths.state_dir() / "gcroots" / key
+    env_path = _nix_build(expr, gcroot, flakes=flakes, source=source, progress=progress)
+    closure_paths = _query_closure(env_path)
+    try:
+        programs = tuple(sorted(os.listdir(Path(env_path, "bin"))))
+    except OSError:
+        programs = ()
+    closure = Closure(env_path, closure_paths, tuple(packages), source.description, programs)
+    _write_cache(cache_file, closure)
+    return closure
+
+
+def _read_cache(cache_file: Path) -> Closure | None:
+    try:
+        data = json.loads(cache_file.read_text())
+        closure = Closure.from_json(data)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not os.path.exists(closure.env):  # garbage-collected or store wiped: resolve again
+        return None
+    return closure
+
+
+def _write_cache(cache_file: Path, closure: Closure) -> None:
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(closure.to_json()))
+    os.replace(tmp, cache_file)
+
+
+def nix_tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise NixMissingError(
+            f"nix is not installed ({name} not found): install it with `apt install nix-bin` "
+            "(Debian/Ubuntu) or from https://nixos.org/download"
+        )
+    return found
+
+
+def _nix_build(
+    expr: str, gcroot: Path, *, flakes: bool, source: PackageSource, progress: Progress | None
+) -> str:
+    gcroot.parent.mkdir(parents=True, exist_ok=True)
+    argv = [nix_tool("nix-build"), *NIX_OPTIONS, "--out-link", str(gcroot)]
+    if flakes:
+        argv += FLAKE_FEATURES
+    argv += ["-E", expr]
+    log.debug("nix-build expression:\n%s", expr)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    assert proc.stderr is not None and proc.stdout is not None
+    for line in proc.stderr:
+        lines.append(line.rstrip("\n"))
+        building = _BUILDING.search(line)
+        if building and progress is not None:
+            progress(f"building {building.group(1)}")
+    out = proc.stdout.read().strip().splitlines()
+    if proc.wait() != 0 or not out:
+        raise _build_error(lines, source)
+    return out[-1]
+
+
+def _build_error(lines: list[str], source: PackageSource) -> NixError:
+    text = "\n".join(lines)
+    unknown = _UNKNOWN.search(text)
+    if unknown:
+        name = unknown.group(1)
+        hint = ""
+        close = difflib.get_close_matches(name, _known_names(source), n=3, cutoff=0.6)
+        if close:
+            hint = f"; did you mean {', '.join(close)}?"
+        return UnknownPackageError(
+            f"unknown package '{name}' in the {source.description}{hint}", detail=text
+        )
+    if "unable to download" in text or "Could not resolve host" in text:
+        return NixError(
+            f"cannot fetch the {source.description}: no network or wrong pin", detail=text
+        )
+    first = next((ln for ln in lines if "error:" in ln), lines[-1] if lines else "nix-build failed")
+    excerpt = first.split("error:", 1)[-1].strip() or "nix-build failed"
+    return EvaluationError(f"nix evaluation failed: {excerpt}", detail=text)
+
+
+def _known_names(source: PackageSource) -> list[str]:
+    if source.kind == "offline":
+        from nixcell.nix.offline import find_set
+
+        found = find_set()
+        return sorted(found.packages) if found else []
+    try:
+        out = subprocess.run(
+            [
+                nix_tool("nix-instantiate"),
+                *NIX_OPTIONS,
+                "--eval",
+                "--json",
+                "-E",
+                f"builtins.attrNames {source.expr}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+        return list(json.loads(out))
+    except (subprocess.SubprocessError, ValueError, OSError):
+        return []
+
+
+def _query_closure(env_path: str) -> tuple[str, ...]:
+    proc = subprocess.run([nix_tool("nix-store"), "-qR", env_path], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise NixError(f"cannot query the closure of {env_path}", detail=proc.stderr)
+    return tuple(sorted(proc.stdout.split()))

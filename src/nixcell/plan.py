@@ -1,0 +1,245 @@
+"""plan(spec, closure, host) -> Plan: every decision about a cell, made without touching the OS.
+
+Like bubblewrap's own setup-op list, a Plan is data first: namespaces, an ordered list of mount
+operations, the environment, limits, the seccomp profiles. The executor (``sandbox/bwrap.py``)
+turns it into a bwrap invocation and adds no decisions of its own. ``--dry-run --json`` prints it.
+
+This module imports no pydantic and does no I/O, so the CLI fast path can load a cached plan.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nixcell.host import HostFacts
+    from nixcell.nix.closure import Closure
+    from nixcell.spec import CellSpec
+
+CELL_USER = "cell"
+CELL_UID = 1000
+CELL_GID = 1000
+CELL_HOME = "/home/cell"
+HOSTNAME = "cell"
+NAMESPACES = ("user", "pid", "ipc", "uts", "net", "cgroup")
+
+_NSSWITCH = "passwd: files\ngroup: files\nshadow: files\nhosts: files\n"
+
+
+@dataclass(frozen=True)
+class MountOp:
+    """One bwrap setup operation, in order.
+
+    kind: ro-bind | bind | tmpfs | proc | dev | dir | symlink | data | remount-ro
+    ``data`` ops carry file contents that reach bwrap through a memfd (``--ro-bind-data``).
+    """
+
+    kind: str
+    dest: str
+    src: str | None = None
+    size: int | None = None
+    perms: str | None = None
+    data: str | None = None
+
+
+@dataclass(frozen=True)
+class PlanLimits:
+    memory: int | None = None
+    cpus: float | None = None
+    pids: int | None = None
+    timeout: float | None = None
+    disk: int | None = None
+
+    @property
+    def needs_cgroup(self) -> bool:
+        return any(v is not None for v in (self.memory, self.cpus, self.pids))
+
+
+@dataclass(frozen=True)
+class Plan:
+    command: tuple[str, ...]
+    mounts: tuple[MountOp, ...]
+    env: dict[str, str]
+    cwd: str
+    limits: PlanLimits
+    seccomp_profiles: tuple[str, ...]
+    closure: tuple[str, ...]
+    path_dirs: tuple[str, ...]
+    namespaces: tuple[str, ...] = NAMESPACES
+    uid: int = CELL_UID
+    gid: int = CELL_GID
+    hostname: str = HOSTNAME
+    disable_userns: bool = True
+    source: str = ""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    # -- rendering -------------------------------------------------------------------------
+    def fd_names(self) -> list[str]:
+        """Names of the file descriptors the executor must supply, in argv order."""
+        names = [f"data:{op.dest}" for op in self.mounts if op.kind == "data"]
+        return [*names, "seccomp"]
+
+    def bwrap_args(self, fds: Mapping[str, int] | None = None) -> list[str]:
+        """The exact bwrap arguments (after ``bwrap``). Without ``fds``, fds show as ``<fd:NAME>``."""
+
+        def fd(name: str) -> str:
+            return str(fds[name]) if fds is not None else f"<fd:{name}>"
+
+        args: list[str] = [f"--unshare-{ns}" for ns in self.namespaces]
+        args += ["--uid", str(self.uid), "--gid", str(self.gid), "--hostname", self.hostname]
+        args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+        if self.disable_userns:
+            args.append("--disable-userns")
+        for op in self.mounts:
+            args += _render_mount(op, fd)
+        args += ["--clearenv"]
+        for key, value in self.env.items():
+            args += ["--setenv", key, value]
+        args += ["--chdir", self.cwd, "--seccomp", fd("seccomp"), "--", *self.command]
+        return args
+
+    # -- serialisation ---------------------------------------------------------------------
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data["bwrap_args"] = self.bwrap_args()
+        return data
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> Plan:
+        fields = dict(data)
+        fields.pop("bwrap_args", None)
+        fields["mounts"] = tuple(MountOp(**m) for m in fields["mounts"])  # type: ignore[union-attr]
+        fields["limits"] = PlanLimits(**fields["limits"])  # type: ignore[arg-type]
+        for key in ("command", "seccomp_profiles", "closure", "path_dirs", "namespaces", "notes"):
+            fields[key] = tuple(fields[key])  # type: ignore[arg-type]
+        return cls(**fields)  # type: ignore[arg-type]
+
+
+def _render_mount(op: MountOp, fd) -> list[str]:
+    pre: list[str] = []
+    if op.perms is not None:
+        pre += ["--perms", op.perms]
+    if op.size is not None:
+        pre += ["--size", str(op.size)]
+    match op.kind:
+        case "ro-bind" | "bind":
+            return [*pre, f"--{op.kind}", str(op.src), op.dest]
+        case "tmpfs" | "proc" | "dev" | "dir" | "remount-ro":
+            return [*pre, f"--{op.kind}", op.dest]
+        case "symlink":
+            return [*pre, "--symlink", str(op.src), op.dest]
+        case "data":
+            return [*pre, "--ro-bind-data", fd(f"data:{op.dest}"), op.dest]
+    raise ValueError(f"unknown mount op {op.kind}")
+
+
+# -- the planner -------------------------------------------------------------------------------
+
+
+def plan(spec: CellSpec, closure: Closure, host: HostFacts) -> Plan:
+    """Decide everything about the cell. Pure: no I/O, no clock, no randomness."""
+    disk = spec.limits.disk
+    mounts: list[MountOp] = [MountOp("ro-bind", p, src=p) for p in sorted(closure.paths)]
+    mounts += [MountOp("proc", "/proc"), MountOp("dev", "/dev")]
+    mounts.append(MountOp("tmpfs", "/tmp", perms="1777", size=disk))
+    mounts.append(MountOp("tmpfs", CELL_HOME, perms="0700", size=disk))
+    if spec.workdir is None:
+        mounts.append(MountOp("tmpfs", "/workspace", perms="0755", size=disk))
+    else:
+        mounts.append(MountOp("bind", "/workspace", src=spec.workdir))
+    for mount in spec.mounts:
+        mounts.append(MountOp("bind" if mount.writable else "ro-bind", mount.target, mount.source))
+    mounts += _hides(spec, host)
+    mounts += _etc_files(host)
+    mounts += _standard_links(closure)
+    mounts.append(MountOp("remount-ro", "/"))
+
+    path_dirs = (f"{closure.env}/bin",)
+    env = {
+        "PATH": ":".join(path_dirs),
+        "HOME": CELL_HOME,
+        "USER": CELL_USER,
+        "LOGNAME": CELL_USER,
+        "TERM": host.term,
+        "LANG": "C.UTF-8",
+        "TMPDIR": "/tmp",
+        "SHELL": f"{closure.env}/bin/bash" if closure.has_program("bash") else "/bin/sh",
+    }
+    env.update(host.passed_env)
+    env.update(spec.env)
+    limits = PlanLimits(**spec.limits.model_dump())
+    profiles = tuple(spec.hardening_profiles)
+    return Plan(
+        command=tuple(spec.command),
+        mounts=tuple(mounts),
+        env=dict(sorted(env.items())),
+        cwd=spec.cwd,
+        limits=limits,
+        seccomp_profiles=profiles,
+        closure=tuple(sorted(closure.paths)),
+        path_dirs=path_dirs,
+        disable_userns="nested-sandbox" not in profiles,
+        source=closure.source,
+    )
+
+
+def _hides(spec: CellSpec, host: HostFacts) -> list[MountOp]:
+    ops = []
+    for hidden in spec.hide:
+        target = _cell_path_of(spec, hidden)
+        if host.kinds.get(hidden) == "file":
+            ops.append(MountOp("ro-bind", target, src="/dev/null"))
+        else:
+            ops.append(MountOp("tmpfs", target, perms="0000", size=4096))
+    return ops
+
+
+def _cell_path_of(spec: CellSpec, path: str) -> str:
+    """--hide takes the cell path, or a host path inside a mount source (mapped to the cell)."""
+    binds = [(m.source, m.target) for m in spec.mounts]
+    if spec.workdir is not None:
+        binds.append((spec.workdir, "/workspace"))
+    targets = {t for _, t in binds}
+    if any(path == t or path.startswith(t + "/") for t in targets):
+        return path
+    for source, target in sorted(binds, key=lambda b: -len(b[0])):
+        if path == source or path.startswith(source + "/"):
+            return posixpath.normpath(target + path[len(source) :])
+    return path
+
+
+def _etc_files(host: HostFacts) -> list[MountOp]:
+    passwd = (
+        "root:x:0:0:root:/root:/sbin/nologin\n"
+        f"{CELL_USER}:x:{CELL_UID}:{CELL_GID}:cell:{CELL_HOME}:/bin/sh\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n"
+    )
+    group = f"root:x:0:\n{CELL_USER}:x:{CELL_GID}:\nnogroup:x:65534:\n"
+    hosts = f"127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost {HOSTNAME}\n"
+    return [
+        MountOp("data", "/etc/passwd", data=passwd),
+        MountOp("data", "/etc/group", data=group),
+        MountOp("data", "/etc/hosts", data=hosts),
+        MountOp("data", "/etc/hostname", data=f"{HOSTNAME}\n"),
+        MountOp("data", "/etc/nsswitch.conf", data=_NSSWITCH),
+    ]
+
+
+def _standard_links(closure: Closure) -> list[MountOp]:
+    """/bin/sh and /usr/bin/env, only when the closure has programs to point them at."""
+    ops = []
+    bin_dir = f"{closure.env}/bin"
+    if closure.has_program("sh"):
+        ops.append(MountOp("symlink", "/bin/sh", src=f"{bin_dir}/sh"))
+    elif closure.has_program("bash"):
+        ops.append(MountOp("symlink", "/bin/sh", src=f"{bin_dir}/bash"))
+    if closure.has_program("env"):
+        ops.append(MountOp("symlink", "/usr/bin/env", src=f"{bin_dir}/env"))
+    return ops

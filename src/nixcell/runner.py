@@ -1,0 +1,336 @@
+"""The pipeline: spec -> closure -> plan -> cell -> cleanup, with teardown guaranteed.
+
+``run``/``run_async`` take a CellSpec; ``execute``/``execute_async`` take a ready Plan (the CLI's
+fast path loads one from its cache). Whatever happens — normal exit, error, timeout, Ctrl-C — the
+cell's processes, cgroups and fds are gone when these return or raise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING
+
+from nixcell.errors import NixcellError
+from nixcell.units import format_duration, format_size
+
+if TYPE_CHECKING:
+    from nixcell.nix.closure import Closure
+    from nixcell.plan import Plan
+    from nixcell.sandbox.bwrap import CellProcess
+    from nixcell.sandbox.cgroups import CellCgroup
+    from nixcell.spec import CellSpec
+
+TIMEOUT_EXIT = 124
+OOM_EXIT = 137
+
+
+class CommandNotFoundError(NixcellError):
+    exit_code = 127
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a cell did. ``message`` is the one line nixcell adds (timeout, out of memory)."""
+
+    exit_code: int
+    duration: float
+    cell_id: str
+    timed_out: bool = False
+    oom_killed: bool = False
+    stdout: bytes | None = None
+    stderr: bytes | None = None
+    message: str | None = None
+
+
+def new_cell_id() -> str:
+    return f"{os.getpid()}-{os.urandom(5).hex()}"
+
+
+def prepare(
+    spec: CellSpec, *, progress: Callable[[str], None] | None = None
+) -> tuple[Plan, Closure]:
+    """Resolve the closure (cached), look at the host, and plan. No cell is started."""
+    from nixcell import host
+    from nixcell.nix.resolve import resolve
+    from nixcell.plan import plan
+
+    closure = resolve(spec.packages, spec.nixpkgs, progress=progress)
+    facts = host.gather(spec)
+    return plan(spec, closure, facts), closure
+
+
+def check_command(plan: Plan) -> None:
+    """Fail early, with a useful message, when the program is not in the cell's packages."""
+    name = plan.command[0]
+    if "/" in name:
+        return
+    for directory in plan.path_dirs:
+        if os.path.exists(os.path.join(directory, name)):
+            return
+    raise CommandNotFoundError(
+        f"command '{name}' not found in the cell's packages; add the package that provides it "
+        "with -p"
+    )
+
+
+def seccomp_program(profiles: tuple[str, ...]) -> bytes:
+    """The BPF program, cached on disk per profile set so warm runs skip libseccomp."""
+    import hashlib
+
+    from nixcell import __version__, paths
+    from nixcell.sandbox import seccomp
+
+    stamp = os.stat(seccomp.__file__)
+    key = hashlib.sha256(
+        f"{__version__}|{stamp.st_mtime_ns}|{stamp.st_size}|{','.join(profiles)}".encode()
+    ).hexdigest()[:24]
+    cached = paths.cache_dir() / "seccomp" / f"{key}.bpf"
+    with contextlib.suppress(OSError):
+        return cached.read_bytes()
+    program = seccomp.build_filter(profiles)
+    with contextlib.suppress(OSError):
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(program)
+        os.replace(tmp, cached)
+    return program
+
+
+def _make_cgroup(plan: Plan, cell_id: str) -> CellCgroup | None:
+    if not plan.limits.needs_cgroup:
+        return None
+    from nixcell.sandbox.cgroups import CgroupLimits, create_cell_cgroup
+
+    lim = plan.limits
+    return create_cell_cgroup(cell_id, CgroupLimits(memory=lim.memory, pids=lim.pids, cpus=lim.cpus))
+
+
+def _finish(
+    plan: Plan,
+    cell: CellProcess,
+    returncode: int,
+    started: float,
+    timed_out: bool,
+    out: bytes | None,
+    err: bytes | None,
+) -> RunResult:
+    from nixcell.sandbox.bwrap import exit_code_of
+
+    code = exit_code_of(returncode)
+    oom = False
+    message = None
+    if cell.cgroup is not None and plan.limits.memory is not None:
+        oom = cell.cgroup.oom_kills() > 0
+    if timed_out:
+        code = TIMEOUT_EXIT
+        message = f"timed out after {format_duration(plan.limits.timeout or 0)}"
+    elif oom:
+        limit = format_size(plan.limits.memory or 0)
+        if code == OOM_EXIT:
+            message = f"killed: out of memory (limit {limit})"
+        else:
+            message = f"a process of the cell was killed: out of memory (limit {limit})"
+    return RunResult(
+        exit_code=code,
+        duration=time.monotonic() - started,
+        cell_id=cell.cell_id,
+        timed_out=timed_out,
+        oom_killed=oom,
+        stdout=out,
+        stderr=err,
+        message=message,
+    )
+
+
+def execute(
+    plan: Plan,
+    *,
+    capture_output: bool = False,
+    input: bytes | None = None,  # noqa: A002 - same name as subprocess.run
+    stdin: int | IO[bytes] | None = None,
+    stdout: int | IO[bytes] | None = None,
+    stderr: int | IO[bytes] | None = None,
+) -> RunResult:
+    """Run a planned cell to completion (blocking)."""
+    from nixcell.sandbox import bwrap
+
+    check_command(plan)
+    program = seccomp_program(plan.seccomp_profiles)
+    cell_id = new_cell_id()
+    if capture_output:
+        stdout = stderr = subprocess.PIPE
+    if input is not None:
+        stdin = subprocess.PIPE
+    cgroup = _make_cgroup(plan, cell_id)
+    started = time.monotonic()
+    cell = None
+    try:
+        cell = bwrap.spawn(plan, cell_id=cell_id, seccomp_program=program, cgroup=cgroup,
+                           stdin=stdin, stdout=stdout, stderr=stderr)
+        bwrap.finish_start(cell)
+        timed_out = False
+        out = err = None
+        try:
+            if capture_output or input is not None:
+                out, err = cell.proc.communicate(input, timeout=plan.limits.timeout)
+            else:
+                cell.proc.wait(timeout=plan.limits.timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            cell.kill()
+            out, err = cell.proc.communicate()
+        return _finish(plan, cell, cell.proc.returncode, started, timed_out, out, err)
+    except BaseException:
+        if cell is not None:
+            cell.kill()
+            with contextlib.suppress(Exception):
+                cell.proc.communicate()
+        raise
+    finally:
+        if cell is not None:
+            cell.close_fds()
+        if cgroup is not None:
+            cgroup.remove()
+
+
+def run(spec: CellSpec, **kwargs: object) -> RunResult:
+    """Run a cell for this spec: the whole pipeline, in-process. See ``execute`` for kwargs."""
+    plan, _ = prepare(spec)
+    return execute(plan, **kwargs)  # type: ignore[arg-type]
+
+
+# -- asyncio ---------------------------------------------------------------------------------
+
+
+async def _read_fd(fd: int) -> bytes:
+    """Read an fd to EOF without blocking the loop."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    chunks: list[bytes] = []
+    done: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    loop.remove_reader(fd)
+                    if not done.done():
+                        done.set_result(None)
+                    return
+                chunks.append(chunk)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            loop.remove_reader(fd)
+            if not done.done():
+                done.set_exception(exc)
+
+    loop.add_reader(fd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+    return b"".join(chunks)
+
+
+async def _wait_exit(proc: subprocess.Popen[bytes]) -> int:
+    """Await a child's exit through a pidfd: no thread, no SIGCHLD handler."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        if proc.poll() is None:
+            ready: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(pidfd, lambda: ready.done() or ready.set_result(None))
+            try:
+                await ready
+            finally:
+                loop.remove_reader(pidfd)
+        return proc.wait()
+    finally:
+        os.close(pidfd)
+
+
+async def execute_async(
+    plan: Plan,
+    *,
+    capture_output: bool = False,
+    input: bytes | None = None,  # noqa: A002
+    stdin: int | IO[bytes] | None = None,
+    stdout: int | IO[bytes] | None = None,
+    stderr: int | IO[bytes] | None = None,
+) -> RunResult:
+    """Run a planned cell without blocking the event loop; cancellation kills the cell."""
+    import asyncio
+
+    from nixcell.sandbox import bwrap
+
+    check_command(plan)
+    program = seccomp_program(plan.seccomp_profiles)
+    cell_id = new_cell_id()
+    if capture_output:
+        stdout = stderr = subprocess.PIPE
+    if input is not None:
+        stdin = subprocess.PIPE
+    cgroup = _make_cgroup(plan, cell_id)
+    started = time.monotonic()
+    cell = None
+    try:
+        cell = bwrap.spawn(plan, cell_id=cell_id, seccomp_program=program, cgroup=cgroup,
+                           stdin=stdin, stdout=stdout, stderr=stderr)
+        info = await _read_fd(cell._fds[0])
+        bwrap.release(cell, info)
+        proc = cell.proc
+        readers = []
+        for stream in (proc.stdout, proc.stderr):
+            readers.append(asyncio.ensure_future(_read_fd(stream.fileno())) if stream else None)
+        if input is not None and proc.stdin is not None:
+            await asyncio.to_thread(_feed, proc.stdin, input)
+        timed_out = False
+        try:
+            returncode = await asyncio.wait_for(_wait_exit(proc), plan.limits.timeout)
+        except TimeoutError:
+            timed_out = True
+            cell.kill()
+            returncode = await _wait_exit(proc)
+        out, err = [await r if r is not None else None for r in readers]
+        return _finish(plan, cell, returncode, started, timed_out, out, err)
+    except BaseException:
+        if cell is not None:
+            cell.kill()
+            with contextlib.suppress(Exception):
+                cell.proc.wait(timeout=10)
+        raise
+    finally:
+        if cell is not None:
+            cell.close_fds()
+            for stream in (cell.proc.stdin, cell.proc.stdout, cell.proc.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+        if cgroup is not None:
+            cgroup.remove()
+
+
+def _feed(pipe: IO[bytes], data: bytes) -> None:
+    with contextlib.suppress(BrokenPipeError):
+        pipe.write(data)
+    with contextlib.suppress(BrokenPipeError):
+        pipe.close()
+
+
+async def run_async(spec: CellSpec, **kwargs: object) -> RunResult:
+    """``run`` for asyncio programs; a cold resolution runs in a worker thread."""
+    import asyncio
+
+    plan, _ = await asyncio.to_thread(prepare, spec)
+    return await execute_async(plan, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,167 @@
+"""The bubblewrap executor: turns a Plan into a running cell and guarantees its teardown.
+
+Every option reaches bwrap through ``--args FD`` (a memfd), generated files through
+``--ro-bind-data FD`` and the seccomp program through ``--seccomp FD``: nothing lands on disk and no
+environment value shows up in the host's ``ps``. ``--info-fd`` tells us the host pid of the cell's
+pid-1; killing it makes the kernel kill every process of the pid namespace, which is how a timeout
+or Ctrl-C ends the whole cell. With limits, ``--block-fd`` holds the cell until its pid-1 sits in
+the cell's cgroups, so no process of the cell ever runs outside them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING
+
+from nixcell.errors import CellFailedError, SandboxError
+
+if TYPE_CHECKING:
+    from nixcell.plan import Plan
+    from nixcell.sandbox.cgroups import CellCgroup
+
+_Stream = int | IO[bytes] | None
+
+
+def bwrap_path() -> str:
+    found = shutil.which("bwrap") or (os.path.exists("/usr/bin/bwrap") and "/usr/bin/bwrap")
+    if not found:
+        raise SandboxError("bubblewrap is not installed: install it with `apt install bubblewrap`")
+    return found
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+@dataclass
+class CellProcess:
+    """A started cell: the bwrap process, the cell's pid-1, and what must be cleaned up."""
+
+    proc: subprocess.Popen[bytes]
+    cell_id: str
+    cgroup: CellCgroup | None = None
+    child_pid: int | None = None
+    _fds: list[int] = field(default_factory=list)
+
+    def kill(self) -> None:
+        """Kill every process of the cell: pid-1 of its namespace, then bwrap, then the cgroup."""
+        if self.proc.poll() is None:
+            if self.child_pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.child_pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        if self.cgroup is not None:
+            self.cgroup.kill_all()
+
+    def close_fds(self) -> None:
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+
+
+def prepare_fds(plan: Plan, seccomp_program: bytes) -> tuple[int, list[int]]:
+    """Create the memfds bwrap reads; returns (args fd, all fds to pass)."""
+    fds: dict[str, int] = {}
+    for op in plan.mounts:
+        if op.kind == "data":
+            fds[f"data:{op.dest}"] = _memfd("nixcell-data", (op.data or "").encode())
+    fds["seccomp"] = _memfd("nixcell-seccomp", seccomp_program)
+    return fds, list(fds.values())  # type: ignore[return-value]
+
+
+def spawn(
+    plan: Plan,
+    *,
+    cell_id: str,
+    seccomp_program: bytes,
+    cgroup: CellCgroup | None = None,
+    stdin: _Stream = None,
+    stdout: _Stream = None,
+    stderr: _Stream = None,
+) -> CellProcess:
+    """Start bwrap for the plan. The caller must call ``finish_start`` (sync or async)."""
+    named, fds = prepare_fds(plan, seccomp_program)  # type: ignore[misc]
+    info_r, info_w = os.pipe2(os.O_CLOEXEC)
+    extra: list[str] = ["--info-fd", str(info_w)]
+    pass_fds = [*fds, info_w]
+    block_r = block_w = -1
+    if cgroup is not None:
+        block_r, block_w = os.pipe2(os.O_CLOEXEC)
+        extra += ["--block-fd", str(block_r)]
+        pass_fds.append(block_r)
+    # bwrap reads options (not the command) from --args: the command goes on its real argv.
+    args = [*extra, *plan.bwrap_args(named)]
+    cut = args.index("--")
+    args, command = args[:cut], args[cut:]
+    args_fd = _memfd("nixcell-args", b"\0".join(a.encode() for a in args) + b"\0")
+    pass_fds.append(args_fd)
+    try:
+        proc = subprocess.Popen(
+            [bwrap_path(), "--args", str(args_fd), *command],
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            pass_fds=pass_fds,
+            env={},
+            process_group=0,
+        )
+    except OSError as exc:
+        for fd in (*fds, info_r, info_w, args_fd, block_r, block_w):
+            if fd >= 0:
+                os.close(fd)
+        raise SandboxError(f"cannot start bubblewrap: {exc}") from None
+    for fd in (*fds, info_w, args_fd, block_r):
+        if fd >= 0:
+            os.close(fd)
+    cell = CellProcess(proc, cell_id, cgroup)
+    cell._fds = [info_r] + ([block_w] if block_w >= 0 else [])
+    return cell
+
+
+def parse_info(data: bytes) -> int | None:
+    try:
+        return int(json.loads(data)["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def release(cell: CellProcess, info: bytes) -> None:
+    """Record pid-1, put it in the cgroup, then let the cell run."""
+    cell.child_pid = parse_info(info)
+    try:
+        if cell.cgroup is not None:
+            if cell.child_pid is None:
+                raise CellFailedError("bubblewrap failed before the cell started")
+            cell.cgroup.add_pid(cell.child_pid)
+            os.write(cell._fds[1], b"1")
+    except BaseException:
+        cell.kill()
+        raise
+    finally:
+        cell.close_fds()
+
+
+def finish_start(cell: CellProcess) -> None:
+    """Blocking variant: read bwrap's info (its pid-1), then release the cell."""
+    chunks = []
+    while chunk := os.read(cell._fds[0], 4096):
+        chunks.append(chunk)
+    release(cell, b"".join(chunks))
+
+
+def exit_code_of(returncode: int) -> int:
+    """bwrap already maps a signalled command to 128+N; a signalled bwrap gets the same."""
+    return 128 - returncode if returncode < 0 else returncode

@@ -1,0 +1,202 @@
+"""CellSpec: the one description of "what to run" that every front compiles to.
+
+Flags, project TOML, the job API and MCP all build a CellSpec; the pipeline takes nothing else.
+Validation happens here, once, so the plan and the executors can trust their input.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from nixcell.errors import SpecError
+from nixcell.units import parse_duration, parse_size
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Cell paths that a user mount may not cover: they are the cell's own machinery.
+RESERVED_TARGETS = ("/", "/proc", "/dev", "/nix", "/nix/store", "/etc/passwd", "/etc/group")
+
+MIN_MEMORY = 4 << 20
+
+
+def _clean_abs(path: str, what: str) -> str:
+    if not path or "\0" in path:
+        raise ValueError(f"{what} {path!r} is not a valid path")
+    if not path.startswith("/"):
+        raise ValueError(f"{what} {path!r} must be an absolute path")
+    return posixpath.normpath(path).replace("//", "/")
+
+
+class Mount(BaseModel):
+    """A host path made visible in the cell; ``rw`` only where the user asked for it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str
+    target: str
+    writable: bool = False
+
+    @field_validator("source", "target")
+    @classmethod
+    def _absolute(cls, value: str, info) -> str:
+        return _clean_abs(value, f"mount {info.field_name}")
+
+    @field_validator("target")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        for reserved in RESERVED_TARGETS:
+            if value == reserved or (reserved != "/" and value.startswith(reserved + "/")):
+                raise ValueError(f"mount target {value!r} would cover the cell's own {reserved}")
+        return value
+
+
+class Limits(BaseModel):
+    """Resource limits; each one that is set is enforced or the run is refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    memory: int | None = None  # bytes
+    cpus: float | None = None
+    pids: int | None = None
+    timeout: float | None = None  # seconds
+    disk: int | None = None  # bytes, per writable tmpfs area
+
+    @field_validator("memory", "disk", mode="before")
+    @classmethod
+    def _size(cls, value: object, info) -> int | None:
+        if value is None:
+            return None
+        size = parse_size(value, what=f"--{info.field_name}")  # type: ignore[arg-type]
+        if info.field_name == "memory" and size < MIN_MEMORY:
+            raise ValueError("--memory must be at least 4M")
+        return size
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> float | None:
+        return None if value is None else parse_duration(value, what="--timeout")  # type: ignore[arg-type]
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus(cls, value: float | None) -> float | None:
+        if value is not None and not 0.01 <= value <= 4096:
+            raise ValueError("--cpus must be between 0.01 and 4096")
+        return value
+
+    @field_validator("pids")
+    @classmethod
+    def _pids(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError("--pids must be at least 1")
+        return value
+
+    @property
+    def needs_cgroup(self) -> bool:
+        return any(v is not None for v in (self.memory, self.cpus, self.pids))
+
+
+class CellSpec(BaseModel):
+    """Everything that decides what a cell is. Paths are absolute: fronts resolve them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    command: Annotated[list[str], Field(min_length=1)]
+    packages: Annotated[list[str], Field(min_length=1)]
+    nixpkgs: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    pass_env: list[str] = Field(default_factory=list)
+    workdir: str | None = None  # host dir bound read-write at /workspace; None = fresh tmpfs
+    cwd: str = "/workspace"
+    mounts: list[Mount] = Field(default_factory=list)
+    hide: list[str] = Field(default_factory=list)
+    limits: Limits = Field(default_factory=Limits)
+    hardening_profiles: list[str] = Field(default_factory=list)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: list[str]) -> list[str]:
+        if not value[0] or any("\0" in arg for arg in value):
+            raise ValueError("command must be a non-empty program name without NUL bytes")
+        return value
+
+    @field_validator("packages")
+    @classmethod
+    def _packages(cls, value: list[str]) -> list[str]:
+        for pkg in value:
+            if not pkg or pkg != pkg.strip() or "\0" in pkg or '"' in pkg or "\\" in pkg:
+                raise ValueError(f"invalid package name {pkg!r}")
+        return list(dict.fromkeys(value))
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            if not _ENV_NAME.match(key):
+                raise ValueError(f"invalid environment variable name {key!r}")
+            if "\0" in val:
+                raise ValueError(f"environment variable {key} contains a NUL byte")
+        return value
+
+    @field_validator("pass_env")
+    @classmethod
+    def _pass_env(cls, value: list[str]) -> list[str]:
+        for key in value:
+            if not _ENV_NAME.match(key):
+                raise ValueError(f"invalid environment variable name {key!r}")
+        return value
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, value: str | None) -> str | None:
+        return None if value is None else _clean_abs(value, "--workdir")
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd(cls, value: str) -> str:
+        return _clean_abs(value, "--cwd")
+
+    @field_validator("hide")
+    @classmethod
+    def _hide(cls, value: list[str]) -> list[str]:
+        return [_clean_abs(p, "--hide") for p in value]
+
+    @field_validator("hardening_profiles")
+    @classmethod
+    def _profiles(cls, value: list[str]) -> list[str]:
+        from nixcell.sandbox.seccomp import check_profiles
+
+        return list(check_profiles(value))
+
+    @model_validator(mode="after")
+    def _unique_targets(self) -> CellSpec:
+        seen = {"/workspace"}
+        for mount in self.mounts:
+            if mount.target in seen:
+                raise ValueError(f"two mounts target {mount.target}")
+            seen.add(mount.target)
+        return self
+
+
+def make_spec(**fields: object) -> CellSpec:
+    """Build a CellSpec, turning pydantic's report into one SpecError line."""
+    try:
+        return CellSpec(**fields)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SpecError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    msg = str(err.get("msg", "invalid value"))
+    msg = msg.removeprefix("Value error, ")
+    ctx = err.get("ctx") or {}
+    cause = ctx.get("error")
+    if cause is not None and str(cause):
+        msg = str(cause)
+    loc = ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int))
+    if loc and loc not in msg and not msg.startswith("--"):
+        return f"invalid {loc}: {msg}"
+    return msg

@@ -1,0 +1,151 @@
+"""The planner is pure: these tests run no sandbox, no nix, no I/O."""
+
+import json
+
+import pytest
+
+from nixcell.errors import SpecError, UsageError
+from nixcell.host import HostFacts
+from nixcell.nix.closure import Closure
+from nixcell.plan import Plan, plan
+from nixcell.spec import make_spec
+
+ENV = "/nix/store/" + "a" * 32 + "-nixcell-env"
+BASH = "/nix/store/" + "b" * 32 + "-bash"
+GLIBC = "/nix/store/" + "c" * 32 + "-glibc"
+CLOSURE = Closure(ENV, (ENV, BASH, GLIBC), ("bash",), "offline package set", ("bash", "sh"))
+HOST = HostFacts(uid=0, gid=0, term="xterm")
+
+
+def make(**kw):
+    kw.setdefault("command", ["bash", "-c", "true"])
+    kw.setdefault("packages", ["bash"])
+    return make_spec(**kw)
+
+
+def test_plan_binds_exactly_the_closure_read_only():
+    p = plan(make(), CLOSURE, HOST)
+    binds = [op for op in p.mounts if op.kind == "ro-bind" and op.dest.startswith("/nix/store")]
+    assert sorted(op.dest for op in binds) == sorted(CLOSURE.paths)
+    assert all(op.src == op.dest for op in binds)
+    assert not any(op.kind == "bind" and op.dest.startswith("/nix") for op in p.mounts)
+
+
+def test_plan_namespaces_and_hardening_flags():
+    args = plan(make(), CLOSURE, HOST).bwrap_args()
+    for ns in ("user", "pid", "ipc", "uts", "net", "cgroup"):
+        assert f"--unshare-{ns}" in args
+    for flag in ("--die-with-parent", "--new-session", "--clearenv", "--disable-userns"):
+        assert flag in args
+    assert args[args.index("--cap-drop") + 1] == "ALL"
+    assert args[args.index("--uid") + 1] == "1000"
+    assert args[args.index("--hostname") + 1] == "cell"
+    assert args[args.index("--seccomp") + 1] == "<fd:seccomp>"
+    assert args[-4:] == ["--", "bash", "-c", "true"]
+
+
+def test_root_is_remounted_read_only_last():
+    p = plan(make(), CLOSURE, HOST)
+    assert p.mounts[-1].kind == "remount-ro" and p.mounts[-1].dest == "/"
+
+
+def test_env_is_explicit_and_user_wins():
+    p = plan(make(env={"FOO": "1", "LANG": "C"}), CLOSURE, HostFacts(0, 0, "vt100", {"P": "x"}))
+    assert p.env["PATH"] == f"{ENV}/bin"
+    assert p.env["HOME"] == "/home/cell"
+    assert p.env["TMPDIR"] == "/tmp"
+    assert p.env["USER"] == "cell"
+    assert p.env["TERM"] == "vt100"
+    assert p.env["LANG"] == "C"
+    assert p.env["FOO"] == "1"
+    assert p.env["P"] == "x"
+
+
+def test_workspace_default_is_fresh_tmpfs_and_workdir_binds():
+    fresh = plan(make(), CLOSURE, HOST)
+    assert any(op.kind == "tmpfs" and op.dest == "/workspace" for op in fresh.mounts)
+    bound = plan(make(workdir="/srv/proj"), CLOSURE, HOST)
+    assert any(op.kind == "bind" and op.dest == "/workspace" and op.src == "/srv/proj"
+               for op in bound.mounts)
+
+
+def test_disk_limit_sizes_every_writable_tmpfs():
+    p = plan(make(limits={"disk": "64M"}), CLOSURE, HOST)
+    sized = {op.dest: op.size for op in p.mounts if op.kind == "tmpfs"}
+    assert sized == {"/tmp": 64 << 20, "/home/cell": 64 << 20, "/workspace": 64 << 20}
+
+
+def test_user_mounts_and_hide():
+    spec = make(mounts=[{"source": "/srv/data", "target": "/data"},
+                        {"source": "/srv/out", "target": "/out", "writable": True}],
+                hide=["/data/secret", "/srv/out/key.pem"])
+    host = HostFacts(0, 0, kinds={"/data/secret": "dir", "/srv/out/key.pem": "file"})
+    p = plan(spec, CLOSURE, host)
+    ops = [(op.kind, op.dest, op.src) for op in p.mounts]
+    assert ("ro-bind", "/data", "/srv/data") in ops
+    assert ("bind", "/out", "/srv/out") in ops
+    assert ("tmpfs", "/data/secret", None) in ops
+    assert ("ro-bind", "/out/key.pem", "/dev/null") in ops
+    # hides come after the mounts they cover
+    kinds = [op.dest for op in p.mounts]
+    assert kinds.index("/out/key.pem") > kinds.index("/out")
+
+
+def test_standard_links_only_when_closure_has_programs():
+    p = plan(make(), CLOSURE, HOST)
+    links = {op.dest: op.src for op in p.mounts if op.kind == "symlink"}
+    assert links == {"/bin/sh": f"{ENV}/bin/sh"}
+    bare = Closure(ENV, (ENV, GLIBC), ("jq",), "", ("jq",))
+    assert not [op for op in plan(make(), bare, HOST).mounts if op.kind == "symlink"]
+
+
+def test_nested_sandbox_profile_drops_disable_userns():
+    p = plan(make(hardening_profiles=["nested-sandbox"]), CLOSURE, HOST)
+    assert "--disable-userns" not in p.bwrap_args()
+    assert p.seccomp_profiles == ("nested-sandbox",)
+
+
+def test_plan_json_round_trip_and_fd_rendering():
+    p = plan(make(limits={"memory": "256M", "timeout": "30s", "pids": 64}), CLOSURE, HOST)
+    data = json.loads(p.dumps())
+    assert data["limits"]["memory"] == 256 << 20
+    assert data["bwrap_args"] == p.bwrap_args()
+    again = Plan.from_json(data)
+    assert again == p
+    fds = {name: 10 + i for i, name in enumerate(p.fd_names())}
+    rendered = p.bwrap_args(fds)
+    assert not any(a.startswith("<fd:") for a in rendered)
+    assert rendered[rendered.index("--seccomp") + 1] == str(fds["seccomp"])
+
+
+def test_plan_is_deterministic():
+    assert plan(make(), CLOSURE, HOST) == plan(make(), CLOSURE, HOST)
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"packages": []}, "packages"),
+        ({"command": []}, "command"),
+        ({"env": {"1BAD": "x"}}, "1BAD"),
+        ({"mounts": [{"source": "relative", "target": "/x"}]}, "absolute"),
+        ({"mounts": [{"source": "/a", "target": "/proc/x"}]}, "/proc"),
+        ({"mounts": [{"source": "/a", "target": "/nix/store"}]}, "/nix"),
+        ({"mounts": [{"source": "/a", "target": "/workspace"}]}, "/workspace"),
+        ({"limits": {"memory": "1K"}}, "memory"),
+        ({"limits": {"pids": 0}}, "pids"),
+        ({"cwd": "rel"}, "absolute"),
+    ],
+)
+def test_bad_specs_give_one_line_errors(fields, needle):
+    with pytest.raises(SpecError) as info:
+        make(**fields)
+    assert needle in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_sizes_and_profiles_are_usage_errors():
+    with pytest.raises(UsageError, match="--memory"):
+        make(limits={"memory": "lots"})
+    with pytest.raises(UsageError, match="nested-sandbox"):
+        make(hardening_profiles=["no-such-profile"])
