@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Engine benchmark: one run, side by side, medians (see docs/benchmarks.md).
+
+  .venv/bin/python bench/bench_engine.py [--runs 30] [--install-srt]
+
+Rows: bare bwrap with the same mounts and namespaces as a nixcell cell; `nixcell run -p bash --
+true` (warm cache, CLI); the in-process API (`nixcell.run`); Anthropic's `srt true` when installed
+(`--install-srt` puts it under bench/.cache with npm); `docker run --rm` of an image built from
+the same closure when a Docker daemon answers. Then 100 concurrent cells on this machine, and the
+host-side memory each running cell costs besides bwrap itself. Timings are wall-clock per command
+started from this harness. No network is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / "bench" / ".cache"
+NIXCELL = str(Path(sys.executable).with_name("nixcell"))
+
+
+def timed(fn, runs: int) -> list[float]:
+    fn()  # warm-up
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def ms(samples: list[float]) -> str:
+    return f"{statistics.median(samples) * 1000:.1f}"
+
+
+def bare_bwrap_runner():
+    """bwrap with exactly the plan's arguments (same mounts, namespaces, seccomp), no nixcell."""
+    from nixcell.runner import prepare, seccomp_program
+    from nixcell.sandbox.bwrap import prepare_fds
+    from nixcell.spec import make_spec
+
+    plan, _ = prepare(make_spec(command=["true"], packages=["bash"]))
+    program = seccomp_program(plan.seccomp_profiles)
+    bwrap = shutil.which("bwrap")
+
+    def run() -> None:
+        named, fds = prepare_fds(plan, program)
+        args = plan.bwrap_args(named)
+        try:
+            subprocess.run([bwrap, *args], pass_fds=fds, check=True)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    return run
+
+
+def srt_path(install: bool) -> str | None:
+    local = CACHE / "node_modules" / ".bin" / "srt"
+    if local.exists():
+        return str(local)
+    if shutil.which("srt"):
+        return shutil.which("srt")
+    if not install:
+        return None
+    CACHE.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["npm", "install", "--prefix", str(CACHE), "@anthropic-ai/sandbox-runtime"],
+                   check=True, capture_output=True)
+    return str(local) if local.exists() else None
+
+
+def docker_runner():
+    if shutil.which("docker") is None:
+        return None, "docker not installed"
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        return None, "no Docker daemon running"
+    from nixcell.nix.resolve import resolve
+
+    closure = resolve(["bash"], None)
+    tar = subprocess.Popen(["tar", "-C", "/", "-c", *[p.lstrip("/") for p in closure.paths]],
+                           stdout=subprocess.PIPE)
+    subprocess.run(["docker", "import", "-", "nixcell-bench:bash"], stdin=tar.stdout, check=True,
+                   capture_output=True)
+    tar.wait()
+    argv = ["docker", "run", "--rm", "--network", "none", "nixcell-bench:bash",
+            f"{closure.env}/bin/bash", "-c", "true"]
+    return (lambda: subprocess.run(argv, check=True, capture_output=True)), None
+
+
+async def concurrent_cells(n: int) -> tuple[int, float]:
+    from nixcell import CellSpec, run_async
+
+    spec = CellSpec(command=["bash", "-c", "echo $$"], packages=["bash"])
+    start = time.perf_counter()
+    results = await asyncio.gather(*(run_async(spec, capture_output=True) for _ in range(n)),
+                                   return_exceptions=True)
+    ok = sum(1 for r in results if not isinstance(r, BaseException) and r.exit_code == 0
+             and r.stdout == b"1\n")
+    return ok, time.perf_counter() - start
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def memory_per_cell(n: int) -> tuple[float, float]:
+    """Host-side RSS growth of this process per running cell, and bwrap's own RSS per cell."""
+    from nixcell import CellSpec, run_async
+
+    spec = CellSpec(command=["sleep", "20"], packages=["coreutils"])
+    await run_async(CellSpec(command=["true"], packages=["coreutils"]))  # warm imports
+    before = rss_kib(os.getpid())
+    tasks = [asyncio.ensure_future(run_async(spec, capture_output=True))
+             for _ in range(n)]
+    await asyncio.sleep(2.0)
+    during = rss_kib(os.getpid())
+    kids = subprocess.run(["pgrep", "-P", str(os.getpid()), "bwrap"], capture_output=True,
+                          text=True).stdout.split()
+    bwrap_rss = sum(rss_kib(int(p)) for p in kids) / max(len(kids), 1)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return (during - before) / n / 1024, bwrap_rss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--install-srt", action="store_true")
+    parser.add_argument("--concurrency", type=int, default=100)
+    args = parser.parse_args()
+    from nixcell import CellSpec, run
+
+    subprocess.run([NIXCELL, "run", "-p", "bash", "--", "true"], check=True)  # warm caches
+    rows: list[tuple[str, str, str]] = []
+    bare = timed(bare_bwrap_runner(), args.runs)
+    rows.append(("bare bwrap (same mounts, namespaces, seccomp)", ms(bare), "1.00"))
+    cli = timed(lambda: subprocess.run([NIXCELL, "run", "-p", "bash", "--", "true"], check=True),
+                args.runs)
+    spec = CellSpec(command=["true"], packages=["bash"])
+    api = timed(lambda: run(spec), args.runs)
+    base = statistics.median(bare)
+    rows.append(("nixcell run -p bash -- true (CLI, warm)", ms(cli),
+                 f"{statistics.median(cli) / base:.2f}"))
+    rows.append(("nixcell.run(spec) in-process", ms(api), f"{statistics.median(api) / base:.2f}"))
+    srt = srt_path(args.install_srt)
+    srt_samples = None
+    if srt:
+        srt_samples = timed(lambda: subprocess.run([srt, "true"], check=True, capture_output=True),
+                            args.runs)
+        rows.append(("srt true (sandbox-runtime)", ms(srt_samples),
+                     f"{statistics.median(srt_samples) / base:.2f}"))
+    else:
+        rows.append(("srt true", "not installed", "-"))
+    docker, why = docker_runner()
+    if docker:
+        samples = timed(docker, max(5, args.runs // 3))
+        rows.append(("docker run --rm (closure image)", ms(samples),
+                     f"{statistics.median(samples) / base:.2f}"))
+    else:
+        rows.append(("docker run --rm", f"skipped: {why}", "-"))
+
+    print(f"\nmedians over {args.runs} runs, {os.cpu_count()} cores\n")
+    print("| command | median ms | × bare bwrap |\n|---|---|---|")
+    for name, value, ratio in rows:
+        print(f"| {name} | {value} | {ratio} |")
+    if srt_samples:
+        print(f"\nwarm CLI / srt = {statistics.median(cli) / statistics.median(srt_samples):.2f} "
+              "(target ≤ 0.25)")
+    print(f"in-process / bare bwrap = {statistics.median(api) / base:.2f} (target ≤ 2)")
+    ok, wall = asyncio.run(concurrent_cells(args.concurrency))
+    print(f"{args.concurrency} concurrent cells: {ok} succeeded in {wall:.2f} s")
+    host_mb, bwrap_mb = asyncio.run(memory_per_cell(20))
+    print(f"host-side memory per running cell: {host_mb:.2f} MB (bwrap itself: {bwrap_mb:.2f} MB"
+          " RSS per cell; target ≤ 5 MB besides bwrap)")
+
+
+if __name__ == "__main__":
+    main()

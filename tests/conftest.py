@@ -1,0 +1,53 @@
+"""Shared fixtures. Integration tests run real nix, bwrap and cgroups; they skip with a printed
+reason where the host cannot (not root, tool missing) — CI runs them as root."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+NIXCELL = str(Path(sys.executable).with_name("nixcell"))
+
+
+def skip_reason() -> str | None:
+    if os.getuid() != 0:
+        return "needs root: integration tests use the single-user nix store and cgroups"
+    for tool in ("bwrap", "nix-build", "nix-store"):
+        if shutil.which(tool) is None:
+            return f"needs {tool}: run ./setup"
+    return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nixcell_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private cache/state dir for the suite; the offline set stays where ./setup built it."""
+    from nixcell import paths
+
+    os.environ.setdefault("NIXCELL_OFFLINE_DIR", str(paths.offline_dir()))
+    home = tmp_path_factory.mktemp("nixcell-home")
+    os.environ["NIXCELL_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def offline_set():
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from nixcell.nix.offline import build, find_set
+
+    found = find_set()
+    return found if found is not None else build()
+
+
+def cli(*args: str, input: bytes | None = None, env: dict[str, str] | None = None,
+        timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
+    """Run the real `nixcell` console script."""
+    return subprocess.run([NIXCELL, *args], input=input, capture_output=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})

@@ -1,0 +1,146 @@
+"""Limits are enforced by the kernel (cgroups, pid namespace), and every cell is torn down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import NIXCELL, cli
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def nixcell_cgroups() -> list[Path]:
+    found = []
+    for ctrl in CGROUP_ROOT.iterdir():
+        base = ctrl / "nixcell"
+        if base.is_dir():
+            found += [p for p in base.iterdir() if p.is_dir()]
+    return found
+
+
+def pgrep(pattern: str) -> list[str]:
+    proc = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return proc.stdout.split()
+
+
+def test_memory_limit_kills_big_allocation(cell):
+    result = cell(["python3", "-c", "b = bytearray(1 << 30); print('survived')"],
+                  packages=["python3"], limits={"memory": "128M"})
+    assert result.exit_code == 137
+    assert result.oom_killed
+    assert result.message == "killed: out of memory (limit 128M)"
+    assert b"survived" not in result.stdout
+
+
+def test_memory_limit_allows_what_fits(cell):
+    result = cell(["python3", "-c", "b = bytearray(32 << 20); print('ok')"],
+                  packages=["python3"], limits={"memory": "256M"})
+    assert (result.exit_code, result.stdout, result.oom_killed) == (0, b"ok\n", False)
+
+
+def test_pids_limit_stops_forking(cell):
+    script = (
+        "import os, time\n"
+        "n = 0\n"
+        "while True:\n"
+        "    try:\n"
+        "        pid = os.fork()\n"
+        "    except OSError as e:\n"
+        "        print('blocked', n, e.errno); break\n"
+        "    if pid == 0:\n"
+        "        time.sleep(30); os._exit(0)\n"
+        "    n += 1\n"
+        "    if n > 500: print('unbounded'); break\n"
+    )
+    result = cell(["python3", "-c", script], packages=["python3"], limits={"pids": 32})
+    words = result.stdout.decode().split()
+    assert words[0] == "blocked", result
+    assert int(words[1]) < 32
+
+
+def test_fork_bomb_is_contained(cell):
+    result = cell("bomb() { bomb | bomb & }; bomb; sleep 3; echo alive",
+                  limits={"pids": 64, "timeout": "6s"})
+    assert result.exit_code in (0, 124)
+    assert not pgrep("bomb")
+
+
+def test_timeout_kills_every_process(cell):
+    started = time.monotonic()
+    result = cell("sleep 100.123 & sleep 100.123", limits={"timeout": "2s"})
+    assert result.exit_code == 124 and result.timed_out
+    assert result.message == "timed out after 2s"
+    assert time.monotonic() - started < 30  # generous: a hang, not a speed check
+    assert not pgrep("sleep 100.123")
+
+
+def test_timeout_with_limits_leaves_no_cgroup(cell):
+    result = cell("sleep 100.456 & sleep 100.456", limits={"timeout": "1s", "memory": "64M",
+                                                            "pids": 16})
+    assert result.exit_code == 124
+    assert not pgrep("sleep 100.456")
+    assert nixcell_cgroups() == []
+
+
+def test_cpu_limit_runs(cell):
+    result = cell(["python3", "-c", "print(sum(range(10**6)))"], packages=["python3"],
+                  limits={"cpus": 0.5})
+    assert result.exit_code == 0 and result.stdout == b"499999500000\n"
+
+
+def test_disk_limit_caps_tmpfs(cell):
+    result = cell("head -c 8M /dev/zero > /tmp/big && echo wrote-tmp; "
+                  "head -c 8M /dev/zero > /workspace/big && echo wrote-ws; true",
+                  limits={"disk": "4M"})
+    assert "wrote" not in result.stdout.decode()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_to_nixcell_tears_everything_down(offline_set, sig):
+    marker = f"sleep 1000.{int(sig)}7"
+    proc = subprocess.Popen([NIXCELL, "run", "-p", "bash", "-p", "coreutils", "--memory", "64M",
+                             "--", "bash", "-c", f"{marker} & {marker}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while len(pgrep(marker)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(pgrep(marker)) == 2
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + sig
+    assert not pgrep(marker)
+    assert nixcell_cgroups() == []
+    assert b"Traceback" not in err
+
+
+def test_unenforceable_limit_is_refused(offline_set, tmp_path):
+    """As an ordinary user there is no writable cgroup here: --memory must refuse, not run."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to switch to an ordinary user")
+    from tests.integration.test_ordinary_user import as_nobody
+
+    marker = tmp_path / "ran"
+    tmp_path.chmod(0o777)
+    result = as_nobody(tmp_path, "run", "-p", "bash", "--memory", "64M", "--",
+                       "bash", "-c", f"echo > {marker}")
+    assert result.returncode != 0
+    err = result.stderr.decode()
+    assert err.startswith("nixcell: ") and err.count("\n") == 1, err
+    assert "memory" in err
+    assert not marker.exists()
+
+
+def test_cli_reports_timeout_and_oom(offline_set):
+    timed = cli("run", "-p", "coreutils", "--timeout", "1s", "--", "sleep", "30")
+    assert timed.returncode == 124
+    assert timed.stderr.decode().strip() == "nixcell: timed out after 1s"
+    oom = cli("run", "-p", "python3", "--memory", "64M", "--", "python3", "-c",
+              "x = bytearray(1 << 30)")
+    assert oom.returncode == 137
+    assert oom.stderr.decode().strip().endswith("nixcell: killed: out of memory (limit 64M)")
