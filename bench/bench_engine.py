@@ -73,8 +73,11 @@ def srt_path(install: bool) -> str | None:
     if not install:
         return None
     CACHE.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["npm", "install", "--prefix", str(CACHE), "@anthropic-ai/sandbox-runtime"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["npm", "install", "--prefix", str(CACHE), "@anthropic-ai/sandbox-runtime"],
+        check=True,
+        capture_output=True,
+    )
     return str(local) if local.exists() else None
 
 
@@ -86,13 +89,27 @@ def docker_runner():
     from nixcell.nix.resolve import resolve
 
     closure = resolve(["bash"], None)
-    tar = subprocess.Popen(["tar", "-C", "/", "-c", *[p.lstrip("/") for p in closure.paths]],
-                           stdout=subprocess.PIPE)
-    subprocess.run(["docker", "import", "-", "nixcell-bench:bash"], stdin=tar.stdout, check=True,
-                   capture_output=True)
+    tar = subprocess.Popen(
+        ["tar", "-C", "/", "-c", *[p.lstrip("/") for p in closure.paths]], stdout=subprocess.PIPE
+    )
+    subprocess.run(
+        ["docker", "import", "-", "nixcell-bench:bash"],
+        stdin=tar.stdout,
+        check=True,
+        capture_output=True,
+    )
     tar.wait()
-    argv = ["docker", "run", "--rm", "--network", "none", "nixcell-bench:bash",
-            f"{closure.env}/bin/bash", "-c", "true"]
+    argv = [
+        "docker",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "nixcell-bench:bash",
+        f"{closure.env}/bin/bash",
+        "-c",
+        "true",
+    ]
     return (lambda: subprocess.run(argv, check=True, capture_output=True)), None
 
 
@@ -101,10 +118,14 @@ async def concurrent_cells(n: int) -> tuple[int, float]:
 
     spec = CellSpec(command=["bash", "-c", "echo $$"], packages=["bash"])
     start = time.perf_counter()
-    results = await asyncio.gather(*(run_async(spec, capture_output=True) for _ in range(n)),
-                                   return_exceptions=True)
-    ok = sum(1 for r in results if not isinstance(r, BaseException) and r.exit_code == 0
-             and r.stdout == b"1\n")
+    results = await asyncio.gather(
+        *(run_async(spec, capture_output=True) for _ in range(n)), return_exceptions=True
+    )
+    ok = sum(
+        1
+        for r in results
+        if not isinstance(r, BaseException) and r.exit_code == 0 and r.stdout == b"1\n"
+    )
     return ok, time.perf_counter() - start
 
 
@@ -122,12 +143,12 @@ async def memory_per_cell(n: int) -> tuple[float, float]:
     spec = CellSpec(command=["sleep", "20"], packages=["coreutils"])
     await run_async(CellSpec(command=["true"], packages=["coreutils"]))  # warm imports
     before = rss_kib(os.getpid())
-    tasks = [asyncio.ensure_future(run_async(spec, capture_output=True))
-             for _ in range(n)]
+    tasks = [asyncio.ensure_future(run_async(spec, capture_output=True)) for _ in range(n)]
     await asyncio.sleep(2.0)
     during = rss_kib(os.getpid())
-    kids = subprocess.run(["pgrep", "-P", str(os.getpid()), "bwrap"], capture_output=True,
-                          text=True).stdout.split()
+    kids = subprocess.run(
+        ["pgrep", "-P", str(os.getpid()), "bwrap"], capture_output=True, text=True
+    ).stdout.split()
     bwrap_rss = sum(rss_kib(int(p)) for p in kids) / max(len(kids), 1)
     for t in tasks:
         t.cancel()
@@ -147,44 +168,61 @@ def main() -> None:
     rows: list[tuple[str, str, str]] = []
     bare = timed(bare_bwrap_runner(), args.runs)
     rows.append(("bare bwrap (same mounts, namespaces, seccomp)", ms(bare), "1.00"))
-    cli = timed(lambda: subprocess.run([NIXCELL, "run", "-p", "bash", "--", "true"], check=True),
-                args.runs)
+    cli = timed(
+        lambda: subprocess.run([NIXCELL, "run", "-p", "bash", "--", "true"], check=True), args.runs
+    )
     spec = CellSpec(command=["true"], packages=["bash"])
     api = timed(lambda: run(spec), args.runs)
     base = statistics.median(bare)
-    rows.append(("nixcell run -p bash -- true (CLI, warm)", ms(cli),
-                 f"{statistics.median(cli) / base:.2f}"))
+    rows.append(
+        ("nixcell run -p bash -- true (CLI, warm)", ms(cli), f"{statistics.median(cli) / base:.2f}")
+    )
     rows.append(("nixcell.run(spec) in-process", ms(api), f"{statistics.median(api) / base:.2f}"))
     srt = srt_path(args.install_srt)
     srt_samples = None
     if srt:
-        srt_samples = timed(lambda: subprocess.run([srt, "true"], check=True, capture_output=True),
-                            args.runs)
-        rows.append(("srt true (sandbox-runtime)", ms(srt_samples),
-                     f"{statistics.median(srt_samples) / base:.2f}"))
+        srt_samples = timed(
+            lambda: subprocess.run([srt, "true"], check=True, capture_output=True), args.runs
+        )
+        rows.append(
+            (
+                "srt true (sandbox-runtime)",
+                ms(srt_samples),
+                f"{statistics.median(srt_samples) / base:.2f}",
+            )
+        )
     else:
         rows.append(("srt true", "not installed", "-"))
     docker, why = docker_runner()
     if docker:
         samples = timed(docker, max(5, args.runs // 3))
-        rows.append(("docker run --rm (closure image)", ms(samples),
-                     f"{statistics.median(samples) / base:.2f}"))
+        rows.append(
+            (
+                "docker run --rm (closure image)",
+                ms(samples),
+                f"{statistics.median(samples) / base:.2f}",
+            )
+        )
     else:
         rows.append(("docker run --rm", f"skipped: {why}", "-"))
 
     print(f"\nmedians over {args.runs} runs, {os.cpu_count()} cores\n")
-    print("| command | median ms | × bare bwrap |\n|---|---|---|")
+    print("| command | median ms | ratio to bare bwrap |\n|---|---|---|")
     for name, value, ratio in rows:
         print(f"| {name} | {value} | {ratio} |")
     if srt_samples:
-        print(f"\nwarm CLI / srt = {statistics.median(cli) / statistics.median(srt_samples):.2f} "
-              "(target ≤ 0.25)")
+        print(
+            f"\nwarm CLI / srt = {statistics.median(cli) / statistics.median(srt_samples):.2f} "
+            "(target ≤ 0.25)"
+        )
     print(f"in-process / bare bwrap = {statistics.median(api) / base:.2f} (target ≤ 2)")
     ok, wall = asyncio.run(concurrent_cells(args.concurrency))
     print(f"{args.concurrency} concurrent cells: {ok} succeeded in {wall:.2f} s")
     host_mb, bwrap_mb = asyncio.run(memory_per_cell(20))
-    print(f"host-side memory per running cell: {host_mb:.2f} MB (bwrap itself: {bwrap_mb:.2f} MB"
-          " RSS per cell; target ≤ 5 MB besides bwrap)")
+    print(
+        f"host-side memory per running cell: {host_mb:.2f} MB (bwrap itself: {bwrap_mb:.2f} MB"
+        " RSS per cell; target ≤ 5 MB besides bwrap)"
+    )
 
 
 if __name__ == "__main__":

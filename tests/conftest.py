@@ -46,8 +46,14 @@ def offline_set():
     return found if found is not None else build()
 
 
-def cli(*args: str, input: bytes | None = None, env: dict[str, str] | None = None,
-        timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
+def cli(
+    *args: str, input: bytes | None = None, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[bytes]:
     """Run the real `nixcell` console script."""
-    return subprocess.run([NIXCELL, *args], input=input, capture_output=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [NIXCELL, *args],
+        input=input,
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )

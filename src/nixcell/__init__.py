@@ -14,8 +14,16 @@ if TYPE_CHECKING:
     from nixcell.runner import RunResult
     from nixcell.spec import CellSpec, Limits, Mount
 
-__all__ = ["CellSpec", "Limits", "Mount", "NixcellError", "RunResult", "__version__", "run",
-           "run_async"]
+__all__ = [
+    "CellSpec",
+    "Limits",
+    "Mount",
+    "NixcellError",
+    "RunResult",
+    "__version__",
+    "run",
+    "run_async",
+]
 
 _LAZY = {
     "CellSpec": "nixcell.spec",

@@ -84,7 +84,7 @@ class Plan:
         return [*names, "seccomp"]
 
     def bwrap_args(self, fds: Mapping[str, int] | None = None) -> list[str]:
-        """The exact bwrap arguments (after ``bwrap``). Without ``fds``, fds show as ``<fd:NAME>``."""
+        """The exact bwrap arguments (after ``bwrap``); without ``fds`` they show as <fd:NAME>."""
 
         def fd(name: str) -> str:
             return str(fds[name]) if fds is not None else f"<fd:{name}>"

@@ -80,18 +80,27 @@ def check_command(plan: Plan) -> None:
 
 def seccomp_program(profiles: tuple[str, ...]) -> bytes:
     """The BPF program, cached on disk per profile set so warm runs skip libseccomp."""
-    import hashlib
-
     from nixcell import __version__, paths
-    from nixcell.sandbox import seccomp
+    from nixcell.hashing import digest
 
-    stamp = os.stat(seccomp.__file__)
-    key = hashlib.sha256(
-        f"{__version__}|{stamp.st_mtime_ns}|{stamp.st_size}|{','.join(profiles)}".encode()
-    ).hexdigest()[:24]
+    # The source file's stamp keys the cache without importing the module on warm runs; the
+    # machine and the libseccomp file key it too (an old libseccomp builds a different filter).
+    stamp = os.stat(os.path.join(os.path.dirname(__file__), "sandbox", "seccomp.py"))
+    machine = os.uname().machine
+    lib = "-"
+    for libdir in (f"/usr/lib/{machine}-linux-gnu", "/usr/lib64", "/usr/lib", "/lib64"):
+        with contextlib.suppress(OSError):
+            lib_stat = os.stat(f"{libdir}/libseccomp.so.2")
+            lib = f"{libdir}:{lib_stat.st_mtime_ns}:{lib_stat.st_size}"
+            break
+    key = digest(
+        f"{__version__}|{stamp.st_mtime_ns}|{stamp.st_size}|{machine}|{lib}|{','.join(profiles)}"
+    )[:24]
     cached = paths.cache_dir() / "seccomp" / f"{key}.bpf"
     with contextlib.suppress(OSError):
         return cached.read_bytes()
+    from nixcell.sandbox import seccomp
+
     program = seccomp.build_filter(profiles)
     with contextlib.suppress(OSError):
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +116,9 @@ def _make_cgroup(plan: Plan, cell_id: str) -> CellCgroup | None:
     from nixcell.sandbox.cgroups import CgroupLimits, create_cell_cgroup
 
     lim = plan.limits
-    return create_cell_cgroup(cell_id, CgroupLimits(memory=lim.memory, pids=lim.pids, cpus=lim.cpus))
+    return create_cell_cgroup(
+        cell_id, CgroupLimits(memory=lim.memory, pids=lim.pids, cpus=lim.cpus)
+    )
 
 
 def _finish(
@@ -151,7 +162,7 @@ def execute(
     plan: Plan,
     *,
     capture_output: bool = False,
-    input: bytes | None = None,  # noqa: A002 - same name as subprocess.run
+    input: bytes | None = None,
     stdin: int | IO[bytes] | None = None,
     stdout: int | IO[bytes] | None = None,
     stderr: int | IO[bytes] | None = None,
@@ -170,8 +181,15 @@ def execute(
     started = time.monotonic()
     cell = None
     try:
-        cell = bwrap.spawn(plan, cell_id=cell_id, seccomp_program=program, cgroup=cgroup,
-                           stdin=stdin, stdout=stdout, stderr=stderr)
+        cell = bwrap.spawn(
+            plan,
+            cell_id=cell_id,
+            seccomp_program=program,
+            cgroup=cgroup,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+        )
         bwrap.finish_start(cell)
         timed_out = False
         out = err = None
@@ -264,7 +282,7 @@ async def execute_async(
     plan: Plan,
     *,
     capture_output: bool = False,
-    input: bytes | None = None,  # noqa: A002
+    input: bytes | None = None,
     stdin: int | IO[bytes] | None = None,
     stdout: int | IO[bytes] | None = None,
     stderr: int | IO[bytes] | None = None,
@@ -285,8 +303,15 @@ async def execute_async(
     started = time.monotonic()
     cell = None
     try:
-        cell = bwrap.spawn(plan, cell_id=cell_id, seccomp_program=program, cgroup=cgroup,
-                           stdin=stdin, stdout=stdout, stderr=stderr)
+        cell = bwrap.spawn(
+            plan,
+            cell_id=cell_id,
+            seccomp_program=program,
+            cgroup=cgroup,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+        )
         info = await _read_fd(cell._fds[0])
         bwrap.release(cell, info)
         proc = cell.proc

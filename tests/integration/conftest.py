@@ -6,11 +6,12 @@ from nixcell import CellSpec, RunResult, run
 
 
 @pytest.fixture
-def cell(offline_set):  # noqa: ARG001 - the set must be built
+def cell(offline_set):
     """cell("sh -c …" | [argv], packages=[…], **spec fields) -> RunResult with captured output."""
 
-    def _run(command, *, packages=("bash", "coreutils"), input: bytes | None = None,
-             **fields) -> RunResult:
+    def _run(
+        command, *, packages=("bash", "coreutils"), input: bytes | None = None, **fields
+    ) -> RunResult:
         argv = ["bash", "-c", command] if isinstance(command, str) else list(command)
         spec = CellSpec(command=argv, packages=list(packages), **fields)
         return run(spec, capture_output=True, input=input)

@@ -28,8 +28,9 @@ def test_python_batteries_work_in_a_cell(offline_set):
         " stdout=subprocess.DEVNULL)\n"
         "print('venv ok')\n"
     )
-    result = nixcell.run(CellSpec(command=["python3", "-c", script], packages=["python3"]),
-                         capture_output=True)
+    result = nixcell.run(
+        CellSpec(command=["python3", "-c", script], packages=["python3"]), capture_output=True
+    )
     assert result.exit_code == 0, result.stderr
     assert result.stdout.decode().split() == ["OpenSSL", "True", "venv", "ok"]
 
@@ -37,17 +38,34 @@ def test_python_batteries_work_in_a_cell(offline_set):
 @pytest.mark.parametrize(
     ("packages", "command", "expect"),
     [
-        (["nodejs"], ["node", "-e", "console.log(process.versions.node.split('.')[0] >= 22)"],
-         b"true\n"),
+        (
+            ["nodejs"],
+            ["node", "-e", "console.log(process.versions.node.split('.')[0] >= 22)"],
+            b"true\n",
+        ),
         (["jq"], ["jq", "-n", "-c", "[1,2]|add"], b"3\n"),
         (["curl"], ["curl", "-V"], b"https"),
-        (["git", "coreutils"], ["sh", "-c", "git init -q /tmp/r && cd /tmp/r && "
-                                "git -c user.email=a@b -c user.name=n commit -q --allow-empty "
-                                "-m m && git log --format=%s"], b"m\n"),
-        (["gnugrep", "gnused", "gawk", "findutils", "diffutils", "bash"],
-         ["bash", "-c", "echo abc | grep b | sed s/b/x/ | awk '{print $1}'; "
-          "find /proc/self -maxdepth 0; diff <(echo 1) <(echo 1) && echo same"],
-         b"axc\n/proc/self\nsame\n"),
+        (
+            ["git", "coreutils"],
+            [
+                "sh",
+                "-c",
+                "git init -q /tmp/r && cd /tmp/r && "
+                "git -c user.email=a@b -c user.name=n commit -q --allow-empty "
+                "-m m && git log --format=%s",
+            ],
+            b"m\n",
+        ),
+        (
+            ["gnugrep", "gnused", "gawk", "findutils", "diffutils", "bash"],
+            [
+                "bash",
+                "-c",
+                "echo abc | grep b | sed s/b/x/ | awk '{print $1}'; "
+                "find /proc/self -maxdepth 0; diff <(echo 1) <(echo 1) && echo same",
+            ],
+            b"axc\n/proc/self\nsame\n",
+        ),
         (["busybox"], ["busybox", "echo", "bb"], b"bb\n"),
     ],
 )
@@ -59,8 +77,13 @@ def test_offline_packages_work_in_cells(offline_set, packages, command, expect):
 
 def test_async_runs_in_parallel_without_cross_talk(offline_set):
     async def main():
-        specs = [CellSpec(command=["bash", "-c", f"echo cell-{i}; echo err-{i} >&2; exit {i % 5}"],
-                          packages=["bash"]) for i in range(20)]
+        specs = [
+            CellSpec(
+                command=["bash", "-c", f"echo cell-{i}; echo err-{i} >&2; exit {i % 5}"],
+                packages=["bash"],
+            )
+            for i in range(20)
+        ]
         return await asyncio.gather(*(nixcell.run_async(s, capture_output=True) for s in specs))
 
     results = asyncio.run(main())
@@ -74,9 +97,13 @@ def test_async_runs_in_parallel_without_cross_talk(offline_set):
 def test_async_timeout_and_cancel(offline_set):
     async def main():
         timed = await nixcell.run_async(
-            CellSpec(command=["sleep", "50.5"], packages=["coreutils"], limits={"timeout": "1s"}))
-        task = asyncio.ensure_future(nixcell.run_async(
-            CellSpec(command=["sleep", "60.5"], packages=["coreutils"], limits={"pids": 8})))
+            CellSpec(command=["sleep", "50.5"], packages=["coreutils"], limits={"timeout": "1s"})
+        )
+        task = asyncio.ensure_future(
+            nixcell.run_async(
+                CellSpec(command=["sleep", "60.5"], packages=["coreutils"], limits={"pids": 8})
+            )
+        )
         await asyncio.sleep(1.0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -91,8 +118,13 @@ def test_async_timeout_and_cancel(offline_set):
 
 
 def test_async_input(offline_set):
-    result = asyncio.run(nixcell.run_async(CellSpec(command=["wc", "-c"], packages=["coreutils"]),
-                                           capture_output=True, input=b"12345"))
+    result = asyncio.run(
+        nixcell.run_async(
+            CellSpec(command=["wc", "-c"], packages=["coreutils"]),
+            capture_output=True,
+            input=b"12345",
+        )
+    )
     assert result.stdout.strip() == b"5"
 
 

@@ -6,7 +6,6 @@ import json
 import os
 
 import pytest
-
 from tests.conftest import cli
 
 
@@ -47,13 +46,31 @@ def test_interspersed_command_without_dashes(offline_set):
 
 
 def test_dry_run_json_is_the_plan(offline_set):
-    result = cli("run", "-p", "bash", "--memory", "256M", "--pids", "64", "--timeout", "30s",
-                 "--dry-run", "--json", "--", "true")
+    result = cli(
+        "run",
+        "-p",
+        "bash",
+        "--memory",
+        "256M",
+        "--pids",
+        "64",
+        "--timeout",
+        "30s",
+        "--dry-run",
+        "--json",
+        "--",
+        "true",
+    )
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["command"] == ["true"]
-    assert plan["limits"] == {"memory": 256 << 20, "cpus": None, "pids": 64, "timeout": 30.0,
-                              "disk": None}
+    assert plan["limits"] == {
+        "memory": 256 << 20,
+        "cpus": None,
+        "pids": 64,
+        "timeout": 30.0,
+        "disk": None,
+    }
     assert "--unshare-net" in plan["bwrap_args"]
     assert plan["env"]["PATH"].startswith("/nix/store/")
     assert any(m["kind"] == "proc" for m in plan["mounts"])
@@ -81,8 +98,14 @@ def test_missing_nix_is_explained(offline_set, tmp_path):
     bin_dir.mkdir()
     for tool in ("bwrap",):
         (bin_dir / tool).symlink_to(f"/usr/bin/{tool}")
-    result = cli("run", "-p", "bash", "--", "true",
-                 env={"PATH": str(bin_dir), "NIXCELL_HOME": str(tmp_path / "h")})
+    result = cli(
+        "run",
+        "-p",
+        "bash",
+        "--",
+        "true",
+        env={"PATH": str(bin_dir), "NIXCELL_HOME": str(tmp_path / "h")},
+    )
     err = one_line_error(result)
     assert "nix is not installed" in err
 
@@ -128,7 +151,15 @@ def test_no_packages_given_from_env(offline_set):
     # make sure nothing of the caller's environment leaks into the cell
     result = cli("run", "-p", "coreutils", "--", "env", env={"SECRET_TOKEN": "hunter2"})
     assert b"hunter2" not in result.stdout
-    passed = cli("run", "-p", "coreutils", "--pass-env", "SECRET_TOKEN", "--", "env",
-                 env={"SECRET_TOKEN": "hunter2"})
+    passed = cli(
+        "run",
+        "-p",
+        "coreutils",
+        "--pass-env",
+        "SECRET_TOKEN",
+        "--",
+        "env",
+        env={"SECRET_TOKEN": "hunter2"},
+    )
     assert b"SECRET_TOKEN=hunter2" in passed.stdout
     assert os.environ.get("SECRET_TOKEN") is None

@@ -23,8 +23,10 @@ def test_host_files_are_not_readable(cell, tmp_path):
     secret = Path("/root/nixcell-test-secret")
     secret.write_text("host secret\n")
     try:
-        result = cell("for f in /etc/shadow /root/nixcell-test-secret /usr/bin/env /etc/os-release;"
-                      " do cat $f 2>/dev/null && echo LEAK:$f; done; ls /usr/lib 2>&1; true")
+        result = cell(
+            "for f in /etc/shadow /root/nixcell-test-secret /usr/bin/env /etc/os-release;"
+            " do cat $f 2>/dev/null && echo LEAK:$f; done; ls /usr/lib 2>&1; true"
+        )
     finally:
         secret.unlink()
     assert "LEAK" not in out(result)
@@ -34,8 +36,17 @@ def test_host_files_are_not_readable(cell, tmp_path):
 def test_only_planned_top_level_entries_exist(cell):
     result = cell("ls -A /; echo ---; ls -A /usr 2>&1; echo ---; ls -A /bin /lib /lib64 2>&1; true")
     top, usr, bins = out(result).split("---\n")
-    assert set(top.split()) == {"bin", "dev", "etc", "home", "nix", "proc", "tmp", "usr",
-                                "workspace"}
+    assert set(top.split()) == {
+        "bin",
+        "dev",
+        "etc",
+        "home",
+        "nix",
+        "proc",
+        "tmp",
+        "usr",
+        "workspace",
+    }
     assert usr.split() == ["bin"]  # only the /usr/bin/env link lives there
     assert "sh" in bins and "No such file" in bins  # /bin/sh exists; /lib and /lib64 do not
     links = cell("readlink /bin/sh /usr/bin/env")
@@ -99,8 +110,10 @@ def test_pid_namespace_hides_host_processes(cell):
     host_init = Path("/proc/1/cmdline").read_bytes().replace(b"\0", b" ").decode()
     assert cmdline.strip() != host_init.strip()
     assert int(count) < 10
-    mine = cell(f"test -e /proc/{os.getpid()}/cmdline && grep -a pytest /proc/{os.getpid()}/cmdline"
-                " && echo VISIBLE; true")
+    mine = cell(
+        f"test -e /proc/{os.getpid()}/cmdline && grep -a pytest /proc/{os.getpid()}/cmdline"
+        " && echo VISIBLE; true"
+    )
     assert "VISIBLE" not in out(mine)
 
 
@@ -117,14 +130,29 @@ def test_capabilities_are_empty(cell):
 
 
 def test_identity_and_environment(cell):
-    result = cell("id -u; id -g; hostname; echo $HOME $USER $TMPDIR $LANG; pwd; env | sort",
-                  env={"FOO": "bar"})
+    result = cell(
+        "id -u; id -g; hostname; echo $HOME $USER $TMPDIR $LANG; pwd; env | sort",
+        env={"FOO": "bar"},
+    )
     lines = out(result).splitlines()
     assert lines[:5] == ["1000", "1000", "cell", "/home/cell cell /tmp C.UTF-8", "/workspace"]
     env = dict(line.split("=", 1) for line in lines[5:])
     assert env["FOO"] == "bar"
-    assert set(env) <= {"PATH", "HOME", "USER", "LOGNAME", "TERM", "LANG", "TMPDIR", "SHELL",
-                        "FOO", "PWD", "SHLVL", "_", "OLDPWD"}
+    assert set(env) <= {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "TERM",
+        "LANG",
+        "TMPDIR",
+        "SHELL",
+        "FOO",
+        "PWD",
+        "SHLVL",
+        "_",
+        "OLDPWD",
+    }
 
 
 def test_setuid_copy_does_not_raise_privileges(cell, tmp_path, offline_set):
@@ -135,10 +163,12 @@ def test_setuid_copy_does_not_raise_privileges(cell, tmp_path, offline_set):
     shutil.copy(bash, planted)
     os.chown(planted, 0, 0)
     planted.chmod(0o4755)
-    result = cell("./rootsh -p -c 'id -u; cat /proc/self/status | grep ^Uid'; "
-                  "cp ./rootsh mine && chmod u+s mine && echo SETUID-SET; "
-                  "chmod g+s mine && echo SETGID-SET; chmod 755 mine && echo plain-ok",
-                  workdir=str(work))
+    result = cell(
+        "./rootsh -p -c 'id -u; cat /proc/self/status | grep ^Uid'; "
+        "cp ./rootsh mine && chmod u+s mine && echo SETUID-SET; "
+        "chmod g+s mine && echo SETGID-SET; chmod 755 mine && echo plain-ok",
+        workdir=str(work),
+    )
     lines = out(result).splitlines()
     assert lines[0] == "1000"
     assert lines[1].split()[1:] == ["1000"] * 4
@@ -168,8 +198,11 @@ def test_hide_and_read_only_binds(cell, tmp_path):
 def test_bind_is_writable_and_workdir_persists(cell, tmp_path):
     target = tmp_path / "rw"
     target.mkdir()
-    cell("echo hello > /out/file; echo ws > /workspace/w", workdir=str(tmp_path),
-         mounts=[{"source": str(target), "target": "/out", "writable": True}])
+    cell(
+        "echo hello > /out/file; echo ws > /workspace/w",
+        workdir=str(tmp_path),
+        mounts=[{"source": str(target), "target": "/out", "writable": True}],
+    )
     assert (target / "file").read_text() == "hello\n"
     assert (tmp_path / "w").read_text() == "ws\n"
 

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from tests.conftest import NIXCELL, cli
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -30,8 +29,11 @@ def pgrep(pattern: str) -> list[str]:
 
 
 def test_memory_limit_kills_big_allocation(cell):
-    result = cell(["python3", "-c", "b = bytearray(1 << 30); print('survived')"],
-                  packages=["python3"], limits={"memory": "128M"})
+    result = cell(
+        ["python3", "-c", "b = bytearray(1 << 30); print('survived')"],
+        packages=["python3"],
+        limits={"memory": "128M"},
+    )
     assert result.exit_code == 137
     assert result.oom_killed
     assert result.message == "killed: out of memory (limit 128M)"
@@ -39,8 +41,11 @@ def test_memory_limit_kills_big_allocation(cell):
 
 
 def test_memory_limit_allows_what_fits(cell):
-    result = cell(["python3", "-c", "b = bytearray(32 << 20); print('ok')"],
-                  packages=["python3"], limits={"memory": "256M"})
+    result = cell(
+        ["python3", "-c", "b = bytearray(32 << 20); print('ok')"],
+        packages=["python3"],
+        limits={"memory": "256M"},
+    )
     assert (result.exit_code, result.stdout, result.oom_killed) == (0, b"ok\n", False)
 
 
@@ -65,8 +70,9 @@ def test_pids_limit_stops_forking(cell):
 
 
 def test_fork_bomb_is_contained(cell):
-    result = cell("bomb() { bomb | bomb & }; bomb; sleep 3; echo alive",
-                  limits={"pids": 64, "timeout": "6s"})
+    result = cell(
+        "bomb() { bomb | bomb & }; bomb; sleep 3; echo alive", limits={"pids": 64, "timeout": "6s"}
+    )
     assert result.exit_code in (0, 124)
     assert not pgrep("bomb")
 
@@ -81,32 +87,51 @@ def test_timeout_kills_every_process(cell):
 
 
 def test_timeout_with_limits_leaves_no_cgroup(cell):
-    result = cell("sleep 100.456 & sleep 100.456", limits={"timeout": "1s", "memory": "64M",
-                                                            "pids": 16})
+    result = cell(
+        "sleep 100.456 & sleep 100.456", limits={"timeout": "1s", "memory": "64M", "pids": 16}
+    )
     assert result.exit_code == 124
     assert not pgrep("sleep 100.456")
     assert nixcell_cgroups() == []
 
 
 def test_cpu_limit_runs(cell):
-    result = cell(["python3", "-c", "print(sum(range(10**6)))"], packages=["python3"],
-                  limits={"cpus": 0.5})
+    result = cell(
+        ["python3", "-c", "print(sum(range(10**6)))"], packages=["python3"], limits={"cpus": 0.5}
+    )
     assert result.exit_code == 0 and result.stdout == b"499999500000\n"
 
 
 def test_disk_limit_caps_tmpfs(cell):
-    result = cell("head -c 8M /dev/zero > /tmp/big && echo wrote-tmp; "
-                  "head -c 8M /dev/zero > /workspace/big && echo wrote-ws; true",
-                  limits={"disk": "4M"})
+    result = cell(
+        "head -c 8M /dev/zero > /tmp/big && echo wrote-tmp; "
+        "head -c 8M /dev/zero > /workspace/big && echo wrote-ws; true",
+        limits={"disk": "4M"},
+    )
     assert "wrote" not in result.stdout.decode()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_to_nixcell_tears_everything_down(offline_set, sig):
     marker = f"sleep 1000.{int(sig)}7"
-    proc = subprocess.Popen([NIXCELL, "run", "-p", "bash", "-p", "coreutils", "--memory", "64M",
-                             "--", "bash", "-c", f"{marker} & {marker}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            NIXCELL,
+            "run",
+            "-p",
+            "bash",
+            "-p",
+            "coreutils",
+            "--memory",
+            "64M",
+            "--",
+            "bash",
+            "-c",
+            f"{marker} & {marker}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
     while len(pgrep(marker)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -127,8 +152,9 @@ def test_unenforceable_limit_is_refused(offline_set, tmp_path):
 
     marker = tmp_path / "ran"
     tmp_path.chmod(0o777)
-    result = as_nobody(tmp_path, "run", "-p", "bash", "--memory", "64M", "--",
-                       "bash", "-c", f"echo > {marker}")
+    result = as_nobody(
+        tmp_path, "run", "-p", "bash", "--memory", "64M", "--", "bash", "-c", f"echo > {marker}"
+    )
     assert result.returncode != 0
     err = result.stderr.decode()
     assert err.startswith("nixcell: ") and err.count("\n") == 1, err
@@ -140,7 +166,8 @@ def test_cli_reports_timeout_and_oom(offline_set):
     timed = cli("run", "-p", "coreutils", "--timeout", "1s", "--", "sleep", "30")
     assert timed.returncode == 124
     assert timed.stderr.decode().strip() == "nixcell: timed out after 1s"
-    oom = cli("run", "-p", "python3", "--memory", "64M", "--", "python3", "-c",
-              "x = bytearray(1 << 30)")
+    oom = cli(
+        "run", "-p", "python3", "--memory", "64M", "--", "python3", "-c", "x = bytearray(1 << 30)"
+    )
     assert oom.returncode == 137
     assert oom.stderr.decode().strip().endswith("nixcell: killed: out of memory (limit 64M)")

@@ -12,7 +12,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from tests.conftest import NIXCELL
 
 NOBODY = 65534
@@ -22,25 +21,39 @@ def as_nobody(home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     """Run nixcell as uid/gid 65534 with a cache root prepared (resolved) under ``home``."""
     state = home / "nixcell-home"
     if not state.exists():
-        subprocess.run([NIXCELL, "run", "-p", "bash", "-p", "coreutils", "--", "true"], check=True,
-                       env={**os.environ, "NIXCELL_HOME": str(state)})
-        subprocess.run([NIXCELL, "run", "-p", "bash", "--", "true"], check=True,
-                       env={**os.environ, "NIXCELL_HOME": str(state)})
+        subprocess.run(
+            [NIXCELL, "run", "-p", "bash", "-p", "coreutils", "--", "true"],
+            check=True,
+            env={**os.environ, "NIXCELL_HOME": str(state)},
+        )
+        subprocess.run(
+            [NIXCELL, "run", "-p", "bash", "--", "true"],
+            check=True,
+            env={**os.environ, "NIXCELL_HOME": str(state)},
+        )
         for root, dirs, files in os.walk(state):
             for name in [*dirs, *files]:
                 os.lchown(os.path.join(root, name), NOBODY, NOBODY)
         os.chown(state, NOBODY, NOBODY)
     home.chmod(0o755)
-    env = {"PATH": os.environ["PATH"], "HOME": str(home), "NIXCELL_HOME": str(state),
-           "NIXCELL_OFFLINE_DIR": os.environ["NIXCELL_OFFLINE_DIR"], "LANG": "C.UTF-8"}
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "NIXCELL_HOME": str(state),
+        "NIXCELL_OFFLINE_DIR": os.environ["NIXCELL_OFFLINE_DIR"],
+        "LANG": "C.UTF-8",
+    }
     return subprocess.run(
         ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", NIXCELL, *args],
-        capture_output=True, env=env, cwd=str(home), timeout=120,
+        capture_output=True,
+        env=env,
+        cwd=str(home),
+        timeout=120,
     )
 
 
 @pytest.fixture
-def user_home(offline_set, tmp_path):  # noqa: ARG001
+def user_home(offline_set, tmp_path):
     if os.getuid() != 0:
         pytest.skip("needs root to switch to an ordinary user")
     if shutil.which("setpriv") is None:
@@ -49,9 +62,19 @@ def user_home(offline_set, tmp_path):  # noqa: ARG001
 
 
 def test_ordinary_user_runs_isolated_cell(user_home):
-    result = as_nobody(user_home, "run", "-p", "bash", "-p", "coreutils", "--", "bash", "-c",
-                       "id -u; ls -A /; cat /etc/shadow 2>/dev/null || echo no-shadow; "
-                       "grep CapEff /proc/self/status; tail -n +3 /proc/net/dev | cut -d: -f1")
+    result = as_nobody(
+        user_home,
+        "run",
+        "-p",
+        "bash",
+        "-p",
+        "coreutils",
+        "--",
+        "bash",
+        "-c",
+        "id -u; ls -A /; cat /etc/shadow 2>/dev/null || echo no-shadow; "
+        "grep CapEff /proc/self/status; tail -n +3 /proc/net/dev | cut -d: -f1",
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.decode().split()
     assert lines[0] == "1000"
@@ -62,8 +85,20 @@ def test_ordinary_user_runs_isolated_cell(user_home):
 
 
 def test_ordinary_user_timeout_and_exit_codes(user_home):
-    result = as_nobody(user_home, "run", "-p", "bash", "-p", "coreutils", "--timeout", "1s", "--",
-                       "bash", "-c", "sleep 77.5 & sleep 77.5")
+    result = as_nobody(
+        user_home,
+        "run",
+        "-p",
+        "bash",
+        "-p",
+        "coreutils",
+        "--timeout",
+        "1s",
+        "--",
+        "bash",
+        "-c",
+        "sleep 77.5 & sleep 77.5",
+    )
     assert result.returncode == 124
     assert subprocess.run(["pgrep", "-f", "sleep 77.5"], capture_output=True).stdout == b""
     exited = as_nobody(user_home, "run", "-p", "bash", "--", "bash", "-c", "exit 5")

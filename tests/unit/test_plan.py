@@ -65,8 +65,10 @@ def test_workspace_default_is_fresh_tmpfs_and_workdir_binds():
     fresh = plan(make(), CLOSURE, HOST)
     assert any(op.kind == "tmpfs" and op.dest == "/workspace" for op in fresh.mounts)
     bound = plan(make(workdir="/srv/proj"), CLOSURE, HOST)
-    assert any(op.kind == "bind" and op.dest == "/workspace" and op.src == "/srv/proj"
-               for op in bound.mounts)
+    assert any(
+        op.kind == "bind" and op.dest == "/workspace" and op.src == "/srv/proj"
+        for op in bound.mounts
+    )
 
 
 def test_disk_limit_sizes_every_writable_tmpfs():
@@ -76,9 +78,13 @@ def test_disk_limit_sizes_every_writable_tmpfs():
 
 
 def test_user_mounts_and_hide():
-    spec = make(mounts=[{"source": "/srv/data", "target": "/data"},
-                        {"source": "/srv/out", "target": "/out", "writable": True}],
-                hide=["/data/secret", "/srv/out/key.pem"])
+    spec = make(
+        mounts=[
+            {"source": "/srv/data", "target": "/data"},
+            {"source": "/srv/out", "target": "/out", "writable": True},
+        ],
+        hide=["/data/secret", "/srv/out/key.pem"],
+    )
     host = HostFacts(0, 0, kinds={"/data/secret": "dir", "/srv/out/key.pem": "file"})
     p = plan(spec, CLOSURE, host)
     ops = [(op.kind, op.dest, op.src) for op in p.mounts]

@@ -6,8 +6,15 @@ from nixcell.units import format_duration, format_size, parse_duration, parse_si
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("256M", 256 << 20), ("1G", 1 << 30), ("1GiB", 1 << 30), ("512k", 512 << 10), ("4096", 4096),
-     ("1.5G", int(1.5 * (1 << 30))), (1000, 1000)],
+    [
+        ("256M", 256 << 20),
+        ("1G", 1 << 30),
+        ("1GiB", 1 << 30),
+        ("512k", 512 << 10),
+        ("4096", 4096),
+        ("1.5G", int(1.5 * (1 << 30))),
+        (1000, 1000),
+    ],
 )
 def test_parse_size(text, value):
     assert parse_size(text) == value

@@ -28,7 +28,9 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
 def check_nix() -> Check:
     path = shutil.which("nix-build")
     if path is None:
-        return Check("nix", False, "not found: install with `apt install nix-bin` or from nixos.org")
+        return Check(
+            "nix", False, "not found: install with `apt install nix-bin` or from nixos.org"
+        )
     proc = _run([path, "--version"])
     version = proc.stdout.strip() if proc and proc.returncode == 0 else "unknown version"
     return Check("nix", True, f"{version} ({path})")
@@ -52,9 +54,12 @@ def check_userns() -> Check:
     proc = _run([path, "--unshare-all", "--uid", "1000", "--ro-bind", "/", "/", "true"])
     if proc is None or proc.returncode != 0:
         why = (proc.stderr.strip() if proc else "bwrap did not run") or "failed"
-        return Check("user namespaces", False,
-                     f"{why}: enable them (sysctl kernel.unprivileged_userns_clone=1, "
-                     "user.max_user_namespaces > 0, or the AppArmor bwrap profile)")
+        return Check(
+            "user namespaces",
+            False,
+            f"{why}: enable them (sysctl kernel.unprivileged_userns_clone=1, "
+            "user.max_user_namespaces > 0, or the AppArmor bwrap profile)",
+        )
     return Check("user namespaces", True, "bwrap can create user, pid, net, ipc, uts namespaces")
 
 
@@ -75,8 +80,12 @@ def check_cgroups() -> Check:
     detail += f"usable {', '.join(sorted(usable))}" if usable else "no usable controller"
     for ctrl, reason in sorted(unusable.items()):
         detail += f"; {ctrl}: {reason}"
-    return Check("cgroups (--memory/--cpus/--pids)", len(unusable) == 0 and bool(usable), detail,
-                 required=False)
+    return Check(
+        "cgroups (--memory/--cpus/--pids)",
+        len(unusable) == 0 and bool(usable),
+        detail,
+        required=False,
+    )
 
 
 def check_packages() -> Check:
@@ -88,10 +97,16 @@ def check_packages() -> Check:
     if nixpkgs:
         return Check("packages", True, f"nixpkgs at {nixpkgs}")
     if offline:
-        return Check("packages", True,
-                     f"offline package set ({len(offline.packages)} packages); no nixpkgs channel")
-    return Check("packages", False,
-                 "no nixpkgs and no offline set: run `nixcell offline build` (./setup does)")
+        return Check(
+            "packages",
+            True,
+            f"offline package set ({len(offline.packages)} packages); no nixpkgs channel",
+        )
+    return Check(
+        "packages",
+        False,
+        "no nixpkgs and no offline set: run `nixcell offline build` (./setup does)",
+    )
 
 
 def run_doctor() -> int:

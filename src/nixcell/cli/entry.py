@@ -5,7 +5,6 @@ This module is what ``nixcell`` imports at start-up, so it imports almost nothin
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 
@@ -60,8 +59,8 @@ def _dispatch(args: list[str]) -> int:
 
     try:
         result = cli.main(args=args, prog_name="nixcell", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelp as exc:
-        click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
+    except _no_args_is_help(click) as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)  # type: ignore[attr-defined]
         return 2
     except click.exceptions.Exit as exc:
         return exc.exit_code
@@ -76,6 +75,12 @@ def _dispatch(args: list[str]) -> int:
         error(exc.format_message())
         return exc.exit_code
     return result if isinstance(result, int) else 0
+
+
+def _no_args_is_help(click) -> type[BaseException]:
+    """click 8.2 renamed NoArgsIsHelp to NoArgsIsHelpError."""
+    exc = click.exceptions
+    return getattr(exc, "NoArgsIsHelpError", None) or getattr(exc, "NoArgsIsHelp", exc.Exit)
 
 
 def _report(exc: Exception, verbose: bool) -> int:

@@ -3,13 +3,12 @@
 Planning is a pure function of the flags, the resolved closure and a few host facts. So when the
 same flags ran before (same directory, same user, same package sources), the plan from last time is
 the plan for now, with only the command swapped. Loading it skips importing click and pydantic
-(~150 ms here), which is most of a cold CLI start. Anything unusual (no ``--``, --dry-run, --pass-env,
-a global flag, a vanished closure or mount source) falls through to the normal path.
+(~150 ms here), which is most of a cold CLI start. Anything unusual (no ``--``, --dry-run,
+--pass-env, a global flag, a vanished closure or mount source) falls through to the normal path.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,8 +18,17 @@ if TYPE_CHECKING:
     from nixcell.plan import Plan
 
 _NOT_CACHED = {"--dry-run", "--json", "--pass-env", "-h", "--help", "-v", "--verbose"}
-_KEY_ENV = ("TERM", "NIX_PATH", "NIXCELL_HOME", "NIXCELL_OFFLINE_DIR", "XDG_CACHE_HOME",
-            "XDG_STATE_HOME", "XDG_DATA_HOME", "HOME", "USER")
+_KEY_ENV = (
+    "TERM",
+    "NIX_PATH",
+    "NIXCELL_HOME",
+    "NIXCELL_OFFLINE_DIR",
+    "XDG_CACHE_HOME",
+    "XDG_STATE_HOME",
+    "XDG_DATA_HOME",
+    "HOME",
+    "USER",
+)
 _pending: Path | None = None
 
 
@@ -32,11 +40,21 @@ def _key_file(options: list[str]) -> Path:
         offline_stamp = os.stat(paths.offline_dir() / "set.json").st_mtime_ns
     except OSError:
         offline_stamp = 0
-    material = json.dumps([
-        __version__, options, os.getcwd(), os.getuid(), os.getgid(),
-        [os.environ.get(k) for k in _KEY_ENV], offline_stamp, host_has_nixpkgs(),
-    ])
-    key = hashlib.sha256(material.encode()).hexdigest()[:32]
+    material = json.dumps(
+        [
+            __version__,
+            options,
+            os.getcwd(),
+            os.getuid(),
+            os.getgid(),
+            [os.environ.get(k) for k in _KEY_ENV],
+            offline_stamp,
+            host_has_nixpkgs(),
+        ]
+    )
+    from nixcell.hashing import digest
+
+    key = digest(material)[:32]
     return paths.cache_dir() / "plans" / f"{key}.json"
 
 

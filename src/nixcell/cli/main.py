@@ -47,39 +47,69 @@ def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:
     return env
 
 
-def run_options(f):  # noqa: ANN001, ANN201
+def run_options(f):
     opts = [
-        click.option("-p", "--package", "packages", multiple=True, metavar="PKG",
-                     help="Nix package: attribute path, store path or flake#attr (repeatable)."),
-        click.option("--nixpkgs", metavar="PIN",
-                     help="Package set: nixos-24.11, nixos-unstable, a 40-hex commit, a path, "
-                     "or 'offline'."),
+        click.option(
+            "-p",
+            "--package",
+            "packages",
+            multiple=True,
+            metavar="PKG",
+            help="Nix package: attribute path, store path or flake#attr (repeatable).",
+        ),
+        click.option(
+            "--nixpkgs",
+            metavar="PIN",
+            help="Package set: nixos-24.11, nixos-unstable, a 40-hex commit, a path, or 'offline'.",
+        ),
         click.option("-e", "--env", "env", multiple=True, metavar="K=V", help="Set a variable."),
-        click.option("--pass-env", multiple=True, metavar="NAME",
-                     help="Pass a host variable through (skipped when unset)."),
-        click.option("--workdir", metavar="DIR",
-                     help="Host dir bound read-write at /workspace (default: a fresh tmpfs)."),
-        click.option("--cwd", default="/workspace", show_default=True, metavar="DIR",
-                     help="Directory inside the cell to start in."),
+        click.option(
+            "--pass-env",
+            multiple=True,
+            metavar="NAME",
+            help="Pass a host variable through (skipped when unset).",
+        ),
+        click.option(
+            "--workdir",
+            metavar="DIR",
+            help="Host dir bound read-write at /workspace (default: a fresh tmpfs).",
+        ),
+        click.option(
+            "--cwd",
+            default="/workspace",
+            show_default=True,
+            metavar="DIR",
+            help="Directory inside the cell to start in.",
+        ),
         click.option("--ro-bind", multiple=True, metavar="SRC[:DST]", help="Read-only mount."),
         click.option("--bind", multiple=True, metavar="SRC[:DST]", help="Read-write mount."),
-        click.option("--hide", multiple=True, metavar="PATH",
-                     help="Hide a path inside a mount (cell path or host path)."),
+        click.option(
+            "--hide",
+            multiple=True,
+            metavar="PATH",
+            help="Hide a path inside a mount (cell path or host path).",
+        ),
         click.option("--memory", metavar="SIZE", help="Memory limit, e.g. 256M (cgroup)."),
         click.option("--cpus", type=float, metavar="N", help="CPU limit, e.g. 1.5 (cgroup)."),
         click.option("--pids", type=int, metavar="N", help="Max processes+threads (cgroup)."),
-        click.option("--timeout", metavar="DURATION", help="Kill the cell after e.g. 30s; exit 124."),
-        click.option("--disk", metavar="SIZE",
-                     help="Size of each writable tmpfs area (/tmp, home, fresh /workspace)."),
-        click.option("--hardening-profile", "profiles", multiple=True, metavar="NAME",
-                     help=HARDENING_HELP),
+        click.option(
+            "--timeout", metavar="DURATION", help="Kill the cell after e.g. 30s; exit 124."
+        ),
+        click.option(
+            "--disk",
+            metavar="SIZE",
+            help="Size of each writable tmpfs area (/tmp, home, fresh /workspace).",
+        ),
+        click.option(
+            "--hardening-profile", "profiles", multiple=True, metavar="NAME", help=HARDENING_HELP
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
     return f
 
 
-def spec_from_flags(command: tuple[str, ...], **o: object):  # noqa: ANN201
+def spec_from_flags(command: tuple[str, ...], **o: object):
     from nixcell.spec import make_spec
 
     mounts = []
@@ -88,8 +118,10 @@ def spec_from_flags(command: tuple[str, ...], **o: object):  # noqa: ANN201
             src, dst = _split_mount(str(value), f"--{flag.replace('_', '-')}")
             mounts.append({"source": src, "target": dst, "writable": writable})
     workdir = o["workdir"]
-    hides = [os.path.abspath(os.path.expanduser(str(h))) if not str(h).startswith("/") else str(h)
-             for h in o["hide"]]  # type: ignore[attr-defined]
+    hides = [
+        os.path.abspath(os.path.expanduser(str(h))) if not str(h).startswith("/") else str(h)
+        for h in o["hide"]
+    ]  # type: ignore[attr-defined]
     return make_spec(
         command=list(command),
         packages=list(o["packages"]),  # type: ignore[call-overload]
@@ -100,8 +132,13 @@ def spec_from_flags(command: tuple[str, ...], **o: object):  # noqa: ANN201
         cwd=o["cwd"],
         mounts=mounts,
         hide=hides,
-        limits={"memory": o["memory"], "cpus": o["cpus"], "pids": o["pids"],
-                "timeout": o["timeout"], "disk": o["disk"]},
+        limits={
+            "memory": o["memory"],
+            "cpus": o["cpus"],
+            "pids": o["pids"],
+            "timeout": o["timeout"],
+            "disk": o["disk"],
+        },
         hardening_profiles=list(o["profiles"]),  # type: ignore[call-overload]
     )
 

@@ -32,7 +32,11 @@ def show_plan(plan: Plan, *, as_json: bool) -> None:
         f"disk {format_size(lim.disk)}" if lim.disk else None,
     ]
     console.print("[bold]limits[/] " + (", ".join(x for x in limits if x) or "none"))
-    console.print("[bold]namespaces[/] " + ", ".join(plan.namespaces) + "  [bold]seccomp[/] default"
-                  + "".join(f" +{p}" for p in plan.seccomp_profiles))
+    console.print(
+        "[bold]namespaces[/] "
+        + ", ".join(plan.namespaces)
+        + "  [bold]seccomp[/] default"
+        + "".join(f" +{p}" for p in plan.seccomp_profiles)
+    )
     console.print("[bold]env[/] " + " ".join(f"{k}={shlex.quote(v)}" for k, v in plan.env.items()))
     console.print("[bold]bwrap[/] " + shlex.join(plan.bwrap_args()), soft_wrap=True)

@@ -49,7 +49,8 @@ _HELPERS = """
     { ok = true; value = root; } path;
   nixcellPick = name: root: candidates:
     let found = builtins.filter (r: r.ok) (map (nixcellLookup root) candidates);
-    in if found == [] then throw "nixcell-unknown-package: ${name}" else (builtins.head found).value;
+    in if found == [] then throw "nixcell-unknown-package: ${name}"
+       else (builtins.head found).value;
   nixcellSystem = builtins.currentSystem;
 """
 
@@ -80,7 +81,8 @@ def package_expr(pkg: str, cwd: str | None = None) -> tuple[str, bool, str]:
             "[ " + " ".join("nixcellSystem" if s == "${sys}" else _nix_string(s) for s in c) + " ]"
             for c in cands
         )
-        expr = f"(nixcellPick {_nix_string(pkg)} (builtins.getFlake {_nix_string(ref)}) [ {nix_cands} ])"
+        flake = f"(builtins.getFlake {_nix_string(ref)})"
+        expr = f"(nixcellPick {_nix_string(pkg)} {flake} [ {nix_cands} ])"
         return expr, True, f"{ref}#{attr}|{_flake_stamp(ref)}"
     if not _ATTR_PATH.match(pkg):
         raise UsageError(
