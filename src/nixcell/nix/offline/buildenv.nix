@@ -1,0 +1,23 @@
+# nixpkgs' buildEnv interface, reduced to what a cell needs: $out/bin holds a symlink to every
+# bin/* of the paths (the first path providing a name wins). nix-support/env-paths names every
+# path, so the env's closure is exactly the union of the paths' closures even for a path
+# without bin/.
+{ busybox, system }:
+{ name, paths, ... }:
+derivation {
+  inherit name system paths;
+  builder = "${busybox}/bin/sh";
+  args = [ "-c" ''
+    set -e
+    mkdir -p $out/bin $out/nix-support
+    for p in $paths; do
+      echo "$p" >> $out/nix-support/env-paths
+      [ -d "$p/bin" ] || continue
+      for f in "$p"/bin/* "$p"/bin/.[!.]*; do
+        [ -e "$f" ] || [ -L "$f" ] || continue
+        n="''${f##*/}"
+        [ -e "$out/bin/$n" ] || [ -L "$out/bin/$n" ] || ln -s "$f" "$out/bin/$n"
+      done
+    done
+  '' ];
+}
