@@ -76,6 +76,14 @@ class Plan:
     disable_userns: bool = True
     source: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    programs: tuple[str, ...] = ()  # what the cell's PATH holds, for command decisions
+    shell: str | None = None  # the closure's bash/sh, if any
+
+    def with_command(self, command: tuple[str, ...] | list[str]) -> Plan:
+        """The same cell running another command (shell builtins go through the shell)."""
+        import dataclasses
+
+        return dataclasses.replace(self, command=command_for(tuple(command), self))
 
     # -- rendering -------------------------------------------------------------------------
     def fd_names(self) -> list[str]:
@@ -117,8 +125,10 @@ class Plan:
         fields.pop("bwrap_args", None)
         fields["mounts"] = tuple(MountOp(**m) for m in fields["mounts"])  # type: ignore[union-attr]
         fields["limits"] = PlanLimits(**fields["limits"])  # type: ignore[arg-type]
-        for key in ("command", "seccomp_profiles", "closure", "path_dirs", "namespaces", "notes"):
-            fields[key] = tuple(fields[key])  # type: ignore[arg-type]
+        tuples = ("command", "seccomp_profiles", "closure", "path_dirs", "namespaces", "notes",
+                  "programs")
+        for key in tuples:
+            fields[key] = tuple(fields.get(key, ()))  # type: ignore[arg-type]
         return cls(**fields)  # type: ignore[arg-type]
 
 
@@ -162,6 +172,8 @@ def plan(spec: CellSpec, closure: Closure, host: HostFacts) -> Plan:
     mounts.append(MountOp("remount-ro", "/"))
 
     path_dirs = (f"{closure.env}/bin",)
+    shell = next((f"{closure.env}/bin/{sh}" for sh in ("bash", "sh") if closure.has_program(sh)),
+                 None)
     env = {
         "PATH": ":".join(path_dirs),
         "HOME": CELL_HOME,
@@ -177,7 +189,7 @@ def plan(spec: CellSpec, closure: Closure, host: HostFacts) -> Plan:
     limits = PlanLimits(**spec.limits.model_dump())
     profiles = tuple(spec.hardening_profiles)
     return Plan(
-        command=tuple(spec.command),
+        command=(),
         mounts=tuple(mounts),
         env=dict(sorted(env.items())),
         cwd=spec.cwd,
@@ -187,7 +199,27 @@ def plan(spec: CellSpec, closure: Closure, host: HostFacts) -> Plan:
         path_dirs=path_dirs,
         disable_userns="nested-sandbox" not in profiles,
         source=closure.source,
-    )
+        programs=closure.programs,
+        shell=shell,
+    ).with_command(spec.command)
+
+
+# Builtins of bash/sh that people pass as the command (`nixcell run -p bash -- echo hi`).
+SHELL_BUILTINS = frozenset(
+    "echo printf test [ true false pwd read cd exit kill type command exec export set unset "
+    "ulimit umask wait times trap eval source . : alias hash help let local shift getopts "
+    "declare typeset readonly jobs".split()
+)
+
+
+def command_for(command: tuple[str, ...], plan: Plan) -> tuple[str, ...]:
+    """Run a shell builtin through the closure's shell when no program of that name exists."""
+    if not command:
+        return command
+    name = command[0]
+    if "/" in name or name in plan.programs or name not in SHELL_BUILTINS or plan.shell is None:
+        return command
+    return (plan.shell, "-c", '"$@"', name, *command)
 
 
 def _hides(spec: CellSpec, host: HostFacts) -> list[MountOp]:

@@ -46,9 +46,9 @@ def test_python_batteries_work_in_a_cell(offline_set):
         (["jq"], ["jq", "-n", "-c", "[1,2]|add"], b"3\n"),
         (["curl"], ["curl", "-V"], b"https"),
         (
-            ["git", "coreutils"],
+            ["git", "bash"],
             [
-                "sh",
+                "bash",
                 "-c",
                 "git init -q /tmp/r && cd /tmp/r && "
                 "git -c user.email=a@b -c user.name=n commit -q --allow-empty "

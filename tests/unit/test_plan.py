@@ -155,3 +155,22 @@ def test_bad_sizes_and_profiles_are_usage_errors():
         make(limits={"memory": "lots"})
     with pytest.raises(UsageError, match="nested-sandbox"):
         make(hardening_profiles=["no-such-profile"])
+
+
+def test_shell_builtins_run_through_the_closure_shell():
+    p = plan(make(command=["echo", "hi"]), CLOSURE, HOST)
+    assert p.command == (f"{ENV}/bin/bash", "-c", '"$@"', "echo", "echo", "hi")
+    # a real program of that name wins, and so does an explicit path
+    with_echo = Closure(ENV, CLOSURE.paths, ("coreutils",), "", ("bash", "echo"))
+    assert plan(make(command=["echo", "hi"]), with_echo, HOST).command == ("echo", "hi")
+    assert plan(make(command=["/bin/echo"]), CLOSURE, HOST).command == ("/bin/echo",)
+    # no shell in the closure: left alone (the runner reports it as not found)
+    no_shell = Closure(ENV, CLOSURE.paths, ("jq",), "", ("jq",))
+    assert plan(make(command=["echo", "hi"]), no_shell, HOST).command == ("echo", "hi")
+
+
+def test_with_command_swaps_only_the_command():
+    p = plan(make(), CLOSURE, HOST)
+    q = p.with_command(["exit", "3"])
+    assert q.command == (f"{ENV}/bin/bash", "-c", '"$@"', "exit", "exit", "3")
+    assert q.mounts == p.mounts and q.env == p.env

@@ -90,12 +90,10 @@ def try_fast_run(args: list[str]) -> int | None:
     except (OSError, ValueError):
         _pending = key_file
         return None
-    import dataclasses
-
     from nixcell.plan import Plan
 
     try:
-        plan = dataclasses.replace(Plan.from_json(data), command=tuple(command))
+        plan = Plan.from_json(data).with_command(command)
     except (TypeError, KeyError, ValueError):
         _pending = key_file
         return None

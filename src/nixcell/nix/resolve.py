@@ -144,15 +144,15 @@ def resolve(
     cached = _read_cache(cache_file)
     if cached is not None:
         return cached
+    expr = build_expression(source, [e for e, _, _ in parts])
+    flakes = any(f for _, f, _ in parts)
+    gcroot = paths.state_dir() / "gcroots" / key
+    env_path = _nix_build(expr, gcroot, flakes=flakes, source=source, progress=progress)
     if source.is_default_offline and progress is not None:
         progress(
             "no nixpkgs found on this host: using nixcell's offline package set (host binaries); "
             "use --nixpkgs nixos-24.11 or NIX_PATH=nixpkgs=PATH for real nixpkgs"
         )
-    expr = build_expression(source, [e for e, _, _ in parts])
-    flakes = any(f for _, f, _ in parts)
-    gcroot = paths.state_dir() / "gcroots" / key
-    env_path = _nix_build(expr, gcroot, flakes=flakes, source=source, progress=progress)
     closure_paths = _query_closure(env_path)
     try:
         programs = tuple(sorted(os.listdir(Path(env_path, "bin"))))
