@@ -28,7 +28,9 @@ def skip_reason() -> str | None:
 def nixcell_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private cache/state dir for the suite; the offline set stays where ./setup built it."""
     from nixcell import paths
+    from nixcell.sandbox.reap import become_subreaper
 
+    become_subreaper()  # as the CLI does: in-process cells leave no orphaned zombie
     os.environ.setdefault("NIXCELL_OFFLINE_DIR", str(paths.offline_dir()))
     home = tmp_path_factory.mktemp("nixcell-home")
     os.environ["NIXCELL_HOME"] = str(home)
@@ -57,3 +59,12 @@ def cli(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+@pytest.fixture(autouse=True)
+def _reap_bare_bwrap_orphans():
+    """Tests that run bare ``bwrap`` orphan its pid-1 to us (we are a subreaper): reap them."""
+    yield
+    from nixcell.sandbox.reap import reap_orphans
+
+    reap_orphans()

@@ -125,8 +125,15 @@ class Plan:
         fields.pop("bwrap_args", None)
         fields["mounts"] = tuple(MountOp(**m) for m in fields["mounts"])  # type: ignore[union-attr]
         fields["limits"] = PlanLimits(**fields["limits"])  # type: ignore[arg-type]
-        tuples = ("command", "seccomp_profiles", "closure", "path_dirs", "namespaces", "notes",
-                  "programs")
+        tuples = (
+            "command",
+            "seccomp_profiles",
+            "closure",
+            "path_dirs",
+            "namespaces",
+            "notes",
+            "programs",
+        )
         for key in tuples:
             fields[key] = tuple(fields.get(key, ()))  # type: ignore[arg-type]
         return cls(**fields)  # type: ignore[arg-type]
@@ -172,8 +179,9 @@ def plan(spec: CellSpec, closure: Closure, host: HostFacts) -> Plan:
     mounts.append(MountOp("remount-ro", "/"))
 
     path_dirs = (f"{closure.env}/bin",)
-    shell = next((f"{closure.env}/bin/{sh}" for sh in ("bash", "sh") if closure.has_program(sh)),
-                 None)
+    shell = next(
+        (f"{closure.env}/bin/{sh}" for sh in ("bash", "sh") if closure.has_program(sh)), None
+    )
     env = {
         "PATH": ":".join(path_dirs),
         "HOME": CELL_HOME,
@@ -206,9 +214,45 @@ def plan(spec: CellSpec, closure: Closure, host: HostFacts) -> Plan:
 
 # Builtins of bash/sh that people pass as the command (`nixcell run -p bash -- echo hi`).
 SHELL_BUILTINS = frozenset(
-    "echo printf test [ true false pwd read cd exit kill type command exec export set unset "
-    "ulimit umask wait times trap eval source . : alias hash help let local shift getopts "
-    "declare typeset readonly jobs".split()
+    [
+        "echo",
+        "printf",
+        "test",
+        "[",
+        "true",
+        "false",
+        "pwd",
+        "read",
+        "cd",
+        "exit",
+        "kill",
+        "type",
+        "command",
+        "exec",
+        "export",
+        "set",
+        "unset",
+        "ulimit",
+        "umask",
+        "wait",
+        "times",
+        "trap",
+        "eval",
+        "source",
+        ".",
+        ":",
+        "alias",
+        "hash",
+        "help",
+        "let",
+        "local",
+        "shift",
+        "getopts",
+        "declare",
+        "typeset",
+        "readonly",
+        "jobs",
+    ]
 )
 
 

@@ -212,6 +212,7 @@ def execute(
     finally:
         if cell is not None:
             cell.close_fds()
+            cell.reap()
         if cgroup is not None:
             cgroup.remove()
 
@@ -264,6 +265,8 @@ async def _wait_exit(proc: subprocess.Popen[bytes]) -> int:
     import asyncio
 
     loop = asyncio.get_running_loop()
+    if proc.poll() is not None:
+        return proc.returncode
     pidfd = os.pidfd_open(proc.pid)
     try:
         if proc.poll() is None:
@@ -338,6 +341,7 @@ async def execute_async(
     finally:
         if cell is not None:
             cell.close_fds()
+            cell.reap()
             for stream in (cell.proc.stdin, cell.proc.stdout, cell.proc.stderr):
                 if stream is not None:
                     with contextlib.suppress(OSError):

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from nixcell import CellSpec, RunResult, run
@@ -17,3 +22,16 @@ def cell(offline_set):
         return run(spec, capture_output=True, input=input)
 
     return _run
+
+
+@pytest.fixture
+def user_home(offline_set):
+    """A home the ordinary user can reach (pytest's tmp_path sits under a 0700 dir)."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to switch to an ordinary user")
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux)")
+    home = Path(tempfile.mkdtemp(prefix="cell-user-", dir="/tmp"))
+    home.chmod(0o755)
+    yield home
+    shutil.rmtree(home, ignore_errors=True)

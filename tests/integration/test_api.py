@@ -131,3 +131,16 @@ def test_async_input(offline_set):
 def test_errors_are_nixcell_errors(offline_set):
     with pytest.raises(NixcellError, match="unknown package"):
         nixcell.run(CellSpec(command=["true"], packages=["no-such-package-xyz"]))
+
+
+def test_in_process_runs_leave_no_zombie(offline_set):
+    """The runner reaps the cell's pid-1 that bwrap orphans to us (sandbox/reap.py)."""
+    import os
+    import subprocess
+
+    for _ in range(3):
+        assert nixcell.run(CellSpec(command=["true"], packages=["bash"])).exit_code == 0
+    children = subprocess.run(
+        ["ps", "-o", "pid=,stat=,comm=", "--ppid", str(os.getpid())], capture_output=True, text=True
+    ).stdout
+    assert [line for line in children.splitlines() if "bwrap" in line] == []

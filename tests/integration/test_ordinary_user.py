@@ -11,7 +11,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 from tests.conftest import NIXCELL
 
 NOBODY = 65534
@@ -21,16 +20,18 @@ def as_nobody(home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     """Run nixcell as uid/gid 65534 with a cache root prepared (resolved) under ``home``."""
     state = home / "nixcell-home"
     if not state.exists():
-        subprocess.run(
-            [NIXCELL, "run", "-p", "bash", "-p", "coreutils", "--", "true"],
-            check=True,
-            env={**os.environ, "NIXCELL_HOME": str(state)},
-        )
-        subprocess.run(
-            [NIXCELL, "run", "-p", "bash", "--", "true"],
-            check=True,
-            env={**os.environ, "NIXCELL_HOME": str(state)},
-        )
+        # Root resolves (nix needs the root-owned store); the user then runs from the cache.
+        for packages in (["bash", "coreutils", "gnugrep"], ["bash", "coreutils"], ["bash"]):
+            subprocess.run(
+                [NIXCELL, "run", *(f"-p{p}" for p in packages), "--", "true"],
+                check=True,
+                env={**os.environ, "NIXCELL_HOME": str(state)},
+            )
+        # The root-built offline set lives under /root (0700): give the user its own view of it.
+        offline = state / "offline"
+        offline.mkdir()
+        for name in ("set.nix", "set.json"):
+            shutil.copy2(Path(os.environ["NIXCELL_OFFLINE_DIR"], name), offline / name)
         for root, dirs, files in os.walk(state):
             for name in [*dirs, *files]:
                 os.lchown(os.path.join(root, name), NOBODY, NOBODY)
@@ -40,7 +41,7 @@ def as_nobody(home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
         "PATH": os.environ["PATH"],
         "HOME": str(home),
         "NIXCELL_HOME": str(state),
-        "NIXCELL_OFFLINE_DIR": os.environ["NIXCELL_OFFLINE_DIR"],
+        "NIXCELL_OFFLINE_DIR": str(state / "offline"),
         "LANG": "C.UTF-8",
     }
     return subprocess.run(
@@ -52,15 +53,6 @@ def as_nobody(home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     )
 
 
-@pytest.fixture
-def user_home(offline_set, tmp_path):
-    if os.getuid() != 0:
-        pytest.skip("needs root to switch to an ordinary user")
-    if shutil.which("setpriv") is None:
-        pytest.skip("needs setpriv (util-linux)")
-    return tmp_path
-
-
 def test_ordinary_user_runs_isolated_cell(user_home):
     result = as_nobody(
         user_home,
@@ -69,6 +61,8 @@ def test_ordinary_user_runs_isolated_cell(user_home):
         "bash",
         "-p",
         "coreutils",
+        "-p",
+        "gnugrep",
         "--",
         "bash",
         "-c",
@@ -79,7 +73,7 @@ def test_ordinary_user_runs_isolated_cell(user_home):
     lines = result.stdout.decode().split()
     assert lines[0] == "1000"
     assert "no-shadow" in lines
-    assert "0000000000000000" in lines
+    assert "0000000000000000" in lines, " ".join(lines)
     assert lines[-1] == "lo"
     assert "root" not in lines[1:10]
 

@@ -11,11 +11,14 @@ from tests.conftest import skip_reason
 def test_no_cell_leftovers():
     if skip_reason():
         return
-    leftovers = [str(p) for p in Path("/sys/fs/cgroup").glob("*/nixcell/*") if p.is_dir()]
-    leftovers += [str(p) for p in Path("/sys/fs/cgroup").glob("*/nixcell-*") if p.is_dir()]
+    from nixcell.sandbox.cgroups import list_cell_cgroups
+
+    leftovers = [str(p) for p in list_cell_cgroups()]
+    leftovers += [str(p) for p in Path("/sys/fs/cgroup").glob("*/nixcell/*") if p.is_dir()]
     assert leftovers == []
-    bwraps = subprocess.run(["pgrep", "-x", "bwrap"], capture_output=True, text=True).stdout
-    assert bwraps.split() == []
+    ps = subprocess.run(["ps", "-eo", "pid,ppid,stat,etime,comm"], capture_output=True, text=True)
+    bwraps = [line for line in ps.stdout.splitlines() if line.endswith(" bwrap")]
+    assert bwraps == []
     mounts = Path("/proc/self/mountinfo").read_text()
     assert "nixcell" not in mounts
     tmp = [p.name for p in Path("/tmp").iterdir() if p.name.startswith("nixcell")]

@@ -52,6 +52,9 @@ def check_userns() -> Check:
     if path is None:
         return Check("user namespaces", False, "cannot test without bubblewrap")
     proc = _run([path, "--unshare-all", "--uid", "1000", "--ro-bind", "/", "/", "true"])
+    from nixcell.sandbox.reap import reap_orphans
+
+    reap_orphans()  # bwrap's pid-1 was orphaned to us (the CLI made itself a subreaper)
     if proc is None or proc.returncode != 0:
         why = (proc.stderr.strip() if proc else "bwrap did not run") or "failed"
         return Check(

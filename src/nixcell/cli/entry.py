@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _on_signal)
+    if "run" in args[:2] or "doctor" in args[:2]:
+        from nixcell.sandbox.reap import become_subreaper
+
+        become_subreaper()  # cells' orphans come back to us to be reaped (sandbox/reap.py)
     verbose = "-v" in args[:1] or "--verbose" in args[: args.index("--") if "--" in args else None]
     try:
         code = _dispatch(args)

@@ -45,17 +45,25 @@ def host_has_nixpkgs() -> str | None:
     for entry in os.environ.get("NIX_PATH", "").split(":"):
         if entry.startswith("nixpkgs="):
             return entry.removeprefix("nixpkgs=")
-        if entry and "=" not in entry and Path(entry, "nixpkgs").exists():
+        if entry and "=" not in entry and _exists(Path(entry, "nixpkgs")):
             return str(Path(entry, "nixpkgs"))
     candidates = [
-        Path.home() / ".nix-defexpr/channels/nixpkgs",
+        Path(os.environ.get("HOME") or "/nonexistent", ".nix-defexpr/channels/nixpkgs"),
         Path(f"/nix/var/nix/profiles/per-user/{_user()}/channels/nixpkgs"),
         Path("/nix/var/nix/profiles/per-user/root/channels/nixpkgs"),
     ]
     for path in candidates:
-        if path.exists():
+        if _exists(path):
             return str(path)
     return None
+
+
+def _exists(path: Path) -> bool:
+    """``Path.exists`` that treats an unreadable directory (another user's home) as absent."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def _user() -> str:

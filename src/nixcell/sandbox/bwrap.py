@@ -60,10 +60,21 @@ class CellProcess:
             if self.child_pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.child_pid, signal.SIGKILL)
+                # bwrap reaps its child and exits by itself; killing it first would orphan the
+                # child's zombie to the host's init, which may never reap it.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=2)
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
         if self.cgroup is not None:
             self.cgroup.kill_all()
+
+    def reap(self) -> None:
+        """After bwrap has exited: reap its pid-1 if it was orphaned to us (see ``reap``)."""
+        if self.proc.returncode is not None:
+            from nixcell.sandbox.reap import reap
+
+            reap(self.child_pid)
 
     def close_fds(self) -> None:
         for fd in self._fds:
