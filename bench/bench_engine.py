@@ -116,16 +116,23 @@ def docker_runner():
 async def concurrent_cells(n: int) -> tuple[int, float]:
     from nixcell import CellSpec, run_async
 
-    spec = CellSpec(command=["bash", "-c", "echo $$"], packages=["bash"])
+    # Each cell echoes its own token: a result in the wrong place would show as a failure.
+    specs = [
+        CellSpec(command=["bash", "-c", 'echo "$TOKEN"'], packages=["bash"], env={"TOKEN": str(i)})
+        for i in range(n)
+    ]
     start = time.perf_counter()
     results = await asyncio.gather(
-        *(run_async(spec, capture_output=True) for _ in range(n)), return_exceptions=True
+        *(run_async(spec, capture_output=True) for spec in specs), return_exceptions=True
     )
     ok = sum(
         1
-        for r in results
-        if not isinstance(r, BaseException) and r.exit_code == 0 and r.stdout == b"1\n"
+        for i, r in enumerate(results)
+        if not isinstance(r, BaseException) and r.exit_code == 0 and r.stdout == f"{i}\n".encode()
     )
+    errors = {repr(r)[:120] for r in results if isinstance(r, BaseException)}
+    for err in sorted(errors):
+        print(f"  concurrent cell error: {err}", file=sys.stderr)
     return ok, time.perf_counter() - start
 
 
@@ -153,7 +160,7 @@ async def memory_per_cell(n: int) -> tuple[float, float]:
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return (during - before) / n / 1024, bwrap_rss / 1024
+    return (during - before) / n, bwrap_rss / 1024
 
 
 def main() -> None:
@@ -218,10 +225,10 @@ def main() -> None:
     print(f"in-process / bare bwrap = {statistics.median(api) / base:.2f} (target ≤ 2)")
     ok, wall = asyncio.run(concurrent_cells(args.concurrency))
     print(f"{args.concurrency} concurrent cells: {ok} succeeded in {wall:.2f} s")
-    host_mb, bwrap_mb = asyncio.run(memory_per_cell(20))
+    host_kib, bwrap_mb = asyncio.run(memory_per_cell(20))
     print(
-        f"host-side memory per running cell: {host_mb:.2f} MB (bwrap itself: {bwrap_mb:.2f} MB"
-        " RSS per cell; target ≤ 5 MB besides bwrap)"
+        f"host-side memory per running cell: {host_kib:.0f} KiB of nixcell RSS (bwrap itself: "
+        f"{bwrap_mb:.2f} MB RSS per cell; target ≤ 5 MB besides bwrap)"
     )
 
 

@@ -13,7 +13,8 @@ import json
 import posixpath
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+
+TYPE_CHECKING = False  # not `import typing`: it costs CLI start-up time
 
 if TYPE_CHECKING:
     from nixcell.host import HostFacts

@@ -13,12 +13,15 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING
 
 from nixcell.errors import NixcellError
 from nixcell.units import format_duration, format_size
 
+TYPE_CHECKING = False  # not `import typing`: it costs CLI start-up time
+
 if TYPE_CHECKING:
+    from typing import IO
+
     from nixcell.nix.closure import Closure
     from nixcell.plan import Plan
     from nixcell.sandbox.bwrap import CellProcess

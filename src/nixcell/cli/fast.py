@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+TYPE_CHECKING = False  # not `import typing`: it costs CLI start-up time
 
 if TYPE_CHECKING:
     from nixcell.plan import Plan

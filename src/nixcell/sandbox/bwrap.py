@@ -17,15 +17,18 @@ import shutil
 import signal
 import subprocess
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING
 
 from nixcell.errors import CellFailedError, SandboxError
 
+TYPE_CHECKING = False  # not `import typing`: it costs CLI start-up time
+
 if TYPE_CHECKING:
+    from typing import IO
+
+    _Stream = int | IO[bytes] | None
+
     from nixcell.plan import Plan
     from nixcell.sandbox.cgroups import CellCgroup
-
-_Stream = int | IO[bytes] | None
 
 
 def bwrap_path() -> str:
