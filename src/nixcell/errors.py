@@ -58,3 +58,15 @@ class LimitUnavailableError(SandboxError):
 
 class CellFailedError(SandboxError):
     """bwrap itself failed before the command started."""
+
+
+class PolicyError(UsageError):
+    """A network policy (file or flag) is malformed; the message names the file and line."""
+
+
+class CredentialError(NixcellError):
+    """A credential cannot be loaded. The message never contains the secret itself."""
+
+
+class NetworkError(SandboxError):
+    """The cell's network (namespace, proxy listener) could not be set up."""

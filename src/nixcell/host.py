@@ -21,6 +21,7 @@ class HostFacts:
     passed_env: dict[str, str] = field(default_factory=dict)
     # host path -> "dir" | "file" for every mount source and hidden path
     kinds: dict[str, str] = field(default_factory=dict)
+    ca_pem: str | None = None  # the proxy CA's certificate, for cells with a network
 
 
 def _kind(path: str) -> str | None:
@@ -48,12 +49,18 @@ def gather(spec) -> HostFacts:
         kind = _kind(host_path) if host_path else None
         kinds[hidden] = kind or "dir"
     passed = {name: os.environ[name] for name in spec.pass_env if name in os.environ}
+    ca_pem = None
+    if spec.network is not None:
+        from nixcell.net.tls import CertificateAuthority
+
+        ca_pem = CertificateAuthority.load_or_create().cert_pem.decode()
     return HostFacts(
         uid=os.getuid(),
         gid=os.getgid(),
         term=os.environ.get("TERM") or "dumb",
         passed_env=passed,
         kinds=kinds,
+        ca_pem=ca_pem,
     )
 
 

@@ -29,6 +29,8 @@ HOSTNAME = "cell"
 NAMESPACES = ("user", "pid", "ipc", "uts", "net", "cgroup")
 
 _NSSWITCH = "passwd: files\ngroup: files\nshadow: files\nhosts: files\n"
+PROXY_PORT = 3128  # inside the cell's own network namespace, so any fixed port is free
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,9 @@ class Plan:
     notes: tuple[str, ...] = field(default_factory=tuple)
     programs: tuple[str, ...] = ()  # what the cell's PATH holds, for command decisions
     shell: str | None = None  # the closure's bash/sh, if any
+    # With a network: the spec's Network (policy sources) plus the proxy port. The executor puts
+    # the cell in a namespace holding only lo and the proxy's listener (net/netns.py).
+    network: dict[str, object] | None = None
 
     def with_command(self, command: tuple[str, ...] | list[str]) -> Plan:
         """The same cell running another command (shell builtins go through the shell)."""
@@ -193,6 +198,13 @@ def plan(spec: CellSpec, closure: Closure, host: HostFacts) -> Plan:
         "TMPDIR": "/tmp",
         "SHELL": f"{closure.env}/bin/bash" if closure.has_program("bash") else "/bin/sh",
     }
+    network = None
+    namespaces = NAMESPACES
+    if spec.network is not None:
+        network = {"port": PROXY_PORT, **spec.network.model_dump()}
+        namespaces = tuple(ns for ns in NAMESPACES if ns != "net")  # the executor's netns
+        env.update(proxy_env(PROXY_PORT, spec.network.allow_cidrs))
+        mounts.insert(-1, MountOp("data", CA_BUNDLE, data=host.ca_pem or ""))
     env.update(host.passed_env)
     env.update(spec.env)
     limits = PlanLimits(**spec.limits.model_dump())
@@ -210,7 +222,43 @@ def plan(spec: CellSpec, closure: Closure, host: HostFacts) -> Plan:
         source=closure.source,
         programs=closure.programs,
         shell=shell,
+        network=network,
+        namespaces=namespaces,
     ).with_command(spec.command)
+
+
+def proxy_env(port: int, allow_cidrs: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
+    """Every spelling clients look for, so no client quietly goes direct (DESIGN.md §4).
+
+    NO_PROXY names the cell's own loopback (servers the cell starts for itself) — unless the
+    policy grants loopback addresses of the host: then those go through the proxy, since a
+    client sending them "direct" would only reach the cell's empty lo (srt's mistake, §6).
+    """
+    url = f"http://127.0.0.1:{port}"
+    env: dict[str, str] = {}
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "FTP_PROXY"):
+        env[name] = env[name.lower()] = url
+    local = ["localhost", "127.0.0.1", "::1"]
+    if any(c.startswith(("127.", "::1", "[::1]", "0.0.0.0/0", "::/0")) for c in allow_cidrs):
+        local = []
+    env["NO_PROXY"] = env["no_proxy"] = ",".join(local)
+    env["NODE_USE_ENV_PROXY"] = "1"
+    env["npm_config_proxy"] = env["npm_config_https_proxy"] = url
+    env["PIP_PROXY"] = url
+    for name in (
+        "SSL_CERT_FILE",
+        "NODE_EXTRA_CA_CERTS",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "GIT_SSL_CAINFO",
+        "CARGO_HTTP_CAINFO",
+        "PIP_CERT",
+        "npm_config_cafile",
+        "AWS_CA_BUNDLE",
+        "DENO_CERT",
+    ):
+        env[name] = CA_BUNDLE
+    return env
 
 
 # Builtins of bash/sh that people pass as the command (`nixcell run -p bash -- echo hi`).

@@ -8,6 +8,7 @@ cell's processes, cgroups and fds are gone when these return or raise.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import time
@@ -48,6 +49,8 @@ class RunResult:
     stdout: bytes | None = None
     stderr: bytes | None = None
     message: str | None = None
+    network_summary: str | None = None  # "3 requests denied: …" when the proxy refused any
+    learned_policy: str | None = None  # --learn: a policy TOML allowing what the cell used
 
 
 def new_cell_id() -> str:
@@ -62,6 +65,10 @@ def prepare(
     from nixcell.nix.resolve import resolve
     from nixcell.plan import plan
 
+    if spec.network is not None:  # a bad policy file fails before any nix build
+        from nixcell.net.session import build_policy
+
+        build_policy(spec.network.model_dump())
     closure = resolve(spec.packages, spec.nixpkgs, progress=progress)
     facts = host.gather(spec)
     return plan(spec, closure, facts), closure
@@ -173,6 +180,19 @@ def execute(
     """Run a planned cell to completion (blocking)."""
     from nixcell.sandbox import bwrap
 
+    if plan.network is not None:  # the proxy runs on an event loop next to the cell
+        import asyncio
+
+        return asyncio.run(
+            execute_async(
+                plan,
+                capture_output=capture_output,
+                input=input,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+            )
+        )
     check_command(plan)
     program = seccomp_program(plan.seccomp_profiles)
     cell_id = new_cell_id()
@@ -305,10 +325,14 @@ async def execute_async(
         stdout = stderr = subprocess.PIPE
     if input is not None:
         stdin = subprocess.PIPE
-    cgroup = _make_cgroup(plan, cell_id)
+    session = None
+    if plan.network is not None:
+        plan, session = await _open_network(plan, cell_id)
+    cgroup = None
     started = time.monotonic()
     cell = None
     try:
+        cgroup = _make_cgroup(plan, cell_id)
         cell = bwrap.spawn(
             plan,
             cell_id=cell_id,
@@ -317,6 +341,8 @@ async def execute_async(
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,
+            launcher=session.launcher_argv() if session else None,
+            extra_fds=session.pass_fds() if session else (),
         )
         info = await _read_fd(cell._fds[0])
         bwrap.release(cell, info)
@@ -334,7 +360,13 @@ async def execute_async(
             cell.kill()
             returncode = await _wait_exit(proc)
         out, err = [await r if r is not None else None for r in readers]
-        return _finish(plan, cell, returncode, started, timed_out, out, err)
+        result = _finish(plan, cell, returncode, started, timed_out, out, err)
+        if session is not None:
+            await session.close()
+            result = dataclasses.replace(
+                result, network_summary=session.summary(), learned_policy=session.learn_output
+            )
+        return result
     except BaseException:
         if cell is not None:
             cell.kill()
@@ -351,6 +383,32 @@ async def execute_async(
                         stream.close()
         if cgroup is not None:
             cgroup.remove()
+        if session is not None:
+            await session.close()
+
+
+async def _open_network(plan: Plan, cell_id: str) -> tuple[Plan, object]:
+    """Set up the cell's network; the plan gains the credential dummies in its env."""
+    from nixcell.errors import NetworkError
+    from nixcell.net.session import open_cell_network
+
+    assert plan.network is not None
+    session = await open_cell_network(plan.network, cell_id)
+    try:
+        if session.env:
+            plan = dataclasses.replace(plan, env={**plan.env, **session.env})
+        # Fail closed: a real secret must never reach the cell, whatever route it took.
+        exposed = [*plan.env.values(), *plan.command]
+        for secret in session.secrets():
+            if any(secret in value for value in exposed):
+                raise NetworkError(
+                    "a real credential value would enter the cell (through -e, --pass-env or "
+                    "the command line); refusing to run"
+                )
+    except BaseException:
+        await session.close()
+        raise
+    return plan, session
 
 
 def _feed(pipe: IO[bytes], data: bytes) -> None:

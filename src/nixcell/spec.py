@@ -98,6 +98,51 @@ class Limits(BaseModel):
         return any(v is not None for v in (self.memory, self.cpus, self.pids))
 
 
+class Network(BaseModel):
+    """What the cell may reach, through the proxy. No ``network`` on the spec = only ``lo``.
+
+    The policy is the flags' rules plus the policy files' rules (order in ``net/policy.py``);
+    ``credentials`` names entries of the files' ``[[credentials]]`` tables to use.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    allow_hosts: list[str] = Field(default_factory=list)
+    deny_hosts: list[str] = Field(default_factory=list)
+    allow_cidrs: list[str] = Field(default_factory=list)
+    policy_files: list[str] = Field(default_factory=list)
+    credentials: list[str] = Field(default_factory=list)
+    upstream_ca: list[str] = Field(default_factory=list)
+    resolve: dict[str, list[str]] = Field(default_factory=dict)
+    audit: str | None = None
+    learn: bool = False
+
+    @model_validator(mode="after")
+    def _flags_parse(self) -> Network:
+        from nixcell.errors import PolicyError
+        from nixcell.net.policy import policy_from_flags
+
+        try:
+            policy_from_flags(self.allow_hosts, self.deny_hosts, self.allow_cidrs)
+        except PolicyError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @field_validator("policy_files", "upstream_ca")
+    @classmethod
+    def _files(cls, value: list[str], info) -> list[str]:
+        return [_clean_abs(p, info.field_name.replace("_", " ")) for p in value]
+
+    @model_validator(mode="after")
+    def _something_to_allow(self) -> Network:
+        if not (self.allow_hosts or self.allow_cidrs or self.policy_files or self.learn):
+            raise ValueError(
+                "a network needs --allow-host, --allow-cidr, --policy or --learn "
+                "(without one the cell has no network at all)"
+            )
+        return self
+
+
 class CellSpec(BaseModel):
     """Everything that decides what a cell is. Paths are absolute: fronts resolve them."""
 
@@ -114,6 +159,7 @@ class CellSpec(BaseModel):
     hide: list[str] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
     hardening_profiles: list[str] = Field(default_factory=list)
+    network: Network | None = None
 
     @field_validator("command")
     @classmethod

@@ -9,6 +9,7 @@ the plan for now, with only the command swapped. Loading it skips importing clic
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -18,7 +19,19 @@ TYPE_CHECKING = False  # not `import typing`: it costs CLI start-up time
 if TYPE_CHECKING:
     from nixcell.plan import Plan
 
-_NOT_CACHED = {"--dry-run", "--json", "--pass-env", "-h", "--help", "-v", "--verbose"}
+_NOT_CACHED = {
+    "--dry-run",
+    "--json",
+    "--pass-env",
+    "-h",
+    "--help",
+    "-v",
+    "--verbose",
+    "--learn",
+    "--learn-output",
+}
+# Flags naming files whose contents shape the cell: their stats join the cache key.
+_FILE_FLAGS = {"--policy", "--upstream-ca"}
 _KEY_ENV = (
     "TERM",
     "NIX_PATH",
@@ -51,12 +64,31 @@ def _key_file(options: list[str]) -> Path:
             [os.environ.get(k) for k in _KEY_ENV],
             offline_stamp,
             host_has_nixpkgs(),
+            _file_stamps(options),
         ]
     )
     from nixcell.hashing import digest
 
     key = digest(material)[:32]
     return paths.cache_dir() / "plans" / f"{key}.json"
+
+
+def _file_stamps(options: list[str]) -> list[object]:
+    """Stats of policy/CA files named by the flags, and of the proxy CA when there is a network."""
+    from nixcell import paths
+
+    stamps: list[object] = []
+    files = [v for f, v in itertools.pairwise(options) if f in _FILE_FLAGS]
+    files += [o.split("=", 1)[1] for o in options if "=" in o and o.split("=")[0] in _FILE_FLAGS]
+    if files or any(o.startswith(("--allow-", "--deny-host", "--credential")) for o in options):
+        files.append(str(paths.state_dir() / "ca" / "ca.pem"))
+    for name in files:
+        try:
+            st = os.stat(name)
+            stamps.append([os.path.abspath(name), st.st_mtime_ns, st.st_size, st.st_ino])
+        except OSError:
+            stamps.append([name, None])
+    return stamps
 
 
 def _split(args: list[str]) -> tuple[list[str], list[str]] | None:
@@ -101,14 +133,10 @@ def try_fast_run(args: list[str]) -> int | None:
     if not _still_valid(plan):
         _pending = key_file
         return None
+    from nixcell.cli.outcome import report
     from nixcell.runner import execute
 
-    result = execute(plan)
-    if result.message:
-        import sys
-
-        sys.stderr.write(f"nixcell: {result.message}\n")
-    return result.exit_code
+    return report(execute(plan))
 
 
 def remember(plan: Plan) -> None:

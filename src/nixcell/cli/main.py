@@ -9,6 +9,7 @@ import sys
 import click
 
 from nixcell import __version__
+from nixcell.cli.netflags import network_from_flags, network_options, policy
 
 HARDENING_HELP = (
     "Weaken one named protection (repeatable): nested-sandbox = allow user/mount namespaces so "
@@ -140,11 +141,13 @@ def spec_from_flags(command: tuple[str, ...], **o: object):
             "disk": o["disk"],
         },
         hardening_profiles=list(o["profiles"]),  # type: ignore[call-overload]
+        network=network_from_flags(o),
     )
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})
 @run_options
+@network_options
 @click.option("--dry-run", is_flag=True, help="Print the plan instead of running it.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
@@ -161,11 +164,14 @@ def run(command: tuple[str, ...], dry_run: bool, as_json: bool, **flags: object)
 
         show_plan(plan, as_json=as_json)
         return 0
+    from nixcell.cli.outcome import report
+
     fast.remember(plan)
-    result = execute(plan)
-    if result.message:
-        click.echo(f"nixcell: {result.message}", err=True)
-    return result.exit_code
+    learn_to = flags.get("learn_output")
+    # --learn prints the policy on stdout: the cell's own stdout goes to stderr then.
+    stdout = 2 if flags.get("learn") and not learn_to else None
+    result = execute(plan, stdout=stdout)
+    return report(result, str(learn_to) if learn_to else None)
 
 
 @cli.command()
@@ -199,6 +205,7 @@ def _register_offline() -> None:
 
 
 _register_offline()
+cli.add_command(policy)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(cli())

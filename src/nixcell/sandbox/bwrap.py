@@ -105,12 +105,22 @@ def spawn(
     stdin: _Stream = None,
     stdout: _Stream = None,
     stderr: _Stream = None,
+    launcher: list[str] | None = None,
+    extra_fds: tuple[int, ...] | list[int] = (),
 ) -> CellProcess:
-    """Start bwrap for the plan. The caller must call ``finish_start`` (sync or async)."""
+    """Start bwrap for the plan. The caller must call ``finish_start`` (sync or async).
+
+    ``launcher`` (nsenter into the cell's network namespace) prefixes bwrap's argv; a plan with
+    a network and no launcher is refused, since bwrap would share the host's network.
+    """
+    if plan.network is not None and not launcher:
+        raise SandboxError("internal: a cell with a network needs its namespace launcher")
+    if "net" not in plan.namespaces and plan.network is None:
+        raise SandboxError("internal: a cell without a network must unshare the network")
     named, fds = prepare_fds(plan, seccomp_program)  # type: ignore[misc]
     info_r, info_w = os.pipe2(os.O_CLOEXEC)
     extra: list[str] = ["--info-fd", str(info_w)]
-    pass_fds = [*fds, info_w]
+    pass_fds = [*fds, info_w, *extra_fds]
     block_r = block_w = -1
     if cgroup is not None:
         block_r, block_w = os.pipe2(os.O_CLOEXEC)
@@ -124,7 +134,7 @@ def spawn(
     pass_fds.append(args_fd)
     try:
         proc = subprocess.Popen(
-            [bwrap_path(), "--args", str(args_fd), *command],
+            [*(launcher or ()), bwrap_path(), "--args", str(args_fd), *command],
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,

@@ -1,0 +1,1 @@
+"""Cell networking: policy, the host-side proxy, TLS interception and credential swapping."""

@@ -1,0 +1,224 @@
+"""The host-side policy proxy: one asyncio server per nixcell process, any number of cells.
+
+Each cell's listener is a socket inside that cell's network namespace (net/netns.py), so the
+connection itself says which cell is talking: no proxy auth, nothing for the cell to forge. A
+request is checked against the cell's policy before anything leaves the host, and again for every
+request of a kept-alive, pipelined or tunnelled connection — never only at CONNECT. HTTPS is
+intercepted with a leaf certificate from nixcell's CA; the upstream leg is verified TLS to the
+host the policy allowed, at an address the resolved-address guard accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+
+import h11
+
+from nixcell.net.audit import AuditLog, Record
+from nixcell.net.forward import Target, exchange
+from nixcell.net.h11io import PeerGone, Side, simple_response
+from nixcell.net.hosts import BadHost, normalize_host
+
+log = logging.getLogger(__name__)
+TLS_PORTS_REFUSED = frozenset({80})  # CONNECT to a plain-HTTP port: use the proxy directly
+
+
+@dataclass
+class CellNet:
+    """Everything the proxy knows about one cell."""
+
+    cell_id: str
+    policy: object  # net.policy.Policy
+    audit: AuditLog
+    upstream_ssl: ssl.SSLContext | None = None
+    credentials: object | None = None  # net.credentials.CellCredentials
+    recorder: object | None = None  # net.learn.Recorder (learn mode)
+    own_addresses: frozenset = frozenset()
+    connections: set[asyncio.Task] = field(default_factory=set)
+
+
+class Proxy:
+    """Serves cells until each one's ``stop`` is called; leaf certificates are shared."""
+
+    def __init__(self) -> None:
+        self._leaves = None
+
+    def leaves(self):  # -> net.tls.LeafCache
+        if self._leaves is None:
+            from nixcell.net.tls import CertificateAuthority, LeafCache
+
+            self._leaves = LeafCache(CertificateAuthority.load_or_create())
+        return self._leaves
+
+    async def serve(self, listener: socket.socket, cell: CellNet) -> asyncio.Server:
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            cell.connections.add(task)
+            try:
+                await self._client(cell, reader, writer)
+            except Exception:  # one broken connection must not end the proxy
+                log.exception("proxy connection of cell %s failed", cell.cell_id)
+            finally:
+                cell.connections.discard(task)
+                with contextlib.suppress(Exception):
+                    writer.close()
+
+        return await asyncio.start_server(on_connect, sock=listener, limit=1 << 16)
+
+    async def stop(self, server: asyncio.Server, cell: CellNet) -> None:
+        """Stop accepting and cut every open connection of the cell."""
+        server.close()
+        for task in list(cell.connections):
+            task.cancel()
+        if cell.connections:
+            await asyncio.gather(*cell.connections, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 2)
+
+    # -- one connection from the cell ------------------------------------------------------
+    async def _client(
+        self, cell: CellNet, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        side = Side(h11.SERVER, reader, writer)
+        upstreams: dict[tuple[str, str, int], Side] = {}
+        try:
+            while True:
+                try:
+                    event = await side.next_event()
+                except (PeerGone, h11.RemoteProtocolError):
+                    return
+                if not isinstance(event, h11.Request):
+                    return
+                if event.method == b"CONNECT":
+                    await self._connect(cell, side, event)
+                    return
+                target = Target.from_absolute(event.target)
+                if target is None:
+                    await self._refuse(cell, side, event, 400, "not a proxy request")
+                elif not await exchange(self, cell, side, event, target, upstreams):
+                    return
+                if not side.next_cycle():
+                    return
+        finally:
+            for up in upstreams.values():
+                await up.close()
+            await side.close()
+
+    async def _refuse(
+        self, cell: CellNet, side: Side, req: h11.Request, status: int, why: str
+    ) -> None:
+        record = Record(
+            cell.cell_id, req.method.decode(errors="replace"), "-", "-", 0,
+            req.target.decode(errors="replace")[:200], "-", "deny", status, reason=why,
+        )  # fmt: skip
+        cell.audit.write(record)
+        with contextlib.suppress(PeerGone, h11.LocalProtocolError):
+            await side.send(*simple_response(status, f"nixcell proxy: {why}\n", close=True))
+
+    async def _connect(self, cell: CellNet, side: Side, req: h11.Request) -> None:
+        """CONNECT host:port: decide for the tunnel, then intercept TLS and check each request."""
+        started = time.monotonic()
+        raw = req.target.decode(errors="replace")
+        try:
+            host_part, _, port_part = raw.rpartition(":")
+            host = normalize_host(host_part)
+            port = int(port_part)
+            if not 0 < port < 65536:
+                raise ValueError
+        except (BadHost, ValueError):
+            await self._refuse(cell, side, req, 400, f"bad CONNECT target {raw!r}")
+            return
+        record = Record(cell.cell_id, "CONNECT", "https", host, port, "", "-", "deny")
+        if cell.recorder is None:
+            decision = cell.policy.decide_connect(host, port)  # type: ignore[attr-defined]
+            record.rule = _rule_label(decision)
+            if not decision.allowed:
+                await self._deny(cell, side, record, decision, started, connect=True)
+                return
+        if port in TLS_PORTS_REFUSED:
+            record.reason = f"CONNECT to port {port} is not TLS; send plain HTTP via the proxy"
+            await self._deny(cell, side, record, None, started, connect=True)
+            return
+        await side.send(h11.Response(status_code=200, headers=[]))
+        if side.conn.trailing_data[0]:
+            return  # bytes before our 200: not a TLS client that waited for the tunnel
+        sni: list[str] = []
+        context = self.leaves().server_context(host)
+        if context.sni_callback is None:
+            context.sni_callback = _record_sni
+        try:
+            await asyncio.wait_for(side.writer.start_tls(context), 30)
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
+            log.info("cell %s: TLS handshake for %s failed: %s", cell.cell_id, host, exc)
+            return
+        ssl_object = side.writer.get_extra_info("ssl_object")
+        sni = [getattr(ssl_object, "_nixcell_sni", None) or ""]
+        inner = Side(h11.SERVER, side.reader, side.writer)
+        upstreams: dict[tuple[str, str, int], Side] = {}
+        try:
+            while True:
+                try:
+                    event = await inner.next_event()
+                except (PeerGone, h11.RemoteProtocolError):
+                    return
+                if not isinstance(event, h11.Request):
+                    return
+                target = Target.in_tunnel(host, port, event, sni[0])
+                if not await exchange(self, cell, inner, event, target, upstreams):
+                    return
+                if not inner.next_cycle():
+                    return
+        finally:
+            for up in upstreams.values():
+                await up.close()
+
+    async def _deny(
+        self,
+        cell: CellNet,
+        side: Side,
+        record: Record,
+        decision: object | None,
+        started: float,
+        *,
+        connect: bool,
+    ) -> None:
+        from nixcell.net.forward import deny_text
+
+        body = deny_text(record, decision)
+        record.status = 403
+        record.reason = record.reason or body.strip()
+        record.duration_ms = round((time.monotonic() - started) * 1000, 2)
+        cell.audit.write(record)
+        with contextlib.suppress(PeerGone, h11.LocalProtocolError):
+            await side.send(*simple_response(403, body, close=connect))
+
+
+def _record_sni(ssl_object: object, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+    """Remember the SNI the cell sent, to compare it with the CONNECT host."""
+    with contextlib.suppress(AttributeError):
+        ssl_object._nixcell_sni = server_name or ""  # type: ignore[attr-defined]
+
+
+def _rule_label(decision: object | None) -> str:
+    rule = getattr(decision, "rule", None)
+    if rule is None:
+        return "no rule"
+    return f"rule {rule.index} ({rule.origin})"
+
+
+_shared: Proxy | None = None
+
+
+def shared_proxy() -> Proxy:
+    """The process's proxy (one per nixcell process, DESIGN.md §4)."""
+    global _shared
+    if _shared is None:
+        _shared = Proxy()
+    return _shared

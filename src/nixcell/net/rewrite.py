@@ -1,0 +1,120 @@
+"""Same-length byte replacement, whole buffers or streamed: the mechanics of credential swapping.
+
+Every needle and its replacement have the same length, so a rewritten message keeps its size:
+``Content-Length`` and chunk sizes computed by the sender stay valid and the proxy can stream
+bodies without buffering them. Token-bounded matching (used for dummy -> real) only swaps a needle
+that stands alone: the bytes on either side are not ``[A-Za-z0-9_-]``, so a longer token that
+merely contains the dummy is left alone. Unbounded matching (used for real -> dummy scrubbing)
+replaces every occurrence, because any copy of a secret must go.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+TOKEN_CHARS = rb"A-Za-z0-9_\-"
+_BEFORE = rb"(?<![" + TOKEN_CHARS + rb"])"
+_AFTER = rb"(?![" + TOKEN_CHARS + rb"])"
+
+
+def _check_pairs(pairs: Mapping[bytes, bytes]) -> None:
+    for needle, replacement in pairs.items():
+        if not needle:
+            raise ValueError("empty needle")
+        if len(needle) != len(replacement):  # the invariant everything else relies on
+            raise ValueError("a replacement must have the same length as its needle")
+
+
+def compile_needles(
+    needles: list[bytes] | tuple[bytes, ...], *, bounded: bool
+) -> re.Pattern[bytes]:
+    """One alternation, longest needle first so a needle never pre-empts a longer one."""
+    body = b"|".join(re.escape(n) for n in sorted(set(needles), key=lambda n: (-len(n), n)))
+    return re.compile(_BEFORE + b"(?:" + body + b")" + _AFTER if bounded else body)
+
+
+def replace_all(data: bytes, pairs: Mapping[bytes, bytes], *, bounded: bool) -> bytes:
+    """Replace needles in a complete buffer (a header value, a buffered body)."""
+    if not pairs or not data:
+        return data
+    _check_pairs(pairs)
+    out = compile_needles(list(pairs), bounded=bounded).sub(lambda m: pairs[m.group()], data)
+    assert len(out) == len(data)
+    return out
+
+
+class Rewriter:
+    """Streaming same-length replacement: ``feed`` chunks in order, then ``flush`` once.
+
+    Matches may straddle chunk boundaries, so the tail of each chunk that could still be the start
+    of a needle (at most the longest needle's length) is held back until the next chunk or flush.
+    Output length always equals input length, so Content-Length stays valid.
+    """
+
+    def __init__(self, pairs: Mapping[bytes, bytes], *, bounded: bool) -> None:
+        _check_pairs(pairs)
+        self._pairs = dict(pairs)
+        self._bounded = bounded
+        self._pattern = compile_needles(list(pairs), bounded=bounded) if pairs else None
+        longest = max((len(n) for n in pairs), default=0)
+        # Bounded: a match must be followed by one known byte before it can be decided.
+        self._hold = longest if bounded else max(longest - 1, 0)
+        self._pending = b""
+        self._prev = b""  # the last input byte already passed on: the left boundary
+        self._seen = 0
+        self._emitted = 0
+        self._flushed = False
+
+    @property
+    def empty(self) -> bool:
+        """True when there is nothing to replace: the caller may skip the rewriter entirely."""
+        return self._pattern is None
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._flushed:
+            raise RuntimeError("feed after flush")
+        self._seen += len(chunk)
+        if self._pattern is None:
+            return self._emit(chunk)
+        data = self._pending + chunk
+        cut = len(data) - self._hold
+        if cut <= 0:
+            self._pending = data
+            return b""
+        return self._emit(self._rewrite(data, cut))
+
+    def flush(self) -> bytes:
+        """Emit what was held back; the end of the stream counts as a token boundary."""
+        if self._flushed:
+            return b""
+        self._flushed = True
+        data, self._pending = self._pending, b""
+        out = self._emit(self._rewrite(data, len(data)) if self._pattern and data else data)
+        assert self._emitted == self._seen, "same-length invariant broken"
+        return out
+
+    def _rewrite(self, data: bytes, cut: int) -> bytes:
+        """Rewrite matches that start before ``cut``; keep the rest of ``data`` pending."""
+        assert self._pattern is not None
+        ctx = self._prev + data  # one byte of history so the left boundary is seen
+        off = len(self._prev)
+        parts: list[bytes] = []
+        pos = 0  # in data coordinates
+        for m in self._pattern.finditer(ctx, off):
+            start, end = m.start() - off, m.end() - off
+            if start >= cut:
+                break
+            parts.append(data[pos:start])
+            parts.append(self._pairs[m.group()])
+            pos = end
+        stop = max(cut, pos)
+        parts.append(data[pos:stop])
+        self._pending = data[stop:]
+        if stop:
+            self._prev = data[stop - 1 : stop]
+        return b"".join(parts)
+
+    def _emit(self, out: bytes) -> bytes:
+        self._emitted += len(out)
+        return out

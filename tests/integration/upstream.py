@@ -1,0 +1,145 @@
+"""Test upstreams on loopback only: HTTPS and HTTP servers that record what reaches them.
+
+Cells reach them through the proxy as ``up.test`` / ``other.test`` pinned to 127.0.0.1 with
+``--resolve`` and an explicit ``--allow-cidr 127.0.0.1/32`` (the address guard refuses loopback
+otherwise). The certificates come from a trustme CA passed to nixcell with ``--upstream-ca``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import json
+import socket
+import ssl
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trustme
+
+NAMES = ("up.test", "other.test", "evil.test", "127.0.0.1", "::1")
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    host: str
+
+
+@dataclass
+class Upstream:
+    port: int
+    tls: bool
+    seen: list[Seen] = field(default_factory=list)
+    server: http.server.ThreadingHTTPServer | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    def url(self, path: str = "/", host: str = "up.test") -> str:
+        return f"{self.scheme}://{host}:{self.port}{path}"
+
+    def paths(self) -> list[str]:
+        return [s.path for s in self.seen]
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    upstream: Upstream
+
+    def _record(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.upstream.seen.append(
+            Seen(self.command, self.path, dict(self.headers.items()), body, self.headers["Host"])
+        )
+        return body
+
+    def _reply(self, status: int, body: bytes, ctype: str = "text/plain") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        body = self._record()
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            self._websocket()
+            return
+        if self.path.startswith("/echo-auth"):
+            self._reply(200, f"auth={self.headers.get('Authorization')}\n".encode())
+        elif self.path.startswith("/token"):
+            payload = {"access_token": "gho_" + "R" * 36, "token_type": "bearer"}
+            self._reply(200, json.dumps(payload).encode(), "application/json")
+        elif self.path.startswith("/big/"):
+            size = int(self.path.rsplit("/", 1)[1])
+            self._reply(200, b"x" * size)
+        else:
+            self._reply(200, f"ok {self.command} {self.path} {len(body)}\n".encode())
+
+    do_POST = do_PUT = do_DELETE = do_HEAD = do_GET
+
+    def _websocket(self) -> None:
+        key = self.headers["Sec-WebSocket-Key"]
+        accept = base64.b64encode(
+            hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+        ).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        data = self.rfile.read(2)  # echo one small masked frame back unmasked
+        length = data[1] & 0x7F
+        mask = self.rfile.read(4)
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(length)))
+        self.wfile.write(bytes([0x81, len(payload)]) + payload)
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    address_family = socket.AF_INET
+
+
+def make_ca(directory: Path) -> tuple[trustme.CA, Path, Path]:
+    ca = trustme.CA()
+    cert = ca.issue_cert(*NAMES)
+    ca_file = directory / "upstream-ca.pem"
+    chain = directory / "upstream-server.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert.private_key_and_cert_chain_pem.write_to_path(str(chain))
+    return ca, ca_file, chain
+
+
+def start(chain: Path | None) -> Upstream:
+    """Serve on 127.0.0.1, TLS when ``chain`` (cert+key PEM) is given."""
+    upstream = Upstream(port=0, tls=chain is not None)
+    handler = type("Handler", (_Handler,), {"upstream": upstream})
+    server = _Server(("127.0.0.1", 0), handler)
+    if chain is not None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(chain))
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    upstream.port = server.server_address[1]
+    upstream.server = server
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return upstream
