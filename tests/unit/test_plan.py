@@ -174,3 +174,53 @@ def test_with_command_swaps_only_the_command():
     q = p.with_command(["exit", "3"])
     assert q.command == (f"{ENV}/bin/bash", "-c", '"$@"', "exit", "exit", "3")
     assert q.mounts == p.mounts and q.env == p.env
+
+
+NET_HOST = HostFacts(uid=0, gid=0, term="xterm", ca_pem="-----BEGIN CERTIFICATE-----\nX\n")
+
+
+def test_network_plan_leaves_the_namespace_to_the_executor_and_sets_proxy_env():
+    p = plan(make(network={"allow_hosts": ["api.github.com"]}), CLOSURE, NET_HOST)
+    args = p.bwrap_args()
+    assert "--unshare-net" not in args
+    for ns in ("user", "pid", "ipc", "uts", "cgroup"):
+        assert f"--unshare-{ns}" in args
+    assert p.network is not None and p.network["port"] == 3128
+    assert p.network["allow_hosts"] == ["api.github.com"]
+    for name in ("HTTP_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        assert p.env[name] == "http://127.0.0.1:3128"
+    assert p.env["NODE_USE_ENV_PROXY"] == "1"
+    assert p.env["NO_PROXY"] == "localhost,127.0.0.1,::1"
+    ca = [op for op in p.mounts if op.dest == "/etc/ssl/certs/ca-certificates.crt"]
+    assert len(ca) == 1 and ca[0].kind == "data" and ca[0].data == NET_HOST.ca_pem
+    assert p.env["SSL_CERT_FILE"] == p.env["NODE_EXTRA_CA_CERTS"] == ca[0].dest
+    assert p.mounts[-1].kind == "remount-ro"
+    assert Plan.from_json(json.loads(p.dumps())) == p
+
+
+def test_loopback_cidr_takes_loopback_out_of_no_proxy():
+    net = {"allow_hosts": ["up.test"], "allow_cidrs": ["127.0.0.1/32"]}
+    p = plan(make(network=net), CLOSURE, NET_HOST)
+    assert p.env["NO_PROXY"] == ""
+
+
+def test_no_network_plan_has_no_proxy_env_and_unshares_net():
+    p = plan(make(), CLOSURE, HOST)
+    assert p.network is None and "--unshare-net" in p.bwrap_args()
+    assert not any("proxy" in k.lower() for k in p.env)
+
+
+@pytest.mark.parametrize(
+    "net, message",
+    [
+        ({}, "--allow-host, --allow-cidr, --policy or --learn"),
+        ({"allow_hosts": ["a b"]}, "a b"),
+        ({"allow_hosts": ["x.com:99999"]}, "x.com:99999"),
+        ({"allow_cidrs": ["10.0.0.0/33"]}, "10.0.0.0/33"),
+        ({"allow_hosts": ["x.com"], "policy_files": ["relative.toml"]}, "absolute"),
+    ],
+)
+def test_bad_network_flags_are_one_line_errors(net, message):
+    with pytest.raises(SpecError) as err:
+        make(network=net)
+    assert message in str(err.value) and "\n" not in str(err.value)

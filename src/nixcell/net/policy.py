@@ -15,14 +15,16 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import urllib.parse
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from nixcell.errors import PolicyError
 from nixcell.net.addresses import IPAddress, refusal, unwrap
 from nixcell.net.hosts import HostPattern, normalize_host, parse_ip
 from nixcell.net.urlpath import PathPattern, normalize_path
+
+TYPE_CHECKING = False  # not `import typing`: start-up time
+if TYPE_CHECKING:
+    from typing import Any
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_PORTS = frozenset({80, 443})
@@ -311,6 +313,8 @@ def parse_policy(text: str, name: str) -> Policy:
 
 def explain_check(policy: Policy, url: str, method: str = "GET") -> tuple[bool, str]:
     """Would ``method url`` pass ``policy``? Returns the verdict and a short explanation."""
+    import urllib.parse
+
     parts = urllib.parse.urlsplit(url.strip())
     scheme = parts.scheme.lower()
     if scheme not in SCHEME_PORTS:

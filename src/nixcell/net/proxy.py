@@ -18,12 +18,16 @@ import ssl
 import time
 from dataclasses import dataclass, field
 
-import h11
-
 from nixcell.net.audit import AuditLog, Record
-from nixcell.net.forward import Target, exchange
-from nixcell.net.h11io import PeerGone, Side, simple_response
-from nixcell.net.hosts import BadHost, normalize_host
+
+# h11 and the request path load on the first connection: a cell that never connects (and
+# every `-- true`) does not pay for them at start-up.
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import h11
+
+    from nixcell.net.h11io import Side
 
 log = logging.getLogger(__name__)
 TLS_PORTS_REFUSED = frozenset({80})  # CONNECT to a plain-HTTP port: use the proxy directly
@@ -86,6 +90,11 @@ class Proxy:
     async def _client(
         self, cell: CellNet, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        import h11
+
+        from nixcell.net.forward import Target, exchange
+        from nixcell.net.h11io import PeerGone, Side
+
         side = Side(h11.SERVER, reader, writer)
         upstreams: dict[tuple[str, str, int], Side] = {}
         try:
@@ -114,6 +123,10 @@ class Proxy:
     async def _refuse(
         self, cell: CellNet, side: Side, req: h11.Request, status: int, why: str
     ) -> None:
+        import h11
+
+        from nixcell.net.h11io import PeerGone, simple_response
+
         record = Record(
             cell.cell_id, req.method.decode(errors="replace"), "-", "-", 0,
             req.target.decode(errors="replace")[:200], "-", "deny", status, reason=why,
@@ -124,6 +137,12 @@ class Proxy:
 
     async def _connect(self, cell: CellNet, side: Side, req: h11.Request) -> None:
         """CONNECT host:port: decide for the tunnel, then intercept TLS and check each request."""
+        import h11
+
+        from nixcell.net.forward import Target, exchange
+        from nixcell.net.h11io import PeerGone, Side
+        from nixcell.net.hosts import BadHost, normalize_host
+
         started = time.monotonic()
         raw = req.target.decode(errors="replace")
         try:
@@ -189,7 +208,10 @@ class Proxy:
         *,
         connect: bool,
     ) -> None:
+        import h11
+
         from nixcell.net.forward import deny_text
+        from nixcell.net.h11io import PeerGone, simple_response
 
         body = deny_text(record, decision)
         record.status = 403

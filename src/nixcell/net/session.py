@@ -80,11 +80,11 @@ def build_policy(network: dict[str, object]):  # -> net.policy.Policy
 
 def build_credentials(policy, names: list[str]):  # -> CellCredentials | None
     """Load the credentials named by ``--credential`` or bound to a rule; None if there are none."""
-    from nixcell.net.credentials import CellCredentials, parse_credentials
-
     wanted = list(dict.fromkeys([*names, *(r.credential for r in policy.rules if r.credential)]))
     if not wanted:
         return None
+    from nixcell.net.credentials import CellCredentials, parse_credentials
+
     specs = {}
     for table in policy.credentials:
         source = str(table.get("_file") or policy.source or "policy")
