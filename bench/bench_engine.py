@@ -171,6 +171,9 @@ def main() -> None:
     args = parser.parse_args()
     from nixcell import CellSpec, run
 
+    # Compiled bytecode, as an installed nixcell has (./setup runs compileall too): with
+    # PYTHONDONTWRITEBYTECODE set and no .pyc, every CLI start would recompile its modules.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "src")], check=True)
     subprocess.run([NIXCELL, "run", "-p", "bash", "--", "true"], check=True)  # warm caches
     rows: list[tuple[str, str, str]] = []
     bare = timed(bare_bwrap_runner(), args.runs)

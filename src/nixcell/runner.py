@@ -312,8 +312,13 @@ async def execute_async(
     stdin: int | IO[bytes] | None = None,
     stdout: int | IO[bytes] | None = None,
     stderr: int | IO[bytes] | None = None,
+    pass_fds: tuple[int, ...] | list[int] = (),
 ) -> RunResult:
-    """Run a planned cell without blocking the event loop; cancellation kills the cell."""
+    """Run a planned cell without blocking the event loop; cancellation kills the cell.
+
+    ``pass_fds`` are inherited by the cell's command under the same numbers (a front's private
+    channel to an agent inside the cell, e.g. MCP sessions); they must not be CLOEXEC.
+    """
     import asyncio
 
     from nixcell.sandbox import bwrap
@@ -342,7 +347,7 @@ async def execute_async(
             stdout=stdout,
             stderr=stderr,
             launcher=session.launcher_argv() if session else None,
-            extra_fds=session.pass_fds() if session else (),
+            extra_fds=[*(session.pass_fds() if session else ()), *pass_fds],
         )
         info = await _read_fd(cell._fds[0])
         bwrap.release(cell, info)

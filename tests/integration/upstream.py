@@ -11,8 +11,10 @@ import base64
 import hashlib
 import http.server
 import json
+import secrets
 import socket
 import ssl
+import string
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +38,7 @@ class Upstream:
     port: int
     tls: bool
     seen: list[Seen] = field(default_factory=list)
+    issued: list[str] = field(default_factory=list)  # OAuth tokens /token-chunked handed out
     server: http.server.ThreadingHTTPServer | None = None
 
     @property
@@ -56,6 +59,7 @@ class Upstream:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go in two writes: no 40 ms ACK stall
     upstream: Upstream
 
     def _record(self) -> bytes:
@@ -66,9 +70,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         )
         return body
 
-    def _reply(self, status: int, body: bytes, ctype: str = "text/plain") -> None:
+    def _reply(
+        self, status: int, body: bytes, ctype: str = "text/plain", extra: dict | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
@@ -80,7 +88,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._websocket()
             return
         if self.path.startswith("/echo-auth"):
-            self._reply(200, f"auth={self.headers.get('Authorization')}\n".encode())
+            auth = self.headers.get("Authorization")
+            self._reply(200, f"auth={auth}\n".encode(), extra={"X-Echo-Auth": str(auth)})
+        elif self.path.startswith("/token-chunked"):
+            self._chunked_token()
         elif self.path.startswith("/token"):
             payload = {"access_token": "gho_" + "R" * 36, "token_type": "bearer"}
             self._reply(200, json.dumps(payload).encode(), "application/json")
@@ -91,6 +102,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._reply(200, f"ok {self.command} {self.path} {len(body)}\n".encode())
 
     do_POST = do_PUT = do_DELETE = do_HEAD = do_GET
+
+    def _chunked_token(self) -> None:
+        """A fresh random OAuth token in a chunked JSON body, split mid-token across chunks."""
+        alnum = string.ascii_letters + string.digits
+        token = "gho_" + "".join(secrets.choice(alnum) for _ in range(36))
+        self.upstream.issued.append(token)
+        body = json.dumps({"access_token": token, "token_type": "bearer"}).encode()
+        cut = body.index(token.encode()) + len(token) // 2
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for chunk in (body[:cut], body[cut:]):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
 
     def _websocket(self) -> None:
         key = self.headers["Sec-WebSocket-Key"]

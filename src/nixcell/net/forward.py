@@ -18,7 +18,15 @@ from urllib.parse import urlsplit
 import h11
 
 from nixcell.net.audit import Record
-from nixcell.net.h11io import PeerGone, Side, header, pipe, simple_response, strip_hop_by_hop
+from nixcell.net.h11io import (
+    STREAM_LIMIT,
+    PeerGone,
+    Side,
+    header,
+    pipe,
+    simple_response,
+    strip_hop_by_hop,
+)
 from nixcell.net.hosts import BadHost, normalize_host, parse_ip
 from nixcell.net.urlpath import normalize_path
 
@@ -270,7 +278,7 @@ async def _upstream(
                     target.port,
                     ssl=ssl_ctx,
                     server_hostname=target.host if ssl_ctx else None,
-                    limit=1 << 16,
+                    limit=STREAM_LIMIT,
                 ),
                 CONNECT_TIMEOUT,
             )

@@ -11,7 +11,8 @@ import contextlib
 
 import h11
 
-READ_SIZE = 65536
+READ_SIZE = 256 * 1024
+STREAM_LIMIT = 1 << 20  # StreamReader buffer: reading pauses beyond twice this
 IDLE_TIMEOUT = 600.0  # a connection idle this long is closed
 
 HOP_BY_HOP = frozenset(
@@ -49,24 +50,34 @@ class Side:
         self.bytes_in = 0
         self.bytes_out = 0
 
-    async def next_event(self, timeout: float = IDLE_TIMEOUT) -> h11.Event | type[h11.PAUSED]:
+    async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
+            # Only a connection idle between messages gets a timer: a timer per read would
+            # cost more than the relay itself on a large body.
+            idle = self.conn.their_state is h11.IDLE
             try:
-                data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+                if idle:
+                    data = await asyncio.wait_for(self.reader.read(READ_SIZE), IDLE_TIMEOUT)
+                else:
+                    data = await self.reader.read(READ_SIZE)
             except (ConnectionError, OSError, TimeoutError) as exc:
                 raise PeerGone(str(exc) or type(exc).__name__) from None
             self.bytes_in += len(data)
             self.conn.receive_data(data)
 
     async def send(self, *events: h11.Event) -> None:
+        parts: list[bytes] = []
         for event in events:
-            data = self.conn.send(event)
-            if data:
-                self.bytes_out += len(data)
-                self.writer.write(data)
+            parts += self.conn.send_with_data_passthrough(event) or ()
+        size = sum(len(part) for part in parts)
+        self.bytes_out += size
+        if size > 65536:
+            self.writer.writelines(parts)  # a big body chunk is not copied again
+        elif parts:
+            self.writer.write(b"".join(parts))  # one write: one TLS record, one segment
         try:
             await self.writer.drain()
         except (ConnectionError, OSError) as exc:

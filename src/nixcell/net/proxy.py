@@ -67,6 +67,10 @@ class Proxy:
             cell.connections.add(task)
             try:
                 await self._client(cell, reader, writer)
+            except asyncio.CancelledError:
+                # The cell is being torn down. Returning normally (not re-raising) keeps
+                # asyncio's stream callback in 3.11 from logging a traceback per connection.
+                pass
             except Exception:  # one broken connection must not end the proxy
                 log.exception("proxy connection of cell %s failed", cell.cell_id)
             finally:
@@ -74,7 +78,9 @@ class Proxy:
                 with contextlib.suppress(Exception):
                     writer.close()
 
-        return await asyncio.start_server(on_connect, sock=listener, limit=1 << 16)
+        from nixcell.net.h11io import STREAM_LIMIT
+
+        return await asyncio.start_server(on_connect, sock=listener, limit=STREAM_LIMIT)
 
     async def stop(self, server: asyncio.Server, cell: CellNet) -> None:
         """Stop accepting and cut every open connection of the cell."""
