@@ -180,19 +180,6 @@ def execute(
     """Run a planned cell to completion (blocking)."""
     from nixcell.sandbox import bwrap
 
-    if plan.network is not None:  # the proxy runs on an event loop next to the cell
-        import asyncio
-
-        return asyncio.run(
-            execute_async(
-                plan,
-                capture_output=capture_output,
-                input=input,
-                stdin=stdin,
-                stdout=stdout,
-                stderr=stderr,
-            )
-        )
     check_command(plan)
     program = seccomp_program(plan.seccomp_profiles)
     cell_id = new_cell_id()
@@ -200,10 +187,23 @@ def execute(
         stdout = stderr = subprocess.PIPE
     if input is not None:
         stdin = subprocess.PIPE
-    cgroup = _make_cgroup(plan, cell_id)
+    session = proxy = None
+    if plan.network is not None:
+        # The proxy runs in a thread that starts on the cell's first connection (net/session.py).
+        from nixcell.net.session import LazyProxy, prepare_cell_network
+
+        session = prepare_cell_network(plan.network, cell_id)
+        try:
+            plan = _with_network(plan, session)
+            proxy = LazyProxy(session)
+        except BaseException:
+            session.release()
+            raise
+    cgroup = None
     started = time.monotonic()
     cell = None
     try:
+        cgroup = _make_cgroup(plan, cell_id)
         cell = bwrap.spawn(
             plan,
             cell_id=cell_id,
@@ -212,6 +212,8 @@ def execute(
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,
+            launcher=session.launcher_argv() if session else None,
+            extra_fds=session.pass_fds() if session else (),
         )
         bwrap.finish_start(cell)
         timed_out = False
@@ -225,7 +227,12 @@ def execute(
             timed_out = True
             cell.kill()
             out, err = cell.proc.communicate()
-        return _finish(plan, cell, cell.proc.returncode, started, timed_out, out, err)
+        result = _finish(plan, cell, cell.proc.returncode, started, timed_out, out, err)
+        if session is not None and proxy is not None:
+            proxy.stop()
+            session.release()
+            result = _with_network_outcome(result, session)
+        return result
     except BaseException:
         if cell is not None:
             cell.kill()
@@ -238,6 +245,10 @@ def execute(
             cell.reap()
         if cgroup is not None:
             cgroup.remove()
+        if proxy is not None:
+            proxy.stop()
+        if session is not None:
+            session.release()
 
 
 def run(spec: CellSpec, **kwargs: object) -> RunResult:
@@ -368,9 +379,7 @@ async def execute_async(
         result = _finish(plan, cell, returncode, started, timed_out, out, err)
         if session is not None:
             await session.close()
-            result = dataclasses.replace(
-                result, network_summary=session.summary(), learned_policy=session.learn_output
-            )
+            result = _with_network_outcome(result, session)
         return result
     except BaseException:
         if cell is not None:
@@ -393,27 +402,46 @@ async def execute_async(
 
 
 async def _open_network(plan: Plan, cell_id: str) -> tuple[Plan, object]:
-    """Set up the cell's network; the plan gains the credential dummies in its env."""
-    from nixcell.errors import NetworkError
+    """Set up the cell's network with its proxy on this loop; the plan gains the dummies."""
     from nixcell.net.session import open_cell_network
 
     assert plan.network is not None
     session = await open_cell_network(plan.network, cell_id)
     try:
-        if session.env:
-            plan = dataclasses.replace(plan, env={**plan.env, **session.env})
-        # Fail closed: a real secret must never reach the cell, whatever route it took.
-        exposed = [*plan.env.values(), *plan.command]
-        for secret in session.secrets():
-            if any(secret in value for value in exposed):
-                raise NetworkError(
-                    "a real credential value would enter the cell (through -e, --pass-env or "
-                    "the command line); refusing to run"
-                )
+        plan = _with_network(plan, session)
     except BaseException:
         await session.close()
         raise
     return plan, session
+
+
+def _with_network(plan: Plan, session: object) -> Plan:
+    """The plan with the credential dummies in its env; refuses if a real secret would enter."""
+    from nixcell.errors import NetworkError
+
+    env = session.env  # type: ignore[attr-defined]
+    if env:
+        plan = dataclasses.replace(plan, env={**plan.env, **env})
+    exposed = [*plan.env.values(), *plan.command]
+    for secret in session.secrets():  # type: ignore[attr-defined]
+        if any(secret in value for value in exposed):
+            raise NetworkError(
+                "a real credential value would enter the cell (through -e, --pass-env or "
+                "the command line); refusing to run"
+            )
+    return plan
+
+
+def _with_network_outcome(result: RunResult, session: object) -> RunResult:
+    summary = session.summary()  # type: ignore[attr-defined]
+    failure = session.failure  # type: ignore[attr-defined]
+    if failure:
+        summary = f"{failure}; {summary}" if summary else failure
+    return dataclasses.replace(
+        result,
+        network_summary=summary,
+        learned_policy=session.learn_output,  # type: ignore[attr-defined]
+    )
 
 
 def _feed(pipe: IO[bytes], data: bytes) -> None:

@@ -224,7 +224,9 @@ def test_hosts_are_normalised_before_matching(offline_set, tls, target):
     p = tls.port
     net = network(tls, f"up.test:{p}", deny_hosts=["evil.test"])
     argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"https://{target}:{p}/n"]
-    result = nixcell.run(CellSpec(command=argv, packages=["curl"], network=net), capture_output=True)
+    result = nixcell.run(
+        CellSpec(command=argv, packages=["curl"], network=net), capture_output=True
+    )
     allowed = target.lower().rstrip(".") == "up.test"
     # curl prints 000 when the proxy refuses the CONNECT (before any TLS)
     assert result.stdout == (b"200" if allowed else b"000"), (target, result)
@@ -407,3 +409,27 @@ print(fetch("{tls.url("/a")}")[0], fetch("{tls.url("/b", host="other.test")}")[0
         "",
         "deny",
     ) in decisions
+
+
+def test_async_api_cells_share_one_proxy_in_parallel(offline_set, tls):
+    """run_async: the proxy serves on the caller's loop; several cells at once, no cross-talk."""
+    import asyncio
+
+    async def main():
+        specs = [
+            CellSpec(
+                command=[
+                    "python3",
+                    "-c",
+                    textwrap.dedent(FETCH + f'print(fetch("{tls.url(f"/c{i}")}")[1], end="")'),
+                ],
+                packages=["python3"],
+                network=network(tls, f"up.test:{tls.port}"),
+            )
+            for i in range(5)
+        ]
+        return await asyncio.gather(*(nixcell.run_async(s, capture_output=True) for s in specs))
+
+    results = asyncio.run(main())
+    assert [r.stdout for r in results] == [f"ok GET /c{i} 0\n".encode() for i in range(5)]
+    assert sorted(tls.paths()) == [f"/c{i}" for i in range(5)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import ipaddress
+import os
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -17,18 +18,35 @@ from dataclasses import dataclass, field
 from nixcell.errors import PolicyError
 from nixcell.net import netns
 from nixcell.net.audit import AuditLog
-from nixcell.net.proxy import CellNet, shared_proxy
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nixcell.net.proxy import CellNet
 
 SIOCGIFADDR = 0x8915
 
 
 @dataclass
 class CellNetworkSession:
-    cell: CellNet
+    """One cell's network: its namespace and listener now, its proxy when first needed.
+
+    Everything that can refuse the run (credentials, audit file, namespace) happens in
+    ``prepare_cell_network``, before the cell starts. A flags-only policy (already validated
+    when the plan was made) is compiled when the first connection arrives, so a cell that never
+    connects pays nothing for the proxy; any failure then closes the listener (fail closed).
+    """
+
+    network: dict[str, object]
+    cell_id: str
     net: netns.CellNetwork
-    server: object  # asyncio.Server
+    audit: AuditLog
+    credentials: object | None = None
+    policy: object | None = None
     env: dict[str, str] = field(default_factory=dict)
+    cell: CellNet | None = None
+    server: object | None = None  # asyncio.Server
     learn_output: str | None = None
+    failure: str | None = None
     _closed: bool = False
 
     def launcher_argv(self) -> list[str]:
@@ -38,26 +56,119 @@ class CellNetworkSession:
         return self.net.pass_fds()
 
     def secrets(self) -> list[str]:
-        creds = self.cell.credentials
+        creds = self.credentials
         return creds.secrets() if creds is not None else []  # type: ignore[attr-defined]
 
+    def _make_cell(self) -> CellNet:
+        from nixcell.net.proxy import CellNet
+
+        network = self.network
+        policy = self.policy if self.policy is not None else build_policy(network)
+        upstream_ssl = None
+        if network.get("upstream_ca"):
+            from nixcell.net.tls import upstream_context
+
+            upstream_ssl = upstream_context(list(network["upstream_ca"]))  # type: ignore[call-overload]
+        recorder = None
+        if network.get("learn"):
+            from nixcell.net.learn import Recorder
+
+            recorder = Recorder()
+        return CellNet(
+            cell_id=self.cell_id,
+            policy=policy,
+            audit=self.audit,
+            upstream_ssl=upstream_ssl,
+            credentials=self.credentials,
+            recorder=recorder,
+            own_addresses=own_addresses(),
+        )
+
+    async def start(self) -> None:
+        """Serve the cell's listener on the running event loop."""
+        from nixcell.net.proxy import shared_proxy
+
+        try:
+            self.cell = self._make_cell()
+            self.server = await shared_proxy().serve(self.net.listener, self.cell)
+        except Exception as exc:
+            self.failure = f"the cell's proxy could not start: {exc}"
+            self.net.listener.close()  # fail closed: connections are refused from now on
+            raise
+
+    async def stop(self) -> None:
+        if self.server is not None and self.cell is not None:
+            from nixcell.net.proxy import shared_proxy
+
+            server, self.server = self.server, None
+            await shared_proxy().stop(server, self.cell)  # type: ignore[arg-type]
+
     async def close(self) -> None:
-        """Stop serving the cell and release its namespace; renders the learned policy."""
+        await self.stop()
+        self.release()
+
+    def release(self) -> None:
+        """Free the namespace and files; renders the learned policy. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        try:
-            await shared_proxy().stop(self.server, self.cell)  # type: ignore[arg-type]
-        finally:
-            self.net.close()
-            self.cell.audit.close()
-        if self.cell.recorder is not None:
+        self.net.close()
+        self.audit.close()
+        if self.cell is not None and self.cell.recorder is not None:
             from nixcell.net.learn import render_policy
 
             self.learn_output = render_policy(self.cell.recorder)  # type: ignore[arg-type]
+        elif self.network.get("learn"):
+            from nixcell.net.learn import Recorder, render_policy
+
+            self.learn_output = render_policy(Recorder())
 
     def summary(self) -> str | None:
-        return self.cell.audit.summary()
+        return self.audit.summary()
+
+
+class LazyProxy:
+    """For a blocking caller: a thread that starts the proxy when the cell first connects."""
+
+    def __init__(self, session: CellNetworkSession) -> None:
+        import threading
+
+        self.session = session
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._run, name="nixcell-proxy", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import select
+
+        listener = self.session.net.listener
+        ready, _, _ = select.select([listener, self._stop_r], [], [])
+        if listener not in ready:
+            return
+        import asyncio
+
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        import asyncio
+
+        try:
+            await self.session.start()
+        except Exception:  # recorded in session.failure; the listener is closed
+            return
+        stopped = asyncio.Event()
+        asyncio.get_running_loop().add_reader(self._stop_r, stopped.set)
+        await stopped.wait()
+        await self.session.stop()
+
+    def stop(self) -> None:
+        """Stop serving (after the cell ended) and wait for the thread."""
+        with contextlib.suppress(OSError):
+            os.write(self._stop_w, b"x")
+        self._thread.join()
+        for fd in (self._stop_r, self._stop_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def build_policy(network: dict[str, object]):  # -> net.policy.Policy
@@ -102,40 +213,33 @@ def build_credentials(policy, names: list[str]):  # -> CellCredentials | None
     return CellCredentials.load([specs[n] for n in wanted])
 
 
-async def open_cell_network(network: dict[str, object], cell_id: str) -> CellNetworkSession:
-    """Everything a cell with a network needs, ready before the cell starts."""
-    policy = build_policy(network)
-    credentials = build_credentials(policy, list(network.get("credentials") or []))  # type: ignore[call-overload]
-    redact = credentials.redact if credentials is not None else (lambda text: text)
+def prepare_cell_network(network: dict[str, object], cell_id: str) -> CellNetworkSession:
+    """Everything that can refuse the run, done before the cell starts; no event loop needed."""
+    policy = None
+    credentials = None
+    if network.get("policy_files") or network.get("credentials"):
+        policy = build_policy(network)  # files can bind credentials to rules
+        credentials = build_credentials(policy, list(network.get("credentials") or []))  # type: ignore[call-overload]
+    redact = credentials.redact if credentials is not None else (lambda text: text)  # type: ignore[attr-defined]
     audit = AuditLog(cell_id, network.get("audit"), redact)  # type: ignore[arg-type]
-    upstream_ssl = None
-    if network.get("upstream_ca"):
-        from nixcell.net.tls import upstream_context
-
-        upstream_ssl = upstream_context(list(network["upstream_ca"]))  # type: ignore[call-overload]
-    recorder = None
-    if network.get("learn"):
-        from nixcell.net.learn import Recorder
-
-        recorder = Recorder()
-    cell = CellNet(
-        cell_id=cell_id,
-        policy=policy,
-        audit=audit,
-        upstream_ssl=upstream_ssl,
-        credentials=credentials,
-        recorder=recorder,
-        own_addresses=own_addresses(),
-    )
-    net = netns.create(int(network.get("port") or netns.DEFAULT_PORT))  # type: ignore[call-overload]
     try:
-        server = await shared_proxy().serve(net.listener, cell)
+        net = netns.create(int(network.get("port") or netns.DEFAULT_PORT))  # type: ignore[call-overload]
     except BaseException:
-        net.close()
         audit.close()
         raise
-    env = credentials.cell_env() if credentials is not None else {}
-    return CellNetworkSession(cell, net, server, env)
+    env = credentials.cell_env() if credentials is not None else {}  # type: ignore[attr-defined]
+    return CellNetworkSession(network, cell_id, net, audit, credentials, policy, env)
+
+
+async def open_cell_network(network: dict[str, object], cell_id: str) -> CellNetworkSession:
+    """``prepare_cell_network`` plus the proxy serving it on the running loop."""
+    session = prepare_cell_network(network, cell_id)
+    try:
+        await session.start()
+    except BaseException:
+        session.release()
+        raise
+    return session
 
 
 def own_addresses() -> frozenset:
