@@ -30,7 +30,10 @@ if TYPE_CHECKING:
     from nixcell.net.h11io import Side
 
 log = logging.getLogger(__name__)
-TLS_PORTS_REFUSED = frozenset({80})  # CONNECT to a plain-HTTP port: use the proxy directly
+TLS_PORTS_REFUSED = frozenset({80})
+MAX_CONNECTIONS = (
+    1024  # open connections per cell  # CONNECT to a plain-HTTP port: use the proxy directly
+)
 
 
 @dataclass
@@ -64,6 +67,12 @@ class Proxy:
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
             assert task is not None
+            if len(cell.connections) >= MAX_CONNECTIONS:  # a cell must not exhaust the host
+                log.warning(
+                    "cell %s: over %d open connections, refusing", cell.cell_id, MAX_CONNECTIONS
+                )
+                writer.close()
+                return
             cell.connections.add(task)
             try:
                 await self._client(cell, reader, writer)
