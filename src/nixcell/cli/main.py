@@ -196,6 +196,59 @@ def gc() -> int:
     return 0
 
 
+@cli.command("mcp")
+@click.option(
+    "--config",
+    "config_file",
+    metavar="FILE",
+    help="nix-sandbox-mcp style config.toml (default: the shell, python and node presets, "
+    "the current directory read-only at /project).",
+)
+@click.option(
+    "--env-dir",
+    metavar="DIR",
+    help="Custom environments, one TOML file each "
+    "(default: $XDG_CONFIG_HOME/nixcell/environments).",
+)
+@click.option(
+    "--transport",
+    type=click.Choice(["stdio", "http"]),
+    help="stdio (default) or streamable HTTP at /mcp.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="HTTP: address to bind.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="HTTP: port (0 = any free port; the URL is logged).",
+)
+@click.option(
+    "--max-sessions",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Persistent sessions open at once, at most.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="End a session unused this long (default 300).",
+)
+@click.option(
+    "--max-lifetime",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="End a session this long after it started (default 3600).",
+)
+def mcp(**options: object) -> int:
+    """Serve the MCP `run` tool: code runs in cells (stdio, or HTTP on loopback)."""
+    from nixcell.mcp.server import serve  # imports the MCP SDK (~0.5 s): only here
+
+    return serve(**options)  # type: ignore[arg-type]
+
+
 def _register_offline() -> None:
     try:
         from nixcell.cli.offline_cmd import offline
