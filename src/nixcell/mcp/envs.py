@@ -108,7 +108,23 @@ def prepare_env(env: EnvConfig, server: ServerConfig) -> Prepared:
         session_spec = cell_spec(env, server, packages, timeout=None, extra_env=extra_env)
     except NixcellError as exc:
         return Prepared(env, error=exc.message)
+    if env.sessions:
+        _warm_session_cell(env, session_spec, notes)
     return Prepared(env, plan, session_spec, tuple(packages), tuple(notes))
+
+
+def _warm_session_cell(env: EnvConfig, spec: object, notes: list[str]) -> None:
+    """Resolve the session cell's closure now (bash/node sessions add python3 for the agent),
+    so a first session call does not wait for nix."""
+    from nixcell.errors import NixcellError
+    from nixcell.runner import prepare
+
+    try:
+        from nixcell.mcp.sessions import SessionEnv, agent_spec
+
+        prepare(agent_spec(SessionEnv(env.name, env.interpreter, spec), None, 0))  # type: ignore[arg-type]
+    except (NixcellError, ImportError) as exc:
+        notes.append(f"sessions unavailable: {getattr(exc, 'message', exc)}")
 
 
 def _prepare_safely(env: EnvConfig, server: ServerConfig) -> Prepared:

@@ -277,7 +277,7 @@ class RunTool:
         stdout, cut_out = _cut_text(result.stdout)
         stderr, cut_err = _cut_text(result.stderr)
         notices = [result.notice] if result.notice else []
-        if result.timed_out:
+        if result.timed_out and "timed out" not in (result.notice or ""):
             notices.append(f"(timed out after {format_duration(config.timeout)})")
         return Outcome(
             stdout,
