@@ -264,7 +264,52 @@ def test_logging_set_level(project):
     with_client(project, body, mode="legacy", logging_callback=on_log)
 
 
-def _start_raw(project: Path) -> subprocess.Popen[bytes]:
+def test_ten_sessions_in_parallel_from_one_client(project):
+    """Ten sessions driven at once through one MCP client: each keeps its own state."""
+    before = bwrap_pids()
+
+    async def body(client: Client) -> list[str]:
+        async def one(i: int, out: list[str]) -> None:
+            first = await client.call_tool(
+                "run", {"code": f"v = {i}", "env": "python", "session": f"p{i}"}
+            )
+            assert not first.is_error, first.content[0].text
+            code = "import time; time.sleep(0.2); v *= 10; print(v)"
+            second = await client.call_tool(
+                "run", {"code": code, "env": "python", "session": f"p{i}"}
+            )
+            out[i] = second.structured_content["stdout"]
+
+        out = [""] * 10
+        async with anyio.create_task_group() as tg:
+            for i in range(10):
+                tg.start_soon(one, i, out)
+        return out
+
+    out = with_client(project, body, "--config", configured(project), "--max-sessions", "16")
+    assert out == [f"{i * 10}\n" for i in range(10)]
+    assert bwrap_pids() - before == set()
+
+
+def test_sigterm_with_live_sessions_leaves_nothing(project):
+    from nixcell.sandbox.cgroups import list_cell_cgroups
+
+    before = bwrap_pids()
+    proc = _start_raw(
+        project, {"code": "import time; time.sleep(60)", "env": "python", "session": "s"}
+    )
+    _wait_for_cell(before)
+    time.sleep(1.0)  # the session cell is up and running the call
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err
+    assert bwrap_pids() - before == set()
+    assert list_cell_cgroups() == []
+    assert not [p for p in Path("/tmp").iterdir() if p.name.startswith("nixcell-session-")]
+
+
+def _start_raw(project: Path, arguments: dict[str, Any] | None = None) -> subprocess.Popen[bytes]:
     params = _params(project)
     proc = subprocess.Popen(
         [params.command, *params.args],
@@ -285,7 +330,7 @@ def _start_raw(project: Path) -> subprocess.Popen[bytes]:
     send({"id": 1, "method": "initialize", "params": init})
     assert json.loads(proc.stdout.readline())["id"] == 1
     send({"method": "notifications/initialized"})
-    args = {"name": "run", "arguments": {"code": "sleep 60", "env": "shell"}}
+    args = {"name": "run", "arguments": arguments or {"code": "sleep 60", "env": "shell"}}
     send({"id": 2, "method": "tools/call", "params": args})
     return proc
 
