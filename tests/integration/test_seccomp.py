@@ -37,6 +37,8 @@ PRIVILEGED: frozenset[str] = probe_module.PRIVILEGED
 
 COMMON = ["--die-with-parent", "--new-session", "--ro-bind", "/", "/", "--proc", "/proc"]
 COMMON += ["--dev", "/dev", "--tmpfs", "/tmp"]
+REPO = Path(__file__).resolve().parents[2]
+COMMON += ["--ro-bind", str(REPO), str(REPO)]  # a checkout under /tmp stays visible (venv, probe)
 NO_USERNS = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup"]
 SANDBOXES = {
     "cell": ["bwrap", "--unshare-all", *COMMON, "--uid", "1000", "--gid", "1000"],

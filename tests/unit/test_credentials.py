@@ -15,7 +15,7 @@ import pytest
 from keyrings.alt.file import PlaintextKeyring
 
 from nixcell.errors import CredentialError, PolicyError
-from nixcell.net import credentials as creds
+from nixcell.net import credsource
 from nixcell.net.credentials import (
     KNOWN_PREFIXES,
     CellCredentials,
@@ -210,7 +210,7 @@ def test_failing_command_hides_its_output() -> None:
 def test_command_not_found_and_timeout(monkeypatch) -> None:
     with pytest.raises(CredentialError, match="command not found: /nonexistent/tool"):
         load_secret(source_spec("command:/nonexistent/tool --flag"))
-    monkeypatch.setattr(creds, "COMMAND_TIMEOUT", 0.3)
+    monkeypatch.setattr(credsource, "COMMAND_TIMEOUT", 0.3)
     with pytest.raises(CredentialError, match="timed out"):
         load_secret(source_spec(python_command("import time; time.sleep(5)")))
 
