@@ -35,3 +35,26 @@ def user_home(offline_set):
     home.chmod(0o755)
     yield home
     shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    """A loopback HTTPS upstream (tests/integration/upstream.py) with its trustme CA file."""
+    from tests.integration import upstream as up
+
+    directory = tmp_path_factory.mktemp("upstream")
+    _, ca_file, chain = up.make_ca(directory)
+    server = up.start(chain)
+    server.ca_file = ca_file  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def plain():
+    """A loopback plain-HTTP upstream."""
+    from tests.integration import upstream as up
+
+    server = up.start(None)
+    yield server
+    server.stop()

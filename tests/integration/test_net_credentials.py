@@ -40,23 +40,6 @@ def github_token() -> str:
     return "ghp_" + "".join(secrets.choice(ALNUM) for _ in range(36))
 
 
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("upstream")
-    _, ca_file, chain = up.make_ca(directory)
-    server = up.start(chain)
-    server.ca_file = ca_file  # type: ignore[attr-defined]
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def plain():
-    server = up.start(None)
-    yield server
-    server.stop()
-
-
 @pytest.fixture(autouse=True)
 def _fresh(tls, plain):
     for server in (tls, plain):

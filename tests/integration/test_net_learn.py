@@ -8,19 +8,8 @@ from __future__ import annotations
 
 import pytest
 from tests.conftest import cli
-from tests.integration import upstream as up
 
 PINS = ("up.test", "other.test", "evil.test")
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("upstream")
-    _, ca_file, chain = up.make_ca(directory)
-    server = up.start(chain)
-    server.ca_file = ca_file  # type: ignore[attr-defined]
-    yield server
-    server.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -13,29 +13,11 @@ import textwrap
 
 import pytest
 from tests.conftest import cli
-from tests.integration import upstream as up
 
 import nixcell
 from nixcell import CellSpec
 
 PINS = {name: ["127.0.0.1"] for name in ("up.test", "other.test", "evil.test")}
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("upstream")
-    _, ca_file, chain = up.make_ca(directory)
-    server = up.start(chain)
-    server.ca_file = ca_file  # type: ignore[attr-defined]
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def plain():
-    server = up.start(None)
-    yield server
-    server.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -199,12 +199,12 @@ async def exchange(
         record.rule = "learn"
     if target.error is not None or (decision is not None and not decision.allowed):
         record.reason = target.error
-        return await _refuse(cell, side, record, decision, started)
+        return await refuse(cell, side, record, decision, started)
     try:
         up = await _upstream(proxy, cell, target, upstreams)
     except _Refused as exc:
         record.reason = str(exc)
-        return await _refuse(cell, side, record, None, started)
+        return await refuse(cell, side, record, None, started)
     except _Failed as exc:
         record.action, record.status, record.reason = "error", 502, str(exc)
         cell.audit.write(record)
@@ -231,15 +231,22 @@ async def exchange(
     return keep
 
 
-async def _refuse(
-    cell: CellNet, side: Side, record: Record, decision: object | None, started: float
+async def refuse(
+    cell: CellNet,
+    side: Side,
+    record: Record,
+    decision: object | None,
+    started: float,
+    *,
+    close: bool = False,
 ) -> bool:
+    """Answer 403 with the explanation and audit it; True when the connection can go on."""
     body = deny_text(record, decision)
     record.status = 403
     record.reason = record.reason or body.strip()
     record.duration_ms = round((time.monotonic() - started) * 1000, 2)
     cell.audit.write(record)
-    keep = await _drain(side)
+    keep = False if close else await _drain(side)
     await side.send(*simple_response(403, body, close=not keep))
     return keep
 

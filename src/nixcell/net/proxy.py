@@ -225,16 +225,11 @@ class Proxy:
     ) -> None:
         import h11
 
-        from nixcell.net.forward import deny_text
-        from nixcell.net.h11io import PeerGone, simple_response
+        from nixcell.net.forward import refuse
+        from nixcell.net.h11io import PeerGone
 
-        body = deny_text(record, decision)
-        record.status = 403
-        record.reason = record.reason or body.strip()
-        record.duration_ms = round((time.monotonic() - started) * 1000, 2)
-        cell.audit.write(record)
         with contextlib.suppress(PeerGone, h11.LocalProtocolError):
-            await side.send(*simple_response(403, body, close=connect))
+            await refuse(cell, side, record, decision, started, close=connect)
 
 
 def _record_sni(ssl_object: object, server_name: str | None, _ctx: ssl.SSLContext) -> None:
