@@ -26,16 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "bench" / ".cache"
 NIXCELL = str(Path(sys.executable).with_name("nixcell"))
-
-
-def timed(fn, runs: int) -> list[float]:
-    fn()  # warm-up
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return samples
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import timed  # noqa: E402 - bench/ is not a package
 
 
 def ms(samples: list[float]) -> str:

@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "bench" / ".cache"
 NIXCELL = str(Path(sys.executable).with_name("nixcell"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import pct, timed  # noqa: E402 - bench/ is not a package
+
 HOST = "up.test"
 BIG = 100 * 1000 * 1000
 CHUNK = memoryview(b"x" * (1 << 20))
@@ -216,21 +218,6 @@ class Bench:
             where = "cell" if proxy else "host"
             raise RuntimeError(f"{mode} client ({where}) exited {code}:\n{err.decode()[-3000:]}")
         return json.loads(out.decode().strip().splitlines()[-1])
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def timed(fn: Callable[[], object], runs: int) -> list[float]:
-    fn()  # warm-up
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return samples
 
 
 def ms(samples: list[float]) -> float:
