@@ -8,7 +8,6 @@ cell's processes, cgroups and fds are gone when these return or raise.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import subprocess
 import time
@@ -114,7 +113,7 @@ def seccomp_program(profiles: tuple[str, ...]) -> bytes:
     program = seccomp.build_filter(profiles)
     with contextlib.suppress(OSError):
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp = cached.with_suffix(f".{os.getpid()}.{os.urandom(4).hex()}.tmp")
         tmp.write_bytes(program)
         os.replace(tmp, cached)
     return program
@@ -190,11 +189,12 @@ def execute(
     session = proxy = None
     if plan.network is not None:
         # The proxy runs in a thread that starts on the cell's first connection (net/session.py).
+        from nixcell.net import attach
         from nixcell.net.session import LazyProxy, prepare_cell_network
 
         session = prepare_cell_network(plan.network, cell_id)
         try:
-            plan = _with_network(plan, session)
+            plan = attach.with_network(plan, session)
             proxy = LazyProxy(session)
         except BaseException:
             session.release()
@@ -231,7 +231,7 @@ def execute(
         if session is not None and proxy is not None:
             proxy.stop()
             session.release()
-            result = _with_network_outcome(result, session)
+            result = attach.with_outcome(result, session)
         return result
     except BaseException:
         if cell is not None:
@@ -260,61 +260,6 @@ def run(spec: CellSpec, **kwargs: object) -> RunResult:
 # -- asyncio ---------------------------------------------------------------------------------
 
 
-async def _read_fd(fd: int) -> bytes:
-    """Read an fd to EOF without blocking the loop."""
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    os.set_blocking(fd, False)
-    chunks: list[bytes] = []
-    done: asyncio.Future[None] = loop.create_future()
-
-    def readable() -> None:
-        try:
-            while True:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    loop.remove_reader(fd)
-                    if not done.done():
-                        done.set_result(None)
-                    return
-                chunks.append(chunk)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            loop.remove_reader(fd)
-            if not done.done():
-                done.set_exception(exc)
-
-    loop.add_reader(fd, readable)
-    try:
-        await done
-    finally:
-        loop.remove_reader(fd)
-    return b"".join(chunks)
-
-
-async def _wait_exit(proc: subprocess.Popen[bytes]) -> int:
-    """Await a child's exit through a pidfd: no thread, no SIGCHLD handler."""
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    if proc.poll() is not None:
-        return proc.returncode
-    pidfd = os.pidfd_open(proc.pid)
-    try:
-        if proc.poll() is None:
-            ready: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(pidfd, lambda: ready.done() or ready.set_result(None))
-            try:
-                await ready
-            finally:
-                loop.remove_reader(pidfd)
-        return proc.wait()
-    finally:
-        os.close(pidfd)
-
-
 async def execute_async(
     plan: Plan,
     *,
@@ -332,7 +277,8 @@ async def execute_async(
     """
     import asyncio
 
-    from nixcell.sandbox import bwrap
+    from nixcell.net import attach
+    from nixcell.sandbox import aio, bwrap
 
     check_command(plan)
     program = seccomp_program(plan.seccomp_profiles)
@@ -343,7 +289,7 @@ async def execute_async(
         stdin = subprocess.PIPE
     session = None
     if plan.network is not None:
-        plan, session = await _open_network(plan, cell_id)
+        plan, session = await attach.open_network(plan, cell_id)
     cgroup = None
     started = time.monotonic()
     cell = None
@@ -360,26 +306,26 @@ async def execute_async(
             launcher=session.launcher_argv() if session else None,
             extra_fds=[*(session.pass_fds() if session else ()), *pass_fds],
         )
-        info = await _read_fd(cell._fds[0])
+        info = await aio.read_fd(cell._fds[0])
         bwrap.release(cell, info)
         proc = cell.proc
         readers = []
         for stream in (proc.stdout, proc.stderr):
-            readers.append(asyncio.ensure_future(_read_fd(stream.fileno())) if stream else None)
+            readers.append(asyncio.ensure_future(aio.read_fd(stream.fileno())) if stream else None)
         if input is not None and proc.stdin is not None:
-            await asyncio.to_thread(_feed, proc.stdin, input)
+            await asyncio.to_thread(aio.feed, proc.stdin, input)
         timed_out = False
         try:
-            returncode = await asyncio.wait_for(_wait_exit(proc), plan.limits.timeout)
+            returncode = await asyncio.wait_for(aio.wait_exit(proc), plan.limits.timeout)
         except TimeoutError:
             timed_out = True
             cell.kill()
-            returncode = await _wait_exit(proc)
+            returncode = await aio.wait_exit(proc)
         out, err = [await r if r is not None else None for r in readers]
         result = _finish(plan, cell, returncode, started, timed_out, out, err)
         if session is not None:
             await session.close()
-            result = _with_network_outcome(result, session)
+            result = attach.with_outcome(result, session)
         return result
     except BaseException:
         if cell is not None:
@@ -399,56 +345,6 @@ async def execute_async(
             cgroup.remove()
         if session is not None:
             await session.close()
-
-
-async def _open_network(plan: Plan, cell_id: str) -> tuple[Plan, object]:
-    """Set up the cell's network with its proxy on this loop; the plan gains the dummies."""
-    from nixcell.net.session import open_cell_network
-
-    assert plan.network is not None
-    session = await open_cell_network(plan.network, cell_id)
-    try:
-        plan = _with_network(plan, session)
-    except BaseException:
-        await session.close()
-        raise
-    return plan, session
-
-
-def _with_network(plan: Plan, session: object) -> Plan:
-    """The plan with the credential dummies in its env; refuses if a real secret would enter."""
-    from nixcell.errors import NetworkError
-
-    env = session.env  # type: ignore[attr-defined]
-    if env:
-        plan = dataclasses.replace(plan, env={**plan.env, **env})
-    exposed = [*plan.env.values(), *plan.command]
-    for secret in session.secrets():  # type: ignore[attr-defined]
-        if any(secret in value for value in exposed):
-            raise NetworkError(
-                "a real credential value would enter the cell (through -e, --pass-env or "
-                "the command line); refusing to run"
-            )
-    return plan
-
-
-def _with_network_outcome(result: RunResult, session: object) -> RunResult:
-    summary = session.summary()  # type: ignore[attr-defined]
-    failure = session.failure  # type: ignore[attr-defined]
-    if failure:
-        summary = f"{failure}; {summary}" if summary else failure
-    return dataclasses.replace(
-        result,
-        network_summary=summary,
-        learned_policy=session.learn_output,  # type: ignore[attr-defined]
-    )
-
-
-def _feed(pipe: IO[bytes], data: bytes) -> None:
-    with contextlib.suppress(BrokenPipeError):
-        pipe.write(data)
-    with contextlib.suppress(BrokenPipeError):
-        pipe.close()
 
 
 async def run_async(spec: CellSpec, **kwargs: object) -> RunResult:

@@ -144,3 +144,18 @@ def test_in_process_runs_leave_no_zombie(offline_set):
         ["ps", "-o", "pid=,stat=,comm=", "--ppid", str(os.getpid())], capture_output=True, text=True
     ).stdout
     assert [line for line in children.splitlines() if "bwrap" in line] == []
+
+
+def test_concurrent_cold_resolutions_of_one_key(offline_set, tmp_path, monkeypatch):
+    """Threads resolving the same packages at once all succeed (cache writes never collide)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nixcell.nix.resolve import resolve
+
+    for round_ in range(4):  # a collision is a race: give it several chances to show
+        home = tmp_path / f"home{round_}"
+        monkeypatch.setenv("NIXCELL_HOME", str(home))
+        with ThreadPoolExecutor(16) as pool:
+            closures = list(pool.map(lambda _: resolve(["bash", "coreutils"], None), range(16)))
+        assert len({c.env for c in closures}) == 1
+        assert not list((home / "cache" / "resolve").glob("*.tmp"))

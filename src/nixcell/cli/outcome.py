@@ -21,7 +21,7 @@ def report(result: RunResult, learn_output: str | None = None) -> int:
         sys.stderr.write(f"nixcell: {result.message}\n")
     if result.learned_policy is not None:
         if learn_output:
-            tmp = f"{learn_output}.{os.getpid()}.tmp"
+            tmp = f"{learn_output}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
             with open(tmp, "w") as f:
                 f.write(result.learned_policy)
             os.replace(tmp, learn_output)  # never a half-written policy file

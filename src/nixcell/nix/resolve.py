@@ -176,7 +176,7 @@ def _read_cache(cache_file: Path) -> Closure | None:
 
 def _write_cache(cache_file: Path, closure: Closure) -> None:
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+    tmp = cache_file.with_suffix(f".{os.getpid()}.{os.urandom(4).hex()}.tmp")
     tmp.write_text(json.dumps(closure.to_json()))
     os.replace(tmp, cache_file)
 

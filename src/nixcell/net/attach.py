@@ -1,0 +1,53 @@
+"""Attaching a network to a planned cell: the dummies in its env, the outcome in its result."""
+
+from __future__ import annotations
+
+import dataclasses
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nixcell.plan import Plan
+    from nixcell.runner import RunResult
+
+
+async def open_network(plan: Plan, cell_id: str) -> tuple[Plan, object]:
+    """Set up the cell's network with its proxy on this loop; the plan gains the dummies."""
+    from nixcell.net.session import open_cell_network
+
+    assert plan.network is not None
+    session = await open_cell_network(plan.network, cell_id)
+    try:
+        plan = with_network(plan, session)
+    except BaseException:
+        await session.close()
+        raise
+    return plan, session
+
+
+def with_network(plan: Plan, session: object) -> Plan:
+    """The plan with the credential dummies in its env; refuses if a real secret would enter."""
+    from nixcell.errors import NetworkError
+
+    env = session.env  # type: ignore[attr-defined]
+    if env:
+        plan = dataclasses.replace(plan, env={**plan.env, **env})
+    exposed = [*plan.env.values(), *plan.command]
+    for secret in session.secrets():  # type: ignore[attr-defined]
+        if any(secret in value for value in exposed):
+            raise NetworkError(
+                "a real credential value would enter the cell (through -e, --pass-env or "
+                "the command line); refusing to run"
+            )
+    return plan
+
+
+def with_outcome(result: RunResult, session: object) -> RunResult:
+    summary = session.summary()  # type: ignore[attr-defined]
+    failure = session.failure  # type: ignore[attr-defined]
+    if failure:
+        summary = f"{failure}; {summary}" if summary else failure
+    return dataclasses.replace(
+        result,
+        network_summary=summary,
+        learned_policy=session.learn_output,  # type: ignore[attr-defined]
+    )

@@ -1,0 +1,73 @@
+"""asyncio plumbing for cells: read pipes and wait for exits on the loop, no thread per cell."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO
+
+
+async def read_fd(fd: int) -> bytes:
+    """Read an fd to EOF without blocking the loop."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    chunks: list[bytes] = []
+    done: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    loop.remove_reader(fd)
+                    if not done.done():
+                        done.set_result(None)
+                    return
+                chunks.append(chunk)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            loop.remove_reader(fd)
+            if not done.done():
+                done.set_exception(exc)
+
+    loop.add_reader(fd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+    return b"".join(chunks)
+
+
+async def wait_exit(proc: subprocess.Popen[bytes]) -> int:
+    """Await a child's exit through a pidfd: no thread, no SIGCHLD handler."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    if proc.poll() is not None:
+        return proc.returncode
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        if proc.poll() is None:
+            ready: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(pidfd, lambda: ready.done() or ready.set_result(None))
+            try:
+                await ready
+            finally:
+                loop.remove_reader(pidfd)
+        return proc.wait()
+    finally:
+        os.close(pidfd)
+
+
+def feed(pipe: IO[bytes], data: bytes) -> None:
+    with contextlib.suppress(BrokenPipeError):
+        pipe.write(data)
+    with contextlib.suppress(BrokenPipeError):
+        pipe.close()
