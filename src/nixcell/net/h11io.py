@@ -13,6 +13,7 @@ import h11
 
 READ_SIZE = 256 * 1024
 STREAM_LIMIT = 1 << 20  # StreamReader buffer: reading pauses beyond twice this
+WRITE_BUFFER = 4 << 20  # transport write buffer before drain() waits
 IDLE_TIMEOUT = 600.0  # a connection idle this long is closed
 
 HOP_BY_HOP = frozenset(
@@ -47,6 +48,10 @@ class Side:
         self.conn = h11.Connection(role, max_incomplete_event_size=64 * 1024)
         self.reader = reader
         self.writer = writer
+        # drain() stalls whenever the transport buffer passes its high-water mark (64 KiB by
+        # default): smaller than one read, so every relayed chunk would wait for the peer.
+        with contextlib.suppress(AttributeError, NotImplementedError):
+            writer.transport.set_write_buffer_limits(high=WRITE_BUFFER)
         self.bytes_in = 0
         self.bytes_out = 0
 
