@@ -113,9 +113,9 @@ def seccomp_program(profiles: tuple[str, ...]) -> bytes:
     program = seccomp.build_filter(profiles)
     with contextlib.suppress(OSError):
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.{os.urandom(4).hex()}.tmp")
-        tmp.write_bytes(program)
-        os.replace(tmp, cached)
+        from nixcell.fsio import write_atomic
+
+        write_atomic(cached, program)
     return program
 
 
@@ -127,6 +127,32 @@ def _make_cgroup(plan: Plan, cell_id: str) -> CellCgroup | None:
     lim = plan.limits
     return create_cell_cgroup(
         cell_id, CgroupLimits(memory=lim.memory, pids=lim.pids, cpus=lim.cpus)
+    )
+
+
+def _spawn(
+    plan: Plan,
+    cell_id: str,
+    program: bytes,
+    cgroup: CellCgroup | None,
+    session: object | None,
+    streams: tuple[object, object, object],
+    pass_fds: tuple[int, ...] | list[int] = (),
+) -> CellProcess:
+    """Start bwrap for the plan; a networked cell goes in through its namespace launcher."""
+    from nixcell.sandbox import bwrap
+
+    stdin, stdout, stderr = streams
+    return bwrap.spawn(
+        plan,
+        cell_id=cell_id,
+        seccomp_program=program,
+        cgroup=cgroup,
+        stdin=stdin,  # type: ignore[arg-type]
+        stdout=stdout,  # type: ignore[arg-type]
+        stderr=stderr,  # type: ignore[arg-type]
+        launcher=session.launcher_argv() if session else None,  # type: ignore[attr-defined]
+        extra_fds=[*(session.pass_fds() if session else ()), *pass_fds],  # type: ignore[attr-defined]
     )
 
 
@@ -204,17 +230,7 @@ def execute(
     cell = None
     try:
         cgroup = _make_cgroup(plan, cell_id)
-        cell = bwrap.spawn(
-            plan,
-            cell_id=cell_id,
-            seccomp_program=program,
-            cgroup=cgroup,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            launcher=session.launcher_argv() if session else None,
-            extra_fds=session.pass_fds() if session else (),
-        )
+        cell = _spawn(plan, cell_id, program, cgroup, session, (stdin, stdout, stderr))
         bwrap.finish_start(cell)
         timed_out = False
         out = err = None
@@ -295,17 +311,7 @@ async def execute_async(
     cell = None
     try:
         cgroup = _make_cgroup(plan, cell_id)
-        cell = bwrap.spawn(
-            plan,
-            cell_id=cell_id,
-            seccomp_program=program,
-            cgroup=cgroup,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            launcher=session.launcher_argv() if session else None,
-            extra_fds=[*(session.pass_fds() if session else ()), *pass_fds],
-        )
+        cell = _spawn(plan, cell_id, program, cgroup, session, (stdin, stdout, stderr), pass_fds)
         info = await aio.read_fd(cell._fds[0])
         bwrap.release(cell, info)
         proc = cell.proc

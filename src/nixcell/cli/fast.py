@@ -149,6 +149,6 @@ def remember(plan: Plan) -> None:
     data = dataclasses.replace(plan, command=()).to_json()
     with contextlib.suppress(OSError):
         _pending.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _pending.with_suffix(f".{os.getpid()}.{os.urandom(4).hex()}.tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, _pending)
+        from nixcell.fsio import write_atomic
+
+        write_atomic(_pending, json.dumps(data))

@@ -5,7 +5,6 @@ Shared by the click path and the fast path, so it uses plain ``sys`` streams.
 
 from __future__ import annotations
 
-import os
 import sys
 
 TYPE_CHECKING = False
@@ -21,10 +20,9 @@ def report(result: RunResult, learn_output: str | None = None) -> int:
         sys.stderr.write(f"nixcell: {result.message}\n")
     if result.learned_policy is not None:
         if learn_output:
-            tmp = f"{learn_output}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-            with open(tmp, "w") as f:
-                f.write(result.learned_policy)
-            os.replace(tmp, learn_output)  # never a half-written policy file
+            from nixcell.fsio import write_atomic
+
+            write_atomic(learn_output, result.learned_policy)  # never a half-written policy
         else:
             sys.stdout.write(result.learned_policy)
             sys.stdout.flush()

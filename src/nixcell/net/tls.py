@@ -30,6 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from nixcell import paths
 from nixcell.errors import NetworkError
+from nixcell.fsio import write_atomic
 from nixcell.net.hosts import BadHost, normalize_host, parse_ip
 
 CERT_NAME = "ca.pem"
@@ -91,7 +92,7 @@ class CertificateAuthority:
         key = _read_key(key_path)
         if key is None:  # a cert without its key is useless: start over
             key = ec.generate_private_key(ec.SECP256R1())
-            _write_atomic(key_path, _key_pem(key), 0o600)
+            write_atomic(key_path, _key_pem(key), mode=0o600, durable=True)
             cert = None
         else:
             cert = _read_cert(cert_path)
@@ -104,7 +105,12 @@ class CertificateAuthority:
                 cert = None  # expiring: reissue with the same key so trust stays stable
         if cert is None:
             cert = _issue_ca_cert(key)
-            _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+            write_atomic(
+                cert_path,
+                cert.public_bytes(serialization.Encoding.PEM),
+                mode=0o644,
+                durable=True,
+            )
         return cls(key, cert, cert_path)
 
     def issue_leaf(self, host: str, public_key: ec.EllipticCurvePublicKey) -> x509.Certificate:
@@ -260,25 +266,6 @@ def _read_cert(path: Path) -> x509.Certificate | None:
         return x509.load_pem_x509_certificate(data)
     except ValueError:
         return None  # torn or foreign: reissue from the key
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _issue_ca_cert(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:

@@ -27,6 +27,7 @@ from nixcell.errors import (
     UnknownPackageError,
     UsageError,
 )
+from nixcell.fsio import write_atomic
 from nixcell.nix.closure import Closure
 from nixcell.nix.pins import PackageSource, _nix_string, source_for
 
@@ -176,9 +177,7 @@ def _read_cache(cache_file: Path) -> Closure | None:
 
 def _write_cache(cache_file: Path, closure: Closure) -> None:
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f".{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    tmp.write_text(json.dumps(closure.to_json()))
-    os.replace(tmp, cache_file)
+    write_atomic(cache_file, json.dumps(closure.to_json()))
 
 
 def nix_tool(name: str) -> str:

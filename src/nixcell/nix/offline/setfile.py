@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from nixcell.fsio import write_atomic
 from nixcell.nix.offline.store import nix_string
 
 SCHEMA = 1
@@ -104,9 +105,7 @@ def _atomic_write(path: Path, text: str) -> None:
             return
     except OSError:
         pass
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def read_inputs(dest: Path, name: str) -> dict[str, list[int]] | None:
