@@ -356,19 +356,24 @@ async def _relay(
     await up.send(h11.Request(method=req.method, target=path, headers=headers))
     if side.conn.client_is_waiting_for_100_continue:
         await side.send(h11.InformationalResponse(status_code=100, headers=[]))
-    while True:
-        event = await side.next_event()
-        if isinstance(event, h11.Data):
-            data = body_rw.feed(event.data) if body_rw else event.data
-            if data:
-                await up.send(h11.Data(data=data))
-        elif isinstance(event, h11.EndOfMessage):
-            tail = body_rw.flush() if body_rw else b""
-            await up.send(*([h11.Data(data=tail)] if tail else []), h11.EndOfMessage())
-            break
-        else:
-            raise PeerGone("request body ended early")
+    await _body(side, up, body_rw, "request")
     return await _response(cell, side, up, target, record, websocket)
+
+
+async def _body(src: Side, dst: Side, rewriter: object | None, what: str) -> None:
+    """Relay one message body, through a same-length ``rewriter`` (credentials) if any."""
+    while True:
+        event = await src.next_event()
+        if isinstance(event, h11.Data):
+            data = rewriter.feed(event.data) if rewriter else event.data  # type: ignore[attr-defined]
+            if data:
+                await dst.send(h11.Data(data=data))
+        elif isinstance(event, h11.EndOfMessage):
+            tail = rewriter.flush() if rewriter else b""  # type: ignore[attr-defined]
+            await dst.send(*([h11.Data(data=tail)] if tail else []), h11.EndOfMessage())
+            return
+        else:
+            raise PeerGone(f"{what} body ended early")
 
 
 def _host_header(target: Target) -> str:
@@ -402,18 +407,8 @@ async def _response(
         return await _token_response(creds, side, up, target, event.status_code, headers, ctype)
     await side.send(h11.Response(status_code=event.status_code, headers=headers))
     scrub = creds.response_scrubber() if creds is not None else None  # type: ignore[attr-defined]
-    while True:
-        event = await up.next_event()
-        if isinstance(event, h11.Data):
-            data = scrub.feed(event.data) if scrub else event.data
-            if data:
-                await side.send(h11.Data(data=data))
-        elif isinstance(event, h11.EndOfMessage):
-            tail = scrub.flush() if scrub is not None else b""
-            await side.send(*([h11.Data(data=tail)] if tail else []), h11.EndOfMessage())
-            return side.reusable()
-        else:
-            raise PeerGone("response ended early")
+    await _body(up, side, scrub, "response")
+    return side.reusable()
 
 
 async def _token_response(

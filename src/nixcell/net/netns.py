@@ -14,7 +14,6 @@ is cut off (fail closed).
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import socket
 import struct
@@ -97,7 +96,9 @@ def _child(chan: socket.socket, unshare: object, port: int, privileged: bool) ->
         uid, gid = os.geteuid(), os.getegid()
         flags = CLONE_NEWNET if privileged else CLONE_NEWUSER | CLONE_NEWNET
         if unshare(flags) != 0:  # type: ignore[operator]
-            raise OSError(__import__("ctypes").get_errno(), "unshare")
+            import ctypes  # already loaded by the parent: no import cost here
+
+            raise OSError(ctypes.get_errno(), "unshare")
         if not privileged:
             with open("/proc/self/setgroups", "w") as f:
                 f.write("deny")
@@ -159,14 +160,5 @@ def create(port: int = DEFAULT_PORT) -> CellNetwork:
 
 
 def _wait(pid: int) -> None:
-    while True:
-        try:
-            os.waitpid(pid, 0)
-            return
-        except InterruptedError:
-            continue
-        except ChildProcessError:
-            return
-        except OSError as exc:  # pragma: no cover
-            if exc.errno != errno.EINTR:
-                return
+    with contextlib.suppress(ChildProcessError):  # EINTR is retried by os.waitpid (PEP 475)
+        os.waitpid(pid, 0)

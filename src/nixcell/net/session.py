@@ -162,13 +162,17 @@ class LazyProxy:
         await self.session.stop()
 
     def stop(self) -> None:
-        """Stop serving (after the cell ended) and wait for the thread."""
+        """Stop serving (after the cell ended) and wait for the thread. Idempotent: the pipe's
+        fds are closed once, never again after their numbers may belong to someone else."""
+        if self._stop_w < 0:
+            return
         with contextlib.suppress(OSError):
             os.write(self._stop_w, b"x")
         self._thread.join()
         for fd in (self._stop_r, self._stop_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        self._stop_r = self._stop_w = -1
 
 
 def build_policy(network: dict[str, object]):  # -> net.policy.Policy
