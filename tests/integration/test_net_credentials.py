@@ -29,7 +29,6 @@ import nixcell
 from nixcell import CellSpec
 from nixcell.errors import NetworkError
 
-PINS = {name: ["127.0.0.1"] for name in ("up.test", "other.test", "evil.test")}
 GH_ENV = "NIXCELL_TEST_GH"
 ALNUM = string.ascii_letters + string.digits
 SHELL_PACKAGES = ("bash", "coreutils", "curl")
@@ -86,15 +85,10 @@ env = "GITHUB_TOKEN"
 
 
 def network(tls, policy: str | None, *, credentials=("github",), **extra) -> dict:
-    net = {
-        "policy_files": [policy] if policy else [],
-        "credentials": list(credentials),
-        "allow_cidrs": ["127.0.0.1/32"],
-        "resolve": PINS,
-        "upstream_ca": [str(tls.ca_file)],
-    }
-    net.update(extra)
-    return net
+    policy_files = [policy] if policy else []
+    return up.loopback_network(
+        tls, policy_files=policy_files, credentials=list(credentials), **extra
+    )
 
 
 def sh(script: str, net: dict | None, *, packages=SHELL_PACKAGES, **fields) -> nixcell.RunResult:

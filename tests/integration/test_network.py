@@ -13,11 +13,10 @@ import textwrap
 
 import pytest
 from tests.conftest import cli
+from tests.integration import upstream as up
 
 import nixcell
 from nixcell import CellSpec
-
-PINS = {name: ["127.0.0.1"] for name in ("up.test", "other.test", "evil.test")}
 
 
 @pytest.fixture(autouse=True)
@@ -27,14 +26,7 @@ def _fresh(tls, plain):
 
 
 def network(tls, *allow: str, **extra) -> dict:
-    net = {
-        "allow_hosts": list(allow),
-        "allow_cidrs": ["127.0.0.1/32"],
-        "resolve": PINS,
-        "upstream_ca": [str(tls.ca_file)],
-    }
-    net.update(extra)
-    return net
+    return up.loopback_network(tls, allow_hosts=list(allow), **extra)
 
 
 def py(code: str, net: dict | None, *, packages=("python3",), **fields) -> nixcell.RunResult:

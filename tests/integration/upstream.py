@@ -22,6 +22,15 @@ from pathlib import Path
 import trustme
 
 NAMES = ("up.test", "other.test", "evil.test", "127.0.0.1", "::1")
+PINS = {name: ["127.0.0.1"] for name in NAMES[:3]}
+
+
+def loopback_network(upstream: Upstream, **fields: object) -> dict:
+    """A cell ``network`` reaching the test upstreams: names pinned to 127.0.0.1, loopback
+    allowed by an explicit cidr rule, the upstreams' CA trusted; ``fields`` add the policy."""
+    ca_file = upstream.ca_file  # type: ignore[attr-defined]
+    base = {"allow_cidrs": ["127.0.0.1/32"], "resolve": PINS, "upstream_ca": [str(ca_file)]}
+    return {**base, **fields}
 
 
 @dataclass
