@@ -64,10 +64,14 @@ def prepare(
     from nixcell.nix.resolve import resolve
     from nixcell.plan import plan
 
-    if spec.network is not None:  # a bad policy file fails before any nix build
+    if spec.network is not None:  # a bad policy or CA file fails before any nix build
         from nixcell.net.session import build_policy
 
         build_policy(spec.network.model_dump())
+        if spec.network.upstream_ca:
+            from nixcell.net.tls import upstream_context
+
+            upstream_context(spec.network.upstream_ca)
     closure = resolve(spec.packages, spec.nixpkgs, progress=progress)
     facts = host.gather(spec)
     return plan(spec, closure, facts), closure

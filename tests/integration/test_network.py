@@ -216,25 +216,41 @@ def test_connect_to_a_port_no_rule_allows_is_refused(offline_set, tls):
 
 
 def test_direct_connections_fail(offline_set, tls):
+    """TCP, UDP and DNS from the cell reach nothing on the host; the cell has no route out.
+
+    Only loopback is used: host services the test starts on 127.0.0.1, which the cell's
+    127.0.0.1 (its own lo) must not reach. No packet is aimed at any other address.
+    """
+    import socket
+
+    udp_host = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp_host.bind(("127.0.0.1", 0))
+    udp_host.settimeout(1.0)
+    udp_port = udp_host.getsockname()[1]
     code = f"""
 import socket
 def attempt(fn):
     try:
-        fn(); return "connected"
+        fn(); return "sent"
     except OSError as e:
         return type(e).__name__
 tcp = lambda: socket.create_connection(("127.0.0.1", {tls.port}), timeout=3)
-udp = lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("10.0.0.1", 53))
+udp = lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("127.0.0.1", {udp_port}))
 dns = lambda: socket.getaddrinfo("up.test", 443)
 print(attempt(tcp), attempt(udp), attempt(dns))
-print(open("/proc/net/dev").read().count(":"))
+print(open("/proc/net/dev").read().count(":"), len(open("/proc/net/route").read().splitlines()) - 1)
 """
-    result = py(code, network(tls, f"up.test:{tls.port}"))
-    tcp, udp, dns, *rest = result.stdout.decode().split()
+    with udp_host:
+        result = py(code, network(tls, f"up.test:{tls.port}"))
+        try:
+            got = udp_host.recvfrom(16)
+        except TimeoutError:
+            got = None
+    tcp, _udp, dns, *rest = result.stdout.decode().split()
     assert tcp == "ConnectionRefusedError", result
-    assert udp in ("OSError", "PermissionError") or udp.endswith("Error"), result
+    assert got is None  # the datagram stayed on the cell's own lo
     assert dns == "gaierror", result
-    assert rest == ["1"]  # only lo
+    assert rest == ["1", "0"]  # only lo, no route
     assert tls.seen == []
 
 
@@ -407,3 +423,19 @@ def test_async_api_cells_share_one_proxy_in_parallel(offline_set, tls):
     results = asyncio.run(main())
     assert [r.stdout for r in results] == [f"ok GET /c{i} 0\n".encode() for i in range(5)]
     assert sorted(tls.paths()) == [f"/c{i}" for i in range(5)]
+
+
+def test_missing_upstream_ca_is_refused_even_after_a_cached_run(offline_set, tls, tmp_path):
+    """A CA file that vanished after a successful run must not be skipped by the plan cache."""
+    import shutil
+
+    ca = tmp_path / "ca.pem"
+    shutil.copy(tls.ca_file, ca)
+    argv = ["run", "-p", "bash", "--allow-host", "x.test", f"--upstream-ca={ca}", "--", "true"]
+    assert cli(*argv).returncode == 0
+    assert cli(*argv).returncode == 0  # now from the plan cache
+    ca.unlink()
+    result = cli(*argv)
+    err = result.stderr.decode().strip().splitlines()
+    assert result.returncode != 0 and "Traceback" not in result.stderr.decode()
+    assert err[-1] == f"nixcell: cannot load upstream CA file {ca}: No such file or directory"

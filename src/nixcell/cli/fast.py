@@ -46,9 +46,14 @@ _KEY_ENV = (
 _pending: Path | None = None
 
 
-def _key_file(options: list[str]) -> Path:
+def _key_file(options: list[str]) -> Path | None:
+    """The plan cache file for these flags; None when they name a file that is missing."""
     from nixcell import __version__, paths
     from nixcell.nix.pins import host_has_nixpkgs
+
+    stamps = _file_stamps(options)
+    if stamps is None:
+        return None
 
     try:
         offline_stamp = os.stat(paths.offline_dir() / "set.json").st_mtime_ns
@@ -64,7 +69,7 @@ def _key_file(options: list[str]) -> Path:
             [os.environ.get(k) for k in _KEY_ENV],
             offline_stamp,
             host_has_nixpkgs(),
-            _file_stamps(options),
+            stamps,
         ]
     )
     from nixcell.hashing import digest
@@ -73,7 +78,7 @@ def _key_file(options: list[str]) -> Path:
     return paths.cache_dir() / "plans" / f"{key}.json"
 
 
-def _file_stamps(options: list[str]) -> list[object]:
+def _file_stamps(options: list[str]) -> list[object] | None:
     """Stats of policy/CA files named by the flags, and of the proxy CA when there is a network."""
     from nixcell import paths
 
@@ -87,7 +92,7 @@ def _file_stamps(options: list[str]) -> list[object]:
             st = os.stat(name)
             stamps.append([os.path.abspath(name), st.st_mtime_ns, st.st_size, st.st_ino])
         except OSError:
-            stamps.append([name, None])
+            return None  # a missing file: the normal path reports it (or makes the CA)
     return stamps
 
 
@@ -118,6 +123,8 @@ def try_fast_run(args: list[str]) -> int | None:
         return None
     options, command = split
     key_file = _key_file(options)
+    if key_file is None:
+        return None
     try:
         data = json.loads(key_file.read_text())
     except (OSError, ValueError):
