@@ -107,6 +107,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif self.path.startswith("/big/"):
             size = int(self.path.rsplit("/", 1)[1])
             self._reply(200, b"x" * size)
+        elif self.path.startswith("/overrun/"):  # a body, then a response nobody asked for
+            size = int(self.path.rsplit("/", 1)[1])
+            self._reply(200, b"x" * size)
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nsmuggled\n")
         else:
             self._reply(200, f"ok {self.command} {self.path} {len(body)}\n".encode())
 

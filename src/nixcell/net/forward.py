@@ -1,4 +1,4 @@
-"""One request through the proxy: where it goes, whether it may, and relaying it.
+"""One request through the proxy: whether it may go, and relaying it (targets: net/target.py).
 
 The path the policy checked is the path that is sent: requests go upstream with the normalised
 path (net/urlpath.py), so an upstream that decodes differently cannot be steered around a rule.
@@ -11,15 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import h11
 
 from nixcell.net.audit import Record
 from nixcell.net.h11io import (
-    STREAM_LIMIT,
     PeerGone,
     Side,
     header,
@@ -27,124 +24,22 @@ from nixcell.net.h11io import (
     simple_response,
     strip_hop_by_hop,
 )
-from nixcell.net.hosts import BadHost, normalize_host, parse_ip
-from nixcell.net.urlpath import normalize_path
+from nixcell.net.hosts import parse_ip
+from nixcell.net.stream import Stream
+from nixcell.net.target import DEFAULT_PORTS, Target, netloc
 
 if TYPE_CHECKING:
     from nixcell.net.proxy import CellNet, Proxy
 
-DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 CONNECT_TIMEOUT = 30.0
+DIRECT_BODY = 1 << 20  # response bodies this long skip h11's receive buffer
 MAX_DRAIN = 1 << 20  # body we read and drop to keep a connection after a denial
 MAX_TOKEN_BODY = 4 << 20  # credential-host JSON/form responses read whole to map OAuth tokens
 
 
-@dataclass
-class Target:
-    scheme: str
-    host: str
-    port: int
-    path: str
-    query: str = ""
-    error: str | None = None  # set when the request must be refused before any policy
-
-    @classmethod
-    def from_absolute(cls, raw: bytes) -> Target | None:
-        """``GET http://host/path`` sent to the proxy; None for origin-form targets."""
-        text = raw.decode("ascii", errors="replace")
-        if text.startswith("/") or "://" not in text:
-            return None
-        try:
-            parts = urlsplit(text)
-        except ValueError:
-            return cls("http", "-", 0, text[:200], error="unparsable URL")
-        scheme = parts.scheme.lower()
-        if scheme not in DEFAULT_PORTS:
-            return cls(scheme or "-", "-", 0, text[:200], error=f"scheme {scheme!r} not proxied")
-        scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)
-        return cls._build(scheme, parts.netloc, parts.path, parts.query)
-
-    @classmethod
-    def _build(cls, scheme: str, netloc: str, path: str, query: str) -> Target:
-        if "@" in netloc:
-            return cls(scheme, "-", 0, path, error="credentials in the URL authority")
-        host_text, port = _split_netloc(netloc, DEFAULT_PORTS[scheme])
-        try:
-            host = normalize_host(host_text)
-        except BadHost as exc:
-            return cls(scheme, host_text[:100] or "-", port or 0, path, error=str(exc))
-        if port is None:
-            return cls(scheme, host, 0, path, error="bad port")
-        try:
-            norm = normalize_path(path or "/")
-        except ValueError as exc:
-            return cls(scheme, host, port, path[:200], error=f"bad path: {exc}")
-        return cls(scheme, host, port, norm, query)
-
-    @classmethod
-    def in_tunnel(cls, host: str, port: int, req: h11.Request, sni: str) -> Target:
-        """A request inside a CONNECT tunnel: it may only address the tunnel's own host."""
-        text = req.target.decode("ascii", errors="replace")
-        if text.startswith("/") or text == "*":
-            path, _, query = text.partition("?")
-            target = cls._build("https", _netloc(host, port), path.split("#")[0], query)
-        else:
-            target = cls.from_absolute(req.target) or cls(
-                "https", host, port, text[:200], error="bad request target"
-            )
-            target.scheme = "https"
-        if target.error:
-            return target
-        if (target.host, target.port) != (host, port):
-            target.error = f"request for {target.host}:{target.port} inside a tunnel to {host}"
-            return target
-        host_header = header(req.headers, b"host")
-        if host_header is not None:
-            h_text, h_port = _split_netloc(host_header.decode("ascii", "replace"), port)
-            try:
-                same = (normalize_host(h_text), h_port) == (host, port)
-            except BadHost:
-                same = False
-            if not same:
-                target.error = f"Host header {host_header.decode(errors='replace')!r} ≠ {host}"
-                return target
-        if sni:
-            try:
-                sni_ok = normalize_host(sni) == host
-            except BadHost:
-                sni_ok = False
-            if not sni_ok:
-                target.error = f"TLS server name {sni!r} ≠ tunnel host {host}"
-        return target
-
-    def url_path(self) -> bytes:
-        return (self.path + (f"?{self.query}" if self.query else "")).encode()
-
-
-def _netloc(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _split_netloc(netloc: str, default: int) -> tuple[str, int | None]:
-    if netloc.startswith("["):
-        end = netloc.find("]")
-        host, rest = netloc[1:end], netloc[end + 1 :]
-    else:
-        host, sep, port_text = netloc.rpartition(":")
-        if not sep:
-            return netloc, default
-        rest = ":" + port_text
-    if not rest:
-        return host, default
-    digits = rest[1:]
-    if not rest.startswith(":") or not digits.isdigit() or not 0 < int(digits) < 65536:
-        return host, None
-    return host, int(digits)
-
-
 def deny_text(record: Record, decision: object | None) -> str:
     """The short body of a 403: what was refused, by which rule, and how to allow it."""
-    what = f"{record.method} {record.scheme}://{_netloc(record.host, record.port)}{record.path}"
+    what = f"{record.method} {record.scheme}://{netloc(record.host, record.port)}{record.path}"
     if decision is None:
         return f"nixcell: denied {what}: {record.reason}\n"
     text = f"nixcell: {decision.explain()}"  # type: ignore[attr-defined]
@@ -264,7 +159,7 @@ async def _upstream(
 ) -> Side:
     key = (target.scheme, target.host, target.port)
     existing = upstreams.get(key)
-    if existing is not None and existing.conn.our_state is h11.IDLE:
+    if existing is not None and existing.conn.our_state is h11.IDLE and existing.stream.quiet():
         return existing
     for other in list(upstreams):  # one upstream at a time per client connection
         await upstreams.pop(other).close()
@@ -279,20 +174,14 @@ async def _upstream(
     last: Exception | None = None
     for addr in addresses:
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
-                    addr,
-                    target.port,
-                    ssl=ssl_ctx,
-                    server_hostname=target.host if ssl_ctx else None,
-                    limit=STREAM_LIMIT,
-                ),
-                CONNECT_TIMEOUT,
+            hostname = target.host if ssl_ctx else None
+            stream = await asyncio.wait_for(
+                Stream.open(addr, target.port, ssl_ctx, hostname), CONNECT_TIMEOUT
             )
         except (OSError, TimeoutError) as exc:
             last = exc
             continue
-        side = Side(h11.CLIENT, reader, writer)
+        side = Side(h11.CLIENT, stream)
         upstreams[key] = side
         return side
     raise _Failed(f"cannot reach {target.host}:{target.port}: {last}")
@@ -407,8 +296,41 @@ async def _response(
         return await _token_response(creds, side, up, target, event.status_code, headers, ctype)
     await side.send(h11.Response(status_code=event.status_code, headers=headers))
     scrub = creds.response_scrubber() if creds is not None else None  # type: ignore[attr-defined]
-    await _body(up, side, scrub, "response")
+    length = _content_length(event.headers)
+    if scrub is None and length is not None and length >= DIRECT_BODY:
+        await _direct_body(up, side, length)
+    else:
+        await _body(up, side, scrub, "response")
     return side.reusable()
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    if header(headers, b"transfer-encoding") is not None:
+        return None
+    value = header(headers, b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+async def _direct_body(up: Side, side: Side, length: int) -> None:
+    """Relay a long Content-Length response body past h11's receive buffer (three copies of
+    every byte). h11 then never sees the body's end, so the upstream connection is closed after
+    it instead of being reused: one new connection on a later request, against ≥ 1 MiB."""
+    while (event := up.conn.next_event()) is not h11.NEED_DATA:  # what h11 already holds
+        if isinstance(event, h11.EndOfMessage):
+            await side.send(event)
+            return
+        if not isinstance(event, h11.Data):
+            raise PeerGone("response body ended early")
+        length -= len(event.data)
+        await side.send(event)
+    while length > 0:
+        data = await up.read_raw()
+        if not data:
+            raise PeerGone("response body ended early")
+        data = data[:length]  # bytes past the body are dropped with the connection
+        length -= len(data)
+        await side.send(h11.Data(data=data))
+    await side.send(h11.EndOfMessage())
 
 
 async def _token_response(
@@ -452,9 +374,7 @@ async def _switch(side: Side, up: Side) -> None:
     """After a 101: relay raw bytes both ways until either side closes."""
     client_extra, _ = side.conn.trailing_data
     up_extra, _ = up.conn.trailing_data
-    if client_extra:
-        up.writer.write(client_extra)
-    if up_extra:
-        side.writer.write(up_extra)
     with contextlib.suppress(Exception):
-        await asyncio.gather(pipe(side.reader, up.writer), pipe(up.reader, side.writer))
+        up.stream.write(client_extra)
+        side.stream.write(up_extra)
+        await asyncio.gather(pipe(side.stream, up.stream), pipe(up.stream, side.stream))

@@ -1,4 +1,4 @@
-"""h11 connections driven by asyncio streams: the proxy's two sides (cell and upstream).
+"""h11 connections over the proxy's streams: its two sides (cell and upstream).
 
 h11 holds the HTTP/1.1 state machine (framing, keep-alive, pipelining, upgrades) and never does
 I/O; this module feeds it bytes and writes out what it produces, h11's intended use.
@@ -11,9 +11,8 @@ import contextlib
 
 import h11
 
-READ_SIZE = 256 * 1024
-STREAM_LIMIT = 1 << 20  # StreamReader buffer: reading pauses beyond twice this
-WRITE_BUFFER = 4 << 20  # transport write buffer before drain() waits
+from nixcell.net.stream import Stream
+
 IDLE_TIMEOUT = 600.0  # a connection idle this long is closed
 
 HOP_BY_HOP = frozenset(
@@ -39,19 +38,9 @@ class PeerGone(Exception):
 class Side:
     """One HTTP/1.1 connection (``h11.SERVER`` toward the cell, ``h11.CLIENT`` upstream)."""
 
-    def __init__(
-        self,
-        role: type[h11.SERVER] | type[h11.CLIENT],
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> None:
+    def __init__(self, role: type[h11.SERVER] | type[h11.CLIENT], stream: Stream) -> None:
         self.conn = h11.Connection(role, max_incomplete_event_size=64 * 1024)
-        self.reader = reader
-        self.writer = writer
-        # drain() stalls whenever the transport buffer passes its high-water mark (64 KiB by
-        # default): smaller than one read, so every relayed chunk would wait for the peer.
-        with contextlib.suppress(AttributeError, NotImplementedError):
-            writer.transport.set_write_buffer_limits(high=WRITE_BUFFER)
+        self.stream = stream
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -62,16 +51,24 @@ class Side:
                 return event
             # Only a connection idle between messages gets a timer: a timer per read would
             # cost more than the relay itself on a large body.
-            idle = self.conn.their_state is h11.IDLE
             try:
-                if idle:
-                    data = await asyncio.wait_for(self.reader.read(READ_SIZE), IDLE_TIMEOUT)
+                if self.conn.their_state is h11.IDLE:
+                    data = await asyncio.wait_for(self.stream.read(), IDLE_TIMEOUT)
                 else:
-                    data = await self.reader.read(READ_SIZE)
+                    data = await self.stream.read()
             except (ConnectionError, OSError, TimeoutError) as exc:
                 raise PeerGone(str(exc) or type(exc).__name__) from None
             self.bytes_in += len(data)
-            self.conn.receive_data(data)
+            self.conn.receive_data(data)  # copies: the view is reused by the next read
+
+    async def read_raw(self) -> memoryview:
+        """Bytes straight from the stream, bypassing h11 (whose state no longer follows)."""
+        try:
+            data = await self.stream.read()
+        except (ConnectionError, OSError) as exc:
+            raise PeerGone(str(exc) or type(exc).__name__) from None
+        self.bytes_in += len(data)
+        return data
 
     async def send(self, *events: h11.Event) -> None:
         parts: list[bytes] = []
@@ -79,17 +76,22 @@ class Side:
             parts += self.conn.send_with_data_passthrough(event) or ()
         size = sum(len(part) for part in parts)
         self.bytes_out += size
-        if size > 65536:
-            self.writer.writelines(parts)  # a big body chunk is not copied again
-        elif parts:
-            self.writer.write(b"".join(parts))  # one write: one TLS record, one segment
         try:
-            await self.writer.drain()
+            if size > 65536:
+                for part in parts:  # a big body chunk is not copied again
+                    self.stream.write(part)
+            elif parts:
+                self.stream.write(b"".join(parts))  # one write: one TLS record, one segment
+            await self.stream.drain()
         except (ConnectionError, OSError) as exc:
             raise PeerGone(str(exc) or type(exc).__name__) from None
 
     def reusable(self) -> bool:
-        return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+        """Both messages complete, and nothing unasked-for after them: bytes an upstream sends
+        past its response would otherwise be read as the answer to the next request."""
+        if self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
+            return False
+        return self.conn.our_role is h11.SERVER or not self.conn.trailing_data[0]
 
     def next_cycle(self) -> bool:
         """Reset for the next request/response on a kept-alive connection."""
@@ -99,9 +101,7 @@ class Side:
         return True
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
-            await asyncio.wait_for(self.writer.wait_closed(), 2)
+        self.stream.close()
 
 
 def header(headers: Headers, name: bytes) -> bytes | None:
@@ -128,20 +128,19 @@ def strip_hop_by_hop(headers: Headers, keep_upgrade: bool = False) -> Headers:
     return out
 
 
-async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+async def pipe(src: Stream, dst: Stream) -> int:
     """Copy bytes until EOF (after a protocol switch); returns the byte count."""
     total = 0
     try:
-        while data := await reader.read(READ_SIZE):
+        while data := await src.read():
             total += len(data)
-            writer.write(data)
-            await writer.drain()
+            dst.write(data)
+            await dst.drain()
     except (ConnectionError, OSError):
         pass
     finally:
         with contextlib.suppress(Exception):
-            if writer.can_write_eof():
-                writer.write_eof()
+            await dst.write_eof()
     return total
 
 

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 from nixcell.net.audit import AuditLog, Record
+from nixcell.net.stream import Server, Stream
 
 # h11 and the request path load on the first connection: a cell that never connects (and
 # every `-- true`) does not pay for them at start-up.
@@ -63,19 +64,19 @@ class Proxy:
             self._leaves = LeafCache(CertificateAuthority.load_or_create())
         return self._leaves
 
-    async def serve(self, listener: socket.socket, cell: CellNet) -> asyncio.Server:
-        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(self, listener: socket.socket, cell: CellNet) -> Server:
+        async def on_connect(stream: Stream) -> None:
             task = asyncio.current_task()
             assert task is not None
             if len(cell.connections) >= MAX_CONNECTIONS:  # a cell must not exhaust the host
                 log.warning(
                     "cell %s: over %d open connections, refusing", cell.cell_id, MAX_CONNECTIONS
                 )
-                writer.close()
+                stream.close()
                 return
             cell.connections.add(task)
             try:
-                await self._client(cell, reader, writer)
+                await self._client(cell, stream)
             except asyncio.CancelledError:
                 # The cell is being torn down. Returning normally (not re-raising) keeps
                 # asyncio's stream callback in 3.11 from logging a traceback per connection.
@@ -84,14 +85,11 @@ class Proxy:
                 log.exception("proxy connection of cell %s failed", cell.cell_id)
             finally:
                 cell.connections.discard(task)
-                with contextlib.suppress(Exception):
-                    writer.close()
+                stream.close()
 
-        from nixcell.net.h11io import STREAM_LIMIT
+        return Server(listener, on_connect)
 
-        return await asyncio.start_server(on_connect, sock=listener, limit=STREAM_LIMIT)
-
-    async def stop(self, server: asyncio.Server, cell: CellNet) -> None:
+    async def stop(self, server: Server, cell: CellNet) -> None:
         """Stop accepting and cut every open connection of the cell."""
         server.close()
         for task in list(cell.connections):
@@ -102,15 +100,14 @@ class Proxy:
             await asyncio.wait_for(server.wait_closed(), 2)
 
     # -- one connection from the cell ------------------------------------------------------
-    async def _client(
-        self, cell: CellNet, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _client(self, cell: CellNet, stream: Stream) -> None:
         import h11
 
-        from nixcell.net.forward import Target, exchange
+        from nixcell.net.forward import exchange
         from nixcell.net.h11io import PeerGone, Side
+        from nixcell.net.target import Target
 
-        side = Side(h11.SERVER, reader, writer)
+        side = Side(h11.SERVER, stream)
         upstreams: dict[tuple[str, str, int], Side] = {}
         try:
             while True:
@@ -154,9 +151,10 @@ class Proxy:
         """CONNECT host:port: decide for the tunnel, then intercept TLS and check each request."""
         import h11
 
-        from nixcell.net.forward import Target, exchange
+        from nixcell.net.forward import exchange
         from nixcell.net.h11io import PeerGone, Side
         from nixcell.net.hosts import BadHost, normalize_host
+        from nixcell.net.target import Target
 
         started = time.monotonic()
         raw = req.target.decode(errors="replace")
@@ -188,13 +186,13 @@ class Proxy:
         if context.sni_callback is None:
             context.sni_callback = _record_sni
         try:
-            await asyncio.wait_for(side.writer.start_tls(context), 30)
+            await asyncio.wait_for(side.stream.start_tls(context, server_side=True), 30)
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
             log.info("cell %s: TLS handshake for %s failed: %s", cell.cell_id, host, exc)
             return
-        ssl_object = side.writer.get_extra_info("ssl_object")
+        ssl_object = side.stream.ssl_object
         sni = [getattr(ssl_object, "_nixcell_sni", None) or ""]
-        inner = Side(h11.SERVER, side.reader, side.writer)
+        inner = Side(h11.SERVER, side.stream)
         upstreams: dict[tuple[str, str, int], Side] = {}
         try:
             while True:
