@@ -224,3 +224,37 @@ def test_server_hands_each_connection_over_and_refuses_after_close():
         return seen
 
     assert asyncio.run(main()) == [b"one", b"two"]
+
+
+def test_buffer_growth_beyond_the_free_size_is_bounded_for_the_whole_process(monkeypatch):
+    """Many connections sending as fast as they can (a cell's 1024, say) cannot make the host
+    hold a full-size buffer for each: growth past FREE_GROWTH draws on one shared budget."""
+    from nixcell.net import stream as module
+
+    monkeypatch.setattr(module, "BIG_BUFFERS", 256 * 1024)
+    base = module._budget.used
+
+    async def main() -> tuple[list[int], int]:
+        pairs = [socket.socketpair() for _ in range(6)]
+        streams = [Stream(a) for a, _ in pairs]
+        for _, b in pairs:
+            b.setblocking(False)
+        for _ in range(8):
+            for stream, (_, b) in zip(streams, pairs, strict=True):
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        b.send(b"y" * 65536)
+                await stream.read()
+        sizes = [len(s._data) for s in streams]
+        used = module._budget.used - base
+        for stream, (_, b) in zip(streams, pairs, strict=True):
+            stream.close()
+            b.close()
+        return sizes, used
+
+    sizes, used = asyncio.run(main())
+    extra = sum(max(size - module.FREE_GROWTH, 0) for size in sizes)
+    assert max(sizes) > module.FREE_GROWTH, sizes  # the first streams did grow
+    assert extra == used <= 256 * 1024, (sizes, used)
+    assert min(sizes) <= module.FREE_GROWTH, sizes  # the rest were held at the free size
+    assert module._budget.used == base  # closing gives it all back

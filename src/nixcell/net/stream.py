@@ -14,12 +14,16 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import threading
 from collections.abc import Awaitable, Callable
 
 FIRST_READ = 16 * 1024  # buffers start at one TLS record: idle connections stay small,
 READ_SIZE = 1 << 20  # double up to this while reads keep filling them (fewer, larger sends:
 # ~10 % less CPU per relayed byte than 256 KiB here, 2 MiB was slower again), and shrink back
 # when a read that had to wait brings less than one record.
+FREE_GROWTH = 64 * 1024  # any buffer may grow to this; beyond it draws on the shared budget:
+BIG_BUFFERS = 64 << 20  # bytes above FREE_GROWTH over all streams of the process, so a cell's
+# 1024 connections cannot make the host hold 2 MiB each (a bulk transfer needs two buffers)
 YIELD_EVERY = 1 << 20  # bytes read without waiting before the loop's other tasks get a turn
 
 
@@ -99,7 +103,7 @@ class Stream:
         else:
             got = await self._read_tls()
         view = memoryview(self._data)[:got]
-        self._data = _resized(self._data, got, self._waited)  # the view keeps the old alive
+        self._data = self._resized(self._data, got)  # the view keeps the old one alive
         if self._waited:
             self._unyielded = 0
         else:  # data kept arriving: other connections on this loop still get their turn
@@ -136,7 +140,7 @@ class Stream:
             self._incoming.write_eof()
             return False
         self._incoming.write(memoryview(self._raw)[:n])
-        self._raw = _resized(self._raw, n, self._waited)
+        self._raw = self._resized(self._raw, n)
         return True
 
     async def _recv_into(self, buf: bytearray) -> int:
@@ -201,6 +205,17 @@ class Stream:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_WR)
 
+    def _resized(self, buf: bytearray, got: int) -> bytearray:
+        """Double a buffer that a read filled, shrink one that an idle read barely used."""
+        size = len(buf)
+        if got == size < READ_SIZE:
+            new = 2 * size
+        elif self._waited and got < FIRST_READ < size:
+            new = FIRST_READ
+        else:
+            return buf
+        return bytearray(new) if _budget.change(size, new) else buf
+
     # -- waiting and closing ------------------------------------------------------------------
     async def _ready(
         self,
@@ -226,6 +241,8 @@ class Stream:
         if self.closed:
             return
         self.closed = True
+        for buf in (self._data, self._raw):
+            _budget.change(len(buf), 0)
         if self._tls is not None:
             with contextlib.suppress(ssl.SSLError, OSError, ValueError):
                 self._tls.unwrap()
@@ -241,12 +258,23 @@ class Stream:
         self.sock.close()
 
 
-def _resized(buf: bytearray, got: int, waited: bool) -> bytearray:
-    if got == len(buf) < READ_SIZE:
-        return bytearray(2 * got)
-    if waited and got < FIRST_READ < len(buf):
-        return bytearray(FIRST_READ)
-    return buf
+class _Budget:
+    """Bytes of stream buffers above FREE_GROWTH, over every event loop of the process."""
+
+    def __init__(self) -> None:
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def change(self, old: int, new: int) -> bool:
+        delta = max(new - FREE_GROWTH, 0) - max(old - FREE_GROWTH, 0)
+        with self._lock:
+            if delta > 0 and self.used + delta > BIG_BUFFERS:
+                return False
+            self.used += delta
+            return True
+
+
+_budget = _Budget()
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
