@@ -8,6 +8,7 @@ otherwise). The certificates come from a trustme CA passed to nixcell with ``--u
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import http.server
 import json
@@ -16,6 +17,7 @@ import socket
 import ssl
 import string
 import threading
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,7 +98,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.headers.get("Upgrade", "").lower() == "websocket":
             self._websocket()
             return
-        if self.path.startswith("/echo-auth"):
+        if self.path.startswith("/encoded/"):
+            self._encoded(self.path.split("/")[2], self.path.split("/")[3])
+        elif self.path.startswith("/echo-auth"):
             auth = self.headers.get("Authorization")
             self._reply(200, f"auth={auth}\n".encode(), extra={"X-Echo-Auth": str(auth)})
         elif self.path.startswith("/token-chunked"):
@@ -115,6 +119,29 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._reply(200, f"ok {self.command} {self.path} {len(body)}\n".encode())
 
     do_POST = do_PUT = do_DELETE = do_HEAD = do_GET
+
+    def _encoded(self, coding: str, what: str) -> None:
+        """A compressed body whatever Accept-Encoding said: ``what`` is ``auth`` (the request's
+        Authorization echoed), ``token`` (an OAuth token response) or ``bomb`` (4 MiB + 1 of
+        JSON that compresses to a few KiB)."""
+        ctype = "text/plain"
+        if what == "auth":
+            body = f"auth={self.headers.get('Authorization')}\n".encode()
+        elif what == "token":
+            payload = {"access_token": "gho_" + "Z" * 36, "token_type": "bearer"}
+            body, ctype = json.dumps(payload).encode(), "application/json"
+        else:
+            body, ctype = b'{"pad": "' + b" " * (4 << 20) + b'"}', "application/json"
+        if coding == "gzip":
+            data = gzip.compress(body)
+        elif coding == "deflate":
+            data = zlib.compress(body)
+        elif coding == "rawdeflate":
+            raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+            data, coding = raw.compress(body) + raw.flush(), "deflate"
+        else:
+            data = body  # "br", "gzip, br": sent as is, the proxy must not pass it on
+        self._reply(200, data, ctype, extra={"Content-Encoding": coding})
 
     def _chunked_token(self) -> None:
         """A fresh random OAuth token in a chunked JSON body, split mid-token across chunks."""

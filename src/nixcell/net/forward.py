@@ -16,6 +16,15 @@ from typing import TYPE_CHECKING
 import h11
 
 from nixcell.net.audit import Record
+from nixcell.net.bodies import (
+    DIRECT_BODY,
+    content_length,
+    direct_body,
+    fail,
+    relay_body,
+    token_response,
+)
+from nixcell.net.decode import UndecodableEncoding, decoder_for, without_encoding
 from nixcell.net.h11io import (
     PeerGone,
     Side,
@@ -32,9 +41,7 @@ if TYPE_CHECKING:
     from nixcell.net.proxy import CellNet, Proxy
 
 CONNECT_TIMEOUT = 30.0
-DIRECT_BODY = 1 << 20  # response bodies this long skip h11's receive buffer
 MAX_DRAIN = 1 << 20  # body we read and drop to keep a connection after a denial
-MAX_TOKEN_BODY = 4 << 20  # credential-host JSON/form responses read whole to map OAuth tokens
 
 
 def deny_text(record: Record, decision: object | None) -> str:
@@ -245,24 +252,8 @@ async def _relay(
     await up.send(h11.Request(method=req.method, target=path, headers=headers))
     if side.conn.client_is_waiting_for_100_continue:
         await side.send(h11.InformationalResponse(status_code=100, headers=[]))
-    await _body(side, up, body_rw, "request")
+    await relay_body(side, up, body_rw, "request")
     return await _response(cell, side, up, target, record, websocket)
-
-
-async def _body(src: Side, dst: Side, rewriter: object | None, what: str) -> None:
-    """Relay one message body, through a same-length ``rewriter`` (credentials) if any."""
-    while True:
-        event = await src.next_event()
-        if isinstance(event, h11.Data):
-            data = rewriter.feed(event.data) if rewriter else event.data  # type: ignore[attr-defined]
-            if data:
-                await dst.send(h11.Data(data=data))
-        elif isinstance(event, h11.EndOfMessage):
-            tail = rewriter.flush() if rewriter else b""  # type: ignore[attr-defined]
-            await dst.send(*([h11.Data(data=tail)] if tail else []), h11.EndOfMessage())
-            return
-        else:
-            raise PeerGone(f"{what} body ended early")
 
 
 def _host_header(target: Target) -> str:
@@ -291,82 +282,25 @@ async def _response(
         await side.send(h11.InformationalResponse(status_code=101, headers=headers))
         await _switch(side, up)
         return False
+    decoder = None
+    if creds is not None and creds.applies_to(target.host):  # type: ignore[attr-defined]
+        try:
+            decoder = decoder_for(headers)
+        except UndecodableEncoding as exc:
+            why = f"{target.host} sent a {exc}-encoded response, which nixcell cannot inspect"
+            return await fail(side, record, f"{why} for credentials")
+        if decoder is not None:
+            headers = without_encoding(headers)
     ctype = (header(headers, b"content-type") or b"").decode("latin-1").lower()
     if creds is not None and creds.wants_token_response(target.host, ctype):  # type: ignore[attr-defined]
-        return await _token_response(creds, side, up, target, event.status_code, headers, ctype)
+        return await token_response(creds, side, up, target, record, headers, ctype, decoder)
     await side.send(h11.Response(status_code=event.status_code, headers=headers))
     scrub = creds.response_scrubber() if creds is not None else None  # type: ignore[attr-defined]
-    length = _content_length(event.headers)
+    length = content_length(event.headers)
     if scrub is None and length is not None and length >= DIRECT_BODY:
-        await _direct_body(up, side, length)
+        await direct_body(up, side, length)
     else:
-        await _body(up, side, scrub, "response")
-    return side.reusable()
-
-
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    if header(headers, b"transfer-encoding") is not None:
-        return None
-    value = header(headers, b"content-length")
-    return int(value) if value is not None and value.isdigit() else None
-
-
-async def _direct_body(up: Side, side: Side, length: int) -> None:
-    """Relay a long Content-Length response body past h11's receive buffer (three copies of
-    every byte). h11 then never sees the body's end, so the upstream connection is closed after
-    it instead of being reused: one new connection on a later request, against ≥ 1 MiB."""
-    while (event := up.conn.next_event()) is not h11.NEED_DATA:  # what h11 already holds
-        if isinstance(event, h11.EndOfMessage):
-            await side.send(event)
-            return
-        if not isinstance(event, h11.Data):
-            raise PeerGone("response body ended early")
-        length -= len(event.data)
-        await side.send(event)
-    while length > 0:
-        data = await up.read_raw()
-        if not data:
-            raise PeerGone("response body ended early")
-        data = data[:length]  # bytes past the body are dropped with the connection
-        length -= len(data)
-        await side.send(h11.Data(data=data))
-    await side.send(h11.EndOfMessage())
-
-
-async def _token_response(
-    creds: object, side: Side, up: Side, target: Target, status: int, headers: list, ctype: str
-) -> bool:
-    """A credential host's JSON/form response: read it whole (any framing, up to a cap), map
-    issued OAuth tokens to dummies, then send. Too big or unmappable: 502, never the raw body."""
-    from nixcell.errors import CredentialError
-
-    body = bytearray()
-    while True:
-        event = await up.next_event()
-        if isinstance(event, h11.Data):
-            body += event.data
-            if len(body) > MAX_TOKEN_BODY:
-                await side.send(
-                    *simple_response(502, "nixcell proxy: token response too large\n", close=True)
-                )
-                return False
-        elif isinstance(event, h11.EndOfMessage):
-            break
-        else:
-            raise PeerGone("response ended early")
-    try:
-        mapped = creds.observe_token_response(target.host, bytes(body), ctype)  # type: ignore[attr-defined]
-    except CredentialError as exc:
-        await side.send(*simple_response(502, f"nixcell proxy: {exc}\n", close=True))
-        return False
-    scrubber = creds.response_scrubber()  # type: ignore[attr-defined]
-    data = scrubber.feed(mapped) + scrubber.flush()
-    framed = [
-        (k, v) for k, v in headers if k.lower() not in (b"content-length", b"transfer-encoding")
-    ]
-    framed.append((b"content-length", str(len(data)).encode()))
-    await side.send(h11.Response(status_code=status, headers=framed))
-    await side.send(*([h11.Data(data=data)] if data else []), h11.EndOfMessage())
+        await relay_body(up, side, scrub, "response", decoder)
     return side.reusable()
 
 

@@ -1,0 +1,117 @@
+"""Relaying message bodies: through h11, past it for long downloads, decoded for credential
+hosts, and whole for OAuth token responses (net/forward.py decides which)."""
+
+from __future__ import annotations
+
+import h11
+
+from nixcell.net.audit import Record
+from nixcell.net.decode import BadEncodedBody, Decoder
+from nixcell.net.h11io import Headers, PeerGone, Side, header, simple_response
+from nixcell.net.target import Target
+
+DIRECT_BODY = 1 << 20  # response bodies this long skip h11's receive buffer
+MAX_TOKEN_BODY = 4 << 20  # credential-host JSON/form responses read whole to map OAuth tokens
+
+
+async def fail(side: Side, record: Record, why: str) -> bool:
+    """Answer 502 instead of a response the proxy will not pass on; the connection closes."""
+    record.action, record.status, record.reason = "error", 502, why
+    await side.send(*simple_response(502, f"nixcell proxy: {why}\n", close=True))
+    return False
+
+
+async def relay_body(
+    src: Side, dst: Side, rewriter: object | None, what: str, decoder: Decoder | None = None
+) -> None:
+    """Relay one message body: decoded first when ``decoder`` is given (the framing is then
+    redone by h11), through a same-length ``rewriter`` (credentials) if any."""
+    try:
+        while True:
+            event = await src.next_event()
+            if isinstance(event, h11.Data):
+                for piece in decoder.feed(event.data) if decoder else (event.data,):
+                    data = rewriter.feed(piece) if rewriter else piece  # type: ignore[attr-defined]
+                    if data:
+                        await dst.send(h11.Data(data=data))
+            elif isinstance(event, h11.EndOfMessage):
+                tail = decoder.flush() if decoder else b""
+                if rewriter is not None:
+                    tail = rewriter.feed(tail) + rewriter.flush()  # type: ignore[attr-defined]
+                await dst.send(*([h11.Data(data=tail)] if tail else []), h11.EndOfMessage())
+                return
+            else:
+                raise PeerGone(f"{what} body ended early")
+    except BadEncodedBody as exc:
+        raise PeerGone(str(exc)) from None
+
+
+def content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    if header(headers, b"transfer-encoding") is not None:
+        return None
+    value = header(headers, b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+async def direct_body(up: Side, side: Side, length: int) -> None:
+    """Relay a long Content-Length response body past h11's receive buffer (three copies of
+    every byte). h11 then never sees the body's end, so the upstream connection is closed after
+    it instead of being reused: one new connection on a later request, against ≥ 1 MiB."""
+    while (event := up.conn.next_event()) is not h11.NEED_DATA:  # what h11 already holds
+        if isinstance(event, h11.EndOfMessage):
+            await side.send(event)
+            return
+        if not isinstance(event, h11.Data):
+            raise PeerGone("response body ended early")
+        length -= len(event.data)
+        await side.send(event)
+    while length > 0:
+        data = await up.read_raw()
+        if not data:
+            raise PeerGone("response body ended early")
+        data = data[:length]  # bytes past the body are dropped with the connection
+        length -= len(data)
+        await side.send(h11.Data(data=data))
+    await side.send(h11.EndOfMessage())
+
+
+async def token_response(
+    creds: object,
+    side: Side,
+    up: Side,
+    target: Target,
+    record: Record,
+    headers: Headers,
+    ctype: str,
+    decoder: Decoder | None,
+) -> bool:
+    """A credential host's JSON/form response: read it whole (any framing, up to a cap; decoded
+    when compressed), map issued OAuth tokens to dummies, then send. Too big, undecodable or
+    unmappable: 502, never the raw body."""
+    from nixcell.errors import CredentialError
+
+    body = bytearray()
+    while True:
+        event = await up.next_event()
+        if isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > MAX_TOKEN_BODY:
+                return await fail(side, record, "token response too large")
+        elif isinstance(event, h11.EndOfMessage):
+            break
+        else:
+            raise PeerGone("response ended early")
+    try:
+        raw = decoder.decode_all(bytes(body), MAX_TOKEN_BODY) if decoder else bytes(body)
+        mapped = creds.observe_token_response(target.host, raw, ctype)  # type: ignore[attr-defined]
+    except (BadEncodedBody, CredentialError) as exc:
+        return await fail(side, record, str(exc))
+    scrubber = creds.response_scrubber()  # type: ignore[attr-defined]
+    data = scrubber.feed(mapped) + scrubber.flush()
+    framed = [
+        (k, v) for k, v in headers if k.lower() not in (b"content-length", b"transfer-encoding")
+    ]
+    framed.append((b"content-length", str(len(data)).encode()))
+    await side.send(h11.Response(status_code=record.status, headers=framed))
+    await side.send(*([h11.Data(data=data)] if data else []), h11.EndOfMessage())
+    return side.reusable()

@@ -1,0 +1,83 @@
+"""net/decode.py: which Content-Encodings the proxy reads for credential hosts, and how."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import pytest
+
+from nixcell.net.decode import (
+    PIECE,
+    BadEncodedBody,
+    UndecodableEncoding,
+    decoder_for,
+    without_encoding,
+)
+
+
+@pytest.mark.parametrize("value", [None, b"identity", b" Identity , "])
+def test_identity_bodies_need_no_decoder(value):
+    headers = [] if value is None else [(b"content-encoding", value)]
+    assert decoder_for(headers) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "coding"),
+    [
+        (b"gzip", "gzip"),
+        (b"X-GZIP", "x-gzip"),
+        (b"deflate", "deflate"),
+        (b"identity, gzip", "gzip"),
+    ],
+)
+def test_zlib_codings_get_a_decoder(value, coding):
+    decoder = decoder_for([(b"content-encoding", value)])
+    assert decoder is not None and decoder.coding == coding
+
+
+@pytest.mark.parametrize("value", [b"br", b"zstd", b"compress", b"gzip, gzip", b"gzip, br"])
+def test_other_or_stacked_codings_are_undecodable(value):
+    with pytest.raises(UndecodableEncoding):
+        decoder_for([(b"content-encoding", value)])
+
+
+def test_without_encoding_drops_encoding_and_length_only():
+    headers = [(b"Content-Encoding", b"gzip"), (b"content-length", b"9"), (b"etag", b"x")]
+    assert without_encoding(headers) == [(b"etag", b"x")]
+
+
+def decode(coding: bytes, data: bytes, step: int = 1000) -> bytes:
+    decoder = decoder_for([(b"content-encoding", coding)])
+    assert decoder is not None
+    out = b"".join(p for i in range(0, len(data), step) for p in decoder.feed(data[i : i + step]))
+    return out + decoder.flush()
+
+
+def test_gzip_zlib_and_raw_deflate_decode_in_any_chunking():
+    body = b"auth=Bearer ghp_" + bytes(range(256)) * 50
+    raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    for coding, data in (
+        (b"gzip", gzip.compress(body)),
+        (b"deflate", zlib.compress(body)),
+        (b"deflate", raw.compress(body) + raw.flush()),
+    ):
+        for step in (1, 7, 1 << 20):
+            assert decode(coding, data, step) == body, (coding, step)
+
+
+def test_output_comes_in_bounded_pieces():
+    bomb = gzip.compress(b"\0" * (50 * PIECE))  # ~50 KiB that inflates to 50 MiB
+    decoder = decoder_for([(b"content-encoding", b"gzip")])
+    assert decoder is not None
+    sizes = [len(piece) for piece in decoder.feed(bomb)]
+    assert max(sizes) <= PIECE and sum(sizes) == 50 * PIECE
+    with pytest.raises(BadEncodedBody, match="over"):
+        decoder_for([(b"content-encoding", b"gzip")]).decode_all(bomb, 4 << 20)  # type: ignore[union-attr]
+
+
+def test_truncated_or_garbage_bodies_are_errors():
+    with pytest.raises(BadEncodedBody, match="truncated"):
+        decode(b"gzip", gzip.compress(b"x" * 5000)[:-20])
+    with pytest.raises(BadEncodedBody, match="does not decode"):
+        decode(b"gzip", b"this is not gzip at all")
