@@ -1,10 +1,12 @@
-"""Compressed responses from credential hosts: decoded and scrubbed, or refused — never passed on
-unseen. The loopback upstream compresses whatever ``Accept-Encoding`` said (the proxy asks
-credential hosts for identity; a server may ignore that), so a real token inside a gzip body is
-exactly the case a byte-level scrubber alone would miss."""
+"""Encoded secrets in responses. Compressed responses from credential hosts: decoded and scrubbed,
+or refused — never passed on unseen; a token echoed inside base64 (``Basic``): scrubbed. The
+loopback upstream compresses whatever ``Accept-Encoding`` said (the proxy asks credential hosts
+for identity; a server may ignore that), so a real token inside a gzip body is exactly the case
+a byte-level scrubber alone would miss."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -120,3 +122,39 @@ def test_other_hosts_responses_pass_untouched(outcome):
     _, dummy, out, _ = outcome
     # other.test holds no credential: its gzip body reaches the cell as sent, dummy unchanged.
     assert out["other"] == [200, "gzip", f"auth=Bearer {dummy}\n"], out["other"]
+
+
+BASIC = """
+import base64, json, os, sys, urllib.request
+token = os.environ["GITHUB_TOKEN"]
+print("dummy=" + token)
+req = urllib.request.Request(sys.argv[1] + "/echo-auth")
+basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+req.add_header("Authorization", "Basic " + basic)
+with urllib.request.urlopen(req, timeout=20) as r:
+    body, header = r.read().decode(), r.headers["X-Echo-Auth"]
+seen = [base64.b64decode(v.split("Basic ", 1)[1].strip()).decode("latin-1") for v in (body, header)]
+print(json.dumps(seen))
+"""
+
+
+def test_basic_auth_echoed_in_base64_is_scrubbed(offline_set, tls, real, tmp_path):
+    """git and many clients send ``Basic base64(user:token)``: the proxy swaps the token inside,
+    and an upstream echoing that header must not give the cell the real token in base64."""
+    policy = write_policy(tmp_path / "p.toml", tls.port)
+    spec = CellSpec(
+        command=["python3", "-c", BASIC, tls.url("")],
+        packages=["python3"],
+        network=network(tls, policy),
+    )
+    result = nixcell.run(spec, capture_output=True)
+    assert result.exit_code == 0, result
+    dummy = dummy_of(result, real)
+    [sent] = [auth(s) for s in tls.seen]
+    assert sent is not None and sent.startswith("Basic ")
+    assert base64.b64decode(sent[6:]).decode() == f"x-access-token:{real}"  # upstream: the real
+    for echoed in json.loads(result.stdout.decode().splitlines()[-1]):
+        user, token = echoed.split(":", 1)
+        assert user == "x-access-token" and len(token) == len(real)
+        assert token[:-2] == dummy[:-2] and real[4:-2] not in token, (token, dummy)
+    nothing_leaked(result, real)

@@ -574,3 +574,27 @@ def test_oauth_short_token_fails_closed() -> None:
     with pytest.raises(CredentialError) as err:
         cc.observe_token_response("auth.example.com", body, "application/json")
     assert_hidden(err.value, "abc")
+
+
+@pytest.mark.parametrize("user", ["", "x", "xy", "x-access-token"])
+@pytest.mark.parametrize("urlsafe", [False, True])
+def test_secret_inside_base64_is_scrubbed(user: str, urlsafe: bool) -> None:
+    """An upstream echoing ``Basic base64(user:real)`` (what the proxy sent it, e.g. for git)
+    must not hand the real token to the cell, at any alignment, standard or URL-safe."""
+    cc = cell()
+    dummy = dummy_of(cc)
+    encode = base64.urlsafe_b64encode if urlsafe else base64.b64encode
+    for pieces in (1, 2):
+        echoed = b'{"authorization": "Basic ' + encode(f"{user}:{REAL}".encode()) + b'"}'
+        chunks = [echoed] if pieces == 1 else [echoed[:40], echoed[40:]]
+        for out in (
+            stream(cc.response_scrubber(), chunks),
+            cc.scrub_headers([(b"x", echoed)])[0][1],
+        ):
+            blob = out.split(b"Basic ", 1)[1].split(b'"', 1)[0]
+            decoded = (base64.urlsafe_b64decode if urlsafe else base64.b64decode)(blob)
+            token = decoded.decode("latin-1").split(":", 1)[1]
+            assert len(token) == len(REAL)
+            # Everything but (at most) the last two characters is the dummy's now.
+            assert token[:-2] == dummy[:-2], (token, dummy)
+            assert REAL[4:-2] not in token

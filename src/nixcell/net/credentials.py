@@ -134,6 +134,8 @@ class CellCredentials:
         pairs: dict[bytes, bytes] = {}
         for s in self._swaps:
             pairs.setdefault(s.real, s.dummy)
+            for enc_real, enc_dummy in _base64_cores(s.real, s.dummy):
+                pairs.setdefault(enc_real, enc_dummy)
         return pairs
 
     def applies_to(self, host: str) -> bool:
@@ -266,6 +268,22 @@ def _rewrite_basic(value: bytes, pairs: Mapping[bytes, bytes]) -> bytes:
     if swapped == decoded:
         return value
     return m.group(1) + base64.b64encode(swapped) + m.group(3)
+
+
+def _base64_cores(real: bytes, dummy: bytes) -> list[tuple[bytes, bytes]]:
+    """A secret inside base64 (a ``Basic`` header echoed back, a token in a JWT-like blob): at
+    each of the three byte alignments, the characters that encode only the secret's own bytes.
+    The dummy at the same alignment encodes to as many characters, so scrubbing keeps lengths.
+    What stays visible is the one or two edge bytes that share a character with their
+    neighbours (the leading ones are the kept prefix, e.g. ``ghp_``, the same in both)."""
+    pairs = []
+    for start in range(3):
+        n = (len(real) - start) // 3 * 3
+        if n < 6 or real[start : start + n] == dummy[start : start + n]:
+            continue
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            pairs.append((encode(real[start : start + n]), encode(dummy[start : start + n])))
+    return pairs
 
 
 def _token_media(content_type: str) -> str | None:
