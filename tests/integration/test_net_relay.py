@@ -94,3 +94,42 @@ def test_bytes_past_a_response_never_answer_the_next_request(offline_set, tls, s
     ], got
     assert "smuggled" not in json.dumps(got)
     assert tls.paths() == [f"/overrun/{size}", "/after", f"/overrun/{size}", "/end"]
+
+
+UPLOAD = """
+import http.client, json, sys
+cfg = json.loads(sys.argv[1])
+if cfg["tls"]:
+    c = http.client.HTTPSConnection("127.0.0.1", 3128, timeout=60)
+    c.set_tunnel("up.test", cfg["port"])
+    base = ""
+else:
+    c = http.client.HTTPConnection("127.0.0.1", 3128, timeout=60)
+    base = f"http://up.test:{cfg['port']}"
+out = []
+for size in cfg["sizes"]:
+    c.request("POST", base + f"/up/{size}", body=bytes(range(256)) * (size // 256))
+    r = c.getresponse()
+    out.append([r.status, r.read().decode()])
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])
+def test_long_uploads_arrive_whole(offline_set, tls, plain, scheme):
+    server = tls if scheme == "https" else plain
+    sizes = [6 * 1024 * 1024, 256, 3 * 1024 * 1024]
+    net = up.loopback_network(tls, allow_hosts=[f"up.test:{server.port}"])
+    cfg = {"tls": server.tls, "port": server.port, "sizes": sizes}
+    spec = CellSpec(
+        command=["python3", "-c", UPLOAD, json.dumps(cfg)],
+        packages=["python3"],
+        network=net,
+    )
+    result = nixcell.run(spec, capture_output=True)
+    assert result.exit_code == 0, result
+    got = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    assert got == [[200, f"ok POST /up/{n} {n}\n"] for n in sizes], got
+    pattern = bytes(range(256))
+    assert [s.body == pattern * (len(s.body) // 256) for s in server.seen] == [True] * 3
+    assert [len(s.body) for s in server.seen] == sizes
