@@ -16,7 +16,7 @@ from nixcell.sandbox.cgroupfs import (
     parse_mountinfo,
     parse_proc_cgroup,
 )
-from nixcell.sandbox.cgroups import CgroupLimits, cpu_quota, limit_writes
+from nixcell.sandbox.cgrouplimits import CgroupLimits, cpu_quota, limit_writes
 
 # /proc/self/mountinfo of this development machine (v1 controllers + an empty cgroup2).
 HYBRID_MOUNTINFO = """\
