@@ -81,3 +81,14 @@ def test_truncated_or_garbage_bodies_are_errors():
         decode(b"gzip", gzip.compress(b"x" * 5000)[:-20])
     with pytest.raises(BadEncodedBody, match="does not decode"):
         decode(b"gzip", b"this is not gzip at all")
+
+
+def test_gzip_members_back_to_back_are_all_decoded():
+    body = gzip.compress(b"first member\n") + gzip.compress(b"second member\n" * 1000)
+    for step in (1, 5, 1 << 20):
+        assert decode(b"gzip", body, step) == b"first member\n" + b"second member\n" * 1000
+
+
+def test_bytes_after_a_deflate_stream_are_an_error():
+    with pytest.raises(BadEncodedBody, match="after the end"):
+        decode(b"deflate", zlib.compress(b"body") + b"trailing bytes nobody decoded")

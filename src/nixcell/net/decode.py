@@ -55,11 +55,22 @@ class Decoder:
             while True:
                 if piece:
                     yield piece
-                if not self._z.unconsumed_tail:
+                if self._z.eof and self._z.unused_data:
+                    piece = self._next_member(self._z.unused_data)
+                elif self._z.unconsumed_tail:
+                    piece = self._z.decompress(self._z.unconsumed_tail, PIECE)
+                else:
                     return
-                piece = self._z.decompress(self._z.unconsumed_tail, PIECE)
         except zlib.error as exc:
             raise BadEncodedBody(f"{self.coding} body does not decode: {exc}") from None
+
+    def _next_member(self, rest: bytes) -> bytes:
+        """gzip bodies may be several members back to back (all of them are the body); any
+        other coding ends with its stream, and bytes after it would pass on unseen: an error."""
+        if self.coding == "deflate":
+            raise BadEncodedBody("data after the end of the deflate stream")
+        self._z = zlib.decompressobj(_WBITS[self.coding])
+        return self._z.decompress(rest, PIECE)
 
     def flush(self) -> bytes:
         if self._head:
