@@ -16,6 +16,7 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from nixcell.net.audit import AuditLog, Record
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     import h11
 
     from nixcell.net.h11io import Side
+
+    Upstreams = dict[tuple[str, str, int], Side]
 
 log = logging.getLogger(__name__)
 TLS_PORTS_REFUSED = frozenset({80})
@@ -104,32 +107,23 @@ class Proxy:
         import h11
 
         from nixcell.net.forward import exchange
-        from nixcell.net.h11io import PeerGone, Side
+        from nixcell.net.h11io import Side
         from nixcell.net.target import Target
 
+        async def handle(req: h11.Request, upstreams: Upstreams) -> bool:
+            if req.method == b"CONNECT":
+                await self._connect(cell, side, req)
+                return False
+            target = Target.from_absolute(req.target)
+            if target is None:
+                await self._refuse(cell, side, req, 400, "not a proxy request")
+                return True  # the refusal closes: next_cycle ends the connection
+            return await exchange(self, cell, side, req, target, upstreams)
+
         side = Side(h11.SERVER, stream)
-        upstreams: dict[tuple[str, str, int], Side] = {}
         try:
-            while True:
-                try:
-                    event = await side.next_event()
-                except (PeerGone, h11.RemoteProtocolError):
-                    return
-                if not isinstance(event, h11.Request):
-                    return
-                if event.method == b"CONNECT":
-                    await self._connect(cell, side, event)
-                    return
-                target = Target.from_absolute(event.target)
-                if target is None:
-                    await self._refuse(cell, side, event, 400, "not a proxy request")
-                elif not await exchange(self, cell, side, event, target, upstreams):
-                    return
-                if not side.next_cycle():
-                    return
+            await _serve_requests(side, handle)
         finally:
-            for up in upstreams.values():
-                await up.close()
             await side.close()
 
     async def _refuse(
@@ -152,7 +146,7 @@ class Proxy:
         import h11
 
         from nixcell.net.forward import exchange
-        from nixcell.net.h11io import PeerGone, Side
+        from nixcell.net.h11io import Side
         from nixcell.net.hosts import BadHost, normalize_host
         from nixcell.net.target import Target
 
@@ -181,7 +175,6 @@ class Proxy:
         await side.send(h11.Response(status_code=200, headers=[]))
         if side.conn.trailing_data[0]:
             return  # bytes before our 200: not a TLS client that waited for the tunnel
-        sni: list[str] = []
         context = self.leaves().server_context(host)
         if context.sni_callback is None:
             context.sni_callback = _record_sni
@@ -190,26 +183,14 @@ class Proxy:
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
             log.info("cell %s: TLS handshake for %s failed: %s", cell.cell_id, host, exc)
             return
-        ssl_object = side.stream.ssl_object
-        sni = [getattr(ssl_object, "_nixcell_sni", None) or ""]
+        sni = getattr(side.stream.ssl_object, "_nixcell_sni", None) or ""
         inner = Side(h11.SERVER, side.stream)
-        upstreams: dict[tuple[str, str, int], Side] = {}
-        try:
-            while True:
-                try:
-                    event = await inner.next_event()
-                except (PeerGone, h11.RemoteProtocolError):
-                    return
-                if not isinstance(event, h11.Request):
-                    return
-                target = Target.in_tunnel(host, port, event, sni[0])
-                if not await exchange(self, cell, inner, event, target, upstreams):
-                    return
-                if not inner.next_cycle():
-                    return
-        finally:
-            for up in upstreams.values():
-                await up.close()
+
+        async def handle(req: h11.Request, upstreams: Upstreams) -> bool:
+            target = Target.in_tunnel(host, port, req, sni)
+            return await exchange(self, cell, inner, req, target, upstreams)
+
+        await _serve_requests(inner, handle)
 
     async def _deny(
         self,
@@ -228,6 +209,31 @@ class Proxy:
 
         with contextlib.suppress(PeerGone, h11.LocalProtocolError):
             await refuse(cell, side, record, decision, started, close=connect)
+
+
+async def _serve_requests(
+    side: Side, handle: Callable[[h11.Request, Upstreams], Awaitable[bool]]
+) -> None:
+    """Read the cell's requests one after another (kept-alive, pipelined) and ``handle`` each,
+    until a handler says stop or the connection cannot carry another; then close upstreams."""
+    import h11
+
+    from nixcell.net.h11io import PeerGone
+
+    upstreams: Upstreams = {}
+    try:
+        while True:
+            try:
+                event = await side.next_event()
+            except (PeerGone, h11.RemoteProtocolError):
+                return
+            if not isinstance(event, h11.Request):
+                return
+            if not await handle(event, upstreams) or not side.next_cycle():
+                return
+    finally:
+        for up in upstreams.values():
+            await up.close()
 
 
 def _record_sni(ssl_object: object, server_name: str | None, _ctx: ssl.SSLContext) -> None:
