@@ -166,7 +166,7 @@ async def _upstream(
 ) -> Side:
     key = (target.scheme, target.host, target.port)
     existing = upstreams.get(key)
-    if existing is not None and existing.conn.our_state is h11.IDLE and existing.stream.quiet():
+    if existing is not None and existing.quiet():
         return existing
     for other in list(upstreams):  # one upstream at a time per client connection
         await upstreams.pop(other).close()

@@ -87,11 +87,15 @@ class Side:
             raise PeerGone(str(exc) or type(exc).__name__) from None
 
     def reusable(self) -> bool:
-        """Both messages complete, and nothing unasked-for after them: bytes an upstream sends
-        past its response would otherwise be read as the answer to the next request."""
-        if self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
+        return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+
+    def quiet(self) -> bool:
+        """Idle, and nothing unasked-for has arrived: no bytes past the last message, neither
+        in h11 nor waiting in the stream. An upstream's stray bytes would otherwise be read as
+        the answer to the next request."""
+        if self.conn.our_state is not h11.IDLE or self.conn.trailing_data[0]:
             return False
-        return self.conn.our_role is h11.SERVER or not self.conn.trailing_data[0]
+        return self.stream.quiet()
 
     def next_cycle(self) -> bool:
         """Reset for the next request/response on a kept-alive connection."""

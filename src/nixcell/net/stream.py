@@ -88,11 +88,11 @@ class Stream:
                 tls.do_handshake()
                 break
             except ssl.SSLWantReadError:
-                await self._flush_tls()
+                await self.drain()
                 if not await self._fill():
                     raise ConnectionResetError("peer closed during the TLS handshake") from None
         self._tls = tls
-        await self._flush_tls()
+        await self.drain()
 
     # -- reading ------------------------------------------------------------------------------
     async def read(self) -> memoryview:
@@ -126,7 +126,7 @@ class Stream:
                 return got
             except ssl.SSLWantReadError:
                 if self._outgoing.pending:  # e.g. a TLS 1.3 KeyUpdate reply
-                    await self._flush_tls()
+                    await self.drain()
                 if got:
                     return got
                 if not await self._fill():
@@ -176,19 +176,12 @@ class Stream:
             self._pending.append(data)
 
     async def drain(self) -> None:
-        """Send everything written so far."""
+        """Send everything written so far (TLS records, handshake messages included)."""
         async with self._send_lock:
-            if self._tls is not None:
-                await self._flush_tls(locked=True)
+            while self._outgoing.pending:
+                await self._sendall(self._outgoing.read())
             while self._pending:
                 await self._sendall(self._pending.pop(0))
-
-    async def _flush_tls(self, locked: bool = False) -> None:
-        if not locked:
-            async with self._send_lock:
-                return await self._flush_tls(locked=True)
-        while self._outgoing.pending:
-            await self._sendall(self._outgoing.read())
 
     async def _sendall(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
