@@ -22,6 +22,8 @@ class HostFacts:
     # host path -> "dir" | "file" for every mount source and hidden path
     kinds: dict[str, str] = field(default_factory=dict)
     ca_pem: str | None = None  # the proxy CA's certificate, for cells with a network
+    # which of plan.PROC_READ_ONLY / PROC_MASKED exist here: path -> "dir" | "file"
+    proc_entries: dict[str, str] = field(default_factory=dict)
 
 
 def _kind(path: str) -> str | None:
@@ -54,6 +56,9 @@ def gather(spec) -> HostFacts:
         from nixcell.net.tls import CertificateAuthority
 
         ca_pem = CertificateAuthority.load_or_create().cert_pem.decode()
+    from nixcell.plan import PROC_MASKED, PROC_READ_ONLY
+
+    proc = {p: k for p in (*PROC_READ_ONLY, *PROC_MASKED) if (k := _kind(p)) is not None}
     return HostFacts(
         uid=os.getuid(),
         gid=os.getgid(),
@@ -61,6 +66,7 @@ def gather(spec) -> HostFacts:
         passed_env=passed,
         kinds=kinds,
         ca_pem=ca_pem,
+        proc_entries=proc,
     )
 
 

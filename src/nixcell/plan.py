@@ -31,6 +31,35 @@ NAMESPACES = ("user", "pid", "ipc", "uts", "net", "cgroup")
 _NSSWITCH = "passwd: files\ngroup: files\nshadow: files\nhosts: files\n"
 PROXY_PORT = 3128  # inside the cell's own network namespace, so any fixed port is free
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+PLAN_FORMAT = 2  # a cached plan of another format is made again, never run
+STAGE_DIR = "/run/nixcell/stage"  # sandbox/holder.py STAGE: where idmapped binds wait
+
+# What runc and Docker cover in /proc (runc's config.json defaults, Docker's oci/defaults.go),
+# plus kernel-wide files of the same kind: read-only, or masked (unreadable) altogether.
+PROC_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
+PROC_MASKED = (
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/key-users",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/latency_stats",
+    "/proc/kallsyms",
+    "/proc/kmsg",
+    "/proc/kpagecount",
+    "/proc/kpageflags",
+    "/proc/kpagecgroup",
+    "/proc/vmallocinfo",
+    "/proc/slabinfo",
+    "/proc/pagetypeinfo",
+    "/proc/config.gz",
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/scsi",
+    "/proc/driver",
+    "/proc/tty/driver",
+)
 
 
 @dataclass(frozen=True)
@@ -47,6 +76,21 @@ class MountOp:
     size: int | None = None
     perms: str | None = None
     data: str | None = None
+
+
+@dataclass(frozen=True)
+class StageOp:
+    """A host path a root-run cell gets through an idmapped mount (``sandbox/idmap.py``).
+
+    The executor attaches it at ``STAGE/<index>`` inside the cell's own mount namespace, where
+    on-disk files of the invoking user appear owned by the cell's unprivileged host uid; the
+    mount op binding it into the cell names that stage path as its source.
+    """
+
+    index: int
+    source: str
+    readonly: bool
+    is_dir: bool = True
 
 
 @dataclass(frozen=True)
@@ -84,6 +128,11 @@ class Plan:
     # With a network: the spec's Network (policy sources) plus the proxy port. The executor puts
     # the cell in a namespace holding only lo and the proxy's listener (net/netns.py).
     network: dict[str, object] | None = None
+    # "invoker": the cell's uid 1000 is the host uid that runs nixcell (an ordinary user);
+    # "subordinate": nixcell runs as root, so each cell gets its own unprivileged host uid
+    # (sandbox/identity.py) and its binds come through the idmapped ``stage``.
+    identity: str = "invoker"
+    stage: tuple[StageOp, ...] = ()
 
     def with_command(self, command: tuple[str, ...] | list[str]) -> Plan:
         """The same cell running another command (shell builtins go through the shell)."""
@@ -120,6 +169,7 @@ class Plan:
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
         data["bwrap_args"] = self.bwrap_args()
+        data["format"] = PLAN_FORMAT
         return data
 
     def dumps(self) -> str:
@@ -128,9 +178,12 @@ class Plan:
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> Plan:
         fields = dict(data)
+        if fields.pop("format", None) != PLAN_FORMAT:
+            raise ValueError("a plan of another nixcell version")
         fields.pop("bwrap_args", None)
         fields["mounts"] = tuple(MountOp(**m) for m in fields["mounts"])  # type: ignore[union-attr]
         fields["limits"] = PlanLimits(**fields["limits"])  # type: ignore[arg-type]
+        fields["stage"] = tuple(StageOp(**s) for s in fields.get("stage") or ())  # type: ignore[union-attr]
         tuples = (
             "command",
             "seccomp_profiles",
@@ -169,16 +222,30 @@ def _render_mount(op: MountOp, fd) -> list[str]:
 def plan(spec: CellSpec, closure: Closure, host: HostFacts) -> Plan:
     """Decide everything about the cell. Pure: no I/O, no clock, no randomness."""
     disk = spec.limits.disk
+    profiles = tuple(spec.hardening_profiles)
+    _check_disk_bounds(spec)
     mounts: list[MountOp] = [MountOp("ro-bind", p, src=p) for p in sorted(closure.paths)]
-    mounts += [MountOp("proc", "/proc"), MountOp("dev", "/dev")]
+    mounts.append(MountOp("proc", "/proc"))
+    if "nested-sandbox" not in profiles:  # a covered /proc stops a nested sandbox's own /proc
+        mounts += _proc_covers(host)
+    mounts.append(MountOp("dev", "/dev"))
+    mounts.append(MountOp("tmpfs", "/dev/shm", perms="1777", size=disk))
     mounts.append(MountOp("tmpfs", "/tmp", perms="1777", size=disk))
     mounts.append(MountOp("tmpfs", CELL_HOME, perms="0700", size=disk))
+    identity = "subordinate" if host.uid == 0 else "invoker"
+    binds: list[tuple[str, str, bool]] = []  # (dest, host source, writable)
     if spec.workdir is None:
         mounts.append(MountOp("tmpfs", "/workspace", perms="0755", size=disk))
     else:
-        mounts.append(MountOp("bind", "/workspace", src=spec.workdir))
-    for mount in spec.mounts:
-        mounts.append(MountOp("bind" if mount.writable else "ro-bind", mount.target, mount.source))
+        binds.append(("/workspace", spec.workdir, True))
+    binds += [(m.target, m.source, m.writable) for m in spec.mounts]
+    stage: list[StageOp] = []
+    for dest, source, writable in binds:
+        if identity == "subordinate":
+            op = StageOp(len(stage), source, not writable, host.kinds.get(source) != "file")
+            stage.append(op)
+            source = f"{STAGE_DIR}/{op.index}"
+        mounts.append(MountOp("bind" if writable else "ro-bind", dest, source))
     mounts += _hides(spec, host)
     mounts += _etc_files(host)
     mounts += _standard_links(closure)
@@ -208,7 +275,6 @@ def plan(spec: CellSpec, closure: Closure, host: HostFacts) -> Plan:
     env.update(host.passed_env)
     env.update(spec.env)
     limits = PlanLimits(**spec.limits.model_dump())
-    profiles = tuple(spec.hardening_profiles)
     return Plan(
         command=(),
         mounts=tuple(mounts),
@@ -224,6 +290,8 @@ def plan(spec: CellSpec, closure: Closure, host: HostFacts) -> Plan:
         shell=shell,
         network=network,
         namespaces=namespaces,
+        identity=identity,
+        stage=tuple(stage),
     ).with_command(spec.command)
 
 
@@ -313,6 +381,36 @@ def command_for(command: tuple[str, ...], plan: Plan) -> tuple[str, ...]:
     if "/" in name or name in plan.programs or name not in SHELL_BUILTINS or plan.shell is None:
         return command
     return (plan.shell, "-c", '"$@"', name, *command)
+
+
+def _check_disk_bounds(spec: CellSpec) -> None:
+    """--disk bounds every writable place: a host directory bound writable cannot be bounded."""
+    if spec.limits.disk is None:
+        return
+    from nixcell.errors import UsageError
+
+    writable = [spec.workdir] if spec.workdir is not None else []
+    writable += [m.source for m in spec.mounts if m.writable]
+    if writable:
+        raise UsageError(
+            f"--disk cannot bound the host directory {writable[0]} bound writable into the cell; "
+            "drop --disk, or bind it read-only (--ro-bind)"
+        )
+
+
+def _proc_covers(host: HostFacts) -> list[MountOp]:
+    """Kernel-wide /proc files: read-only binds of themselves, or masked by an empty mount."""
+    ops = []
+    for path in PROC_READ_ONLY:
+        if path in host.proc_entries:
+            ops.append(MountOp("ro-bind", path, src=path))
+    for path in PROC_MASKED:
+        kind = host.proc_entries.get(path)
+        if kind == "file":
+            ops.append(MountOp("ro-bind", path, src="/dev/null"))
+        elif kind == "dir":
+            ops += [MountOp("tmpfs", path, perms="0555", size=4096), MountOp("remount-ro", path)]
+    return ops
 
 
 def _hides(spec: CellSpec, host: HostFacts) -> list[MountOp]:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nixcell.errors import NixcellError
+from nixcell.sandbox.launch import CellLaunch
 from nixcell.units import format_duration, format_size
 
 TYPE_CHECKING = False  # not `import typing`: it costs CLI start-up time
@@ -139,11 +140,11 @@ def _spawn(
     cell_id: str,
     program: bytes,
     cgroup: CellCgroup | None,
-    session: object | None,
+    launch: CellLaunch,
     streams: tuple[object, object, object],
     pass_fds: tuple[int, ...] | list[int] = (),
 ) -> CellProcess:
-    """Start bwrap for the plan; a networked cell goes in through its namespace launcher."""
+    """Start bwrap for the plan, through its namespaces and as its own uid (``launch``)."""
     from nixcell.sandbox import bwrap
 
     stdin, stdout, stderr = streams
@@ -155,8 +156,9 @@ def _spawn(
         stdin=stdin,  # type: ignore[arg-type]
         stdout=stdout,  # type: ignore[arg-type]
         stderr=stderr,  # type: ignore[arg-type]
-        launcher=session.launcher_argv() if session else None,  # type: ignore[attr-defined]
-        extra_fds=[*(session.pass_fds() if session else ()), *pass_fds],  # type: ignore[attr-defined]
+        launcher=launch.launcher(),
+        extra_fds=[*launch.pass_fds(), *pass_fds],
+        user=launch.user(),
     )
 
 
@@ -217,24 +219,30 @@ def execute(
     if input is not None:
         stdin = subprocess.PIPE
     session = proxy = None
-    if plan.network is not None:
-        # The proxy runs in a thread that starts on the cell's first connection (net/session.py).
-        from nixcell.net import attach
-        from nixcell.net.session import LazyProxy, prepare_cell_network
+    launch = CellLaunch(plan)
+    try:
+        if plan.network is not None:
+            # The proxy runs in a thread that starts on the first connection (net/session.py).
+            from nixcell.net import attach
+            from nixcell.net.session import LazyProxy, prepare_cell_network
 
-        session = prepare_cell_network(plan.network, cell_id)
-        try:
+            session = prepare_cell_network(plan.network, cell_id, launch.open_stage())
+            launch.use(session.net)
             plan = attach.with_network(plan, session)
             proxy = LazyProxy(session)
-        except BaseException:
+        else:
+            launch.hold_own()
+    except BaseException:
+        if session is not None:
             session.release()
-            raise
+        launch.close()
+        raise
     cgroup = None
     started = time.monotonic()
     cell = None
     try:
         cgroup = _make_cgroup(plan, cell_id)
-        cell = _spawn(plan, cell_id, program, cgroup, session, (stdin, stdout, stderr))
+        cell = _spawn(plan, cell_id, program, cgroup, launch, (stdin, stdout, stderr))
         bwrap.finish_start(cell)
         timed_out = False
         out = err = None
@@ -269,6 +277,7 @@ def execute(
             proxy.stop()
         if session is not None:
             session.release()
+        launch.close()  # last: the uid slot is free only once nothing of the cell is left
 
 
 def run(spec: CellSpec, **kwargs: object) -> RunResult:
@@ -308,14 +317,22 @@ async def execute_async(
     if input is not None:
         stdin = subprocess.PIPE
     session = None
-    if plan.network is not None:
-        plan, session = await attach.open_network(plan, cell_id)
+    launch = CellLaunch(plan)
+    try:
+        if plan.network is not None:
+            plan, session = await attach.open_network(plan, cell_id, launch.open_stage())
+            launch.use(session.net)  # type: ignore[attr-defined]
+        else:
+            launch.hold_own()
+    except BaseException:
+        launch.close()
+        raise
     cgroup = None
     started = time.monotonic()
     cell = None
     try:
         cgroup = _make_cgroup(plan, cell_id)
-        cell = _spawn(plan, cell_id, program, cgroup, session, (stdin, stdout, stderr), pass_fds)
+        cell = _spawn(plan, cell_id, program, cgroup, launch, (stdin, stdout, stderr), pass_fds)
         info = await aio.read_fd(cell._fds[0])
         bwrap.release(cell, info)
         proc = cell.proc
@@ -355,6 +372,7 @@ async def execute_async(
             cgroup.remove()
         if session is not None:
             await session.close()
+        launch.close()
 
 
 async def run_async(spec: CellSpec, **kwargs: object) -> RunResult:

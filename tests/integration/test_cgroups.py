@@ -183,7 +183,8 @@ time.sleep(120)
         assert proc.stdout is not None
         name, forked = proc.stdout.readline().split()
         assert name == "EAGAIN"
-        assert 1 <= int(forked) <= 15
+        # pids.max is 17: the 16 asked for plus the slot of bwrap's monitor (absent here)
+        assert 1 <= int(forked) <= 16
         assert 2 <= len(cg.pids()) <= 16
         assert int(read_text(cg.paths["pids"] / "pids.current")) <= 16
         cg.kill_all()

@@ -55,10 +55,25 @@ LIFTS = {
     "jit-runtime": set(),
 }
 ENOSYS = {"clone3", "openat2"}
+# Denied with another errno than EPERM: socket families a cell has no business with.
+DENIED_WITH = {
+    c: errno.EAFNOSUPPORT
+    for c in (
+        "socket_vsock",
+        "socket_vsock_high",
+        "socket_vsock_dgram",
+        "socketpair_vsock",
+        "socket_packet",
+        "socket_xdp",
+        "int80_socket_vsock",
+        "x32_socket_vsock",
+    )
+}
 # Never denied. open_tree_attr: see the report; the kernel already refuses what it could add.
 ALLOWED = {"threads", "posix_spawn", "clone_plain", "personality_query", "personality_linux"}
 ALLOWED |= {"ioctl_tcgets", "chmod_644", "open_nocreat_suid_mode", "openat_creat_644"}
 ALLOWED |= {"mkdir_sgid", "open_tree_attr"}
+ALLOWED |= {"socket_netlink_route", "socket_inet6", "socket_unix_high"}
 PROFILE_SETS = [(), *((p,) for p in sorted(PROFILES)), tuple(sorted(PROFILES))]
 
 
@@ -126,6 +141,8 @@ def test_probe_distinguishes_the_filter(sandbox: str, unfiltered) -> None:
     assert {c for c, err in control.items() if err == errno.EPERM} <= exempt
     assert all(control[c] == 0 for c in ALLOWED - {"ioctl_tcgets", "open_tree_attr"})
     assert all(control[c] != errno.ENOSYS for c in ENOSYS)
+    # unfiltered, vsock and the other refused families open (or fail otherwise) here
+    assert {c for c, err in DENIED_WITH.items() if control.get(c) == err} == set()
 
 
 def expected(profiles: tuple[str, ...], control: dict[str, int]) -> dict[str, int]:
@@ -136,6 +153,8 @@ def expected(profiles: tuple[str, ...], control: dict[str, int]) -> dict[str, in
             result[check] = err
         elif check in ENOSYS:
             result[check] = errno.ENOSYS
+        elif check in DENIED_WITH:
+            result[check] = DENIED_WITH[check]
         else:
             result[check] = errno.EPERM
     return result

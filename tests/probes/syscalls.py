@@ -29,7 +29,7 @@ PRIVILEGED = frozenset(
     {
         "pivot_root", "move_mount", "fsopen", "fsmount", "fspick", "kexec_load",
         "kexec_file_load", "init_module", "finit_module", "delete_module", "acct", "swapoff",
-        "reboot", "vhangup", "syslog",
+        "reboot", "vhangup", "syslog", "socket_packet", "socket_xdp",
     }
 )  # fmt: skip
 
@@ -51,6 +51,7 @@ NR: dict[str, dict[str, int]] = {
         "process_vm_readv": 310, "process_vm_writev": 311, "finit_module": 313,
         "kexec_file_load": 320, "bpf": 321, "userfaultfd": 323, "clone": 56, "open": 2,
         "creat": 85, "chmod": 90, "fchmod": 91, "ptrace": 101, "syslog": 103,
+        "socket": 41, "socketpair": 53,
         "mknod": 133, "uselib": 134, "personality": 135,
     },
     "aarch64": _COMMON | {
@@ -63,7 +64,8 @@ NR: dict[str, dict[str, int]] = {
         "swapoff": 225, "perf_event_open": 241, "name_to_handle_at": 264,
         "open_by_handle_at": 265, "clock_adjtime": 266, "setns": 268,
         "process_vm_readv": 270, "process_vm_writev": 271, "finit_module": 273,
-        "bpf": 280, "userfaultfd": 282, "kexec_file_load": 294,
+        "bpf": 280, "userfaultfd": 282, "kexec_file_load": 294, "socket": 198,
+        "socketpair": 199,
     },
 }  # fmt: skip
 
@@ -308,8 +310,39 @@ def _mkdir() -> int:
     return 0
 
 
+# --- sockets: only AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK/NETLINK_ROUTE ----------------------
+HIGH = 1 << 32  # garbage above the int the kernel reads: the filter must look at the low bits
+AF_VSOCK, AF_PACKET, AF_NETLINK, AF_XDP = 40, 17, 16, 44
+
+
+def _socket(domain: int, kind: int, proto: int = 0, name: str = "socket") -> int | None:
+    return sc(name, domain, kind, proto, close=True) if name == "socket" else _pair(domain, kind)
+
+
+def _pair(domain: int, kind: int) -> int | None:
+    fds = (ctypes.c_int * 2)()
+    err = sc("socketpair", domain, kind, 0, ctypes.addressof(fds))
+    if err == 0:
+        os.close(fds[0])
+        os.close(fds[1])
+    return err
+
+
+check("socket_vsock")(lambda: _socket(AF_VSOCK, 1))  # ignores network namespaces
+check("socket_vsock_high")(lambda: _socket(AF_VSOCK | HIGH, 1))
+check("socket_vsock_dgram")(lambda: _socket(AF_VSOCK, 2))
+check("socketpair_vsock")(lambda: _socket(AF_VSOCK, 1, name="socketpair"))
+check("socket_packet")(lambda: _socket(AF_PACKET, 3))  # raw frames
+check("socket_xdp")(lambda: _socket(AF_XDP, 3))
+check("socket_netlink_uevent")(lambda: _socket(AF_NETLINK, 2, 15))  # NETLINK_KOBJECT_UEVENT
+check("socket_netlink_uevent_high")(lambda: _socket(AF_NETLINK, 2, 15 | HIGH))
+check("socket_netlink_route")(lambda: _socket(AF_NETLINK, 3, 0))  # getifaddrs
+check("socket_inet6")(lambda: _socket(10, 1))
+check("socket_unix_high")(lambda: _socket(1 | HIGH, 1))  # the kernel reads AF_UNIX
+
+
 # --- other ABIs on x86_64 -------------------------------------------------------------------------
-def int80(nr: int, ebx: int) -> int | None:
+def int80(nr: int, ebx: int, ecx: int = 0, edx: int = 0) -> int | None:
     """i386 syscall ``nr`` through ``int 0x80`` in a child; errno, or -signal if killed."""
     if ARCH != "x86_64":
         return None
@@ -319,6 +352,8 @@ def int80(nr: int, ebx: int) -> int | None:
             b"\x53"  # push rbx (callee-saved)
             + b"\xb8" + nr.to_bytes(4, "little")  # mov eax, nr
             + b"\xbb" + ebx.to_bytes(4, "little")  # mov ebx, arg0
+            + b"\xb9" + ecx.to_bytes(4, "little")  # mov ecx, arg1
+            + b"\xba" + edx.to_bytes(4, "little")  # mov edx, arg2
             + b"\xcd\x80\x5b\xc3"  # int 0x80; pop rbx; ret
         )  # fmt: skip
         page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
@@ -333,6 +368,11 @@ check("int80_unshare")(lambda: int80(310, CLONE_PTRACE))  # i386 unshare
 check("int80_clone_newuser")(lambda: int80(120, CLONE_NEW["newuser"] | CLONE_SIGHAND))
 check("x32_unshare")(  # ENOSYS unfiltered when the kernel has no x32 ABI
     lambda: raw(X32_BIT | 272, CLONE_PTRACE)[1] if ARCH == "x86_64" else None
+)
+check("int80_socket_vsock")(lambda: int80(359, AF_VSOCK, 1, 0))  # i386 socket()
+check("int80_socketcall")(lambda: int80(102, 1, 0))  # SYS_SOCKET, args at NULL: EFAULT unfiltered
+check("x32_socket_vsock")(
+    lambda: raw(X32_BIT | 41, AF_VSOCK, 1, 0)[1] if ARCH == "x86_64" else None
 )
 
 

@@ -15,6 +15,7 @@ BASH = "/nix/store/" + "b" * 32 + "-bash"
 GLIBC = "/nix/store/" + "c" * 32 + "-glibc"
 CLOSURE = Closure(ENV, (ENV, BASH, GLIBC), ("bash",), "offline package set", ("bash", "sh"))
 HOST = HostFacts(uid=0, gid=0, term="xterm")
+USER_HOST = HostFacts(uid=1000, gid=1000, term="xterm")
 
 
 def make(**kw):
@@ -62,19 +63,79 @@ def test_env_is_explicit_and_user_wins():
 
 
 def test_workspace_default_is_fresh_tmpfs_and_workdir_binds():
-    fresh = plan(make(), CLOSURE, HOST)
+    fresh = plan(make(), CLOSURE, USER_HOST)
     assert any(op.kind == "tmpfs" and op.dest == "/workspace" for op in fresh.mounts)
-    bound = plan(make(workdir="/srv/proj"), CLOSURE, HOST)
+    bound = plan(make(workdir="/srv/proj"), CLOSURE, USER_HOST)
+    assert bound.identity == "invoker" and bound.stage == ()
     assert any(
         op.kind == "bind" and op.dest == "/workspace" and op.src == "/srv/proj"
         for op in bound.mounts
     )
 
 
+def test_root_run_cells_get_a_subordinate_uid_and_idmapped_binds():
+    """As root, no bind comes straight from the host: each goes through the idmapped stage."""
+    spec = make(workdir="/srv/proj", mounts=[{"source": "/srv/ro", "target": "/ro"}])
+    p = plan(spec, CLOSURE, HostFacts(0, 0, kinds={"/srv/ro": "file"}))
+    assert p.identity == "subordinate"
+    assert [(s.source, s.readonly, s.is_dir) for s in p.stage] == [
+        ("/srv/proj", False, True),
+        ("/srv/ro", True, False),
+    ]
+    ops = {op.dest: (op.kind, op.src) for op in p.mounts}
+    assert ops["/workspace"] == ("bind", "/run/nixcell/stage/0")
+    assert ops["/ro"] == ("ro-bind", "/run/nixcell/stage/1")
+    host_sources = [op.src for op in p.mounts if op.kind in ("bind", "ro-bind")]
+    assert "/srv/proj" not in host_sources and "/srv/ro" not in host_sources
+    assert Plan.from_json(json.loads(p.dumps())) == p
+
+
 def test_disk_limit_sizes_every_writable_tmpfs():
     p = plan(make(limits={"disk": "64M"}), CLOSURE, HOST)
-    sized = {op.dest: op.size for op in p.mounts if op.kind == "tmpfs"}
-    assert sized == {"/tmp": 64 << 20, "/home/cell": 64 << 20, "/workspace": 64 << 20}
+    sized = {op.dest: op.size for op in p.mounts if op.kind == "tmpfs" and op.perms != "0555"}
+    assert sized == {
+        "/dev/shm": 64 << 20,
+        "/tmp": 64 << 20,
+        "/home/cell": 64 << 20,
+        "/workspace": 64 << 20,
+    }
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"workdir": "/srv/proj"},
+        {"mounts": [{"source": "/srv/out", "target": "/out", "writable": True}]},
+    ],
+)
+def test_disk_limit_refuses_a_writable_host_directory(fields):
+    with pytest.raises(UsageError, match="--disk cannot bound"):
+        plan(make(limits={"disk": "64M"}, **fields), CLOSURE, HOST)
+    ro = make(limits={"disk": "64M"}, mounts=[{"source": "/srv/out", "target": "/out"}])
+    assert plan(ro, CLOSURE, HOST).limits.disk == 64 << 20
+
+
+def test_proc_is_covered_unless_nested_sandbox():
+    facts = {"/proc/sys": "dir", "/proc/kcore": "file", "/proc/acpi": "dir", "/proc/keys": "file"}
+    host = HostFacts(0, 0, proc_entries=facts)
+    ops = [(op.kind, op.dest, op.src) for op in plan(make(), CLOSURE, host).mounts]
+    assert ("ro-bind", "/proc/sys", "/proc/sys") in ops
+    assert ("ro-bind", "/proc/kcore", "/dev/null") in ops
+    assert ("ro-bind", "/proc/keys", "/dev/null") in ops
+    assert ("tmpfs", "/proc/acpi", None) in ops and ("remount-ro", "/proc/acpi", None) in ops
+    assert ops.index(("proc", "/proc", None)) < ops.index(("ro-bind", "/proc/sys", "/proc/sys"))
+    nested = plan(make(hardening_profiles=["nested-sandbox"]), CLOSURE, host)
+    assert not [op for op in nested.mounts if op.dest.startswith("/proc/")]
+
+
+def test_stale_plan_format_is_refused():
+    data = json.loads(plan(make(), CLOSURE, HOST).dumps())
+    data["format"] = 1
+    with pytest.raises(ValueError):
+        Plan.from_json(data)
+    del data["format"]
+    with pytest.raises(ValueError):
+        Plan.from_json(data)
 
 
 def test_user_mounts_and_hide():
@@ -85,7 +146,7 @@ def test_user_mounts_and_hide():
         ],
         hide=["/data/secret", "/srv/out/key.pem"],
     )
-    host = HostFacts(0, 0, kinds={"/data/secret": "dir", "/srv/out/key.pem": "file"})
+    host = HostFacts(1000, 1000, kinds={"/data/secret": "dir", "/srv/out/key.pem": "file"})
     p = plan(spec, CLOSURE, host)
     ops = [(op.kind, op.dest, op.src) for op in p.mounts]
     assert ("ro-bind", "/data", "/srv/data") in ops

@@ -6,16 +6,24 @@ import dataclasses
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from nixcell.plan import Plan
     from nixcell.runner import RunResult
+    from nixcell.sandbox.holder import StagedTree
 
 
-async def open_network(plan: Plan, cell_id: str) -> tuple[Plan, object]:
-    """Set up the cell's network with its proxy on this loop; the plan gains the dummies."""
+async def open_network(
+    plan: Plan, cell_id: str, trees: Sequence[StagedTree] = ()
+) -> tuple[Plan, object]:
+    """Set up the cell's network with its proxy on this loop; the plan gains the dummies.
+
+    ``trees``: a root-run cell's idmapped binds, staged in the same helper's mount namespace.
+    """
     from nixcell.net.session import open_cell_network
 
     assert plan.network is not None
-    session = await open_cell_network(plan.network, cell_id)
+    session = await open_cell_network(plan.network, cell_id, trees)
     try:
         plan = with_network(plan, session)
     except BaseException:

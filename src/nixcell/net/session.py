@@ -21,7 +21,10 @@ from nixcell.net.audit import AuditLog
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from nixcell.net.proxy import CellNet
+    from nixcell.sandbox.holder import StagedTree
 
 SIOCGIFADDR = 0x8915
 
@@ -48,12 +51,6 @@ class CellNetworkSession:
     learn_output: str | None = None
     failure: str | None = None
     _closed: bool = False
-
-    def launcher_argv(self) -> list[str]:
-        return self.net.enter_argv(netns.nsenter_path())
-
-    def pass_fds(self) -> list[int]:
-        return self.net.pass_fds()
 
     def secrets(self) -> list[str]:
         creds = self.credentials
@@ -217,8 +214,12 @@ def build_credentials(policy, names: list[str]):  # -> CellCredentials | None
     return CellCredentials.load([specs[n] for n in wanted])
 
 
-def prepare_cell_network(network: dict[str, object], cell_id: str) -> CellNetworkSession:
-    """Everything that can refuse the run, done before the cell starts; no event loop needed."""
+def prepare_cell_network(
+    network: dict[str, object], cell_id: str, trees: Sequence[StagedTree] = ()
+) -> CellNetworkSession:
+    """Everything that can refuse the run, done before the cell starts; no event loop needed.
+
+    ``trees`` are staged in the same namespace helper (a root-run cell's idmapped binds)."""
     policy = None
     credentials = None
     if network.get("policy_files") or network.get("credentials"):
@@ -227,7 +228,7 @@ def prepare_cell_network(network: dict[str, object], cell_id: str) -> CellNetwor
     redact = credentials.redact if credentials is not None else (lambda text: text)  # type: ignore[attr-defined]
     audit = AuditLog(cell_id, network.get("audit"), redact)  # type: ignore[arg-type]
     try:
-        net = netns.create(int(network.get("port") or netns.DEFAULT_PORT))  # type: ignore[call-overload]
+        net = netns.create(int(network.get("port") or netns.DEFAULT_PORT), trees)  # type: ignore[call-overload]
     except BaseException:
         audit.close()
         raise
@@ -235,9 +236,11 @@ def prepare_cell_network(network: dict[str, object], cell_id: str) -> CellNetwor
     return CellNetworkSession(network, cell_id, net, audit, credentials, policy, env)
 
 
-async def open_cell_network(network: dict[str, object], cell_id: str) -> CellNetworkSession:
+async def open_cell_network(
+    network: dict[str, object], cell_id: str, trees: Sequence[StagedTree] = ()
+) -> CellNetworkSession:
     """``prepare_cell_network`` plus the proxy serving it on the running loop."""
-    session = prepare_cell_network(network, cell_id)
+    session = prepare_cell_network(network, cell_id, trees)
     try:
         await session.start()
     except BaseException:

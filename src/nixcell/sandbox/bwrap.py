@@ -4,8 +4,9 @@ Every option reaches bwrap through ``--args FD`` (a memfd), generated files thro
 ``--ro-bind-data FD`` and the seccomp program through ``--seccomp FD``: nothing lands on disk and no
 environment value shows up in the host's ``ps``. ``--info-fd`` tells us the host pid of the cell's
 pid-1; killing it makes the kernel kill every process of the pid namespace, which is how a timeout
-or Ctrl-C ends the whole cell. With limits, ``--block-fd`` holds the cell until its pid-1 sits in
-the cell's cgroups, so no process of the cell ever runs outside them.
+or Ctrl-C ends the whole cell. With limits, a tiny launcher joins the cell's cgroups before it
+becomes bwrap, so no process of the cell ever runs outside them and the cell's cgroup namespace is
+rooted at its own cgroup. A root-run cell starts as its own unprivileged uid (``identity.py``).
 """
 
 from __future__ import annotations
@@ -96,6 +97,19 @@ def prepare_fds(plan: Plan, seccomp_program: bytes) -> tuple[int, list[int]]:
     return fds, list(fds.values())  # type: ignore[return-value]
 
 
+# Joins the cell's cgroups (the writer moves itself), then becomes the rest of its argv: bwrap
+# then starts inside them, so its cgroup namespace is rooted at the cell's own cgroup and no
+# process of the cell ever runs outside its limits. A failed join ends here (fail closed).
+_JOIN = 'for f do [ "$f" = -- ] && break; echo 0 >"$f" || exit 125; shift; done; shift; exec "$@"'
+
+
+def _shell() -> str:
+    found = shutil.which("sh") or (os.path.exists("/bin/sh") and "/bin/sh")
+    if not found:
+        raise SandboxError("no /bin/sh on this host: nixcell needs one to start limited cells")
+    return found
+
+
 def spawn(
     plan: Plan,
     *,
@@ -107,52 +121,71 @@ def spawn(
     stderr: _Stream = None,
     launcher: list[str] | None = None,
     extra_fds: tuple[int, ...] | list[int] = (),
+    user: tuple[int, int] | None = None,
 ) -> CellProcess:
     """Start bwrap for the plan. The caller must call ``finish_start`` (sync or async).
 
-    ``launcher`` (nsenter into the cell's network namespace) prefixes bwrap's argv; a plan with
-    a network and no launcher is refused, since bwrap would share the host's network.
+    ``launcher`` (nsenter into the cell's namespaces, switching to its uid) prefixes bwrap's
+    argv; ``user`` is the (uid, gid) to start as when there is no launcher to switch. A plan with
+    a network and no launcher is refused, since bwrap would share the host's network; a
+    subordinate-identity plan with neither is refused, since the cell would run as root.
     """
     if plan.network is not None and not launcher:
         raise SandboxError("internal: a cell with a network needs its namespace launcher")
     if "net" not in plan.namespaces and plan.network is None:
         raise SandboxError("internal: a cell without a network must unshare the network")
+    switches = bool(launcher) and "--setuid" in launcher  # type: ignore[operator]
+    if plan.identity == "subordinate" and user is None and not switches:
+        raise SandboxError("internal: a root-run cell needs its own uid")
+    if plan.stage and not (launcher and any(a.startswith("--mount=") for a in launcher)):
+        raise SandboxError("internal: a cell with idmapped binds needs its mount namespace")
     named, fds = prepare_fds(plan, seccomp_program)  # type: ignore[misc]
     info_r, info_w = os.pipe2(os.O_CLOEXEC)
     extra: list[str] = ["--info-fd", str(info_w)]
     pass_fds = [*fds, info_w, *extra_fds]
-    block_r = block_w = -1
-    if cgroup is not None:
-        block_r, block_w = os.pipe2(os.O_CLOEXEC)
-        extra += ["--block-fd", str(block_r)]
-        pass_fds.append(block_r)
     # bwrap reads options (not the command) from --args: the command goes on its real argv.
     args = [*extra, *plan.bwrap_args(named)]
     cut = args.index("--")
     args, command = args[:cut], args[cut:]
     args_fd = _memfd("nixcell-args", b"\0".join(a.encode() for a in args) + b"\0")
     pass_fds.append(args_fd)
+    argv = [*(launcher or ()), bwrap_path(), "--args", str(args_fd), *command]
+    switch: dict[str, object] = {}
+    if cgroup is not None:
+        if user is not None:  # the shell joins as root, then drops to the cell's uid
+            argv = [*_drop(user), *argv]
+        procs = [str(p) for p in cgroup.procs_files()]
+        argv = [_shell(), "-c", _JOIN, "nixcell-join", *procs, "--", *argv]
+    elif user is not None:
+        switch = {"user": user[0], "group": user[1], "extra_groups": []}
     try:
         proc = subprocess.Popen(
-            [*(launcher or ()), bwrap_path(), "--args", str(args_fd), *command],
+            argv,
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,
             pass_fds=pass_fds,
             env={},
+            cwd="/",
             process_group=0,
+            **switch,  # type: ignore[arg-type]
         )
     except OSError as exc:
-        for fd in (*fds, info_r, info_w, args_fd, block_r, block_w):
-            if fd >= 0:
-                os.close(fd)
-        raise SandboxError(f"cannot start bubblewrap: {exc}") from None
-    for fd in (*fds, info_w, args_fd, block_r):
-        if fd >= 0:
+        for fd in (*fds, info_r, info_w, args_fd):
             os.close(fd)
+        raise SandboxError(f"cannot start bubblewrap: {exc}") from None
+    for fd in (*fds, info_w, args_fd):
+        os.close(fd)
     cell = CellProcess(proc, cell_id, cgroup)
-    cell._fds = [info_r] + ([block_w] if block_w >= 0 else [])
+    cell._fds = [info_r]
     return cell
+
+
+def _drop(user: tuple[int, int]) -> list[str]:
+    """``nsenter`` with no namespace: switch to the cell's uid/gid, drop supplementary groups."""
+    from nixcell.sandbox.holder import nsenter_path
+
+    return [nsenter_path(), "--setuid", str(user[0]), "--setgid", str(user[1]), "--"]
 
 
 def parse_info(data: bytes) -> int | None:
@@ -163,14 +196,11 @@ def parse_info(data: bytes) -> int | None:
 
 
 def release(cell: CellProcess, info: bytes) -> None:
-    """Record pid-1, put it in the cgroup, then let the cell run."""
+    """Record pid-1 (the cell already runs inside its cgroups: the launcher joined them)."""
     cell.child_pid = parse_info(info)
     try:
-        if cell.cgroup is not None:
-            if cell.child_pid is None:
-                raise CellFailedError("bubblewrap failed before the cell started")
-            cell.cgroup.add_pid(cell.child_pid)
-            os.write(cell._fds[1], b"1")
+        if cell.child_pid is None:
+            raise CellFailedError("bubblewrap failed before the cell started")
     except BaseException:
         cell.kill()
         raise

@@ -15,6 +15,7 @@ from nixcell.errors import LimitUnavailableError, UsageError
 from nixcell.sandbox.cgroupfs import CgroupHost, describe_host
 from nixcell.units import format_size
 
+MONITOR_PROCESSES = 1
 FLAGS = {"memory": "--memory", "pids": "--pids", "cpu": "--cpus"}
 MIN_MEMORY = 4 << 20
 CPU_PERIOD_US = 100_000
@@ -83,7 +84,9 @@ def limit_writes(
             swap = [("memory.swappiness", "0")]
         return [("memory.limit_in_bytes", value), *swap, ("memory.oom_control", "0")]
     if controller == "pids" and limits.pids is not None:
-        return [("pids.max", str(limits.pids))]
+        # bwrap's outer process (its monitor, outside the cell's pid namespace) starts inside
+        # the cgroup too: one more than the cell's own processes.
+        return [("pids.max", str(limits.pids + MONITOR_PROCESSES))]
     if controller == "cpu" and limits.cpus is not None:
         quota, period = cpu_quota(limits.cpus)
         if version == "v2":

@@ -168,6 +168,10 @@ class CellCgroup:
                     f"{d.path / name} failed: {e.strerror}"
                 ) from e
 
+    def procs_files(self) -> list[Path]:
+        """The ``cgroup.procs`` of every hierarchy: a process writing 0 there joins the cell."""
+        return [d.path / "cgroup.procs" for d in self._dirs]
+
     def add_pid(self, pid: int) -> None:
         """Move process ``pid`` (all its threads) into the cell in every hierarchy."""
         for d in self._dirs:

@@ -107,8 +107,34 @@ CLONE_NEW = {
     "CLONE_NEWNET": 0x40000000,
 }
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
+AF_NETLINK = 16
+SOCKET_FAMILIES = frozenset({1, 2, 10, AF_NETLINK})  # AF_UNIX, AF_INET, AF_INET6, AF_NETLINK
 ADDR_NO_RANDOMIZE = 0x0040000
 _SUID = "mode has S_ISUID or S_ISGID"
+
+
+def _families(name: str) -> Rule:
+    """Deny ``name(domain, ...)`` unless domain is AF_UNIX, AF_INET, AF_INET6 or AF_NETLINK.
+
+    The kernel reads the domain as an int (low 32 bits of the register), so the test is on those
+    bits only: a value of 64 or more has one of bits 6..31 set; below 64, each other value is
+    its own chain. AF_VSOCK ignores network namespaces, AF_PACKET sees raw frames, AF_ALG and
+    AF_KEY reach the kernel's crypto and key APIs: none of them is any cell's business.
+    """
+    high = [((0, _MASKED_EQ, 1 << b, 1 << b),) for b in range(6, 32)]
+    low = [((0, _MASKED_EQ, 0xFFFFFFFF, v),) for v in range(64) if v not in SOCKET_FAMILIES]
+    return Rule(
+        name, tuple(high + low), errno=errno.EAFNOSUPPORT, note="domain not AF_UNIX/INET/INET6"
+    )
+
+
+def _netlink_protocols() -> Rule:
+    """AF_NETLINK only for NETLINK_ROUTE (protocol 0: getifaddrs, ip addr)."""
+    chains = tuple(
+        ((0, _MASKED_EQ, 0xFFFFFFFF, AF_NETLINK), (2, _MASKED_EQ, 1 << b, 1 << b))
+        for b in range(32)
+    )
+    return Rule("socket", chains, note="AF_NETLINK other than NETLINK_ROUTE")
 
 
 def _creating(name: str, flags_arg: int, mode_arg: int) -> Rule:
@@ -141,6 +167,14 @@ _GROUPS: dict[str, tuple[Rule, ...]] = {
         "vhangup uselib nfsservctl name_to_handle_at open_by_handle_at"
     ),
     "keys": _deny("keyctl add_key request_key"),
+    "sockets": (
+        _families("socket"),
+        _families("socketpair"),
+        _netlink_protocols(),
+        # i386's multiplexer hides the domain behind a pointer: 32-bit code gets no sockets
+        # through it (modern 32-bit libcs call socket() directly, which is filtered).
+        Rule("socketcall", note="i386 multiplexer: arguments unreadable"),
+    ),
     "io_uring": _deny("io_uring_setup io_uring_enter io_uring_register"),
     "clock": _deny(
         "settimeofday stime clock_settime clock_settime64 clock_adjtime clock_adjtime64 adjtimex"

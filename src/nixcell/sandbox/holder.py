@@ -1,0 +1,215 @@
+"""The namespaces a cell is started in, made by a short-lived helper and held by fds.
+
+One forked helper ``unshare``s what the cell needs beyond what bwrap makes itself:
+- a network namespace holding only ``lo`` and the proxy's listening socket (``net/netns.py``);
+- a mount namespace whose private stage (``STAGE``) holds the idmapped binds of a root-run cell
+  (``idmap.py``): there, and only there, the host directories appear owned by the cell's uid;
+- when not root, a user namespace owning those (no privilege needed).
+It sends back the listener and the namespace fds over ``SCM_RIGHTS`` and exits. The fds keep the
+namespaces alive; the cell is started inside them through ``nsenter``. Nothing is mounted in the
+host's namespace, so a killed nixcell leaves no mount behind: closing the fds frees everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from nixcell.errors import SandboxError
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+MS_REC = 0x4000
+MS_SLAVE = 1 << 19
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+STAGE = "/run/nixcell/stage"  # an empty directory on the host; a tmpfs in each cell's namespace
+
+
+@dataclass(frozen=True)
+class StagedTree:
+    """A detached (idmapped) mount to attach at ``STAGE/<index>`` in the cell's namespace."""
+
+    fd: int
+    index: int
+    is_dir: bool
+
+
+@dataclass
+class CellNamespaces:
+    """Held namespace fds (and the listener when there is a network); ``close`` frees them."""
+
+    listener: socket.socket | None
+    port: int | None
+    netns_fd: int | None = None
+    userns_fd: int | None = None
+    mntns_fd: int | None = None
+    _closed: bool = field(default=False, repr=False)
+
+    def pass_fds(self) -> list[int]:
+        """Fds the launcher must inherit (the namespaces, never the listener)."""
+        fds = (self.userns_fd, self.netns_fd, self.mntns_fd)
+        return [fd for fd in fds if fd is not None]
+
+    def enter_argv(self, nsenter: str, uid: int | None = None, gid: int | None = None) -> list[str]:
+        """The ``nsenter`` prefix that runs the rest of the argv inside the namespaces.
+
+        ``uid``/``gid``: the identity to switch to after entering (a root-run cell's own uid).
+        """
+        argv = [nsenter]
+        if self.userns_fd is not None:
+            argv += [f"--user=/proc/self/fd/{self.userns_fd}", "--preserve-credentials"]
+        if self.netns_fd is not None:
+            argv.append(f"--net=/proc/self/fd/{self.netns_fd}")
+        if self.mntns_fd is not None:
+            argv.append(f"--mount=/proc/self/fd/{self.mntns_fd}")
+        if uid is not None:
+            argv += ["--setuid", str(uid), "--setgid", str(gid if gid is not None else uid)]
+        return [*argv, "--"]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.listener is not None:
+            with contextlib.suppress(OSError):
+                self.listener.close()
+        for fd in self.pass_fds():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def nsenter_path() -> str:
+    import shutil
+
+    found = shutil.which("nsenter") or (os.path.exists("/usr/bin/nsenter") and "/usr/bin/nsenter")
+    if not found:
+        raise SandboxError("nsenter is not installed: install util-linux (apt install util-linux)")
+    return found
+
+
+def ensure_stage() -> None:
+    """The host side of the stage: an empty root-owned directory nobody else can write."""
+    os.makedirs(STAGE, mode=0o755, exist_ok=True)
+    for path in (os.path.dirname(STAGE), STAGE):
+        st = os.lstat(path)
+        if not os.path.isdir(path) or os.path.islink(path) or st.st_uid != 0 or st.st_mode & 0o022:
+            raise SandboxError(f"{path} must be a directory owned by root, writable only by it")
+
+
+def _bring_lo_up() -> None:
+    import fcntl
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        ifreq = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, ifreq))[1]
+        fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def _stage(trees: Sequence[StagedTree]) -> None:
+    from nixcell.sandbox import idmap
+
+    idmap.mount(None, "/", None, MS_REC | MS_SLAVE, None)  # nothing of ours reaches the host
+    idmap.mount("tmpfs", STAGE, "tmpfs", 0, "mode=0755,size=64k,nr_inodes=4096")
+    for tree in trees:
+        target = f"{STAGE}/{tree.index}"
+        if tree.is_dir:
+            os.mkdir(target, 0o755)
+        else:
+            os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        idmap.attach(tree.fd, target)
+
+
+def _child(chan: socket.socket, port: int | None, trees: Sequence[StagedTree]) -> None:
+    """In the forked helper: make the namespaces, send their fds back. Never returns."""
+    from nixcell.sandbox import idmap
+
+    code = 0
+    try:
+        privileged = os.geteuid() == 0
+        uid, gid = os.geteuid(), os.getegid()
+        flags = (CLONE_NEWNET if port is not None else 0) | (CLONE_NEWNS if trees else 0)
+        if not privileged:
+            flags |= CLONE_NEWUSER
+        idmap.unshare(flags)
+        if not privileged:
+            with open("/proc/self/setgroups", "w") as f:
+                f.write("deny")
+            with open("/proc/self/uid_map", "w") as f:
+                f.write(f"{uid} {uid} 1")
+            with open("/proc/self/gid_map", "w") as f:
+                f.write(f"{gid} {gid} 1")
+        if trees:
+            _stage(trees)
+        fds: list[int] = []
+        names = []
+        if port is not None:
+            _bring_lo_up()
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", port))
+            listener.listen(1024)
+            fds.append(listener.fileno())
+            fds.append(os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
+            names += ["listener", "net"]
+        if trees:
+            fds.append(os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC))
+            names.append("mnt")
+        if not privileged:
+            fds.append(os.open("/proc/self/ns/user", os.O_RDONLY | os.O_CLOEXEC))
+            names.append("user")
+        socket.send_fds(chan, [("ok " + ",".join(names)).encode()], fds)
+    except BaseException as exc:  # report anything to the parent, then exit
+        code = 1
+        with contextlib.suppress(BaseException):
+            chan.sendall(f"{type(exc).__name__}: {exc}".encode()[:500])
+    finally:
+        os._exit(code)
+
+
+def create(port: int | None = None, trees: Sequence[StagedTree] = ()) -> CellNamespaces:
+    """Namespaces for one cell: a network with a listener on ``port``, a stage of ``trees``."""
+    if trees:
+        ensure_stage()
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the helper
+            parent.close()
+            _child(child, port, trees)
+        child.close()
+        try:
+            msg, fds, _, _ = socket.recv_fds(parent, 1024, 4)
+        finally:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+    finally:
+        parent.close()
+        with contextlib.suppress(OSError):
+            child.close()
+    if not msg.startswith(b"ok"):
+        for fd in fds:
+            os.close(fd)
+        why = msg.decode(errors="replace") or "the namespace helper died"
+        raise SandboxError(f"cannot create the cell's namespaces: {why}")
+    names = msg[3:].decode().split(",") if len(msg) > 3 else []
+    got = dict(zip(names, fds, strict=True))
+    for fd in fds:
+        os.set_inheritable(fd, False)
+    listener = None
+    if "listener" in got:
+        listener = socket.socket(fileno=got["listener"])
+        listener.setblocking(False)
+    return CellNamespaces(
+        listener=listener,
+        port=port,
+        netns_fd=got.get("net"),
+        userns_fd=got.get("user"),
+        mntns_fd=got.get("mnt"),
+    )

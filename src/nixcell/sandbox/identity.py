@@ -1,0 +1,175 @@
+"""Which host uid a cell's processes run as: never root, never a uid that owns host files.
+
+bwrap maps the cell's uid 1000 to the uid that starts it. Run by an ordinary user, that is the
+user: the cell can do what the user can, minus what the sandbox removes. Run by root, it was host
+uid 0, and a process with host uid 0 writes every root-owned 0644 file it can see — without any
+capability (``/proc/sys/kernel/core_pattern`` is a known route to code execution as root). So a
+root-run nixcell starts each cell as its own unprivileged host uid from a dedicated subordinate
+range: one uid (and gid) per concurrent cell, held by an ``flock`` on a slot file for as long as
+the cell runs, so two cells never share an identity (and cannot signal or ptrace each other).
+
+The range is the ``nixcell`` entry of ``/etc/subuid`` and ``/etc/subgid`` (``./setup`` adds one)
+or, without it, ``DEFAULT_BASE``. Whatever its source, nixcell refuses to run when any uid of the
+range belongs to an account or to another user's subordinate range: that user could enter a user
+namespace mapped onto the cell's uid and reach into the cell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import stat
+from dataclasses import dataclass, field
+
+from nixcell.errors import SandboxError
+
+RANGE_OWNER = "nixcell"
+DEFAULT_BASE = 0x70000000  # 1879048192: above systemd's container range (0x80000-0x6fffffff)
+DEFAULT_COUNT = 65536
+LOCK_DIR = "/run/nixcell/uids"
+SUBUID, SUBGID, PASSWD, GROUP = "/etc/subuid", "/etc/subgid", "/etc/passwd", "/etc/group"
+
+
+@dataclass(frozen=True)
+class IdRange:
+    base: int
+    count: int
+    source: str  # "/etc/subuid" or "default"
+
+    def __contains__(self, value: int) -> bool:
+        return self.base <= value < self.base + self.count
+
+
+@dataclass
+class CellIdentity:
+    """A host uid/gid pair held for one cell; ``release`` frees the slot."""
+
+    uid: int
+    gid: int
+    _fd: int | None = field(default=None, repr=False)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+    except OSError as e:
+        raise SandboxError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _sub_entries(text: str) -> list[tuple[str, int, int]]:
+    entries = []
+    for line in text.splitlines():
+        parts = line.strip().split(":")
+        if len(parts) != 3 or line.lstrip().startswith("#"):
+            continue
+        with contextlib.suppress(ValueError):
+            entries.append((parts[0], int(parts[1]), int(parts[2])))
+    return entries
+
+
+def _ids(text: str, column: int) -> list[tuple[str, int]]:
+    found = []
+    for line in text.splitlines():
+        parts = line.split(":")
+        if len(parts) > column:
+            with contextlib.suppress(ValueError):
+                found.append((parts[0], int(parts[column])))
+    return found
+
+
+def check_range(
+    rng: IdRange, subuid: str, subgid: str, passwd: str, group: str
+) -> str | None:
+    """Why ``rng`` is unsafe for cells (a reason to refuse), or None. Pure."""
+    end = rng.base + rng.count
+    if rng.base < 65536 or end > 0xFFFFFFFF or rng.count < 1:
+        return f"uids {rng.base}-{end - 1} are not a usable subordinate range"
+    for kind, text in (("subuid", subuid), ("subgid", subgid)):
+        for owner, start, count in _sub_entries(text):
+            if owner == RANGE_OWNER:
+                continue
+            if start < end and rng.base < start + count:
+                return (
+                    f"/etc/{kind} gives {owner!r} ids {start}-{start + count - 1}, which overlap "
+                    f"nixcell's cell range {rng.base}-{end - 1}"
+                )
+    for what, text, column in (("user", passwd, 2), ("group", group, 2)):
+        for name, value in _ids(text, column):
+            if value in rng:
+                return f"{what} {name!r} has id {value}, inside nixcell's cell range"
+    return None
+
+
+def subordinate_range() -> IdRange:
+    """The cells' range, checked against the accounts and other users' ranges."""
+    subuid, subgid = _read(SUBUID), _read(SUBGID)
+    rng = IdRange(DEFAULT_BASE, DEFAULT_COUNT, "default")
+    uids = [(s, c) for o, s, c in _sub_entries(subuid) if o == RANGE_OWNER]
+    gids = [(s, c) for o, s, c in _sub_entries(subgid) if o == RANGE_OWNER]
+    if uids or gids:
+        if not uids or uids[:1] != gids[:1]:
+            raise SandboxError(
+                f"/etc/subuid and /etc/subgid must give {RANGE_OWNER!r} the same range "
+                f"(found {uids[:1] or 'none'} and {gids[:1] or 'none'})"
+            )
+        rng = IdRange(uids[0][0], uids[0][1], SUBUID)
+    why = check_range(rng, subuid, subgid, _read(PASSWD), _read(GROUP))
+    if why:
+        raise SandboxError(
+            f"refusing to run a cell as root: {why}; give nixcell a free range with a line "
+            f"'{RANGE_OWNER}:BASE:COUNT' in /etc/subuid and /etc/subgid"
+        )
+    return rng
+
+
+def _lock_dir() -> str:
+    """The slot locks' directory: root's, private, not a path anyone else could plant."""
+    os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
+    st = os.lstat(LOCK_DIR)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+        raise SandboxError(f"{LOCK_DIR} must be a directory owned by root, writable only by it")
+    top = os.path.dirname(LOCK_DIR)
+    parent = os.lstat(top)
+    if parent.st_uid != 0 or parent.st_mode & 0o022:
+        raise SandboxError(f"{top} must be owned by root, writable only by it")
+    return LOCK_DIR
+
+
+def allocate() -> CellIdentity:
+    """The first free slot of the range, locked until ``release`` (or this process ends)."""
+    rng = subordinate_range()
+    directory = _lock_dir()
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for slot in range(rng.count):
+            fd = os.open(
+                f"{slot}.lock",
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=dir_fd,
+            )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            uid = rng.base + slot
+            return CellIdentity(uid=uid, gid=uid, _fd=fd)
+    finally:
+        os.close(dir_fd)
+    raise SandboxError(f"all {rng.count} cell uids are in use: too many concurrent cells")
+
+
+def needs_subordinate() -> bool:
+    """Cells started by root get a subordinate uid; everyone else's run as themselves."""
+    return os.geteuid() == 0
