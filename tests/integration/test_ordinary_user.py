@@ -16,14 +16,17 @@ from tests.conftest import NIXCELL
 NOBODY = 65534
 
 
-def as_nobody(home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    """Run nixcell as uid/gid 65534 with a cache root prepared (resolved) under ``home``."""
+def as_nobody(home: Path, *args: str, spawn: bool = False):  # -> CompletedProcess | (argv, env)
+    """Run nixcell as uid/gid 65534 with a cache root prepared (resolved) under ``home``.
+
+    ``spawn``: return (argv, env) for the caller to start instead of running to completion."""
     state = home / "nixcell-home"
     if not state.exists():
         # Root resolves (nix needs the root-owned store); the user then runs from the cache.
-        for packages in (["bash", "coreutils", "gnugrep"], ["bash", "coreutils"], ["bash"]):
+        resolved = (["bash", "coreutils", "gnugrep"], ["bash", "coreutils"], ["bash"], ["python3"])
+        for packages in resolved:
             subprocess.run(
-                [NIXCELL, "run", *(f"-p{p}" for p in packages), "--", "true"],
+                [NIXCELL, "run", *(f"-p{p}" for p in packages), "--", packages[0], "-c", ""],
                 check=True,
                 env={**os.environ, "NIXCELL_HOME": str(state)},
             )
@@ -44,8 +47,11 @@ def as_nobody(home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
         "NIXCELL_OFFLINE_DIR": str(state / "offline"),
         "LANG": "C.UTF-8",
     }
+    argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", NIXCELL, *args]
+    if spawn:
+        return argv, env
     return subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", NIXCELL, *args],
+        argv,
         capture_output=True,
         env=env,
         cwd=str(home),
