@@ -24,6 +24,9 @@ class HostFacts:
     ca_pem: str | None = None  # the proxy CA's certificate, for cells with a network
     # which of plan.PROC_READ_ONLY / PROC_MASKED exist here: path -> "dir" | "file"
     proc_entries: dict[str, str] = field(default_factory=dict)
+    # host paths that are bounded volumes in the namespaces the cell will start in
+    # (``holder.create_volume``): writable, yet within the disk bound
+    volumes: tuple[str, ...] = ()
 
 
 def _kind(path: str) -> str | None:
@@ -34,7 +37,7 @@ def _kind(path: str) -> str | None:
     return "dir" if stat.S_ISDIR(mode) else "file"
 
 
-def gather(spec) -> HostFacts:
+def gather(spec, volumes: tuple[str, ...] = ()) -> HostFacts:
     """Check the host paths the spec names and collect what ``plan()`` needs."""
     kinds: dict[str, str] = {}
     if spec.workdir is not None:
@@ -67,6 +70,7 @@ def gather(spec) -> HostFacts:
         kinds=kinds,
         ca_pem=ca_pem,
         proc_entries=proc,
+        volumes=volumes,
     )
 
 

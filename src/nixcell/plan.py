@@ -133,6 +133,8 @@ class Plan:
     # (sandbox/identity.py) and its binds come through the idmapped ``stage``.
     identity: str = "invoker"
     stage: tuple[StageOp, ...] = ()
+    # sources that must be volumes of the namespaces the cell is started in (never the host's)
+    volumes: tuple[str, ...] = ()
 
     def with_command(self, command: tuple[str, ...] | list[str]) -> Plan:
         """The same cell running another command (shell builtins go through the shell)."""
@@ -192,6 +194,7 @@ class Plan:
             "namespaces",
             "notes",
             "programs",
+            "volumes",
         )
         for key in tuples:
             fields[key] = tuple(fields.get(key, ()))  # type: ignore[arg-type]
@@ -223,7 +226,7 @@ def plan(spec: CellSpec, closure: Closure, host: HostFacts) -> Plan:
     """Decide everything about the cell. Pure: no I/O, no clock, no randomness."""
     disk = spec.limits.disk
     profiles = tuple(spec.hardening_profiles)
-    _check_disk_bounds(spec)
+    _check_disk_bounds(spec, host.volumes)
     mounts: list[MountOp] = [MountOp("ro-bind", p, src=p) for p in sorted(closure.paths)]
     mounts.append(MountOp("proc", "/proc"))
     if "nested-sandbox" not in profiles:  # a covered /proc stops a nested sandbox's own /proc
@@ -292,6 +295,7 @@ def plan(spec: CellSpec, closure: Closure, host: HostFacts) -> Plan:
         namespaces=namespaces,
         identity=identity,
         stage=tuple(stage),
+        volumes=tuple(v for v in host.volumes if any(v == source for _, source, _ in binds)),
     ).with_command(spec.command)
 
 
@@ -383,14 +387,16 @@ def command_for(command: tuple[str, ...], plan: Plan) -> tuple[str, ...]:
     return (plan.shell, "-c", '"$@"', name, *command)
 
 
-def _check_disk_bounds(spec: CellSpec) -> None:
-    """--disk bounds every writable place: a host directory bound writable cannot be bounded."""
+def _check_disk_bounds(spec: CellSpec, volumes: tuple[str, ...]) -> None:
+    """--disk bounds every writable place: a host directory bound writable cannot be bounded
+    (a volume — a sized tmpfs in the namespaces the cell starts in — is bounded already)."""
     if spec.limits.disk is None:
         return
     from nixcell.errors import UsageError
 
     writable = [spec.workdir] if spec.workdir is not None else []
     writable += [m.source for m in spec.mounts if m.writable]
+    writable = [path for path in writable if path not in volumes]
     if writable:
         raise UsageError(
             f"--disk cannot bound the host directory {writable[0]} bound writable into the cell; "

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from nixcell.plan import Plan
     from nixcell.sandbox.bwrap import CellProcess
     from nixcell.sandbox.cgroups import CellCgroup
+    from nixcell.sandbox.holder import CellNamespaces
     from nixcell.spec import CellSpec
 
 TIMEOUT_EXIT = 124
@@ -58,9 +59,15 @@ def new_cell_id() -> str:
 
 
 def prepare(
-    spec: CellSpec, *, progress: Callable[[str], None] | None = None
+    spec: CellSpec,
+    *,
+    progress: Callable[[str], None] | None = None,
+    volumes: tuple[str, ...] = (),
 ) -> tuple[Plan, Closure]:
-    """Resolve the closure (cached), look at the host, and plan. No cell is started."""
+    """Resolve the closure (cached), look at the host, and plan. No cell is started.
+
+    ``volumes``: paths the cell's namespaces hold as bounded volumes (``execute_async``'s
+    ``namespaces``)."""
     from nixcell import host
     from nixcell.nix.resolve import resolve
     from nixcell.plan import plan
@@ -74,7 +81,7 @@ def prepare(
 
             upstream_context(spec.network.upstream_ca)
     closure = resolve(spec.packages, spec.nixpkgs, progress=progress)
-    facts = host.gather(spec)
+    facts = host.gather(spec, volumes)
     return plan(spec, closure, facts), closure
 
 
@@ -226,7 +233,7 @@ def execute(
             from nixcell.net import attach
             from nixcell.net.session import LazyProxy, prepare_cell_network
 
-            session = prepare_cell_network(plan.network, cell_id, launch.open_stage())
+            session = prepare_cell_network(plan.network, cell_id, launch.holder_args())
             launch.use(session.net)
             plan = attach.with_network(plan, session)
             proxy = LazyProxy(session)
@@ -298,11 +305,14 @@ async def execute_async(
     stdout: int | IO[bytes] | None = None,
     stderr: int | IO[bytes] | None = None,
     pass_fds: tuple[int, ...] | list[int] = (),
+    namespaces: CellNamespaces | None = None,
 ) -> RunResult:
     """Run a planned cell without blocking the event loop; cancellation kills the cell.
 
     ``pass_fds`` are inherited by the cell's command under the same numbers (a front's private
     channel to an agent inside the cell, e.g. MCP sessions); they must not be CLOEXEC.
+    ``namespaces``: held namespaces to start the cell inside (``holder.create_volume``: an MCP
+    session's workspace, kept across the session's cells).
     """
     import asyncio
 
@@ -317,10 +327,10 @@ async def execute_async(
     if input is not None:
         stdin = subprocess.PIPE
     session = None
-    launch = CellLaunch(plan)
+    launch = CellLaunch(plan, namespaces)
     try:
         if plan.network is not None:
-            plan, session = await attach.open_network(plan, cell_id, launch.open_stage())
+            plan, session = await attach.open_network(plan, cell_id, launch.holder_args())
             launch.use(session.net)  # type: ignore[attr-defined]
         else:
             launch.hold_own()

@@ -247,3 +247,37 @@ def test_killed_nixcell_leaves_no_process_with_a_cell_uid(offline_set):
     while time.monotonic() < deadline and any(_status_ids(p) for p in seen):
         time.sleep(0.05)
     assert not [p for p in seen if _status_ids(p)], "cell processes outlived nixcell"
+
+
+SESSION = r"""
+import asyncio
+from nixcell.mcp.sessions import SessionEnv, SessionManager
+from nixcell.spec import CellSpec
+async def main():
+    manager = SessionManager(interrupt_grace=1.0)
+    spec = CellSpec(command=["true"], packages=["python3"], limits={"disk": "4M"})
+    env = SessionEnv("python", "python", spec)
+    code = "import os, shutil; open('a', 'w').write('x'); print(shutil.disk_usage('.').total)"
+    try:
+        for code in (code, "import os; os._exit(0)", "print(open('/workspace/a').read())"):
+            print((await manager.call("s", env, code, 30)).stdout, end="")
+    finally:
+        await manager.shutdown()
+asyncio.run(main())
+"""
+
+
+def test_ordinary_user_session_workspace_is_a_bounded_volume(user_home):
+    """An ordinary user's MCP session workspace is a sized tmpfs in namespaces it holds."""
+    script = user_home / "session.py"
+    script.write_text(SESSION)
+    script.chmod(0o644)
+    as_nobody(user_home, "run", "-p", "python3", "--", "python3", "-c", "")
+    argv, env = as_nobody(user_home, "run", spawn=True)
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = {**env, "PYTHONPATH": str(src)}
+    python = next(a for a in argv if a.endswith("/nixcell")).replace("/nixcell", "/python")
+    argv = [*argv[: argv.index("--clear-groups") + 1], python, str(script)]
+    done = subprocess.run(argv, env=env, cwd=str(user_home), capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().split() == [str(4 << 20), "x"]

@@ -338,6 +338,36 @@ def test_workspace_persists_across_calls_and_restarts():
     assert ok(results[2]).stdout == "kept\n"
 
 
+@pytest.mark.parametrize("disk", [None, "8M"])
+def test_workspace_is_bounded_and_lives_in_no_host_directory(disk):
+    """A session's /workspace is a tmpfs of its own size (not a host directory to fill): it
+    survives the session's cell restarts, refuses writes past its size and leaves nothing."""
+    from nixcell.sandbox.holder import volume_dir
+
+    limits = {"limits": {"disk": disk}} if disk else {}
+    spec_env = env("python", "python", ["python3", "coreutils"], **limits)
+    size = (8 << 20) if disk else (256 << 20)
+    fill = (
+        "import errno, os\nwritten = 0\ntry:\n    with open('big', 'wb') as f:\n"
+        f"        while written < {size * 2}:\n"
+        "            f.write(b'x' * (1 << 20)); f.flush(); written += 1 << 20\n"
+        "except OSError as e:\n    print(errno.errorcode[e.errno], written // (1 << 20))\n"
+        "os.remove('big'); open('kept', 'w').write('yes')"
+    )
+    results = calls(
+        spec_env,
+        fill,
+        "import os; os._exit(0)",  # the cell ends: the next call starts a new one
+        "print(open('/workspace/kept').read())",
+        "import shutil; print(shutil.disk_usage('/workspace').total)",
+    )
+    code, mib = ok(results[0]).stdout.split()
+    assert code == "ENOSPC" and int(mib) <= size >> 20
+    assert ok(results[2]).stdout == "yes\n"
+    assert int(ok(results[3]).stdout) == size
+    assert os.listdir(volume_dir()) == []  # the host side of the volume stays empty
+
+
 def test_a_session_is_bound_to_its_environment():
     async def body(manager: SessionManager) -> str:
         await manager.call("s", PY, "1", 30)

@@ -8,15 +8,11 @@ request's. ``SessionManager`` (sessions.py) decides when cells start and end.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import shutil
 import socket
-import stat
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +22,7 @@ from nixcell.errors import NixcellError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from nixcell.runner import RunResult
+    from nixcell.sandbox.holder import CellNamespaces
     from nixcell.spec import CellSpec
 
 log = logging.getLogger(__name__)
@@ -36,6 +33,7 @@ INTERPRETERS = ("python", "bash", "node")
 REPLY_LIMIT = 64 << 20  # one reply line: up to 2 MiB of output, JSON-escaped
 START_TIMEOUT = 60.0  # cell and interpreter start; the closure is resolved before
 ANSWER_MARGIN = 30.0  # beyond timeout + grace (and an interpreter restart) = the agent is stuck
+WORKSPACE_SIZE = 256 << 20  # a session's /workspace, unless its environment sets a disk limit
 
 
 class SessionError(NixcellError):
@@ -85,17 +83,6 @@ def agent_spec(env: SessionEnv, workdir: str | None, fd: int, grace: float = 2.0
     return make_spec(**{**fields, "mounts": mounts, "limits": {**base["limits"], "timeout": None}})
 
 
-def _remove_tree(path: str) -> None:
-    """Remove a workspace, even one where the cell made directories unwritable."""
-    with contextlib.suppress(OSError):
-        os.chmod(path, stat.S_IRWXU)
-    for root, dirs, _ in os.walk(path):
-        for name in dirs:
-            with contextlib.suppress(OSError):
-                os.chmod(os.path.join(root, name), stat.S_IRWXU)
-    shutil.rmtree(path, ignore_errors=True)
-
-
 class SessionCell:
     """One session: its cell task, the socket to its agent, its workspace."""
 
@@ -108,6 +95,7 @@ class SessionCell:
         self.ended = False  # closed, evicted or expired: no more calls
         self.notice = notice  # for the next call
         self.workdir: str | None = None
+        self.volume: CellNamespaces | None = None  # the workspace: a tmpfs in held namespaces
         self.cell: asyncio.Task[RunResult] | None = None
         self.cells_started = 0
         self._reader: asyncio.Task[None] | None = None
@@ -120,17 +108,26 @@ class SessionCell:
     def running(self) -> bool:
         return self.cell is not None and not self.cell.done()
 
-    async def start(self, grace: float, workspace_root: str | None) -> None:
+    async def start(self, grace: float, workspace_root: str | None = None) -> None:
+        """Start the session's cell (its workspace volume on the first start).
+
+        ``workspace_root`` is no longer used: workspaces are volumes, not host directories."""
         from nixcell.runner import execute_async, prepare
 
         loop = asyncio.get_running_loop()
-        if self.workdir is None:
-            self.workdir = tempfile.mkdtemp(prefix="nixcell-session-", dir=workspace_root)
+        if self.volume is None:
+            # A bounded tmpfs that outlives each of the session's cells and vanishes with the
+            # session (or a killed server): no host directory to fill, sweep or walk.
+            from nixcell.sandbox import holder
+
+            size = self.env.spec.limits.disk or WORKSPACE_SIZE
+            self.volume = await asyncio.to_thread(holder.create_volume, size)
+            self.workdir = holder.volume_dir()
         host, child = socket.socketpair()
         try:
             os.set_inheritable(child.fileno(), True)
             spec = agent_spec(self.env, self.workdir, child.fileno(), grace)
-            plan, _ = await asyncio.to_thread(prepare, spec)
+            plan, _ = await asyncio.to_thread(prepare, spec, volumes=(self.workdir,))
             reader, self._writer = await asyncio.open_unix_connection(sock=host, limit=REPLY_LIMIT)
             self._ready = loop.create_future()
             self._reader = asyncio.create_task(self._read(reader))
@@ -138,6 +135,7 @@ class SessionCell:
                 execute_async(
                     plan,
                     pass_fds=[child.fileno()],
+                    namespaces=self.volume,
                     stdin=subprocess.DEVNULL,  # the cell's stdio carries nothing: the agent
                     stdout=subprocess.DEVNULL,  # reports over the socket, and nothing a user
                     stderr=subprocess.DEVNULL,  # writes piles up in the server's memory
@@ -281,6 +279,7 @@ class SessionCell:
     async def close(self) -> None:
         self.ended = True
         await self.stop_cell()
-        if self.workdir is not None:
-            await asyncio.to_thread(_remove_tree, self.workdir)
+        if self.volume is not None:
+            self.volume.close()  # the last reference: the workspace's tmpfs is gone
+            self.volume = None
             self.workdir = None

@@ -6,24 +6,21 @@ import dataclasses
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from nixcell.plan import Plan
     from nixcell.runner import RunResult
-    from nixcell.sandbox.holder import StagedTree
 
 
 async def open_network(
-    plan: Plan, cell_id: str, trees: Sequence[StagedTree] = ()
+    plan: Plan, cell_id: str, staging: dict[str, object] | None = None
 ) -> tuple[Plan, object]:
     """Set up the cell's network with its proxy on this loop; the plan gains the dummies.
 
-    ``trees``: a root-run cell's idmapped binds, staged in the same helper's mount namespace.
+    ``staging``: what the same namespace helper also does (``CellLaunch.holder_args``).
     """
     from nixcell.net.session import open_cell_network
 
     assert plan.network is not None
-    session = await open_cell_network(plan.network, cell_id, trees)
+    session = await open_cell_network(plan.network, cell_id, staging)
     try:
         plan = with_network(plan, session)
     except BaseException:

@@ -14,10 +14,8 @@ mount namespace of a root-run cell's idmapped binds in the same fork.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from nixcell.errors import NetworkError, SandboxError
-from nixcell.sandbox.holder import CellNamespaces, StagedTree, nsenter_path
+from nixcell.sandbox.holder import CellNamespaces, nsenter_path
 
 CellNetwork = CellNamespaces
 DEFAULT_PORT = 3128
@@ -25,11 +23,13 @@ DEFAULT_PORT = 3128
 __all__ = ["DEFAULT_PORT", "CellNetwork", "create", "nsenter_path"]
 
 
-def create(port: int = DEFAULT_PORT, trees: Sequence[StagedTree] = ()) -> CellNamespaces:
-    """A fresh namespace with only ``lo`` and a listener on ``127.0.0.1:port`` inside it."""
+def create(port: int = DEFAULT_PORT, **staging: object) -> CellNamespaces:
+    """A fresh namespace with only ``lo`` and a listener on ``127.0.0.1:port`` inside it.
+
+    ``staging``: what else the same helper makes (``holder.create``'s trees, idmap, parent)."""
     from nixcell.sandbox import holder
 
     try:
-        return holder.create(port, trees)
+        return holder.create(port, **staging)  # type: ignore[arg-type]
     except SandboxError as exc:
         raise NetworkError(f"cannot create the cell's network namespace: {exc}") from None

@@ -21,10 +21,7 @@ from nixcell.net.audit import AuditLog
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from nixcell.net.proxy import CellNet
-    from nixcell.sandbox.holder import StagedTree
 
 SIOCGIFADDR = 0x8915
 
@@ -215,11 +212,11 @@ def build_credentials(policy, names: list[str]):  # -> CellCredentials | None
 
 
 def prepare_cell_network(
-    network: dict[str, object], cell_id: str, trees: Sequence[StagedTree] = ()
+    network: dict[str, object], cell_id: str, staging: dict[str, object] | None = None
 ) -> CellNetworkSession:
     """Everything that can refuse the run, done before the cell starts; no event loop needed.
 
-    ``trees`` are staged in the same namespace helper (a root-run cell's idmapped binds)."""
+    ``staging``: what the same namespace helper also does (``CellLaunch.holder_args``)."""
     policy = None
     credentials = None
     if network.get("policy_files") or network.get("credentials"):
@@ -228,7 +225,8 @@ def prepare_cell_network(
     redact = credentials.redact if credentials is not None else (lambda text: text)  # type: ignore[attr-defined]
     audit = AuditLog(cell_id, network.get("audit"), redact)  # type: ignore[arg-type]
     try:
-        net = netns.create(int(network.get("port") or netns.DEFAULT_PORT), trees)  # type: ignore[call-overload]
+        port = int(network.get("port") or netns.DEFAULT_PORT)  # type: ignore[call-overload]
+        net = netns.create(port, **(staging or {}))
     except BaseException:
         audit.close()
         raise
@@ -237,10 +235,10 @@ def prepare_cell_network(
 
 
 async def open_cell_network(
-    network: dict[str, object], cell_id: str, trees: Sequence[StagedTree] = ()
+    network: dict[str, object], cell_id: str, staging: dict[str, object] | None = None
 ) -> CellNetworkSession:
     """``prepare_cell_network`` plus the proxy serving it on the running loop."""
-    session = prepare_cell_network(network, cell_id, trees)
+    session = prepare_cell_network(network, cell_id, staging)
     try:
         await session.start()
     except BaseException:

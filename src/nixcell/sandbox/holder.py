@@ -26,6 +26,7 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 MS_REC = 0x4000
 MS_SLAVE = 1 << 19
+VOLUME = "/run/nixcell/volume"  # root's; an ordinary user's is under the state dir (volume_dir)
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
@@ -34,10 +35,15 @@ STAGE = "/run/nixcell/stage"  # an empty directory on the host; a tmpfs in each 
 
 @dataclass(frozen=True)
 class StagedTree:
-    """A detached (idmapped) mount to attach at ``STAGE/<index>`` in the cell's namespace."""
+    """A host path to clone, idmap and attach at ``STAGE/<index>`` in the cell's namespace.
 
-    fd: int
+    The clone is made inside the helper, after it entered any parent namespaces, so a path that
+    exists only there (a session's workspace volume) is found too.
+    """
+
+    source: str
     index: int
+    readonly: bool
     is_dir: bool
 
 
@@ -112,7 +118,7 @@ def _bring_lo_up() -> None:
         fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
-def _stage(trees: Sequence[StagedTree]) -> None:
+def _stage(trees: Sequence[StagedTree], userns: int) -> None:
     from nixcell.sandbox import idmap
 
     idmap.mount(None, "/", None, MS_REC | MS_SLAVE, None)  # nothing of ours reaches the host
@@ -123,10 +129,31 @@ def _stage(trees: Sequence[StagedTree]) -> None:
             os.mkdir(target, 0o755)
         else:
             os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-        idmap.attach(tree.fd, target)
+        fd = idmap.idmapped_tree(tree.source, userns, readonly=tree.readonly)
+        idmap.attach(fd, target)
+        os.close(fd)
 
 
-def _child(chan: socket.socket, port: int | None, trees: Sequence[StagedTree]) -> None:
+def _enter(parent: CellNamespaces | None) -> None:
+    """Join a parent's namespaces (a session's volume) before making the cell's own."""
+    if parent is None:
+        return
+    from nixcell.sandbox import idmap
+
+    if parent.userns_fd is not None:
+        idmap.setns(parent.userns_fd, CLONE_NEWUSER)
+    if parent.mntns_fd is not None:
+        idmap.setns(parent.mntns_fd, CLONE_NEWNS)
+
+
+def _child(
+    chan: socket.socket,
+    port: int | None,
+    trees: Sequence[StagedTree],
+    idmap_userns: int | None,
+    parent: CellNamespaces | None,
+    volume: int | None,
+) -> None:
     """In the forked helper: make the namespaces, send their fds back. Never returns."""
     from nixcell.sandbox import idmap
 
@@ -134,11 +161,15 @@ def _child(chan: socket.socket, port: int | None, trees: Sequence[StagedTree]) -
     try:
         privileged = os.geteuid() == 0
         uid, gid = os.geteuid(), os.getegid()
+        _enter(parent)
+        owned = parent is not None and parent.userns_fd is not None  # already in our userns
         flags = (CLONE_NEWNET if port is not None else 0) | (CLONE_NEWNS if trees else 0)
-        if not privileged:
+        if volume is not None:
+            flags |= CLONE_NEWNS
+        if not privileged and not owned:
             flags |= CLONE_NEWUSER
         idmap.unshare(flags)
-        if not privileged:
+        if not privileged and not owned:
             with open("/proc/self/setgroups", "w") as f:
                 f.write("deny")
             with open("/proc/self/uid_map", "w") as f:
@@ -146,7 +177,13 @@ def _child(chan: socket.socket, port: int | None, trees: Sequence[StagedTree]) -
             with open("/proc/self/gid_map", "w") as f:
                 f.write(f"{gid} {gid} 1")
         if trees:
-            _stage(trees)
+            assert idmap_userns is not None
+            _stage(trees, idmap_userns)
+        if volume is not None:
+            idmap.mount(None, "/", None, MS_REC | MS_SLAVE, None)
+            owner = "" if privileged else f",uid={uid},gid={gid}"
+            mode = "0755" if privileged else "0700"
+            idmap.mount("tmpfs", volume_dir(), "tmpfs", 0, f"mode={mode},size={volume}{owner}")
         fds: list[int] = []
         names = []
         if port is not None:
@@ -158,10 +195,10 @@ def _child(chan: socket.socket, port: int | None, trees: Sequence[StagedTree]) -
             fds.append(listener.fileno())
             fds.append(os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
             names += ["listener", "net"]
-        if trees:
+        if flags & CLONE_NEWNS:
             fds.append(os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC))
             names.append("mnt")
-        if not privileged:
+        if flags & CLONE_NEWUSER:
             fds.append(os.open("/proc/self/ns/user", os.O_RDONLY | os.O_CLOEXEC))
             names.append("user")
         socket.send_fds(chan, [("ok " + ",".join(names)).encode()], fds)
@@ -173,24 +210,57 @@ def _child(chan: socket.socket, port: int | None, trees: Sequence[StagedTree]) -
         os._exit(code)
 
 
-def create(port: int | None = None, trees: Sequence[StagedTree] = ()) -> CellNamespaces:
-    """Namespaces for one cell: a network with a listener on ``port``, a stage of ``trees``."""
+def volume_dir() -> str:
+    """Where a workspace volume is mounted (in the namespaces that hold it; empty on the host)."""
+    if os.geteuid() == 0:
+        return VOLUME
+    from nixcell import paths
+
+    return str(paths.state_dir() / "volume")
+
+
+def ensure_volume_dir() -> str:
+    path = volume_dir()
+    os.makedirs(path, mode=0o755 if os.geteuid() == 0 else 0o700, exist_ok=True)
+    return path
+
+
+def create_volume(size: int) -> CellNamespaces:
+    """A tmpfs of ``size`` bytes at ``volume_dir()``, in namespaces held by the returned fds.
+
+    A session's workspace: it outlives each of the session's cells (they start inside these
+    namespaces) and vanishes with the fds — a killed server leaves nothing on the host.
+    """
+    ensure_volume_dir()
+    return create(volume=size)
+
+
+def create(
+    port: int | None = None,
+    trees: Sequence[StagedTree] = (),
+    *,
+    idmap_userns: int | None = None,
+    parent: CellNamespaces | None = None,
+    volume: int | None = None,
+) -> CellNamespaces:
+    """Namespaces for one cell: a network with a listener on ``port``, a stage of ``trees``
+    (idmapped through ``idmap_userns``), made inside ``parent``'s namespaces when given."""
     if trees:
         ensure_stage()
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    chan, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the helper
-            parent.close()
-            _child(child, port, trees)
+            chan.close()
+            _child(child, port, trees, idmap_userns, parent, volume)
         child.close()
         try:
-            msg, fds, _, _ = socket.recv_fds(parent, 1024, 4)
+            msg, fds, _, _ = socket.recv_fds(chan, 1024, 4)
         finally:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
     finally:
-        parent.close()
+        chan.close()
         with contextlib.suppress(OSError):
             child.close()
     if not msg.startswith(b"ok"):

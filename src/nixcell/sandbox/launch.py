@@ -1,10 +1,12 @@
 """How a planned cell is started: as which host uid, inside which held namespaces.
 
 The plan says *that* a root-run cell has a subordinate identity and which binds come through the
-idmapped stage; this module carries it out: it takes a uid slot (``identity.py``), makes the
-idmapped trees (``idmap.py``), and — once the namespaces holding them exist (``holder.py``, or
-the network session's, which makes them in the same fork) — builds the launcher that enters
-them and switches to the cell's uid. ``close`` releases all of it, whatever happened.
+idmapped stage; this module carries it out: it takes a uid slot (``identity.py``), makes the user
+namespace that maps the invoking user onto it (``idmap.py``) and says what the namespace helper
+(``holder.py``, or the network session's, which makes the netns in the same fork) must stage.
+Then it builds the launcher that enters those namespaces and switches to the cell's uid.
+``parent``: namespaces the cell is started inside (an MCP session's workspace volume).
+``close`` releases all of it, whatever happened.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 
+from nixcell.errors import SandboxError
 from nixcell.sandbox import identity as ids
 from nixcell.sandbox.holder import CellNamespaces, StagedTree
 
@@ -21,60 +24,65 @@ if TYPE_CHECKING:
 
 
 class CellLaunch:
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, parent: CellNamespaces | None = None) -> None:
         self.plan = plan
+        self.parent = parent
         self.identity: ids.CellIdentity | None = None
-        self.trees: list[StagedTree] = []
         self.namespaces: CellNamespaces | None = None
         self._own_namespaces = False
+        self._idmap_userns: int | None = None
         root = os.geteuid() == 0
         if root != (plan.identity == "subordinate"):  # fail closed: never a root-mapped cell
-            from nixcell.errors import SandboxError
-
             who = "root" if plan.identity == "subordinate" else "an ordinary user"
             raise SandboxError(f"this plan was made for {who}; plan the cell again as this user")
+        if plan.volumes and parent is None:  # else the "volume" would be a host directory
+            raise SandboxError("internal: a cell with a workspace volume needs its namespaces")
         if root:
             self.identity = ids.allocate()
 
-    def open_stage(self) -> list[StagedTree]:
-        """The idmapped trees of the plan's stage (invoking user's files -> the cell's uid)."""
-        if not self.plan.stage or self.identity is None:
-            return []
-        from nixcell.sandbox import idmap
+    def holder_args(self) -> dict[str, object]:
+        """What the namespace helper must do for this cell beyond its network."""
+        trees = [StagedTree(op.source, op.index, op.readonly, op.is_dir) for op in self.plan.stage]
+        if trees and self.identity is not None and self._idmap_userns is None:
+            from nixcell.sandbox import idmap
 
-        userns = idmap.userns_fd(os.getuid(), self.identity.uid, os.getgid(), self.identity.gid)
-        try:
-            for op in self.plan.stage:
-                fd = idmap.idmapped_tree(op.source, userns, readonly=op.readonly)
-                self.trees.append(StagedTree(fd, op.index, op.is_dir))
-        except BaseException:
-            self._close_trees()
-            raise
-        finally:
-            os.close(userns)
-        return self.trees
+            uid, gid = self.identity.uid, self.identity.gid
+            self._idmap_userns = idmap.userns_fd(os.getuid(), uid, os.getgid(), gid)
+        return {"trees": trees, "idmap_userns": self._idmap_userns, "parent": self.parent}
 
     def use(self, namespaces: CellNamespaces | None) -> None:
-        """The namespaces the cell starts in (made with ``open_stage``'s trees, if any)."""
+        """The namespaces the cell starts in (made with ``holder_args``)."""
         self.namespaces = namespaces
-        self._close_trees()  # attached in the namespaces' stage; our copies are not needed
+        self._close_idmap()
 
     def hold_own(self) -> None:
-        """No network: make the stage's mount namespace here, if the plan has a stage."""
+        """No network: make the stage's mount namespace here if the plan has a stage; or start
+        right inside the parent's namespaces."""
         if self.plan.stage:
             from nixcell.sandbox import holder
 
-            self.use(holder.create(None, self.open_stage()))
+            self.use(holder.create(None, **self.holder_args()))  # type: ignore[arg-type]
             self._own_namespaces = True
+        elif self.parent is not None:
+            self.namespaces = self.parent
 
     def launcher(self) -> list[str] | None:
         if self.namespaces is None:
             return None
         from nixcell.sandbox.holder import nsenter_path
 
+        ns = self.namespaces
+        if self.parent is not None and ns is not self.parent:  # the parent's userns, our others
+            ns = CellNamespaces(
+                None,
+                None,
+                netns_fd=ns.netns_fd,
+                userns_fd=ns.userns_fd if ns.userns_fd is not None else self.parent.userns_fd,
+                mntns_fd=ns.mntns_fd if ns.mntns_fd is not None else self.parent.mntns_fd,
+            )
         uid = self.identity.uid if self.identity else None
         gid = self.identity.gid if self.identity else None
-        return self.namespaces.enter_argv(nsenter_path(), uid, gid)
+        return ns.enter_argv(nsenter_path(), uid, gid)
 
     def user(self) -> tuple[int, int] | None:
         """(uid, gid) to start as when no launcher switches identity."""
@@ -83,16 +91,19 @@ class CellLaunch:
         return self.identity.uid, self.identity.gid
 
     def pass_fds(self) -> list[int]:
-        return self.namespaces.pass_fds() if self.namespaces is not None else []
+        fds = self.namespaces.pass_fds() if self.namespaces is not None else []
+        if self.parent is not None:
+            fds += [fd for fd in self.parent.pass_fds() if fd not in fds]
+        return fds
 
-    def _close_trees(self) -> None:
-        for tree in self.trees:
+    def _close_idmap(self) -> None:
+        if self._idmap_userns is not None:
             with contextlib.suppress(OSError):
-                os.close(tree.fd)
-        self.trees = []
+                os.close(self._idmap_userns)
+            self._idmap_userns = None
 
     def close(self) -> None:
-        self._close_trees()
+        self._close_idmap()
         if self._own_namespaces and self.namespaces is not None:
             self.namespaces.close()
         if self.identity is not None:
