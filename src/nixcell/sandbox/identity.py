@@ -173,3 +173,31 @@ def allocate() -> CellIdentity:
 def needs_subordinate() -> bool:
     """Cells started by root get a subordinate uid; everyone else's run as themselves."""
     return os.geteuid() == 0
+
+
+def register() -> str:
+    """Reserve the default range as ``nixcell``'s in /etc/subuid and /etc/subgid (./setup, root).
+
+    Registered, the range is skipped by ``useradd`` when it hands out subordinate ranges, so no
+    user can ever be given the uids of cells."""
+    from nixcell.fsio import write_atomic
+
+    rng = subordinate_range()  # refuses a range that overlaps anyone else's
+    if rng.source != "default":
+        return f"nixcell's cell range is {rng.base}-{rng.base + rng.count - 1} ({rng.source})"
+    for path in (SUBUID, SUBGID):
+        text = _read(path)
+        if not any(owner == RANGE_OWNER for owner, _, _ in _sub_entries(text)):
+            line = f"{RANGE_OWNER}:{rng.base}:{rng.count}\n"
+            sep = "" if not text or text.endswith("\n") else "\n"
+            write_atomic(path, text + sep + line, mode=0o644, durable=True)
+    return f"registered nixcell's cell range {rng.base}-{rng.base + rng.count - 1}"
+
+
+if __name__ == "__main__":  # ./setup: python -m nixcell.sandbox.identity
+    import sys
+
+    try:
+        print(f"setup: {register()}")
+    except (SandboxError, OSError) as exc:
+        sys.exit(f"setup: {exc}")
