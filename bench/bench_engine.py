@@ -34,8 +34,11 @@ def ms(samples: list[float]) -> str:
     return f"{statistics.median(samples) * 1000:.1f}"
 
 
-def bare_bwrap_runner():
-    """bwrap with exactly the plan's arguments (same mounts, namespaces, seccomp), no nixcell."""
+def bare_bwrap_runner(unprivileged: bool = False):
+    """bwrap with exactly the plan's arguments (same mounts, namespaces, seccomp), no nixcell.
+
+    ``unprivileged``: started as an unprivileged uid, as nixcell starts a root-run cell (bare
+    bwrap as root maps the sandbox to host uid 0, which nixcell no longer does)."""
     from nixcell.runner import prepare, seccomp_program
     from nixcell.sandbox.bwrap import prepare_fds
     from nixcell.spec import make_spec
@@ -43,12 +46,18 @@ def bare_bwrap_runner():
     plan, _ = prepare(make_spec(command=["true"], packages=["bash"]))
     program = seccomp_program(plan.seccomp_profiles)
     bwrap = shutil.which("bwrap")
+    who: dict[str, object] = {}
+    if unprivileged and os.geteuid() == 0:
+        from nixcell.sandbox.identity import subordinate_range
+
+        uid = subordinate_range().base + 4096  # a slot far from those of live cells
+        who = {"user": uid, "group": uid, "extra_groups": [], "cwd": "/"}
 
     def run() -> None:
         named, fds = prepare_fds(plan, program)
         args = plan.bwrap_args(named)
         try:
-            subprocess.run([bwrap, *args], pass_fds=fds, check=True)
+            subprocess.run([bwrap, *args], pass_fds=fds, check=True, **who)  # type: ignore[arg-type]
         finally:
             for fd in fds:
                 os.close(fd)
@@ -170,6 +179,10 @@ def main() -> None:
     rows: list[tuple[str, str, str]] = []
     bare = timed(bare_bwrap_runner(), args.runs)
     rows.append(("bare bwrap (same mounts, namespaces, seccomp)", ms(bare), "1.00"))
+    bare_u = timed(bare_bwrap_runner(unprivileged=True), args.runs)
+    base_u = statistics.median(bare_u) / statistics.median(bare)
+    name = "bare bwrap as an unprivileged uid (as nixcell starts cells)"
+    rows.append((name, ms(bare_u), f"{base_u:.2f}"))
     cli = timed(
         lambda: subprocess.run([NIXCELL, "run", "-p", "bash", "--", "true"], check=True), args.runs
     )
@@ -218,6 +231,8 @@ def main() -> None:
             "(target ≤ 0.25)"
         )
     print(f"in-process / bare bwrap = {statistics.median(api) / base:.2f} (target ≤ 2)")
+    unpriv = statistics.median(api) / statistics.median(bare_u)
+    print(f"in-process / bare bwrap as an unprivileged uid = {unpriv:.2f}")
     ok, wall = asyncio.run(concurrent_cells(args.concurrency))
     print(f"{args.concurrency} concurrent cells: {ok} succeeded in {wall:.2f} s")
     host_kib, bwrap_mb = asyncio.run(memory_per_cell(20))

@@ -164,7 +164,7 @@ def _spawn(
         stdout=stdout,  # type: ignore[arg-type]
         stderr=stderr,  # type: ignore[arg-type]
         launcher=launch.launcher(),
-        extra_fds=[*launch.pass_fds(), *pass_fds],
+        extra_fds=pass_fds,
         user=launch.user(),
     )
 

@@ -281,3 +281,25 @@ def test_ordinary_user_session_workspace_is_a_bounded_volume(user_home):
     done = subprocess.run(argv, env=env, cwd=str(user_home), capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.decode().split() == [str(4 << 20), "x"]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        [],
+        ["--memory", "128M", "--pids", "32"],
+        ["--allow-host", "up.test"],
+        ["--workdir", "{work}"],
+        ["--workdir", "{work}", "--allow-host", "up.test", "--memory", "128M"],
+    ],
+    ids=["plain", "limits", "network", "workdir", "all"],
+)
+def test_the_cell_inherits_no_file_descriptor_of_nixcells(offline_set, tmp_path, flags):
+    """Namespace fds, lock fds, pipes: nothing of the host side reaches the cell's processes."""
+    work = tmp_path / "w"
+    work.mkdir()
+    argv = [NIXCELL, "run", "-p", "python3", *(f.format(work=work) for f in flags), "--"]
+    code = "import os; print(sorted(os.listdir('/proc/self/fd'), key=int))"
+    done = subprocess.run([*argv, "python3", "-c", code], capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().strip() == "['0', '1', '2', '3']"  # 3: listdir's own

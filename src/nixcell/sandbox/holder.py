@@ -58,23 +58,26 @@ class CellNamespaces:
     mntns_fd: int | None = None
     _closed: bool = field(default=False, repr=False)
 
-    def pass_fds(self) -> list[int]:
-        """Fds the launcher must inherit (the namespaces, never the listener)."""
+    def fds(self) -> list[int]:
+        """The namespace fds held (never the listener)."""
         fds = (self.userns_fd, self.netns_fd, self.mntns_fd)
         return [fd for fd in fds if fd is not None]
 
     def enter_argv(self, nsenter: str, uid: int | None = None, gid: int | None = None) -> list[str]:
         """The ``nsenter`` prefix that runs the rest of the argv inside the namespaces.
 
+        nsenter opens the fds through *our* ``/proc/PID/fd``, so they are never inherited: an
+        inherited namespace fd would reach the cell's processes (bwrap closes nothing).
         ``uid``/``gid``: the identity to switch to after entering (a root-run cell's own uid).
         """
+        own = f"/proc/{os.getpid()}/fd"
         argv = [nsenter]
         if self.userns_fd is not None:
-            argv += [f"--user=/proc/self/fd/{self.userns_fd}", "--preserve-credentials"]
+            argv += [f"--user={own}/{self.userns_fd}", "--preserve-credentials"]
         if self.netns_fd is not None:
-            argv.append(f"--net=/proc/self/fd/{self.netns_fd}")
+            argv.append(f"--net={own}/{self.netns_fd}")
         if self.mntns_fd is not None:
-            argv.append(f"--mount=/proc/self/fd/{self.mntns_fd}")
+            argv.append(f"--mount={own}/{self.mntns_fd}")
         if uid is not None:
             argv += ["--setuid", str(uid), "--setgid", str(gid if gid is not None else uid)]
         return [*argv, "--"]
@@ -86,7 +89,7 @@ class CellNamespaces:
         if self.listener is not None:
             with contextlib.suppress(OSError):
                 self.listener.close()
-        for fd in self.pass_fds():
+        for fd in self.fds():
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -100,13 +103,29 @@ def nsenter_path() -> str:
     return found
 
 
+def root_dir(path: str, mode: int) -> str:
+    """A directory of root's under /run/nixcell: made with exactly ``mode`` (whatever the
+    umask), and refused when it is a link, not root's, or writable by anyone else."""
+    parent = os.path.dirname(path)
+    if parent != "/run" and parent != "/":
+        root_dir(parent, 0o755)
+    try:
+        os.mkdir(path, mode)
+        os.chmod(path, mode)  # the umask narrowed (or widened?) it: make it exact
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+        raise SandboxError(f"{path} must be a directory owned by root, writable only by it")
+    return path
+
+
 def ensure_stage() -> None:
     """The host side of the stage: an empty root-owned directory nobody else can write."""
-    os.makedirs(STAGE, mode=0o755, exist_ok=True)
-    for path in (os.path.dirname(STAGE), STAGE):
-        st = os.lstat(path)
-        if not os.path.isdir(path) or os.path.islink(path) or st.st_uid != 0 or st.st_mode & 0o022:
-            raise SandboxError(f"{path} must be a directory owned by root, writable only by it")
+    os.makedirs("/run", mode=0o755, exist_ok=True)
+    root_dir(STAGE, 0o755)
 
 
 def _bring_lo_up() -> None:
@@ -221,7 +240,10 @@ def volume_dir() -> str:
 
 def ensure_volume_dir() -> str:
     path = volume_dir()
-    os.makedirs(path, mode=0o755 if os.geteuid() == 0 else 0o700, exist_ok=True)
+    if os.geteuid() == 0:
+        os.makedirs("/run", mode=0o755, exist_ok=True)
+        return root_dir(path, 0o755)
+    os.makedirs(path, mode=0o700, exist_ok=True)
     return path
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import stat
 from dataclasses import dataclass, field
 
 from nixcell.errors import SandboxError
@@ -134,15 +133,10 @@ def subordinate_range() -> IdRange:
 
 def _lock_dir() -> str:
     """The slot locks' directory: root's, private, not a path anyone else could plant."""
-    os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
-    st = os.lstat(LOCK_DIR)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
-        raise SandboxError(f"{LOCK_DIR} must be a directory owned by root, writable only by it")
-    top = os.path.dirname(LOCK_DIR)
-    parent = os.lstat(top)
-    if parent.st_uid != 0 or parent.st_mode & 0o022:
-        raise SandboxError(f"{top} must be owned by root, writable only by it")
-    return LOCK_DIR
+    from nixcell.sandbox.holder import root_dir
+
+    os.makedirs("/run", mode=0o755, exist_ok=True)
+    return root_dir(LOCK_DIR, 0o700)
 
 
 def allocate() -> CellIdentity:

@@ -90,12 +90,6 @@ class CellLaunch:
             return None
         return self.identity.uid, self.identity.gid
 
-    def pass_fds(self) -> list[int]:
-        fds = self.namespaces.pass_fds() if self.namespaces is not None else []
-        if self.parent is not None:
-            fds += [fd for fd in self.parent.pass_fds() if fd not in fds]
-        return fds
-
     def _close_idmap(self) -> None:
         if self._idmap_userns is not None:
             with contextlib.suppress(OSError):
