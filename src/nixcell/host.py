@@ -27,6 +27,7 @@ class HostFacts:
     # host paths that are bounded volumes in the namespaces the cell will start in
     # (``holder.create_volume``): writable, yet within the disk bound
     volumes: tuple[str, ...] = ()
+    scratch_dir: str = "/run/nixcell/scratch"  # sandbox/holder.scratch_dir(): --disk's tmpfs
 
 
 def _kind(path: str) -> str | None:
@@ -60,6 +61,7 @@ def gather(spec, volumes: tuple[str, ...] = ()) -> HostFacts:
 
         ca_pem = CertificateAuthority.load_or_create().cert_pem.decode()
     from nixcell.plan import PROC_MASKED, PROC_READ_ONLY
+    from nixcell.sandbox import holder
 
     proc = {p: k for p in (*PROC_READ_ONLY, *PROC_MASKED) if (k := _kind(p)) is not None}
     return HostFacts(
@@ -71,6 +73,7 @@ def gather(spec, volumes: tuple[str, ...] = ()) -> HostFacts:
         ca_pem=ca_pem,
         proc_entries=proc,
         volumes=volumes,
+        scratch_dir=holder.scratch_dir(),
     )
 
 

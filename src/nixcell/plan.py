@@ -33,6 +33,13 @@ PROXY_PORT = 3128  # inside the cell's own network namespace, so any fixed port 
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 PLAN_FORMAT = 2  # a cached plan of another format is made again, never run
 STAGE_DIR = "/run/nixcell/stage"  # sandbox/holder.py STAGE: where idmapped binds wait
+# The cell's writable areas: (name in the scratch tmpfs, where the cell sees it, mode).
+SCRATCH_AREAS = (
+    ("shm", "/dev/shm", 0o1777),
+    ("tmp", "/tmp", 0o1777),
+    ("home", CELL_HOME, 0o700),
+    ("workspace", "/workspace", 0o755),
+)
 
 # What runc and Docker cover in /proc (runc's config.json defaults, Docker's oci/defaults.go),
 # plus kernel-wide files of the same kind: read-only, or masked (unreadable) altogether.
@@ -135,6 +142,9 @@ class Plan:
     stage: tuple[StageOp, ...] = ()
     # sources that must be volumes of the namespaces the cell is started in (never the host's)
     volumes: tuple[str, ...] = ()
+    # --disk: the size of the one tmpfs (at HostFacts.scratch_dir, in the cell's own mount
+    # namespace) holding every writable area of SCRATCH_AREAS
+    scratch: int | None = None
 
     def with_command(self, command: tuple[str, ...] | list[str]) -> Plan:
         """The same cell running another command (shell builtins go through the shell)."""
@@ -232,13 +242,19 @@ def plan(spec: CellSpec, closure: Closure, host: HostFacts) -> Plan:
     if "nested-sandbox" not in profiles:  # a covered /proc stops a nested sandbox's own /proc
         mounts += _proc_covers(host)
     mounts.append(MountOp("dev", "/dev"))
-    mounts.append(MountOp("tmpfs", "/dev/shm", perms="1777", size=disk))
-    mounts.append(MountOp("tmpfs", "/tmp", perms="1777", size=disk))
-    mounts.append(MountOp("tmpfs", CELL_HOME, perms="0700", size=disk))
+    areas = [a for a in SCRATCH_AREAS if a[0] != "workspace" or spec.workdir is None]
+    for name, dest, mode in areas:
+        if disk is None:  # each its own tmpfs (they count against --memory)
+            mounts.append(MountOp("tmpfs", dest, perms=f"{mode:04o}"))
+        else:  # one tmpfs of --disk bytes (and inodes in proportion) holds them all
+            mounts.append(MountOp("bind", dest, src=f"{host.scratch_dir}/{name}"))
+    # bwrap's /dev is an unsized tmpfs the cell owns: read-only (devices still work, /dev/shm
+    # and /dev/pts are mounts of their own)
+    mounts.append(MountOp("remount-ro", "/dev"))
     identity = "subordinate" if host.uid == 0 else "invoker"
     binds: list[tuple[str, str, bool]] = []  # (dest, host source, writable)
     if spec.workdir is None:
-        mounts.append(MountOp("tmpfs", "/workspace", perms="0755", size=disk))
+        pass
     else:
         binds.append(("/workspace", spec.workdir, True))
     binds += [(m.target, m.source, m.writable) for m in spec.mounts]
@@ -296,6 +312,7 @@ def plan(spec: CellSpec, closure: Closure, host: HostFacts) -> Plan:
         identity=identity,
         stage=tuple(stage),
         volumes=tuple(v for v in host.volumes if any(v == source for _, source, _ in binds)),
+        scratch=disk,
     ).with_command(spec.command)
 
 

@@ -303,3 +303,13 @@ def test_the_cell_inherits_no_file_descriptor_of_nixcells(offline_set, tmp_path,
     done = subprocess.run([*argv, "python3", "-c", code], capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.decode().strip() == "['0', '1', '2', '3']"  # 3: listdir's own
+
+
+def test_ordinary_user_disk_limit_bounds_every_area_together(user_home):
+    script = "head -c 6M /dev/zero > /tmp/a && echo tmp; "
+    script += "head -c 6M /dev/zero > /dev/shm/b && echo shm; true"
+    argv = ["run", "-p", "bash", "-p", "coreutils", "--disk", "8M", "--", "bash", "-c", script]
+    done = as_nobody(user_home, *argv)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().split() == ["tmp"]
+    assert b"No space left on device" in done.stderr

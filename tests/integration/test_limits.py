@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from tests.conftest import NIXCELL, cli
+
+from nixcell.errors import UsageError
 
 
 def nixcell_cgroups() -> list[Path]:
@@ -104,6 +107,60 @@ def test_disk_limit_caps_tmpfs(cell):
         limits={"disk": "4M"},
     )
     assert "wrote" not in result.stdout.decode()
+
+
+DISK_PROBE = r"""
+import errno, json, os, sys
+places = sys.argv[1:]
+def fill(path, limit):
+    written = 0
+    try:
+        with open(path, "wb") as f:
+            while written < limit:
+                f.write(b"x" * 65536); f.flush(); written += 65536
+    except OSError as e:
+        return written, errno.errorcode[e.errno]
+    return written, None
+out = {"places": {}, "total": 0}
+for place in places:
+    got, err = fill(os.path.join(place, "fill"), 64 << 20)
+    out["places"][place] = [got, err]
+    out["total"] += got
+for place in ("/dev", "/", "/etc", "/run", "/nix", "/proc/self"):
+    try:
+        open(os.path.join(place, "w"), "w").close()
+        out.setdefault("writable", []).append(place)
+    except OSError:
+        pass
+n = 0
+try:
+    while n < 200000:
+        open(f"/tmp/i{n}", "w").close(); n += 1
+except OSError as e:
+    out["inodes"] = [n, errno.errorcode[e.errno]]
+print(json.dumps(out))
+"""
+PLACES = ["/tmp", "/dev/shm", "/home/cell", "/workspace"]
+
+
+@pytest.mark.parametrize("order", [PLACES, PLACES[::-1], ["/dev/shm", "/workspace"]])
+def test_disk_limit_bounds_every_writable_place_together(cell, order):
+    """--disk 8M is 8 MiB in total, whatever place the cell fills first; /dev and the rest of
+    the root are not writable at all; inodes are bounded too (one tmpfs holds every area)."""
+    argv = ["python3", "-c", DISK_PROBE, *order]
+    result = cell(argv, packages=["python3"], limits={"disk": "8M"})
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["total"] <= 8 << 20, report
+    assert report["total"] >= 6 << 20, report  # the limit is the bound, not something smaller
+    assert all(err in (None, "ENOSPC") for _, err in report["places"].values()), report
+    assert "writable" not in report, report
+    assert report["inodes"][1] == "ENOSPC" and report["inodes"][0] <= 2048, report
+
+
+def test_disk_limit_refuses_a_writable_host_directory(cell, tmp_path):
+    with pytest.raises(UsageError, match="--disk cannot bound"):
+        cell("true", limits={"disk": "8M"}, workdir=str(tmp_path))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

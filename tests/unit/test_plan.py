@@ -90,14 +90,23 @@ def test_root_run_cells_get_a_subordinate_uid_and_idmapped_binds():
     assert Plan.from_json(json.loads(p.dumps())) == p
 
 
-def test_disk_limit_sizes_every_writable_tmpfs():
+def test_disk_limit_puts_every_writable_area_in_one_scratch_tmpfs():
     p = plan(make(limits={"disk": "64M"}), CLOSURE, HOST)
-    sized = {op.dest: op.size for op in p.mounts if op.kind == "tmpfs" and op.perms != "0555"}
-    assert sized == {
-        "/dev/shm": 64 << 20,
-        "/tmp": 64 << 20,
-        "/home/cell": 64 << 20,
-        "/workspace": 64 << 20,
+    assert p.scratch == 64 << 20
+    ops = {op.dest: (op.kind, op.src) for op in p.mounts}
+    for name, dest in (("shm", "/dev/shm"), ("tmp", "/tmp"), ("home", "/home/cell")):
+        assert ops[dest] == ("bind", f"/run/nixcell/scratch/{name}")
+    assert ops["/workspace"] == ("bind", "/run/nixcell/scratch/workspace")
+    # no writable tmpfs of bwrap's own is left unsized, and /dev itself is read-only
+    assert not [op for op in p.mounts if op.kind == "tmpfs" and op.size is None]
+    assert ("remount-ro", "/dev") in [(op.kind, op.dest) for op in p.mounts]
+    unlimited = plan(make(), CLOSURE, HOST)
+    assert unlimited.scratch is None
+    assert {op.dest for op in unlimited.mounts if op.kind == "tmpfs" and op.size is None} == {
+        "/dev/shm",
+        "/tmp",
+        "/home/cell",
+        "/workspace",
     }
 
 

@@ -137,8 +137,9 @@ def spawn(
     switches = bool(launcher) and "--setuid" in launcher  # type: ignore[operator]
     if plan.identity == "subordinate" and user is None and not switches:
         raise SandboxError("internal: a root-run cell needs its own uid")
-    if plan.stage and not (launcher and any(a.startswith("--mount=") for a in launcher)):
-        raise SandboxError("internal: a cell with idmapped binds needs its mount namespace")
+    staged = plan.stage or plan.scratch is not None
+    if staged and not (launcher and any(a.startswith("--mount=") for a in launcher)):
+        raise SandboxError("internal: a cell with staged mounts needs its mount namespace")
     named, fds = prepare_fds(plan, seccomp_program)  # type: ignore[misc]
     info_r, info_w = os.pipe2(os.O_CLOEXEC)
     extra: list[str] = ["--info-fd", str(info_w)]

@@ -27,6 +27,7 @@ CLONE_NEWNET = 0x40000000
 MS_REC = 0x4000
 MS_SLAVE = 1 << 19
 VOLUME = "/run/nixcell/volume"  # root's; an ordinary user's is under the state dir (volume_dir)
+SCRATCH = "/run/nixcell/scratch"  # likewise (scratch_dir)
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
@@ -172,6 +173,7 @@ def _child(
     idmap_userns: int | None,
     parent: CellNamespaces | None,
     volume: int | None,
+    scratch: tuple[int, int, int] | None,
 ) -> None:
     """In the forked helper: make the namespaces, send their fds back. Never returns."""
     from nixcell.sandbox import idmap
@@ -183,7 +185,7 @@ def _child(
         _enter(parent)
         owned = parent is not None and parent.userns_fd is not None  # already in our userns
         flags = (CLONE_NEWNET if port is not None else 0) | (CLONE_NEWNS if trees else 0)
-        if volume is not None:
+        if volume is not None or scratch is not None:
             flags |= CLONE_NEWNS
         if not privileged and not owned:
             flags |= CLONE_NEWUSER
@@ -198,6 +200,8 @@ def _child(
         if trees:
             assert idmap_userns is not None
             _stage(trees, idmap_userns)
+        if scratch is not None:
+            _scratch(scratch[0], (scratch[1], scratch[2]))
         if volume is not None:
             idmap.mount(None, "/", None, MS_REC | MS_SLAVE, None)
             owner = "" if privileged else f",uid={uid},gid={gid}"
@@ -227,6 +231,40 @@ def _child(
             chan.sendall(f"{type(exc).__name__}: {exc}".encode()[:500])
     finally:
         os._exit(code)
+
+
+def scratch_dir() -> str:
+    """Where a cell's --disk tmpfs is mounted (in its own mount namespace; empty on the host)."""
+    if os.geteuid() == 0:
+        return SCRATCH
+    from nixcell import paths
+
+    return str(paths.state_dir() / "scratch")
+
+
+def ensure_scratch_dir() -> str:
+    path = scratch_dir()
+    if os.geteuid() == 0:
+        os.makedirs("/run", mode=0o755, exist_ok=True)
+        return root_dir(path, 0o755)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def _scratch(size: int, owner: tuple[int, int]) -> None:
+    """One tmpfs for all writable areas: --disk bounds their bytes together, and their inodes."""
+    from nixcell.plan import SCRATCH_AREAS
+    from nixcell.sandbox import idmap
+
+    idmap.mount(None, "/", None, MS_REC | MS_SLAVE, None)
+    inodes = max(1024, size // 4096)
+    top = scratch_dir()
+    idmap.mount("tmpfs", top, "tmpfs", 0, f"mode=0755,size={size},nr_inodes={inodes}")
+    for name, _, mode in SCRATCH_AREAS:
+        path = f"{top}/{name}"
+        os.mkdir(path)
+        os.chown(path, *owner)
+        os.chmod(path, mode)
 
 
 def volume_dir() -> str:
@@ -264,17 +302,21 @@ def create(
     idmap_userns: int | None = None,
     parent: CellNamespaces | None = None,
     volume: int | None = None,
+    scratch: tuple[int, int, int] | None = None,
 ) -> CellNamespaces:
     """Namespaces for one cell: a network with a listener on ``port``, a stage of ``trees``
-    (idmapped through ``idmap_userns``), made inside ``parent``'s namespaces when given."""
+    (idmapped through ``idmap_userns``), a ``scratch`` tmpfs (size, owner uid, gid) for its
+    writable areas, made inside ``parent``'s namespaces when given."""
     if trees:
         ensure_stage()
+    if scratch is not None:
+        ensure_scratch_dir()
     chan, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the helper
             chan.close()
-            _child(child, port, trees, idmap_userns, parent, volume)
+            _child(child, port, trees, idmap_userns, parent, volume, scratch)
         child.close()
         try:
             msg, fds, _, _ = socket.recv_fds(chan, 1024, 4)

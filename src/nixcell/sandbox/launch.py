@@ -48,7 +48,17 @@ class CellLaunch:
 
             uid, gid = self.identity.uid, self.identity.gid
             self._idmap_userns = idmap.userns_fd(os.getuid(), uid, os.getgid(), gid)
-        return {"trees": trees, "idmap_userns": self._idmap_userns, "parent": self.parent}
+        scratch = None
+        if self.plan.scratch is not None:  # owned by the cell's host uid: its home is its own
+            uid = self.identity.uid if self.identity else os.getuid()
+            gid = self.identity.gid if self.identity else os.getgid()
+            scratch = (self.plan.scratch, uid, gid)
+        return {
+            "trees": trees,
+            "idmap_userns": self._idmap_userns,
+            "parent": self.parent,
+            "scratch": scratch,
+        }
 
     def use(self, namespaces: CellNamespaces | None) -> None:
         """The namespaces the cell starts in (made with ``holder_args``)."""
@@ -58,7 +68,7 @@ class CellLaunch:
     def hold_own(self) -> None:
         """No network: make the stage's mount namespace here if the plan has a stage; or start
         right inside the parent's namespaces."""
-        if self.plan.stage:
+        if self.plan.stage or self.plan.scratch is not None:
             from nixcell.sandbox import holder
 
             self.use(holder.create(None, **self.holder_args()))  # type: ignore[arg-type]
