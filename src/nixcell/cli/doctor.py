@@ -91,6 +91,24 @@ def check_cgroups() -> Check:
     )
 
 
+def check_identity() -> Check:
+    """Root-run cells need a free subordinate range (and idmapped mounts for their binds)."""
+    import os
+
+    if os.geteuid() != 0:
+        return Check("cell identity", True, "cells run as you (uid 1000 inside)")
+    from nixcell.errors import NixcellError
+    from nixcell.sandbox.identity import subordinate_range
+
+    try:
+        rng = subordinate_range()
+    except NixcellError as exc:
+        return Check("cell identity", False, str(exc))
+    end = rng.base + rng.count - 1
+    where = "/etc/subuid" if rng.source != "default" else "default; ./setup registers it"
+    return Check("cell identity", True, f"each cell its own uid of {rng.base}-{end} ({where})")
+
+
 def check_packages() -> Check:
     from nixcell.nix.offline import find_set
     from nixcell.nix.pins import host_has_nixpkgs
@@ -117,7 +135,16 @@ def run_doctor() -> int:
     from rich.table import Table
 
     checks = []
-    for fn in (check_nix, check_bwrap, check_userns, check_seccomp, check_cgroups, check_packages):
+    checks_run = (
+        check_nix,
+        check_bwrap,
+        check_userns,
+        check_seccomp,
+        check_identity,
+        check_cgroups,
+        check_packages,
+    )
+    for fn in checks_run:
         try:
             checks.append(fn())
         except Exception as exc:  # a broken check is a failed check, not a crash
