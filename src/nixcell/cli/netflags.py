@@ -15,10 +15,15 @@ def network_options(f):
             "--allow-host",
             multiple=True,
             metavar="PATTERN",
-            help="Allow a host through the proxy: api.x.com, *.x.com (not x.com), host:port. "
-            + NET_HELP,
+            help="Allow a host through the proxy: api.x.com, *.x.com (not x.com), host:port "
+            "(ports 80 and 443 without one), 're:REGEX' for an anchored regex. " + NET_HELP,
         ),
-        click.option("--deny-host", multiple=True, metavar="PATTERN", help="Deny a host first."),
+        click.option(
+            "--deny-host",
+            multiple=True,
+            metavar="PATTERN",
+            help="Deny a host (same patterns) on every port, or only :port; denies come first.",
+        ),
         click.option(
             "--allow-cidr",
             multiple=True,
