@@ -151,7 +151,7 @@ class _Reader:
             paths = self.value(
                 (*pat, "path"),
                 pattern["path"],
-                lambda raw: _paths(raw, allow_encoded=encoded, ignore_case=action == "deny"),
+                lambda raw: _paths(raw, allow_encoded=encoded, deny=action == "deny"),
             )
         methods = ports = None
         for where in (table, pattern):
@@ -210,10 +210,10 @@ def _cidr(value: object) -> IPNetwork:
     return canonical_network(value.strip())
 
 
-def _paths(value: object, *, allow_encoded: bool, ignore_case: bool) -> tuple[PathPattern, ...]:
+def _paths(value: object, *, allow_encoded: bool, deny: bool) -> tuple[PathPattern, ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items or not all(isinstance(p, str) for p in items):
         raise ValueError("path must be a string or a non-empty list of strings")
     return tuple(
-        PathPattern.parse(p, allow_encoded=allow_encoded, ignore_case=ignore_case) for p in items
+        PathPattern.parse(p, allow_encoded=allow_encoded, deny=deny) for p in items
     )

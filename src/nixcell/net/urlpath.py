@@ -13,8 +13,9 @@ A path rule is only as strong as the parser in front of it: if the proxy compare
   server decodes into structure (``%2F %5C %2E %3B %3F %23``, ``%25`` i.e. double encoding),
   ``;`` parameters, escaped control bytes, and escaped non-ASCII (overlong UTF-8 such as
   ``%C0%AF`` included). A pattern may opt in with ``allow_encoded``: then only escaped control
-  bytes and invalid UTF-8 are refused, and the pattern matches the canonical form (escapes
-  kept, so ``%2F`` is data inside one segment, never a separator).
+  bytes and invalid UTF-8 are refused; an allow pattern matches the canonical form (escapes
+  kept, so ``%2F`` is data inside one segment, never a separator), a deny pattern every
+  ``readings`` of it (as sent, decoded once or more, ``\\`` as ``/``, ``;`` dropped...).
 - ``decode_path`` is what a strict pattern matches: the canonical form fully decoded. What is
   forwarded decodes, in one step, to exactly that string, and what is left encoded can never
   change the path's structure; so whichever decoding an upstream applies, it sees the path that
@@ -23,12 +24,14 @@ A path rule is only as strong as the parser in front of it: if the proxy compare
 Patterns are globs (``*`` within a segment, ``**`` across segments) or regular expressions
 (``re:`` or, in nix-jail's style, regex syntax); both match the whole path, never a substring.
 A *deny* pattern ignores ASCII case (``/admin/**`` also denies ``/ADMIN/x``, for servers on
-case-insensitive file systems); an allow pattern is case-sensitive. Both fail closed.
+case-insensitive file systems) and tries every ``readings`` of the path (``/admin./x`` is
+``/admin/x`` to Windows); an allow pattern is case-sensitive and literal. Both fail closed.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
@@ -36,7 +39,8 @@ _HEX = "0123456789ABCDEFabcdef"
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_~")
 # Regex-only syntax: a path pattern containing any of these is a regular expression.
 _REGEX_HINT = re.compile(r"[\\(\[{+?|$]|\.\*")
-_DOT_PIECE = re.compile(rb"[/\\;]")
+_DOT_PIECE = re.compile(r"[/\\;]")
+_DOTS_ONLY = re.compile(r"^(?=.*\.)[. ]+$")  # "..", ". ", "..." — Windows drops the spaces
 _ESCAPE = re.compile(r"%([0-9A-F]{2})")
 # Escapes that some server decodes into path structure, with the name a user will read.
 _STRUCTURAL = {
@@ -72,13 +76,18 @@ def _decode_unreserved(path: str) -> str:
 
 def _check_segment(segment: str) -> None:
     """Refuse a segment that some server turns into a dot segment: decoded once or repeatedly
-    (double encoding), and split at ``/``, ``\\`` or ``;`` (Tomcat's ``..;``)."""
+    (double encoding), split at ``/``, ``\\`` or ``;`` (Tomcat's ``..;``), full-width dots
+    folded, or made of dots and spaces (``.. `` is ``..`` to Windows)."""
     if segment in (".", ".."):
         return
     data = segment.encode("ascii")
     for _ in range(4):
-        if any(piece in (b".", b"..") for piece in _DOT_PIECE.split(data)):
-            raise ValueError(f"ambiguous path segment {segment!r} (a dot segment in disguise)")
+        text = data.decode("utf-8", errors="replace")
+        for form in (text, unicodedata.normalize("NFKC", text)):
+            if any(_DOTS_ONLY.match(piece) for piece in _DOT_PIECE.split(form)):
+                raise ValueError(
+                    f"ambiguous path segment {segment!r} (a dot segment in disguise)"
+                )
         decoded = unquote_to_bytes(data)
         if decoded == data:
             return
@@ -152,6 +161,46 @@ def decode_path(path: str) -> str:
     return unquote_to_bytes(path).decode("utf-8", errors="replace")
 
 
+def _resolve(text: str) -> str:
+    """Dot segments resolved and empty segments dropped, as a lenient server would."""
+    out: list[str] = []
+    for segment in text.split("/"):
+        if segment == "..":
+            if out:
+                out.pop()
+        elif segment not in ("", "."):
+            out.append(segment)
+    return "/" + "/".join(out)
+
+
+def _windows_name(segment: str) -> str:
+    """Windows drops trailing dots and spaces of a name (``admin.`` is ``admin``)."""
+    return segment if segment in (".", "..") else segment.rstrip(". ")
+
+
+def readings(path: str) -> tuple[str, ...]:
+    """The paths servers may read the canonical ``path`` as, for a deny pattern (it denies when
+    any matches): as sent, and decoded (repeatedly, for double encoding) with ``\\`` read as
+    ``/``, ``;`` parameters dropped, compatibility characters folded (full-width solidus),
+    Windows' trailing dots dropped, a decoded ``?`` or ``#`` ending the path, dot segments
+    resolved."""
+    out = [path]
+    data = path.encode("ascii")
+    for _ in range(5):
+        text = data.decode("utf-8", errors="replace").replace("\\", "/")
+        bare = "/".join(seg.split(";", 1)[0] for seg in text.split("/"))
+        folded = unicodedata.normalize("NFKC", bare).replace("\\", "/")  # IIS "best fit"
+        windows = "/".join(_windows_name(seg) for seg in folded.split("/"))
+        for variant in (text, bare, folded, windows):
+            out.append(_resolve(variant))
+            out.append(_resolve(re.split("[?#]", variant, maxsplit=1)[0]))
+        decoded = unquote_to_bytes(data)
+        if decoded == data:
+            break
+        data = decoded
+    return tuple(dict.fromkeys(out))
+
+
 def _glob_segment(segment: str) -> str:
     """Regex for one glob segment: ``**`` spans segments, ``*`` stays inside one."""
     parts: list[str] = []
@@ -181,15 +230,17 @@ class PathPattern:
     kind: str  # "glob" | "regex"
     regex: re.Pattern[str]
     allow_encoded: bool = False
+    deny: bool = False  # a deny pattern matches more spellings, never fewer
 
     @classmethod
     def parse(
-        cls, text: str, *, allow_encoded: bool = False, ignore_case: bool = False
+        cls, text: str, *, allow_encoded: bool = False, deny: bool = False
     ) -> PathPattern:
         """Parse a glob or regex pattern; ``ValueError`` with a short reason when malformed.
 
-        ``ignore_case`` (deny rules): ASCII letters match either case."""
-        flags = re.ASCII | (re.IGNORECASE if ignore_case else 0)
+        ``deny``: ASCII letters match either case, and with ``allow_encoded`` every reading of
+        the escapes (``readings``) is tried."""
+        flags = re.ASCII | (re.IGNORECASE if deny else 0)
         if text.startswith("re:") or text.startswith("^") or _REGEX_HINT.search(text):
             source = text[3:] if text.startswith("re:") else text
             if not source:
@@ -198,7 +249,7 @@ class PathPattern:
                 compiled = re.compile(source, flags)
             except re.error as exc:
                 raise ValueError(f"invalid path regex {source!r}: {exc}") from None
-            return cls(text, "regex", compiled, allow_encoded)
+            return cls(text, "regex", compiled, allow_encoded, deny)
         if not text.startswith("/"):
             raise ValueError(f"path pattern {text!r} must start with '/'")
         if "#" in text:
@@ -214,7 +265,7 @@ class PathPattern:
             hint = "" if allow_encoded else " (set allow_encoded = true to match escapes)"
             raise ValueError(f"path pattern {text!r} holds {problem}{hint}")
         source = _glob_to_regex(glob if allow_encoded else decode_path(glob))
-        return cls(text, "glob", re.compile(source, flags), allow_encoded)
+        return cls(text, "glob", re.compile(source, flags), allow_encoded, deny)
 
     def problem(self, path: str) -> str | None:
         """Why this pattern cannot judge the canonical ``path``, or None."""
@@ -223,6 +274,9 @@ class PathPattern:
     def matches(self, path: str) -> bool:
         """``path`` must be canonical (``normalize_path``) and ``problem`` must have said None:
         a strict pattern matches the decoded path, an ``allow_encoded`` one the canonical."""
+        if self.deny:  # every reading some server may make of the path
+            subjects = (decode_path(path), *readings(path))
+            return any(self.regex.fullmatch(subject) for subject in subjects)
         subject = path if self.allow_encoded else decode_path(path)
         return self.regex.fullmatch(subject) is not None
 
