@@ -292,6 +292,8 @@ def _agrees(spelling: str) -> None:
     resolved = _resolver(spelling[1:-1] if bracketed else spelling)  # brackets are URL syntax
     as_ip = parse_ip(canonical)
     assert resolved == as_ip, (spelling, canonical, resolved)
+    assert normalize_host(canonical) == canonical  # idempotent: every layer may normalise again
+    assert HostPattern.parse(spelling).matches(canonical)  # a rule spelled the same way matches
 
 
 @st.composite

@@ -366,6 +366,7 @@ def test_no_server_reads_a_forwarded_path_differently(target: str) -> None:
         forwarded = normalize_path(target)
     except ValueError:
         return
+    assert normalize_path(forwarded) == forwarded  # idempotent
     _check_deny_readings(target, forwarded)
     if deny.problem(forwarded) is not None:
         assert allow.problem(forwarded) is not None  # refused by any strict path rule
