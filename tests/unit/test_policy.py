@@ -523,3 +523,13 @@ def test_proxy_env_routes_granted_loopback_through_the_proxy(cidr: str, through_
         assert (env["NO_PROXY"] == "") is through_proxy, (cidr, env["NO_PROXY"])
     denied = parse_policy(f'[[rules]]\naction = "deny"\n[rules.pattern]\ncidr = "{net}"\n', "f")
     assert proxy_env(3128, denied.proxied_cidrs())["NO_PROXY"] != ""
+
+
+def test_explain_check_names_an_ambiguous_path_and_a_canonical_host() -> None:
+    pol = policy(rule("deny", "api.test", paths=["/admin/**"]), rule("allow", "*"))
+    ok, text = explain_check(pol, "https://api.test/admin%2fx")
+    assert not ok and "holds an encoded '/' (%2F), which rule 1 (test) cannot judge" in text
+    ok, text = explain_check(pol, "http://0x7f.1:8080/")
+    assert not ok and "request: GET http://127.0.0.1:8080/" in text
+    with pytest.raises(PolicyError, match="percent-encoded"):
+        explain_check(pol, "https://%61pi.test/")

@@ -375,6 +375,8 @@ def explain_check(policy: Policy, url: str, method: str = "GET") -> tuple[bool, 
     decision = policy.decide(req)
     if decision.rule is None:
         lines.append("rule: no rule matched: denied by default")
+    elif decision.reason is not None:
+        lines.append(f"rule: {decision.explain()}")
     else:
         lines.append(f"rule: matched {decision.rule.describe()}: {decision.rule.action}")
     allowed = allowed and decision.allowed
