@@ -419,3 +419,23 @@ def test_canonical_network(text: str, network: str) -> None:
 def test_canonical_network_refuses(text: str) -> None:
     with pytest.raises(ValueError):
         canonical_network(text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(inet_aton_spellings(), st.sampled_from(["10.0.0.0/8", "127.0.0.0/8", "0.0.0.0/1", "::/0"]))
+def test_rules_and_guard_judge_every_spelling_as_its_address(spelling: str, cidr: str) -> None:
+    try:
+        host = normalize_host(spelling)
+    except BadHost:
+        return
+    addr = parse_ip(host)
+    if addr is None:  # "00x": a name to the resolver as well
+        return
+    net = ipaddress.ip_network(cidr)
+    for action in ("allow", "deny"):
+        spelled = Rule(action, HostPattern.parse(spelling), None, None, None, None, None, "t")
+        plain = Rule(action, HostPattern.parse(str(addr)), None, None, None, None, None, "t")
+        assert spelled.matches_endpoint(host, 443) and plain.matches_endpoint(host, 443)
+        assert cidr_rule(action, cidr).matches_endpoint(host, 80) is (addr in net)
+    guard = Policy(numbered([cidr_rule("allow", cidr)])).address_allowed(addr, 443)[0]
+    assert guard is (addr in net or special_label(addr) is None)
