@@ -80,9 +80,8 @@ class Rule:
         web_only = self.ports is None and self.action == "allow" and self.cidr is None
         if web_only and port not in DEFAULT_PORTS:
             return False
-        addr = parse_ip(host)
         candidates: list[str] = [host]
-        if addr is not None and self.action == "deny":
+        if self.action == "deny" and ":" in host and (addr := parse_ip(host)) is not None:
             candidates += [str(v4) for v4 in embedded_addresses(addr)]
         if self.cidr is not None:
             return any(ip_address(c) in self.cidr for c in candidates if parse_ip(c) is not None)
