@@ -295,3 +295,13 @@ def test_rules_and_guard_judge_every_spelling_as_its_address(spelling: str, cidr
         assert cidr_rule(action, cidr).matches_endpoint(host, 80) is (addr in net)
     guard = Policy(numbered([cidr_rule("allow", cidr)])).address_allowed(addr, 443)[0]
     assert guard is (addr in net or special_label(addr) is None)
+
+
+@pytest.mark.parametrize("spelling", ["10.1.2.3", "0x0a010203", "012.1.2.3", "::ffff:10.1.2.3"])
+def test_a_deny_naming_an_address_denies_every_name_resolving_to_it(spelling: str) -> None:
+    deny = Rule("deny", HostPattern.parse(spelling), None, None, None, None, None, "deny")
+    pol = Policy(numbered([deny, cidr_rule("allow", "10.0.0.0/8")]))
+    for resolved in ("10.1.2.3", "::ffff:10.1.2.3", "64:ff9b::a01:203"):
+        ok, why = pol.address_allowed(ipaddress.ip_address(resolved), 443)
+        assert not ok and "rule 1" in why, resolved
+    assert pol.address_allowed(ipaddress.ip_address("10.1.2.4"), 443)[0]

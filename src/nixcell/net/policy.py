@@ -201,10 +201,14 @@ class Policy:
     ) -> tuple[bool, str]:
         """May the proxy dial ``addr``? The first cidr rule covering it (and the port) decides,
         whatever its methods or paths (a conditional cidr deny refuses the address outright:
-        fail closed); otherwise only globally routable addresses that are not our own pass."""
+        fail closed), and so does a plain deny naming the address (``--deny-host 10.1.2.3``
+        also denies every name resolving to it); otherwise only globally routable addresses
+        that are not our own pass."""
         addr = unwrap(addr)
         for rule in self.rules:
-            if rule.cidr is not None and rule.matches_endpoint(str(addr), port):
+            denies_ip = rule.action == "deny" and not rule.conditional and rule.host is not None
+            denies_ip = denies_ip and rule.host.kind == "ip"  # type: ignore[union-attr]
+            if (rule.cidr is not None or denies_ip) and rule.matches_endpoint(str(addr), port):
                 verdict = "allowed" if rule.action == "allow" else "denied"
                 return rule.action == "allow", f"{addr} {verdict} by {rule.describe()}"
         reason = refusal(addr, own_addresses)
