@@ -337,3 +337,12 @@ print(urllib.request.urlopen("http://127.0.0.1:{plain.port}/via-proxy", timeout=
     result = nixcell.run(spec, capture_output=True)
     assert result.stdout.decode().split() == ["''", "200"], result
     assert plain.paths() == ["/via-proxy"]
+
+
+def test_deny_of_an_address_covers_names_resolving_to_it(offline_set, tls, plain):
+    tp, pp = tls.port, plain.port
+    probes = [["tunnel", [f"up.test:{tp}", "/d"]], ["plain", [f"http://up.test:{pp}/d", f"up.test:{pp}"]]]
+    for deny in ("127.0.0.1", "0x7f000001", "::ffff:127.0.0.1"):
+        net = up.loopback_network(tls, allow_hosts=[f"up.test:{tp}", f"up.test:{pp}"], deny_hosts=[deny])
+        assert run_client(probes, net) == ["403", "403"], deny
+    assert tls.seen == [] and plain.seen == []
