@@ -232,8 +232,13 @@ def _render_mount(op: MountOp, fd) -> list[str]:
 # -- the planner -------------------------------------------------------------------------------
 
 
-def plan(spec: CellSpec, closure: Closure, host: HostFacts) -> Plan:
-    """Decide everything about the cell. Pure: no I/O, no clock, no randomness."""
+def plan(
+    spec: CellSpec, closure: Closure, host: HostFacts, proxied_cidrs: tuple = ()
+) -> Plan:
+    """Decide everything about the cell. Pure: no I/O, no clock, no randomness.
+
+    ``proxied_cidrs``: the networks the compiled policy's allow rules grant (policy files
+    included, which plan() does not read); the flags' ``--allow-cidr`` are added here."""
     disk = spec.limits.disk
     profiles = tuple(spec.hardening_profiles)
     _check_disk_bounds(spec, host.volumes)
@@ -289,7 +294,10 @@ def plan(spec: CellSpec, closure: Closure, host: HostFacts) -> Plan:
     if spec.network is not None:
         network = {"port": PROXY_PORT, **spec.network.model_dump()}
         namespaces = tuple(ns for ns in NAMESPACES if ns != "net")  # the executor's netns
-        env.update(proxy_env(PROXY_PORT, spec.network.allow_cidrs))
+        from nixcell.net.policy import policy_from_flags
+
+        flags = policy_from_flags([], [], spec.network.allow_cidrs).proxied_cidrs()
+        env.update(proxy_env(PROXY_PORT, (*flags, *proxied_cidrs)))
         mounts.insert(-1, MountOp("data", CA_BUNDLE, data=host.ca_pem or ""))
     env.update(host.passed_env)
     env.update(spec.env)
@@ -316,19 +324,21 @@ def plan(spec: CellSpec, closure: Closure, host: HostFacts) -> Plan:
     ).with_command(spec.command)
 
 
-def proxy_env(port: int, allow_cidrs: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
+def proxy_env(port: int, proxied_cidrs: tuple = ()) -> dict[str, str]:
     """Every spelling clients look for, so no client quietly goes direct (DESIGN.md §4).
 
     NO_PROXY names the cell's own loopback (servers the cell starts for itself) — unless the
-    policy grants loopback addresses of the host: then those go through the proxy, since a
-    client sending them "direct" would only reach the cell's empty lo (srt's mistake, §6).
+    policy (flag or file) grants loopback addresses of the host, i.e. an allowed network
+    (``ipaddress`` networks) overlaps 127.0.0.0/8 or holds ::1: then loopback goes through the
+    proxy, since a client sending it "direct" would only reach the cell's empty lo (srt's
+    mistake, §6).
     """
     url = f"http://127.0.0.1:{port}"
     env: dict[str, str] = {}
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "FTP_PROXY"):
         env[name] = env[name.lower()] = url
     local = ["localhost", "127.0.0.1", "::1"]
-    if any(c.startswith(("127.", "::1", "[::1]", "0.0.0.0/0", "::/0")) for c in allow_cidrs):
+    if any(_holds_loopback(net) for net in proxied_cidrs):
         local = []
     env["NO_PROXY"] = env["no_proxy"] = ",".join(local)
     env["NODE_USE_ENV_PROXY"] = "1"
@@ -348,6 +358,14 @@ def proxy_env(port: int, allow_cidrs: list[str] | tuple[str, ...] = ()) -> dict[
     ):
         env[name] = CA_BUNDLE
     return env
+
+
+def _holds_loopback(net) -> bool:  # an ipaddress network
+    import ipaddress
+
+    if net.version == 4:
+        return net.overlaps(ipaddress.IPv4Network("127.0.0.0/8"))
+    return ipaddress.IPv6Address("::1") in net
 
 
 # Builtins of bash/sh that people pass as the command (`nixcell run -p bash -- echo hi`).

@@ -72,17 +72,18 @@ def prepare(
     from nixcell.nix.resolve import resolve
     from nixcell.plan import plan
 
+    proxied: tuple = ()
     if spec.network is not None:  # a bad policy or CA file fails before any nix build
         from nixcell.net.session import build_policy
 
-        build_policy(spec.network.model_dump())
+        proxied = build_policy(spec.network.model_dump()).proxied_cidrs()
         if spec.network.upstream_ca:
             from nixcell.net.tls import upstream_context
 
             upstream_context(spec.network.upstream_ca)
     closure = resolve(spec.packages, spec.nixpkgs, progress=progress)
     facts = host.gather(spec, volumes)
-    return plan(spec, closure, facts), closure
+    return plan(spec, closure, facts, proxied), closure
 
 
 def check_command(plan: Plan) -> None:

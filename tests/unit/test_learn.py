@@ -117,3 +117,26 @@ def test_empty_run_denies_everything() -> None:
 )
 def test_path_patterns(paths: list[str], expected: list[str]) -> None:
     assert path_patterns(paths) == expected
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [
+        ["/api/v4/projects/g%2Fp/merge_requests"],
+        ["/api/v4/projects/g%2Fp/mr", "/api/v4/projects/g%2Fq/mr"],
+        ["/a;b", "/a%3Bc"],
+        ["/caf%C3%A9", "/x%20y", "/a%40b"],
+        ["/files/%252F"],
+    ],
+)
+def test_learned_escaped_paths_read_back_and_allow_the_run(paths: list[str]) -> None:
+    rec = Recorder(clock=clock())
+    for path in paths:
+        rec.record(Request("GET", "https", "gitlab.test", 443, path), 200)
+    text = rec.render()
+    needs = any(p for p in paths if "%2F" in p or ";" in p or "%25" in p or "%C3" in p)
+    assert ("allow_encoded = true" in text) is needs
+    pol = parse_policy(text, "learned.toml")
+    for path in paths:
+        assert pol.decide(Request("GET", "https", "gitlab.test", 443, path)).allowed, (path, text)
+    assert not pol.decide(Request("GET", "https", "gitlab.test", 443, "/other")).allowed

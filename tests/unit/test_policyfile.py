@@ -161,6 +161,19 @@ R = '[[rules]]\naction = "allow"\n[rules.pattern]\n'  # the rule header is line 
         (rules(R + 'host = "a.com"\npath = "/(x"'), "github.toml:10: invalid path regex '/(x'"),
         (rules(R + 'host = "a.com"\npath = "zen"'), "github.toml:10: path pattern 'zen' must"),
         (rules(R + 'host = "a.com"\npath = []'), "github.toml:10: path must be a string or"),
+        (
+            rules(R + 'host = "a.com"\npath = "/a%2Fb"'),
+            "github.toml:10: path pattern '/a%2Fb' holds an encoded '/' (%2F) (set allow_encoded",
+        ),
+        (rules(R + 'host = "a.com"\npath = "/a;b"'), "github.toml:10: path pattern '/a;b' holds"),
+        (
+            rules(R + 'host = "a.com"\nallow_encoded = 1\npath = "/a"'),
+            "github.toml:10: allow_encoded must be true or false",
+        ),
+        (
+            rules(R + 'host = "a.com"\nallow_encoded = true'),
+            "github.toml:10: allow_encoded needs a 'path' in the same pattern",
+        ),
         (rules(R + 'host = "a.com"\nmethods = ["G T"]'), "github.toml:10: invalid method 'G T'"),
         (rules(R + 'host = "a.com"\nmethods = []'), "github.toml:10: methods must be a non-empty"),
         (
@@ -265,3 +278,49 @@ def test_toml_lines_locator() -> None:
     assert lines.line("rules", 1, "pattern", "missing") == 8
     assert lines.line("resolve", "x.y") == 12
     assert lines.line("nothing") == 1
+
+
+def test_allow_encoded_is_an_explicit_opt_in(write) -> None:
+    pol = load_policy(
+        write(
+            """
+            [[rules]]
+            action = "deny"
+            [rules.pattern]
+            host = "gitlab.test"
+            path = "/Admin/**"
+            allow_encoded = true
+
+            [[rules]]
+            action = "allow"
+            [rules.pattern]
+            host = "gitlab.test"
+            path = "/api/v4/projects/*/merge_requests"
+            allow_encoded = true
+
+            [[rules]]
+            action = "allow"
+            [rules.pattern]
+            host = "gitlab.test"
+            path = "/api/**"
+            """
+        )
+    )
+    decide = pol.decide
+    assert decide(get("gitlab.test", "/api/v4/projects/g%2Fp/merge_requests")).allowed
+    assert decide(get("gitlab.test", "/api/v4/x")).allowed
+    # the last rule is strict: it cannot judge an encoded slash, so that path is refused
+    encoded_elsewhere = decide(get("gitlab.test", "/api/v4/groups/g%2Fp"))
+    assert not encoded_elsewhere.allowed and "rule 3" in encoded_elsewhere.explain()
+    # the deny opted in too: it denies every reading of the escapes, in any case
+    for path in ("/admin/x", "/api/%2E%2E/ADMIN", "/x%2F..%2Fadmin", "/admin%2Fx", "/admin%5Cx",
+                 "/admin%3Bx/y", "/admin%252Fx", "/api/v4/projects/x%2F..%2F..%2F..%2F..%2Fadmin"):
+        assert not decide(get("gitlab.test", path)).allowed, path
+    assert not decide(get("gitlab.test", "/api/v4/projects/g%00/merge_requests")).allowed
+    # a strict deny first: encoded paths are refused before any allow is consulted
+    strict = load_policy(write(
+        '[[rules]]\naction = "deny"\n[rules.pattern]\nhost = "a.test"\npath = "/admin/**"\n'
+        '[[rules]]\naction = "allow"\n[rules.pattern]\nhost = "a.test"\npath = "/**"\n'
+        "allow_encoded = true\n", "strict.toml"))
+    refused = strict.decide(get("a.test", "/x%2Fy"))
+    assert not refused.allowed and "rule 1" in refused.explain() and "'/'" in refused.explain()

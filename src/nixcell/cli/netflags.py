@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 import click
@@ -15,10 +16,15 @@ def network_options(f):
             "--allow-host",
             multiple=True,
             metavar="PATTERN",
-            help="Allow a host through the proxy: api.x.com, *.x.com (not x.com), host:port. "
-            + NET_HELP,
+            help="Allow a host through the proxy: api.x.com, *.x.com (not x.com), host:port "
+            "(ports 80 and 443 without one), 're:REGEX' for an anchored regex. " + NET_HELP,
         ),
-        click.option("--deny-host", multiple=True, metavar="PATTERN", help="Deny a host first."),
+        click.option(
+            "--deny-host",
+            multiple=True,
+            metavar="PATTERN",
+            help="Deny a host (same patterns) on every port, or only :port; denies come first.",
+        ),
         click.option(
             "--allow-cidr",
             multiple=True,
@@ -78,6 +84,8 @@ def _abs(path: str) -> str:
 
 def network_from_flags(o: dict[str, object]) -> dict[str, object] | None:
     """The spec's ``network`` from the flags; None (no network) when no flag asks for one."""
+    from nixcell.net.hosts import BadHost, normalize_host
+
     keys = ("allow_host", "deny_host", "allow_cidr", "policy_files", "credentials", "resolves")
     used = any(o.get(k) for k in keys) or o.get("learn") or o.get("audit") or o.get("upstream_ca")
     if not used:
@@ -89,7 +97,17 @@ def network_from_flags(o: dict[str, object]) -> dict[str, object] | None:
         host, sep, addr = str(item).rpartition(":") if "]" not in str(item) else _v6(str(item))
         if not sep or not host or not addr:
             raise click.UsageError(f"--resolve needs HOST:ADDR, got {item!r}")
-        resolve.setdefault(host, []).append(addr.strip("[]"))
+        try:  # the standard spelling only: no inet_aton forms (0x7f.1), no zone ids
+            if "%" in addr:
+                raise ValueError
+            pinned = str(ipaddress.ip_address(addr.strip("[]")))
+        except ValueError:
+            raise click.UsageError(f"--resolve {item}: {addr!r} is not an IP address") from None
+        try:
+            host = normalize_host(host)
+        except BadHost as exc:
+            raise click.UsageError(f"--resolve {item}: {exc}") from None
+        resolve.setdefault(host, []).append(pinned)
     return {
         "allow_hosts": list(o.get("allow_host") or ()),  # type: ignore[call-overload]
         "deny_hosts": list(o.get("deny_host") or ()),  # type: ignore[call-overload]

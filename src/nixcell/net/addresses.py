@@ -58,6 +58,9 @@ _V6_SPECIAL: tuple[tuple[ipaddress.IPv6Network, str], ...] = tuple(
 )
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # SIIT "IPv4-translated" (RFC 2765)
+_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated "IPv4-compatible" (::a.b.c.d)
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 def unwrap(addr: IPAddress) -> IPAddress:
@@ -96,7 +99,41 @@ def embedded_v4(addr: IPAddress) -> tuple[str, ipaddress.IPv4Address] | None:
         return "Teredo", addr.teredo[1]
     if addr in _NAT64:
         return "NAT64", ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    if addr in _TRANSLATED:
+        return "IPv4-translated", ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
     return None
+
+
+def embedded_addresses(addr: IPAddress) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address an IPv6 address can lead to (its NAT64, 6to4, Teredo, translated or
+    compatible form): a deny naming the IPv4 address denies these too."""
+    addr = unwrap(addr)
+    out: list[ipaddress.IPv4Address] = []
+    embedded = embedded_v4(addr)
+    if embedded is not None:
+        out.append(embedded[1])
+    if isinstance(addr, ipaddress.IPv6Address) and addr in _COMPATIBLE and int(addr) > 1:
+        out.append(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))
+    return out
+
+
+def canonical_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A cidr as the address guard compares it; ``ValueError`` when malformed or ambiguous.
+
+    Only the standard spellings are accepted (no ``inet_aton`` forms such as ``10/8``, no zone
+    ids). A range inside ``::ffff:0:0/96`` is the IPv4 range it maps, since an IPv4-mapped host
+    is canonicalised to its IPv4 address."""
+    if "%" in text:
+        raise ValueError(f"invalid cidr {text!r}: IPv6 zone ids are not routed")
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"invalid cidr {text!r}") from None
+    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_MAPPED):
+        mapped = net.network_address.ipv4_mapped
+        assert mapped is not None
+        return ipaddress.IPv4Network(f"{mapped}/{net.prefixlen - 96}")
+    return net
 
 
 def refusal(addr: IPAddress, own_addresses: frozenset[IPAddress] = frozenset()) -> str | None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from nixcell.net.policy import DEFAULT_PORTS, Request, host_port_text
-from nixcell.net.urlpath import PathPattern, normalize_path
+from nixcell.net.urlpath import PathPattern, decode_path, normalize_path, path_problem
 
 _MAX_PREFIX_SEGMENTS = 2
 
@@ -73,36 +73,51 @@ def _toml_str(text: str) -> str:
     return json.dumps(text, ensure_ascii=True)
 
 
-def _is_literal_glob(text: str) -> bool:
+def _is_literal_glob(text: str, encoded: bool) -> bool:
     """True when ``text`` reads as a glob whose only wildcard is a trailing ``/**``."""
     body = text.removesuffix("/**")
     if "*" in body:
         return False
     try:
-        return PathPattern.parse(text).kind == "glob" and normalize_path(body) == body
+        parsed = PathPattern.parse(text, allow_encoded=encoded)
+        return parsed.kind == "glob" and normalize_path(body) == body
     except ValueError:
         return False
 
 
-def _exact(path: str) -> str:
+def _literal(path: str, encoded: bool) -> str:
+    """What a regex pattern is matched against: the canonical path (``allow_encoded``) or the
+    decoded one (net/urlpath.py)."""
+    return re.escape(path if encoded else decode_path(path))
+
+
+def _exact(path: str, encoded: bool) -> str:
     """A pattern matching ``path`` only: the path itself, or an escaped regex if it would read
     as a wildcard or regex (``*``, ``(``, ``+`` …)."""
-    if _is_literal_glob(path):
+    if _is_literal_glob(path, encoded):
         return path
-    return "re:" + re.escape(path)
+    return "re:" + _literal(path, encoded)
 
 
-def _under(segments: list[str]) -> str:
+def _under(segments: list[str], encoded: bool) -> str:
     """A pattern for the directory ``/seg/seg`` and everything below it."""
     prefix = "/" + "/".join(segments)
-    if _is_literal_glob(prefix + "/**"):
+    if _is_literal_glob(prefix + "/**", encoded):
         return prefix + "/**"
-    return "re:" + re.escape(prefix) + "(?:/.*)?"
+    return "re:" + _literal(prefix, encoded) + "(?:/.*)?"
+
+
+def needs_encoded(paths: Iterable[str]) -> bool:
+    """True when a strict path rule would refuse one of ``paths`` (``%2F``, ``;`` …): the
+    learned rule then says ``allow_encoded = true`` so it lets through what the cell used."""
+    return any(path_problem(path) is not None for path in paths)
 
 
 def path_patterns(paths: Iterable[str]) -> list[str]:
     """Few, narrow patterns covering ``paths``: a path alone under its first segment stays
     exact; several become ``/<common first one or two segments>/**``."""
+    paths = list(paths)
+    encoded = needs_encoded(paths)
     groups: dict[str, set[str]] = {}
     for path in paths:
         first = path.split("/")[1] if path.startswith("/") else path
@@ -110,7 +125,7 @@ def path_patterns(paths: Iterable[str]) -> list[str]:
     out: set[str] = set()
     for group in groups.values():
         if len(group) == 1:
-            out.add(_exact(next(iter(group))))
+            out.add(_exact(next(iter(group)), encoded))
             continue
         split = [p.split("/")[1:] for p in group]
         common: list[str] = []
@@ -118,7 +133,7 @@ def path_patterns(paths: Iterable[str]) -> list[str]:
             if len(set(parts)) != 1 or parts[0] == "":
                 break
             common.append(parts[0])
-        out.add(_under(common[:_MAX_PREFIX_SEGMENTS]))
+        out.add(_under(common[:_MAX_PREFIX_SEGMENTS], encoded))
     return sorted(out)
 
 
@@ -178,4 +193,6 @@ def render_policy(records: Iterable[Record]) -> str:
             f"host = {_toml_str(group.host)}",
             f"path = [{', '.join(_toml_str(p) for p in patterns)}]",
         ]
+        if needs_encoded(group.paths):
+            lines.append("allow_encoded = true")
     return "\n".join(lines) + "\n"

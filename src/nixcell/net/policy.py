@@ -16,9 +16,10 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field, replace
+from ipaddress import ip_address
 
 from nixcell.errors import PolicyError
-from nixcell.net.addresses import IPAddress, refusal, unwrap
+from nixcell.net.addresses import IPAddress, canonical_network, embedded_addresses, refusal, unwrap
 from nixcell.net.hosts import HostPattern, normalize_host, parse_ip
 from nixcell.net.urlpath import PathPattern, normalize_path
 
@@ -41,8 +42,8 @@ def host_port_text(host: str, port: int | None) -> str:
 
 @dataclass(frozen=True)
 class Rule:
-    """One policy rule. ``ports=None``: 80 and 443 for a host rule, every port for a cidr rule;
-    ``methods``/``paths`` None mean any."""
+    """One policy rule. ``ports=None``: 80 and 443 for a host *allow* rule, every port for a
+    deny rule and for a cidr rule; ``methods``/``paths`` None mean any."""
 
     action: str
     host: HostPattern | None
@@ -69,24 +70,43 @@ class Rule:
     def matches_endpoint(self, host: str, port: int) -> bool:
         """Host (or cidr, for IP literals only) and port; ``host`` must be normalised.
 
-        Without a port a host rule means the web ports (80, 443); a cidr rule means every port:
-        it grants an address range, and the host rules still decide which ports are used."""
+        Without a port a host allow rule means the web ports (80, 443); a deny rule means every
+        port (``--deny-host evil.test`` must not leave evil.test:8443 to a wider allow); a cidr
+        rule means every port: it grants an address range, and the host rules still decide
+        which ports are used. A deny rule naming an address also matches the IPv6 forms that
+        lead to it (NAT64, 6to4, Teredo, IPv4-translated): denying more fails closed."""
         if self.ports is not None and port not in self.ports:
             return False
-        if self.ports is None and self.cidr is None and port not in DEFAULT_PORTS:
+        web_only = self.ports is None and self.action == "allow" and self.cidr is None
+        if web_only and port not in DEFAULT_PORTS:
             return False
+        candidates: list[str] = [host]
+        if self.action == "deny" and ":" in host and (addr := parse_ip(host)) is not None:
+            candidates += [str(v4) for v4 in embedded_addresses(addr)]
         if self.cidr is not None:
-            addr = parse_ip(host)
-            return addr is not None and addr in self.cidr
+            return any(ip_address(c) in self.cidr for c in candidates if parse_ip(c) is not None)
         assert self.host is not None
-        return self.host.matches(host)
+        return any(self.host.matches(c) for c in candidates)
+
+    def judge(self, req: Request) -> str | None:
+        """``"match"``, ``"no"``, or why this rule cannot judge ``req``'s path unambiguously
+        (then the request is refused: a path rule may be dodged by a spelling it did not check)."""
+        if not self.matches_endpoint(req.host, req.port):
+            return "no"
+        if self.methods is not None and req.method.upper() not in self.methods:
+            return "no"
+        if self.paths is None:
+            return "match"
+        for pattern in self.paths:
+            problem = pattern.problem(req.path)
+            if problem is not None:
+                return f"the path holds {problem}"
+            if pattern.matches(req.path):
+                return "match"
+        return "no"
 
     def matches(self, req: Request) -> bool:
-        if not self.matches_endpoint(req.host, req.port):
-            return False
-        if self.methods is not None and req.method.upper() not in self.methods:
-            return False
-        return self.paths is None or any(p.matches(req.path) for p in self.paths)
+        return self.judge(req) == "match"
 
 
 @dataclass(frozen=True)
@@ -116,10 +136,13 @@ class Decision:
     rule: Rule | None
     credential: str | None = None
     subject: str = ""
+    reason: str | None = None  # a denial that is not the rule's action (an ambiguous path)
 
     def explain(self) -> str:
         if self.rule is None:
             return f"denied: {self.subject} (no rule)"
+        if self.reason is not None:
+            return f"denied: {self.reason}, which {self.rule.describe()} cannot judge"
         verdict = "allowed" if self.allowed else "denied"
         return f"{verdict} by {self.rule.describe()}"
 
@@ -146,10 +169,17 @@ class Policy:
 
     def decide(self, req: Request) -> Decision:
         for rule in self.rules:
-            if rule.matches(req):
+            verdict = rule.judge(req)
+            if verdict == "match":
                 allowed = rule.action == "allow"
                 return Decision(allowed, rule, rule.credential if allowed else None, str(req))
+            if verdict != "no":
+                return Decision(False, rule, None, str(req), verdict)
         return Decision(False, None, None, str(req))
+
+    def proxied_cidrs(self) -> tuple[IPNetwork, ...]:
+        """The networks allow rules grant (for NO_PROXY: granted loopback must go via proxy)."""
+        return tuple(r.cidr for r in self.rules if r.cidr is not None and r.action == "allow")
 
     def decide_connect(self, host: str, port: int) -> Decision:
         """May a tunnel to ``host:port`` open? Conditional rules cannot be judged before the
@@ -171,10 +201,14 @@ class Policy:
     ) -> tuple[bool, str]:
         """May the proxy dial ``addr``? The first cidr rule covering it (and the port) decides,
         whatever its methods or paths (a conditional cidr deny refuses the address outright:
-        fail closed); otherwise only globally routable addresses that are not our own pass."""
+        fail closed), and so does a plain deny naming the address (``--deny-host 10.1.2.3``
+        also denies every name resolving to it); otherwise only globally routable addresses
+        that are not our own pass."""
         addr = unwrap(addr)
         for rule in self.rules:
-            if rule.cidr is not None and rule.matches_endpoint(str(addr), port):
+            denies_ip = rule.action == "deny" and not rule.conditional and rule.host is not None
+            denies_ip = denies_ip and rule.host.kind == "ip"  # type: ignore[union-attr]
+            if (rule.cidr is not None or denies_ip) and rule.matches_endpoint(str(addr), port):
                 verdict = "allowed" if rule.action == "allow" else "denied"
                 return rule.action == "allow", f"{addr} {verdict} by {rule.describe()}"
         reason = refusal(addr, own_addresses)
@@ -194,8 +228,14 @@ def _port_text(text: str) -> int:
 
 
 def _split_host_port(text: str) -> tuple[str, int | None]:
-    """``host``, ``host:port``, ``[v6]``, ``[v6]:port``; a bare IPv6 literal has no port."""
+    """``host``, ``host:port``, ``[v6]``, ``[v6]:port``; a bare IPv6 literal has no port;
+    ``re:<regex>[:port]`` — digits after the regex's last ``:`` are the port."""
     text = text.strip()
+    if text.startswith("re:"):
+        head, colon, tail = text[3:].rpartition(":")
+        if colon and tail.isdigit():
+            return "re:" + head, _port_text(tail)
+        return text, None
     if text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
         if not bracket:
@@ -226,11 +266,7 @@ def _cidr_port(text: str) -> tuple[IPNetwork, frozenset[int] | None]:
     raw, port = text.strip(), None
     if raw.startswith("[") or raw.count(":") == 1:
         raw, port = _split_host_port(raw)
-    try:
-        net = ipaddress.ip_network(raw, strict=False)
-    except ValueError:
-        raise ValueError(f"invalid cidr {raw!r}") from None
-    return net, None if port is None else frozenset({port})
+    return canonical_network(raw), None if port is None else frozenset({port})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,6 +378,8 @@ def explain_check(policy: Policy, url: str, method: str = "GET") -> tuple[bool, 
     decision = policy.decide(req)
     if decision.rule is None:
         lines.append("rule: no rule matched: denied by default")
+    elif decision.reason is not None:
+        lines.append(f"rule: {decision.explain()}")
     else:
         lines.append(f"rule: matched {decision.rule.describe()}: {decision.rule.action}")
     allowed = allowed and decision.allowed

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from nixcell.errors import PolicyError
+from nixcell.net.addresses import canonical_network
 from nixcell.net.hosts import BadHost, HostPattern, normalize_host
 from nixcell.net.policy import TOKEN, IPNetwork, Policy, Rule, numbered
 from nixcell.net.tomllines import TomlLines
@@ -23,7 +24,7 @@ from nixcell.net.urlpath import PathPattern
 
 _T = TypeVar("_T")
 _RULE_KEYS = ("action", "credential", "methods", "port", "pattern")
-_PATTERN_KEYS = ("host", "cidr", "path", "methods", "port")
+_PATTERN_KEYS = ("host", "cidr", "path", "allow_encoded", "methods", "port")
 
 
 def _methods(value: object) -> frozenset[str]:
@@ -141,8 +142,17 @@ class _Reader:
         else:
             cidr = self.value((*pat, "cidr"), pattern["cidr"], _cidr)
         paths = None
+        encoded = pattern.get("allow_encoded", False)
+        if not isinstance(encoded, bool):
+            self.fail((*pat, "allow_encoded"), "allow_encoded must be true or false")
+        if encoded and "path" not in pattern:
+            self.fail((*pat, "allow_encoded"), "allow_encoded needs a 'path' in the same pattern")
         if "path" in pattern:
-            paths = self.value((*pat, "path"), pattern["path"], _paths)
+            paths = self.value(
+                (*pat, "path"),
+                pattern["path"],
+                lambda raw: _paths(raw, allow_encoded=encoded, deny=action == "deny"),
+            )
         methods = ports = None
         for where in (table, pattern):
             key_at = at if where is table else pat
@@ -191,20 +201,19 @@ class _Reader:
 def _host_pattern(value: object) -> HostPattern:
     if not isinstance(value, str):
         raise ValueError("host must be a string")
-    return HostPattern.parse(value)
+    return HostPattern.parse(value, nix_jail=True)
 
 
 def _cidr(value: object) -> IPNetwork:
     if not isinstance(value, str):
         raise ValueError("cidr must be a string")
-    try:
-        return ipaddress.ip_network(value.strip(), strict=False)
-    except ValueError:
-        raise ValueError(f"invalid cidr {value!r}") from None
+    return canonical_network(value.strip())
 
 
-def _paths(value: object) -> tuple[PathPattern, ...]:
+def _paths(value: object, *, allow_encoded: bool, deny: bool) -> tuple[PathPattern, ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items or not all(isinstance(p, str) for p in items):
         raise ValueError("path must be a string or a non-empty list of strings")
-    return tuple(PathPattern.parse(p) for p in items)
+    return tuple(
+        PathPattern.parse(p, allow_encoded=allow_encoded, deny=deny) for p in items
+    )

@@ -1,30 +1,62 @@
-"""Request paths, normalised one way before any path pattern sees them.
+"""Request paths: one canonical form for forwarding, one decoded form for matching.
 
-A path rule is only as strong as the parser in front of it: if the proxy compares ``/repos/..%2e``
-while the upstream serves ``/admin``, the rule was decoration. So the path is reduced to one
-canonical form first — unreserved escapes decoded, ``.``/``..`` resolved *after* decoding, runs
-of ``/`` collapsed — and anything whose meaning depends on the upstream's own parser (control
-characters, broken escapes, a backslash, ``..;``, an encoded slash next to a dot segment) is
-refused instead of guessed at. ``%2F`` stays encoded: it is data, not a separator.
+A path rule is only as strong as the parser in front of it: if the proxy compares
+``/admin%2Fsecret`` while the upstream serves ``/admin/secret``, the rule was decoration. So:
 
-Patterns are globs (``*`` within a segment, ``**`` across segments) or, in nix-jail's style,
-regular expressions; both match the whole normalised path, never a substring.
+- ``normalize_path`` turns the request-target into the *canonical* form the proxy forwards:
+  escapes of unreserved characters other than ``.`` decoded, every other escape kept with upper
+  case hex, ``.``/``..`` resolved, runs of ``/`` collapsed, query and fragment cut off. It
+  always refuses what no server reads one way: raw control or non-ASCII bytes, a backslash,
+  broken escapes, and any segment that decodes (once or repeatedly, across ``/ \\ ;``) to a dot
+  segment (``%2e%2e``, ``..;``, ``..%3B``, ``%252e%252e``).
+- ``path_problem`` is asked whenever a *path rule* judges a request: it refuses escapes some
+  server decodes into structure (``%2F %5C %2E %3B %3F %23``, ``%25`` i.e. double encoding),
+  ``;`` parameters, escaped control bytes, and escaped non-ASCII (overlong UTF-8 such as
+  ``%C0%AF`` included). A pattern may opt in with ``allow_encoded``: then only escaped control
+  bytes and invalid UTF-8 are refused; an allow pattern matches the canonical form (escapes
+  kept, so ``%2F`` is data inside one segment, never a separator), a deny pattern every
+  ``readings`` of it (as sent, decoded once or more, ``\\`` as ``/``, ``;`` dropped...).
+- ``decode_path`` is what a strict pattern matches: the canonical form fully decoded. What is
+  forwarded decodes, in one step, to exactly that string, and what is left encoded can never
+  change the path's structure; so whichever decoding an upstream applies, it sees the path that
+  was checked.
+
+Patterns are globs (``*`` within a segment, ``**`` across segments) or regular expressions
+(``re:`` or, in nix-jail's style, regex syntax); both match the whole path, never a substring.
+A *deny* pattern ignores ASCII case (``/admin/**`` also denies ``/ADMIN/x``, for servers on
+case-insensitive file systems) and tries every ``readings`` of the path (``/admin./x`` is
+``/admin/x`` to Windows); an allow pattern is case-sensitive and literal. Both fail closed.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
 
 _HEX = "0123456789ABCDEFabcdef"
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_~")
 # Regex-only syntax: a path pattern containing any of these is a regular expression.
 _REGEX_HINT = re.compile(r"[\\(\[{+?|$]|\.\*")
-_ENCODED_SEPARATOR = re.compile(r"%2F|%5C")
+_DOT_PIECE = re.compile(r"[/\\;]")
+_DOTS_ONLY = re.compile(r"^(?=.*\.)[. ]+$")  # "..", ". ", "..." — Windows drops the spaces
+_ESCAPE = re.compile(r"%([0-9A-F]{2})")
+# Escapes that some server decodes into path structure, with the name a user will read.
+_STRUCTURAL = {
+    "2F": "an encoded '/' (%2F)",
+    "5C": "an encoded '\\' (%5C)",
+    "2E": "an encoded '.' (%2E)",
+    "3B": "an encoded ';' (%3B)",
+    "3F": "an encoded '?' (%3F)",
+    "23": "an encoded '#' (%23)",
+    "25": "an encoded '%' (%25, double encoding)",
+}
 
 
 def _decode_unreserved(path: str) -> str:
-    """Decode escapes of unreserved characters, upper-case the rest; refuse broken escapes."""
+    """Decode escapes of unreserved characters (not ``.``), upper-case the rest; refuse broken
+    escapes."""
     out: list[str] = []
     i = 0
     while i < len(path):
@@ -43,13 +75,24 @@ def _decode_unreserved(path: str) -> str:
 
 
 def _check_segment(segment: str) -> None:
-    """Refuse segments that some upstream parser would turn into a dot segment."""
-    if ";" in segment and segment.split(";", 1)[0] in (".", ".."):
-        raise ValueError(f"ambiguous path segment {segment!r} (dot segment with parameters)")
-    if _ENCODED_SEPARATOR.search(segment):
-        pieces = _ENCODED_SEPARATOR.split(segment)
-        if any(piece in (".", "..") for piece in pieces):
-            raise ValueError(f"ambiguous path segment {segment!r} (encoded slash next to a dot)")
+    """Refuse a segment that some server turns into a dot segment: decoded once or repeatedly
+    (double encoding), split at ``/``, ``\\`` or ``;`` (Tomcat's ``..;``), full-width dots
+    folded, or made of dots and spaces (``.. `` is ``..`` to Windows)."""
+    if segment in (".", ".."):
+        return
+    data = segment.encode("ascii")
+    for _ in range(4):
+        text = data.decode("utf-8", errors="replace")
+        for form in (text, unicodedata.normalize("NFKC", text)):
+            if any(_DOTS_ONLY.match(piece) for piece in _DOT_PIECE.split(form)):
+                raise ValueError(
+                    f"ambiguous path segment {segment!r} (a dot segment in disguise)"
+                )
+        decoded = unquote_to_bytes(data)
+        if decoded == data:
+            return
+        data = decoded
+    raise ValueError(f"ambiguous path segment {segment!r} (encoded too many times)")
 
 
 def normalize_path(target: str) -> str:
@@ -70,11 +113,12 @@ def normalize_path(target: str) -> str:
         return "/"
     if not path.startswith("/"):
         raise ValueError(f"path {target!r} does not start with '/'")
-    segments = _decode_unreserved(path).split("/")[1:]
+    segments = path.split("/")[1:]
     out: list[str] = []
     trailing_slash = False
-    for position, segment in enumerate(segments):
-        _check_segment(segment)
+    for position, raw in enumerate(segments):
+        _check_segment(raw)
+        segment = _decode_unreserved(raw)
         last = position == len(segments) - 1
         if segment == "..":
             if out:
@@ -88,6 +132,73 @@ def normalize_path(target: str) -> str:
     if trailing_slash and out:
         result += "/"
     return result
+
+
+def path_problem(path: str, allow_encoded: bool = False) -> str | None:
+    """Why a path rule cannot judge the canonical ``path`` unambiguously, or None."""
+    if path == "*":
+        return None
+    for found in _ESCAPE.finditer(path):
+        value = int(found[1], 16)
+        if value < 0x20 or value == 0x7F:
+            return f"an encoded control byte (%{found[1]})"
+        if not allow_encoded and found[1] in _STRUCTURAL:
+            return _STRUCTURAL[found[1]]
+    if not allow_encoded and ";" in path:
+        return "a ';' parameter (some servers drop what follows it)"
+    raw = unquote_to_bytes(path)
+    if raw.isascii():
+        return None
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "invalid or overlong UTF-8 after decoding"
+    return None if allow_encoded else "non-ASCII characters after decoding"
+
+
+def decode_path(path: str) -> str:
+    """The canonical ``path`` fully decoded (for strict patterns; ``path_problem`` said None)."""
+    return unquote_to_bytes(path).decode("utf-8", errors="replace")
+
+
+def _resolve(text: str) -> str:
+    """Dot segments resolved and empty segments dropped, as a lenient server would."""
+    out: list[str] = []
+    for segment in text.split("/"):
+        if segment == "..":
+            if out:
+                out.pop()
+        elif segment not in ("", "."):
+            out.append(segment)
+    return "/" + "/".join(out)
+
+
+def _windows_name(segment: str) -> str:
+    """Windows drops trailing dots and spaces of a name (``admin.`` is ``admin``)."""
+    return segment if segment in (".", "..") else segment.rstrip(". ")
+
+
+def readings(path: str) -> tuple[str, ...]:
+    """The paths servers may read the canonical ``path`` as, for a deny pattern (it denies when
+    any matches): as sent, and decoded (repeatedly, for double encoding) with ``\\`` read as
+    ``/``, ``;`` parameters dropped, compatibility characters folded (full-width solidus),
+    Windows' trailing dots dropped, a decoded ``?`` or ``#`` ending the path, dot segments
+    resolved."""
+    out = [path]
+    data = path.encode("ascii")
+    for _ in range(5):
+        text = data.decode("utf-8", errors="replace").replace("\\", "/")
+        bare = "/".join(seg.split(";", 1)[0] for seg in text.split("/"))
+        folded = unicodedata.normalize("NFKC", bare).replace("\\", "/")  # IIS "best fit"
+        windows = "/".join(_windows_name(seg) for seg in folded.split("/"))
+        for variant in (text, bare, folded, windows):
+            out.append(_resolve(variant))
+            out.append(_resolve(re.split("[?#]", variant, maxsplit=1)[0]))
+        decoded = unquote_to_bytes(data)
+        if decoded == data:
+            break
+        data = decoded
+    return tuple(dict.fromkeys(out))
 
 
 def _glob_segment(segment: str) -> str:
@@ -118,19 +229,27 @@ class PathPattern:
     text: str
     kind: str  # "glob" | "regex"
     regex: re.Pattern[str]
+    allow_encoded: bool = False
+    deny: bool = False  # a deny pattern matches more spellings, never fewer
 
     @classmethod
-    def parse(cls, text: str) -> PathPattern:
-        """Parse a glob or regex pattern; ``ValueError`` with a short reason when malformed."""
+    def parse(
+        cls, text: str, *, allow_encoded: bool = False, deny: bool = False
+    ) -> PathPattern:
+        """Parse a glob or regex pattern; ``ValueError`` with a short reason when malformed.
+
+        ``deny``: ASCII letters match either case, and with ``allow_encoded`` every reading of
+        the escapes (``readings``) is tried."""
+        flags = re.ASCII | (re.IGNORECASE if deny else 0)
         if text.startswith("re:") or text.startswith("^") or _REGEX_HINT.search(text):
             source = text[3:] if text.startswith("re:") else text
             if not source:
                 raise ValueError("empty path regex")
             try:
-                compiled = re.compile(source)
+                compiled = re.compile(source, flags)
             except re.error as exc:
                 raise ValueError(f"invalid path regex {source!r}: {exc}") from None
-            return cls(text, "regex", compiled)
+            return cls(text, "regex", compiled, allow_encoded, deny)
         if not text.startswith("/"):
             raise ValueError(f"path pattern {text!r} must start with '/'")
         if "#" in text:
@@ -139,11 +258,27 @@ class PathPattern:
             glob = normalize_path(text)
         except ValueError as exc:
             raise ValueError(f"invalid path pattern {text!r}: {exc}") from None
-        return cls(text, "glob", re.compile(_glob_to_regex(glob)))
+        if "%2A" in glob:
+            raise ValueError(f"path pattern {text!r}: write a literal '*' as a regex (re:)")
+        problem = path_problem(glob, allow_encoded)
+        if problem is not None:
+            hint = "" if allow_encoded else " (set allow_encoded = true to match escapes)"
+            raise ValueError(f"path pattern {text!r} holds {problem}{hint}")
+        source = _glob_to_regex(glob if allow_encoded else decode_path(glob))
+        return cls(text, "glob", re.compile(source, flags), allow_encoded, deny)
+
+    def problem(self, path: str) -> str | None:
+        """Why this pattern cannot judge the canonical ``path``, or None."""
+        return path_problem(path, self.allow_encoded)
 
     def matches(self, path: str) -> bool:
-        """``path`` must already be normalised (``normalize_path``)."""
-        return self.regex.fullmatch(path) is not None
+        """``path`` must be canonical (``normalize_path``) and ``problem`` must have said None:
+        a strict pattern matches the decoded path, an ``allow_encoded`` one the canonical."""
+        if self.deny:  # every reading some server may make of the path
+            subjects = (decode_path(path), *readings(path))
+            return any(self.regex.fullmatch(subject) for subject in subjects)
+        subject = path if self.allow_encoded else decode_path(path)
+        return self.regex.fullmatch(subject) is not None
 
     def __str__(self) -> str:
         return self.text
