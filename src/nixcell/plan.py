@@ -66,6 +66,8 @@ PROC_MASKED = (
     "/proc/scsi",
     "/proc/driver",
     "/proc/tty/driver",
+    "/proc/pressure",  # host-wide stall figures, and writable: triggers
+    "/proc/cmdline",  # the host kernel's boot parameters
 )
 
 
@@ -429,6 +431,11 @@ def _check_disk_bounds(spec: CellSpec, volumes: tuple[str, ...]) -> None:
         return
     from nixcell.errors import UsageError
 
+    if "nested-sandbox" in spec.hardening_profiles:
+        raise UsageError(
+            "--disk cannot be enforced with --hardening-profile nested-sandbox: the cell could "
+            "mount tmpfs of its own; use --memory to bound what it stores in memory"
+        )
     writable = [spec.workdir] if spec.workdir is not None else []
     writable += [m.source for m in spec.mounts if m.writable]
     writable = [path for path in writable if path not in volumes]

@@ -158,6 +158,36 @@ def test_disk_limit_bounds_every_writable_place_together(cell, order):
     assert report["inodes"][1] == "ENOSPC" and report["inodes"][0] <= 2048, report
 
 
+TCP_PROBE = r"""
+import socket
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1024)
+socks, total = [], 0
+try:
+    for _ in range(200):  # 200 pairs x 16 MiB buffers: 3 GiB if nothing holds it
+        c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 << 20)
+        c.connect(srv.getsockname()); a, _ = srv.accept()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20); c.setblocking(False)
+        try:
+            while True:
+                total += c.send(b"x" * 65536)
+        except BlockingIOError:
+            pass
+        socks += [c, a]
+except OSError:
+    pass
+print(total >> 20)
+"""
+
+
+def test_memory_limit_holds_socket_buffers(cell):
+    """Kernel memory a cell makes the host hold for it counts against --memory: loopback TCP
+    buffers nobody reads (cgroup v1 charges them only when told to)."""
+    result = cell(["python3", "-c", TCP_PROBE], packages=["python3"], limits={"memory": "64M"})
+    queued = int(result.stdout or b"0") if result.exit_code == 0 else 0
+    assert result.exit_code in (0, 137), result.stderr
+    assert queued <= 64, f"{queued} MiB queued in TCP buffers under --memory 64M"
+
+
 def test_disk_limit_refuses_a_writable_host_directory(cell, tmp_path):
     with pytest.raises(UsageError, match="--disk cannot bound"):
         cell("true", limits={"disk": "8M"}, workdir=str(tmp_path))

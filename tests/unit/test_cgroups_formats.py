@@ -76,6 +76,7 @@ def test_v1_memory_writes_cap_swap_with_memsw():
     assert writes == [
         ("memory.limit_in_bytes", "268435456"),
         ("memory.memsw.limit_in_bytes", "268435456"),
+        ("memory.kmem.tcp.limit_in_bytes", "268435456"),  # TCP buffers count too
         ("memory.oom_control", "0"),
     ]
 
@@ -86,7 +87,14 @@ def test_v1_memory_without_swap_accounting_turns_swappiness_off():
     assert writes == [
         ("memory.limit_in_bytes", "67108864"),
         ("memory.swappiness", "0"),
+        ("memory.kmem.tcp.limit_in_bytes", "67108864"),
         ("memory.oom_control", "0"),
+    ]
+    none = limit_writes("memory", "v1", CgroupLimits(memory=64 << 20), lambda _: False)
+    assert [name for name, _ in none] == [
+        "memory.limit_in_bytes",
+        "memory.swappiness",
+        "memory.oom_control",
     ]
 
 

@@ -124,6 +124,13 @@ def test_disk_limit_refuses_a_writable_host_directory(fields):
     assert plan(ro, CLOSURE, HOST).limits.disk == 64 << 20
 
 
+def test_disk_limit_is_refused_with_nested_sandbox():
+    """A nested sandbox can mount a tmpfs of its own: --disk could not hold; say so."""
+    spec = make(limits={"disk": "64M"}, hardening_profiles=["nested-sandbox"])
+    with pytest.raises(UsageError, match="nested-sandbox"):
+        plan(spec, CLOSURE, HOST)
+
+
 def test_proc_is_covered_unless_nested_sandbox():
     facts = {"/proc/sys": "dir", "/proc/kcore": "file", "/proc/acpi": "dir", "/proc/keys": "file"}
     host = HostFacts(0, 0, proc_entries=facts)

@@ -82,7 +82,12 @@ def limit_writes(
             swap = [("memory.memsw.limit_in_bytes", value)]
         else:
             swap = [("memory.swappiness", "0")]
-        return [("memory.limit_in_bytes", value), *swap, ("memory.oom_control", "0")]
+        # v1 charges TCP socket buffers only once this is set (v2 always does): without it a
+        # cell under --memory 64M queued 2 GB in loopback TCP buffers of the host's kernel.
+        tcp = [("memory.kmem.tcp.limit_in_bytes", value)]
+        if not has_file("memory.kmem.tcp.limit_in_bytes"):
+            tcp = []
+        return [("memory.limit_in_bytes", value), *swap, *tcp, ("memory.oom_control", "0")]
     if controller == "pids" and limits.pids is not None:
         # bwrap's outer process (its monitor, outside the cell's pid namespace) starts inside
         # the cgroup too: one more than the cell's own processes.
