@@ -30,8 +30,9 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from nixcell import __version__
 from nixcell.mcp.config import ServerConfig, load_config
 from nixcell.mcp.envs import Environments
+from nixcell.mcp.stdio import serve_stdio
 from nixcell.mcp.tool import OUTPUT_SCHEMA, RunTool, ToolFailure, input_schema
-from nixcell.mcp.transports import serve_http, serve_stdio
+from nixcell.mcp.transports import serve_http
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

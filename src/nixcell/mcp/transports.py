@@ -1,9 +1,4 @@
-"""The two ways ``nixcell mcp`` talks to clients: stdio and streamable HTTP.
-
-stdio: the client's messages are read from fd 0 by the event loop itself, not by a worker thread
-blocked in ``read`` (which would keep the process alive after SIGTERM until the client wrote
-again); fd 0 then points at /dev/null, and the SDK points fd 1 at stderr while it serves, so
-nothing else can read the client's messages or write into its pipe.
+"""The two ways ``nixcell mcp`` talks to clients: stdio (``stdio.py``) and streamable HTTP.
 
 HTTP: uvicorn on a socket bound here (``--port 0`` works: the URL is logged), with the SDK's
 DNS-rebinding protection (on by itself for loopback hosts, set up here for any other) and with
@@ -12,12 +7,10 @@ signals left to ``server._main``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
-import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from mcp.server.lowlevel import Server
@@ -26,52 +19,7 @@ from nixcell.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-MAX_LINE = 64 << 20
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-class StdinLines:
-    """The client's messages, one per line, read from ``fd`` by the event loop itself."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._lines()
-
-    async def _lines(self) -> AsyncIterator[str]:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=MAX_LINE)
-        pipe = os.fdopen(self.fd, "rb", buffering=0)
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), pipe
-        )
-        try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except ValueError:
-                    log.error("dropped a message longer than %d bytes", MAX_LINE)
-                    continue
-                if not line:
-                    return
-                yield line.decode("utf-8", errors="replace")
-        finally:
-            transport.close()
-
-
-async def serve_stdio(server: Server[Any]) -> None:
-    from mcp.server.stdio import stdio_server
-
-    stdin = None
-    if not stat.S_ISREG(os.fstat(0).st_mode):  # pipes, sockets, terminals: read on the loop
-        wire = os.dup(0)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)  # nothing else reads the client's messages
-        os.close(null)
-        stdin = StdinLines(wire)
-    async with stdio_server(stdin=stdin) as (read_stream, write_stream):  # type: ignore[arg-type]
-        await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
 async def serve_http(
