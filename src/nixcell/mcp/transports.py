@@ -1,8 +1,10 @@
 """The two ways ``nixcell mcp`` talks to clients: stdio (``stdio.py``) and streamable HTTP.
 
 HTTP: uvicorn on a socket bound here (``--port 0`` works: the URL is logged), with the SDK's
-DNS-rebinding protection (on by itself for loopback hosts, set up here for any other) and with
-signals left to ``server._main``.
+DNS-rebinding protection (Host/Origin checks, for loopback and for any other ``--host``) and with
+signals left to ``server._main``. ``CheckedBodies`` runs every POST body through the same
+``jsonrpc.read_message`` as stdio, after the SDK's Host/Origin/Content-Type checks: a malformed
+body gets a 4xx with a JSON-RPC error, and what reaches the SDK parses one way only.
 """
 
 from __future__ import annotations
@@ -14,12 +16,79 @@ from collections.abc import Callable
 from typing import Any
 
 from mcp.server.lowlevel import Server
+from mcp.server.transport_security import (
+    DEFAULT_MAX_REQUEST_BODY_SIZE,
+    TransportSecurityMiddleware,
+    TransportSecuritySettings,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nixcell.errors import UsageError
+from nixcell.mcp.jsonrpc import Rejected, invalid_request, read_message
 
 log = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MAX_BODY = DEFAULT_MAX_REQUEST_BODY_SIZE  # the SDK's own limit (4 MiB)
+
+
+def _refusal(rejected: Rejected, status: int) -> Response:
+    body = rejected.response.model_dump_json(by_alias=True, exclude_unset=True)
+    return Response(body, status_code=status, media_type="application/json")
+
+
+class CheckedBodies:
+    """ASGI middleware: a POST body that ``read_message`` refuses is answered here (400, or 413
+    past ``MAX_BODY``) with a JSON-RPC error; a good one is replayed to the SDK byte for byte."""
+
+    def __init__(self, app: ASGIApp, security: TransportSecuritySettings) -> None:
+        self.app = app
+        self.security = TransportSecurityMiddleware(security)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        if await self.security.validate_request(Request(scope), is_post=True) is not None:
+            return await self.app(scope, receive, send)  # the SDK refuses it, as it always has
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            if len(body) > MAX_BODY:
+                refused = invalid_request(f"body larger than {MAX_BODY} bytes")
+                return await _refusal(refused, 413)(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        checked = read_message(bytes(body))
+        if isinstance(checked, Rejected):
+            log.warning("refused a message from an HTTP client: %s", checked.reason)
+            return await _refusal(checked, 400)(scope, receive, send)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _security(host: str) -> TransportSecuritySettings:
+    """The SDK's DNS-rebinding protection: loopback names always, and ``host`` itself."""
+    names = ["127.0.0.1", "localhost", "[::1]"]
+    if host not in LOOPBACK:
+        names.insert(0, f"[{host}]" if ":" in host else host)
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[f"{n}:*" for n in names],
+        allowed_origins=[f"http://{n}:*" for n in names],
+    )
 
 
 async def serve_http(
@@ -28,20 +97,15 @@ async def serve_http(
     import socket
 
     import uvicorn
-    from mcp.server.transport_security import TransportSecuritySettings
-
-    security = None  # the SDK's DNS-rebinding protection for loopback hosts
     if host not in LOOPBACK:
         log.warning(
             "listening on %s: anyone who can reach it can run code in cells (no authentication)",
             host,
         )
-        names = [host, "127.0.0.1", "localhost", "[::1]"]
-        security = TransportSecuritySettings(
-            allowed_hosts=[f"{n}:*" for n in names],
-            allowed_origins=[f"http://{n}:*" for n in names],
-        )
-    starlette_app = server.streamable_http_app(host=host, transport_security=security)
+    security = _security(host)
+    starlette_app = CheckedBodies(
+        server.streamable_http_app(host=host, transport_security=security), security
+    )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         sock = socket.create_server((host, port), family=family)
