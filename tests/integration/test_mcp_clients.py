@@ -1,0 +1,177 @@
+"""MCP clients of one HTTP server are separate trust domains (issue 8 §7).
+
+Sessions are keyed by (MCP session, name): another client cannot read, list, close or evict
+them — by name, by list_sessions, or with a forged or altered Mcp-Session-Id — and they end
+with their MCP session. Sharing is an explicit option. Real server, real cells, loopback HTTP,
+one client the SDK's own (``mcp.client``), the others raw.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp.client import Client
+from tests.integration.mcp_http import Raw, http_server, text
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("offline_set")]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "project").mkdir()
+    (tmp_path / "xdg").mkdir()
+    return tmp_path / "project"
+
+
+def run(code: str, session: str) -> dict[str, Any]:
+    return {"code": code, "env": "python", "session": session}
+
+
+def names(result: dict[str, Any]) -> list[str]:
+    return sorted(s["id"] for s in result["structuredContent"]["sessions"])
+
+
+def workspaces(project: Path) -> set[str]:
+    """The server's session workspaces (its TMPDIR is the test's own, see mcp_http)."""
+    temp = project.parent / "tmp"
+    return {p.name for p in temp.glob("nixcell-session-*")}
+
+
+def sdk(url: str, *calls: tuple[str, dict[str, Any]], mode: str = "legacy") -> list[Any]:
+    """The SDK's client: the results of ``calls``, in order. ``legacy``: the initialize
+    handshake, one MCP session; ``auto``: the SDK's default, 2026-07-28 (no MCP session)."""
+
+    async def main() -> list[Any]:
+        async with Client(url, mode=mode) as client:
+            return [await client.call_tool(name, args) for name, args in calls]
+
+    return anyio.run(main)
+
+
+def test_clients_cannot_see_use_or_close_each_others_sessions(project):
+    with http_server(project) as url:
+        a = Raw(url)
+        a_id = a.initialize()
+        assert not a.tool("run", run("secret = 'of-a'", "s"))["isError"]
+
+        listed, used, closed, closed_again, listed_after = sdk(
+            url,
+            ("list_sessions", {}),
+            ("run", run("print(globals().get('secret'))", "s")),  # same name: B's own session
+            ("close_session", {"session": "s"}),  # closes B's "s", not A's
+            ("close_session", {"session": "s"}),
+            ("list_sessions", {}),
+        )
+        assert listed.structured_content["sessions"] == [], listed
+        assert used.structured_content["stdout"] == "None\n", used.content[0].text
+        assert not closed.is_error and closed_again.is_error
+        assert "no session 's'" in closed_again.content[0].text
+        assert listed_after.structured_content["sessions"] == []
+
+        b = Raw(url)
+        b.initialize()
+        assert b.tool("close_session", {"session": "s"})["isError"]  # B has none named "s"
+        assert names(b.tool("list_sessions", {})) == []
+
+        # Forged, replayed-after-change and malformed session ids never reach A's state.
+        forged = [
+            uuid.uuid4().hex,
+            a_id.upper(),
+            a_id[:-1] + ("0" if a_id[-1] != "0" else "1"),
+            a_id + "0",
+            a_id[:16],
+            "../" + a_id,
+        ]
+        for sid in forged:
+            status, answer = b.call(
+                "tools/call", {"name": "run", "arguments": run("print(secret)", "s")}, session=sid
+            )
+            assert status in (400, 404), (sid, status, answer)
+            assert "of-a" not in repr(answer)
+            listing = {"name": "list_sessions", "arguments": {}}
+            status, answer = b.call("tools/call", listing, session=sid)
+            assert status in (400, 404), (sid, status)
+
+        # A's session is untouched by all of it.
+        assert names(a.tool("list_sessions", {})) == ["s"]
+        kept = a.tool("run", run("print(secret)", "s"))
+        assert kept["structuredContent"]["stdout"] == "of-a\n", text(kept)
+
+
+def test_one_client_cannot_evict_anothers_sessions(project):
+    with http_server(project, "--max-sessions", "3", "--max-client-sessions", "2") as url:
+        a, b, c = Raw(url), Raw(url), Raw(url)
+        for client in (a, b, c):
+            client.initialize()
+        for name in ("s", "t"):
+            assert not a.tool("run", run(f"mine = 'a-{name}'", name))["isError"]
+        for name in ("u", "v", "w"):  # past its own limit and the server's: evicts its own
+            result = b.tool("run", run("mine = 'b'", name))
+            assert not result["isError"], text(result)
+        assert names(b.tool("list_sessions", {})) == ["w"]  # u, v evicted, each for B's next
+        refused = c.tool("run", run("1", "x"))  # the server is full of A's and B's sessions
+        assert refused["isError"] and "maximum of 3 sessions" in text(refused)
+        assert not c.tool("run", {"code": "print(1)", "env": "python"})["isError"]  # one-shot
+        assert names(a.tool("list_sessions", {})) == ["s", "t"]
+        for name in ("s", "t"):
+            kept = a.tool("run", run("print(mine)", name))
+            assert kept["structuredContent"]["stdout"] == f"a-{name}\n", text(kept)
+
+
+def test_ending_the_mcp_session_closes_its_cells(project):
+    with http_server(project) as url:
+        a, b = Raw(url), Raw(url)
+        a.initialize()
+        b.initialize()
+        assert not a.tool("run", run("x = 1", "s"))["isError"]
+        assert not b.tool("run", run("y = 2", "s"))["isError"]
+        assert len(workspaces(project)) == 2
+        assert a.delete() == 200
+        status, _ = a.call("tools/call", {"name": "list_sessions", "arguments": {}})
+        assert status == 404  # the id is dead; nothing of A's answers any more
+        deadline = time.monotonic() + 60
+        while len(workspaces(project)) != 1:
+            assert time.monotonic() < deadline, "A's session cell was never closed"
+            time.sleep(0.1)
+        kept = b.tool("run", run("print(y)", "s"))  # B is unaffected
+        assert kept["structuredContent"]["stdout"] == "2\n", text(kept)
+    assert workspaces(project) == set()
+
+
+def test_sharing_is_explicit(project, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text("[session]\nshare_sessions = true\n")
+    for args in (["--share-sessions"], ["--config", str(config)]):
+        with http_server(project, *args) as url:
+            a, b = Raw(url), Raw(url)
+            a.initialize()
+            b.initialize()
+            assert not a.tool("run", run("shared = 'yes'", "common"))["isError"]
+            assert names(b.tool("list_sessions", {})) == ["common"]
+            seen = b.tool("run", run("print(shared)", "common"))
+            assert seen["structuredContent"]["stdout"] == "yes\n", text(seen)
+            assert not b.tool("close_session", {"session": "common"})["isError"]
+            assert names(a.tool("list_sessions", {})) == []
+
+
+def test_http_request_without_mcp_session_has_no_sessions(project):
+    """The stateless 2026-07-28 era (the SDK client's default) has no Mcp-Session-Id: session
+    calls are refused (fail closed), one-shot calls work; with sharing on they work."""
+    calls = [
+        ("run", run("x = 1", "s")),
+        ("list_sessions", {}),
+        ("run", {"code": "print(5)", "env": "python"}),
+    ]
+    with http_server(project) as url:
+        refused, unlisted, once = sdk(url, *calls, mode="auto")
+    for result in (refused, unlisted):
+        assert result.is_error and "belong to an MCP session" in result.content[0].text
+    assert once.structured_content["stdout"] == "5\n"
+    with http_server(project, "--share-sessions") as url:
+        kept, listed, once = sdk(url, *calls, mode="auto")
+    assert not kept.is_error and [s["id"] for s in listed.structured_content["sessions"]] == ["s"]
