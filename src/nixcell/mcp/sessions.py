@@ -161,9 +161,10 @@ class SessionManager:
                         "call has finished, or close a session"
                     )
                 raise SessionError(
-                    f"the server holds its maximum of {self.max_sessions} sessions, for other "
-                    "clients: try again later (idle sessions end after "
-                    f"{self.idle_timeout:g}s), or call without a session"
+                    f"the server holds its maximum of {self.max_sessions} sessions "
+                    f"({len(own)} of them this client's, all busy; the rest other clients'): "
+                    f"try again later (idle sessions end after {self.idle_timeout:g}s), or "
+                    "call without a session"
                 )
             lru = min(idle, key=lambda s: s.last_used)
             limit = min(self.max_client_sessions, self.max_sessions)
