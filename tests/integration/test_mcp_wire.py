@@ -208,3 +208,27 @@ def test_http_answers_every_malformed_body_with_a_json_rpc_error(project):
                 _is_error(messages[0], code, request_id)
         result = raw.tool("run", {"code": "print(6 * 7)", "env": "python"})
         assert text(result) == "42\nexit code: 0"
+
+
+def test_a_client_that_stops_reading_cannot_keep_the_server_alive(project):
+    """Answers fill the stdout pipe nobody reads; SIGTERM still ends the server, exit 0."""
+    import fcntl
+    import signal
+    import termios
+    import time
+
+    server = Stdio(project)
+    server.send(_m(id=0, method="initialize", params=INIT) + b"\n")
+    assert server.answer()["id"] == 0
+    server.send(_m(method="notifications/initialized") + b"\n")
+    server.send(b"".join(_m(id=n, method="tools/list") + b"\n" for n in range(1, 200)))
+    pending, sizes = bytearray(4), [-1]
+    deadline = time.monotonic() + 60
+    while len(sizes) < 20 or len(set(sizes[-20:])) > 1 or sizes[-1] <= 0:
+        # until the unread answers stop growing: the pipe is full, the server's writes wait
+        fcntl.ioctl(server.proc.stdout, termios.FIONREAD, pending)
+        sizes.append(int.from_bytes(pending, "little"))
+        assert time.monotonic() < deadline, "the answers never filled the pipe"
+        time.sleep(0.05)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=60) == 0

@@ -118,23 +118,31 @@ async def _chunks(fd: int) -> AsyncIterator[bytes]:
         loop.remove_reader(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+async def _write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` to the non-blocking ``fd`` on the loop: a client that stops reading
+    stalls only this task, never a thread the process would wait for at exit."""
+    loop = asyncio.get_running_loop()
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            ready = asyncio.Event()
+            loop.add_writer(fd, ready.set)
+            try:
+                await ready.wait()
+            finally:
+                loop.remove_writer(fd)
 
 
 async def _write_messages(fd: int, outgoing: Any) -> None:
     """Each message as one line on ``fd`` until the senders are done or the client stops
     reading (a closed pipe ends the server like end of input does)."""
-    os.set_blocking(fd, True)
     async with outgoing:
         async for message in outgoing:
             data = message.message.model_dump_json(by_alias=True, exclude_unset=True)
             try:
-                await anyio.to_thread.run_sync(
-                    _write_all, fd, data.encode() + b"\n", abandon_on_cancel=True
-                )
+                await _write_all(fd, data.encode() + b"\n")
             except OSError as exc:
                 log.info("stdout: %s: the client is gone", os.strerror(exc.errno or 0))
                 return
@@ -177,7 +185,8 @@ async def serve_stdio(server: Server[Any]) -> None:
         wire_in = _claim(0, null)
     finally:
         os.close(null)
-    wire_out = _claim(1, 2)  # left open: a cancelled write may still hold it
+    wire_out = _claim(1, 2)
+    os.set_blocking(wire_out, False)  # regular files and /dev/null never say EAGAIN
     read_send, read_recv = create_context_streams[SessionMessage | Exception](0)
     write_send, write_recv = create_context_streams[SessionMessage](0)
     errors = write_send.clone()
@@ -204,5 +213,7 @@ async def serve_stdio(server: Server[Any]) -> None:
             write_send.close()
             outer.cancel_scope.deadline = anyio.current_time() + DRAIN_TIME
     finally:
-        with contextlib.suppress(OSError):
-            os.close(wire_in)
+        for fd in (wire_in, wire_out):  # the file descriptions may be shared (a terminal)
+            with contextlib.suppress(OSError):
+                os.set_blocking(fd, True)
+                os.close(fd)
