@@ -8,6 +8,7 @@ one client the SDK's own (``mcp.client``), the others raw.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from pathlib import Path
@@ -175,3 +176,27 @@ def test_http_request_without_mcp_session_has_no_sessions(project):
     with http_server(project, "--share-sessions") as url:
         kept, listed, once = sdk(url, *calls, mode="auto")
     assert not kept.is_error and [s["id"] for s in listed.structured_content["sessions"]] == ["s"]
+
+
+def test_log_level_is_per_client(project):
+    """A's logging/setLevel decides what A is sent, not what B is sent."""
+
+    def debug_lines(client: Raw) -> list[str]:
+        args = {"name": "run", "arguments": {"code": "print(1)", "env": "python"}}
+        call = {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": args}
+        status, _, messages = client.request("POST", json.dumps(call).encode())
+        assert status == 200
+        return [
+            m["params"]["data"]
+            for m in messages
+            if m.get("method") == "notifications/message" and m["params"]["level"] == "debug"
+        ]
+
+    with http_server(project) as url:
+        a, b = Raw(url), Raw(url)
+        a.initialize()
+        b.initialize()
+        status, answer = a.call("logging/setLevel", {"level": "debug"})
+        assert status == 200 and answer["result"] == {}, answer
+        assert any("exited 0" in line for line in debug_lines(a))
+        assert debug_lines(b) == []

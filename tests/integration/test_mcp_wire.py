@@ -206,6 +206,14 @@ def test_http_answers_every_malformed_body_with_a_json_rpc_error(project):
             if code != NO_METHOD:
                 assert status == 400, (name, status)
                 _is_error(messages[0], code, request_id)
+        for headers, status_wanted in [
+            ({"Content-Type": "text/plain"}, 400),
+            ({"Host": "evil.example"}, 421),
+            ({"Origin": "http://evil.example"}, 403),
+        ]:
+            status, _, messages = raw.request("POST", _m(**PING), **headers)
+            assert status == status_wanted, (headers, status)
+            _is_error(messages[0], INVALID, None)
         result = raw.tool("run", {"code": "print(6 * 7)", "env": "python"})
         assert text(result) == "42\nexit code: 0"
 
@@ -231,4 +239,13 @@ def test_a_client_that_stops_reading_cannot_keep_the_server_alive(project):
         assert time.monotonic() < deadline, "the answers never filled the pipe"
         time.sleep(0.05)
     server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=60) == 0
+
+
+def test_a_client_that_closes_its_end_of_stdout_ends_the_server(project):
+    server = Stdio(project)
+    server.ping(1)  # ping needs no initialize
+    server.proc.stdout.close()  # type: ignore[union-attr]
+    server.proc.stdout = None
+    server.send(_m(id=2, method="ping") + b"\n")  # its answer meets a closed pipe
     assert server.proc.wait(timeout=60) == 0

@@ -45,6 +45,7 @@ LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "e
 LIST_WAIT = 15.0  # tools/list waits this long for environments still being prepared
 HTTP_CLIENT_SESSIONS = 4  # sessions one HTTP client may hold, by default
 _SCOPED = "nixcell.sessions.client"  # the connection.state key: its sessions end with it
+_LOG_LEVEL = "nixcell.log_level"  # the connection.state key: the level its client asked for
 
 
 class App:
@@ -66,7 +67,7 @@ class App:
         self.share_sessions = share_sessions
         self.envs = Environments(config)
         self.tool = RunTool(self.envs, self.sessions)
-        self.client_level = "info"
+        self.client_level = "info"  # for a request whose connection cannot be found
         self.sessions_available = importlib.util.find_spec("nixcell.mcp.sessions") is not None
         if max_client_sessions is None and transport == "http" and not share_sessions:
             max_client_sessions = HTTP_CLIENT_SESSIONS
@@ -220,17 +221,25 @@ class App:
         return _result(f"session '{session}' closed")
 
     async def set_level(self, ctx: Any, params: types.SetLevelRequestParams) -> types.EmptyResult:
-        self.client_level = params.level
+        connection = _connection(ctx)
+        if connection is not None:  # one client's level is not another's
+            connection.state[_LOG_LEVEL] = params.level
+        else:
+            self.client_level = params.level
         log.debug("client log level: %s", params.level)
         return types.EmptyResult()
 
     async def log(self, ctx: Any, level: str, message: str) -> None:
         """A ``notifications/message`` to the client, at or above the level it asked for."""
         modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS  # the SDK gates those itself
-        if not modern and LEVELS.index(level) < LEVELS.index(self.client_level):
+        connection = _connection(ctx)
+        wanted = self.client_level if connection is None else connection.state.get(_LOG_LEVEL)
+        if not modern and LEVELS.index(level) < LEVELS.index(wanted or "info"):
             return
         with contextlib.suppress(Exception):
-            await ctx.session.send_log_message(level, message, logger="nixcell")
+            await ctx.session.send_log_message(  # on the stream of the request it is about
+                level, message, logger="nixcell", related_request_id=ctx.request_id
+            )
 
 
 def _connection(ctx: Any) -> Any:

@@ -40,8 +40,9 @@ def _refusal(rejected: Rejected, status: int) -> Response:
 
 
 class CheckedBodies:
-    """ASGI middleware: a POST body that ``read_message`` refuses is answered here (400, or 413
-    past ``MAX_BODY``) with a JSON-RPC error; a good one is replayed to the SDK byte for byte."""
+    """ASGI middleware: a POST the SDK's transport security refuses (421/403/400), or whose
+    body ``read_message`` refuses (400, or 413 past ``MAX_BODY``), is answered here with a
+    JSON-RPC error; a good one is replayed to the SDK byte for byte."""
 
     def __init__(self, app: ASGIApp, security: TransportSecuritySettings) -> None:
         self.app = app
@@ -50,8 +51,10 @@ class CheckedBodies:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
-        if await self.security.validate_request(Request(scope), is_post=True) is not None:
-            return await self.app(scope, receive, send)  # the SDK refuses it, as it always has
+        refused = await self.security.validate_request(Request(scope), is_post=True)
+        if refused is not None:  # the SDK's refusal (Host, Origin, Content-Type), as JSON-RPC
+            why = bytes(refused.body).decode(errors="replace")
+            return await _refusal(invalid_request(why), refused.status_code)(scope, receive, send)
         body = bytearray()
         while True:
             message = await receive()
