@@ -159,10 +159,18 @@ def test_stdio_answers_every_malformed_message_and_keeps_serving(project):
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("stdin", ["devnull", "empty-file", "garbage-file"])
+@pytest.mark.parametrize("stdin", ["devnull", "closed", "empty-file", "garbage-file"])
 def test_end_of_input_exits_zero(project, tmp_path, stdin):
-    """``nixcell mcp < /dev/null`` (or a file) ends at once with exit 0; a file's malformed
-    content is still answered."""
+    """``nixcell mcp < /dev/null`` (or ``<&-``, or a file) ends at once with exit 0; a file's
+    malformed content is still answered."""
+    if stdin == "closed":  # `nixcell mcp <&-`: fd 0 not open at all
+        proc = subprocess.run(
+            ["sh", "-c", f"exec {NIXCELL} mcp <&-"], cwd=project, env=server_env(project),
+            capture_output=True, timeout=30,
+        )
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert proc.stdout == b"" and b"Traceback" not in proc.stderr
+        return
     if stdin == "devnull":
         source = os.open(os.devnull, os.O_RDONLY)
     else:

@@ -30,7 +30,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from nixcell import __version__
 from nixcell.mcp.config import ServerConfig, load_config
 from nixcell.mcp.envs import Environments
-from nixcell.mcp.stdio import serve_stdio
+from nixcell.mcp.stdio import open_std_fds, serve_stdio
 from nixcell.mcp.tool import OUTPUT_SCHEMA, RunTool, ToolFailure, input_schema
 from nixcell.mcp.transports import serve_http
 
@@ -358,6 +358,7 @@ def serve(
     """Run the MCP server until the client goes away or a signal arrives."""
     from nixcell.sandbox.reap import become_subreaper
 
+    open_std_fds()
     config = load_config(config_file, env_dir)
     _setup_logging(config.log_level)
     transport = transport or config.transport or "stdio"
