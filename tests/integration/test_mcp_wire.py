@@ -257,3 +257,31 @@ def test_a_client_that_closes_its_end_of_stdout_ends_the_server(project):
     server.proc.stdout = None
     server.send(_m(id=2, method="ping") + b"\n")  # its answer meets a closed pipe
     assert server.proc.wait(timeout=60) == 0
+
+
+@pytest.mark.parametrize("stdin", [b"", b"{oops\n\xff\n[1]\n" + _m(id=5, method="ping", x=1)])
+def test_an_ordinary_user_gets_the_same_answers_and_exit(user_home, stdin):
+    """The wire handling does not depend on who runs the server (uid 65534 here): malformed
+    lines answered, end of input ends it with exit 0. No cell is needed for either."""
+    nobody = 65534
+    os.chown(user_home, nobody, nobody)
+    proc = subprocess.run(
+        ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups", NIXCELL, "mcp"],
+        input=stdin,
+        capture_output=True,
+        cwd=user_home,
+        env={
+            "PATH": os.environ["PATH"],
+            "HOME": str(user_home),
+            "NIXCELL_HOME": str(user_home / "state"),
+            "XDG_CONFIG_HOME": str(user_home / "xdg"),
+            "LANG": "C.UTF-8",
+        },
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"Traceback" not in proc.stderr
+    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    codes = [(a["id"], a["error"]["code"]) for a in answers]
+    assert codes == ([] if not stdin else [(None, PARSE), (None, PARSE), (None, INVALID),
+                                          (5, INVALID)])
