@@ -93,9 +93,15 @@ def _pollable(fd: int) -> bool:
 async def _chunks(fd: int) -> AsyncIterator[bytes]:
     """What arrives on ``fd`` until EOF (an empty read), read without blocking the loop."""
     if not _pollable(fd):  # reads of regular files and /dev/null never wait
-        while chunk := await anyio.to_thread.run_sync(os.read, fd, CHUNK, abandon_on_cancel=True):
+        while True:
+            try:
+                chunk = await anyio.to_thread.run_sync(os.read, fd, CHUNK, abandon_on_cancel=True)
+            except OSError as exc:  # EISDIR: `nixcell mcp < /`, ...
+                log.info("stdin: %s: treating it as end of input", os.strerror(exc.errno or 0))
+                return
+            if not chunk:
+                return
             yield chunk
-        return
     loop = asyncio.get_running_loop()
     os.set_blocking(fd, False)
     ready = asyncio.Event()
