@@ -200,3 +200,65 @@ def test_log_level_is_per_client(project):
         assert status == 200 and answer["result"] == {}, answer
         assert any("exited 0" in line for line in debug_lines(a))
         assert debug_lines(b) == []
+
+
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+def test_an_idle_expired_mcp_session_closes_its_cells(project, monkeypatch):
+    """The SDK ends an MCP session nobody used for its idle time (1 s here; in ``nixcell mcp``
+    the larger of 30 min and --idle-timeout): its cells are closed, its id answers 404. The
+    server runs in-process (real SDK session manager, uvicorn, cells) to set that idle time."""
+    import socket
+    import tempfile
+
+    from nixcell.mcp.config import load_config
+    from nixcell.mcp.server import App, build_server
+    from nixcell.mcp.transports import serve_http
+
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(project.parent / "xdg"))
+    temp = project.parent / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # the session workspaces go here
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/mcp"
+    seen: dict[str, Any] = {}
+
+    def client() -> None:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the server never listened"
+                time.sleep(0.05)
+        a = Raw(url)
+        a.initialize()
+        seen["ran"] = a.tool("run", run("x = 1", "s"))
+        seen["during"] = len(workspaces(project))
+        while workspaces(project):  # no request now: the MCP session goes idle
+            assert time.monotonic() < deadline + 60, "the idle MCP session's cell was not closed"
+            time.sleep(0.1)
+        seen["after"] = a.call("tools/call", {"name": "list_sessions", "arguments": {}})[0]
+
+    async def main() -> None:
+        app = App(
+            load_config(None, None), max_sessions=4, idle_timeout=300, max_lifetime=3600,
+            transport="http",
+        )
+        app.envs.start()
+        stoppers: list[Any] = []
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(serve_http, build_server(app), "127.0.0.1", port, stoppers, 1.0)
+                await anyio.to_thread.run_sync(client)
+                stoppers[0]()  # uvicorn's graceful stop
+        finally:
+            with anyio.CancelScope(shield=True):
+                await app.shutdown()
+
+    anyio.run(main)
+    assert not seen["ran"]["isError"] and seen["during"] == 1
+    assert seen["after"] == 404

@@ -32,7 +32,7 @@ from nixcell.mcp.config import ServerConfig, load_config
 from nixcell.mcp.envs import Environments
 from nixcell.mcp.stdio import open_std_fds, serve_stdio
 from nixcell.mcp.tool import OUTPUT_SCHEMA, RunTool, ToolFailure, input_schema
-from nixcell.mcp.transports import serve_http
+from nixcell.mcp.transports import MCP_SESSION_IDLE, serve_http
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ class App:
         self.sessions_available = importlib.util.find_spec("nixcell.mcp.sessions") is not None
         if max_client_sessions is None and transport == "http" and not share_sessions:
             max_client_sessions = HTTP_CLIENT_SESSIONS
+        self.idle_timeout = idle_timeout
         self._session_options: dict[str, Any] = {
             "max_sessions": max_sessions,
             "max_client_sessions": max_client_sessions,
@@ -318,7 +319,10 @@ async def _main(app: App, transport: str, host: str, port: int) -> None:
             if transport == "stdio":
                 await serve_stdio(server)
             else:
-                await serve_http(server, host, port, stoppers)
+                # An MCP session outlives its idle persistent sessions: expiring it sooner
+                # would end them before --idle-timeout says.
+                idle = max(MCP_SESSION_IDLE, app.idle_timeout)
+                await serve_http(server, host, port, stoppers, idle)
     finally:
         with anyio.CancelScope(shield=True):
             await app.shutdown()

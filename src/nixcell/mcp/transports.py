@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MAX_BODY = DEFAULT_MAX_REQUEST_BODY_SIZE  # the SDK's own limit (4 MiB)
+MCP_SESSION_IDLE = 1800.0  # the SDK's default idle expiry of an MCP session (30 min)
 
 
 def _refusal(rejected: Rejected, status: int) -> Response:
@@ -95,11 +96,18 @@ def _security(host: str) -> TransportSecuritySettings:
 
 
 async def serve_http(
-    server: Server[Any], host: str, port: int, stoppers: list[Callable[[], None]]
+    server: Server[Any],
+    host: str,
+    port: int,
+    stoppers: list[Callable[[], None]],
+    mcp_idle: float = MCP_SESSION_IDLE,
 ) -> None:
+    """Serve until a stopper is called. An MCP session with no request in flight and no open
+    stream for ``mcp_idle`` seconds is ended by the SDK (and its persistent sessions with it)."""
     import socket
 
     import uvicorn
+
     if host not in LOOPBACK:
         log.warning(
             "listening on %s: anyone who can reach it can run code in cells (no authentication)",
@@ -107,7 +115,10 @@ async def serve_http(
         )
     security = _security(host)
     starlette_app = CheckedBodies(
-        server.streamable_http_app(host=host, transport_security=security), security
+        server.streamable_http_app(
+            host=host, transport_security=security, session_idle_timeout=mcp_idle
+        ),
+        security,
     )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
