@@ -104,6 +104,39 @@ def test_clients_cannot_see_use_or_close_each_others_sessions(project):
         assert kept["structuredContent"]["stdout"] == "of-a\n", text(kept)
 
 
+def test_two_sdk_clients_at_once_each_keep_their_own_state(project):
+    """Two SDK clients, connected at the same time, calling the same session name in
+    parallel: each sees only what it wrote."""
+
+    async def use(client: Client, tag: str) -> list[str]:
+        out = []
+        for i in range(4):
+            code = f"v = globals().get('v', []) + ['{tag}{i}']; print(','.join(v))"
+            result = await client.call_tool("run", run(code, "same"))
+            out.append(result.structured_content["stdout"].strip())
+        listed = await client.call_tool("list_sessions", {})
+        out.append(",".join(s["id"] for s in listed.structured_content["sessions"]))
+        return out
+
+    async def main() -> tuple[list[str], list[str]]:
+        async with Client(url, mode="legacy") as a, Client(url, mode="legacy") as b:
+            results: dict[str, list[str]] = {}
+
+            async def one(client: Client, tag: str) -> None:
+                results[tag] = await use(client, tag)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(one, a, "a")
+                tg.start_soon(one, b, "b")
+            return results["a"], results["b"]
+
+    with http_server(project) as url:
+        seen_a, seen_b = anyio.run(main)
+    for tag, seen in (("a", seen_a), ("b", seen_b)):
+        assert seen[:4] == [",".join(f"{tag}{j}" for j in range(i + 1)) for i in range(4)], seen
+        assert seen[4] == "same"
+
+
 def test_one_client_cannot_evict_anothers_sessions(project):
     with http_server(project, "--max-sessions", "3", "--max-client-sessions", "2") as url:
         a, b, c = Raw(url), Raw(url), Raw(url)
