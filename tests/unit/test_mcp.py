@@ -112,7 +112,7 @@ def test_nix_sandbox_mcp_config_reads_as_is(no_user_envs):
         ("[project]\nmount_point = '/workspace'\n", 2, "mount_point"),
         ("[defaults\n", 1, ""),
         ("[session]\nshare_sessions = 'yes'\n", 2, "share_sessions must be true or false"),
-        ("[session]\n\nmax_client_sessions = 0\n", 3, "max_client_sessions must be"),
+        ("[session]\n\nmax_client_sessions = 0\n", 3, "max_client_sessions must be ≥ 1"),
         ("[session]\nmax_client_sessions = true\n", 2, "max_client_sessions must be"),
         ("[session]\nshare = true\n", 2, "unknown key 'share'"),
     ],

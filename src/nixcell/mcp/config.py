@@ -53,12 +53,8 @@ _SETTINGS = (
     "backend",
 )
 _ENV_KEYS = ("preset", "packages", "flake", "interpreter", "description", *_SETTINGS)
-_SESSION_KEYS = (
-    "idle_timeout_seconds",
-    "max_lifetime_seconds",
-    "share_sessions",
-    "max_client_sessions",
-)
+_SESSION_KEYS = ("idle_timeout_seconds", "max_lifetime_seconds")
+_SESSION_KEYS += ("share_sessions", "max_client_sessions")
 _TOP_KEYS = ("daemon", "defaults", "project", "environments", "session", "backends")
 
 _PRIVATE = ("/workspace", "/tmp", "/home/cell")  # the cell's own writable areas
@@ -214,12 +210,8 @@ class _Reader:
         if share is not None and not isinstance(share, bool):
             self.fail(("session", "share_sessions"), "share_sessions must be true or false")
         per_client = session.get("max_client_sessions")
-        if per_client is not None and (
-            isinstance(per_client, bool) or not isinstance(per_client, int) or per_client < 1
-        ):
-            self.fail(
-                ("session", "max_client_sessions"), "max_client_sessions must be a whole number ≥ 1"
-            )
+        if per_client is not None and (type(per_client) is not int or per_client < 1):
+            self.fail(("session", "max_client_sessions"), "max_client_sessions must be ≥ 1")
         if "environments" in doc:
             tables = self.table(("environments",), doc["environments"], None)
             if not tables:

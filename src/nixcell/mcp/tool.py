@@ -265,7 +265,7 @@ class RunTool:
         from nixcell.units import format_duration
 
         try:
-            from nixcell.mcp.sessions import SessionEnv
+            from nixcell.mcp.sessions import LOCAL, SessionEnv
         except ImportError:
             raise ToolFailure("persistent sessions are not available in this nixcell") from None
         config = prepared.config
@@ -274,8 +274,9 @@ class RunTool:
             name=config.name, interpreter=config.interpreter, spec=prepared.session_spec
         )
         try:
-            owner = {} if client is None else {"client": client}
-            result = await self._sessions().call(session, env, code, config.timeout, **owner)
+            result = await self._sessions().call(
+                session, env, code, config.timeout, client=client or LOCAL
+            )
         except NixcellError as exc:
             raise ToolFailure(f"session '{session}': {exc.message}") from None
         stdout, cut_out = _cut_text(result.stdout)
