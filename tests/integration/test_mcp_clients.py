@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import pytest
 from mcp.client import Client
-from tests.integration.mcp_http import Raw, http_server, text
+from tests.integration.mcp_http import INIT, Raw, http_server, text
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("offline_set")]
 
@@ -97,6 +97,12 @@ def test_clients_cannot_see_use_or_close_each_others_sessions(project):
             listing = {"name": "list_sessions", "arguments": {}}
             status, answer = b.call("tools/call", listing, session=sid)
             assert status in (400, 404), (sid, status)
+            assert b.request("DELETE", session=sid)[0] in (400, 404), sid  # cannot end A's
+        # Nor can a client pick its own id (to plant one, or to take one over): initialize with
+        # a chosen id is refused; only the SDK mints ids.
+        for sid in (uuid.uuid4().hex, a_id + "0"):
+            status, _ = b.call("initialize", dict(INIT), session=sid)
+            assert status == 404, (sid, status)
 
         # A's session is untouched by all of it.
         assert names(a.tool("list_sessions", {})) == ["s"]
