@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MAX_BODY = DEFAULT_MAX_REQUEST_BODY_SIZE  # the SDK's own limit (4 MiB)
+MCP_PATH = "/mcp"  # where the SDK's app serves streamable HTTP (its default)
 MCP_SESSION_IDLE = 1800.0  # the SDK's default idle expiry of an MCP session (30 min)
 
 
@@ -50,7 +51,7 @@ class CheckedBodies:
         self.security = TransportSecurityMiddleware(security)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != MCP_PATH:
             return await self.app(scope, receive, send)
         refused = await self.security.validate_request(Request(scope), is_post=True)
         if refused is not None:  # the SDK's refusal (Host, Origin, Content-Type), as JSON-RPC
@@ -116,7 +117,10 @@ async def serve_http(
     security = _security(host)
     starlette_app = CheckedBodies(
         server.streamable_http_app(
-            host=host, transport_security=security, session_idle_timeout=mcp_idle
+            streamable_http_path=MCP_PATH,
+            host=host,
+            transport_security=security,
+            session_idle_timeout=mcp_idle,
         ),
         security,
     )
