@@ -183,7 +183,6 @@ def test_sessions_keep_state(project):
         import nixcell.mcp.sessions  # noqa: F401
     except ImportError as exc:
         pytest.skip(f"persistent sessions are not there yet (nixcell.mcp.sessions: {exc})")
-    before = bwrap_pids()
 
     def run(code: str, env: str = "python", session: str = "s1") -> dict[str, Any]:
         return {"code": code, "env": env, "session": session}
@@ -209,7 +208,7 @@ def test_sessions_keep_state(project):
         # "sh" stays open: the server's shutdown at stdin EOF must end it
 
     with_client(project, body, "--config", configured(project))
-    assert bwrap_pids() - before == set()
+    assert own_bwraps() == set()  # none of this test's cells is left
 
 
 def test_project_read_only_workspace_writable_no_network(project):
@@ -270,7 +269,6 @@ def test_logging_set_level(project):
 
 def test_ten_sessions_in_parallel_from_one_client(project):
     """Ten sessions driven at once through one MCP client: each keeps its own state."""
-    before = bwrap_pids()
 
     async def body(client: Client) -> list[str]:
         async def one(i: int, out: list[str]) -> None:
@@ -292,7 +290,7 @@ def test_ten_sessions_in_parallel_from_one_client(project):
 
     out = with_client(project, body, "--config", configured(project), "--max-sessions", "16")
     assert out == [f"{i * 10}\n" for i in range(10)]
-    assert bwrap_pids() - before == set()
+    assert own_bwraps() == set()  # none of this test's cells is left
 
 
 @pytest.mark.parametrize("how", ["sigterm", "stdin-eof"])
@@ -341,6 +339,12 @@ def _start_raw(project: Path, arguments: dict[str, Any] | None = None) -> subpro
     args = {"name": "run", "arguments": arguments or {"code": "sleep 60", "env": "shell"}}
     send({"id": 2, "method": "tools/call", "params": args})
     return proc
+
+
+def own_bwraps() -> set[int]:
+    """bwrap processes of this test process's servers (orphans come back to us: we are a
+    subreaper), not of the other tests running on the machine."""
+    return {p for p in bwrap_pids() if _descends(p, os.getpid())}
 
 
 def _descends(pid: int, ancestor: int) -> bool:
