@@ -207,8 +207,14 @@ def test_http_request_without_mcp_session_has_no_sessions(project):
         ("list_sessions", {}),
         ("run", {"code": "print(5)", "env": "python"}),
     ]
+    async def offered(url: str, mode: str) -> set[str]:
+        async with Client(url, mode=mode) as client:
+            return {t.name for t in (await client.list_tools()).tools}
+
     with http_server(project) as url:
         refused, unlisted, once = sdk(url, *calls, mode="auto")
+        assert anyio.run(offered, url, "auto") == {"run"}  # session tools not offered
+        assert anyio.run(offered, url, "legacy") == {"run", "close_session", "list_sessions"}
     for result in (refused, unlisted):
         assert result.is_error and "belong to an MCP session" in result.content[0].text
     assert once.structured_content["stdout"] == "5\n"

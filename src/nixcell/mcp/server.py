@@ -88,6 +88,11 @@ class App:
             self._manager = SessionManager(**self._session_options)  # type: ignore[arg-type]
         return self._manager
 
+    def _has_client(self, ctx: Any) -> bool:
+        if self.share_sessions or self.transport == "stdio":
+            return True
+        return bool(getattr(_connection(ctx), "session_id", None))
+
     def client(self, ctx: Any) -> str:
         """Whose sessions this request may use: the stdio client, the HTTP request's MCP
         session (the SDK routes a request to a session only by its unguessable id, and answers
@@ -104,8 +109,9 @@ class App:
         if connection is None or not isinstance(session_id, str) or not session_id:
             raise ToolFailure(
                 "persistent sessions over HTTP belong to an MCP session (a stateful streamable "
-                "HTTP connection with an Mcp-Session-Id), and this request has none: call "
-                "without 'session', or ask the operator for --share-sessions"
+                "HTTP connection with an Mcp-Session-Id, opened by the initialize handshake of "
+                "protocol 2025-11-25 or older), and this request has none: call without "
+                "'session', or ask the operator for --share-sessions"
             )
         client = f"mcp:{session_id}"
         if connection.state.get(_SCOPED) != client:  # once per connection
@@ -144,8 +150,10 @@ class App:
     # -- handlers ------------------------------------------------------------------------
     async def list_tools(self, ctx: Any, params: Any) -> types.ListToolsResult:
         await self.envs.settle(LIST_WAIT)
-        with_sessions = self.sessions_available and any(
-            e.sessions for e in self.config.environments.values()
+        with_sessions = (
+            self.sessions_available
+            and any(e.sessions for e in self.config.environments.values())
+            and self._has_client(ctx)  # not offered where they would be refused
         )
         tools = [
             types.Tool(
