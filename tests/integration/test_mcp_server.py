@@ -62,6 +62,8 @@ def _params(project: Path, *args: str) -> StdioServerParameters:
     keep = ("NIXCELL_HOME", "NIXCELL_OFFLINE_DIR", "PYTHONDONTWRITEBYTECODE")
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env["XDG_CONFIG_HOME"] = str(project.parent / "xdg")
+    (project.parent / "tmp").mkdir(exist_ok=True)
+    env["TMPDIR"] = str(project.parent / "tmp")  # its session workspaces: this test's own
     return StdioServerParameters(command=NIXCELL, args=["mcp", *args], cwd=str(project), env=env)
 
 
@@ -181,7 +183,6 @@ def test_sessions_keep_state(project):
         import nixcell.mcp.sessions  # noqa: F401
     except ImportError as exc:
         pytest.skip(f"persistent sessions are not there yet (nixcell.mcp.sessions: {exc})")
-    before = bwrap_pids()
 
     def run(code: str, env: str = "python", session: str = "s1") -> dict[str, Any]:
         return {"code": code, "env": env, "session": session}
@@ -207,7 +208,7 @@ def test_sessions_keep_state(project):
         # "sh" stays open: the server's shutdown at stdin EOF must end it
 
     with_client(project, body, "--config", configured(project))
-    assert bwrap_pids() - before == set()
+    assert own_bwraps() == set()  # none of this test's cells is left
 
 
 def test_project_read_only_workspace_writable_no_network(project):
@@ -268,7 +269,6 @@ def test_logging_set_level(project):
 
 def test_ten_sessions_in_parallel_from_one_client(project):
     """Ten sessions driven at once through one MCP client: each keeps its own state."""
-    before = bwrap_pids()
 
     async def body(client: Client) -> list[str]:
         async def one(i: int, out: list[str]) -> None:
@@ -290,25 +290,29 @@ def test_ten_sessions_in_parallel_from_one_client(project):
 
     out = with_client(project, body, "--config", configured(project), "--max-sessions", "16")
     assert out == [f"{i * 10}\n" for i in range(10)]
-    assert bwrap_pids() - before == set()
+    assert own_bwraps() == set()  # none of this test's cells is left
 
 
-def test_sigterm_with_live_sessions_leaves_nothing(project):
+@pytest.mark.parametrize("how", ["sigterm", "stdin-eof"])
+def test_stopping_with_live_sessions_leaves_nothing(project, how):
     from nixcell.sandbox.cgroups import list_cell_cgroups
 
-    before = bwrap_pids()
     proc = _start_raw(
         project, {"code": "import time; time.sleep(60)", "env": "python", "session": "s"}
     )
-    _wait_for_cell(before)
+    cells = _wait_for_cell(proc)
     time.sleep(1.0)  # the session cell is up and running the call
-    proc.send_signal(signal.SIGTERM)
+    if how == "stdin-eof":  # the client is gone while its call runs
+        proc.stdin.close()  # type: ignore[union-attr]
+        proc.stdin = None
+    else:
+        proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()
     assert b"Traceback" not in err
-    assert bwrap_pids() - before == set()
-    assert list_cell_cgroups() == []
-    assert not [p for p in Path("/tmp").iterdir() if p.name.startswith("nixcell-session-")]
+    assert cells & bwrap_pids() == set()  # every cell of the server is gone
+    assert _cgroups_of(proc, list_cell_cgroups()) == []
+    assert not list((project.parent / "tmp").glob("nixcell-session-*"))
 
 
 def _start_raw(project: Path, arguments: dict[str, Any] | None = None) -> subprocess.Popen[bytes]:
@@ -337,20 +341,44 @@ def _start_raw(project: Path, arguments: dict[str, Any] | None = None) -> subpro
     return proc
 
 
-def _wait_for_cell(before: set[int]) -> None:
+def own_bwraps() -> set[int]:
+    """bwrap processes of this test process's servers (orphans come back to us: we are a
+    subreaper), not of the other tests running on the machine."""
+    return {p for p in bwrap_pids() if _descends(p, os.getpid())}
+
+
+def _descends(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+        pid = int(status.split("PPid:", 1)[1].split()[0])
+    return False
+
+
+def _cgroups_of(server: subprocess.Popen[bytes], cgroups: list[Path]) -> list[Path]:
+    """The cell cgroups ``server`` made (named ``PID-RANDOM`` by the runner)."""
+    return [c for c in cgroups if c.name.split("-", 1)[0] == str(server.pid)]
+
+
+def _wait_for_cell(server: subprocess.Popen[bytes]) -> set[int]:
+    """The bwrap processes of ``server``'s cells (not of other tests running alongside)."""
     deadline = time.monotonic() + 60
-    while not bwrap_pids() - before:
+    while not (ours := {p for p in bwrap_pids() if _descends(p, server.pid)}):
         assert time.monotonic() < deadline, "the cell never started"
         time.sleep(0.05)
+    return ours
 
 
 @pytest.mark.parametrize("how", ["stdin-eof", "sigterm", "sigint"])
 def test_server_stops_cleanly(project, how):
     from nixcell.sandbox.cgroups import list_cell_cgroups
 
-    before = bwrap_pids()
     proc = _start_raw(project)
-    _wait_for_cell(before)
+    cells = _wait_for_cell(proc)
     if how == "stdin-eof":
         proc.stdin.close()  # type: ignore[union-attr]
         proc.stdin = None  # communicate() must not flush it
@@ -359,8 +387,8 @@ def test_server_stops_cleanly(project, how):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()
     assert b"Traceback" not in err
-    assert bwrap_pids() - before == set()
-    assert list_cell_cgroups() == []
+    assert cells & bwrap_pids() == set()  # every cell of the server is gone
+    assert _cgroups_of(proc, list_cell_cgroups()) == []
 
 
 def test_bad_config_is_one_line(project, tmp_path):

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from nixcell.mcp.sessions import CallResult, SessionEnv, SessionError, SessionManager
+from nixcell.mcp.sessions import LOCAL, CallResult, SessionEnv, SessionError, SessionManager
 from nixcell.spec import CellSpec
 
 pytestmark = pytest.mark.usefixtures("offline_set")
@@ -173,9 +173,8 @@ def test_a_late_reply_is_never_taken_for_the_next_request():
 
     async def body(manager: SessionManager) -> tuple[Any, Any]:
         await manager.call("s", PY, "import time", 30)
-        session = manager._sessions[
-            "s"
-        ]  # the request layer, with a host wait shorter than the code
+        # the request layer, with a host wait shorter than the code
+        session = manager._sessions[(LOCAL, "s")]
         with pytest.raises(TimeoutError):
             await session.request({"op": "run", "code": "time.sleep(1); print('late')"}, 0.2)
         second = await session.request({"op": "run", "code": "print('second')"}, 30)
@@ -475,3 +474,42 @@ def test_calls_to_one_session_are_serialised():
 
     spans = sorted(tuple(map(float, ok(r).stdout.split())) for r in with_manager(body))
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+
+
+def test_clients_are_separate_and_evict_only_their_own(tmp_path: Path):
+    """Keys are (client, name): same names, separate state; list/close per client; eviction
+    and the server-wide limit never end another client's session; an ended client is gone."""
+
+    async def body(manager: SessionManager) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        await manager.call("s", PY, "who = 'a'", 30, client="a")
+        await manager.call("t", PY, "who = 'a-t'", 30, client="a")
+        seen["b_fresh"] = await manager.call("s", PY, "print(globals().get('who'))", 30, client="b")
+        seen["lists"] = [sorted(x["id"] for x in manager.list(client=c)) for c in "ab"]
+        seen["b_closes_a"] = await manager.close("t", client="b")
+        await manager.call("u", PY, "1", 30, client="b")
+        with pytest.raises(SessionError) as full:
+            await manager.call("x", PY, "1", 30, client="c")  # 4 sessions held by a and b
+        seen["full"] = str(full.value)
+        await manager.call("v", PY, "1", 30, client="b")  # b's limit (2): evicts b's own "s"
+        seen["b_after"] = sorted(x["id"] for x in manager.list(client="b"))
+        seen["a_kept"] = await manager.call("t", PY, "print(who)", 30, client="a")
+        seen["ended"] = manager.end_client("a")
+        with pytest.raises(SessionError) as gone:
+            await manager.call("s", PY, "1", 30, client="a")
+        seen["gone"] = str(gone.value)
+        seen["c_now"] = await manager.call("x", PY, "print('c')", 30, client="c")
+        return seen
+
+    seen = with_manager(
+        body, max_sessions=4, max_client_sessions=2, workspace_root=str(tmp_path)
+    )
+    assert seen["b_fresh"].stdout == "None\n"
+    assert seen["lists"] == [["s", "t"], ["s"]]
+    assert seen["b_closes_a"] is False
+    assert seen["b_after"] == ["u", "v"]
+    assert "maximum of 4 sessions" in seen["full"]
+    assert seen["a_kept"].stdout == "a-t\n"
+    assert seen["ended"] == 2 and "has ended" in seen["gone"]
+    assert seen["c_now"].stdout == "c\n"
+    assert list(tmp_path.iterdir()) == []  # every workspace removed, a's included

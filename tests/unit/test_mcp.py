@@ -111,6 +111,10 @@ def test_nix_sandbox_mcp_config_reads_as_is(no_user_envs):
         ("[environments.x]\npreset = 'shell'\nbackend = 'microvm'\n", 3, 'only "jail"'),
         ("[project]\nmount_point = '/workspace'\n", 2, "mount_point"),
         ("[defaults\n", 1, ""),
+        ("[session]\nshare_sessions = 'yes'\n", 2, "share_sessions must be true or false"),
+        ("[session]\n\nmax_client_sessions = 0\n", 3, "max_client_sessions must be ≥ 1"),
+        ("[session]\nmax_client_sessions = true\n", 2, "max_client_sessions must be"),
+        ("[session]\nshare = true\n", 2, "unknown key 'share'"),
     ],
 )
 def test_errors_name_file_and_line(no_user_envs, text, line, message):
@@ -120,6 +124,15 @@ def test_errors_name_file_and_line(no_user_envs, text, line, message):
     assert str(caught.value).startswith(f"{path}:{line}: ")
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_session_sharing_is_off_unless_asked(no_user_envs):
+    assert load_config(write(no_user_envs / "a.toml", "")).share_sessions is None
+    asked = load_config(write(no_user_envs / "b.toml", SHARED))
+    assert (asked.share_sessions, asked.max_client_sessions) == (True, 3)
+
+
+SHARED = "[session]\nshare_sessions = true\nmax_client_sessions = 3\n"
 
 
 def test_network_and_policy_paths(no_user_envs):

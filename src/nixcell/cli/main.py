@@ -231,6 +231,19 @@ def gc() -> int:
     help="Persistent sessions open at once, at most.",
 )
 @click.option(
+    "--max-client-sessions",
+    type=click.IntRange(min=1),
+    help="Persistent sessions one client (one MCP session) may hold (default: 4 over HTTP, "
+    "--max-sessions over stdio).",
+)
+@click.option(
+    "--share-sessions",
+    is_flag=True,
+    default=None,
+    help="HTTP: one session namespace for all clients, which then read, list and close each "
+    "other's sessions (default: each MCP session sees only its own).",
+)
+@click.option(
     "--idle-timeout",
     type=click.FloatRange(min=0, min_open=True),
     metavar="SECONDS",

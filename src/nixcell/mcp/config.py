@@ -3,9 +3,10 @@
 ``[defaults] timeout_seconds memory_mb pids network allow_hosts policy sessions nixpkgs``;
 ``[project] path mount_point inherit_env.vars``; ``[environments.NAME]`` with ``preset``,
 ``packages`` or ``flake`` (``ref#attr``), ``interpreter`` and any default overridden;
-``[session] idle_timeout_seconds max_lifetime_seconds``. nix-sandbox-mcp's ``[daemon]``,
-``[backends.*]``, ``backend = "jail"`` and ``use_flake`` are accepted. Strict otherwise: a
-misspelt key is an error naming ``file:line`` (``TomlLines`` finds the line).
+``[session] idle_timeout_seconds max_lifetime_seconds share_sessions max_client_sessions``.
+nix-sandbox-mcp's ``[daemon]``, ``[backends.*]``, ``backend = "jail"`` and ``use_flake`` are
+accepted. Strict otherwise: a misspelt key is an error naming ``file:line`` (``TomlLines`` finds
+the line).
 
 A directory of custom environments (one TOML per environment, the file name is its name, the
 keys those of an ``[environments.NAME]`` table) is read after the config; a custom environment
@@ -52,6 +53,8 @@ _SETTINGS = (
     "backend",
 )
 _ENV_KEYS = ("preset", "packages", "flake", "interpreter", "description", *_SETTINGS)
+_SESSION_KEYS = ("idle_timeout_seconds", "max_lifetime_seconds")
+_SESSION_KEYS += ("share_sessions", "max_client_sessions")
 _TOP_KEYS = ("daemon", "defaults", "project", "environments", "session", "backends")
 
 _PRIVATE = ("/workspace", "/tmp", "/home/cell")  # the cell's own writable areas
@@ -112,6 +115,8 @@ class ServerConfig:
     transport: str | None = None
     log_level: str | None = None
     source: str | None = None
+    share_sessions: bool | None = None  # every HTTP client sees every session (one trust domain)
+    max_client_sessions: int | None = None
 
 
 def preset_env(name: str, preset: str | None = None) -> EnvConfig:
@@ -198,11 +203,15 @@ class _Reader:
             ("defaults",), self.table(("defaults",), doc.get("defaults", {}), _SETTINGS)
         )
         project, mount, pass_env = self.project(doc.get("project"))
-        session = self.table(
-            ("session",), doc.get("session", {}), ("idle_timeout_seconds", "max_lifetime_seconds")
-        )
+        session = self.table(("session",), doc.get("session", {}), _SESSION_KEYS)
         idle = self.number(("session", "idle_timeout_seconds"), session.get("idle_timeout_seconds"))
         life = self.number(("session", "max_lifetime_seconds"), session.get("max_lifetime_seconds"))
+        share = session.get("share_sessions")
+        if share is not None and not isinstance(share, bool):
+            self.fail(("session", "share_sessions"), "share_sessions must be true or false")
+        per_client = session.get("max_client_sessions")
+        if per_client is not None and (type(per_client) is not int or per_client < 1):
+            self.fail(("session", "max_client_sessions"), "max_client_sessions must be ≥ 1")
         if "environments" in doc:
             tables = self.table(("environments",), doc["environments"], None)
             if not tables:
@@ -213,7 +222,8 @@ class _Reader:
         else:
             envs = {n: self.environment(n, {"preset": n}, (), defaults) for n in PRESETS}
         config = ServerConfig(
-            envs, project, mount, pass_env, idle, life, transport, log_level, self.name
+            envs, project, mount, pass_env, idle, life, transport, log_level, self.name, share,
+            per_client,
         )
         return config, defaults
 

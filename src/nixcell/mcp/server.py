@@ -30,8 +30,9 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from nixcell import __version__
 from nixcell.mcp.config import ServerConfig, load_config
 from nixcell.mcp.envs import Environments
+from nixcell.mcp.stdio import open_std_fds, serve_stdio
 from nixcell.mcp.tool import OUTPUT_SCHEMA, RunTool, ToolFailure, input_schema
-from nixcell.mcp.transports import serve_http, serve_stdio
+from nixcell.mcp.transports import MCP_SESSION_IDLE, serve_http
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -42,21 +43,38 @@ _T = TypeVar("_T")
 
 LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 LIST_WAIT = 15.0  # tools/list waits this long for environments still being prepared
+HTTP_CLIENT_SESSIONS = 4  # sessions one HTTP client may hold, by default
+_SCOPED = "nixcell.sessions.client"  # the connection.state key: its sessions end with it
+_LOG_LEVEL = "nixcell.log_level"  # the connection.state key: the level its client asked for
 
 
 class App:
     """The server's state: environments, the tool, sessions, calls in flight."""
 
     def __init__(
-        self, config: ServerConfig, *, max_sessions: int, idle_timeout: float, max_lifetime: float
+        self,
+        config: ServerConfig,
+        *,
+        max_sessions: int,
+        idle_timeout: float,
+        max_lifetime: float,
+        transport: str = "stdio",
+        share_sessions: bool = False,
+        max_client_sessions: int | None = None,
     ) -> None:
         self.config = config
+        self.transport = transport
+        self.share_sessions = share_sessions
         self.envs = Environments(config)
         self.tool = RunTool(self.envs, self.sessions)
-        self.client_level = "info"
+        self.client_level = "info"  # for a request whose connection cannot be found
         self.sessions_available = importlib.util.find_spec("nixcell.mcp.sessions") is not None
+        if max_client_sessions is None and transport == "http" and not share_sessions:
+            max_client_sessions = HTTP_CLIENT_SESSIONS
+        self.idle_timeout = idle_timeout
         self._session_options: dict[str, Any] = {
             "max_sessions": max_sessions,
+            "max_client_sessions": max_client_sessions,
             "idle_timeout": idle_timeout,
             "max_lifetime": max_lifetime,
         }
@@ -69,6 +87,42 @@ class App:
 
             self._manager = SessionManager(**self._session_options)  # type: ignore[arg-type]
         return self._manager
+
+    def _has_client(self, ctx: Any) -> bool:
+        if self.share_sessions or self.transport == "stdio":
+            return True
+        return bool(getattr(_connection(ctx), "session_id", None))
+
+    def client(self, ctx: Any) -> str:
+        """Whose sessions this request may use: the stdio client, the HTTP request's MCP
+        session (the SDK routes a request to a session only by its unguessable id, and answers
+        an unknown id 404), or everyone when sharing is on. Fails closed: an HTTP request
+        without an MCP session (the stateless 2026-07-28 era) has no sessions."""
+        from nixcell.mcp.sessions import LOCAL, SHARED
+
+        if self.share_sessions:
+            return SHARED
+        if self.transport == "stdio":
+            return LOCAL
+        connection = _connection(ctx)
+        session_id = getattr(connection, "session_id", None)
+        if connection is None or not isinstance(session_id, str) or not session_id:
+            raise ToolFailure(
+                "persistent sessions over HTTP belong to an MCP session (a stateful streamable "
+                "HTTP connection with an Mcp-Session-Id, opened by the initialize handshake of "
+                "protocol 2025-11-25 or older), and this request has none: call without "
+                "'session', or ask the operator for --share-sessions"
+            )
+        client = f"mcp:{session_id}"
+        if connection.state.get(_SCOPED) != client:  # once per connection
+            connection.state[_SCOPED] = client
+            connection.exit_stack.callback(self._client_gone, client)
+        return client
+
+    def _client_gone(self, client: str) -> None:
+        """The MCP session ended (DELETE, the SDK's idle expiry, shutdown): its cells end."""
+        if self._manager is not None:
+            self._manager.end_client(client)
 
     async def isolated(self, coro: Awaitable[_T]) -> _T:
         """Run ``coro`` as a plain asyncio task, so that its clean-up awaits are not re-cancelled
@@ -96,8 +150,10 @@ class App:
     # -- handlers ------------------------------------------------------------------------
     async def list_tools(self, ctx: Any, params: Any) -> types.ListToolsResult:
         await self.envs.settle(LIST_WAIT)
-        with_sessions = self.sessions_available and any(
-            e.sessions for e in self.config.environments.values()
+        with_sessions = (
+            self.sessions_available
+            and any(e.sessions for e in self.config.environments.values())
+            and self._has_client(ctx)  # not offered where they would be refused
         )
         tools = [
             types.Tool(
@@ -130,9 +186,10 @@ class App:
             if params.name == "run":
                 return await self._run(ctx, args)
             if params.name == "close_session" and self.sessions_available:
-                return await self._close_session(args)
+                return await self._close_session(ctx, args)
             if params.name == "list_sessions" and self.sessions_available:
-                listed = self.sessions().list() if self._manager is not None else []
+                client = self.client(ctx)
+                listed = self._manager.list(client=client) if self._manager is not None else []
                 text = json.dumps(listed, indent=1, default=str)
                 return _result(text, {"sessions": json.loads(text)})
         except ToolFailure as exc:
@@ -145,7 +202,8 @@ class App:
         if isinstance(name, str) and name in self.envs.names and self.envs.peek(name) is None:
             await self.log(ctx, "info", f"environment '{name}' is still being prepared; waiting")
         try:
-            outcome = await self.isolated(self.tool.call(args))
+            client = self.client(ctx) if args.get("session") is not None else None
+            outcome = await self.isolated(self.tool.call(args, client=client))
         except ToolFailure:
             raise
         except Exception as exc:  # a bug must not take the server down
@@ -159,27 +217,48 @@ class App:
         )
         return _result(outcome.text(), outcome.structured(), is_error=outcome.is_error)
 
-    async def _close_session(self, args: dict[str, Any]) -> types.CallToolResult:
+    async def _close_session(self, ctx: Any, args: dict[str, Any]) -> types.CallToolResult:
         session = args.get("session")
         if not isinstance(session, str) or not session:
             raise ToolFailure("argument 'session' (the session name) is required")
-        closed = self._manager is not None and await self.isolated(self.sessions().close(session))
+        client = self.client(ctx)
+        closed = self._manager is not None and await self.isolated(
+            self.sessions().close(session, client=client)
+        )
         if not closed:
             raise ToolFailure(f"no session '{session}'")
         return _result(f"session '{session}' closed")
 
     async def set_level(self, ctx: Any, params: types.SetLevelRequestParams) -> types.EmptyResult:
-        self.client_level = params.level
+        connection = _connection(ctx)
+        if connection is not None:  # one client's level is not another's
+            connection.state[_LOG_LEVEL] = params.level
+        else:
+            self.client_level = params.level
         log.debug("client log level: %s", params.level)
         return types.EmptyResult()
 
     async def log(self, ctx: Any, level: str, message: str) -> None:
         """A ``notifications/message`` to the client, at or above the level it asked for."""
         modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS  # the SDK gates those itself
-        if not modern and LEVELS.index(level) < LEVELS.index(self.client_level):
+        connection = _connection(ctx)
+        wanted = self.client_level if connection is None else connection.state.get(_LOG_LEVEL)
+        if not modern and LEVELS.index(level) < LEVELS.index(wanted or "info"):
             return
         with contextlib.suppress(Exception):
-            await ctx.session.send_log_message(level, message, logger="nixcell")
+            await ctx.session.send_log_message(  # on the stream of the request it is about
+                level, message, logger="nixcell", related_request_id=ctx.request_id
+            )
+
+
+def _connection(ctx: Any) -> Any:
+    """The SDK connection a request came on. mcp 2.3 hands the low-level handler a
+    ``ServerRequestContext`` whose ``session`` holds it (``Context.connection`` is the public
+    spelling, but the low-level runner does not build a ``Context``); None if that changes."""
+    from mcp.server.connection import Connection
+
+    connection = getattr(ctx.session, "_connection", None)
+    return connection if isinstance(connection, Connection) else None
 
 
 def _session_tools() -> list[types.Tool]:
@@ -248,7 +327,10 @@ async def _main(app: App, transport: str, host: str, port: int) -> None:
             if transport == "stdio":
                 await serve_stdio(server)
             else:
-                await serve_http(server, host, port, stoppers)
+                # An MCP session outlives its idle persistent sessions: expiring it sooner
+                # would end them before --idle-timeout says.
+                idle = max(MCP_SESSION_IDLE, app.idle_timeout)
+                await serve_http(server, host, port, stoppers, idle)
     finally:
         with anyio.CancelScope(shield=True):
             await app.shutdown()
@@ -282,15 +364,27 @@ def serve(
     max_sessions: int,
     idle_timeout: float | None,
     max_lifetime: float | None,
+    max_client_sessions: int | None = None,
+    share_sessions: bool | None = None,
 ) -> int:
     """Run the MCP server until the client goes away or a signal arrives."""
     from nixcell.sandbox.reap import become_subreaper
 
+    open_std_fds()
     config = load_config(config_file, env_dir)
     _setup_logging(config.log_level)
     transport = transport or config.transport or "stdio"
+    share = bool(share_sessions if share_sessions is not None else config.share_sessions)
+    if share and transport == "http":
+        log.warning(
+            "sessions are shared: every client of this server can use, list and close every "
+            "session, and read what other clients left in them"
+        )
     app = App(
         config,
+        transport=transport,
+        share_sessions=share,
+        max_client_sessions=max_client_sessions or config.max_client_sessions,
         max_sessions=max_sessions,
         idle_timeout=idle_timeout or config.idle_timeout or 300.0,
         max_lifetime=max_lifetime or config.max_lifetime or 3600.0,

@@ -12,6 +12,15 @@ interpreter restarts and even a restart of the cell, and is removed when the ses
 (``close``, eviction, idle or lifetime expiry, ``shutdown``). Calls to one session are
 serialised; sessions run in parallel. Ending a session cancels its cell task, which kills every
 process of the cell and its cgroups (the runner's guarantee).
+
+Sessions belong to a *client*: the key of a session is (client, name), and ``list``/``close``
+see only the caller's own. The server names the client — ``LOCAL`` for the one stdio client,
+the MCP session id for an HTTP one, ``SHARED`` when sharing is switched on — and calls
+``end_client`` when that client's MCP session ends, which ends its sessions; a call for a client
+that has ended is refused. Limits are fair between clients: a client holds at most
+``max_client_sessions``, and a new session only ever evicts one of its *own* client's (least
+recently used first); when the server holds ``max_sessions`` and the client has none idle to
+give up, the new session is refused, never made by ending another client's.
 """
 
 from __future__ import annotations
@@ -34,15 +43,34 @@ __all__ = ["CallResult", "SessionEnv", "SessionError", "SessionManager", "agent_
 log = logging.getLogger(__name__)
 
 REMEMBERED_ENDS = 1024  # ended sessions whose next call gets a notice
+REMEMBERED_CLIENTS = 4096  # ended clients whose late calls are refused
+LOCAL = "local"  # the one client of a stdio server
+SHARED = "shared"  # every client, when the server shares sessions between them
+
+_Key = tuple[str, str]  # (client, session name)
+
+
+class _Session(SessionCell):
+    """A session cell with the client it belongs to."""
+
+    def __init__(self, client: str, name: str, env: SessionEnv, notice: str | None) -> None:
+        super().__init__(name, env, notice)
+        self.client = client
+
+    @property
+    def key(self) -> _Key:
+        return (self.client, self.id)
 
 
 class SessionManager:
-    """Sessions by id: created on first use, serialised per session, ended when unused."""
+    """Sessions by (client, name): created on first use, serialised per session, ended when
+    unused or when their client ends."""
 
     def __init__(
         self,
         *,
         max_sessions: int = 16,
+        max_client_sessions: int | None = None,
         idle_timeout: float = 300.0,
         max_lifetime: float = 3600.0,
         interrupt_grace: float = 2.0,
@@ -51,27 +79,37 @@ class SessionManager:
         if max_sessions < 1 or idle_timeout <= 0 or max_lifetime <= 0 or interrupt_grace <= 0:
             raise ValueError("max_sessions, idle_timeout, max_lifetime and grace must be > 0")
         self.max_sessions = max_sessions
+        self.max_client_sessions = min(max_client_sessions or max_sessions, max_sessions)
+        if self.max_client_sessions < 1:
+            raise ValueError("max_client_sessions must be > 0")
         self.idle_timeout = idle_timeout
         self.max_lifetime = max_lifetime
         self.grace = interrupt_grace
         self.workspace_root = workspace_root  # where the workspaces go (default: the temp dir)
-        self._sessions: dict[str, SessionCell] = {}
-        self._ended: OrderedDict[str, str] = OrderedDict()  # id -> notice for its next call
+        self._sessions: dict[_Key, _Session] = {}
+        self._ended: OrderedDict[_Key, str] = OrderedDict()  # key -> notice for its next call
+        self._gone: OrderedDict[str, None] = OrderedDict()  # clients that have ended
         self._closing: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
         self._shut = False
 
-    async def call(self, session_id: str, env: SessionEnv, code: str, timeout: float) -> CallResult:
-        """Run ``code`` in the session (created on first use). Raises SessionError."""
+    async def call(
+        self, session_id: str, env: SessionEnv, code: str, timeout: float, *, client: str = LOCAL
+    ) -> CallResult:
+        """Run ``code`` in ``client``'s session ``session_id`` (created on first use).
+        Raises SessionError."""
+        key = (client, session_id)
         while True:
             if self._shut:
                 raise SessionError("the session manager has shut down")
+            if client in self._gone:
+                raise SessionError("this client's MCP session has ended")
             self._start_reaper()
-            session = self._sessions.get(session_id)
+            session = self._sessions.get(key)
             if session is None:
-                self._make_room()
-                session = SessionCell(session_id, env, self._ended.pop(session_id, None))
-                self._sessions[session_id] = session
+                self._make_room(client)
+                session = _Session(client, session_id, env, self._ended.pop(key, None))
+                self._sessions[key] = session
             elif session.env.name != env.name:
                 raise SessionError(
                     f"session '{session_id}' belongs to environment '{session.env.name}', not "
@@ -86,7 +124,7 @@ class SessionManager:
                     continue
                 return await self._call_locked(session, code, timeout)
 
-    async def _call_locked(self, session: SessionCell, code: str, timeout: float) -> CallResult:
+    async def _call_locked(self, session: _Session, code: str, timeout: float) -> CallResult:
         notices = [session.notice] if session.notice else []
         session.notice = None
         session.last_used = time.monotonic()
@@ -96,8 +134,8 @@ class SessionManager:
             try:
                 await session.start(self.grace, self.workspace_root)
             except BaseException:
-                if session.cells_started <= 1 and self._sessions.get(session.id) is session:
-                    del self._sessions[session.id]  # never worked: no session to keep
+                if session.cells_started <= 1 and self._sessions.get(session.key) is session:
+                    del self._sessions[session.key]  # never worked: no session to keep
                     self._schedule_close(session)
                 raise
         session.calls += 1
@@ -109,24 +147,36 @@ class SessionManager:
             result.notice = "\n".join([*notices, *([result.notice] if result.notice else [])])
         return result
 
-    def _make_room(self) -> None:
-        while len(self._sessions) >= self.max_sessions:
-            idle = [s for s in self._sessions.values() if not s.lock.locked()]
+    def _make_room(self, client: str) -> None:
+        """Room for one more session of ``client``, made only at its own sessions' expense."""
+        while True:
+            own = [s for s in self._sessions.values() if s.client == client]
+            if len(own) < self.max_client_sessions and len(self._sessions) < self.max_sessions:
+                return
+            idle = [s for s in own if not s.lock.locked()]
             if not idle:
+                if len(own) >= self.max_client_sessions:
+                    raise SessionError(
+                        f"all {len(own)} sessions of this client are busy: try again when a "
+                        "call has finished, or close a session"
+                    )
                 raise SessionError(
-                    f"all {self.max_sessions} sessions are busy: try again when a call has "
-                    "finished, or close a session"
+                    f"the server holds its maximum of {self.max_sessions} sessions "
+                    f"({len(own)} of them this client's, all busy; the rest other clients'): "
+                    f"try again later (idle sessions end after {self.idle_timeout:g}s), or "
+                    "call without a session"
                 )
             lru = min(idle, key=lambda s: s.last_used)
-            self._end(lru, f"was evicted (least recently used of {self.max_sessions} sessions)")
+            limit = min(self.max_client_sessions, self.max_sessions)
+            self._end(lru, f"was evicted (least recently used of this client's {limit} sessions)")
 
-    def _end(self, session: SessionCell, why: str, seconds: float | None = None) -> None:
-        """End a session now; its id's next call gets a fresh session and a notice saying so."""
+    def _end(self, session: _Session, why: str, seconds: float | None = None) -> None:
+        """End a session now; its name's next call gets a fresh session and a notice saying so."""
         if seconds is not None:
             why = f"{why} ({seconds:g}s)"
-        if self._sessions.get(session.id) is session:
-            del self._sessions[session.id]
-        self._ended[session.id] = (
+        if self._sessions.get(session.key) is session:
+            del self._sessions[session.key]
+        self._ended[session.key] = (
             f"session '{session.id}' {why}: its state and /workspace were lost; "
             "this is a fresh session"
         )
@@ -157,16 +207,35 @@ class SessionManager:
                 elif now - session.created >= self.max_lifetime:
                     self._end(session, "reached the maximum session lifetime", self.max_lifetime)
 
-    async def close(self, session_id: str) -> bool:
-        """End a session (a call running in it ends too). False if there is no such session."""
-        session = self._sessions.pop(session_id, None)
-        self._ended.pop(session_id, None)
+    async def close(self, session_id: str, *, client: str = LOCAL) -> bool:
+        """End ``client``'s session (a call running in it ends too). False if it has none by
+        that name."""
+        session = self._sessions.pop((client, session_id), None)
+        self._ended.pop((client, session_id), None)
         if session is None:
             return False
         await session.close()
         return True
 
-    def list(self) -> list[dict[str, object]]:
+    def end_client(self, client: str) -> int:
+        """``client`` is gone (its MCP session ended): end its sessions, refuse its late calls.
+        Returns how many sessions ended; their cells close in the background."""
+        self._gone[client] = None
+        while len(self._gone) > REMEMBERED_CLIENTS:
+            self._gone.popitem(last=False)
+        for key in [k for k in self._ended if k[0] == client]:
+            del self._ended[key]
+        ending = [s for s in self._sessions.values() if s.client == client]
+        for session in ending:
+            del self._sessions[session.key]
+            session.ended = True
+            self._schedule_close(session)
+        if ending:
+            log.info("a client's MCP session ended: closing its %d session(s)", len(ending))
+        return len(ending)
+
+    def list(self, *, client: str = LOCAL) -> list[dict[str, object]]:
+        """``client``'s sessions (never another client's)."""
         now = time.monotonic()
         return [
             {
@@ -179,6 +248,7 @@ class SessionManager:
                 "busy": s.lock.locked(),
             }
             for s in self._sessions.values()
+            if s.client == client
         ]
 
     async def shutdown(self) -> None:

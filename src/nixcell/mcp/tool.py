@@ -215,7 +215,8 @@ class RunTool:
         self.envs = envs
         self._sessions = sessions
 
-    async def call(self, arguments: dict[str, Any]) -> Outcome:
+    async def call(self, arguments: dict[str, Any], *, client: str | None = None) -> Outcome:
+        """Run one call; a session call goes to ``client``'s session of that name."""
         code, env_name, session = self._arguments(arguments)
         prepared = await self._environment(env_name)
         config = prepared.config
@@ -230,7 +231,7 @@ class RunTool:
                 f"environment '{env_name}' has no sessions (sessions = false in its "
                 "configuration); call without session for a fresh cell"
             )
-        return await self._session_call(session, prepared, code)
+        return await self._session_call(session, prepared, code, client)
 
     def _arguments(self, arguments: dict[str, Any]) -> tuple[str, str, str | None]:
         for key in arguments:
@@ -258,11 +259,13 @@ class RunTool:
             raise ToolFailure(f"environment '{name}' is unavailable: {prepared.error}")
         return prepared
 
-    async def _session_call(self, session: str, prepared: Prepared, code: str) -> Outcome:
+    async def _session_call(
+        self, session: str, prepared: Prepared, code: str, client: str | None
+    ) -> Outcome:
         from nixcell.units import format_duration
 
         try:
-            from nixcell.mcp.sessions import SessionEnv
+            from nixcell.mcp.sessions import LOCAL, SessionEnv
         except ImportError:
             raise ToolFailure("persistent sessions are not available in this nixcell") from None
         config = prepared.config
@@ -271,7 +274,9 @@ class RunTool:
             name=config.name, interpreter=config.interpreter, spec=prepared.session_spec
         )
         try:
-            result = await self._sessions().call(session, env, code, config.timeout)
+            result = await self._sessions().call(
+                session, env, code, config.timeout, client=client or LOCAL
+            )
         except NixcellError as exc:
             raise ToolFailure(f"session '{session}': {exc.message}") from None
         stdout, cut_out = _cut_text(result.stdout)

@@ -1,99 +1,129 @@
-"""The two ways ``nixcell mcp`` talks to clients: stdio and streamable HTTP.
-
-stdio: the client's messages are read from fd 0 by the event loop itself, not by a worker thread
-blocked in ``read`` (which would keep the process alive after SIGTERM until the client wrote
-again); fd 0 then points at /dev/null, and the SDK points fd 1 at stderr while it serves, so
-nothing else can read the client's messages or write into its pipe.
+"""The two ways ``nixcell mcp`` talks to clients: stdio (``stdio.py``) and streamable HTTP.
 
 HTTP: uvicorn on a socket bound here (``--port 0`` works: the URL is logged), with the SDK's
-DNS-rebinding protection (on by itself for loopback hosts, set up here for any other) and with
-signals left to ``server._main``.
+DNS-rebinding protection (Host/Origin checks, for loopback and for any other ``--host``) and with
+signals left to ``server._main``. ``CheckedBodies`` runs every POST body through the same
+``jsonrpc.read_message`` as stdio, after the SDK's Host/Origin/Content-Type checks: a malformed
+body gets a 4xx with a JSON-RPC error, and what reaches the SDK parses one way only.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
-import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from mcp.server.lowlevel import Server
+from mcp.server.transport_security import (
+    DEFAULT_MAX_REQUEST_BODY_SIZE,
+    TransportSecurityMiddleware,
+    TransportSecuritySettings,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nixcell.errors import UsageError
+from nixcell.mcp.jsonrpc import Rejected, invalid_request, read_message
 
 log = logging.getLogger(__name__)
 
-MAX_LINE = 64 << 20
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MAX_BODY = DEFAULT_MAX_REQUEST_BODY_SIZE  # the SDK's own limit (4 MiB)
+MCP_PATH = "/mcp"  # where the SDK's app serves streamable HTTP (its default)
+MCP_SESSION_IDLE = 1800.0  # the SDK's default idle expiry of an MCP session (30 min)
 
 
-class StdinLines:
-    """The client's messages, one per line, read from ``fd`` by the event loop itself."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._lines()
-
-    async def _lines(self) -> AsyncIterator[str]:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=MAX_LINE)
-        pipe = os.fdopen(self.fd, "rb", buffering=0)
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), pipe
-        )
-        try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except ValueError:
-                    log.error("dropped a message longer than %d bytes", MAX_LINE)
-                    continue
-                if not line:
-                    return
-                yield line.decode("utf-8", errors="replace")
-        finally:
-            transport.close()
+def _refusal(rejected: Rejected, status: int) -> Response:
+    body = rejected.response.model_dump_json(by_alias=True, exclude_unset=True)
+    return Response(body, status_code=status, media_type="application/json")
 
 
-async def serve_stdio(server: Server[Any]) -> None:
-    from mcp.server.stdio import stdio_server
+class CheckedBodies:
+    """ASGI middleware: a POST the SDK's transport security refuses (421/403/400), or whose
+    body ``read_message`` refuses (400, or 413 past ``MAX_BODY``), is answered here with a
+    JSON-RPC error; a good one is replayed to the SDK byte for byte."""
 
-    stdin = None
-    if not stat.S_ISREG(os.fstat(0).st_mode):  # pipes, sockets, terminals: read on the loop
-        wire = os.dup(0)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)  # nothing else reads the client's messages
-        os.close(null)
-        stdin = StdinLines(wire)
-    async with stdio_server(stdin=stdin) as (read_stream, write_stream):  # type: ignore[arg-type]
-        await server.run(read_stream, write_stream, server.create_initialization_options())
+    def __init__(self, app: ASGIApp, security: TransportSecuritySettings) -> None:
+        self.app = app
+        self.security = TransportSecurityMiddleware(security)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != MCP_PATH:
+            return await self.app(scope, receive, send)
+        refused = await self.security.validate_request(Request(scope), is_post=True)
+        if refused is not None:  # the SDK's refusal (Host, Origin, Content-Type), as JSON-RPC
+            why = bytes(refused.body).decode(errors="replace")
+            return await _refusal(invalid_request(why), refused.status_code)(scope, receive, send)
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            if len(body) > MAX_BODY:
+                refused = invalid_request(f"body larger than {MAX_BODY} bytes")
+                return await _refusal(refused, 413)(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        checked = read_message(bytes(body))
+        if isinstance(checked, Rejected):
+            log.warning("refused a message from an HTTP client: %s", checked.reason)
+            return await _refusal(checked, 400)(scope, receive, send)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _security(host: str) -> TransportSecuritySettings:
+    """The SDK's DNS-rebinding protection: loopback names always, and ``host`` itself."""
+    names = ["127.0.0.1", "localhost", "[::1]"]
+    if host not in LOOPBACK:
+        names.insert(0, f"[{host}]" if ":" in host else host)
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[f"{n}:*" for n in names],
+        allowed_origins=[f"http://{n}:*" for n in names],
+    )
 
 
 async def serve_http(
-    server: Server[Any], host: str, port: int, stoppers: list[Callable[[], None]]
+    server: Server[Any],
+    host: str,
+    port: int,
+    stoppers: list[Callable[[], None]],
+    mcp_idle: float = MCP_SESSION_IDLE,
 ) -> None:
+    """Serve until a stopper is called. An MCP session with no request in flight and no open
+    stream for ``mcp_idle`` seconds is ended by the SDK (and its persistent sessions with it)."""
     import socket
 
     import uvicorn
-    from mcp.server.transport_security import TransportSecuritySettings
 
-    security = None  # the SDK's DNS-rebinding protection for loopback hosts
     if host not in LOOPBACK:
         log.warning(
             "listening on %s: anyone who can reach it can run code in cells (no authentication)",
             host,
         )
-        names = [host, "127.0.0.1", "localhost", "[::1]"]
-        security = TransportSecuritySettings(
-            allowed_hosts=[f"{n}:*" for n in names],
-            allowed_origins=[f"http://{n}:*" for n in names],
-        )
-    starlette_app = server.streamable_http_app(host=host, transport_security=security)
+    security = _security(host)
+    starlette_app = CheckedBodies(
+        server.streamable_http_app(
+            streamable_http_path=MCP_PATH,
+            host=host,
+            transport_security=security,
+            session_idle_timeout=mcp_idle,
+        ),
+        security,
+    )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         sock = socket.create_server((host, port), family=family)
