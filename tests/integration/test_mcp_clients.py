@@ -9,6 +9,7 @@ one client the SDK's own (``mcp.client``), the others raw.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -37,10 +38,33 @@ def names(result: dict[str, Any]) -> list[str]:
     return sorted(s["id"] for s in result["structuredContent"]["sessions"])
 
 
-def workspaces(project: Path) -> set[str]:
-    """The server's session workspaces (its TMPDIR is the test's own, see mcp_http)."""
-    temp = project.parent / "tmp"
-    return {p.name for p in temp.glob("nixcell-session-*")}
+def workspaces(project: Path) -> set[int]:
+    """The server's live session cells: agents descended from this test process (a session's
+    workspace is a volume held by fds, not a directory one could count)."""
+    parents: dict[int, int] = {}
+    agents = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+        comm = stat.split("(", 1)[1].rsplit(")", 1)[0]
+        if comm != "bwrap" and b"/run/nixcell/agent.py\0--fd" in cmdline:
+            agents.add(int(entry))
+    mine = set()
+    for pid in agents:
+        seen, up = set(), pid
+        while up > 1 and up not in seen:
+            seen.add(up)
+            if up == os.getpid():
+                mine.add(pid)
+                break
+            up = parents.get(up, 0)
+    return mine
 
 
 def sdk(url: str, *calls: tuple[str, dict[str, Any]], mode: str = "legacy") -> list[Any]:
