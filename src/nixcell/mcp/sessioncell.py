@@ -8,13 +8,10 @@ request's. ``SessionManager`` (sessions.py) decides when cells start and end.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import shutil
 import socket
-import stat
 import subprocess
 import tempfile
 import time
@@ -86,14 +83,13 @@ def agent_spec(env: SessionEnv, workdir: str | None, fd: int, grace: float = 2.0
 
 
 def _remove_tree(path: str) -> None:
-    """Remove a workspace, even one where the cell made directories unwritable."""
-    with contextlib.suppress(OSError):
-        os.chmod(path, stat.S_IRWXU)
-    for root, dirs, _ in os.walk(path):
-        for name in dirs:
-            with contextlib.suppress(OSError):
-                os.chmod(os.path.join(root, name), stat.S_IRWXU)
-    shutil.rmtree(path, ignore_errors=True)
+    """Remove a workspace the cell controlled: never through a link it planted (fsio)."""
+    from nixcell.fsio import remove_tree
+
+    try:
+        remove_tree(path)
+    except NixcellError as exc:
+        log.warning("session workspace %s: %s", path, exc)
 
 
 class SessionCell:
