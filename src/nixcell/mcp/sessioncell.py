@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +120,9 @@ class SessionCell:
 
         loop = asyncio.get_running_loop()
         if self.workdir is None:
-            self.workdir = tempfile.mkdtemp(prefix="nixcell-session-", dir=workspace_root)
+            from nixcell.leftovers import make_session_workspace  # named after its owner
+
+            self.workdir = make_session_workspace(workspace_root)
         host, child = socket.socketpair()
         try:
             os.set_inheritable(child.fileno(), True)
