@@ -105,7 +105,7 @@ def _split(args: list[str]) -> tuple[list[str], list[str]] | None:
         return None
     cut = args.index("--")
     options, command = args[1:cut], args[cut + 1 :]
-    if not command or _NOT_CACHED.intersection(options):
+    if not command or not command[0] or _NOT_CACHED.intersection(options):
         return None
     if any(o.startswith(("--pass-env=", "--json=", "--dry-run=")) for o in options):
         return None
@@ -144,9 +144,10 @@ def try_fast_run(args: list[str]) -> int | None:
     if not _still_valid(plan):
         return None
     _pending = None
-    from nixcell import leftovers
+    from nixcell import leftovers, preflight
     from nixcell.cli.outcome import report
 
+    preflight.check(plan)
     leftovers.sweep_if_due()
     from nixcell.runner import execute
 

@@ -164,10 +164,11 @@ def run(command: tuple[str, ...], dry_run: bool, as_json: bool, **flags: object)
 
         show_plan(plan, as_json=as_json)
         return 0
-    from nixcell import leftovers
+    from nixcell import leftovers, preflight
     from nixcell.cli.outcome import report
     from nixcell.fsio import open_dir
 
+    preflight.check(plan)  # nixcell's own one-line error, before bwrap would give its own
     fast.remember(plan)
     leftovers.sweep_if_due()
     learn_to = flags.get("learn_output")
