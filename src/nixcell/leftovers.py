@@ -9,12 +9,15 @@ when its owner is dead — the pid *and* that pid's start time, so a reused pid 
 the owner — and workspaces are removed with ``fsio.remove_tree`` (never following a link the
 cell planted).
 
-``sweep_if_due`` runs on every start but sweeps at most once per ``SWEEP_EVERY`` seconds (one
-``stat`` of a stamp file otherwise), so warm runs stay fast.
+``sweep_if_due`` runs on every start. It sweeps at once when a killed run left its marker
+(``RunMarker``: a file ``flock``-ed for the run's lifetime), and otherwise at most once per
+``SWEEP_EVERY`` seconds (for leftovers of runs that had no marker, e.g. API users); a warm run
+pays one ``listdir`` and one ``stat``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -38,6 +41,7 @@ SWEEP_EVERY = 60.0  # seconds between start-up sweeps
 SESSION_PREFIX = "nixcell-session-"
 _SESSION_NAME = rf"^{SESSION_PREFIX}(\d+)-(\d+)-[0-9a-f]{{12}}$"
 STAMP = "sweep.stamp"
+RUNS = "runs"
 
 
 def _start_time(pid: int) -> int | None:
@@ -92,7 +96,7 @@ def sweep_session_workspaces(root: str | None = None) -> list[str]:
         return removed
     me = os.geteuid()
     for name in names:
-        match = pattern.match(name)
+        match = pattern.fullmatch(name)
         if match is None or owner_alive(int(match.group(1)), int(match.group(2))):
             continue
         path = os.path.join(base, name)
@@ -125,17 +129,85 @@ def sweep(root: str | None = None) -> dict[str, list[str]]:
     return found
 
 
+def _runs_dir() -> str:
+    return os.path.join(paths.state_dir(), RUNS)
+
+
+class RunMarker:
+    """While a run that leaves host state (cgroups, workspaces) is alive: a locked marker file.
+
+    ``<state>/runs/<pid>-<start>`` is created and ``flock``-ed for the run's lifetime and removed
+    at its end. A marker whose lock is free was left by a killed run: the next start sees it in
+    one ``listdir`` and sweeps at once, instead of waiting for the periodic sweep.
+    """
+
+    def __init__(self) -> None:
+        self.path: str | None = None
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunMarker:
+        import fcntl
+
+        try:
+            from nixcell.fsio import private_dir
+
+            directory = private_dir(_runs_dir())
+            path = os.path.join(directory, f"{owner_tag()}-{os.urandom(4).hex()}")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self.path, self.fd = path, fd
+        except (OSError, NixcellError) as exc:
+            _log().debug("no run marker: %s", exc)  # the periodic sweep still covers us
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.path is not None and self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            os.close(self.fd)
+
+
+def _dead_markers() -> list[str]:
+    """Markers of runs that were killed (their lock is free)."""
+    try:
+        names = os.listdir(_runs_dir())
+    except OSError:
+        return []
+    if not names:
+        return []
+    import fcntl
+
+    dead = []
+    for name in names:
+        path = os.path.join(_runs_dir(), name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            dead.append(path)
+        except OSError:
+            pass  # held: that run is alive
+        finally:
+            os.close(fd)
+    return dead
+
+
 def sweep_if_due(
     root: str | None = None, every: float = SWEEP_EVERY
 ) -> dict[str, list[str]] | None:
-    """``sweep`` unless one ran less than ``every`` seconds ago (then: one stat, None)."""
+    """``sweep`` when a killed run left a marker, or when the last sweep is ``every`` seconds
+    old; otherwise (the warm path) only one ``listdir`` and one ``stat`` happen, and None."""
+    dead = _dead_markers()
     stamp = paths.state_dir() / STAMP
     now = time.time()
-    try:
-        if now - os.stat(stamp).st_mtime < every:
-            return None
-    except OSError:
-        pass
+    if not dead:
+        try:
+            if now - os.stat(stamp).st_mtime < every:
+                return None
+        except OSError:
+            pass
     try:
         from nixcell.fsio import private_dir
 
@@ -145,4 +217,8 @@ def sweep_if_due(
         os.close(fd)
     except (OSError, NixcellError) as exc:
         _log().debug("no sweep stamp: %s", exc)
-    return sweep(root)
+    found = sweep(root)
+    for path in dead:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return found

@@ -151,7 +151,11 @@ def try_fast_run(args: list[str]) -> int | None:
     leftovers.sweep_if_due()
     from nixcell.runner import execute
 
-    return report(execute(plan))
+    if not plan.limits.needs_cgroup:
+        return report(execute(plan))
+    with leftovers.RunMarker():  # a kill -9 of this run is swept by the next start
+        result = execute(plan)
+    return report(result)
 
 
 def remember(plan: Plan) -> None:

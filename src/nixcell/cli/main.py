@@ -177,7 +177,8 @@ def run(command: tuple[str, ...], dry_run: bool, as_json: bool, **flags: object)
     # --learn prints the policy on stdout: the cell's own stdout goes to stderr then.
     stdout = 2 if flags.get("learn") and not learn_to else None
     try:
-        result = execute(plan, stdout=stdout)
+        with leftovers.RunMarker():
+            result = execute(plan, stdout=stdout)
         return report(result, learn_dir)
     finally:
         if learn_dir is not None:
@@ -271,7 +272,8 @@ def mcp(**options: object) -> int:
     from nixcell.mcp.server import serve  # imports the MCP SDK (~0.5 s): only here
 
     leftovers.sweep()  # a killed server's session workspaces and cgroups go at the next start
-    return serve(**options)  # type: ignore[arg-type]
+    with leftovers.RunMarker():
+        return serve(**options)  # type: ignore[arg-type]
 
 
 def _register_offline() -> None:

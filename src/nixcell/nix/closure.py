@@ -48,12 +48,12 @@ class Closure:
         store (real paths, registered valid) when an entry is written.
         """
         for path in self.paths:
-            if not isinstance(path, str) or not STORE_PATH.match(path):
+            if not isinstance(path, str) or not STORE_PATH.fullmatch(path):
                 raise NixError(f"closure path {path!r} is not a store path under {STORE_DIR}")
         if self.env not in self.paths:
             raise NixError(f"closure env {self.env!r} is not one of its store paths")
         for name in self.programs:
-            if not _PROGRAM.match(name) or name in (".", ".."):
+            if not _PROGRAM.fullmatch(name) or name in (".", ".."):
                 raise NixError(f"closure program name {name!r} is not a file name")
 
     @classmethod

@@ -67,7 +67,7 @@ def _nix_list(items: Sequence[str]) -> str:
 
 def package_expr(pkg: str, cwd: str | None = None) -> tuple[str, bool, str]:
     """(Nix expression, needs flakes?, cache-key part) for one ``-p`` argument."""
-    store = _STORE_PATH.match(pkg)
+    store = _STORE_PATH.fullmatch(pkg)
     if store:
         return f"(builtins.storePath {_nix_string(store.group(1))})", False, store.group(1)
     if "#" in pkg:
@@ -194,7 +194,7 @@ def verify_in_store(closure: Closure) -> None:
     closure.check()
     for path in closure.paths:
         real = os.path.realpath(path)
-        if real != path and not STORE_PATH.match("/".join(real.split("/", 4)[:4])):
+        if real != path and not STORE_PATH.fullmatch("/".join(real.split("/", 4)[:4])):
             raise NixError(f"store path {path} points outside the store ({real})")
     proc = subprocess.run(
         [nix_tool("nix-store"), "--check-validity", *closure.paths],
