@@ -256,6 +256,31 @@ class CellSpec(BaseModel):
         return list(check_profiles(value))
 
     @model_validator(mode="after")
+    def _not_over_own_state(self) -> CellSpec:
+        """A writable bind holding nixcell's own state would let the cell rewrite it (caches,
+        keys, GC roots, the offline set): refused unless those paths are ``--hide``-den."""
+        import os
+
+        from nixcell import paths
+
+        dirs = (paths.state_dir(), paths.cache_dir(), paths.data_dir())
+        own = {os.path.realpath(p) for p in dirs}
+        hidden = [os.path.realpath(h) for h in self.hide]
+        writable = [m.source for m in self.mounts if m.writable]
+        if self.workdir is not None:
+            writable.append(self.workdir)
+        for source in writable:
+            real = os.path.realpath(source)
+            for mine in sorted(own):
+                holds = _within(mine, real) and not any(_within(mine, h) for h in hidden)
+                if holds or _within(real, mine):
+                    raise ValueError(
+                        f"{source} holds nixcell's own state ({mine}): a cell with write access "
+                        f"could rewrite it; bind a subdirectory, or add --hide {mine}"
+                    )
+        return self
+
+    @model_validator(mode="after")
     def _unique_targets(self) -> CellSpec:
         seen = {"/workspace"}
         for mount in self.mounts:
@@ -263,6 +288,10 @@ class CellSpec(BaseModel):
                 raise ValueError(f"two mounts target {mount.target}")
             seen.add(mount.target)
         return self
+
+
+def _within(path: str, ancestor: str) -> bool:
+    return path == ancestor or path.startswith(ancestor.rstrip("/") + "/")
 
 
 def make_spec(**fields: object) -> CellSpec:

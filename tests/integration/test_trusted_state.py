@@ -315,3 +315,18 @@ def test_commands_that_do_not_exist_in_the_cell(offline_set, tmp_path):
     for flags in ok:
         result = cli("run", "-p", "bash", "-p", "coreutils", *flags)
         assert result.returncode == 0, (flags, result.stderr)
+
+
+def test_a_cell_cannot_be_given_write_access_to_nixcell_state(offline_set, tmp_path):
+    env = {"NIXCELL_HOME": str(tmp_path / "home")}
+    result = cli("run", "-p", "bash", "--workdir", str(tmp_path), "--", "true", env=env)
+    assert result.returncode == 2
+    assert "nixcell's own state" in one_line_error(result)
+    hidden = cli(
+        "run", "-p", "bash", "-p", "coreutils", "--workdir", str(tmp_path),
+        "--hide", str(tmp_path / "home"), "--", "bash", "-c",
+        "ls /workspace/home/state; echo > /workspace/home/state/cache.key; echo ran",
+        env=env,
+    )  # fmt: skip
+    assert hidden.stdout == b"ran\n", hidden.stderr  # ran, but could neither see nor write it
+    assert b"cache.key" not in hidden.stdout and b"denied" in hidden.stderr

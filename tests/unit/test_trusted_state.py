@@ -196,3 +196,38 @@ def test_the_filter_nixcell_builds_is_sane():
 
     for profiles in ((), ("debugger",), ("nested-sandbox",)):
         assert bpfcheck.problem(seccomp.build_filter(profiles)) is None
+
+
+# -- a writable bind must not hand the cell nixcell's own state ------------------------------
+
+
+def _spec(**fields):
+    from nixcell.spec import make_spec
+
+    return make_spec(command=["true"], packages=["bash"], **fields)
+
+
+def test_writable_binds_over_nixcell_state_are_refused(home, tmp_path):
+    from nixcell.errors import SpecError
+
+    link = tmp_path / "link-to-parent"
+    os.symlink(tmp_path, link)
+    refused = [
+        {"workdir": str(tmp_path)},  # holds the whole NIXCELL_HOME
+        {"workdir": str(home / "cache")},
+        {"workdir": str(home / "state" / "gcroots")},  # inside it
+        {"workdir": str(link)},  # the same through a symlink
+        {"mounts": [{"source": str(tmp_path), "target": "/x", "writable": True}]},
+        {"workdir": str(tmp_path), "hide": [str(home / "cache")]},  # state and data still open
+    ]
+    for fields in refused:
+        with pytest.raises(SpecError) as info:
+            _spec(**fields)
+        assert "nixcell's own state" in str(info.value)
+    allowed = [
+        {"workdir": str(tmp_path / "project")},
+        {"mounts": [{"source": str(tmp_path), "target": "/x", "writable": False}]},
+        {"workdir": str(tmp_path), "hide": [str(home)]},
+    ]
+    for fields in allowed:
+        _spec(**fields)
