@@ -263,7 +263,7 @@ class CellSpec(BaseModel):
 
         from nixcell import paths
 
-        dirs = (paths.state_dir(), paths.cache_dir(), paths.data_dir())
+        dirs = (paths.state_dir(), paths.cache_dir(), paths.data_dir(), paths.offline_dir())
         own = {os.path.realpath(p) for p in dirs}
         hidden = [os.path.realpath(h) for h in self.hide]
         writable = [m.source for m in self.mounts if m.writable]

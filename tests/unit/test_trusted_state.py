@@ -122,10 +122,17 @@ def test_a_symlinked_key_is_refused(home, tmp_path):
         sealed.seal("x", "y", b"")
 
 
-@given(st.binary(max_size=200))
-def test_no_unsealed_bytes_ever_load(tmp_path_factory, blob):
-    os.environ["NIXCELL_HOME"] = str(tmp_path_factory.getbasetemp() / "prop-home")
-    assert sealed.unseal("resolve", "k.json", blob) is None
+@given(st.binary(max_size=200), st.binary(min_size=1, max_size=40))
+def test_no_unsealed_or_altered_bytes_ever_load(blob, payload):
+    sealed._key_cache[str(sealed.key_path())] = b"k" * 32  # no disk: the property is the MAC's
+    try:
+        assert sealed.unseal("resolve", "k.json", blob) is None or blob.startswith(sealed.MAGIC)
+        good = sealed.seal("resolve", "k.json", payload)
+        for i in range(len(sealed.MAGIC), len(good)):  # any one byte changed: refused
+            bad = good[:i] + bytes([good[i] ^ 0x40]) + good[i + 1 :]
+            assert sealed.unseal("resolve", "k.json", bad) is None
+    finally:
+        sealed._key_cache.clear()
 
 
 # -- what a loaded closure may say ------------------------------------------------------------
