@@ -330,3 +330,31 @@ def test_a_cell_cannot_be_given_write_access_to_nixcell_state(offline_set, tmp_p
     )  # fmt: skip
     assert hidden.stdout == b"ran\n", hidden.stderr  # ran, but could neither see nor write it
     assert b"cache.key" not in hidden.stdout and b"denied" in hidden.stderr
+
+
+def test_a_real_session_teardown_never_follows_what_its_cell_planted(offline_set, tmp_path):
+    """A bash session plants links to a host directory, then locks its own directories; the
+    manager's shutdown removes the workspace and leaves the host directory as it was."""
+    from tests.integration.test_mcp_sessions import SH, with_manager
+
+    victim = tmp_path / "victim"
+    (victim / "inner").mkdir(parents=True)
+    for d in (victim, victim / "inner"):
+        d.chmod(0o755)
+    (victim / "file").write_text("host")
+    root = tmp_path / "workspaces"
+    root.mkdir()
+    plant = (
+        f"cd /workspace && ln -s {victim} link && mkdir -p a/b && ln -s {victim}/inner a/b/in "
+        f"&& ln -s {victim}/file f && mkfifo p && chmod 0 a/b && chmod 500 a && echo planted"
+    )
+
+    async def body(manager):
+        result = await manager.call("s", SH, plant, 30)
+        assert result.stdout.strip() == "planted", result
+        assert len(list(root.iterdir())) == 1
+
+    with_manager(body, workspace_root=str(root))
+    assert list(root.iterdir()) == []
+    assert stat_mode(victim) == 0o755 and stat_mode(victim / "inner") == 0o755
+    assert (victim / "file").read_text() == "host"
