@@ -118,12 +118,16 @@ def sweep(root: str | None = None) -> dict[str, list[str]]:
     """Sweep every kind of leftover whose owner is dead; what was removed, by kind."""
     from nixcell.sandbox.cgroups import sweep_stale
 
+    dead = _dead_markers()  # read first: whatever those runs left is swept below
     found: dict[str, list[str]] = {"cgroups": [], "session workspaces": []}
     try:
         found["cgroups"] = sweep_stale()
     except (OSError, NixcellError) as exc:
         _log().warning("cannot sweep stale cgroups: %s", exc)
     found["session workspaces"] = sweep_session_workspaces(root)
+    for path in dead:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
     if any(found.values()):
         _log().info("swept leftovers of killed runs: %s", found)
     return found
@@ -217,8 +221,4 @@ def sweep_if_due(
         os.close(fd)
     except (OSError, NixcellError) as exc:
         _log().debug("no sweep stamp: %s", exc)
-    found = sweep(root)
-    for path in dead:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-    return found
+    return sweep(root)
