@@ -48,10 +48,9 @@ def _check_program(plan: Plan) -> None:
         if lookup(plan, path) in (MISSING, DIR):
             raise CommandNotFoundError(f"command '{name}' does not exist in the cell")
         return
-    search = plan.env.get("PATH", "")
-    dirs = [d for d in search.split(":") if d] or ["/bin", "/usr/bin"]
-    for directory in dirs:
-        where = posixpath.join(plan.cwd if not directory.startswith("/") else "", directory)
+    search = plan.env.get("PATH", "/bin:/usr/bin")  # execvp's default when PATH is unset
+    for directory in search.split(":"):  # an empty entry is the working directory
+        where = posixpath.join(plan.cwd, directory)
         if lookup(plan, posixpath.normpath(posixpath.join(where, name))) in (FILE, UNKNOWN):
             return
     default = ":".join(plan.path_dirs)
