@@ -192,13 +192,34 @@ def _check_owned(real: str) -> None:
         raise StateError(
             f"refusing to use {real}: owned by uid {st.st_uid}, not by you (uid {os.geteuid()})"
         )
-    if st.st_mode & 0o022:
+    if _writable_by_others(st):
         raise StateError(
             f"refusing to use {real}: writable by others (mode {stat.S_IMODE(st.st_mode):o}); "
             f"`chmod 700 {real}` if its contents are yours"
         )
     if st.st_mode & 0o077:
         os.chmod(real, 0o700)  # ours and only readable by others: tighten (older nixcell)
+
+
+def _writable_by_others(st: os.stat_result) -> bool:
+    """World-writable, or group-writable by a group that is not just us.
+
+    Debian-style user private groups (umask 002: group named after the user, no other members)
+    make ``~/.cache`` 0775 without letting anyone else in; any other group-writable dir counts.
+    """
+    if st.st_mode & 0o002:
+        return True
+    if not st.st_mode & 0o020:
+        return False
+    import grp
+    import pwd
+
+    try:
+        group = grp.getgrgid(st.st_gid)
+        me = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return True
+    return group.gr_name != me or any(member != me for member in group.gr_mem)
 
 
 def _check_ancestors(path: str) -> None:
@@ -213,7 +234,8 @@ def _check_ancestors(path: str) -> None:
             raise StateError(
                 f"refusing to use {path}: {here} is owned by uid {st.st_uid} (not you or root)"
             )
-        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX and not stat.S_ISLNK(st.st_mode):
+        link = stat.S_ISLNK(st.st_mode)
+        if not link and not st.st_mode & stat.S_ISVTX and _writable_by_others(st):
             raise StateError(
                 f"refusing to use {path}: {here} is writable by others "
                 f"(mode {stat.S_IMODE(st.st_mode):o})"

@@ -31,7 +31,16 @@ def home(tmp_path: Path, monkeypatch) -> Path:
 # -- private_dir ------------------------------------------------------------------------------
 
 UNSAFE = {
-    "the dir is group-writable": lambda d: (d.mkdir(parents=True), d.chmod(0o770)),
+    "the dir is group-writable": lambda d: (
+        d.mkdir(parents=True),
+        d.chmod(0o770),
+        os.chown(d, -1, 4242),  # a group that is not the user's private group
+    ),
+    "a parent is group-writable": lambda d: (
+        d.parent.mkdir(parents=True),
+        d.parent.chmod(0o775),
+        os.chown(d.parent, -1, 4242),
+    ),
     "the dir is world-writable": lambda d: (d.mkdir(parents=True), d.chmod(0o777)),
     "the dir is someone else's": lambda d: (d.mkdir(parents=True), os.chown(d, 4242, 4242)),
     "a parent is world-writable, not sticky": lambda d: (
@@ -55,13 +64,32 @@ UNSAFE = {
 
 @pytest.mark.parametrize("case", list(UNSAFE), ids=list(UNSAFE))
 def test_private_dir_refuses_what_others_could_change(tmp_path, case):
-    if os.geteuid() != 0 and "someone else" in case:
+    if os.geteuid() != 0 and ("someone else" in case or "group" in case):
         pytest.skip("chown needs root")
     target = tmp_path / "root" / "cache"
     UNSAFE[case](target)
     with pytest.raises(StateError) as info:
         private_dir(target)
     assert "\n" not in str(info.value)
+
+
+def test_a_user_private_group_may_write(tmp_path):
+    """umask 002 with a group named after the user (Debian's user private groups) is fine."""
+    import grp
+    import pwd
+
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    try:
+        group = grp.getgrnam(me)
+    except KeyError:
+        pytest.skip(f"no group named {me}")
+    if group.gr_mem and set(group.gr_mem) != {me}:
+        pytest.skip(f"group {me} has other members")
+    parent = tmp_path / "p"
+    parent.mkdir()
+    os.chown(parent, -1, group.gr_gid)
+    parent.chmod(0o775)
+    private_dir(parent / "cache")
 
 
 def test_private_dir_creates_0700_and_tightens_a_readable_one(tmp_path):
