@@ -70,3 +70,11 @@ class CredentialError(NixcellError):
 
 class NetworkError(SandboxError):
     """The cell's network (namespace, proxy listener) could not be set up."""
+
+
+class StateError(NixcellError):
+    """nixcell's own state (cache/state dir, a file it writes for you) is unsafe to use.
+
+    Raised when a directory is writable by others or owned by someone else, or when an output
+    path is a symlink, hard link, FIFO or device: nixcell refuses instead of writing through it.
+    """

@@ -101,8 +101,12 @@ def check_command(plan: Plan) -> None:
 
 
 def seccomp_program(profiles: tuple[str, ...]) -> bytes:
-    """The BPF program, cached on disk per profile set so warm runs skip libseccomp."""
-    from nixcell import __version__, paths
+    """The BPF program, cached on disk per profile set so warm runs skip libseccomp.
+
+    The cache entry is trusted only when nixcell sealed it (sealed.py) and it is a sane filter
+    (bpfcheck.py); anything else is logged and rebuilt, never fatal.
+    """
+    from nixcell import __version__, bpfcheck, sealed
     from nixcell.hashing import digest
 
     # The source file's stamp keys the cache without importing the module on warm runs; the
@@ -118,17 +122,23 @@ def seccomp_program(profiles: tuple[str, ...]) -> bytes:
     key = digest(
         f"{__version__}|{stamp.st_mtime_ns}|{stamp.st_size}|{machine}|{lib}|{','.join(profiles)}"
     )[:24]
-    cached = paths.cache_dir() / "seccomp" / f"{key}.bpf"
-    with contextlib.suppress(OSError):
-        return cached.read_bytes()
+    cached = sealed.cache_file("seccomp", f"{key}.bpf")
+    program = sealed.load("seccomp", cached) if cached is not None else None
+    if program is not None:
+        why = bpfcheck.problem(program)
+        if why is None:
+            return program
+        import logging
+
+        logging.getLogger(__name__).warning("rebuilding the cached seccomp program: %s", why)
     from nixcell.sandbox import seccomp
 
     program = seccomp.build_filter(profiles)
-    with contextlib.suppress(OSError):
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        from nixcell.fsio import write_atomic
-
-        write_atomic(cached, program)
+    why = bpfcheck.problem(program)
+    if why is not None:  # never run, nor cache, a filter we would refuse to load
+        raise NixcellError(f"the seccomp filter built here is not sane: {why}")
+    if cached is not None:
+        sealed.store("seccomp", cached, program)
     return program
 
 

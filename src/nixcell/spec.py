@@ -20,6 +20,31 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_TARGETS = ("/", "/proc", "/dev", "/nix", "/nix/store", "/etc/passwd", "/etc/group")
 
 MIN_MEMORY = 4 << 20
+# --cpus: a CFS quota of 1ms per 100ms period is the kernel's floor; 4096 CPUs is far above any
+# machine and keeps quota * period in range. --pids: measured — with 1, bwrap cannot fork its pid
+# 1 ("Can't fork for pid 1"); 2 runs a command. PID_MAX_LIMIT (2**22) bounds pids.max usefully.
+MIN_CPUS, MAX_CPUS = 0.01, 4096.0
+MIN_PIDS, MAX_PIDS = 2, 1 << 22
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _number(value: object, flag: str) -> float:
+    """A finite number from an int, float or numeric string; never a bool, NaN or inf."""
+    if isinstance(value, bool):
+        raise ValueError(f"{flag} must be a number, got {_shown(value)}")
+    if isinstance(value, int):  # exact, and no OverflowError for 10**400: it is just too big
+        return float(value) if abs(value) <= 1 << 53 else float(1 << 53) * (1 if value > 0 else -1)
+    try:
+        number = float(value) if isinstance(value, float | str) else float("nan")
+    except ValueError:
+        number = float("nan")
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"{flag} must be a finite number, got {_shown(value)}")
+    return number
 
 
 def _clean_abs(path: str, what: str) -> str:
@@ -79,19 +104,33 @@ class Limits(BaseModel):
     def _duration(cls, value: object) -> float | None:
         return None if value is None else parse_duration(value, what="--timeout")  # type: ignore[arg-type]
 
-    @field_validator("cpus")
+    @field_validator("cpus", mode="before")
     @classmethod
-    def _cpus(cls, value: float | None) -> float | None:
-        if value is not None and not 0.01 <= value <= 4096:
-            raise ValueError("--cpus must be between 0.01 and 4096")
-        return value
+    def _cpus(cls, value: object) -> float | None:
+        if value is None:
+            return None
+        number = _number(value, "--cpus")
+        if not MIN_CPUS <= number <= MAX_CPUS:  # NaN fails both comparisons
+            raise ValueError(
+                f"--cpus must be between {MIN_CPUS} and {MAX_CPUS:g}, got {_shown(value)}"
+            )
+        return number
 
-    @field_validator("pids")
+    @field_validator("pids", mode="before")
     @classmethod
-    def _pids(cls, value: int | None) -> int | None:
-        if value is not None and value < 1:
-            raise ValueError("--pids must be at least 1")
-        return value
+    def _pids(cls, value: object) -> int | None:
+        if value is None:
+            return None
+        number = _number(value, "--pids")
+        if not number.is_integer():
+            raise ValueError(f"--pids must be a whole number, got {_shown(value)}")
+        if number < MIN_PIDS:
+            raise ValueError(
+                f"--pids must be at least {MIN_PIDS} (bwrap's own pid 1 plus the command)"
+            )
+        if number > MAX_PIDS:
+            raise ValueError(f"--pids must be at most {MAX_PIDS} (the kernel's PID_MAX_LIMIT)")
+        return int(number)
 
     @property
     def needs_cgroup(self) -> bool:
@@ -217,6 +256,31 @@ class CellSpec(BaseModel):
         return list(check_profiles(value))
 
     @model_validator(mode="after")
+    def _not_over_own_state(self) -> CellSpec:
+        """A writable bind holding nixcell's own state would let the cell rewrite it (caches,
+        keys, GC roots, the offline set): refused unless those paths are ``--hide``-den."""
+        import os
+
+        from nixcell import paths
+
+        dirs = (paths.state_dir(), paths.cache_dir(), paths.data_dir(), paths.offline_dir())
+        own = {os.path.realpath(p) for p in dirs}
+        hidden = [os.path.realpath(h) for h in self.hide]
+        writable = [m.source for m in self.mounts if m.writable]
+        if self.workdir is not None:
+            writable.append(self.workdir)
+        for source in writable:
+            real = os.path.realpath(source)
+            for mine in sorted(own):
+                holds = _within(mine, real) and not any(_within(mine, h) for h in hidden)
+                if holds or _within(real, mine):
+                    raise ValueError(
+                        f"{source} holds nixcell's own state ({mine}): a cell with write access "
+                        f"could rewrite it; bind a subdirectory, or add --hide {mine}"
+                    )
+        return self
+
+    @model_validator(mode="after")
     def _unique_targets(self) -> CellSpec:
         seen = {"/workspace"}
         for mount in self.mounts:
@@ -224,6 +288,10 @@ class CellSpec(BaseModel):
                 raise ValueError(f"two mounts target {mount.target}")
             seen.add(mount.target)
         return self
+
+
+def _within(path: str, ancestor: str) -> bool:
+    return path == ancestor or path.startswith(ancestor.rstrip("/") + "/")
 
 
 def make_spec(**fields: object) -> CellSpec:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -230,8 +231,10 @@ def test_unenforceable_limit_is_refused(user_home):
     """As an ordinary user there is no writable cgroup here: --memory must refuse, not run."""
     from tests.integration.test_ordinary_user import as_nobody
 
-    marker = user_home / "ran"
-    user_home.chmod(0o777)
+    out = user_home / "out"  # writable by the user; its home stays 0755 (a private state dir
+    out.mkdir()  # refuses a world-writable parent)
+    os.chown(out, 65534, 65534)
+    marker = out / "ran"
     result = as_nobody(
         user_home, "run", "-p", "bash", "--memory", "64M", "--", "bash", "-c", f"echo > {marker}"
     )

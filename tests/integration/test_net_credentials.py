@@ -486,19 +486,27 @@ def test_cell_is_cut_off_when_its_proxy_stops(offline_set, tls, tmp_path, monkey
 # -- 11: ordinary user --------------------------------------------------------------------------
 
 
+def _chown_tree(top: Path, uid: int) -> None:
+    for root, dirs, files in os.walk(top):
+        for name in [*dirs, *files]:
+            os.lchown(os.path.join(root, name), uid, uid)
+    os.chown(top, uid, uid)
+
+
 def test_ordinary_user_cell_with_network(user_home, tls, plain):
     """As uid 65534: the namespace helper makes a user+net namespace and nsenter starts the cell
     in it. Root resolves the packages first (the nix store is root's), as as_nobody does."""
     assert as_nobody(user_home, "run", "-p", "bash", "--", "true").returncode == 0
     state = user_home / "nixcell-home"
+    # Root fills the cache; a state dir owned by another user is refused (trusted state), so
+    # it is root's while root writes and the user's afterwards.
+    _chown_tree(state, 0)
     subprocess.run(
         [NIXCELL, "run", "-pcurl", "--", "curl", "--version"],
         check=True,
         env={**os.environ, "NIXCELL_HOME": str(state)},
     )
-    for root, dirs, files in os.walk(state):
-        for name in [*dirs, *files]:
-            os.lchown(os.path.join(root, name), NOBODY, NOBODY)
+    _chown_tree(state, NOBODY)
     ca = user_home / "upstream-ca.pem"
     shutil.copy(tls.ca_file, ca)
     ca.chmod(0o644)

@@ -5,6 +5,8 @@ same flags ran before (same directory, same user, same package sources), the pla
 the plan for now, with only the command swapped. Loading it skips importing click and pydantic
 (~150 ms here), which is most of a cold CLI start. Anything unusual (no ``--``, --dry-run,
 --pass-env, a global flag, a vanished closure or mount source) falls through to the normal path.
+A cached plan is a whole bwrap argv: it is used only when this nixcell sealed it (sealed.py), in
+a private cache dir; anything else is logged and re-derived by the normal path.
 """
 
 from __future__ import annotations
@@ -75,7 +77,9 @@ def _key_file(options: list[str]) -> Path | None:
     from nixcell.hashing import digest
 
     key = digest(material)[:32]
-    return paths.cache_dir() / "plans" / f"{key}.json"
+    from nixcell import sealed
+
+    return sealed.cache_file("plans", f"{key}.json")
 
 
 def _file_stamps(options: list[str]) -> list[object] | None:
@@ -101,7 +105,7 @@ def _split(args: list[str]) -> tuple[list[str], list[str]] | None:
         return None
     cut = args.index("--")
     options, command = args[1:cut], args[cut + 1 :]
-    if not command or _NOT_CACHED.intersection(options):
+    if not command or not command[0] or _NOT_CACHED.intersection(options):
         return None
     if any(o.startswith(("--pass-env=", "--json=", "--dry-run=")) for o in options):
         return None
@@ -125,37 +129,42 @@ def try_fast_run(args: list[str]) -> int | None:
     key_file = _key_file(options)
     if key_file is None:
         return None
-    try:
-        data = json.loads(key_file.read_text())
-    except (OSError, ValueError):
-        _pending = key_file
+    from nixcell import sealed
+
+    payload = sealed.load("plans", key_file)  # None unless this nixcell sealed it (logged)
+    _pending = key_file
+    if payload is None:
         return None
     from nixcell.plan import Plan
 
     try:
-        plan = Plan.from_json(data).with_command(command)
-    except (TypeError, KeyError, ValueError):
-        _pending = key_file
+        plan = Plan.from_json(json.loads(payload)).with_command(command)
+    except (TypeError, KeyError, ValueError, AttributeError):
         return None
     if not _still_valid(plan):
-        _pending = key_file
         return None
+    _pending = None
+    from nixcell import leftovers, preflight
     from nixcell.cli.outcome import report
+
+    preflight.check(plan)
+    leftovers.sweep_if_due()
     from nixcell.runner import execute
 
-    return report(execute(plan))
+    if not plan.limits.needs_cgroup:
+        return report(execute(plan))
+    with leftovers.RunMarker():  # a kill -9 of this run is swept by the next start
+        result = execute(plan)
+    return report(result)
 
 
 def remember(plan: Plan) -> None:
     """Store the plan for the flags of this invocation (when they were cacheable)."""
-    import contextlib
     import dataclasses
 
     if _pending is None:
         return
-    data = dataclasses.replace(plan, command=()).to_json()
-    with contextlib.suppress(OSError):
-        _pending.parent.mkdir(parents=True, exist_ok=True)
-        from nixcell.fsio import write_atomic
+    from nixcell import sealed
 
-        write_atomic(_pending, json.dumps(data))
+    data = dataclasses.replace(plan, command=()).to_json()
+    sealed.store("plans", _pending, json.dumps(data).encode())

@@ -164,14 +164,25 @@ def run(command: tuple[str, ...], dry_run: bool, as_json: bool, **flags: object)
 
         show_plan(plan, as_json=as_json)
         return 0
+    from nixcell import leftovers, preflight
     from nixcell.cli.outcome import report
+    from nixcell.fsio import open_dir
 
+    preflight.check(plan)  # nixcell's own one-line error, before bwrap would give its own
     fast.remember(plan)
+    leftovers.sweep_if_due()
     learn_to = flags.get("learn_output")
+    # The output's directory is opened now, before the cell can touch it (see fsio.open_dir).
+    learn_dir = open_dir(str(learn_to)) if learn_to else None
     # --learn prints the policy on stdout: the cell's own stdout goes to stderr then.
     stdout = 2 if flags.get("learn") and not learn_to else None
-    result = execute(plan, stdout=stdout)
-    return report(result, str(learn_to) if learn_to else None)
+    try:
+        with leftovers.RunMarker():
+            result = execute(plan, stdout=stdout)
+        return report(result, learn_dir)
+    finally:
+        if learn_dir is not None:
+            os.close(learn_dir[0])
 
 
 @cli.command()
@@ -184,15 +195,28 @@ def doctor() -> int:
 
 @cli.command()
 def gc() -> int:
-    """Remove leftovers of killed nixcell runs (cgroups) and the plan cache."""
-    import shutil
+    """Clear every cache and remove what killed nixcell runs left behind.
 
-    from nixcell import paths
-    from nixcell.sandbox.cgroups import sweep_stale
+    Caches: resolutions, cached plans, seccomp programs, and the key that seals them (a new one
+    is made on the next run). Leftovers: cell cgroups and MCP session workspaces whose owning
+    nixcell is dead. GC roots of resolutions stay (the store keeps those packages).
+    """
+    from nixcell import leftovers, paths, sealed
+    from nixcell.fsio import remove_tree
 
-    removed = sweep_stale()
-    shutil.rmtree(paths.cache_dir() / "plans", ignore_errors=True)
-    click.echo(f"removed {len(removed)} stale cgroup(s); cleared the plan cache")
+    found = leftovers.sweep()
+    cleared = []
+    for kind in ("resolve", "plans", "seccomp"):
+        path = paths.cache_dir() / kind
+        if os.path.lexists(path):
+            remove_tree(path)
+            cleared.append(kind)
+    sealed.forget_key()
+    click.echo(
+        f"removed {len(found['cgroups'])} stale cgroup(s) and "
+        f"{len(found['session workspaces'])} leftover session workspace(s); "
+        "cleared the resolution, plan and seccomp caches"
+    )
     return 0
 
 
@@ -257,9 +281,12 @@ def gc() -> int:
 )
 def mcp(**options: object) -> int:
     """Serve the MCP `run` tool: code runs in cells (stdio, or HTTP on loopback)."""
+    from nixcell import leftovers
     from nixcell.mcp.server import serve  # imports the MCP SDK (~0.5 s): only here
 
-    return serve(**options)  # type: ignore[arg-type]
+    leftovers.sweep()  # a killed server's session workspaces and cgroups go at the next start
+    with leftovers.RunMarker():
+        return serve(**options)  # type: ignore[arg-type]
 
 
 def _register_offline() -> None:

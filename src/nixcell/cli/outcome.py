@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from nixcell.runner import RunResult
 
 
-def report(result: RunResult, learn_output: str | None = None) -> int:
+def report(result: RunResult, learn_output: tuple[int, str] | None = None) -> int:
+    """Print the run's messages; ``learn_output``: (directory fd opened before the run, name)."""
     if result.network_summary:
         sys.stderr.write(f"nixcell: {result.network_summary}\n")
     if result.message:
@@ -22,7 +23,10 @@ def report(result: RunResult, learn_output: str | None = None) -> int:
         if learn_output:
             from nixcell.fsio import write_atomic
 
-            write_atomic(learn_output, result.learned_policy)  # never a half-written policy
+            # Into the directory opened before the cell ran, under a fresh O_EXCL temp name,
+            # renamed over the target: a link planted there meanwhile is replaced, not followed.
+            dir_fd, name = learn_output
+            write_atomic(name, result.learned_policy, dir_fd=dir_fd)
         else:
             sys.stdout.write(result.learned_policy)
             sys.stdout.flush()

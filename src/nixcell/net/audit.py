@@ -43,14 +43,15 @@ class AuditLog:
         self.count = 0
         self._fd: int | None = None
         if path is not None:
-            from nixcell.errors import NetworkError
+            # Opened before the cell starts, and never through a link planted at the name
+            # (a cell with --workdir . could leave audit.jsonl -> /etc/passwd for the next run).
+            from nixcell.errors import NetworkError, StateError
+            from nixcell.fsio import open_output
 
             try:
-                self._fd = os.open(
-                    path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
-                )
-            except OSError as exc:
-                raise NetworkError(f"cannot open audit file {path}: {exc.strerror}") from None
+                self._fd = open_output(path, append=True)
+            except StateError as exc:
+                raise NetworkError(f"audit file: {exc}") from None
 
     def write(self, record: Record) -> None:
         self.count += 1

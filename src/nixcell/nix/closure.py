@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from nixcell.errors import NixError
+
+STORE_DIR = "/nix/store"
+# A store path is exactly <store>/<32 chars of Nix's base32>-<name>; names use Nix's character
+# set and never start with a dot. No "..", no "/" past the name: nothing else can be spelled.
+_NIX_BASE32 = "0123456789abcdfghijklmnpqrsvwxyz"
+STORE_PATH = re.compile(rf"^{STORE_DIR}/[{_NIX_BASE32}]{{32}}-[A-Za-z0-9+_?=-][A-Za-z0-9+._?=-]*$")
+_PROGRAM = re.compile(r"^[^/\0]+$")
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,21 @@ class Closure:
             "source": self.source,
             "programs": list(self.programs),
         }
+
+    def check(self) -> None:
+        """Refuse a closure that could mount anything but store paths (NixError).
+
+        Pure and cheap (run on every load); ``nix.resolve`` adds the checks that touch the
+        store (real paths, registered valid) when an entry is written.
+        """
+        for path in self.paths:
+            if not isinstance(path, str) or not STORE_PATH.fullmatch(path):
+                raise NixError(f"closure path {path!r} is not a store path under {STORE_DIR}")
+        if self.env not in self.paths:
+            raise NixError(f"closure env {self.env!r} is not one of its store paths")
+        for name in self.programs:
+            if not _PROGRAM.fullmatch(name) or name in (".", ".."):
+                raise NixError(f"closure program name {name!r} is not a file name")
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Closure:

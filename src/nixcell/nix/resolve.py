@@ -19,7 +19,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from nixcell import paths
+from nixcell import paths, sealed
 from nixcell.errors import (
     EvaluationError,
     NixError,
@@ -27,8 +27,8 @@ from nixcell.errors import (
     UnknownPackageError,
     UsageError,
 )
-from nixcell.fsio import write_atomic
-from nixcell.nix.closure import Closure
+from nixcell.fsio import private_dir
+from nixcell.nix.closure import STORE_PATH, Closure
 from nixcell.nix.pins import PackageSource, _nix_string, source_for
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def _nix_list(items: Sequence[str]) -> str:
 
 def package_expr(pkg: str, cwd: str | None = None) -> tuple[str, bool, str]:
     """(Nix expression, needs flakes?, cache-key part) for one ``-p`` argument."""
-    store = _STORE_PATH.match(pkg)
+    store = _STORE_PATH.fullmatch(pkg)
     if store:
         return f"(builtins.storePath {_nix_string(store.group(1))})", False, store.group(1)
     if "#" in pkg:
@@ -141,13 +141,13 @@ def resolve(
     source = source_for(pin)
     parts = [package_expr(p, cwd) for p in packages]
     key = cache_key(source, [k for _, _, k in parts])
-    cache_file = paths.cache_dir() / "resolve" / f"{key}.json"
-    cached = _read_cache(cache_file)
+    cache_file = sealed.cache_file("resolve", f"{key}.json")
+    cached = _read_cache(cache_file) if cache_file is not None else None
     if cached is not None:
         return cached
     expr = build_expression(source, [e for e, _, _ in parts])
     flakes = any(f for _, f, _ in parts)
-    gcroot = paths.state_dir() / "gcroots" / key
+    gcroot = Path(private_dir(paths.state_dir() / "gcroots")) / key
     env_path = _nix_build(expr, gcroot, flakes=flakes, source=source, progress=progress)
     if source.is_default_offline and progress is not None:
         progress(
@@ -160,24 +160,49 @@ def resolve(
     except OSError:
         programs = ()
     closure = Closure(env_path, closure_paths, tuple(packages), source.description, programs)
-    _write_cache(cache_file, closure)
+    verify_in_store(closure)
+    if cache_file is not None:
+        sealed.store("resolve", cache_file, json.dumps(closure.to_json()).encode())
     return closure
 
 
 def _read_cache(cache_file: Path) -> Closure | None:
+    """The cached closure if this nixcell sealed it and it still makes sense; else None (logged).
+
+    The entry was verified against the store when written (``verify_in_store``); here the seal,
+    the store-path shapes and the env's presence are checked (no nix call on a warm run).
+    """
+    payload = sealed.load("resolve", cache_file)
+    if payload is None:
+        return None
     try:
-        data = json.loads(cache_file.read_text())
-        closure = Closure.from_json(data)
-    except (OSError, ValueError, KeyError, TypeError):
+        closure = Closure.from_json(json.loads(payload))
+        closure.check()
+    except (ValueError, KeyError, TypeError, AttributeError, NixError) as exc:
+        log.warning("ignoring the resolve cache entry %s: %s", cache_file, exc)
         return None
     if not os.path.exists(closure.env):  # garbage-collected or store wiped: resolve again
         return None
     return closure
 
 
-def _write_cache(cache_file: Path, closure: Closure) -> None:
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(cache_file, json.dumps(closure.to_json()))
+def verify_in_store(closure: Closure) -> None:
+    """Every closure path is a real (not symlinked-away) store path that Nix registered valid.
+
+    Run when a resolution is written to the cache, so a warm run can trust the sealed entry.
+    """
+    closure.check()
+    for path in closure.paths:
+        real = os.path.realpath(path)
+        if real != path and not STORE_PATH.fullmatch("/".join(real.split("/", 4)[:4])):
+            raise NixError(f"store path {path} points outside the store ({real})")
+    proc = subprocess.run(
+        [nix_tool("nix-store"), "--check-validity", *closure.paths],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise NixError("the resolved closure has paths nix does not know", detail=proc.stderr)
 
 
 def nix_tool(name: str) -> str:

@@ -308,7 +308,12 @@ def list_cell_cgroups(host: CgroupHost | None = None) -> list[Path]:
 
 
 def sweep_stale() -> list[str]:
-    """Remove nixcell cgroups left by a nixcell that died: unlocked and without tasks."""
+    """Remove nixcell cgroups left by a nixcell that died: the unlocked ones.
+
+    Each live cell's dir is held ``flock``-ed by its nixcell from before any process joins it,
+    so an unlocked dir that still has processes is a leftover too (its owner was killed before
+    its cell was): those processes are killed first, then the dir is removed.
+    """
     host = describe_host()
     removed: list[str] = []
     for path in list_cell_cgroups(host):
@@ -316,6 +321,8 @@ def sweep_stale() -> list[str]:
         if fd is None:
             continue  # held by the live nixcell that created it
         try:
+            if read_pids(path):
+                _kill_orphaned(path)
             if not read_pids(path) and rmdir_if_empty(path):
                 removed.append(str(path))
         finally:
@@ -326,3 +333,18 @@ def sweep_stale() -> list[str]:
     if removed:
         log.info("removed stale cgroups: %s", ", ".join(removed))
     return removed
+
+
+def _kill_orphaned(path: Path) -> None:
+    """SIGKILL what is left in an orphaned cell cgroup (``cgroup.kill`` where v2 has it)."""
+    with contextlib.suppress(OSError):
+        write_value(path / "cgroup.kill", "1")
+    for _ in range(100):
+        pids = read_pids(path)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(_POLL)
+    log.warning("cgroup %s: processes %s survive SIGKILL", path, read_pids(path))

@@ -1,0 +1,224 @@
+"""What a killed nixcell leaves behind, and sweeping it: at start (cheaply) and in ``nixcell gc``.
+
+A ``kill -9`` of nixcell skips every ``finally``. The cell itself dies with it (bwrap's
+``--die-with-parent``; the namespace helper is short-lived and the namespace lives only as long
+as nixcell's fds), but two things stay on the host: cell cgroups (``sandbox/cgroups.py``
+``sweep_stale``: unlocked ones) and MCP session workspaces (``nixcell-session-<pid>-<start>-*``
+directories in the temp dir, named after the server that made them). A leftover is swept only
+when its owner is dead — the pid *and* that pid's start time, so a reused pid does not count as
+the owner — and workspaces are removed with ``fsio.remove_tree`` (never following a link the
+cell planted).
+
+``sweep_if_due`` runs on every start. It sweeps at once when a killed run left its marker
+(``RunMarker``: a file ``flock``-ed for the run's lifetime), and otherwise at most once per
+``SWEEP_EVERY`` seconds (for leftovers of runs that had no marker, e.g. API users); a warm run
+pays one ``listdir`` and one ``stat``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import time
+
+from nixcell import paths
+from nixcell.errors import NixcellError
+
+
+def _log():  # logging and tempfile are imported only when a sweep runs (not on warm runs)
+    import logging
+
+    return logging.getLogger(__name__)
+
+
+def _tempdir() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()
+
+SWEEP_EVERY = 60.0  # seconds between start-up sweeps
+SESSION_PREFIX = "nixcell-session-"
+_SESSION_NAME = rf"^{SESSION_PREFIX}(\d+)-(\d+)-[0-9a-f]{{12}}$"
+STAMP = "sweep.stamp"
+RUNS = "runs"
+
+
+def _start_time(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # comm (field 2) may hold spaces and parentheses: fields after the last ')' are fixed.
+    return int(data[data.rindex(b")") + 2 :].split()[19])
+
+
+def owner_tag() -> str:
+    """``<pid>-<start time>`` of this process: names a leftover after its owner."""
+    return f"{os.getpid()}-{_start_time(os.getpid())}"
+
+
+def owner_alive(pid: int, start: int) -> bool:
+    return _start_time(pid) == start
+
+
+def make_session_workspace(root: str | None = None) -> str:
+    """A new, empty session workspace (0700) under ``root`` (default: the temp dir).
+
+    Its name says which process owns it, so the next start can remove it if that process was
+    killed (``sweep_session_workspaces``).
+    """
+    base = root or _tempdir()
+    for _ in range(16):
+        path = os.path.join(base, f"{SESSION_PREFIX}{owner_tag()}-{os.urandom(6).hex()}")
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+    raise NixcellError(f"cannot create a session workspace in {base}")
+
+
+def sweep_session_workspaces(root: str | None = None) -> list[str]:
+    """Remove session workspaces under ``root`` whose owning process is dead; the removed."""
+    import re
+
+    from nixcell.fsio import remove_tree
+
+    base = root or _tempdir()
+    pattern = re.compile(_SESSION_NAME)
+    removed: list[str] = []
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return removed
+    me = os.geteuid()
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match is None or owner_alive(int(match.group(1)), int(match.group(2))):
+            continue
+        path = os.path.join(base, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != me:
+            continue  # a symlink or another user's: not ours to remove
+        try:
+            remove_tree(path)
+            removed.append(path)
+        except NixcellError as exc:
+            _log().warning("cannot remove the leftover session workspace %s: %s", path, exc)
+    return removed
+
+
+def sweep(root: str | None = None) -> dict[str, list[str]]:
+    """Sweep every kind of leftover whose owner is dead; what was removed, by kind."""
+    from nixcell.sandbox.cgroups import sweep_stale
+
+    dead = _dead_markers()  # read first: whatever those runs left is swept below
+    found: dict[str, list[str]] = {"cgroups": [], "session workspaces": []}
+    try:
+        found["cgroups"] = sweep_stale()
+    except (OSError, NixcellError) as exc:
+        _log().warning("cannot sweep stale cgroups: %s", exc)
+    found["session workspaces"] = sweep_session_workspaces(root)
+    for path in dead:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    if any(found.values()):
+        _log().info("swept leftovers of killed runs: %s", found)
+    return found
+
+
+def _runs_dir() -> str:
+    return os.path.join(paths.state_dir(), RUNS)
+
+
+class RunMarker:
+    """While a run that leaves host state (cgroups, workspaces) is alive: a locked marker file.
+
+    ``<state>/runs/<pid>-<start>`` is created and ``flock``-ed for the run's lifetime and removed
+    at its end. A marker whose lock is free was left by a killed run: the next start sees it in
+    one ``listdir`` and sweeps at once, instead of waiting for the periodic sweep.
+    """
+
+    def __init__(self) -> None:
+        self.path: str | None = None
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunMarker:
+        import fcntl
+
+        try:
+            from nixcell.fsio import private_dir
+
+            directory = private_dir(_runs_dir())
+            path = os.path.join(directory, f"{owner_tag()}-{os.urandom(4).hex()}")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self.path, self.fd = path, fd
+        except (OSError, NixcellError) as exc:
+            _log().debug("no run marker: %s", exc)  # the periodic sweep still covers us
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.path is not None and self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            os.close(self.fd)
+
+
+def _dead_markers() -> list[str]:
+    """Markers of runs that were killed (their lock is free)."""
+    try:
+        names = os.listdir(_runs_dir())
+    except OSError:
+        return []
+    if not names:
+        return []
+    import fcntl
+
+    dead = []
+    for name in names:
+        path = os.path.join(_runs_dir(), name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            dead.append(path)
+        except OSError:
+            pass  # held: that run is alive
+        finally:
+            os.close(fd)
+    return dead
+
+
+def sweep_if_due(
+    root: str | None = None, every: float = SWEEP_EVERY
+) -> dict[str, list[str]] | None:
+    """``sweep`` when a killed run left a marker, or when the last sweep is ``every`` seconds
+    old; otherwise (the warm path) only one ``listdir`` and one ``stat`` happen, and None."""
+    dead = _dead_markers()
+    stamp = paths.state_dir() / STAMP
+    now = time.time()
+    if not dead:
+        try:
+            if now - os.stat(stamp).st_mtime < every:
+                return None
+        except OSError:
+            pass
+    try:
+        from nixcell.fsio import private_dir
+
+        private_dir(paths.state_dir())
+        fd = os.open(stamp, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.utime(fd, (now, now))
+        os.close(fd)
+    except (OSError, NixcellError) as exc:
+        _log().debug("no sweep stamp: %s", exc)
+    return sweep(root)
