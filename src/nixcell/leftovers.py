@@ -2,12 +2,9 @@
 
 A ``kill -9`` of nixcell skips every ``finally``. The cell itself dies with it (bwrap's
 ``--die-with-parent``; the namespace helper is short-lived and the namespace lives only as long
-as nixcell's fds), but two things stay on the host: cell cgroups (``sandbox/cgroups.py``
-``sweep_stale``: unlocked ones) and MCP session workspaces (``nixcell-session-<pid>-<start>-*``
-directories in the temp dir, named after the server that made them). A leftover is swept only
-when its owner is dead — the pid *and* that pid's start time, so a reused pid does not count as
-the owner — and workspaces are removed with ``fsio.remove_tree`` (never following a link the
-cell planted).
+as nixcell's fds), but cell cgroups stay on the host (``sandbox/cgroups.py`` ``sweep_stale``:
+unlocked ones). MCP session workspaces leave nothing: they are volumes held by the server's fds
+(``sandbox/holder.create_volume``), gone with the process.
 
 ``sweep_if_due`` runs on every start. It sweeps at once when a killed run left its marker
 (``RunMarker``: a file ``flock``-ed for the run's lifetime), and otherwise at most once per
@@ -19,27 +16,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import time
 
 from nixcell import paths
 from nixcell.errors import NixcellError
 
 
-def _log():  # logging and tempfile are imported only when a sweep runs (not on warm runs)
+def _log():  # logging is imported only when a sweep runs (not on warm runs)
     import logging
 
     return logging.getLogger(__name__)
 
 
-def _tempdir() -> str:
-    import tempfile
-
-    return tempfile.gettempdir()
-
 SWEEP_EVERY = 60.0  # seconds between start-up sweeps
-SESSION_PREFIX = "nixcell-session-"
-_SESSION_NAME = rf"^{SESSION_PREFIX}(\d+)-(\d+)-[0-9a-f]{{12}}$"
 STAMP = "sweep.stamp"
 RUNS = "runs"
 
@@ -60,71 +49,16 @@ def owner_tag() -> str:
     return f"{os.getpid()}-{_start_time(os.getpid())}"
 
 
-def owner_alive(pid: int, start: int) -> bool:
-    return _start_time(pid) == start
-
-
-def make_session_workspace(root: str | None = None) -> str:
-    """A new, empty session workspace (0700) under ``root`` (default: the temp dir).
-
-    Its name says which process owns it, so the next start can remove it if that process was
-    killed (``sweep_session_workspaces``).
-    """
-    base = root or _tempdir()
-    for _ in range(16):
-        path = os.path.join(base, f"{SESSION_PREFIX}{owner_tag()}-{os.urandom(6).hex()}")
-        try:
-            os.mkdir(path, 0o700)
-            return path
-        except FileExistsError:
-            continue
-    raise NixcellError(f"cannot create a session workspace in {base}")
-
-
-def sweep_session_workspaces(root: str | None = None) -> list[str]:
-    """Remove session workspaces under ``root`` whose owning process is dead; the removed."""
-    import re
-
-    from nixcell.fsio import remove_tree
-
-    base = root or _tempdir()
-    pattern = re.compile(_SESSION_NAME)
-    removed: list[str] = []
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return removed
-    me = os.geteuid()
-    for name in names:
-        match = pattern.fullmatch(name)
-        if match is None or owner_alive(int(match.group(1)), int(match.group(2))):
-            continue
-        path = os.path.join(base, name)
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != me:
-            continue  # a symlink or another user's: not ours to remove
-        try:
-            remove_tree(path)
-            removed.append(path)
-        except NixcellError as exc:
-            _log().warning("cannot remove the leftover session workspace %s: %s", path, exc)
-    return removed
-
-
-def sweep(root: str | None = None) -> dict[str, list[str]]:
+def sweep() -> dict[str, list[str]]:
     """Sweep every kind of leftover whose owner is dead; what was removed, by kind."""
     from nixcell.sandbox.cgroups import sweep_stale
 
     dead = _dead_markers()  # read first: whatever those runs left is swept below
-    found: dict[str, list[str]] = {"cgroups": [], "session workspaces": []}
+    found: dict[str, list[str]] = {"cgroups": []}
     try:
         found["cgroups"] = sweep_stale()
     except (OSError, NixcellError) as exc:
         _log().warning("cannot sweep stale cgroups: %s", exc)
-    found["session workspaces"] = sweep_session_workspaces(root)
     for path in dead:
         with contextlib.suppress(OSError):
             os.unlink(path)
@@ -198,9 +132,7 @@ def _dead_markers() -> list[str]:
     return dead
 
 
-def sweep_if_due(
-    root: str | None = None, every: float = SWEEP_EVERY
-) -> dict[str, list[str]] | None:
+def sweep_if_due(every: float = SWEEP_EVERY) -> dict[str, list[str]] | None:
     """``sweep`` when a killed run left a marker, or when the last sweep is ``every`` seconds
     old; otherwise (the warm path) only one ``listdir`` and one ``stat`` happen, and None."""
     dead = _dead_markers()
@@ -221,4 +153,4 @@ def sweep_if_due(
         os.close(fd)
     except (OSError, NixcellError) as exc:
         _log().debug("no sweep stamp: %s", exc)
-    return sweep(root)
+    return sweep()

@@ -198,8 +198,8 @@ def gc() -> int:
     """Clear every cache and remove what killed nixcell runs left behind.
 
     Caches: resolutions, cached plans, seccomp programs, and the key that seals them (a new one
-    is made on the next run). Leftovers: cell cgroups and MCP session workspaces whose owning
-    nixcell is dead. GC roots of resolutions stay (the store keeps those packages).
+    is made on the next run). Leftovers: cell cgroups whose owning nixcell is dead. GC roots
+    of resolutions stay (the store keeps those packages).
     """
     from nixcell import leftovers, paths, sealed
     from nixcell.fsio import remove_tree
@@ -213,8 +213,7 @@ def gc() -> int:
             cleared.append(kind)
     sealed.forget_key()
     click.echo(
-        f"removed {len(found['cgroups'])} stale cgroup(s) and "
-        f"{len(found['session workspaces'])} leftover session workspace(s); "
+        f"removed {len(found['cgroups'])} stale cgroup(s); "
         "cleared the resolution, plan and seccomp caches"
     )
     return 0
@@ -284,7 +283,7 @@ def mcp(**options: object) -> int:
     from nixcell import leftovers
     from nixcell.mcp.server import serve  # imports the MCP SDK (~0.5 s): only here
 
-    leftovers.sweep()  # a killed server's session workspaces and cgroups go at the next start
+    leftovers.sweep()  # a killed server's cgroups go at the next start
     with leftovers.RunMarker():
         return serve(**options)  # type: ignore[arg-type]
 
