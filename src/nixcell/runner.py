@@ -87,17 +87,10 @@ def prepare(
 
 
 def check_command(plan: Plan) -> None:
-    """Fail early, with a useful message, when the program is not in the cell's packages."""
-    name = plan.command[0]
-    if "/" in name:
-        return
-    for directory in plan.path_dirs:
-        if os.path.exists(os.path.join(directory, name)):
-            return
-    raise CommandNotFoundError(
-        f"command '{name}' not found in the cell's packages; add the package that provides it "
-        "with -p"
-    )
+    """Fail early, in one line, when the command or ``--cwd`` does not exist in the cell."""
+    from nixcell import preflight
+
+    preflight.check(plan)
 
 
 def seccomp_program(profiles: tuple[str, ...]) -> bytes:
