@@ -11,7 +11,7 @@ replaces every occurrence, because any copy of a secret must go.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 TOKEN_CHARS = rb"A-Za-z0-9_\-"
 _BEFORE = rb"(?<![" + TOKEN_CHARS + rb"])"
@@ -54,12 +54,31 @@ class Rewriter:
 
     def __init__(self, pairs: Mapping[bytes, bytes], *, bounded: bool) -> None:
         _check_pairs(pairs)
-        self._pairs = dict(pairs)
-        self._bounded = bounded
-        self._pattern = compile_needles(list(pairs), bounded=bounded) if pairs else None
+        table = dict(pairs)
+        pattern = compile_needles(list(pairs), bounded=bounded) if pairs else None
         longest = max((len(n) for n in pairs), default=0)
         # Bounded: a match must be followed by one known byte before it can be decided.
-        self._hold = longest if bounded else max(longest - 1, 0)
+        self._setup(pattern, lambda m: table[m.group()], longest if bounded else longest - 1)
+
+    @classmethod
+    def matching(
+        cls, pattern: re.Pattern[bytes] | None, swap: Callable[[re.Match[bytes]], bytes], width: int
+    ) -> Rewriter:
+        """A rewriter for any same-length ``swap`` of ``pattern``'s matches, none longer than
+        ``width`` (net/spellings.py: every spelling of a secret)."""
+        self = cls.__new__(cls)
+        self._setup(pattern, swap, width - 1)
+        return self
+
+    def _setup(
+        self,
+        pattern: re.Pattern[bytes] | None,
+        swap: Callable[[re.Match[bytes]], bytes],
+        hold: int,
+    ) -> None:
+        self._pattern = pattern
+        self._swap = swap
+        self._hold = max(hold, 0)
         self._pending = b""
         self._prev = b""  # the last input byte already passed on: the left boundary
         self._seen = 0
@@ -106,7 +125,7 @@ class Rewriter:
             if start >= cut:
                 break
             parts.append(data[pos:start])
-            parts.append(self._pairs[m.group()])
+            parts.append(self._swap(m))
             pos = end
         stop = max(cut, pos)
         parts.append(data[pos:stop])

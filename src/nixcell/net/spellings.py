@@ -1,0 +1,246 @@
+"""Every spelling of a secret a message may carry, matched as one pattern, swapped in place.
+
+A real credential can come back to a cell written many ways: raw, JSON-escaped (``\\/``,
+``\\u0041`` for any or all of its characters, either hex case), percent-encoded (either case,
+``+`` for space, or percent-encoded twice), ``\\x41`` escapes, hex, or inside base64 / base64url
+at any of the three byte alignments (with or without padding, wrapped in lines). Listing a few
+fixed strings misses the mixed forms (one character escaped, the next not), so each family is a
+*pattern of units*: one unit per character (or byte, or base64 digit), each unit an alternation
+of that character's spellings. A match is swapped unit by unit into the dummy spelled the same
+way (same escape, same hex case), so every replacement has the length of what it replaces.
+
+That holds because a dummy differs from its real value only at ASCII letters and digits, each
+replaced within its class (``credsource.make_dummy``): every escape form of a letter or digit has
+one fixed length. In base64 every bit of the secret is covered, including the edge digits it
+shares with its neighbours (their other bits are kept); ``/`` written as JSON ``\\/`` inside
+base64 stays as it is when the dummy's digit there is not ``/`` (at most 6 bits of the secret per
+such digit), because no other spelling of two bytes exists.
+
+``Spellings`` is the one function of spellings: response scrubbing, OAuth token mapping, the
+redactor of logs and audit lines, and the check of what enters a cell all use it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+_STD = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_URL = _STD[:62] + b"-_"
+_LINE_BREAK = rb"(?:\r?\n)?"  # MIME and PEM wrap base64 every 64 or 76 digits
+
+Swap = Callable[[bytes], bytes]
+
+
+def _hex_digit(nibble: int) -> bytes:
+    c = b"0123456789abcdef"[nibble : nibble + 1]
+    return c if c.isdigit() else b"[" + c + c.upper() + b"]"
+
+
+def _hex(value: int, digits: int = 2) -> bytes:
+    """A pattern for ``value`` as hex digits, each letter in either case."""
+    return b"".join(_hex_digit((value >> (4 * i)) & 15) for i in reversed(range(digits)))
+
+
+def _hex_like(value: int, sample: bytes) -> bytes:
+    """``value`` in as many hex digits as ``sample``, upper case if ``sample`` uses it."""
+    text = b"%0*x" % (len(sample), value)
+    return text.upper() if any(65 <= c <= 70 for c in sample) else text
+
+
+@dataclass(frozen=True)
+class _Unit:
+    pattern: bytes
+    swap: Swap | None  # None: the dummy has the same character here, the text stays
+    width: int  # the longest text the unit matches
+
+
+@dataclass(frozen=True)
+class _Family:
+    units: tuple[_Unit, ...]
+    sep: bytes  # pattern allowed between units (kept as is)
+    sep_width: int
+
+    def pattern(self, capture: bool) -> bytes:
+        wrap = b"(%s)" if capture else b"(?:%s)"
+        return self.sep.join(wrap % u.pattern for u in self.units)
+
+    @property
+    def width(self) -> int:
+        return sum(u.width for u in self.units) + self.sep_width * (len(self.units) - 1)
+
+
+# -- text: raw, JSON, percent, \x, + for space, mixed per character ------------------------------
+
+
+def _text_unit(real: str, dummy: str) -> _Unit:
+    raw = real.encode()
+    forms = [re.escape(raw)]
+    if real.isascii():
+        code = ord(real)
+        forms += [
+            rb"\\u00" + _hex(code),
+            rb"\\x" + _hex(code),
+            rb"%25" + _hex(code),
+            b"%" + _hex(code),
+        ]
+        forms += [rb"\\/"] if real == "/" else []
+        forms += [rb"\+"] if real == " " else []
+        width = 6
+    else:
+        forms += [b"".join(b"%" + _hex(b) for b in raw)]
+        code = ord(real)
+        if code < 0x10000:
+            forms.append(rb"\\u" + _hex(code, 4))
+        else:
+            high, low = 0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)
+            forms.append(rb"\\u" + _hex(high, 4) + rb"\\u" + _hex(low, 4))
+        width = max(3 * len(raw), 12)
+    pattern = b"|".join(forms)
+    if real == dummy:
+        return _Unit(pattern, None, width)
+    new = ord(dummy)  # both ASCII letters or digits (make_dummy): every form keeps its length
+
+    def swap(text: bytes) -> bytes:
+        if text.startswith(b"\\u"):
+            return b"\\u00" + _hex_like(new, text[4:6])
+        if text.startswith(b"\\x"):
+            return b"\\x" + _hex_like(new, text[2:4])
+        if text.startswith(b"%25"):
+            return b"%25" + _hex_like(new, text[3:5])
+        if text.startswith(b"%"):
+            return b"%" + _hex_like(new, text[1:3])
+        return dummy.encode()
+
+    return _Unit(pattern, swap, width)
+
+
+def _text(real: str, dummy: str) -> _Family:
+    return _Family(tuple(_text_unit(r, d) for r, d in zip(real, dummy, strict=True)), b"", 0)
+
+
+# -- hex: each byte as two hex digits, either case -----------------------------------------------
+
+
+def _hex_family(real: bytes, dummy: bytes) -> _Family:
+    def unit(r: int, d: int) -> _Unit:
+        return _Unit(_hex(r), None if r == d else (lambda text: _hex_like(d, text)), 2)
+
+    return _Family(tuple(unit(r, d) for r, d in zip(real, dummy, strict=True)), b"", 0)
+
+
+# -- base64: every digit holding a bit of the secret, at one alignment ---------------------------
+
+
+def _base64(real: bytes, dummy: bytes, skip: int, alphabet: bytes) -> _Family:
+    """The secret starting ``skip`` bytes into a 3-byte group. Each digit matches the alphabet
+    characters whose bits of the secret are right; its swap sets those bits to the dummy's."""
+    start, end = 8 * skip, 8 * (skip + len(real))
+    real_bits = int.from_bytes(real, "big")
+    dummy_bits = int.from_bytes(dummy, "big")
+    units = []
+    for digit in range(start // 6, -(-end // 6)):
+        mask = want = new = 0
+        for j in range(6):
+            bit = 6 * digit + j
+            if start <= bit < end:
+                shift = end - 1 - bit
+                mask |= 1 << (5 - j)
+                want |= ((real_bits >> shift) & 1) << (5 - j)
+                new |= ((dummy_bits >> shift) & 1) << (5 - j)
+        chars = [alphabet[i : i + 1] for i in range(64) if i & mask == want]
+        forms = [b"[" + b"".join(re.escape(c) for c in chars) + b"]"]
+        if b"/" in chars:
+            forms.append(rb"\\/")  # JSON that escapes slashes (PHP's default)
+        for special in (b"+", b"/"):
+            if special in chars:
+                forms.append(b"%" + _hex(special[0]))
+        units.append(_Unit(b"|".join(forms), _base64_swap(alphabet, mask, new), 3))
+    return _Family(tuple(units), _LINE_BREAK, 2)
+
+
+def _base64_swap(alphabet: bytes, mask: int, new: int) -> Swap:
+    def swap(text: bytes) -> bytes:
+        if text.startswith(b"%"):
+            char = bytes([int(text[1:], 16)])
+        elif text == b"\\/":
+            char = b"/"
+        else:
+            char = text
+        out = alphabet[(alphabet.index(char) & ~mask) | new :][:1]
+        if text.startswith(b"%"):
+            return b"%" + _hex_like(out[0], text[1:])
+        if text == b"\\/":
+            return text  # no other digit has a two-byte spelling: it stays (6 bits at most)
+        return out
+
+    return swap
+
+
+# -- all of them ---------------------------------------------------------------------------------
+
+
+def families(real: str, dummy: str) -> list[_Family]:
+    """Every family of spellings of ``real``, each swapping to the same spelling of ``dummy``."""
+    raw, fake = real.encode(), dummy.encode()
+    found = [_text(real, dummy), _hex_family(raw, fake)]
+    for skip in range(3):
+        for alphabet in (_STD, _URL):
+            found.append(_base64(raw, fake, skip, alphabet))
+    return found
+
+
+class Spellings:
+    """All spellings of a set of (real, dummy) pairs: one compiled search, swaps in place.
+
+    ``pattern`` finds any spelling of any real value; ``swap`` turns a match into the dummy
+    spelled the same way (same length); ``width`` is the longest match, what a streaming
+    scrubber must hold back.
+    """
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        self._families: list[_Family] = []
+        for real, dummy in pairs:
+            if len(real) != len(dummy) or len(real.encode()) != len(dummy.encode()):
+                raise ValueError("a dummy must have the length of its real value")
+            self._families += families(real, dummy)
+        self.width = max((f.width for f in self._families), default=0)
+        self.pattern: re.Pattern[bytes] | None = None
+        if self._families:
+            self.pattern = re.compile(b"|".join(f.pattern(False) for f in self._families))
+        self._exact = [re.compile(f.pattern(True)) for f in self._families]
+
+    def __bool__(self) -> bool:
+        return self.pattern is not None
+
+    def swap(self, match: re.Match[bytes]) -> bytes:
+        text = match.group()
+        for family, exact in zip(self._families, self._exact, strict=True):
+            m = exact.fullmatch(text)
+            if m is None:
+                continue
+            out = bytearray(text)
+            for i, unit in enumerate(family.units, 1):
+                if unit.swap is not None:
+                    a, b = m.span(i)
+                    out[a:b] = unit.swap(text[a:b])
+            assert len(out) == len(text)
+            return bytes(out)
+        raise AssertionError("a match of the whole pattern fits one of its families")
+
+    def scrub(self, data: bytes) -> bytes:
+        """``data`` with every spelling of every real value swapped for its dummy's."""
+        if self.pattern is None or not data:
+            return data
+        return self.pattern.sub(self.swap, data)
+
+    def found(self, data: bytes) -> bool:
+        return self.pattern is not None and self.pattern.search(data) is not None
+
+    def redact(self, text: str, mark: str = "[REDACTED]") -> str:
+        """``text`` with every spelling of a real value replaced by ``mark`` (logs, audit)."""
+        if self.pattern is None or not text:
+            return text
+        data = text.encode("utf-8", "surrogateescape")
+        return self.pattern.sub(mark.encode(), data).decode("utf-8", "surrogateescape")
