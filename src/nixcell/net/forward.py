@@ -246,7 +246,7 @@ async def _relay(
                 target.scheme, target.host, headers, path, credential
             )
         except PlaintextRefused as exc:
-            return await _refuse_plaintext(side, record, str(exc), drain=True)
+            return await _refuse_plaintext(side, record, str(exc))
         headers = credentialed_request_headers(headers)
     if websocket:
         headers += [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
@@ -256,7 +256,7 @@ async def _relay(
     try:
         await relay_body(side, up, body_rw, "request")
     except PlaintextRefused as exc:  # a dummy in a body bound for cleartext: the request is cut
-        return await _refuse_plaintext(side, record, str(exc), drain=False)
+        return await _refuse_plaintext(side, record, str(exc))
     return await _response(cell, side, up, target, record, websocket)
 
 
@@ -269,10 +269,11 @@ def credentialed_request_headers(headers: Headers) -> Headers:
     ]
 
 
-async def _refuse_plaintext(side: Side, record: Record, why: str, *, drain: bool) -> bool:
-    """403 for a real credential that would travel over cleartext; audited by the caller."""
+async def _refuse_plaintext(side: Side, record: Record, why: str) -> bool:
+    """403 for a real credential that would travel over cleartext (the rest of the cell's body
+    is read and dropped, bounded); audited by the caller."""
     record.action, record.status, record.reason = "deny", 403, why
-    keep = await _drain(side) if drain else False
+    keep = await _drain(side)
     await side.send(*simple_response(403, f"nixcell: {why}\n", close=not keep))
     return keep
 
@@ -357,11 +358,16 @@ async def _switch(side: Side, up: Side, creds: object | None) -> None:
     sent (they hold dummies only)."""
     client_extra, _ = side.conn.trailing_data
     up_extra, _ = up.conn.trailing_data
-    with contextlib.suppress(Exception):
-        up.stream.write(client_extra)
+
+    async def down() -> None:
         if creds is None:
             side.stream.write(up_extra)
-            down = pipe(up.stream, side.stream)
+            await pipe(up.stream, side.stream)
         else:
-            down = scrub_frames(up.stream, side.stream, creds, bytes(up_extra))
-        await asyncio.gather(pipe(side.stream, up.stream), down)
+            await scrub_frames(up.stream, side.stream, creds, bytes(up_extra))
+        # The server is gone; TLS has no half-close, so the cell learns it by the close.
+        side.stream.close()
+
+    with contextlib.suppress(Exception):
+        up.stream.write(client_extra)
+        await asyncio.gather(pipe(side.stream, up.stream), down())

@@ -44,6 +44,28 @@ def replace_all(data: bytes, pairs: Mapping[bytes, bytes], *, bounded: bool) -> 
     return out
 
 
+def swap_matches(
+    buf: bytearray,
+    pattern: re.Pattern[bytes],
+    swap: Callable[[re.Match[bytes]], bytes],
+    first: re.Match[bytes] | None,
+    limit: int,
+    overlap: int,
+) -> int:
+    """Swap, in place, ``first`` and every later match of ``pattern`` in ``buf`` that starts
+    before ``limit``; returns where the bytes still open to a match begin (``limit``, or the
+    shared last byte of a match past it). Each search runs on the bytes already swapped, so a
+    next match may share ``overlap`` bytes with the one before (each swap changes only the
+    bits of its own secret) and a swapped dummy is never matched again."""
+    stop, match = limit, first
+    while match is not None and match.start() < limit:
+        start, end = match.span()
+        buf[start:end] = swap(match)
+        stop = max(stop, end - overlap)
+        match = pattern.search(buf, max(end - overlap, start + 1))
+    return stop
+
+
 class Rewriter:
     """Streaming same-length replacement: ``feed`` chunks in order, then ``flush`` once.
 
@@ -58,16 +80,18 @@ class Rewriter:
         pattern = compile_needles(list(pairs), bounded=bounded) if pairs else None
         longest = max((len(n) for n in pairs), default=0)
         # Bounded: a match must be followed by one known byte before it can be decided.
-        self._setup(pattern, lambda m: table[m.group()], longest if bounded else longest - 1)
+        hold = longest if bounded else longest - 1
+        self._setup(pattern, lambda m: table[bytes(m.group())], hold, overlap=0)
 
     @classmethod
     def matching(
         cls, pattern: re.Pattern[bytes] | None, swap: Callable[[re.Match[bytes]], bytes], width: int
     ) -> Rewriter:
         """A rewriter for any same-length ``swap`` of ``pattern``'s matches, none longer than
-        ``width`` (net/spellings.py: every spelling of a secret)."""
+        ``width`` (net/spellings.py: every spelling of a secret). A match may start on the last
+        byte of the one before (base64 digits shared by two secrets back to back)."""
         self = cls.__new__(cls)
-        self._setup(pattern, swap, width - 1)
+        self._setup(pattern, swap, width - 1, overlap=1)
         return self
 
     def _setup(
@@ -75,8 +99,10 @@ class Rewriter:
         pattern: re.Pattern[bytes] | None,
         swap: Callable[[re.Match[bytes]], bytes],
         hold: int,
+        overlap: int,
     ) -> None:
         self._pattern = pattern
+        self._overlap = overlap
         self._swap = swap
         self._hold = max(hold, 0)
         self._pending = b""
@@ -118,21 +144,16 @@ class Rewriter:
         assert self._pattern is not None
         ctx = self._prev + data  # one byte of history so the left boundary is seen
         off = len(self._prev)
-        parts: list[bytes] = []
-        pos = 0  # in data coordinates
-        for m in self._pattern.finditer(ctx, off):
-            start, end = m.start() - off, m.end() - off
-            if start >= cut:
-                break
-            parts.append(data[pos:start])
-            parts.append(self._swap(m))
-            pos = end
-        stop = max(cut, pos)
-        parts.append(data[pos:stop])
-        self._pending = data[stop:]
-        if stop:
-            self._prev = data[stop - 1 : stop]
-        return b"".join(parts)
+        first = self._pattern.search(ctx, off)
+        if first is None or first.start() >= off + cut:  # the common case: nothing, no copy
+            out, self._pending = data[:cut], data[cut:]
+        else:
+            buf = bytearray(ctx)
+            stop = swap_matches(buf, self._pattern, self._swap, first, off + cut, self._overlap)
+            out, self._pending = bytes(buf[off:stop]), bytes(buf[stop:])
+        if out:
+            self._prev = out[-1:]
+        return out
 
     def _emit(self, out: bytes) -> bytes:
         self._emitted += len(out)

@@ -3,11 +3,12 @@
 A real credential can come back to a cell written many ways: raw, JSON-escaped (``\\/``,
 ``\\u0041`` for any or all of its characters, either hex case), percent-encoded (either case,
 ``+`` for space, or percent-encoded twice), ``\\x41`` escapes, hex, or inside base64 / base64url
-at any of the three byte alignments (with or without padding, wrapped in lines). Listing a few
-fixed strings misses the mixed forms (one character escaped, the next not), so each family is a
-*pattern of units*: one unit per character (or byte, or base64 digit), each unit an alternation
-of that character's spellings. A match is swapped unit by unit into the dummy spelled the same
-way (same escape, same hex case), so every replacement has the length of what it replaces.
+at any of the three byte alignments (with or without padding, wrapped in lines or spaced).
+Listing a few fixed strings misses the mixed forms (one character escaped, the next not), so
+each family is a *pattern of units*: one unit per character (or byte, or base64 digit), each
+unit an alternation of that character's spellings. A match is swapped unit by unit into the
+dummy spelled the same way (same escape, same hex case), so every replacement has the length of
+what it replaces.
 
 That holds because a dummy differs from its real value only at ASCII letters and digits, each
 replaced within its class (``credsource.make_dummy``): every escape form of a letter or digit has
@@ -26,9 +27,13 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from nixcell.net.rewrite import swap_matches
+
 _STD = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _URL = _STD[:62] + b"-_"
-_LINE_BREAK = rb"(?:\r?\n)?"  # MIME and PEM wrap base64 every 64 or 76 digits
+# MIME and PEM wrap base64 every 64 or 76 digits; decoders skip whitespace, and JSON holds the
+# breaks escaped: any of these may sit between two digits.
+_BREAK = rb"(?:[ \t\r\n]{1,2}|(?:\\r)?\\n)?"
 
 Swap = Callable[[bytes], bytes]
 
@@ -75,45 +80,41 @@ class _Family:
 
 
 def _text_unit(real: str, dummy: str) -> _Unit:
+    """One character: raw or escaped, a letter in either case (header names, host names and
+    case-folding systems lower-case a secret: that still spells most of it)."""
     raw = real.encode()
-    forms = [re.escape(raw)]
-    if real.isascii():
-        code = ord(real)
-        forms += [
-            rb"\\u00" + _hex(code),
-            rb"\\x" + _hex(code),
-            rb"%25" + _hex(code),
-            b"%" + _hex(code),
-        ]
-        forms += [rb"\\/"] if real == "/" else []
-        forms += [rb"\+"] if real == " " else []
-        width = 6
-    else:
-        forms += [b"".join(b"%" + _hex(b) for b in raw)]
+    if not real.isascii():
+        forms = [re.escape(raw), b"".join(b"%" + _hex(b) for b in raw)]
         code = ord(real)
         if code < 0x10000:
             forms.append(rb"\\u" + _hex(code, 4))
         else:
             high, low = 0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)
             forms.append(rb"\\u" + _hex(high, 4) + rb"\\u" + _hex(low, 4))
-        width = max(3 * len(raw), 12)
+        return _Unit(b"|".join(forms), None, max(3 * len(raw), 12))
+    forms = []
+    for variant in dict.fromkeys((real, real.swapcase())):
+        code = ord(variant)
+        forms += [re.escape(variant.encode())]
+        forms += [rb"\\u00" + _hex(code), rb"\\x" + _hex(code), rb"%25" + _hex(code)]
+        forms += [b"%" + _hex(code)]
+    forms += [rb"\\/"] if real == "/" else []
+    forms += [rb"\+"] if real == " " else []
     pattern = b"|".join(forms)
     if real == dummy:
-        return _Unit(pattern, None, width)
-    new = ord(dummy)  # both ASCII letters or digits (make_dummy): every form keeps its length
+        return _Unit(pattern, None, 6)
 
     def swap(text: bytes) -> bytes:
-        if text.startswith(b"\\u"):
-            return b"\\u00" + _hex_like(new, text[4:6])
-        if text.startswith(b"\\x"):
-            return b"\\x" + _hex_like(new, text[2:4])
-        if text.startswith(b"%25"):
-            return b"%25" + _hex_like(new, text[3:5])
-        if text.startswith(b"%"):
-            return b"%" + _hex_like(new, text[1:3])
-        return dummy.encode()
+        # The dummy's character is a letter or digit like the real's (make_dummy): every form
+        # keeps its length, and a letter keeps the case it was written in.
+        digits = text[-2:] if text[:1] in b"\\%" else b""
+        seen = chr(int(digits, 16)) if digits else text.decode()
+        new = dummy.lower() if seen.islower() else dummy.upper() if seen.isupper() else dummy
+        if not digits:
+            return new.encode()
+        return text[: len(text) - 2] + _hex_like(ord(new), digits)
 
-    return _Unit(pattern, swap, width)
+    return _Unit(pattern, swap, 6)
 
 
 def _text(real: str, dummy: str) -> _Family:
@@ -157,7 +158,7 @@ def _base64(real: bytes, dummy: bytes, skip: int, alphabet: bytes) -> _Family:
             if special in chars:
                 forms.append(b"%" + _hex(special[0]))
         units.append(_Unit(b"|".join(forms), _base64_swap(alphabet, mask, new), 3))
-    return _Family(tuple(units), _LINE_BREAK, 2)
+    return _Family(tuple(units), _BREAK, 4)
 
 
 def _base64_swap(alphabet: bytes, mask: int, new: int) -> Swap:
@@ -215,7 +216,7 @@ class Spellings:
         return self.pattern is not None
 
     def swap(self, match: re.Match[bytes]) -> bytes:
-        text = match.group()
+        text = bytes(match.group())
         for family, exact in zip(self._families, self._exact, strict=True):
             m = exact.fullmatch(text)
             if m is None:
@@ -233,7 +234,12 @@ class Spellings:
         """``data`` with every spelling of every real value swapped for its dummy's."""
         if self.pattern is None or not data:
             return data
-        return self.pattern.sub(self.swap, data)
+        first = self.pattern.search(data)
+        if first is None:
+            return data
+        buf = bytearray(data)
+        swap_matches(buf, self.pattern, self.swap, first, len(buf), 1)
+        return bytes(buf)
 
     def found(self, data: bytes) -> bool:
         return self.pattern is not None and self.pattern.search(data) is not None
