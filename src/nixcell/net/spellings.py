@@ -98,7 +98,7 @@ def _text_unit(real: str, dummy: str) -> _Unit:
         forms += [re.escape(variant.encode())]
         forms += [rb"\\u00" + _hex(code), rb"\\x" + _hex(code), rb"%25" + _hex(code)]
         forms += [b"%" + _hex(code)]
-    forms += [rb"\\/"] if real == "/" else []
+    forms += [b"\\\\" + re.escape(raw)] if real in '/"\\' else []  # JSON: \/ \" \\
     forms += [rb"\+"] if real == " " else []
     pattern = b"|".join(forms)
     if real == dummy:
