@@ -396,19 +396,32 @@ env = "OTHER_TOKEN"
 # -- 8: fail closed ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("route", ["-e X=<real>", "--pass-env", "argv"])
+@pytest.mark.parametrize(
+    "route", ["-e X=<real>", "-e X=<base64>", "-e <real>=1", "--pass-env", "argv", "argv %XX"]
+)
 def test_real_secret_passed_into_the_cell_is_refused(offline_set, tls, real, tmp_path, route):
+    """The cell's argv and environ are in /proc for everything in it: no spelling may enter."""
+    import base64
+    import urllib.parse
+
     work = tmp_path / "work"
     work.mkdir()
     policy = write_policy(tmp_path / "p.toml", tls.port)
     fields: dict = {"workdir": str(work)}
     script = "touch /workspace/ran"
-    if route.startswith("-e"):
+    if route == "-e X=<real>":
         fields["env"] = {"X": real}
+    elif route == "-e X=<base64>":
+        fields["env"] = {"X": base64.b64encode(f"user:{real}".encode()).decode()}
+    elif route == "-e <real>=1":
+        fields["env"] = {"T_" + real: "1"}
     elif route == "--pass-env":
         fields["pass_env"] = [GH_ENV]
-    else:
+    elif route == "argv":
         script += f" # {real}"
+    else:
+        script += f" # {''.join(f'%{ord(c):02x}' for c in real)}"
+        assert urllib.parse.unquote(script.split("# ")[1]) == real
     with pytest.raises(NetworkError) as err:
         sh(script, network(tls, policy), **fields)
     assert "refusing to run" in str(err.value) and real not in str(err.value)

@@ -379,3 +379,39 @@ def test_websocket_frames_nixcell_cannot_read_end_the_connection(wire: bytes) ->
     cc, _ = creds_for("ghp_" + "R3alT0kenAbCdEfGhIjKlMnOpQrStUv1234")
     with pytest.raises(BadFrame):
         FrameScrubber(cc).feed(wire)
+
+
+# -- side doors: logs and audit lines ------------------------------------------------------------
+
+
+def test_proxy_logs_are_redacted_in_every_spelling(caplog) -> None:
+    import logging
+
+    real = "AKIA" + "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+    cc, _ = creds_for(real)
+    log = logging.getLogger("nixcell.net.proxy")
+    spelled = [base64.b64encode(b"u:" + real.encode()).decode(), urllib.parse.quote(real)]
+    with caplog.at_level(logging.INFO, logger="nixcell.net.proxy"):
+        try:
+            raise ValueError(f"illegal header value {spelled[0]!r}")
+        except ValueError:
+            log.exception("connection failed for %s", spelled[1])
+    assert caplog.records and "[REDACTED]" in caplog.text
+    for text in [real, *spelled]:
+        assert text not in caplog.text
+    del cc
+
+
+def test_audit_lines_are_redacted_in_every_spelling(tmp_path) -> None:
+    from nixcell.net.audit import AuditLog, Record
+
+    real = "ghp_" + "R3alT0kenAbCdEfGhIjKlMnOpQrStUv1234"
+    cc, _ = creds_for(real)
+    audit = AuditLog("c1", str(tmp_path / "a.jsonl"), cc.redact)
+    quoted = "".join(f"%{ord(c):02X}" for c in real)
+    audit.write(Record("c1", "GET", "https", "x.test", 443, f"/?t={quoted}", "r", "deny",
+                       reason=f"upstream said {base64.b64encode(real.encode()).decode()}"))
+    audit.close()
+    line = (tmp_path / "a.jsonl").read_text()
+    assert "[REDACTED]" in line and real not in line and quoted not in line
+    assert base64.b64encode(real.encode()).decode()[:-4] not in line

@@ -25,19 +25,20 @@ async def open_network(plan: Plan, cell_id: str) -> tuple[Plan, object]:
 
 
 def with_network(plan: Plan, session: object) -> Plan:
-    """The plan with the credential dummies in its env; refuses if a real secret would enter."""
+    """The plan with the credential dummies in its env; refuses if a real secret would enter
+    (in any spelling: its argv and environ are readable in /proc by everything in the cell)."""
     from nixcell.errors import NetworkError
 
     env = session.env  # type: ignore[attr-defined]
     if env:
         plan = dataclasses.replace(plan, env={**plan.env, **env})
-    exposed = [*plan.env.values(), *plan.command]
-    for secret in session.secrets():  # type: ignore[attr-defined]
-        if any(secret in value for value in exposed):
-            raise NetworkError(
-                "a real credential value would enter the cell (through -e, --pass-env or "
-                "the command line); refusing to run"
-            )
+    exposed = [*plan.env.keys(), *plan.env.values(), *plan.command]
+    creds = getattr(session, "credentials", None)
+    if creds is not None and any(creds.exposes(value) for value in exposed):
+        raise NetworkError(
+            "a real credential value would enter the cell (through -e, --pass-env or "
+            "the command line); refusing to run"
+        )
     return plan
 
 

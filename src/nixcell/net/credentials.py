@@ -41,6 +41,7 @@ from nixcell.net.credsource import (  # re-exported: the credential API lives he
     parse_credentials,
 )
 from nixcell.net.hosts import BadHost, normalize_host
+from nixcell.net.logredact import watch
 from nixcell.net.rewrite import Rewriter, compile_needles, replace_all
 from nixcell.net.spellings import Spellings
 
@@ -94,6 +95,7 @@ class CellCredentials:
         for spec, real in loaded:
             self._specs[spec.name] = spec
             self._add(spec, real)
+        watch(self)  # the proxy's logs are redacted while this cell lives
 
     @classmethod
     def load(
