@@ -43,7 +43,7 @@ from nixcell.net.credsource import (  # re-exported: the credential API lives he
 from nixcell.net.hosts import BadHost, normalize_host
 from nixcell.net.logredact import watch
 from nixcell.net.rewrite import Rewriter, compile_needles, replace_all
-from nixcell.net.spellings import Spellings
+from nixcell.net.spellings import LOOKBACK, Spellings
 
 __all__ = [
     "KNOWN_PREFIXES",
@@ -268,14 +268,14 @@ class CellCredentials:
         if not plain:
             return Rewriter(pairs, bounded=True)
 
-        def swap(m: re.Match[bytes]) -> bytes:
-            owner = self._owner(m.group())
+        def edit(buf: bytearray, m: re.Match[bytes]) -> None:
+            owner = self._owner(bytes(m.group()))
             if not owner.credential.allow_plaintext:
                 raise PlaintextRefused(owner.credential.name, host)
-            return owner.real
+            buf[m.start() : m.end()] = owner.real
 
         width = max(map(len, pairs)) + 1  # bounded: one byte past the needle decides
-        return Rewriter.matching(compile_needles(list(pairs), bounded=True), swap, width)
+        return Rewriter.matching(compile_needles(list(pairs), bounded=True), edit, width)
 
     # -- responses: real -> dummy, everywhere --
 
@@ -283,7 +283,7 @@ class CellCredentials:
         """A streaming real -> dummy rewriter for any response body: every spelling of every
         real value, wherever it starts (also across chunk boundaries)."""
         spelled = self.spellings()
-        return Rewriter.matching(spelled.pattern, spelled.swap, spelled.width)
+        return Rewriter.matching(spelled.pattern, spelled.edit, spelled.width, back=LOOKBACK)
 
     def scrub_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> Headers:
         """Names and values (trailers too), every spelling."""

@@ -38,9 +38,14 @@ _BREAK = rb"(?:[ \t\r\n]{1,2}|(?:\\r)?\\n)?"
 Swap = Callable[[bytes], bytes]
 
 
-def _hex_digit(nibble: int) -> bytes:
+def _hex_chars(nibble: int) -> bytes:
     c = b"0123456789abcdef"[nibble : nibble + 1]
-    return c if c.isdigit() else b"[" + c + c.upper() + b"]"
+    return c if c.isdigit() else c + c.upper()
+
+
+def _hex_digit(nibble: int) -> bytes:
+    chars = _hex_chars(nibble)
+    return chars if len(chars) == 1 else b"[" + chars + b"]"
 
 
 def _hex(value: int, digits: int = 2) -> bytes:
@@ -54,11 +59,28 @@ def _hex_like(value: int, sample: bytes) -> bytes:
     return text.upper() if any(65 <= c <= 70 for c in sample) else text
 
 
+Form = tuple[bytes, bytes]  # (the bytes a spelling may start with, a pattern for the rest)
+
+
+def _lit(text: bytes) -> Form:
+    return text[:1], re.escape(text[1:])
+
+
 @dataclass(frozen=True)
 class _Unit:
-    pattern: bytes
+    forms: tuple[Form, ...]
     swap: Swap | None  # None: the dummy has the same character here, the text stays
     width: int  # the longest text the unit matches
+
+    @property
+    def pattern(self) -> bytes:
+        return b"|".join(_first(firsts) + rest for firsts, rest in self.forms)
+
+
+def _first(firsts: bytes) -> bytes:
+    if len(firsts) == 1:
+        return re.escape(firsts)
+    return b"[" + b"".join(re.escape(firsts[i : i + 1]) for i in range(len(firsts))) + b"]"
 
 
 @dataclass(frozen=True)
@@ -66,10 +88,24 @@ class _Family:
     units: tuple[_Unit, ...]
     sep: bytes  # pattern allowed between units (kept as is)
     sep_width: int
+    # base64: the leading digit the secret shares with the bytes before it (2 or 4 of its bits).
+    # It matches 16 or 4 characters, which would make the search stop almost everywhere; so it
+    # is not searched for but swapped by looking back from a match (``Spellings.edit``).
+    lead: _Unit | None = None
 
     def pattern(self, capture: bool) -> bytes:
         wrap = b"(%s)" if capture else b"(?:%s)"
         return self.sep.join(wrap % u.pattern for u in self.units)
+
+    def heads(self) -> dict[int, list[bytes]]:
+        """First byte -> patterns for the rest of a match starting with it: searching one
+        alternation of literal first bytes lets the regex engine skip every other byte fast."""
+        tail = b"".join(self.sep + b"(?:%s)" % u.pattern for u in self.units[1:])
+        found: dict[int, list[bytes]] = {}
+        for firsts, rest in self.units[0].forms:
+            for byte in firsts:
+                found.setdefault(byte, []).append(rest + tail)
+        return found
 
     @property
     def width(self) -> int:
@@ -83,26 +119,25 @@ def _text_unit(real: str, dummy: str) -> _Unit:
     """One character: raw or escaped, a letter in either case (header names, host names and
     case-folding systems lower-case a secret: that still spells most of it)."""
     raw = real.encode()
+    forms: list[Form]
     if not real.isascii():
-        forms = [re.escape(raw), b"".join(b"%" + _hex(b) for b in raw)]
+        forms = [_lit(raw), (b"%", b"".join(b"%" + _hex(b) for b in raw)[1:])]
         code = ord(real)
         if code < 0x10000:
-            forms.append(rb"\\u" + _hex(code, 4))
+            forms.append((b"\\", b"u" + _hex(code, 4)))
         else:
             high, low = 0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)
-            forms.append(rb"\\u" + _hex(high, 4) + rb"\\u" + _hex(low, 4))
-        return _Unit(b"|".join(forms), None, max(3 * len(raw), 12))
+            forms.append((b"\\", b"u" + _hex(high, 4) + rb"\\u" + _hex(low, 4)))
+        return _Unit(tuple(forms), None, max(3 * len(raw), 12))
     forms = []
     for variant in dict.fromkeys((real, real.swapcase())):
         code = ord(variant)
-        forms += [re.escape(variant.encode())]
-        forms += [rb"\\u00" + _hex(code), rb"\\x" + _hex(code), rb"%25" + _hex(code)]
-        forms += [b"%" + _hex(code)]
-    forms += [b"\\\\" + re.escape(raw)] if real in '/"\\' else []  # JSON: \/ \" \\
-    forms += [rb"\+"] if real == " " else []
-    pattern = b"|".join(forms)
+        forms += [_lit(variant.encode()), (b"\\", b"u00" + _hex(code)), (b"\\", b"x" + _hex(code))]
+        forms += [(b"%", b"25" + _hex(code)), (b"%", _hex(code))]
+    forms += [(b"\\", re.escape(raw))] if real in '/"\\' else []  # JSON: \/ \" \\
+    forms += [(b"+", b"")] if real == " " else []
     if real == dummy:
-        return _Unit(pattern, None, 6)
+        return _Unit(tuple(forms), None, 6)
 
     def swap(text: bytes) -> bytes:
         # The dummy's character is a letter or digit like the real's (make_dummy): every form
@@ -114,7 +149,7 @@ def _text_unit(real: str, dummy: str) -> _Unit:
             return new.encode()
         return text[: len(text) - 2] + _hex_like(ord(new), digits)
 
-    return _Unit(pattern, swap, 6)
+    return _Unit(tuple(forms), swap, 6)
 
 
 def _text(real: str, dummy: str) -> _Family:
@@ -126,7 +161,8 @@ def _text(real: str, dummy: str) -> _Family:
 
 def _hex_family(real: bytes, dummy: bytes) -> _Family:
     def unit(r: int, d: int) -> _Unit:
-        return _Unit(_hex(r), None if r == d else (lambda text: _hex_like(d, text)), 2)
+        forms = ((_hex_chars(r >> 4), _hex_digit(r & 15)),)
+        return _Unit(forms, None if r == d else (lambda text: _hex_like(d, text)), 2)
 
     return _Family(tuple(unit(r, d) for r, d in zip(real, dummy, strict=True)), b"", 0)
 
@@ -150,15 +186,16 @@ def _base64(real: bytes, dummy: bytes, skip: int, alphabet: bytes) -> _Family:
                 mask |= 1 << (5 - j)
                 want |= ((real_bits >> shift) & 1) << (5 - j)
                 new |= ((dummy_bits >> shift) & 1) << (5 - j)
-        chars = [alphabet[i : i + 1] for i in range(64) if i & mask == want]
-        forms = [b"[" + b"".join(re.escape(c) for c in chars) + b"]"]
+        chars = bytes(alphabet[i] for i in range(64) if i & mask == want)
+        forms: list[Form] = [(chars, b"")]
         if b"/" in chars:
-            forms.append(rb"\\/")  # JSON that escapes slashes (PHP's default)
+            forms.append((b"\\", b"/"))  # JSON that escapes slashes (PHP's default)
         for special in (b"+", b"/"):
             if special in chars:
-                forms.append(b"%" + _hex(special[0]))
-        units.append(_Unit(b"|".join(forms), _base64_swap(alphabet, mask, new), 3))
-    return _Family(tuple(units), _BREAK, 4)
+                forms.append((b"%", _hex(special[0])))
+        units.append(_Unit(tuple(forms), _base64_swap(alphabet, mask, new), 3))
+    lead = units.pop(0) if start % 6 else None
+    return _Family(tuple(units), _BREAK, 4, lead)
 
 
 def _base64_swap(alphabet: bytes, mask: int, new: int) -> Swap:
@@ -192,12 +229,16 @@ def families(real: str, dummy: str) -> list[_Family]:
     return found
 
 
+LOOKBACK = 5  # bytes before a match that ``Spellings.edit`` may change: a digit, a line break
+_BACK_BREAK = re.compile(rb"(?:[ \t\r\n]{1,2}|(?:\\r)?\\n)?\Z")
+
+
 class Spellings:
     """All spellings of a set of (real, dummy) pairs: one compiled search, swaps in place.
 
-    ``pattern`` finds any spelling of any real value; ``swap`` turns a match into the dummy
-    spelled the same way (same length); ``width`` is the longest match, what a streaming
-    scrubber must hold back.
+    ``pattern`` finds any spelling of any real value; ``edit`` turns a match into the dummy
+    spelled the same way (same length), including up to ``LOOKBACK`` bytes before it; ``width``
+    is the longest match, what a streaming scrubber must hold back.
     """
 
     def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
@@ -209,25 +250,43 @@ class Spellings:
         self.width = max((f.width for f in self._families), default=0)
         self.pattern: re.Pattern[bytes] | None = None
         if self._families:
-            self.pattern = re.compile(b"|".join(f.pattern(False) for f in self._families))
+            heads: dict[int, list[bytes]] = {}
+            for family in self._families:
+                for byte, rests in family.heads().items():
+                    heads.setdefault(byte, []).extend(rests)
+            self.pattern = re.compile(
+                b"|".join(
+                    re.escape(bytes([byte])) + b"(?:" + b"|".join(rests) + b")"
+                    for byte, rests in sorted(heads.items())
+                )
+            )
         self._exact = [re.compile(f.pattern(True)) for f in self._families]
 
     def __bool__(self) -> bool:
         return self.pattern is not None
 
-    def swap(self, match: re.Match[bytes]) -> bytes:
-        text = bytes(match.group())
+    def edit(self, buf: bytearray, match: re.Match[bytes]) -> None:
+        """Swap ``match`` in ``buf`` for the dummy's spelling, in place, same length; a base64
+        match also gets the digit before it (past one line break) if that digit holds bits of
+        the secret."""
+        start, end = match.span()
+        text = bytes(buf[start:end])
         for family, exact in zip(self._families, self._exact, strict=True):
             m = exact.fullmatch(text)
             if m is None:
                 continue
-            out = bytearray(text)
             for i, unit in enumerate(family.units, 1):
                 if unit.swap is not None:
                     a, b = m.span(i)
-                    out[a:b] = unit.swap(text[a:b])
-            assert len(out) == len(text)
-            return bytes(out)
+                    buf[start + a : start + b] = unit.swap(text[a:b])
+            if family.lead is not None and family.lead.swap is not None:
+                window = bytes(buf[max(0, start - LOOKBACK) : start])
+                gap = _BACK_BREAK.search(window)
+                at = start - (len(window) - gap.start()) - 1 if gap else -1
+                if at >= 0 and buf[at] in family.lead.forms[0][0]:
+                    buf[at : at + 1] = family.lead.swap(bytes(buf[at : at + 1]))
+            assert len(buf) >= end
+            return
         raise AssertionError("a match of the whole pattern fits one of its families")
 
     def scrub(self, data: bytes) -> bytes:
@@ -238,7 +297,7 @@ class Spellings:
         if first is None:
             return data
         buf = bytearray(data)
-        swap_matches(buf, self.pattern, self.swap, first, len(buf), 1)
+        swap_matches(buf, self.pattern, self.edit, first, len(buf), 1)
         return bytes(buf)
 
     def found(self, data: bytes) -> bool:
