@@ -4,7 +4,8 @@
 hands it back: ``/republish/<spelling>`` in the body, a header value, a header name and a
 redirect ``Location``; ``/coded/<case>`` under Content-Encoding and Transfer-Encoding tricks;
 ``/chunks`` split across chunk boundaries; ``/trailer`` in a trailer; ``/ws`` in fragmented
-WebSocket frames. Loopback only, like tests/integration/upstream.py whose server it reuses.
+WebSocket frames; ``/stored`` in pieces, if asked for byte ranges. Loopback only, like
+tests/integration/upstream.py whose server it reuses.
 """
 
 from __future__ import annotations
@@ -102,6 +103,16 @@ class _Handler(up._Handler):
             if all(c.isalnum() or c in "-_" for c in text):
                 extra[f"X-{text}"] = "name"
             self._reply(302, f"[{text}]".encode(), extra=extra)
+        elif path == "/stored":  # honours Range, as file and object stores do
+            body = f"stored={token}\n".encode()
+            wanted = self.headers.get("Range", "")
+            if wanted.startswith("bytes="):
+                first, _, last = wanted[6:].partition("-")
+                part = body[int(first) : int(last) + 1]
+                extra = {"Content-Range": f"bytes {first}-{last}/{len(body)}"}
+                self._reply(206, part, extra=extra)
+            else:
+                self._reply(200, body)
         elif path.startswith("/coded/"):
             self._coded(path.split("/")[2], token.encode())
         elif path == "/chunks":

@@ -149,7 +149,7 @@ def test_cell_holds_only_the_dummy_upstream_receives_the_real(offline_set, tls, 
     printf %s "$GITHUB_TOKEN" > /workspace/token.txt
     curl -sS -D /workspace/response-headers.txt -H "Authorization: Bearer $GITHUB_TOKEN" {tls.url("/echo-auth")} > /workspace/response.txt
     sleep 60 &
-    for f in /proc/[0-9]*/environ; do
+    for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do
         if cat "$f" > /workspace/one.env 2>/dev/null; then
             cat /workspace/one.env; printf '\\n== %s\\n' "$f"
         fi

@@ -64,6 +64,8 @@ for case in ("two-headers", "stacked", "br", "te-gzip", "cl-te"):
 for step in (1, 2, 5, 11, 23, 47):
     out[f"chunks/{step}"] = raw("other.test", f"/chunks?{step}")
 out["trailer"] = raw("other.test", "/trailer")
+for first, last in ((0, 20), (21, 60)):  # the secret in two pieces, neither of them the secret
+    out[f"range/{first}"] = raw("other.test", "/stored", f"Range: bytes={first}-{last}\r\n")
 for parts in (1, 2, 3, 7):
     out[f"ws/{parts}"] = raw("other.test", f"/ws?{parts}", WS)
 print(json.dumps(out))
@@ -195,6 +197,15 @@ def test_content_and_transfer_encoding_tricks_are_decoded_or_refused(run):
         assert status == 502 and body.startswith(b"nixcell proxy: "), (case, body)
     status, headers, body = split_http(received["trailer"])
     assert status == 200 and body == b"ok"  # trailers are not passed on
+
+
+def test_byte_ranges_cannot_fetch_a_secret_in_pieces(run):
+    real, dummy, received, _ = run
+    for first in (0, 21):
+        no_spelling_of(real, received[f"range/{first}"], f"range/{first}")
+        status, _, body = split_http(received[f"range/{first}"])
+        # Range is not passed on for a credentialed cell: the whole body comes, scrubbed.
+        assert status == 200 and body == f"stored={dummy}\n".encode(), (status, body)
 
 
 def test_websocket_frames_are_scrubbed_across_fragments(run):

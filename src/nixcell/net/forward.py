@@ -262,8 +262,10 @@ async def _relay(
 
 def credentialed_request_headers(headers: Headers) -> Headers:
     """Any request of a cell holding credentials asks for what the scrubber can read: an
-    identity body (a coding it cannot decode is refused), no WebSocket compression."""
-    drop = (b"accept-encoding", b"sec-websocket-extensions")
+    identity body (a coding it cannot decode is refused), no WebSocket compression, and whole
+    bodies: with ``Range`` a cell could fetch a stored secret in pieces, none of them the secret
+    the scrubber looks for."""
+    drop = (b"accept-encoding", b"sec-websocket-extensions", b"range", b"if-range")
     return [(k, v) for k, v in headers if k.lower() not in drop] + [
         (b"accept-encoding", b"identity")
     ]
