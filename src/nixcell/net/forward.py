@@ -2,8 +2,9 @@
 
 The path the policy checked is the path that is sent: requests go upstream with the normalised
 path (net/urlpath.py), so an upstream that decodes differently cannot be steered around a rule.
-Credentials are swapped here — dummy to real on the way out, real to dummy on the way back —
-only for the credential's own hosts (net/credentials.py).
+Credentials are swapped here: dummy to real on the way out, only toward the credential's own
+hosts (and over cleartext only with ``allow_plaintext``); real to dummy, in every spelling, on
+every response from every host of a cell that holds one (net/credentials.py).
 """
 
 from __future__ import annotations
