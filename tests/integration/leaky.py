@@ -81,6 +81,7 @@ SPELLINGS: dict[str, tuple[Callable[[str], str], Callable[[str], str]]] = {
 
 class Leaky(up.Upstream):
     stored: str = ""
+    ws_received: list[bytes]  # what /ws-echo read from the cell, set by start()
 
 
 class _Handler(up._Handler):
@@ -122,6 +123,8 @@ class _Handler(up._Handler):
                       + b"X-Leak: " + token.encode() + b"\r\n\r\n")
         elif path == "/ws":
             self._ws(token.encode(), int(query or "1"))
+        elif path == "/ws-echo":
+            self._ws_echo()
         else:
             self._reply(200, b"ok\n")
 
@@ -191,6 +194,33 @@ class _Handler(up._Handler):
         self._frame(0x88, b"\x03\xe8" + token)
         self.close_connection = True
 
+    def _ws_echo(self) -> None:
+        """Read one message of masked frames (fragments joined), keep it, send it back."""
+        key = self.headers["Sec-WebSocket-Key"]
+        accept = base64.b64encode(
+            hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+        ).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        message = b""
+        while True:
+            first, second = self.rfile.read(2)
+            n = second & 0x7F
+            if n == 126:
+                n = int.from_bytes(self.rfile.read(2), "big")
+            mask = self.rfile.read(4)
+            message += bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(n)))
+            if first & 0x80:
+                break
+        self.upstream.ws_received.append(message)
+        self._frame(0x81, message)
+        self._frame(0x88, b"\x03\xe8")
+        self.close_connection = True
+
     def _frame(self, first: int, payload: bytes) -> None:
         n = len(payload)
         length = bytes([n]) if n < 126 else bytes([126]) + n.to_bytes(2, "big")
@@ -200,6 +230,7 @@ class _Handler(up._Handler):
 
 def start(chain: Path | None) -> Leaky:
     leaky = Leaky(port=0, tls=chain is not None)
+    leaky.ws_received = []
     handler = type("Handler", (_Handler,), {"upstream": leaky})
     server = up._Server(("127.0.0.1", 0), handler)
     if chain is not None:

@@ -225,6 +225,47 @@ def test_websocket_frames_are_scrubbed_across_fragments(run):
         assert len([f for f, _ in got if f & 0x0F in (0, 1)]) == parts  # framing kept
 
 
+WS_ECHO = r"""
+import base64, json, os, socket, ssl, sys
+port, token = int(sys.argv[1]), os.environ["GITHUB_TOKEN"]
+s = socket.create_connection(("127.0.0.1", 3128), timeout=20)
+s.sendall(f"CONNECT up.test:{port} HTTP/1.1\r\nHost: up.test:{port}\r\n\r\n".encode())
+assert s.recv(4096).startswith(b"HTTP/1.1 200")
+t = ssl.create_default_context().wrap_socket(s, server_hostname="up.test")
+t.sendall((f"GET /ws-echo HTTP/1.1\r\nHost: up.test:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+message = json.dumps({"type": "auth", "token": token}).encode()
+cut = message.index(token.encode()) + len(token) // 2  # the dummy split across two fragments
+for i, (part, key) in enumerate(((message[:cut], b"\x01\x02\x03\x04"), (message[cut:], b"\xa0\xb1\xc2\xd3"))):
+    masked = bytes(b ^ key[j % 4] for j, b in enumerate(part))
+    t.sendall(bytes([(0x80 if i else 0) | (0 if i else 1), 0x80 | len(part)]) + key + masked)
+data = b""
+while chunk := t.recv(65536):
+    data += chunk
+print(json.dumps({"dummy": token, "raw": base64.b64encode(data).decode()}))
+"""
+
+
+def test_websocket_cell_frames_carry_the_real_value_to_its_host_only(offline_set, upstream, tmp_path, monkeypatch):
+    """``body = true``: the cell's masked frames get the dummy swapped for the real value
+    toward the credential's host (split across fragments); the server's echo comes back
+    scrubbed to the dummy."""
+    real = github_token()
+    monkeypatch.setenv(GH_ENV, real)
+    upstream.ws_received.clear()
+    policy = write_policy(tmp_path / "p.toml", upstream.port, extra="body = true\n")
+    result = py(WS_ECHO.replace("sys.argv[1]", str(upstream.port)), network(upstream, policy))
+    assert result.exit_code == 0, (result.stderr or b"").decode()[-3000:]
+    out = json.loads(result.stdout.decode().splitlines()[-1])
+    dummy, data = out["dummy"], base64.b64decode(out["raw"])
+    assert upstream.ws_received == [json.dumps({"type": "auth", "token": real}).encode()]
+    no_spelling_of(real, data, "ws-echo")
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    assert frames(rest)[0] == (0x81, json.dumps({"type": "auth", "token": dummy}).encode())
+    nothing_leaked(result, real)
+
+
 # -- cleartext http ------------------------------------------------------------------------------
 
 PLAIN_CLIENT = r"""

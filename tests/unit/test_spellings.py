@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from nixcell.net.credentials import CellCredentials, PlaintextRefused, parse_credentials
 from nixcell.net.credsource import make_dummy
 from nixcell.net.spellings import Spellings
-from nixcell.net.websocket import BadFrame, FrameScrubber
+from nixcell.net.websocket import BadFrame, cell_frames, server_frames
 
 ALNUM = string.ascii_letters + string.digits
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -342,7 +342,7 @@ def test_websocket_messages_scrubbed_across_fragments_and_reads(data: st.DataObj
             wire += _frame(0x89, b"p" + real.encode()[:100])  # a ping between fragments
     wire += _frame(0x88, b"\x03\xe8" + real.encode()[:100])
     reads = sorted(set(data.draw(st.lists(st.integers(1, len(wire) - 1), max_size=6))))
-    scrubber = FrameScrubber(cc)
+    scrubber = server_frames(cc)
     out = b"".join(
         scrubber.feed(wire[a:b]) for a, b in zip([0, *reads], [*reads, len(wire)], strict=True)
     ) + scrubber.end()
@@ -378,7 +378,7 @@ def test_websocket_messages_scrubbed_across_fragments_and_reads(data: st.DataObj
 def test_websocket_frames_nixcell_cannot_read_end_the_connection(wire: bytes) -> None:
     cc, _ = creds_for("ghp_" + "R3alT0kenAbCdEfGhIjKlMnOpQrStUv1234")
     with pytest.raises(BadFrame):
-        FrameScrubber(cc).feed(wire)
+        server_frames(cc).feed(wire)
 
 
 # -- side doors: logs and audit lines ------------------------------------------------------------
@@ -415,3 +415,62 @@ def test_audit_lines_are_redacted_in_every_spelling(tmp_path) -> None:
     line = (tmp_path / "a.jsonl").read_text()
     assert "[REDACTED]" in line and real not in line and quoted not in line
     assert base64.b64encode(real.encode()).decode()[:-4] not in line
+
+
+def _client_frame(first: int, payload: bytes, key: bytes) -> bytes:
+    n = len(payload)
+    size = bytes([n | 0x80]) if n < 126 else bytes([126 | 0x80]) + n.to_bytes(2, "big")
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return bytes([first]) + size + key + masked
+
+
+def _unmask_all(wire: bytes) -> list[tuple[int, bytes]]:
+    found = []
+    while wire:
+        n, at = wire[1] & 0x7F, 2
+        if n == 126:
+            n, at = int.from_bytes(wire[2:4], "big"), 4
+        key, body = wire[at : at + 4], wire[at + 4 : at + 4 + n]
+        found.append((wire[0], bytes(b ^ key[i % 4] for i, b in enumerate(body))))
+        wire = wire[at + 4 + n :]
+    return found
+
+
+@SETTINGS
+@given(st.data())
+def test_cell_frames_get_the_real_value_only_toward_its_host(data: st.DataObject) -> None:
+    real = data.draw(secrets_())
+    cc, dummy = creds_for(real)
+    message = f'{{"auth": "{dummy}", "pad": "{"x" * data.draw(st.integers(0, 200))}"}}'.encode()
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, len(message) - 1), max_size=3))))
+    parts = [message[a:b] for a, b in zip([0, *cuts], [*cuts, len(message)], strict=True)]
+    wire = b""
+    for i, part in enumerate(parts):
+        key = data.draw(st.binary(min_size=4, max_size=4))
+        fin = 0x80 if i == len(parts) - 1 else 0
+        wire += _client_frame(fin | (0x1 if i == 0 else 0x0), part, key)
+    frames = cell_frames(cc, "https", "api.test")
+    assert frames is not None
+    reads = sorted(set(data.draw(st.lists(st.integers(1, len(wire) - 1), max_size=5))))
+    out = b"".join(
+        frames.feed(wire[a:b]) for a, b in zip([0, *reads], [*reads, len(wire)], strict=True)
+    ) + frames.end()
+    assert len(out) == len(wire)
+    got = _unmask_all(out)
+    assert len(got) == len(parts)  # framing and mask keys kept
+    assert b"".join(p for _, p in got) == message.replace(dummy.encode(), real.encode())
+    # Other hosts get the frames as sent; cleartext ws:// gets no real value.
+    assert cell_frames(cc, "https", "other.test") is None
+    with pytest.raises(PlaintextRefused):
+        plain = cell_frames(cc, "http", "api.test")
+        assert plain is not None
+        plain.feed(wire)
+        plain.end()
+
+
+def test_unmasked_cell_frames_end_the_connection() -> None:
+    cc, _ = creds_for("ghp_" + "R3alT0kenAbCdEfGhIjKlMnOpQrStUv1234")
+    frames = cell_frames(cc, "https", "api.test")
+    assert frames is not None
+    with pytest.raises(BadFrame):
+        frames.feed(_frame(0x81, b"hello"))

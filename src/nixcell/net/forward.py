@@ -40,7 +40,7 @@ from nixcell.net.h11io import (
 from nixcell.net.hosts import parse_ip
 from nixcell.net.stream import Stream
 from nixcell.net.target import DEFAULT_PORTS, Target, netloc
-from nixcell.net.websocket import scrub_frames
+from nixcell.net.websocket import cell_frames, relay_frames, server_frames
 
 if TYPE_CHECKING:
     from nixcell.net.proxy import CellNet, Proxy
@@ -326,7 +326,7 @@ async def _response(
             return await refuse_response(why)
         headers += [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
         await side.send(h11.InformationalResponse(status_code=101, headers=headers))
-        await _switch(side, up, creds)
+        await _switch(side, up, creds, target)
         return False
     decoder = None
     bodiless = record.method == "HEAD" or event.status_code in (204, 304)
@@ -355,22 +355,29 @@ def has_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bool:
     return any(key.lower() == name for key, _ in headers)
 
 
-async def _switch(side: Side, up: Side, creds: object | None) -> None:
+async def _switch(side: Side, up: Side, creds: object | None, target: Target) -> None:
     """After a 101: relay bytes both ways until either side closes. For a credentialed cell
-    the server's frames are parsed and scrubbed (net/websocket.py); the cell's frames go as
-    sent (they hold dummies only)."""
+    the frames are parsed (net/websocket.py): the server's scrubbed, the cell's with dummies
+    swapped toward the credential's hosts (else sent as they are: they hold dummies only)."""
     client_extra, _ = side.conn.trailing_data
     up_extra, _ = up.conn.trailing_data
+    upward = cell_frames(creds, target.scheme, target.host) if creds is not None else None
 
     async def down() -> None:
         if creds is None:
             side.stream.write(up_extra)
             await pipe(up.stream, side.stream)
         else:
-            await scrub_frames(up.stream, side.stream, creds, bytes(up_extra))
+            await relay_frames(up.stream, side.stream, server_frames(creds), bytes(up_extra))
         # The server is gone; TLS has no half-close, so the cell learns it by the close.
         side.stream.close()
 
+    async def upstream() -> None:
+        if upward is None:
+            up.stream.write(client_extra)
+            await pipe(side.stream, up.stream)
+        else:
+            await relay_frames(side.stream, up.stream, upward, bytes(client_extra))
+
     with contextlib.suppress(Exception):
-        up.stream.write(client_extra)
-        await asyncio.gather(pipe(side.stream, up.stream), down())
+        await asyncio.gather(upstream(), down())
