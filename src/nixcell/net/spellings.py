@@ -134,26 +134,98 @@ def _text_unit(real: str, dummy: str) -> _Unit:
         code = ord(variant)
         forms += [_lit(variant.encode()), (b"\\", b"u00" + _hex(code)), (b"\\", b"x" + _hex(code))]
         forms += [(b"%", b"25" + _hex(code)), (b"%", _hex(code))]
+        forms += [(b"&", b"#[xX]0{0,3}" + _hex(code) + b";"), (b"&", b"#0{0,3}%d;" % code)]
     forms += [(b"\\", re.escape(raw))] if real in '/"\\' else []  # JSON: \/ \" \\
     forms += [(b"+", b"")] if real == " " else []
+    forms += [(b"&", _ENTITIES[real] + b";")] if real in _ENTITIES else []
     if real == dummy:
-        return _Unit(tuple(forms), None, 6)
+        return _Unit(tuple(forms), None, 9)
 
     def swap(text: bytes) -> bytes:
         # The dummy's character is a letter or digit like the real's (make_dummy): every form
         # keeps its length, and a letter keeps the case it was written in.
-        digits = text[-2:] if text[:1] in b"\\%" else b""
-        seen = chr(int(digits, 16)) if digits else text.decode()
+        seen = _char_of(text)
         new = dummy.lower() if seen.islower() else dummy.upper() if seen.isupper() else dummy
-        if not digits:
-            return new.encode()
-        return text[: len(text) - 2] + _hex_like(ord(new), digits)
+        if text[:1] in b"\\%":
+            return text[:-2] + _hex_like(ord(new), text[-2:])
+        if text[:3].lower() == b"&#x":
+            return text[:-3] + _hex_like(ord(new), text[-3:-1]) + b";"
+        if text[:2] == b"&#":  # decimal: as many digits as written, zero-padded
+            width = len(text) - 3
+            if len(str(ord(new))) > width:  # 'a'-'c' written in 2 digits, a dummy 'd'-'z'
+                new = next(c for c in "abc" if c != seen)  # not the dummy, never the real
+            return b"&#%0*d;" % (width, ord(new))
+        return new.encode()
 
-    return _Unit(tuple(forms), swap, 6)
+    return _Unit(tuple(forms), swap, 9)
+
+
+_ENTITIES = {
+    "/": b"sol", "+": b"plus", "=": b"equals", "_": b"lowbar", ".": b"period", ":": b"colon",
+    "%": b"percnt", "\\": b"bsol", '"': b"quot", "&": b"amp", "-": b"#45", "~": b"#126",
+}  # fmt: skip
+
+
+def _char_of(text: bytes) -> str:
+    """The character one escaped unit spells."""
+    if text[:1] in b"\\%":
+        return chr(int(text[-2:], 16))
+    if text[:3].lower() == b"&#x":
+        return chr(int(text[3:-1], 16))
+    if text[:2] == b"&#":
+        return chr(int(text[2:-1]))
+    return text.decode()
 
 
 def _text(real: str, dummy: str) -> _Family:
     return _Family(tuple(_text_unit(r, d) for r, d in zip(real, dummy, strict=True)), b"", 0)
+
+
+# -- quoted-printable (mail APIs): =XX for any byte, soft line breaks anywhere ------------------
+
+
+def _qp_unit(real: str, dummy: str) -> _Unit:
+    raw = real.encode()
+    forms: list[Form] = [(b"=", b"=".join(_hex(b) for b in raw))]
+    if real != "=":
+        forms.insert(0, _lit(raw))
+    if real == dummy:
+        return _Unit(tuple(forms), None, 3 * len(raw))
+
+    def swap(text: bytes) -> bytes:
+        return b"=" + _hex_like(ord(dummy), text[1:]) if text[:1] == b"=" else dummy.encode()
+
+    return _Unit(tuple(forms), swap, 3)
+
+
+def _quoted_printable(real: str, dummy: str) -> _Family:
+    units = tuple(_qp_unit(r, d) for r, d in zip(real, dummy, strict=True))
+    return _Family(units, rb"(?:=\r?\n)?", 3)
+
+
+# -- UTF-16, either byte order ------------------------------------------------------------------
+
+
+def _utf16(real: str, dummy: str, order: str) -> _Family:
+    """Big-endian starts at the first character's low byte: its zero high byte is the same in
+    the dummy, and a search that stopped at every zero byte would crawl through binary data."""
+
+    def unit(r: str, d: str, first: bool) -> _Unit:
+        cut = 1 if first and order == "utf-16-be" and r.isascii() else 0
+        variants = dict.fromkeys((r, r.swapcase()) if r.isascii() else (r,))
+        forms = tuple(_lit(v.encode(order)[cut:]) for v in variants)
+        if r == d:
+            return _Unit(forms, None, 4)
+
+        def swap(text: bytes) -> bytes:
+            seen = text.decode("latin-1") if cut else text.decode(order)
+            new = d.lower() if seen.islower() else d.upper() if seen.isupper() else d
+            return new.encode(order)[cut:]
+
+        return _Unit(forms, swap, 2)
+
+    units = tuple(unit(r, d, i == 0) for i, (r, d) in enumerate(zip(real, dummy, strict=True)))
+    return _Family(units, b"", 0)
 
 
 # -- hex: each byte as two hex digits, either case -----------------------------------------------
@@ -222,7 +294,8 @@ def _base64_swap(alphabet: bytes, mask: int, new: int) -> Swap:
 def families(real: str, dummy: str) -> list[_Family]:
     """Every family of spellings of ``real``, each swapping to the same spelling of ``dummy``."""
     raw, fake = real.encode(), dummy.encode()
-    found = [_text(real, dummy), _hex_family(raw, fake)]
+    found = [_text(real, dummy), _hex_family(raw, fake), _quoted_printable(real, dummy)]
+    found += [_utf16(real, dummy, "utf-16-le"), _utf16(real, dummy, "utf-16-be")]
     for skip in range(3):
         for alphabet in (_STD, _URL):
             found.append(_base64(raw, fake, skip, alphabet))
