@@ -13,7 +13,9 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import html
 import json
+import quopri
 import ssl
 import threading
 import urllib.parse
@@ -76,6 +78,12 @@ SPELLINGS: dict[str, tuple[Callable[[str], str], Callable[[str], str]]] = {
         lambda t: base64.urlsafe_b64decode(t + "==").decode("latin-1"),
     ),
     "b64-mime": (_mime, lambda t: base64.b64decode(t).decode("latin-1")),
+    "html-hex": (lambda s: "".join(f"&#x{ord(c):x};" for c in s), html.unescape),
+    "html-dec": (lambda s: "".join(f"&#{ord(c):03d};" for c in s), html.unescape),
+    "qp": (
+        lambda s: "".join(f"={b:02X}" for b in s.encode()),
+        lambda t: quopri.decodestring(t.encode()).decode("latin-1"),
+    ),
 }
 
 
