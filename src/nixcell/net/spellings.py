@@ -129,15 +129,19 @@ def _text_unit(real: str, dummy: str) -> _Unit:
             high, low = 0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)
             forms.append((b"\\", b"u" + _hex(high, 4) + rb"\\u" + _hex(low, 4)))
         return _Unit(tuple(forms), None, max(3 * len(raw), 12))
-    forms = []
-    for variant in dict.fromkeys((real, real.swapcase())):
-        code = ord(variant)
-        forms += [_lit(variant.encode()), (b"\\", b"u00" + _hex(code)), (b"\\", b"x" + _hex(code))]
-        forms += [(b"%", b"25" + _hex(code)), (b"%", _hex(code))]
-        forms += [(b"&", b"#[xX]0{0,3}" + _hex(code) + b";"), (b"&", b"#0{0,3}%d;" % code)]
-    forms += [(b"\\", re.escape(raw))] if real in '/"\\' else []  # JSON: \/ \" \\
+    # Few alternatives per unit, each behind one first byte: the search stays fast and small.
+    codes = sorted({ord(real), ord(real.swapcase())})
+    hexes = _any(_hex(c) for c in codes)
+    back = [b"(?:u00|x)" + hexes] + ([re.escape(raw)] if real in '/"\\' else [])  # JSON \/
+    amp = [b"#(?:[xX]0{0,3}" + hexes + b"|0{0,3}" + _any(b"%d" % c for c in codes) + b");"]
+    amp += [_ENTITIES[real] + b";"] if real in _ENTITIES else []
+    forms = [
+        (bytes(codes), b""),
+        (b"\\", _any(back)),
+        (b"%", b"(?:25)?" + hexes),
+        (b"&", _any(amp)),
+    ]
     forms += [(b"+", b"")] if real == " " else []
-    forms += [(b"&", _ENTITIES[real] + b";")] if real in _ENTITIES else []
     if real == dummy:
         return _Unit(tuple(forms), None, 9)
 
@@ -164,6 +168,11 @@ _ENTITIES = {
     "/": b"sol", "+": b"plus", "=": b"equals", "_": b"lowbar", ".": b"period", ":": b"colon",
     "%": b"percnt", "\\": b"bsol", '"': b"quot", "&": b"amp", "-": b"#45", "~": b"#126",
 }  # fmt: skip
+
+
+def _any(patterns: Iterable[bytes]) -> bytes:
+    found = list(dict.fromkeys(patterns))
+    return found[0] if len(found) == 1 else b"(?:" + b"|".join(found) + b")"
 
 
 def _char_of(text: bytes) -> str:
