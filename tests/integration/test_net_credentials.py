@@ -429,6 +429,24 @@ def test_real_secret_passed_into_the_cell_is_refused(offline_set, tls, real, tmp
     assert tls.seen == []
 
 
+def test_credential_file_inside_a_mounted_directory_is_refused(offline_set, tls, tmp_path):
+    """A ``file:`` source the cell can see (its workdir, a bind) hands it the real value."""
+    work = tmp_path / "work"
+    (work / "secrets").mkdir(parents=True)
+    token = work / "secrets" / "gh.txt"
+    token.write_text(github_token() + "\n")
+    policy = write_policy(tmp_path / "p.toml", tls.port, source=f"file:{token}")
+    with pytest.raises(NetworkError) as err:
+        sh("touch /workspace/ran", network(tls, policy), workdir=str(work))
+    assert "credential 'github'" in str(err.value) and "refusing to run" in str(err.value)
+    assert not (work / "ran").exists() and tls.seen == []
+    # The same file outside anything mounted is fine.
+    elsewhere = tmp_path / "work2"
+    elsewhere.mkdir()
+    result = sh("touch /workspace/ran", network(tls, policy), workdir=str(elsewhere))
+    assert result.exit_code == 0 and (elsewhere / "ran").exists(), result
+
+
 # -- 9: the proxy goes away mid-run ------------------------------------------------------------
 
 CUT_OFF = """

@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping
@@ -328,6 +329,16 @@ class CellCredentials:
         return next((s for s in self._specs.values() if s.matches(name)), None)
 
     # -- for logs and audit --
+
+    def source_files(self) -> list[tuple[str, str]]:
+        """(name, path) of each credential read from a ``file:`` source: a cell that can see
+        the file would read the real value there."""
+        found = []
+        for spec in self._specs.values():
+            kind, _, ref = spec.source.partition(":")
+            if kind == "file":
+                found.append((spec.name, os.path.expanduser(ref)))
+        return found
 
     def secrets(self) -> list[str]:
         """Every real value this cell's proxy knows (configured and OAuth-issued)."""
