@@ -1,9 +1,10 @@
 """Every spelling of a secret a message may carry, matched as one pattern, swapped in place.
 
-A real credential can come back to a cell written many ways: raw, JSON-escaped (``\\/``,
-``\\u0041`` for any or all of its characters, either hex case), percent-encoded (either case,
-``+`` for space, or percent-encoded twice), ``\\x41`` escapes, hex, or inside base64 / base64url
-at any of the three byte alignments (with or without padding, wrapped in lines or spaced).
+A real credential can come back to a cell written many ways: raw or case-folded, JSON-escaped
+(``\\/``, ``\\u0041`` for any or all of its characters, either hex case), percent-encoded (either
+case, ``+`` for space, or percent-encoded twice), ``\\x41`` escapes, HTML character references,
+hex, quoted-printable, UTF-16, or inside base64 / base64url at any of the three byte alignments
+(with or without padding, wrapped in lines or spaced).
 Listing a few fixed strings misses the mixed forms (one character escaped, the next not), so
 each family is a *pattern of units*: one unit per character (or byte, or base64 digit), each
 unit an alternation of that character's spellings. A match is swapped unit by unit into the
@@ -12,10 +13,15 @@ what it replaces.
 
 That holds because a dummy differs from its real value only at ASCII letters and digits, each
 replaced within its class (``credsource.make_dummy``): every escape form of a letter or digit has
-one fixed length. In base64 every bit of the secret is covered, including the edge digits it
-shares with its neighbours (their other bits are kept); ``/`` written as JSON ``\\/`` inside
-base64 stays as it is when the dummy's digit there is not ``/`` (at most 6 bits of the secret per
+one fixed length (a decimal HTML reference keeps its digit count, see ``_text_unit``). In
+base64 every bit of the secret is covered, including the edge digits it shares with its
+neighbours (their other bits are kept); ``/`` written as JSON ``\\/`` inside base64 stays as it
+is when the dummy's digit there is not ``/`` (at most 6 bits of the secret per
 such digit), because no other spelling of two bytes exists.
+
+The search is one alternation per possible first byte (the regex engine then skips every other
+byte in C), and the few bytes a swap may change before a match (a base64 digit shared with what
+precedes the secret) are found by looking back, not searched for.
 
 ``Spellings`` is the one function of spellings: response scrubbing, OAuth token mapping, the
 redactor of logs and audit lines, and the check of what enters a cell all use it.
@@ -112,7 +118,7 @@ class _Family:
         return sum(u.width for u in self.units) + self.sep_width * (len(self.units) - 1)
 
 
-# -- text: raw, JSON, percent, \x, + for space, mixed per character ------------------------------
+# -- text: raw, JSON, percent, \x, HTML, + for space, mixed per character ------------------------
 
 
 def _text_unit(real: str, dummy: str) -> _Unit:
