@@ -149,7 +149,7 @@ def test_cell_holds_only_the_dummy_upstream_receives_the_real(offline_set, tls, 
     printf %s "$GITHUB_TOKEN" > /workspace/token.txt
     curl -sS -D /workspace/response-headers.txt -H "Authorization: Bearer $GITHUB_TOKEN" {tls.url("/echo-auth")} > /workspace/response.txt
     sleep 60 &
-    for f in /proc/[0-9]*/environ; do
+    for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do
         if cat "$f" > /workspace/one.env 2>/dev/null; then
             cat /workspace/one.env; printf '\\n== %s\\n' "$f"
         fi
@@ -396,24 +396,55 @@ env = "OTHER_TOKEN"
 # -- 8: fail closed ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("route", ["-e X=<real>", "--pass-env", "argv"])
+@pytest.mark.parametrize(
+    "route", ["-e X=<real>", "-e X=<base64>", "-e <real>=1", "--pass-env", "argv", "argv %XX"]
+)
 def test_real_secret_passed_into_the_cell_is_refused(offline_set, tls, real, tmp_path, route):
+    """The cell's argv and environ are in /proc for everything in it: no spelling may enter."""
+    import base64
+    import urllib.parse
+
     work = tmp_path / "work"
     work.mkdir()
     policy = write_policy(tmp_path / "p.toml", tls.port)
     fields: dict = {"workdir": str(work)}
     script = "touch /workspace/ran"
-    if route.startswith("-e"):
+    if route == "-e X=<real>":
         fields["env"] = {"X": real}
+    elif route == "-e X=<base64>":
+        fields["env"] = {"X": base64.b64encode(f"user:{real}".encode()).decode()}
+    elif route == "-e <real>=1":
+        fields["env"] = {"T_" + real: "1"}
     elif route == "--pass-env":
         fields["pass_env"] = [GH_ENV]
-    else:
+    elif route == "argv":
         script += f" # {real}"
+    else:
+        script += f" # {''.join(f'%{ord(c):02x}' for c in real)}"
+        assert urllib.parse.unquote(script.split("# ")[1]) == real
     with pytest.raises(NetworkError) as err:
         sh(script, network(tls, policy), **fields)
     assert "refusing to run" in str(err.value) and real not in str(err.value)
     assert list(work.iterdir()) == []  # the cell never ran
     assert tls.seen == []
+
+
+def test_credential_file_inside_a_mounted_directory_is_refused(offline_set, tls, tmp_path):
+    """A ``file:`` source the cell can see (its workdir, a bind) hands it the real value."""
+    work = tmp_path / "work"
+    (work / "secrets").mkdir(parents=True)
+    token = work / "secrets" / "gh.txt"
+    token.write_text(github_token() + "\n")
+    policy = write_policy(tmp_path / "p.toml", tls.port, source=f"file:{token}")
+    with pytest.raises(NetworkError) as err:
+        sh("touch /workspace/ran", network(tls, policy), workdir=str(work))
+    assert "credential 'github'" in str(err.value) and "refusing to run" in str(err.value)
+    assert not (work / "ran").exists() and tls.seen == []
+    # The same file outside anything mounted is fine.
+    elsewhere = tmp_path / "work2"
+    elsewhere.mkdir()
+    result = sh("touch /workspace/ran", network(tls, policy), workdir=str(elsewhere))
+    assert result.exit_code == 0 and (elsewhere / "ran").exists(), result
 
 
 # -- 9: the proxy goes away mid-run ------------------------------------------------------------

@@ -36,10 +36,59 @@ def test_zlib_codings_get_a_decoder(value, coding):
     assert decoder is not None and decoder.coding == coding
 
 
-@pytest.mark.parametrize("value", [b"br", b"zstd", b"compress", b"gzip, gzip", b"gzip, br"])
-def test_other_or_stacked_codings_are_undecodable(value):
-    with pytest.raises(UndecodableEncoding):
-        decoder_for([(b"content-encoding", value)])
+# Every Content-Encoding header counts, in order: (header values, what the body is).
+ENCODINGS = [
+    ([b"identity", b"gzip"], "gzip"),  # two headers: the second is not ignored
+    ([b"gzip", b"identity"], "gzip"),
+    ([b"GZip"], "gzip"),
+    ([b" x-gzip\t"], "x-gzip"),
+    ([b"identity,,gzip"], "gzip"),
+    ([b"gzip, gzip"], "gzip, gzip"),  # stacked: decoded in reverse order
+    ([b"deflate", b"gzip"], "deflate, gzip"),
+    ([b"gzip", b"deflate, x-gzip"], "gzip, deflate, x-gzip"),
+    ([b"identity"], None),
+    ([b"", b" , "], None),
+    ([b"br"], "refused"),
+    ([b"zstd"], "refused"),
+    ([b"compress"], "refused"),
+    ([b"x-compress"], "refused"),
+    ([b"gzip, br"], "refused"),
+    ([b"identity", b"br"], "refused"),
+    ([b"br", b"gzip"], "refused"),
+    ([b"gzip;q=1"], "refused"),  # no parameters on a content coding: not ours to guess
+    ([b"aes128gcm"], "refused"),
+    ([b"gzip"] * 5, "refused"),  # more stages than nixcell decodes
+]
+
+
+@pytest.mark.parametrize(("values", "expected"), ENCODINGS)
+def test_every_content_encoding_header_and_list_counts(values, expected):
+    headers = [(b"Content-Type", b"text/plain")] + [(b"content-encoding", v) for v in values]
+    if expected == "refused":
+        with pytest.raises(UndecodableEncoding):
+            decoder_for(headers)
+        return
+    decoder = decoder_for(headers)
+    assert (decoder.coding if decoder else None) == expected
+    if decoder is None:
+        return
+    body = b"auth=Bearer ghp_" + bytes(range(256)) * 20
+    data = body
+    for coding in expected.split(", "):  # applied in header order
+        data = gzip.compress(data) if "gzip" in coding else zlib.compress(data)
+    decoder = decoder_for(headers)
+    out = b"".join(p for i in range(0, len(data), 7) for p in decoder.feed(data[i : i + 7]))
+    assert out + b"".join(decoder.finish()) == body
+
+
+def test_stacked_bomb_stays_bounded():
+    inner = gzip.compress(b"\0" * (64 << 20))
+    data = gzip.compress(inner)
+    decoder = decoder_for([(b"content-encoding", b"gzip, gzip")])
+    sizes = [len(p) for p in decoder.feed(data)]
+    assert sizes and max(sizes) <= PIECE and sum(sizes) == 64 << 20
+    with pytest.raises(BadEncodedBody):
+        decoder_for([(b"content-encoding", b"gzip, gzip")]).decode_all(data, 1 << 20)
 
 
 def test_without_encoding_drops_encoding_and_length_only():

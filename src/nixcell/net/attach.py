@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -30,20 +31,36 @@ async def open_network(
 
 
 def with_network(plan: Plan, session: object) -> Plan:
-    """The plan with the credential dummies in its env; refuses if a real secret would enter."""
+    """The plan with the credential dummies in its env; refuses if a real secret would enter
+    (in any spelling: its argv and environ are readable in /proc by everything in the cell)."""
     from nixcell.errors import NetworkError
 
     env = session.env  # type: ignore[attr-defined]
     if env:
         plan = dataclasses.replace(plan, env={**plan.env, **env})
-    exposed = [*plan.env.values(), *plan.command]
-    for secret in session.secrets():  # type: ignore[attr-defined]
-        if any(secret in value for value in exposed):
-            raise NetworkError(
-                "a real credential value would enter the cell (through -e, --pass-env or "
-                "the command line); refusing to run"
-            )
+    exposed = [*plan.env.keys(), *plan.env.values(), *plan.command]
+    exposed += [op.data for op in plan.mounts if op.data]
+    creds = getattr(session, "credentials", None)
+    if creds is None:
+        return plan
+    if any(creds.exposes(value) for value in exposed):
+        raise NetworkError(
+            "a real credential value would enter the cell (through -e, --pass-env or "
+            "the command line); refusing to run"
+        )
+    for name, source in creds.source_files():
+        for op in plan.mounts:
+            if op.kind in ("bind", "ro-bind") and op.src and _inside(source, op.src):
+                raise NetworkError(
+                    f"credential {name!r}: its source file is inside {op.src}, which is "
+                    f"mounted into the cell at {op.dest}; refusing to run"
+                )
     return plan
+
+
+def _inside(path: str, directory: str) -> bool:
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
 def with_outcome(result: RunResult, session: object) -> RunResult:

@@ -56,9 +56,10 @@ class AuditLog:
     def write(self, record: Record) -> None:
         self.count += 1
         record.time = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z"
-        record.path = self.redact(record.path)
-        if record.reason:
-            record.reason = self.redact(record.reason)
+        for name in ("method", "host", "path", "rule", "reason"):  # every spelling, any field
+            value = getattr(record, name)
+            if value:
+                setattr(record, name, self.redact(value))
         if record.action != "allow":
             self.denied.append(record)
         if self._fd is not None:

@@ -1,12 +1,13 @@
-"""Relaying message bodies: through h11, past it for long downloads, decoded for credential
-hosts, and whole for OAuth token responses (net/forward.py decides which)."""
+"""Relaying message bodies: through h11, past it for long downloads, decoded for credentialed
+cells, and whole for OAuth token responses (net/forward.py decides which). Trailers are never
+passed on: what a server puts there could carry a secret past the body's scrubber."""
 
 from __future__ import annotations
 
 import h11
 
 from nixcell.net.audit import Record
-from nixcell.net.decode import BadEncodedBody, Decoder
+from nixcell.net.decode import AnyDecoder, BadEncodedBody
 from nixcell.net.h11io import Headers, PeerGone, Side, header, simple_response
 from nixcell.net.target import Target
 
@@ -22,7 +23,7 @@ async def fail(side: Side, record: Record, why: str) -> bool:
 
 
 async def relay_body(
-    src: Side, dst: Side, rewriter: object | None, what: str, decoder: Decoder | None = None
+    src: Side, dst: Side, rewriter: object | None, what: str, decoder: AnyDecoder | None = None
 ) -> None:
     """Relay one message body: decoded first when ``decoder`` is given (the framing is then
     redone by h11), through a same-length ``rewriter`` (credentials) if any."""
@@ -34,10 +35,12 @@ async def relay_body(
                     data = rewriter.feed(piece) if rewriter else piece  # type: ignore[attr-defined]
                     if data:
                         await dst.send(h11.Data(data=data))
-            elif isinstance(event, h11.EndOfMessage):
-                tail = decoder.flush() if decoder else b""
-                if rewriter is not None:
-                    tail = rewriter.feed(tail) + rewriter.flush()  # type: ignore[attr-defined]
+            elif isinstance(event, h11.EndOfMessage):  # its trailers are dropped
+                for piece in decoder.finish() if decoder else ():
+                    data = rewriter.feed(piece) if rewriter else piece  # type: ignore[attr-defined]
+                    if data:
+                        await dst.send(h11.Data(data=data))
+                tail = rewriter.flush() if rewriter is not None else b""  # type: ignore[attr-defined]
                 await dst.send(*([h11.Data(data=tail)] if tail else []), h11.EndOfMessage())
                 return
             else:
@@ -83,7 +86,7 @@ async def token_response(
     record: Record,
     headers: Headers,
     ctype: str,
-    decoder: Decoder | None,
+    decoder: AnyDecoder | None,
 ) -> bool:
     """A credential host's JSON/form response: read it whole (any framing, up to a cap; decoded
     when compressed), map issued OAuth tokens to dummies, then send. Too big, undecodable or

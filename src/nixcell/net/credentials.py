@@ -16,6 +16,10 @@ Config (``[[credentials]]`` tables)::
     format = "Bearer {token}"
     env    = "GITHUB_TOKEN"                 # the cell's variable holding the dummy; "" for none
     body   = false                          # also swap in request bodies (OAuth refresh, forms)
+    allow_plaintext = false                 # the real value may go over cleartext http://
+
+Responses are scrubbed of every spelling of every real value (net/spellings.py), from every
+host: an allowed host may republish what a credential host stored.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping
@@ -37,12 +42,15 @@ from nixcell.net.credsource import (  # re-exported: the credential API lives he
     parse_credentials,
 )
 from nixcell.net.hosts import BadHost, normalize_host
-from nixcell.net.rewrite import Rewriter, replace_all
+from nixcell.net.logredact import watch
+from nixcell.net.rewrite import Rewriter, compile_needles, replace_all
+from nixcell.net.spellings import LOOKBACK, Spellings
 
 __all__ = [
     "KNOWN_PREFIXES",
     "CellCredentials",
     "CredentialSpec",
+    "PlaintextRefused",
     "load_secret",
     "make_dummy",
     "parse_credentials",
@@ -51,6 +59,16 @@ __all__ = [
 Headers = list[tuple[bytes, bytes]]
 _BASIC = re.compile(rb"(?i)(basic[ \t]+)([A-Za-z0-9+/]+={0,2})([ \t]*)")
 _TOKEN_FIELDS = ("access_token", "refresh_token")
+
+
+class PlaintextRefused(CredentialError):
+    """A real value would go to a server over cleartext HTTP; the message names the credential."""
+
+    def __init__(self, name: str, host: str) -> None:
+        super().__init__(
+            f"credential {name!r} is not sent to {host} over cleartext http:// "
+            f"(use https, or set allow_plaintext = true on the credential)"
+        )
 
 
 @dataclass(frozen=True)
@@ -74,9 +92,11 @@ class CellCredentials:
         self._specs: dict[str, CredentialSpec] = {}
         self._swaps: list[_Swap] = []
         self._cache: dict[tuple[str, bool], dict[bytes, bytes]] = {}
+        self._spelled: Spellings | None = None
         for spec, real in loaded:
             self._specs[spec.name] = spec
             self._add(spec, real)
+        watch(self)  # the proxy's logs are redacted while this cell lives
 
     @classmethod
     def load(
@@ -109,10 +129,21 @@ class CellCredentials:
         assert len(dummy) == len(raw)
         self._swaps.append(_Swap(spec, raw, dummy))
         self._cache.clear()
+        self._spelled = None
         return dummy
 
-    def _host_pairs(self, host: str, *, body: bool) -> dict[bytes, bytes]:
-        """dummy -> real for the credentials allowed to reach ``host``."""
+    def _host_pairs(self, host: str, *, body: bool, plain: bool = False) -> dict[bytes, bytes]:
+        """dummy -> real for the credentials allowed to reach ``host`` (over cleartext http
+        when ``plain``: only those with ``allow_plaintext``)."""
+        pairs = self._host_pairs_any(host, body=body)
+        if not plain:
+            return pairs
+        return {d: r for d, r in pairs.items() if self._owner(d).credential.allow_plaintext}
+
+    def _owner(self, dummy: bytes) -> _Swap:
+        return next(s for s in self._swaps if s.dummy == dummy)
+
+    def _host_pairs_any(self, host: str, *, body: bool) -> dict[bytes, bytes]:
         key = (host, body)
         if key not in self._cache:
             if len(self._cache) > 4096:  # hosts come from the cell: keep the memo bounded
@@ -130,13 +161,12 @@ class CellCredentials:
             }
         return self._cache[key]
 
-    def _scrub_pairs(self) -> dict[bytes, bytes]:
-        pairs: dict[bytes, bytes] = {}
-        for s in self._swaps:
-            pairs.setdefault(s.real, s.dummy)
-            for enc_real, enc_dummy in _base64_cores(s.real, s.dummy):
-                pairs.setdefault(enc_real, enc_dummy)
-        return pairs
+    def spellings(self) -> Spellings:
+        """Every spelling of every real value, swapping to its dummy's: the one source for
+        scrubbing, OAuth mapping and redaction."""
+        if self._spelled is None:
+            self._spelled = Spellings((s.real.decode(), s.dummy.decode()) for s in self._swaps)
+        return self._spelled
 
     def applies_to(self, host: str) -> bool:
         """Whether any credential of the cell may go to ``host`` (swaps and OAuth apply there)."""
@@ -154,16 +184,51 @@ class CellCredentials:
 
     # -- requests: dummy -> real, only towards the credential's hosts --
 
-    def rewrite_request_headers(self, host: str, headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    def prepare_request(
+        self,
+        scheme: str,
+        host: str,
+        headers: Iterable[tuple[bytes, bytes]],
+        target: bytes,
+        credential: str | None,
+    ) -> tuple[Headers, bytes, Rewriter | None]:
+        """Headers, target and body rewriter of a request to ``host``: dummies swapped for the
+        real values that may go there, a rule's credential injected. Over cleartext http a
+        credential without ``allow_plaintext`` would go out: ``PlaintextRefused`` instead (a body
+        carrying its dummy raises it from the rewriter, mid-body)."""
+        plain = scheme == "http"
+        headers = list(headers)
+        if plain:
+            held = {
+                d: r
+                for d, r in self._host_pairs(host, body=False).items()
+                if not self._owner(d).credential.allow_plaintext
+            }
+            for dummy in held:
+                one = {dummy: held[dummy]}
+                if _rewrite_headers(headers, one) != headers or replace_all(
+                    target, one, bounded=True
+                ) != target:
+                    raise PlaintextRefused(self._owner(dummy).credential.name, host)
+        headers = self.rewrite_request_headers(host, headers, plain=plain)
+        if credential:
+            spec = self._specs.get(credential)
+            injected = self.inject_for(host, headers, credential)
+            if plain and spec is not None and not spec.allow_plaintext and injected != headers:
+                raise PlaintextRefused(credential, host)
+            headers = injected
+        target = replace_all(target, self._host_pairs(host, body=False, plain=plain), bounded=True)
+        return headers, target, self.request_body_rewriter(host, plain=plain)
+
+    def rewrite_request_headers(
+        self, host: str, headers: Iterable[tuple[bytes, bytes]], *, plain: bool = False
+    ) -> Headers:
         """Swap whole-token dummies in header values for ``host`` (``Basic`` ones decoded)."""
         headers = list(headers)
-        pairs = self._host_pairs(host, body=False)
+        pairs = self._host_pairs(host, body=False, plain=plain)
         if not pairs:
             return headers
-        return [
-            (name, _rewrite_basic(replace_all(v, pairs, bounded=True), pairs))
-            for name, v in headers
-        ]
+        return _rewrite_headers(headers, pairs)
 
     def rewrite_request_target(self, host: str, target: bytes) -> bytes:
         """Swap whole-token dummies in the request target (``?access_token=...`` APIs)."""
@@ -194,20 +259,41 @@ class CellCredentials:
         headers.append((spec.header.encode(), spec.format.format(token=real).encode()))
         return headers
 
-    def request_body_rewriter(self, host: str) -> Rewriter | None:
-        """Streaming dummy -> real rewriting of a body sent to ``host``; None if nothing applies."""
+    def request_body_rewriter(self, host: str, *, plain: bool = False) -> Rewriter | None:
+        """Streaming dummy -> real rewriting of a body sent to ``host``; None if nothing applies.
+        Over cleartext (``plain``) the dummy of a credential without ``allow_plaintext`` raises
+        ``PlaintextRefused`` instead of being swapped."""
         pairs = self._host_pairs(host, body=True)
-        return Rewriter(pairs, bounded=True) if pairs else None
+        if not pairs:
+            return None
+        if not plain:
+            return Rewriter(pairs, bounded=True)
+
+        def edit(buf: bytearray, m: re.Match[bytes]) -> None:
+            owner = self._owner(bytes(m.group()))
+            if not owner.credential.allow_plaintext:
+                raise PlaintextRefused(owner.credential.name, host)
+            buf[m.start() : m.end()] = owner.real
+
+        width = max(map(len, pairs)) + 1  # bounded: one byte past the needle decides
+        return Rewriter.matching(compile_needles(list(pairs), bounded=True), edit, width)
 
     # -- responses: real -> dummy, everywhere --
 
     def response_scrubber(self) -> Rewriter:
-        """A streaming real -> dummy rewriter for any response body (any occurrence, unbounded)."""
-        return Rewriter(self._scrub_pairs(), bounded=False)
+        """A streaming real -> dummy rewriter for any response body: every spelling of every
+        real value, wherever it starts (also across chunk boundaries)."""
+        spelled = self.spellings()
+        return Rewriter.matching(spelled.pattern, spelled.edit, spelled.width, back=LOOKBACK)
 
     def scrub_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-        pairs = self._scrub_pairs()
-        return [(name, replace_all(value, pairs, bounded=False)) for name, value in headers]
+        """Names and values (trailers too), every spelling."""
+        spelled = self.spellings()
+        return [(spelled.scrub(name), spelled.scrub(value)) for name, value in headers]
+
+    def scrub(self, data: bytes) -> bytes:
+        """One complete buffer (a WebSocket control frame, a token response)."""
+        return self.spellings().scrub(data)
 
     # -- OAuth: tokens issued by a credential's host are swapped like the credential --
 
@@ -229,9 +315,8 @@ class CellCredentials:
             return body
         tokens = _token_values(body, media)
         for real in tokens:
-            dummy = self._add(spec, real).decode()
-            for enc_real, enc_dummy in _encodings(real, dummy):
-                body = body.replace(enc_real, enc_dummy)
+            self._add(spec, real)
+        body = self.spellings().scrub(body)  # the same spellings as every other response
         if any(t in tokens for t in _token_values(body, media)):
             raise CredentialError(f"credential {spec.name!r}: cannot hide a token issued by {host}")
         return body
@@ -245,14 +330,33 @@ class CellCredentials:
 
     # -- for logs and audit --
 
+    def source_files(self) -> list[tuple[str, str]]:
+        """(name, path) of each credential read from a ``file:`` source: a cell that can see
+        the file would read the real value there."""
+        found = []
+        for spec in self._specs.values():
+            kind, _, ref = spec.source.partition(":")
+            if kind == "file":
+                found.append((spec.name, os.path.expanduser(ref)))
+        return found
+
     def secrets(self) -> list[str]:
         """Every real value this cell's proxy knows (configured and OAuth-issued)."""
         return list(dict.fromkeys(s.real.decode() for s in self._swaps))
 
     def redact(self, text: str) -> str:
-        for real in sorted(self.secrets(), key=len, reverse=True):
-            text = text.replace(real, "[REDACTED]")
-        return text
+        """``text`` with every spelling of every real value replaced (logs, audit, errors)."""
+        return self.spellings().redact(text)
+
+    def exposes(self, text: str) -> bool:
+        """Whether ``text`` holds a real value in any spelling (what may not enter a cell)."""
+        return self.spellings().found(text.encode("utf-8", "surrogateescape"))
+
+
+def _rewrite_headers(headers: Headers, pairs: Mapping[bytes, bytes]) -> Headers:
+    return [
+        (name, _rewrite_basic(replace_all(v, pairs, bounded=True), pairs)) for name, v in headers
+    ]
 
 
 def _rewrite_basic(value: bytes, pairs: Mapping[bytes, bytes]) -> bytes:
@@ -268,22 +372,6 @@ def _rewrite_basic(value: bytes, pairs: Mapping[bytes, bytes]) -> bytes:
     if swapped == decoded:
         return value
     return m.group(1) + base64.b64encode(swapped) + m.group(3)
-
-
-def _base64_cores(real: bytes, dummy: bytes) -> list[tuple[bytes, bytes]]:
-    """A secret inside base64 (a ``Basic`` header echoed back, a token in a JWT-like blob): at
-    each of the three byte alignments, the characters that encode only the secret's own bytes.
-    The dummy at the same alignment encodes to as many characters, so scrubbing keeps lengths.
-    What stays visible is the one or two edge bytes that share a character with their
-    neighbours (the leading ones are the kept prefix, e.g. ``ghp_``, the same in both)."""
-    pairs = []
-    for start in range(3):
-        n = (len(real) - start) // 3 * 3
-        if n < 6 or real[start : start + n] == dummy[start : start + n]:
-            continue
-        for encode in (base64.b64encode, base64.urlsafe_b64encode):
-            pairs.append((encode(real[start : start + n]), encode(dummy[start : start + n])))
-    return pairs
 
 
 def _token_media(content_type: str) -> str | None:
@@ -309,19 +397,3 @@ def _token_values(body: bytes, media: str) -> list[str]:
         fields = dict(urllib.parse.parse_qsl(body.decode("latin-1")))
         values = [fields.get(k) for k in _TOKEN_FIELDS]
     return [v for v in values if isinstance(v, str) and v]
-
-
-def _encodings(real: str, dummy: str) -> list[tuple[bytes, bytes]]:
-    """The raw spellings a token may have in a body: as is, JSON ``\\/``, percent-encoded.
-
-    Dummies differ from reals only in letters and digits, which none of these encodings touch,
-    so each encoded pair keeps equal lengths.
-    """
-    pairs = {
-        (real.encode(), dummy.encode()),
-        (real.replace("/", "\\/").encode(), dummy.replace("/", "\\/").encode()),
-        (urllib.parse.quote(real, safe="").encode(), urllib.parse.quote(dummy, safe="").encode()),
-        (urllib.parse.quote_plus(real).encode(), urllib.parse.quote_plus(dummy).encode()),
-    }
-    assert all(len(r) == len(d) for r, d in pairs)
-    return sorted(pairs, key=lambda p: -len(p[0]))

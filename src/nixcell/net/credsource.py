@@ -33,7 +33,9 @@ _HEXISH = re.compile(r"[0-9A-Fa-f_-]+")  # UUIDs and hex keys: their first group
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_KEYS = frozenset({"name", "source", "hosts", "header", "format", "env", "body"})
+_KEYS = frozenset(
+    {"name", "source", "hosts", "header", "format", "env", "body", "allow_plaintext"}
+)
 _META = frozenset({"_line", "_file"})  # added by the TOML loader, not written by users
 
 
@@ -49,6 +51,7 @@ class CredentialSpec:
     env: str = ""
     body: bool = False
     origin: str = ""
+    allow_plaintext: bool = False  # the real value may go over cleartext http://
 
     def matches(self, host: str) -> bool:
         """``host`` must already be normalised."""
@@ -129,7 +132,10 @@ def _parse_one(table: Mapping[str, Any], file: str) -> CredentialSpec:
     body = table.get("body", False)
     if not isinstance(body, bool):
         raise fail("body must be true or false")
-    return CredentialSpec(name, source, tuple(patterns), header, fmt, env, body, where)
+    plaintext = table.get("allow_plaintext", False)
+    if not isinstance(plaintext, bool):
+        raise fail("allow_plaintext must be true or false")
+    return CredentialSpec(name, source, tuple(patterns), header, fmt, env, body, where, plaintext)
 
 
 def _default_env(name: str) -> str:

@@ -1,21 +1,25 @@
-"""Content-Encoding of credential hosts' responses: decoded so scrubbing sees the real bytes.
+"""Content-Encoding of responses to credentialed cells: decoded so scrubbing sees the bytes.
 
-Requests to a credential's hosts ask for ``Accept-Encoding: identity``, but a server may compress
-anyway, and a real token (echoed, or an OAuth ``access_token``) inside a gzip body would pass a
-byte-level scrubber untouched. Such a response is decoded here (gzip, deflate: what zlib reads)
-and sent to the cell decoded; one this module cannot read (br, zstd, stacked codings) is refused
-by the caller — fail closed, never forwarded unseen. Output is produced in bounded pieces, so a
-small compressed body cannot make the proxy hold gigabytes.
+Requests of a cell holding credentials ask for ``Accept-Encoding: identity``, but a server may
+compress anyway, and a real token (echoed, republished, or an OAuth ``access_token``) inside a
+gzip body would pass a byte-level scrubber untouched. Every ``Content-Encoding`` header counts,
+in order (``identity`` then ``gzip`` in two headers is gzip), as comma lists in any case; gzip,
+x-gzip and deflate (what zlib reads) are decoded, stacked ones in reverse order of application,
+and the cell gets the decoded body. Any other coding (br, zstd, compress, unknown names,
+parameters) is refused by the caller: fail closed, never forwarded unseen. Output is produced in
+bounded pieces at every stage, so a small compressed body cannot make the proxy hold gigabytes.
 """
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from collections.abc import Iterator
 
-from nixcell.net.h11io import Headers, header
+from nixcell.net.h11io import Headers
 
 PIECE = 1 << 20  # most decoded bytes produced per step
+MAX_CODINGS = 4  # stacked codings decoded; more is refused (each stage multiplies the work)
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
@@ -72,6 +76,12 @@ class Decoder:
         self._z = zlib.decompressobj(_WBITS[self.coding])
         return self._z.decompress(rest, PIECE)
 
+    def finish(self) -> Iterator[bytes]:
+        """The end of the body: what the decoder still holds (``BadEncodedBody`` if cut)."""
+        rest = self.flush()
+        if rest:
+            yield rest
+
     def flush(self) -> bytes:
         if self._head:
             raise BadEncodedBody(f"{self.coding} body is truncated")
@@ -84,31 +94,67 @@ class Decoder:
         return rest
 
     def decode_all(self, data: bytes, limit: int) -> bytes:
-        """The whole decoded body; ``BadEncodedBody`` past ``limit`` bytes."""
-        out = bytearray()
-        for piece in self.feed(data):
-            out += piece
-            if len(out) > limit:
-                raise BadEncodedBody(f"decoded body over {limit} bytes")
-        out += self.flush()
+        return decode_all(self, data, limit)
+
+
+class Stacked:
+    """Several codings, ``Content-Encoding: deflate, gzip`` style: undone last first, each
+    stage's pieces fed to the next, so every stage's output stays bounded."""
+
+    def __init__(self, codings: list[str]) -> None:
+        self.coding = ", ".join(codings)
+        self._stages = [Decoder(c) for c in reversed(codings)]
+
+    def _through(self, stage: int, data: bytes) -> Iterator[bytes]:
+        if stage == len(self._stages):
+            if data:
+                yield data
+            return
+        for piece in self._stages[stage].feed(data):
+            yield from self._through(stage + 1, piece)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
+        yield from self._through(0, bytes(data))
+
+    def finish(self) -> Iterator[bytes]:
+        for stage, decoder in enumerate(self._stages):
+            for rest in decoder.finish():
+                yield from self._through(stage + 1, rest)
+
+    def decode_all(self, data: bytes, limit: int) -> bytes:
+        return decode_all(self, data, limit)
+
+
+AnyDecoder = Decoder | Stacked
+
+
+def decode_all(decoder: AnyDecoder, data: bytes, limit: int) -> bytes:
+    """The whole decoded body; ``BadEncodedBody`` past ``limit`` bytes."""
+    out = bytearray()
+    for piece in itertools.chain(decoder.feed(data), decoder.finish()):
+        out += piece
         if len(out) > limit:
             raise BadEncodedBody(f"decoded body over {limit} bytes")
-        return bytes(out)
+    return bytes(out)
 
 
-def decoder_for(headers: Headers) -> Decoder | None:
+def codings(headers: Headers) -> list[str]:
+    """Every Content-Encoding header's codings, in the order they were applied; ``identity``
+    and empty list elements dropped."""
+    values = [v.decode("latin-1") for k, v in headers if k.lower() == b"content-encoding"]
+    found = [c.strip(" \t").lower() for v in values for c in v.split(",")]
+    return [c for c in found if c and c != "identity"]
+
+
+def decoder_for(headers: Headers) -> AnyDecoder | None:
     """None for an identity body; ``UndecodableEncoding`` for one the proxy cannot read."""
-    value = header(headers, b"content-encoding")
-    if value is None:
+    found = codings(headers)
+    if not found:
         return None
-    text = value.decode("latin-1")
-    codings = [c.strip().lower() for c in text.split(",")]
-    codings = [c for c in codings if c and c != "identity"]
-    if not codings:
-        return None
-    if len(codings) > 1 or codings[0] not in _WBITS:
-        raise UndecodableEncoding(text.strip()[:60])
-    return Decoder(codings[0])
+    unknown = [c for c in found if c not in _WBITS]
+    if unknown or len(found) > MAX_CODINGS:
+        raise UndecodableEncoding((", ".join(unknown or found))[:60])
+    return Decoder(found[0]) if len(found) == 1 else Stacked(found)
 
 
 def without_encoding(headers: Headers) -> Headers:

@@ -2,8 +2,9 @@
 
 The path the policy checked is the path that is sent: requests go upstream with the normalised
 path (net/urlpath.py), so an upstream that decodes differently cannot be steered around a rule.
-Credentials are swapped here — dummy to real on the way out, real to dummy on the way back —
-only for the credential's own hosts (net/credentials.py).
+Credentials are swapped here: dummy to real on the way out, only toward the credential's own
+hosts (and over cleartext only with ``allow_plaintext``); real to dummy, in every spelling, on
+every response from every host of a cell that holds one (net/credentials.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import h11
@@ -24,8 +26,10 @@ from nixcell.net.bodies import (
     relay_body,
     token_response,
 )
+from nixcell.net.credentials import PlaintextRefused
 from nixcell.net.decode import UndecodableEncoding, decoder_for, without_encoding
 from nixcell.net.h11io import (
+    Headers,
     PeerGone,
     Side,
     header,
@@ -36,6 +40,7 @@ from nixcell.net.h11io import (
 from nixcell.net.hosts import parse_ip
 from nixcell.net.stream import Stream
 from nixcell.net.target import DEFAULT_PORTS, Target, netloc
+from nixcell.net.websocket import cell_frames, relay_frames, server_frames
 
 if TYPE_CHECKING:
     from nixcell.net.proxy import CellNet, Proxy
@@ -235,25 +240,45 @@ async def _relay(
     headers = [(k, v) for k, v in headers if k.lower() not in (b"host", b"expect")]
     headers.insert(0, (b"host", _host_header(target).encode()))
     body_rw = None
+    path = target.url_path()
     if creds is not None:
-        headers = creds.rewrite_request_headers(target.host, headers)  # type: ignore[attr-defined]
-        if credential:
-            inject = creds.inject_for  # type: ignore[attr-defined]
-            headers = inject(target.host, headers, credential)
-        if creds.applies_to(target.host):  # type: ignore[attr-defined]
-            headers = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
-            headers.append((b"accept-encoding", b"identity"))  # so scrubbing sees plain bytes
-        body_rw = creds.request_body_rewriter(target.host)  # type: ignore[attr-defined]
+        try:  # dummies -> reals in headers and ?access_token=<dummy> targets, injection
+            headers, path, body_rw = creds.prepare_request(  # type: ignore[attr-defined]
+                target.scheme, target.host, headers, path, credential
+            )
+        except PlaintextRefused as exc:
+            return await _refuse_plaintext(side, record, str(exc))
+        headers = credentialed_request_headers(headers)
     if websocket:
         headers += [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
-    path = target.url_path()
-    if creds is not None:  # ?access_token=<dummy> style APIs
-        path = creds.rewrite_request_target(target.host, path)  # type: ignore[attr-defined]
     await up.send(h11.Request(method=req.method, target=path, headers=headers))
     if side.conn.client_is_waiting_for_100_continue:
         await side.send(h11.InformationalResponse(status_code=100, headers=[]))
-    await relay_body(side, up, body_rw, "request")
+    try:
+        await relay_body(side, up, body_rw, "request")
+    except PlaintextRefused as exc:  # a dummy in a body bound for cleartext: the request is cut
+        return await _refuse_plaintext(side, record, str(exc))
     return await _response(cell, side, up, target, record, websocket)
+
+
+def credentialed_request_headers(headers: Headers) -> Headers:
+    """Any request of a cell holding credentials asks for what the scrubber can read: an
+    identity body (a coding it cannot decode is refused), no WebSocket compression, and whole
+    bodies: with ``Range`` a cell could fetch a stored secret in pieces, none of them the secret
+    the scrubber looks for."""
+    drop = (b"accept-encoding", b"sec-websocket-extensions", b"range", b"if-range")
+    return [(k, v) for k, v in headers if k.lower() not in drop] + [
+        (b"accept-encoding", b"identity")
+    ]
+
+
+async def _refuse_plaintext(side: Side, record: Record, why: str) -> bool:
+    """403 for a real credential that would travel over cleartext (the rest of the cell's body
+    is read and dropped, bounded); audited by the caller."""
+    record.action, record.status, record.reason = "deny", 403, why
+    keep = await _drain(side)
+    await side.send(*simple_response(403, f"nixcell: {why}\n", close=not keep))
+    return keep
 
 
 def _host_header(target: Target) -> str:
@@ -265,30 +290,52 @@ def _host_header(target: Target) -> str:
 async def _response(
     cell: CellNet, side: Side, up: Side, target: Target, record: Record, websocket: bool
 ) -> bool:
+    """Relay the response. A cell holding any credential gets every response from every host
+    scrubbed of every spelling of every real value (an allowed host may republish what a
+    credential host stored): headers and bodies decoded first, what cannot be decoded or read
+    refused (502), trailers dropped, WebSocket frames after a 101 scrubbed too."""
     creds = cell.credentials
-    while True:
-        event = await up.next_event()
-        if isinstance(event, h11.InformationalResponse) and event.status_code != 101:
-            continue  # 100/103 from upstream: ours (if any) was already sent
-        break
+    redact = cell.audit.redact
+
+    async def refuse_response(why: str) -> bool:
+        return await fail(side, record, redact(why))  # never an upstream's bytes, unscrubbed
+
+    try:
+        while True:
+            event = await up.next_event()
+            if isinstance(event, h11.InformationalResponse) and event.status_code != 101:
+                continue  # 100/103 from upstream: ours (if any) was already sent
+            break
+    except h11.RemoteProtocolError:  # e.g. Transfer-Encoding other than chunked
+        return await refuse_response(f"{target.host} sent a response nixcell cannot read")
     if not isinstance(event, (h11.Response, h11.InformationalResponse)):
         raise PeerGone("no response from upstream")
     record.status = event.status_code
+    if has_header(event.headers, b"transfer-encoding") and has_header(
+        event.headers, b"content-length"
+    ):
+        return await refuse_response(
+            f"{target.host} sent a response with both Content-Length and Transfer-Encoding"
+        )
     headers = strip_hop_by_hop(list(event.headers), keep_upgrade=websocket)
     if creds is not None:
         headers = creds.scrub_headers(headers)  # type: ignore[attr-defined]
     if event.status_code == 101 and websocket:
+        if creds is not None and has_header(headers, b"sec-websocket-extensions"):
+            why = f"{target.host} negotiated a WebSocket extension nixcell did not offer"
+            return await refuse_response(why)
         headers += [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
         await side.send(h11.InformationalResponse(status_code=101, headers=headers))
-        await _switch(side, up)
+        await _switch(side, up, creds, target)
         return False
     decoder = None
-    if creds is not None and creds.applies_to(target.host):  # type: ignore[attr-defined]
+    bodiless = record.method == "HEAD" or event.status_code in (204, 304)
+    if creds is not None and not bodiless:
         try:
             decoder = decoder_for(headers)
         except UndecodableEncoding as exc:
             why = f"{target.host} sent a {exc}-encoded response, which nixcell cannot inspect"
-            return await fail(side, record, f"{why} for credentials")
+            return await refuse_response(f"{why} for credentials")
         if decoder is not None:
             headers = without_encoding(headers)
     ctype = (header(headers, b"content-type") or b"").decode("latin-1").lower()
@@ -304,11 +351,33 @@ async def _response(
     return side.reusable()
 
 
-async def _switch(side: Side, up: Side) -> None:
-    """After a 101: relay raw bytes both ways until either side closes."""
+def has_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bool:
+    return any(key.lower() == name for key, _ in headers)
+
+
+async def _switch(side: Side, up: Side, creds: object | None, target: Target) -> None:
+    """After a 101: relay bytes both ways until either side closes. For a credentialed cell
+    the frames are parsed (net/websocket.py): the server's scrubbed, the cell's with dummies
+    swapped toward the credential's hosts (else sent as they are: they hold dummies only)."""
     client_extra, _ = side.conn.trailing_data
     up_extra, _ = up.conn.trailing_data
+    upward = cell_frames(creds, target.scheme, target.host) if creds is not None else None
+
+    async def down() -> None:
+        if creds is None:
+            side.stream.write(up_extra)
+            await pipe(up.stream, side.stream)
+        else:
+            await relay_frames(up.stream, side.stream, server_frames(creds), bytes(up_extra))
+        # The server is gone; TLS has no half-close, so the cell learns it by the close.
+        side.stream.close()
+
+    async def upstream() -> None:
+        if upward is None:
+            up.stream.write(client_extra)
+            await pipe(side.stream, up.stream)
+        else:
+            await relay_frames(side.stream, up.stream, upward, bytes(client_extra))
+
     with contextlib.suppress(Exception):
-        up.stream.write(client_extra)
-        side.stream.write(up_extra)
-        await asyncio.gather(pipe(side.stream, up.stream), pipe(up.stream, side.stream))
+        await asyncio.gather(upstream(), down())

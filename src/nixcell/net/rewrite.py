@@ -11,7 +11,7 @@ replaces every occurrence, because any copy of a secret must go.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 TOKEN_CHARS = rb"A-Za-z0-9_\-"
 _BEFORE = rb"(?<![" + TOKEN_CHARS + rb"])"
@@ -44,6 +44,31 @@ def replace_all(data: bytes, pairs: Mapping[bytes, bytes], *, bounded: bool) -> 
     return out
 
 
+Edit = Callable[[bytearray, "re.Match[bytes]"], None]
+
+
+def swap_matches(
+    buf: bytearray,
+    pattern: re.Pattern[bytes],
+    edit: Edit,
+    first: re.Match[bytes] | None,
+    limit: int,
+    overlap: int,
+) -> int:
+    """Let ``edit`` swap, in place, ``first`` and every later match of ``pattern`` in ``buf``
+    that starts before ``limit``; returns where the next search starts (``limit``, or the
+    shared last byte of a match past it). Each search runs on the bytes already swapped, so a
+    next match may share ``overlap`` bytes with the one before (each swap changes only the
+    bits of its own secret) and a swapped dummy is never matched again."""
+    stop, match = limit, first
+    while match is not None and match.start() < limit:
+        start, end = match.span()
+        edit(buf, match)
+        stop = max(stop, end - overlap)
+        match = pattern.search(buf, max(end - overlap, start + 1))
+    return stop
+
+
 class Rewriter:
     """Streaming same-length replacement: ``feed`` chunks in order, then ``flush`` once.
 
@@ -54,14 +79,39 @@ class Rewriter:
 
     def __init__(self, pairs: Mapping[bytes, bytes], *, bounded: bool) -> None:
         _check_pairs(pairs)
-        self._pairs = dict(pairs)
-        self._bounded = bounded
-        self._pattern = compile_needles(list(pairs), bounded=bounded) if pairs else None
+        table = dict(pairs)
+        pattern = compile_needles(list(pairs), bounded=bounded) if pairs else None
         longest = max((len(n) for n in pairs), default=0)
         # Bounded: a match must be followed by one known byte before it can be decided.
-        self._hold = longest if bounded else max(longest - 1, 0)
-        self._pending = b""
-        self._prev = b""  # the last input byte already passed on: the left boundary
+        hold = longest if bounded else longest - 1
+
+        def edit(buf: bytearray, m: re.Match[bytes]) -> None:
+            buf[m.start() : m.end()] = table[bytes(m.group())]
+
+        self._setup(pattern, edit, hold, overlap=0, back=1)
+
+    @classmethod
+    def matching(
+        cls, pattern: re.Pattern[bytes] | None, edit: Edit, width: int, back: int = 1
+    ) -> Rewriter:
+        """A rewriter for any same-length in-place ``edit`` of ``pattern``'s matches, none
+        longer than ``width``, that may also change up to ``back`` bytes before a match
+        (net/spellings.py: every spelling of a secret). A match may start on the last byte of
+        the one before (base64 digits shared by two secrets back to back)."""
+        self = cls.__new__(cls)
+        self._setup(pattern, edit, width - 1, overlap=1, back=back)
+        return self
+
+    def _setup(
+        self, pattern: re.Pattern[bytes] | None, edit: Edit, hold: int, overlap: int, back: int
+    ) -> None:
+        self._pattern = pattern
+        self._overlap = overlap
+        self._edit = edit
+        self._hold = max(hold, 0)
+        self._back = back  # searched bytes kept unsent: the left boundary, a digit to swap
+        self._pending = b""  # bytes not passed on yet
+        self._scan = 0  # where in them the next search starts
         self._seen = 0
         self._emitted = 0
         self._flushed = False
@@ -79,7 +129,7 @@ class Rewriter:
             return self._emit(chunk)
         data = self._pending + chunk
         cut = len(data) - self._hold
-        if cut <= 0:
+        if cut <= self._scan:
             self._pending = data
             return b""
         return self._emit(self._rewrite(data, cut))
@@ -89,31 +139,28 @@ class Rewriter:
         if self._flushed:
             return b""
         self._flushed = True
-        data, self._pending = self._pending, b""
-        out = self._emit(self._rewrite(data, len(data)) if self._pattern and data else data)
+        head, data = b"", self._pending
+        if self._pattern is not None and len(data) > self._scan:
+            head = self._rewrite(data, len(data))
+            data = self._pending
+        self._pending = b""
+        out = self._emit(head + data)
         assert self._emitted == self._seen, "same-length invariant broken"
         return out
 
     def _rewrite(self, data: bytes, cut: int) -> bytes:
-        """Rewrite matches that start before ``cut``; keep the rest of ``data`` pending."""
+        """Rewrite matches that start before ``cut``; pass on what no later match can touch."""
         assert self._pattern is not None
-        ctx = self._prev + data  # one byte of history so the left boundary is seen
-        off = len(self._prev)
-        parts: list[bytes] = []
-        pos = 0  # in data coordinates
-        for m in self._pattern.finditer(ctx, off):
-            start, end = m.start() - off, m.end() - off
-            if start >= cut:
-                break
-            parts.append(data[pos:start])
-            parts.append(self._pairs[m.group()])
-            pos = end
-        stop = max(cut, pos)
-        parts.append(data[pos:stop])
-        self._pending = data[stop:]
-        if stop:
-            self._prev = data[stop - 1 : stop]
-        return b"".join(parts)
+        first = self._pattern.search(data, self._scan)
+        if first is None or first.start() >= cut:  # the common case: nothing, no copy
+            scan = cut
+        else:
+            buf = bytearray(data)
+            scan = swap_matches(buf, self._pattern, self._edit, first, cut, self._overlap)
+            data = bytes(buf)
+        keep = max(0, scan - self._back)
+        self._pending, self._scan = data[keep:], scan - keep
+        return data[:keep]
 
     def _emit(self, out: bytes) -> bytes:
         self._emitted += len(out)
