@@ -148,6 +148,14 @@ class Plan:
     # namespace) holding every writable area of SCRATCH_AREAS
     scratch: int | None = None
 
+    def host_source(self, op: MountOp) -> str | None:
+        """The host path behind a bind op (a root-run cell's binds come through the stage)."""
+        src = op.src
+        if src is not None and src.startswith(STAGE_DIR + "/"):
+            index = src[len(STAGE_DIR) + 1 :]
+            return next((s.source for s in self.stage if str(s.index) == index), src)
+        return src
+
     def with_command(self, command: tuple[str, ...] | list[str]) -> Plan:
         """The same cell running another command (shell builtins go through the shell)."""
         import dataclasses

@@ -111,16 +111,7 @@ def _made_by_nixcell(plan: Plan, op: MountOp) -> str | None:
 
 
 def _host_source(plan: Plan, op: MountOp) -> str:
-    """The host path behind a bind: a root-run cell's binds come through the idmapped stage."""
-    from nixcell.plan import STAGE_DIR
-
-    src = str(op.src)
-    if src.startswith(STAGE_DIR + "/"):
-        index = src[len(STAGE_DIR) + 1 :]
-        for staged in plan.stage:
-            if str(staged.index) == index:
-                return staged.source
-    return src
+    return str(plan.host_source(op))
 
 
 def _covering(mounts: tuple[MountOp, ...], path: str) -> MountOp | None:

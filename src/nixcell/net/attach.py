@@ -50,9 +50,10 @@ def with_network(plan: Plan, session: object) -> Plan:
         )
     for name, source in creds.source_files():
         for op in plan.mounts:
-            if op.kind in ("bind", "ro-bind") and op.src and _inside(source, op.src):
+            host = plan.host_source(op) if op.kind in ("bind", "ro-bind") else None
+            if host and _inside(source, host):
                 raise NetworkError(
-                    f"credential {name!r}: its source file is inside {op.src}, which is "
+                    f"credential {name!r}: its source file is inside {host}, which is "
                     f"mounted into the cell at {op.dest}; refusing to run"
                 )
     return plan
