@@ -14,6 +14,7 @@ import contextlib
 
 import h11
 
+from nixcell.net.chunks import ChunkScanner
 from nixcell.net.framing import (
     MAX_HEAD,
     FramingError,
@@ -59,6 +60,7 @@ class Side:
         self._pending: bytearray | None = None  # a head's bytes while it is incomplete
         self._searched = 0
         self._eof = False
+        self._chunks: ChunkScanner | None = None  # the cell's chunked body, checked as it comes
 
     def _expects_head(self) -> bool:
         if self.conn.our_role is h11.SERVER:
@@ -108,6 +110,9 @@ class Side:
                 if event is not h11.NEED_DATA:
                     if isinstance(event, (h11.Request, h11.Response, h11.InformationalResponse)):
                         self._checked = False  # the next head gets its own check
+                        if isinstance(event, h11.Request) and self.head and self.head.chunked:
+                            self._chunks = ChunkScanner()  # h11 holds the body's first bytes
+                            self._feed_chunks(self.conn.trailing_data[0])
                     return event
             # Only a connection idle between messages gets a timer: a timer per read would
             # cost more than the relay itself on a large body.
@@ -122,7 +127,15 @@ class Side:
             self._eof = not data
             if self._pending is not None:
                 self._pending += data[: MAX_HEAD + 4 - len(self._pending)]
+            if self._chunks is not None:
+                self._feed_chunks(data)
             self.conn.receive_data(data)  # copies: the view is reused by the next read
+
+    def _feed_chunks(self, data: bytes | memoryview) -> None:
+        assert self._chunks is not None
+        self._chunks.feed(data)  # raises FramingError (400: only the cell's bodies are read)
+        if self._chunks.done:
+            self._chunks = None
 
     async def read_raw(self) -> memoryview:
         """Bytes straight from the stream, bypassing h11 (whose state no longer follows)."""
