@@ -182,6 +182,54 @@ def test_ambiguous_upstream_responses_become_502(rig, uppers, certs, name, tunne
     assert [r["status"] for r in audit_lines(audit)] == [502]
 
 
+CONNECTS = {
+    "Host elsewhere": b"CONNECT {A} HTTP/1.1\r\nHost: evil.test:443\r\n\r\n",
+    "Host other port": b"CONNECT {A} HTTP/1.1\r\nHost: up.test:1\r\n\r\n",
+    "two Hosts": b"CONNECT {A} HTTP/1.1\r\nHost: {A}\r\nHost: {A}\r\n\r\n",
+    "userinfo": b"CONNECT evil.test@{A} HTTP/1.1\r\nHost: {A}\r\n\r\n",
+    "body": b"CONNECT {A} HTTP/1.1\r\nHost: {A}\r\nContent-Length: 5\r\n\r\nhello",
+    "chunked": b"CONNECT {A} HTTP/1.1\r\nHost: {A}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "bare LF": b"CONNECT {A} HTTP/1.1\nHost: {A}\n\n",
+    "no port": b"CONNECT up.test HTTP/1.1\r\nHost: up.test\r\n\r\n",
+    "port 0": b"CONNECT up.test:0 HTTP/1.1\r\nHost: up.test:0\r\n\r\n",
+    "HTTP/2": b"CONNECT {A} HTTP/2.0\r\nHost: {A}\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", list(CONNECTS))
+def test_connect_target_and_host_must_agree(rig, uppers, name):
+    port, audit = rig
+    raw = uppers["tls"]
+    data = CONNECTS[name].replace(b"{A}", f"up.test:{raw.port}".encode())
+    out = exchange(port, data)
+    assert out.startswith(b"HTTP/1.1 400 "), (name, out[:80])
+    assert raw.connections == 0
+    assert [r["status"] for r in audit_lines(audit)] == [400]
+
+
+@pytest.mark.parametrize(
+    ("host", "sni", "status"),
+    [
+        (b"up.test:{P}", "up.test", b"200"),
+        (b"UP.test.:{P}", "up.test", b"200"),  # the same host, normalised
+        (b"up.test:{Q}", "up.test", b"400"),
+        (b"up.test", "up.test", b"400"),  # no port: 443, not the tunnel's
+        (b"evil.test:{P}", "up.test", b"400"),
+        (b"evil.test@up.test:{P}", "up.test", b"400"),
+        (b"up.test:{P}, evil.test", "up.test", b"400"),
+        (b"up.test:{P}", "evil.test", b"403"),  # SNI of another host: the policy's refusal
+    ],
+)
+def test_requests_in_a_tunnel_name_the_tunnel_host(rig, uppers, host, sni, status):
+    port, _ = rig
+    raw = uppers["tls"]
+    host = host.replace(b"{P}", b"%d" % raw.port).replace(b"{Q}", b"%d" % (raw.port + 1))
+    data = b"GET /x HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+    out = exchange(port, data, tunnel=f"up.test:{raw.port}", sni=sni)
+    assert re.findall(rb"HTTP/1\.1 (\d{3})", out) == [status], out[:200]
+    assert len(raw.requests) == (1 if status == b"200" else 0)
+
+
 CELL_ATTACK = """
 import re, socket, sys
 port = int(sys.argv[1])

@@ -92,7 +92,8 @@ class Target:
     def check_host_header(self, headers: Headers) -> None:
         """Raise FramingError when ``Host`` names another authority than this target."""
         if self.error is None:
-            why = host_header_mismatch(headers, self.host, self.port)
+            default = DEFAULT_PORTS[self.scheme]
+            why = host_header_mismatch(headers, self.host, self.port, default)
             if why is not None:
                 raise FramingError(why)
 
@@ -100,13 +101,16 @@ class Target:
         return (self.path + (f"?{self.query}" if self.query else "")).encode()
 
 
-def host_header_mismatch(headers: Headers, host: str, port: int) -> str | None:
-    """Why the ``Host`` header does not name ``host:port`` (None: it does, or is absent)."""
+def host_header_mismatch(
+    headers: Headers, host: str, port: int, default: int = 443
+) -> str | None:
+    """Why the ``Host`` header does not name ``host:port`` (None: it does, or is absent); a
+    Host without a port means ``default``, the scheme's port (RFC 9110 §7.2)."""
     value = header(headers, b"host")
     if value is None:
         return None
     text = value.decode("ascii", "replace")
-    h_text, h_port = _split_netloc(text, port)
+    h_text, h_port = _split_netloc(text, default)
     try:
         same = "@" not in text and (normalize_host(h_text), h_port) == (host, port)
     except BadHost:
