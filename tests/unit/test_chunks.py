@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import h11
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from nixcell.net.chunks import ChunkScanner
@@ -100,6 +100,7 @@ def test_a_stray_byte_in_chunk_framing_is_refused(
 ) -> None:
     """A byte inserted into a chunk-size line or its extensions (not into chunk data)."""
     _, wire = body
+    assume(byte not in (b" ", b"\t") or b'"' not in wire)  # blanks are legal inside quotes
     framing = [i for i in range(len(wire)) if _in_framing(wire, i)]
     where = framing[where % len(framing)]
     bad = wire[:where] + byte + wire[where:]
