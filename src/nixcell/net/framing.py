@@ -32,6 +32,18 @@ _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 _REQUEST_VALUE = re.compile(rb"[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*")  # visible ASCII only
 _RESPONSE_BAD = re.compile(rb"[\x00\x0b\x0c]")  # bytes no response header may hold
 _DIGITS = re.compile(rb"0|[1-9][0-9]*")
+# The same rules over a whole header block in one match (the common case: no Python loop per
+# line); the per-line functions below run only to name what a refused block got wrong.
+_TCHAR = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_REQUEST_BLOCK = re.compile(
+    rb"(?:%s:[ \t]*(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?[ \t]*\r\n)*" % _TCHAR
+)
+_RESPONSE_BLOCK = re.compile(rb"(?:%s:[^\x00\x0b\x0c\r\n]*\r\n)*" % _TCHAR)
+_PROTOCOL = re.compile(
+    rb"^(content-length|transfer-encoding|host|expect|upgrade|connection|http2-settings)"
+    rb":([^\r]*)\r$",
+    re.MULTILINE | re.IGNORECASE,
+)
 # Headers that decide framing, routing or the protocol: one exact spelling, one space at most
 # after the colon, nothing after the value (tab and trailing-space variants are TE.TE tricks).
 _STRICT = frozenset(
@@ -59,13 +71,22 @@ class Head:
     """A head that passed the checks: the facts the proxy re-serialises from."""
 
     version: bytes  # b"1.0" | b"1.1"
-    headers: list[tuple[bytes, bytes]]  # names lowercased, values stripped of OWS
+    block: bytes  # the header lines, each ending in CRLF
     chunked: bool = False
     length: int | None = None  # Content-Length, when the body is framed by one
     method: bytes = b""
     target: bytes = b""
     status: int = 0
     fields: dict[bytes, bytes] = field(default_factory=dict)  # the _SINGLE headers present
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """(lowercased name, value without OWS) of every header line."""
+        out = []
+        for line in self.block.split(b"\r\n")[:-1]:
+            name, _, value = line.partition(b":")
+            out.append((name.lower(), value.strip(b" \t")))
+        return out
 
     def framing_header(self) -> list[tuple[bytes, bytes]]:
         """The one framing header a re-serialised request carries (none: the cell sent none)."""
@@ -88,6 +109,28 @@ def head_end(buf: bytes | bytearray, start: int = 0) -> int | None:
     return None if match is None else match.end()
 
 
+Fields = list[tuple[bytes, bytes, bytes]]  # (lowercased name, stripped value, text after ':')
+
+
+def _split(raw: bytes, what: str, request: bool) -> tuple[bytes, bytes, Fields]:
+    """The start line, the header block and the protocol headers of a head, or FramingError."""
+    if raw.endswith(b"\r\n\r\n") and raw != b"\r\n":
+        cut = raw.find(b"\r\n")
+        first, block = raw[:cut], raw[cut + 2 : -2]
+        pattern = _REQUEST_BLOCK if request else _RESPONSE_BLOCK
+        if (
+            b"\n" not in first
+            and b"\r" not in first
+            and pattern.fullmatch(block)
+            and block.count(b"\n") <= MAX_HEADERS
+            and (len(block) <= MAX_LINE or max(map(len, block.split(b"\r\n"))) <= MAX_LINE)
+        ):
+            fields = [(m[1].lower(), m[2].strip(b" \t"), m[2]) for m in _PROTOCOL.finditer(block)]
+            return first, block, fields
+    _fields(_lines(raw, what)[1:], request)  # raises naming the fault
+    raise FramingError(f"malformed {what} head")  # (the two readings never differ: fail closed)
+
+
 def _lines(raw: bytes, what: str) -> list[bytes]:
     if raw in (b"\r\n", b"\n"):
         raise FramingError(f"empty line before the {what} line")
@@ -102,7 +145,7 @@ def _lines(raw: bytes, what: str) -> list[bytes]:
     return lines
 
 
-def _fields(lines: list[bytes], request: bool) -> list[tuple[bytes, bytes, bytes]]:
+def _fields(lines: list[bytes], request: bool) -> Fields:
     """(lowercased name, stripped value, raw text after the colon) of each header line."""
     if len(lines) > MAX_HEADERS:
         raise FramingError(f"more than {MAX_HEADERS} header lines", 431)
@@ -127,7 +170,7 @@ def _fields(lines: list[bytes], request: bool) -> list[tuple[bytes, bytes, bytes
     return out
 
 
-def _single(parsed: list[tuple[bytes, bytes, bytes]], strict: bool) -> dict[bytes, bytes]:
+def _single(parsed: Fields, strict: bool) -> dict[bytes, bytes]:
     seen: dict[bytes, bytes] = {}
     for name, value, rest in parsed:
         if strict and name in _STRICT and rest not in (value, b" " + value):
@@ -149,8 +192,7 @@ def _length(value: bytes, limit: int) -> int:
 
 def check_request(raw: bytes) -> Head:
     """Check one request head (request line to the blank line, as cut by ``head_end``)."""
-    lines = _lines(raw, "request")
-    line = lines[0]
+    line, block, parsed = _split(raw, "request", request=True)
     if len(line) > MAX_LINE:
         raise FramingError(f"request line over {MAX_LINE} bytes", 414)
     if line.startswith(b"PRI * HTTP/2"):
@@ -165,7 +207,6 @@ def check_request(raw: bytes) -> Head:
         raise FramingError(f"HTTP/{version.decode()} is not supported; use HTTP/1.1")
     if b"#" in target:
         raise FramingError("a fragment ('#') in the request target")
-    parsed = _fields(lines[1:], request=True)
     fields = _single(parsed, strict=True)
     te, cl = fields.get(b"transfer-encoding"), fields.get(b"content-length")
     if te is not None and cl is not None:
@@ -178,15 +219,11 @@ def check_request(raw: bytes) -> Head:
     if method in _NO_BODY and (te is not None or length):
         raise FramingError(f"a body on a {method.decode()} request (servers may ignore it)")
     _check_protocol_fields(method, version, parsed, fields)
-    headers = [(name, value) for name, value, _ in parsed]
-    return Head(version, headers, te is not None, length, method, target, fields=fields)
+    return Head(version, block, te is not None, length, method, target, fields=fields)
 
 
 def _check_protocol_fields(
-    method: bytes,
-    version: bytes,
-    parsed: list[tuple[bytes, bytes, bytes]],
-    fields: dict[bytes, bytes],
+    method: bytes, version: bytes, parsed: Fields, fields: dict[bytes, bytes]
 ) -> None:
     """Host, Expect, Upgrade, Connection: the headers that change who reads what next."""
     if version == b"1.1" and b"host" not in fields:
@@ -215,14 +252,13 @@ def _check_protocol_fields(
 
 def check_response(raw: bytes) -> Head:
     """Check one response head from an upstream: where its body ends must be unambiguous."""
-    lines = _lines(raw, "status")
-    match = _STATUS_LINE.fullmatch(lines[0])
+    line, block, parsed = _split(raw, "status", request=False)
+    match = _STATUS_LINE.fullmatch(line)
     if match is None:
         raise FramingError("malformed status line")
     version, status = match.group(1), int(match.group(2))
     if version not in (b"1.0", b"1.1"):
         raise FramingError(f"HTTP/{version.decode()} response")
-    parsed = _fields(lines[1:], request=False)
     fields = _single(parsed, strict=False)
     te, cl = fields.get(b"transfer-encoding"), fields.get(b"content-length")
     if te is not None and cl is not None:
@@ -232,5 +268,4 @@ def check_response(raw: bytes) -> Head:
     if te is not None and (status < 200 or status == 204):
         raise FramingError(f"Transfer-Encoding on a {status} response")
     length = None if cl is None else _length(cl, MAX_RESPONSE_LENGTH)
-    headers = [(name, value) for name, value, _ in parsed]
-    return Head(version, headers, te is not None, length, status=status, fields=fields)
+    return Head(version, block, te is not None, length, status=status, fields=fields)
