@@ -16,7 +16,6 @@ that decide where a message ends (real servers are messier elsewhere); a refused
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 MAX_HEAD = 64 * 1024  # a whole head (h11's receive limit is the same)
 MAX_LINE = 8 * 1024  # one request line or header line
@@ -27,6 +26,7 @@ MAX_RESPONSE_LENGTH = 1 << 53
 _HEAD_END = re.compile(rb"\n\r?\n")  # what h11 takes as the end of a head: the same bytes
 _METHOD = re.compile(rb"[A-Z][A-Z0-9_-]{0,31}")
 _REQUEST_LINE = re.compile(rb"([^ ]+) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])")
+_CANONICAL_LINE = re.compile(rb"([A-Z][A-Z0-9_-]{0,31}) ([\x21\x22\x24-\x7e]+) HTTP/(1\.[01])")
 _STATUS_LINE = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 _REQUEST_VALUE = re.compile(rb"[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*")  # visible ASCII only
@@ -66,18 +66,24 @@ class FramingError(Exception):
         self.status = status
 
 
-@dataclass(frozen=True)
 class Head:
     """A head that passed the checks: the facts the proxy re-serialises from."""
 
-    version: bytes  # b"1.0" | b"1.1"
-    block: bytes  # the header lines, each ending in CRLF
-    chunked: bool = False
-    length: int | None = None  # Content-Length, when the body is framed by one
-    method: bytes = b""
-    target: bytes = b""
-    status: int = 0
-    fields: dict[bytes, bytes] = field(default_factory=dict)  # the _SINGLE headers present
+    __slots__ = ("block", "chunked", "fields", "length", "method", "status", "target", "version")
+
+    def __init__(
+        self,
+        version: bytes,  # b"1.0" | b"1.1"
+        block: bytes,  # the header lines, each ending in CRLF
+        chunked: bool,
+        length: int | None,  # Content-Length, when the body is framed by one
+        fields: dict[bytes, bytes],  # the _SINGLE headers present
+        method: bytes = b"",
+        target: bytes = b"",
+        status: int = 0,
+    ) -> None:
+        self.version, self.block, self.chunked, self.length = version, block, chunked, length
+        self.fields, self.method, self.target, self.status = fields, method, target, status
 
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -193,6 +199,28 @@ def _length(value: bytes, limit: int) -> int:
 def check_request(raw: bytes) -> Head:
     """Check one request head (request line to the blank line, as cut by ``head_end``)."""
     line, block, parsed = _split(raw, "request", request=True)
+    match = _CANONICAL_LINE.fullmatch(line)
+    if match is None or len(line) > MAX_LINE:
+        _request_line_fault(line)
+        raise FramingError("malformed request line")  # (never reached: fail closed)
+    method, target, version = match.groups()
+    fields = _single(parsed, strict=True)
+    te, cl = fields.get(b"transfer-encoding"), fields.get(b"content-length")
+    if te is not None and cl is not None:
+        raise FramingError("both Content-Length and Transfer-Encoding")
+    if te is not None and te != b"chunked":
+        raise FramingError("Transfer-Encoding other than exactly 'chunked'")
+    if te is not None and version == b"1.0":
+        raise FramingError("Transfer-Encoding in an HTTP/1.0 request")
+    length = None if cl is None else _length(cl, MAX_REQUEST_LENGTH)
+    if method in _NO_BODY and (te is not None or length):
+        raise FramingError(f"a body on a {method.decode()} request (servers may ignore it)")
+    _check_protocol_fields(method, version, parsed, fields)
+    return Head(version, block, te is not None, length, fields, method, target)
+
+
+def _request_line_fault(line: bytes) -> None:
+    """Raise the FramingError that names what is wrong with a non-canonical request line."""
     if len(line) > MAX_LINE:
         raise FramingError(f"request line over {MAX_LINE} bytes", 414)
     if line.startswith(b"PRI * HTTP/2"):
@@ -207,19 +235,6 @@ def check_request(raw: bytes) -> Head:
         raise FramingError(f"HTTP/{version.decode()} is not supported; use HTTP/1.1")
     if b"#" in target:
         raise FramingError("a fragment ('#') in the request target")
-    fields = _single(parsed, strict=True)
-    te, cl = fields.get(b"transfer-encoding"), fields.get(b"content-length")
-    if te is not None and cl is not None:
-        raise FramingError("both Content-Length and Transfer-Encoding")
-    if te is not None and te != b"chunked":
-        raise FramingError("Transfer-Encoding other than exactly 'chunked'")
-    if te is not None and version == b"1.0":
-        raise FramingError("Transfer-Encoding in an HTTP/1.0 request")
-    length = None if cl is None else _length(cl, MAX_REQUEST_LENGTH)
-    if method in _NO_BODY and (te is not None or length):
-        raise FramingError(f"a body on a {method.decode()} request (servers may ignore it)")
-    _check_protocol_fields(method, version, parsed, fields)
-    return Head(version, block, te is not None, length, method, target, fields=fields)
 
 
 def _check_protocol_fields(
@@ -268,4 +283,4 @@ def check_response(raw: bytes) -> Head:
     if te is not None and (status < 200 or status == 204):
         raise FramingError(f"Transfer-Encoding on a {status} response")
     length = None if cl is None else _length(cl, MAX_RESPONSE_LENGTH)
-    return Head(version, block, te is not None, length, status=status, fields=fields)
+    return Head(version, block, te is not None, length, fields, status=status)
