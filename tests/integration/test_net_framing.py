@@ -16,6 +16,8 @@ import ssl
 import textwrap
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tests.integration import upstream as up
 from tests.integration.proxyrig import audit_lines, exchange, proxy
 from tests.integration.rawupstream import RawUpstream
@@ -271,3 +273,73 @@ def test_smuggling_from_a_real_cell(offline_set, uppers, certs):
     [_, posted] = raw.requests
     assert posted.body == b"GET /smuggled HTTP/1.1\r\nHost: up.test:%d\r\n\r\n" % raw.port
     assert raw.leftover == []
+
+
+# -- property: the upstream sees only requests the policy checked --------------------------------
+PIECES = st.sampled_from(
+    [b"Content-Length: 0", b"Content-Length: 5", b"content-length:44", b"Content-Length: 5, 5",
+     b"Content-Length: +5", b"Transfer-Encoding: chunked", b"Transfer-Encoding: Chunked",
+     b"Transfer-Encoding:\tchunked", b"Transfer-Encoding: chunked, chunked",
+     b"Transfer-Encoding : chunked", b" Transfer-Encoding: chunked", b"X: a\x00b", b"X: a\x01b",
+     b"Expect: 100-continue", b"Connection: close", b"Connection: content-length",
+     b"Host: evil.test", b"Upgrade: h2c", b"X-Pad: y"]
+)  # fmt: skip
+ENDS = st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n", b"\r"])
+BODIES = st.sampled_from(
+    [b"", b"hello", b"0\r\n\r\n", b"5\r\nhello\r\n0\r\n\r\n", b"0x5\r\nhello\r\n0\r\n\r\n",
+     b"5 \r\nhello\r\n0\r\n\r\n", b"5\r\nhelloXX"]
+)  # fmt: skip
+
+
+@st.composite
+def attacks(draw: st.DrawFn) -> bytes:
+    method = draw(st.sampled_from([b"POST", b"GET", b"PUT"]))
+    version = draw(st.sampled_from([b"1.1", b"1.1", b"1.0"]))
+    lines = [method + b" {T} HTTP/" + version, b"Host: {H}", *draw(st.lists(PIECES, max_size=3))]
+    head = b"".join(line + draw(ENDS) for line in lines) + draw(ENDS)
+    return head + draw(BODIES) + SMUGGLED
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=attacks(), tunnel=st.booleans())
+def test_the_upstream_sees_only_requests_the_policy_checked(uppers, policy_rig, data, tunnel):
+    """Any mix of framing spellings, then a request for a path the policy denies: whatever the
+    proxy did, every request that reached the upstream is one it allowed (audited), with at
+    most one framing header, and the denied path never arrives."""
+    port, audit = policy_rig
+    raw = uppers["tls" if tunnel else "plain"]
+    raw.clear()
+    before = len([r for r in audit_lines(audit) if r["action"] == "allow"])
+    send(port, raw, data, tunnel)
+    allowed = [r["path"] for r in audit_lines(audit) if r["action"] == "allow"][before:]
+    seen = [r.line.split(b" ")[1].decode() for r in raw.requests]
+    assert "/smuggled" not in seen
+    assert seen == [path for path in allowed if path == "/x"] == allowed[: len(seen)]
+    for received in raw.requests:
+        names = received.header_names()
+        assert names.count(b"content-length") + names.count(b"transfer-encoding") <= 1
+    assert raw.leftover == []
+
+
+@pytest.fixture(scope="module")
+def policy_rig(uppers, certs, tmp_path_factory):
+    """The proxy with a policy that allows only /x on the raw upstreams (never /smuggled)."""
+    directory = tmp_path_factory.mktemp("framing-policy")
+    rules = "".join(
+        f'[[rules]]\naction = "allow"\nport = {raw.port}\n'
+        f'[rules.pattern]\nhost = "up.test"\npath = "/x"\n'
+        for raw in uppers.values()
+    )
+    (directory / "p.toml").write_text(rules)
+    network = {
+        "allow_cidrs": ["127.0.0.1/32"],
+        "resolve": up.PINS,
+        "upstream_ca": [str(certs[0])],
+        "policy_files": [str(directory / "p.toml")],
+    }
+    with proxy(network, directory / "audit.jsonl") as port:
+        yield port, directory / "audit.jsonl"
