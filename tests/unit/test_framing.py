@@ -318,3 +318,24 @@ def test_response_framing(raw: bytes, ok: bool) -> None:
     else:
         with pytest.raises(FramingError):
             check_response(raw[:end])
+
+
+LINES = st.sampled_from([b"GET / HTTP/1.1", b"Host: a", b"X: y", b"", b" z", b"\r", b"\n"])
+
+
+@settings(max_examples=500)
+@given(st.lists(st.tuples(LINES, st.sampled_from([b"\r\n", b"\n", b"\r", b""])), max_size=7))
+def test_the_head_is_cut_where_h11_cuts_it(parts: list[tuple[bytes, bytes]]) -> None:
+    """Side checks the bytes head_end cuts, then h11 parses: the two must be the same bytes."""
+    raw = b"".join(line + end for line, end in parts)
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(raw)
+    try:
+        event = conn.next_event()
+    except h11.RemoteProtocolError:
+        return
+    end = head_end(raw)
+    if isinstance(event, h11.Request):
+        assert end == len(raw) - len(conn.trailing_data[0])
+    else:
+        assert end is None
