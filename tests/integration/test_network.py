@@ -186,7 +186,9 @@ def test_tunnel_cannot_address_another_host(
         req = f"GET /x HTTP/1.1\\r\\nHost: {payload_host}:{p}\\r\\n\\r\\n"
     code = RAW + f'print(raw_tunnel("up.test", {p}, "{sni}", b"{req}"))'
     result = py(code, network(tls, f"up.test:{p}", f"other.test:{p + 1}"))
-    assert result.stdout.decode().split() == ["403"], (case, result)
+    # a Host that contradicts the tunnel is ambiguous (400, net/framing.py); the rest: policy
+    expected = "400" if case.startswith("Host") else "403"
+    assert result.stdout.decode().split() == [expected], (case, result)
     assert tls.seen == []
 
 

@@ -28,6 +28,7 @@ from nixcell.net.bodies import (
 )
 from nixcell.net.credentials import PlaintextRefused
 from nixcell.net.decode import UndecodableEncoding, decoder_for, without_encoding
+from nixcell.net.framing import FramingError
 from nixcell.net.h11io import (
     Headers,
     PeerGone,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 
 CONNECT_TIMEOUT = 30.0
 MAX_DRAIN = 1 << 20  # body we read and drop to keep a connection after a denial
+_FRAMING = (b"content-length", b"transfer-encoding")
 
 
 def deny_text(record: Record, decision: object | None) -> str:
@@ -121,6 +123,14 @@ async def exchange(
     credential = getattr(decision, "credential", None)
     try:
         keep = await _relay(cell, side, up, req, target, credential, record)
+    except FramingError as exc:  # the cell's body (400) or the upstream's response (502)
+        keep = False
+        record.action = "deny" if exc.status < 500 else "error"
+        record.status, record.reason = exc.status, f"malformed message: {exc}"
+        if side.conn.our_state is h11.SEND_RESPONSE:  # nothing of a response sent yet
+            with contextlib.suppress(PeerGone, h11.LocalProtocolError):
+                text = f"nixcell proxy: {record.reason}\n"
+                await side.send(*simple_response(exc.status, text, close=True))
     except (PeerGone, h11.ProtocolError) as exc:
         record.action, record.reason = "error", f"connection broke: {exc}"
         keep = False
@@ -251,6 +261,11 @@ async def _relay(
         headers = credentialed_request_headers(headers)
     if websocket:
         headers += [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
+    # Exactly one framing header, the one matching how the checked body is relayed: whatever
+    # the cell sent (or a rewrite added) is dropped first. Swaps keep lengths: it stays true.
+    headers = [(k, v) for k, v in headers if k.lower() not in _FRAMING]
+    assert side.head is not None  # every request head was checked (Side.next_event)
+    headers += side.head.framing_header()
     await up.send(h11.Request(method=req.method, target=path, headers=headers))
     if side.conn.client_is_waiting_for_100_continue:
         await side.send(h11.InformationalResponse(status_code=100, headers=[]))

@@ -1,7 +1,10 @@
 """h11 connections over the proxy's streams: its two sides (cell and upstream).
 
 h11 holds the HTTP/1.1 state machine (framing, keep-alive, pipelining, upgrades) and never does
-I/O; this module feeds it bytes and writes out what it produces, h11's intended use.
+I/O; this module feeds it bytes and writes out what it produces, h11's intended use. Before h11
+parses a head, its raw bytes go through net/framing.py's strict checks (h11 is lenient): every
+head of every request on a connection, and of every upstream response, so nothing reaches the
+policy, an upstream or the cell that two parsers could frame differently.
 """
 
 from __future__ import annotations
@@ -11,6 +14,15 @@ import contextlib
 
 import h11
 
+from nixcell.net.chunks import ChunkScanner
+from nixcell.net.framing import (
+    MAX_HEAD,
+    FramingError,
+    Head,
+    check_request,
+    check_response,
+    head_end,
+)
 from nixcell.net.stream import Stream
 
 IDLE_TIMEOUT = 600.0  # a connection idle this long is closed
@@ -39,16 +51,69 @@ class Side:
     """One HTTP/1.1 connection (``h11.SERVER`` toward the cell, ``h11.CLIENT`` upstream)."""
 
     def __init__(self, role: type[h11.SERVER] | type[h11.CLIENT], stream: Stream) -> None:
-        self.conn = h11.Connection(role, max_incomplete_event_size=64 * 1024)
+        self.conn = h11.Connection(role, max_incomplete_event_size=MAX_HEAD + 4)
         self.stream = stream
         self.bytes_in = 0
         self.bytes_out = 0
+        self.head: Head | None = None  # the last head checked (the request or response read)
+        self._checked = False  # the head at the front of h11's buffer passed the checks
+        self._pending: bytearray | None = None  # a head's bytes while it is incomplete
+        self._searched = 0
+        self._eof = False
+        self._chunks: ChunkScanner | None = None  # the cell's chunked body, checked as it comes
+
+    def _expects_head(self) -> bool:
+        if self.conn.our_role is h11.SERVER:
+            return self.conn.their_state is h11.IDLE
+        return self.conn.their_state is h11.SEND_RESPONSE
+
+    def _check_head(self) -> bool:
+        """Check the head at the front of h11's buffer once it is complete; False: need more.
+        Raises FramingError (status 502 when the head is an upstream's response)."""
+        if self._pending is None:
+            self._pending = bytearray(self.conn.trailing_data[0][: MAX_HEAD + 4])
+            self._searched = 0
+        end = head_end(self._pending, self._searched)
+        if end is None:
+            if self._eof:  # h11 cuts heads as head_end does: it has no head to give either
+                if self._pending:
+                    raise PeerGone("closed in the middle of a message head")
+                return True  # h11 says ConnectionClosed
+            if len(self._pending) > MAX_HEAD:
+                self._pending = None
+                raise self._error(FramingError(f"message head over {MAX_HEAD} bytes", 431))
+            self._searched = len(self._pending)
+            return False
+        raw, self._pending = bytes(self._pending[:end]), None
+        try:
+            server = self.conn.our_role is h11.SERVER
+            self.head = check_request(raw) if server else check_response(raw)
+        except FramingError as exc:
+            raise self._error(exc) from None
+        self._checked = True
+        return True
+
+    def _error(self, exc: FramingError) -> FramingError:
+        if self.conn.our_role is h11.CLIENT:
+            exc.status = 502
+        return exc
 
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
-            event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
+            if self._checked or not self._expects_head() or self._check_head():
+                try:
+                    event = self.conn.next_event()
+                except h11.RemoteProtocolError as exc:
+                    # h11's text may quote the bytes (an upstream's could hold a secret)
+                    why = str(exc).split(":")[0]
+                    raise self._error(FramingError(why or "malformed message")) from None
+                if event is not h11.NEED_DATA:
+                    if isinstance(event, (h11.Request, h11.Response, h11.InformationalResponse)):
+                        self._checked = False  # the next head gets its own check
+                        if isinstance(event, h11.Request) and self.head and self.head.chunked:
+                            self._chunks = ChunkScanner()  # h11 holds the body's first bytes
+                            self._feed_chunks(self.conn.trailing_data[0])
+                    return event
             # Only a connection idle between messages gets a timer: a timer per read would
             # cost more than the relay itself on a large body.
             try:
@@ -59,7 +124,18 @@ class Side:
             except (ConnectionError, OSError, TimeoutError) as exc:
                 raise PeerGone(str(exc) or type(exc).__name__) from None
             self.bytes_in += len(data)
+            self._eof = not data
+            if self._pending is not None:
+                self._pending += data[: MAX_HEAD + 4 - len(self._pending)]
+            if self._chunks is not None:
+                self._feed_chunks(data)
             self.conn.receive_data(data)  # copies: the view is reused by the next read
+
+    def _feed_chunks(self, data: bytes | memoryview) -> None:
+        assert self._chunks is not None
+        self._chunks.feed(data)  # raises FramingError (400: only the cell's bodies are read)
+        if self._chunks.done:
+            self._chunks = None
 
     async def read_raw(self) -> memoryview:
         """Bytes straight from the stream, bypassing h11 (whose state no longer follows)."""

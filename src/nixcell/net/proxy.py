@@ -118,11 +118,12 @@ class Proxy:
             if target is None:
                 await self._refuse(cell, side, req, 400, "not a proxy request")
                 return True  # the refusal closes: next_cycle ends the connection
+            target.check_host_header(req.headers)
             return await exchange(self, cell, side, req, target, upstreams)
 
         side = Side(h11.SERVER, stream)
         try:
-            await _serve_requests(side, handle)
+            await _serve_requests(cell, side, handle, ("http", "-", 0))
         finally:
             await side.close()
 
@@ -148,7 +149,7 @@ class Proxy:
         from nixcell.net.forward import exchange
         from nixcell.net.h11io import Side
         from nixcell.net.hosts import BadHost, normalize_host
-        from nixcell.net.target import Target
+        from nixcell.net.target import Target, host_header_mismatch
 
         started = time.monotonic()
         raw = req.target.decode(errors="replace")
@@ -160,6 +161,10 @@ class Proxy:
                 raise ValueError
         except (BadHost, ValueError):
             await self._refuse(cell, side, req, 400, f"bad CONNECT target {raw!r}")
+            return
+        why = host_header_mismatch(req.headers, host, port)
+        if why is not None:
+            await self._refuse(cell, side, req, 400, f"CONNECT {raw!r}: {why}")
             return
         record = Record(cell.cell_id, "CONNECT", "https", host, port, "", "-", "deny")
         if cell.recorder is None:
@@ -190,7 +195,7 @@ class Proxy:
             target = Target.in_tunnel(host, port, req, sni)
             return await exchange(self, cell, inner, req, target, upstreams)
 
-        await _serve_requests(inner, handle)
+        await _serve_requests(cell, inner, handle, ("https", host, port))
 
     async def _deny(
         self,
@@ -212,28 +217,63 @@ class Proxy:
 
 
 async def _serve_requests(
-    side: Side, handle: Callable[[h11.Request, Upstreams], Awaitable[bool]]
+    cell: CellNet,
+    side: Side,
+    handle: Callable[[h11.Request, Upstreams], Awaitable[bool]],
+    where: tuple[str, str, int],
 ) -> None:
     """Read the cell's requests one after another (kept-alive, pipelined) and ``handle`` each,
-    until a handler says stop or the connection cannot carry another; then close upstreams."""
+    until a handler says stop or the connection cannot carry another; then close upstreams.
+    Every head passes net/framing.py's checks in ``side.next_event`` before it is handled; a
+    message that fails them is answered 400 (``where`` labels its audit line) and ends the
+    connection, so no byte after it is read as a request."""
     import h11
 
+    from nixcell.net.framing import FramingError
     from nixcell.net.h11io import PeerGone
 
     upstreams: Upstreams = {}
     try:
         while True:
+            event = None
             try:
                 event = await side.next_event()
+                if not isinstance(event, h11.Request):
+                    return
+                if not await handle(event, upstreams) or not side.next_cycle():
+                    return
+            except FramingError as exc:
+                req = event if isinstance(event, h11.Request) else None
+                await _malformed(cell, side, exc, where, req)
+                return
             except (PeerGone, h11.RemoteProtocolError):
-                return
-            if not isinstance(event, h11.Request):
-                return
-            if not await handle(event, upstreams) or not side.next_cycle():
                 return
     finally:
         for up in upstreams.values():
             await up.close()
+
+
+async def _malformed(
+    cell: CellNet,
+    side: Side,
+    exc: Exception,
+    where: tuple[str, str, int],
+    req: h11.Request | None,
+) -> None:
+    """Answer a request refused for its framing (when no answer has started) and audit it."""
+    import h11
+
+    from nixcell.net.h11io import PeerGone, simple_response
+
+    status = getattr(exc, "status", 400)
+    reason = f"malformed request: {exc}"
+    method = req.method.decode(errors="replace") if req is not None else "-"
+    path = req.target.decode(errors="replace")[:200] if req is not None else "-"
+    record = Record(cell.cell_id, method, *where, path, "-", "deny", status, reason=reason)
+    cell.audit.write(record)
+    if side.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+        with contextlib.suppress(PeerGone, h11.LocalProtocolError):
+            await side.send(*simple_response(status, f"nixcell proxy: {reason}\n", close=True))
 
 
 def _record_sni(ssl_object: object, server_name: str | None, _ctx: ssl.SSLContext) -> None:

@@ -1,6 +1,8 @@
 """Where a proxied request goes: its target parsed, normalised and checked against the tunnel.
 
 The path here is the normalised one (net/urlpath.py): what the policy checks is what is sent.
+A ``Host`` header that names another authority than the request target (absolute-form, CONNECT
+or the tunnel's) is a FramingError (400): upstreams route by one, the policy checked the other.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from urllib.parse import urlsplit
 
 import h11
 
-from nixcell.net.h11io import header
+from nixcell.net.framing import FramingError
+from nixcell.net.h11io import Headers, header
 from nixcell.net.hosts import BadHost, normalize_host
 from nixcell.net.urlpath import normalize_path
 
@@ -76,16 +79,7 @@ class Target:
         if (target.host, target.port) != (host, port):
             target.error = f"request for {target.host}:{target.port} inside a tunnel to {host}"
             return target
-        host_header = header(req.headers, b"host")
-        if host_header is not None:
-            h_text, h_port = _split_netloc(host_header.decode("ascii", "replace"), port)
-            try:
-                same = (normalize_host(h_text), h_port) == (host, port)
-            except BadHost:
-                same = False
-            if not same:
-                target.error = f"Host header {host_header.decode(errors='replace')!r} ≠ {host}"
-                return target
+        target.check_host_header(req.headers)
         if sni:
             try:
                 sni_ok = normalize_host(sni) == host
@@ -95,8 +89,33 @@ class Target:
                 target.error = f"TLS server name {sni!r} ≠ tunnel host {host}"
         return target
 
+    def check_host_header(self, headers: Headers) -> None:
+        """Raise FramingError when ``Host`` names another authority than this target."""
+        if self.error is None:
+            default = DEFAULT_PORTS[self.scheme]
+            why = host_header_mismatch(headers, self.host, self.port, default)
+            if why is not None:
+                raise FramingError(why)
+
     def url_path(self) -> bytes:
         return (self.path + (f"?{self.query}" if self.query else "")).encode()
+
+
+def host_header_mismatch(
+    headers: Headers, host: str, port: int, default: int = 443
+) -> str | None:
+    """Why the ``Host`` header does not name ``host:port`` (None: it does, or is absent); a
+    Host without a port means ``default``, the scheme's port (RFC 9110 §7.2)."""
+    value = header(headers, b"host")
+    if value is None:
+        return None
+    text = value.decode("ascii", "replace")
+    h_text, h_port = _split_netloc(text, default)
+    try:
+        same = "@" not in text and (normalize_host(h_text), h_port) == (host, port)
+    except BadHost:
+        same = False
+    return None if same else f"Host header {text[:100]!r} is not {netloc(host, port)}"
 
 
 def netloc(host: str, port: int) -> str:
