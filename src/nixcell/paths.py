@@ -32,6 +32,16 @@ def data_dir() -> Path:
     return _base("XDG_DATA_HOME", ".local/share", "data")
 
 
+def mount_dir() -> Path:
+    """Empty directories an ordinary user's cells mount over inside their own namespaces
+    (workspace volumes, --disk scratch): beside the state, never inside anything of nixcell's
+    that a writable bind is refused for."""
+    home = os.environ.get("NIXCELL_HOME")
+    if home:
+        return Path(home) / "mnt"
+    return state_dir().parent / "nixcell-mnt"
+
+
 def offline_dir() -> Path:
     """The built offline package set; ``NIXCELL_OFFLINE_DIR`` overrides."""
     override = os.environ.get("NIXCELL_OFFLINE_DIR")

@@ -239,7 +239,7 @@ def scratch_dir() -> str:
         return SCRATCH
     from nixcell import paths
 
-    return str(paths.state_dir() / "scratch")
+    return str(paths.mount_dir() / "scratch")
 
 
 def ensure_scratch_dir() -> str:
@@ -273,7 +273,7 @@ def volume_dir() -> str:
         return VOLUME
     from nixcell import paths
 
-    return str(paths.state_dir() / "volume")
+    return str(paths.mount_dir() / "volume")
 
 
 def ensure_volume_dir() -> str:
