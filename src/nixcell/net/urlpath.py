@@ -178,27 +178,43 @@ def _windows_name(segment: str) -> str:
     return segment if segment in (".", "..") else segment.rstrip(". ")
 
 
-def readings(path: str) -> tuple[str, ...]:
+def _decode_once(text: str) -> str:
+    return unquote_to_bytes(text).decode("utf-8", errors="replace")
+
+
+# Each is one thing some server does to a path before routing it; servers chain them in any
+# order (IIS decodes, then reads "\" as "/", then drops ";" parameters; Tomcat drops them first).
+_SERVER_STEPS = (
+    _decode_once,
+    lambda t: t.replace("\\", "/"),
+    lambda t: "/".join(seg.split(";", 1)[0] for seg in t.split("/")),  # ;parameters
+    lambda t: unicodedata.normalize("NFKC", t),  # IIS "best fit": full-width solidus …
+    lambda t: "/".join(_windows_name(seg) for seg in t.split("/")),
+    lambda t: re.split("[?#]", t, maxsplit=1)[0],  # a decoded ? or # ends the path
+    lambda t: t.split("\x00", 1)[0],  # C strings end at NUL
+)
+READINGS_LIMIT = 4096
+
+
+def readings(path: str) -> tuple[str, ...] | None:
     """The paths servers may read the canonical ``path`` as, for a deny pattern (it denies when
-    any matches): as sent, and decoded (repeatedly, for double encoding) with ``\\`` read as
-    ``/``, ``;`` parameters dropped, compatibility characters folded (full-width solidus),
-    Windows' trailing dots dropped, a decoded ``?`` or ``#`` ending the path, dot segments
-    resolved."""
-    out = [path]
-    data = path.encode("ascii")
-    for _ in range(5):
-        text = data.decode("utf-8", errors="replace").replace("\\", "/")
-        bare = "/".join(seg.split(";", 1)[0] for seg in text.split("/"))
-        folded = unicodedata.normalize("NFKC", bare).replace("\\", "/")  # IIS "best fit"
-        windows = "/".join(_windows_name(seg) for seg in folded.split("/"))
-        for variant in (text, bare, folded, windows):
-            out.append(_resolve(variant))
-            out.append(_resolve(re.split("[?#]", variant, maxsplit=1)[0]))
-        decoded = unquote_to_bytes(data)
-        if decoded == data:
-            break
-        data = decoded
-    return tuple(dict.fromkeys(out))
+    any matches): every chain of ``_SERVER_STEPS`` in any order (the closure), dot segments
+    resolved. None when there are more than ``READINGS_LIMIT`` — a deny then matches (fails
+    closed)."""
+    seen = {path}
+    frontier = [path]
+    while frontier:
+        found = []
+        for text in frontier:
+            for step in _SERVER_STEPS:
+                read = step(text)
+                if read not in seen:
+                    seen.add(read)
+                    found.append(read)
+        if len(seen) > READINGS_LIMIT:
+            return None
+        frontier = found
+    return tuple(dict.fromkeys([path, *(_resolve(text) for text in seen)]))
 
 
 def _glob_segment(segment: str) -> str:
@@ -275,7 +291,10 @@ class PathPattern:
         """``path`` must be canonical (``normalize_path``) and ``problem`` must have said None:
         a strict pattern matches the decoded path, an ``allow_encoded`` one the canonical."""
         if self.deny:  # every reading some server may make of the path
-            subjects = (decode_path(path), *readings(path))
+            read = readings(path)
+            if read is None:  # too many to judge: a deny errs on the side of denying
+                return True
+            subjects = (decode_path(path), *read)
             return any(self.regex.fullmatch(subject) for subject in subjects)
         subject = path if self.allow_encoded else decode_path(path)
         return self.regex.fullmatch(subject) is not None
