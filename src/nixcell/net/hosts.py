@@ -26,6 +26,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from nixcell.net.hosts_ip import BadHost, looks_numeric, parse_ipv4, parse_ipv6
 
@@ -88,6 +89,7 @@ def _check_a_label(label: str, raw: str) -> None:
         raise BadHost(f"invalid host {raw!r}: {label!r} is not valid punycode")
 
 
+@lru_cache(maxsize=4096)  # pure; every request of a keep-alive connection names the same host
 def normalize_host(raw: str) -> str:
     """The canonical form of a host name or IP literal, or ``BadHost``."""
     host = raw
