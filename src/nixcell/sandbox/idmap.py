@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+import threading
 
 from nixcell.errors import SandboxError
 
@@ -47,6 +48,25 @@ def _call(index: int, *args: object) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return int(result)
+
+
+_MAPS: dict[tuple[int, int, int, int], int] = {}  # (from, to, gfrom, gto) -> namespace fd
+_MAPS_LOCK = threading.Lock()
+_MAPS_MAX = 256
+
+
+def mapping_fd(uid_from: int, uid_to: int, gid_from: int, gid_to: int) -> int:
+    """A user namespace mapping ``uid_from -> uid_to`` (and the gids), made once per process and
+    reused: the mapping never changes, and making one costs a fork (a long-lived server starts
+    many cells). The fd belongs to this cache: do not close it."""
+    key = (uid_from, uid_to, gid_from, gid_to)
+    with _MAPS_LOCK:
+        fd = _MAPS.get(key)
+        if fd is None:
+            if len(_MAPS) >= _MAPS_MAX:
+                os.close(_MAPS.pop(next(iter(_MAPS))))
+            fd = _MAPS[key] = userns_fd(*key)
+        return fd
 
 
 def userns_fd(uid_from: int, uid_to: int, gid_from: int, gid_to: int) -> int:

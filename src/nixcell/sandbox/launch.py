@@ -11,7 +11,6 @@ Then it builds the launcher that enters those namespaces and switches to the cel
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 from nixcell.errors import SandboxError
@@ -47,7 +46,7 @@ class CellLaunch:
             from nixcell.sandbox import idmap
 
             uid, gid = self.identity.uid, self.identity.gid
-            self._idmap_userns = idmap.userns_fd(os.getuid(), uid, os.getgid(), gid)
+            self._idmap_userns = idmap.mapping_fd(os.getuid(), uid, os.getgid(), gid)
         scratch = None
         if self.plan.scratch is not None:  # owned by the cell's host uid: its home is its own
             uid = self.identity.uid if self.identity else os.getuid()
@@ -101,10 +100,7 @@ class CellLaunch:
         return self.identity.uid, self.identity.gid
 
     def _close_idmap(self) -> None:
-        if self._idmap_userns is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._idmap_userns)
-            self._idmap_userns = None
+        self._idmap_userns = None  # idmap's cache keeps the namespace for the next cell
 
     def close(self) -> None:
         self._close_idmap()
