@@ -26,8 +26,6 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 MS_REC = 0x4000
 MS_SLAVE = 1 << 19
-VOLUME = "/run/nixcell/volume"  # root's; an ordinary user's is under the state dir (volume_dir)
-SCRATCH = "/run/nixcell/scratch"  # likewise (scratch_dir)
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
@@ -233,22 +231,31 @@ def _child(
         os._exit(code)
 
 
-def scratch_dir() -> str:
-    """Where a cell's --disk tmpfs is mounted (in its own mount namespace; empty on the host)."""
+def _mount_point(name: str) -> str:
+    """An empty host directory that tmpfs mounts cover inside a cell's own namespaces."""
     if os.geteuid() == 0:
-        return SCRATCH
+        return f"{os.path.dirname(STAGE)}/{name}"
     from nixcell import paths
 
-    return str(paths.mount_dir() / "scratch")
+    return str(paths.mount_dir() / name)
 
 
-def ensure_scratch_dir() -> str:
-    path = scratch_dir()
+def _ensure_mount_point(name: str) -> str:
+    path = _mount_point(name)
     if os.geteuid() == 0:
         os.makedirs("/run", mode=0o755, exist_ok=True)
         return root_dir(path, 0o755)
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path
+
+
+def scratch_dir() -> str:
+    """Where a cell's --disk tmpfs is mounted (in its own mount namespace; empty on the host)."""
+    return _mount_point("scratch")
+
+
+def ensure_scratch_dir() -> str:
+    return _ensure_mount_point("scratch")
 
 
 def _scratch(size: int, owner: tuple[int, int]) -> None:
@@ -269,20 +276,11 @@ def _scratch(size: int, owner: tuple[int, int]) -> None:
 
 def volume_dir() -> str:
     """Where a workspace volume is mounted (in the namespaces that hold it; empty on the host)."""
-    if os.geteuid() == 0:
-        return VOLUME
-    from nixcell import paths
-
-    return str(paths.mount_dir() / "volume")
+    return _mount_point("volume")
 
 
 def ensure_volume_dir() -> str:
-    path = volume_dir()
-    if os.geteuid() == 0:
-        os.makedirs("/run", mode=0o755, exist_ok=True)
-        return root_dir(path, 0o755)
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
+    return _ensure_mount_point("volume")
 
 
 def create_volume(size: int) -> CellNamespaces:
