@@ -144,11 +144,10 @@ def try_fast_run(args: list[str]) -> int | None:
     if not _still_valid(plan):
         return None
     _pending = None
-    from nixcell import leftovers, preflight
+    from nixcell import leftovers
     from nixcell.cli.outcome import report
 
-    preflight.check(plan)
-    leftovers.sweep_if_due()
+    leftovers.sweep_if_due()  # (execute runs the preflight of the command and --cwd)
     from nixcell.runner import execute
 
     if not plan.limits.needs_cgroup:
