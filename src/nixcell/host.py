@@ -38,14 +38,30 @@ def _kind(path: str) -> str | None:
     return "dir" if stat.S_ISDIR(mode) else "file"
 
 
+def _no_symlink(path: str, flag: str) -> None:
+    """A bind source reached through a symlink is refused: the link may be one a cell planted
+    in a directory it was given earlier (``data -> /etc``), and bwrap (or the idmapped clone of
+    a root-run cell) would follow it. The real path, named as such, binds as asked."""
+    seen = os.sep
+    for part in [p for p in os.path.normpath(path).split(os.sep) if p]:
+        seen = os.path.join(seen, part)
+        if os.path.islink(seen):
+            raise SpecError(
+                f"{flag} {path}: {seen} is a symbolic link (to {os.readlink(seen)}); "
+                f"bind the real path, {os.path.realpath(path)}"
+            )
+
+
 def gather(spec, volumes: tuple[str, ...] = ()) -> HostFacts:
     """Check the host paths the spec names and collect what ``plan()`` needs."""
     kinds: dict[str, str] = {}
     if spec.workdir is not None:
         if _kind(spec.workdir) != "dir":
             raise SpecError(f"--workdir {spec.workdir}: no such directory")
+        _no_symlink(spec.workdir, "--workdir")
         kinds[spec.workdir] = "dir"
     for mount in spec.mounts:
+        _no_symlink(mount.source, "--bind" if mount.writable else "--ro-bind")
         kind = _kind(mount.source)
         if kind is None:
             raise SpecError(f"mount source {mount.source}: no such file or directory")

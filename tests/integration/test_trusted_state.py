@@ -343,3 +343,24 @@ def test_a_real_session_teardown_never_follows_what_its_cell_planted(offline_set
     assert list(root.iterdir()) == []
     assert stat_mode(victim) == 0o755 and stat_mode(victim / "inner") == 0o755
     assert (victim / "file").read_text() == "host"
+
+
+@pytest.mark.parametrize("flag", ["--workdir", "--bind", "--ro-bind"])
+@pytest.mark.parametrize("where", ["last", "middle"])
+def test_a_bind_source_through_a_planted_symlink_is_refused(offline_set, tmp_path, flag, where):
+    """A cell given ./work earlier could have left ./work/data -> /etc (or ./work/sub -> /etc
+    with the user then binding ./work/sub/x): bwrap would follow it. Refused, in one line."""
+    victim = tmp_path / "victim"
+    (victim / "x").mkdir(parents=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    os.symlink(victim, work / "data")
+    source = work / "data" if where == "last" else work / "data" / "x"
+    args = [flag, str(source)] if flag == "--workdir" else [flag, f"{source}:/mnt/x"]
+    result = cli("run", "-p", "bash", *args, "--", "true")
+    assert result.returncode == 2, result.stderr
+    message = one_line_error(result)
+    assert "is a symbolic link" in message and str(victim) in message
+    real = cli("run", "-p", "bash", flag, str(victim if where == "last" else victim / "x")
+               + ("" if flag == "--workdir" else ":/mnt/x"), "--", "true")  # fmt: skip
+    assert real.returncode == 0, real.stderr
