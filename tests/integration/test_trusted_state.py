@@ -364,3 +364,30 @@ def test_a_bind_source_through_a_planted_symlink_is_refused(offline_set, tmp_pat
     real = cli("run", "-p", "bash", flag, str(victim if where == "last" else victim / "x")
                + ("" if flag == "--workdir" else ":/mnt/x"), "--", "true")  # fmt: skip
     assert real.returncode == 0, real.stderr
+
+
+def test_a_bind_source_swapped_for_a_symlink_after_planning_is_not_followed(offline_set, tmp_path):
+    """The window between the check and the bind: a root-run cell's bind sources are opened by
+    fd without following links, so a directory swapped for a link in between is refused."""
+    if os.geteuid() != 0:
+        pytest.skip("root-run cells bind through fds (idmapped clones)")
+    from nixcell.errors import SandboxError
+    from nixcell.runner import execute, prepare
+    from nixcell.spec import CellSpec
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("host")
+    work = tmp_path / "work"
+    (work / "data").mkdir(parents=True)
+    spec = CellSpec(
+        command=["bash", "-c", "echo pwned > /mnt/keep"],
+        packages=["bash"],
+        mounts=[{"source": str(work / "data"), "target": "/mnt", "writable": True}],
+    )
+    plan, _ = prepare(spec)
+    (work / "data").rmdir()
+    os.symlink(victim, work / "data")  # what a cell running alongside could do
+    with pytest.raises(SandboxError, match="symlink"):
+        execute(plan, capture_output=True)
+    assert (victim / "keep").read_text() == "host"

@@ -44,6 +44,7 @@ class StagedTree:
     index: int
     readonly: bool
     is_dir: bool
+    fd: int | None = None  # the source opened without following links (idmap.open_nofollow)
 
 
 @dataclass
@@ -136,7 +137,10 @@ def _bring_lo_up() -> None:
         fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
-def _stage(trees: Sequence[StagedTree], userns: int) -> None:
+def _stage(trees: Sequence[StagedTree], userns: int, cloned: dict[int, int]) -> None:
+    """Attach the trees at STAGE/<index>: ``cloned`` ones were cloned from their fds before the
+    helper left the host's mount namespace (the kernel clones a mount only from the caller's
+    own namespace); the others (a volume's path) are cloned here, where they exist."""
     from nixcell.sandbox import idmap
 
     idmap.mount(None, "/", None, MS_REC | MS_SLAVE, None)  # nothing of ours reaches the host
@@ -147,7 +151,9 @@ def _stage(trees: Sequence[StagedTree], userns: int) -> None:
             os.mkdir(target, 0o755)
         else:
             os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-        fd = idmap.idmapped_tree(tree.source, userns, readonly=tree.readonly)
+        fd = cloned.get(tree.index)
+        if fd is None:
+            fd = idmap.idmapped_tree(tree.source, userns, readonly=tree.readonly)
         idmap.attach(fd, target)
         os.close(fd)
 
@@ -180,6 +186,14 @@ def _child(
     try:
         privileged = os.geteuid() == 0
         uid, gid = os.geteuid(), os.getegid()
+        cloned = {}  # clones of the host paths, made while still in the host's namespace
+        for tree in trees:
+            if tree.fd is not None:
+                assert idmap_userns is not None
+                mapped = idmap.idmapped_tree(
+                    tree.source, idmap_userns, readonly=tree.readonly, fd=tree.fd
+                )
+                cloned[tree.index] = mapped
         _enter(parent)
         owned = parent is not None and parent.userns_fd is not None  # already in our userns
         flags = (CLONE_NEWNET if port is not None else 0) | (CLONE_NEWNS if trees else 0)
@@ -197,7 +211,7 @@ def _child(
                 f.write(f"{gid} {gid} 1")
         if trees:
             assert idmap_userns is not None
-            _stage(trees, idmap_userns)
+            _stage(trees, idmap_userns, cloned)
         if scratch is not None:
             _scratch(scratch[0], (scratch[1], scratch[2]))
         if volume is not None:

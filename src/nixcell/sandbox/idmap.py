@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import stat
 import struct
 import threading
 
@@ -103,7 +104,29 @@ def userns_fd(uid_from: int, uid_to: int, gid_from: int, gid_to: int) -> int:
         os.waitpid(pid, 0)
 
 
-def idmapped_tree(path: str, userns: int, *, readonly: bool) -> int:
+def open_nofollow(path: str) -> int:
+    """An O_PATH fd of ``path``, reached without following any symbolic link (SandboxError
+    otherwise): what is bound is what was checked, even if a cell swaps a link in meanwhile."""
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in [p for p in os.path.normpath(path).split("/") if p]:
+            try:
+                nxt = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as e:
+                raise SandboxError(f"cannot bind {path} into the cell: {e.strerror}") from None
+            os.close(fd)
+            fd = nxt
+            if stat.S_ISLNK(os.fstat(fd).st_mode):
+                raise SandboxError(f"cannot bind {path} into the cell: it goes through a symlink")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def idmapped_tree(
+    path: str, userns: int, *, readonly: bool, fd: int | None = None
+) -> int:
     """A detached, idmapped copy of the mount tree at ``path`` (an O_PATH-like mount fd).
 
     Refused (SandboxError) when its filesystem cannot be idmapped: a root-run cell never gets a
@@ -111,7 +134,10 @@ def idmapped_tree(path: str, userns: int, *, readonly: bool) -> int:
     """
     flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE
     try:
-        tree = _call(0, AT_FDCWD, os.fsencode(path), flags)
+        if fd is not None:  # from open_nofollow: exactly what was checked
+            tree = _call(0, fd, b"", flags | AT_EMPTY_PATH)
+        else:
+            tree = _call(0, AT_FDCWD, os.fsencode(path), flags)
     except OSError as e:
         raise SandboxError(f"cannot bind {path} into the cell: {e.strerror}") from None
     attrs = MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV

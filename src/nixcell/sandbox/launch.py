@@ -11,6 +11,7 @@ Then it builds the launcher that enters those namespaces and switches to the cel
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from nixcell.errors import SandboxError
@@ -30,6 +31,7 @@ class CellLaunch:
         self.namespaces: CellNamespaces | None = None
         self._own_namespaces = False
         self._idmap_userns: int | None = None
+        self._fds: list[int] = []  # bind sources opened for the namespace helper
         root = os.geteuid() == 0
         if root != (plan.identity == "subordinate"):  # fail closed: never a root-mapped cell
             who = "root" if plan.identity == "subordinate" else "an ordinary user"
@@ -41,10 +43,15 @@ class CellLaunch:
 
     def holder_args(self) -> dict[str, object]:
         """What the namespace helper must do for this cell beyond its network."""
-        trees = [StagedTree(op.source, op.index, op.readonly, op.is_dir) for op in self.plan.stage]
-        if trees and self.identity is not None and self._idmap_userns is None:
-            from nixcell.sandbox import idmap
+        from nixcell.sandbox import idmap
 
+        trees = []
+        for op in self.plan.stage:  # a volume's path means something only in its namespaces
+            fd = None if op.source in self.plan.volumes else idmap.open_nofollow(op.source)
+            if fd is not None:
+                self._fds.append(fd)
+            trees.append(StagedTree(op.source, op.index, op.readonly, op.is_dir, fd))
+        if trees and self.identity is not None and self._idmap_userns is None:
             uid, gid = self.identity.uid, self.identity.gid
             self._idmap_userns = idmap.mapping_fd(os.getuid(), uid, os.getgid(), gid)
         scratch = None
@@ -101,6 +108,10 @@ class CellLaunch:
 
     def _close_idmap(self) -> None:
         self._idmap_userns = None  # idmap's cache keeps the namespace for the next cell
+        for fd in self._fds:  # the helper has made its clones of them
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds = []
 
     def close(self) -> None:
         self._close_idmap()
