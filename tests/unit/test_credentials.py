@@ -598,3 +598,24 @@ def test_secret_inside_base64_is_scrubbed(user: str, urlsafe: bool) -> None:
             # Everything but (at most) the last two characters is the dummy's now.
             assert token[:-2] == dummy[:-2], (token, dummy)
             assert REAL[4:-2] not in token
+
+
+@pytest.mark.parametrize(
+    ("target", "swapped"),
+    [
+        (b"/x?access_token=D", b"/x?access_token=R"),
+        (b"/x?a=1&ACCESS_TOKEN=D&b=2", b"/x?a=1&ACCESS_TOKEN=R&b=2"),
+        (b"/x?access%5Ftoken=D", b"/x?access%5Ftoken=R"),
+        (b"/x?private_token=D&token=D", b"/x?private_token=R&token=R"),
+        (b"/repos/me/contents/D", b"/repos/me/contents/D"),  # a path: never
+        (b"/D?access_token=D", b"/D?access_token=R"),
+        (b"/x?note=D", b"/x?note=D"),  # a parameter that is not a credential's
+        (b"/x?note=access_token=D", b"/x?note=access_token=D"),
+        (b"/x?access_token", b"/x?access_token"),
+        (b"/x", b"/x"),
+    ],
+)
+def test_dummies_are_swapped_only_in_credential_parameters(target, swapped):
+    from nixcell.net.credentials import swap_in_target
+
+    assert swap_in_target(target, {b"D": b"R"}) == swapped

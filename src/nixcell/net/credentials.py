@@ -206,9 +206,8 @@ class CellCredentials:
             }
             for dummy in held:
                 one = {dummy: held[dummy]}
-                if _rewrite_headers(headers, one) != headers or replace_all(
-                    target, one, bounded=True
-                ) != target:
+                swapped = swap_in_target(target, one) != target
+                if swapped or _rewrite_headers(headers, one) != headers:
                     raise PlaintextRefused(self._owner(dummy).credential.name, host)
         headers = self.rewrite_request_headers(host, headers, plain=plain)
         if credential:
@@ -217,7 +216,7 @@ class CellCredentials:
             if plain and spec is not None and not spec.allow_plaintext and injected != headers:
                 raise PlaintextRefused(credential, host)
             headers = injected
-        target = replace_all(target, self._host_pairs(host, body=False, plain=plain), bounded=True)
+        target = swap_in_target(target, self._host_pairs(host, body=False, plain=plain))
         return headers, target, self.request_body_rewriter(host, plain=plain)
 
     def rewrite_request_headers(
@@ -232,7 +231,7 @@ class CellCredentials:
 
     def rewrite_request_target(self, host: str, target: bytes) -> bytes:
         """Swap whole-token dummies in the request target (``?access_token=...`` APIs)."""
-        return replace_all(target, self._host_pairs(host, body=False), bounded=True)
+        return swap_in_target(target, self._host_pairs(host, body=False))
 
     def inject_for(
         self, host: str, headers: Iterable[tuple[bytes, bytes]], credential_name: str
@@ -397,3 +396,37 @@ def _token_values(body: bytes, media: str) -> list[str]:
         fields = dict(urllib.parse.parse_qsl(body.decode("latin-1")))
         values = [fields.get(k) for k in _TOKEN_FIELDS]
     return [v for v in values if isinstance(v, str) and v]
+
+
+# Query parameters that carry a credential (``?access_token=…`` APIs). Only their values are
+# swapped: a dummy anywhere else in the target — a path segment, another parameter — goes out
+# as the dummy, so a cell cannot make the credential's host store the real value under a name
+# of the cell's choosing (``PUT /repos/me/public/contents/<dummy>``) and read it back later.
+TOKEN_PARAMS = frozenset(
+    {
+        b"access_token",
+        b"token",
+        b"private_token",
+        b"oauth_token",
+        b"auth_token",
+        b"api_key",
+        b"apikey",
+        b"key",
+        b"client_secret",
+    }
+)
+
+
+def swap_in_target(target: bytes, pairs: Mapping[bytes, bytes]) -> bytes:
+    """The target with dummies swapped in the values of ``TOKEN_PARAMS`` parameters only."""
+    if not pairs or b"?" not in target:
+        return target
+    path, _, query = target.partition(b"?")
+    parts = []
+    for item in query.split(b"&"):
+        name, eq, value = item.partition(b"=")
+        if eq and urllib.parse.unquote_to_bytes(name).lower() in TOKEN_PARAMS:
+            value = replace_all(value, pairs, bounded=True)
+        parts.append(name + eq + value)
+    return path + b"?" + b"&".join(parts)
+
