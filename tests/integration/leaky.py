@@ -87,6 +87,46 @@ SPELLINGS: dict[str, tuple[Callable[[str], str], Callable[[str], str]]] = {
 }
 
 
+def packed(kind: str, token: bytes) -> bytes:
+    """``token`` (or nothing, for the ``clean-*`` kinds) inside a compressed file."""
+    import bz2
+    import io
+    import lzma
+    import tarfile
+    import zipfile
+
+    content = b"" if kind.startswith("clean-") else token
+    kind = kind.removeprefix("clean-")
+    text = b"x" * 3000 + content + b"y" * 3000
+
+    def zipped(data: bytes, method: int = zipfile.ZIP_DEFLATED) -> bytes:
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", method) as archive:
+            archive.writestr("a.txt", data)
+        return out.getvalue()
+
+    if kind == "tgz":  # as a file name, the way a repository export holds it
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w:gz") as archive:
+            entry = tarfile.TarInfo("repo/" + content.decode() + ".txt")
+            entry.size = 1
+            archive.addfile(entry, io.BytesIO(b"x"))
+        return out.getvalue()
+    return {
+        "gz": lambda: gzip.compress(text),
+        "zlib": lambda: zlib.compress(text),
+        "bz2": lambda: bz2.compress(text),
+        "xz": lambda: lzma.compress(text),
+        "zip": lambda: zipped(text),
+        "zip-stored": lambda: zipped(text, zipfile.ZIP_STORED),
+        "gz-in-gz": lambda: gzip.compress(gzip.compress(text)),
+        "zip-in-gz": lambda: gzip.compress(zipped(text)),
+    }[kind]()
+
+
+PACKED = ("gz", "zlib", "bz2", "xz", "zip", "zip-stored", "tgz", "gz-in-gz", "zip-in-gz")
+
+
 class Leaky(up.Upstream):
     stored: str = ""
     ws_received: list[bytes]  # what /ws-echo read from the cell, set by start()
@@ -129,6 +169,15 @@ class _Handler(up._Handler):
         elif path == "/trailer":
             self._raw(b"Transfer-Encoding: chunked\r\nTrailer: X-Leak", b"2\r\nok\r\n0\r\n"
                       + b"X-Leak: " + token.encode() + b"\r\n\r\n")
+        elif path.startswith("/packed/"):  # the stored value inside a file the cell fetches
+            self._reply(200, packed(path.split("/")[2], token.encode()), "application/gzip")
+        elif path == "/hop-ce":  # Content-Encoding "hop-by-hop": the decoder would not see it
+            body = gzip.compress(b"leak=" + token.encode())
+            self._raw(b"Content-Encoding: gzip\r\nConnection: content-encoding\r\n"
+                      + b"Content-Length: %d" % len(body), body)
+        elif path.startswith("/p/"):  # a service that stores what the path names
+            self.upstream.stored = path[3:]
+            self._reply(201, b"created\n")
         elif path == "/ws":
             self._ws(token.encode(), int(query or "1"))
         elif path == "/ws-echo":

@@ -12,6 +12,7 @@ gets no real value unless the credential says ``allow_plaintext``. Loopback only
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import secrets
 import string
@@ -68,6 +69,14 @@ for first, last in ((0, 20), (21, 60)):  # the secret in two pieces, neither of 
     out[f"range/{first}"] = raw("other.test", "/stored", f"Range: bytes={first}-{last}\r\n")
 for parts in (1, 2, 3, 7):
     out[f"ws/{parts}"] = raw("other.test", f"/ws?{parts}", WS)
+for kind in PACKED:
+    out["packed/" + kind] = raw("other.test", "/packed/" + kind)
+out["hop-ce"] = raw("other.test", "/hop-ce")
+out["path-store"] = raw("up.test", "/p/" + token)  # the dummy as a name the host keeps
+out["path-stored"] = raw("other.test", "/packed/gz")
+p = socket.create_connection(("127.0.0.1", 3128), timeout=20)  # a denied HEAD, plain proxy
+p.sendall(b"HEAD http://evil.test/ HTTP/1.1\r\nHost: evil.test\r\n\r\n")
+out["head-denied"] = base64.b64encode(p.recv(4096)).decode()
 print(json.dumps(out))
 """
 
@@ -129,6 +138,7 @@ def run(request, offline_set, upstream, tmp_path, monkeypatch):
     policy = write_policy(tmp_path / "p.toml", upstream.port)
     names = ",".join(leaky.SPELLINGS)
     code = RAW_CLIENT.replace("sys.argv[1]", str(upstream.port)).replace("sys.argv[2]", repr(names))
+    code = code.replace("in PACKED:", f"in {leaky.PACKED + tuple('clean-' + k for k in leaky.PACKED)!r}:")
     result = py(code, network(upstream, policy))
     assert result.exit_code == 0, (result.stderr or b"").decode()[-3000:]
     out = json.loads(result.stdout.decode().splitlines()[-1])
@@ -324,3 +334,67 @@ def test_cleartext_http_gets_no_real_value_unless_allowed(offline_set, tls, plai
         assert all(r["action"] == "deny" and "credential 'github'" in r["reason"] for r in refused)
     nothing_leaked(result, real)
     assert real not in audit.read_text()
+
+
+def _unpacked(body: bytes) -> bytes:
+    """What a lenient reader gets out of (a prefix of) a compressed file: every stream decoded
+    as far as the bytes go, archives in it too."""
+    import bz2
+    import lzma
+    import zlib
+
+    out = b""
+    for make in (lambda: zlib.decompressobj(47), bz2.BZ2Decompressor, lzma.LZMADecompressor):
+        with contextlib.suppress(Exception):
+            out += make().decompress(body)
+    at = body.find(b"PK\x03\x04")  # zip entries: the raw deflate after each local header
+    while at >= 0:
+        start = at + 30 + int.from_bytes(body[at + 26 : at + 28], "little")
+        start += int.from_bytes(body[at + 28 : at + 30], "little")
+        out += body[at : start]
+        try:
+            out += zlib.decompressobj(-15).decompress(body[start:])
+        except Exception:
+            out += body[start:]
+        at = body.find(b"PK\x03\x04", at + 4)
+    return out + (_unpacked(out) if out and out != body else b"")
+
+
+def test_compressed_files_holding_the_real_value_are_cut_before_any_part_of_it(run):
+    """A .gz, .tar.gz, .zip… served by any host is looked into as it passes: one holding the real
+    value is cut before the cell gets a byte that decodes to any part of it; a clean one passes
+    unchanged."""
+    real, dummy, received, _ = run
+    for kind in leaky.PACKED:
+        status, _, body = split_http(received[f"packed/{kind}"])
+        whole = leaky.packed(kind, real.encode())
+        # cut short, or (a stored zip entry: the value is there as it is) scrubbed in place
+        cut = len(body) < len(whole) or dummy.encode() in body
+        assert status == 200 and cut, (kind, len(body), len(whole))
+        seen = _unpacked(body) + body
+        no_spelling_of(real, seen, f"packed/{kind}")
+        assert real[:12].encode() not in seen, kind  # not even a part of it
+        status, _, clean = split_http(received[f"packed/clean-{kind}"])
+        assert status == 200 and clean == leaky.packed(f"clean-{kind}", b""), kind
+
+
+def test_headers_an_upstream_names_in_connection_cannot_hide_an_encoding(run):
+    real, _, received, _ = run
+    status, _, body = split_http(received["hop-ce"])
+    assert status == 502 and body.startswith(b"nixcell proxy: "), body
+    no_spelling_of(real, _unpacked(body) + body, "hop-ce")
+
+
+def test_a_dummy_in_a_path_is_never_swapped(run, upstream):
+    """The cell cannot have the credential's host keep the real value under a name it chose."""
+    _real, dummy, received, _ = run
+    assert [s.path for s in upstream.seen if s.path.startswith("/p/")] == [f"/p/{dummy}"]
+    status, _, body = split_http(received["path-stored"])
+    assert status == 200 and dummy.encode() in _unpacked(body)  # the dummy, stored and served
+
+
+def test_a_denied_head_request_gets_its_refusal(run):
+    _, _, received, _ = run
+    status, _headers, body = split_http(received["head-denied"])
+    assert status == 403 and body == b"", (status, body)
+

@@ -9,6 +9,7 @@ import h11
 from nixcell.net.audit import Record
 from nixcell.net.decode import AnyDecoder, BadEncodedBody
 from nixcell.net.h11io import Headers, PeerGone, Side, header, simple_response
+from nixcell.net.payloads import Inspector
 from nixcell.net.target import Target
 
 DIRECT_BODY = 1 << 20  # response bodies this long skip h11's receive buffer
@@ -23,25 +24,40 @@ async def fail(side: Side, record: Record, why: str) -> bool:
 
 
 async def relay_body(
-    src: Side, dst: Side, rewriter: object | None, what: str, decoder: AnyDecoder | None = None
+    src: Side,
+    dst: Side,
+    rewriter: object | None,
+    what: str,
+    decoder: AnyDecoder | None = None,
+    inspector: Inspector | None = None,
 ) -> None:
     """Relay one message body: decoded first when ``decoder`` is given (the framing is then
-    redone by h11), through a same-length ``rewriter`` (credentials) if any."""
+    redone by h11), through a same-length ``rewriter`` (credentials) if any, and held back by
+    ``inspector`` while a compressed payload in it is looked into (payloads.py)."""
+
+    async def out(pieces: list[bytes]) -> None:
+        for data in pieces:
+            if data:
+                await dst.send(h11.Data(data=data))
+
+    def passed(data: bytes) -> list[bytes]:
+        return inspector.feed(data) if inspector is not None else [data]
+
     try:
         while True:
             event = await src.next_event()
             if isinstance(event, h11.Data):
                 for piece in decoder.feed(event.data) if decoder else (event.data,):
                     data = rewriter.feed(piece) if rewriter else piece  # type: ignore[attr-defined]
-                    if data:
-                        await dst.send(h11.Data(data=data))
+                    await out(passed(data))
             elif isinstance(event, h11.EndOfMessage):  # its trailers are dropped
                 for piece in decoder.finish() if decoder else ():
                     data = rewriter.feed(piece) if rewriter else piece  # type: ignore[attr-defined]
-                    if data:
-                        await dst.send(h11.Data(data=data))
+                    await out(passed(data))
                 tail = rewriter.flush() if rewriter is not None else b""  # type: ignore[attr-defined]
-                await dst.send(*([h11.Data(data=tail)] if tail else []), h11.EndOfMessage())
+                await out(passed(tail))
+                await out(inspector.finish() if inspector is not None else [])
+                await dst.send(h11.EndOfMessage())
                 return
             else:
                 raise PeerGone(f"{what} body ended early")

@@ -30,15 +30,18 @@ from nixcell.net.credentials import PlaintextRefused
 from nixcell.net.decode import UndecodableEncoding, decoder_for, without_encoding
 from nixcell.net.framing import FramingError
 from nixcell.net.h11io import (
+    HOP_BY_HOP,
     Headers,
     PeerGone,
     Side,
+    connection_names,
     header,
     pipe,
     simple_response,
     strip_hop_by_hop,
 )
 from nixcell.net.hosts import parse_ip
+from nixcell.net.payloads import Inspector
 from nixcell.net.stream import Stream
 from nixcell.net.target import DEFAULT_PORTS, Target, netloc
 from nixcell.net.websocket import cell_frames, relay_frames, server_frames
@@ -332,6 +335,16 @@ async def _response(
         return await refuse_response(
             f"{target.host} sent a response with both Content-Length and Transfer-Encoding"
         )
+    if creds is not None:
+        # An upstream's Connection may name any header, and naming one drops it here: named
+        # Content-Encoding or Content-Type would hide that the body is compressed, or a token
+        # response, from the decoder and the token mapping. Only true hop-by-hop names pass.
+        hidden = connection_names(list(event.headers)) - HOP_BY_HOP - {b"close", b""}
+        if hidden:
+            names = ", ".join(sorted(n.decode("latin-1") for n in hidden))[:200]
+            return await refuse_response(
+                f"{target.host} named end-to-end headers in Connection ({names})"
+            )
     headers = strip_hop_by_hop(list(event.headers), keep_upgrade=websocket)
     if creds is not None:
         headers = creds.scrub_headers(headers)  # type: ignore[attr-defined]
@@ -362,7 +375,11 @@ async def _response(
     if scrub is None and length is not None and length >= DIRECT_BODY:
         await direct_body(up, side, length)
     else:
-        await relay_body(up, side, scrub, "response", decoder)
+        inspector = None
+        if creds is not None:  # archives and .gz files are looked into (payloads.py)
+            spelled = creds.spellings()  # type: ignore[attr-defined]
+            inspector = Inspector(spelled.found, spelled.width)
+        await relay_body(up, side, scrub, "response", decoder, inspector)
     return side.reusable()
 
 

@@ -58,6 +58,7 @@ class Side:
         self.head: Head | None = None  # the last head checked (the request or response read)
         self._checked = False  # the head at the front of h11's buffer passed the checks
         self._pending: bytearray | None = None  # a head's bytes while it is incomplete
+        self.request_method: bytes | None = None  # of the request being answered (server side)
         self._searched = 0
         self._eof = False
         self._chunks: ChunkScanner | None = None  # the cell's chunked body, checked as it comes
@@ -110,6 +111,8 @@ class Side:
                 if event is not h11.NEED_DATA:
                     if isinstance(event, (h11.Request, h11.Response, h11.InformationalResponse)):
                         self._checked = False  # the next head gets its own check
+                        if isinstance(event, h11.Request):
+                            self.request_method = event.method
                         if isinstance(event, h11.Request) and self.head and self.head.chunked:
                             self._chunks = ChunkScanner()  # h11 holds the body's first bytes
                             self._feed_chunks(self.conn.trailing_data[0])
@@ -148,6 +151,8 @@ class Side:
 
     async def send(self, *events: h11.Event) -> None:
         parts: list[bytes] = []
+        if self.request_method == b"HEAD":  # a response to HEAD has no body (a refusal's text)
+            events = tuple(e for e in events if not isinstance(e, h11.Data))
         for event in events:
             parts += self.conn.send_with_data_passthrough(event) or ()
         size = sum(len(part) for part in parts)
@@ -191,12 +196,18 @@ def header(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
-def strip_hop_by_hop(headers: Headers, keep_upgrade: bool = False) -> Headers:
-    """Drop hop-by-hop headers, including any named by ``Connection``."""
-    named = set()
+def connection_names(headers: Headers) -> set[bytes]:
+    """The header names a message's ``Connection`` headers list (they are dropped with it)."""
+    named: set[bytes] = set()
     for key, value in headers:
         if key.lower() == b"connection":
             named |= {t.strip().lower() for t in value.split(b",")}
+    return named
+
+
+def strip_hop_by_hop(headers: Headers, keep_upgrade: bool = False) -> Headers:
+    """Drop hop-by-hop headers, including any named by ``Connection``."""
+    named = connection_names(headers)
     out: Headers = []
     for key, value in headers:
         low = key.lower()
