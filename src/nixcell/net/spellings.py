@@ -348,7 +348,7 @@ class Spellings:
                     for byte, rests in sorted(heads.items())
                 )
             )
-        self._exact = [re.compile(f.pattern(True)) for f in self._families]
+        self._exact: dict[int, re.Pattern[bytes]] = {}  # compiled on a first match: rare
 
     def __bool__(self) -> bool:
         return self.pattern is not None
@@ -359,8 +359,10 @@ class Spellings:
         the secret."""
         start, end = match.span()
         text = bytes(buf[start:end])
-        for family, exact in zip(self._families, self._exact, strict=True):
-            m = exact.fullmatch(text)
+        for n, family in enumerate(self._families):
+            if n not in self._exact:
+                self._exact[n] = re.compile(family.pattern(True))
+            m = self._exact[n].fullmatch(text)
             if m is None:
                 continue
             for i, unit in enumerate(family.units, 1):
