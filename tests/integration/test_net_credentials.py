@@ -274,6 +274,52 @@ def test_oauth_token_responses_are_mapped_to_dummies(offline_set, tls, real, tmp
         nothing_leaked(result, secret)
 
 
+ISSUED_CELL = """
+import os, re, sys, urllib.request
+base, shapes = sys.argv[1], sys.argv[2:]
+def get(path, token=None):
+    req = urllib.request.Request(base + path)
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    with urllib.request.urlopen(req, timeout=20) as r:
+        return r.read().decode()
+print("dummy=" + os.environ["GITHUB_TOKEN"])
+for shape in shapes:
+    body = get("/issued/" + shape)
+    [issued] = re.findall(r"ghs_[A-Za-z0-9]{36}", body)
+    print("issued=" + issued)
+    print(get("/echo-auth", issued).strip())
+"""
+
+
+def test_issued_tokens_of_any_shape_are_mapped(offline_set, tls, real, tmp_path):
+    """Tokens a credential host issues outside top-level OAuth JSON (GitHub App ``token``,
+    nested, ``id_token`` as text/javascript, form in text/plain, no Content-Type, a family
+    token under a neutral key): the cell gets dummies, which work against the host."""
+    shapes = list(up.ISSUED)
+    policy = write_policy(tmp_path / "p.toml", tls.port)
+    spec = CellSpec(
+        command=["python3", "-c", ISSUED_CELL, tls.url(""), *shapes],
+        packages=["python3"],
+        network=network(tls, policy),
+    )
+    result = nixcell.run(spec, capture_output=True)
+    assert result.exit_code == 0, result
+    dummy_of(result, real)
+    lines = result.stdout.decode().splitlines()[1:]
+    assert len(tls.issued) == len(shapes) and len(lines) == 2 * len(shapes), result
+    for shape, issued, cell_token, echo in zip(
+        shapes, tls.issued, lines[0::2], lines[1::2], strict=True
+    ):
+        cell_token = cell_token.removeprefix("issued=")
+        assert cell_token != issued and len(cell_token) == len(issued), shape
+        assert echo == f"auth=Bearer {cell_token}", shape  # the echo of the real is scrubbed
+    echoed = [auth(s) for s in tls.seen if s.path == "/echo-auth"]
+    assert echoed == [f"Bearer {t}" for t in tls.issued]  # the host got its real tokens back
+    for secret in (real, *tls.issued):
+        nothing_leaked(result, secret)
+
+
 # -- 6: keyring ----------------------------------------------------------------------------------
 
 

@@ -101,6 +101,7 @@ class CellCredentials:
         for spec, real in loaded:
             self._specs[spec.name] = spec
             self._add(spec, real)
+        self.spellings()  # the configured secrets: one group, compiled before the cell starts
         watch(self)  # the proxy's logs are redacted while this cell lives
 
     @classmethod
