@@ -15,7 +15,7 @@ from nixcell.net.h11io import Headers, PeerGone, Side, header, simple_response
 from nixcell.net.target import Target
 
 DIRECT_BODY = 1 << 20  # response bodies this long skip h11's receive buffer
-MAX_TOKEN_BODY = 4 << 20  # credential-host JSON/form responses read whole to map OAuth tokens
+MAX_TOKEN_BODY = 4 << 20  # credential-host JSON/form-shaped responses read whole to map tokens
 
 
 async def fail(side: Side, record: Record, why: str) -> bool:
@@ -115,7 +115,8 @@ async def token_response(
                     break
             over, kind = len(body) > MAX_TOKEN_BODY, shape(bytes(body[:4096]))
             if over and kind != "other":
-                return await fail(side, record, "token response too large")
+                why = f"token response too large (over the {MAX_TOKEN_BODY >> 20} MiB cap)"
+                return await fail(side, record, why)
             if over or (kind == "other" and not ended):
                 rest = itertools.chain((bytes(body),), pieces)
                 return await _stream_rest(creds, side, up, record, headers, rest, ended, decoder)
