@@ -101,6 +101,8 @@ def test_escaped_json_tokens_are_mapped() -> None:
         {"public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG", "name": "my-laptop-key-1"},
         {"message": "not a ghs_ token: ghs_ is a prefix", "login": "octocat-12345678"},
         {"usage": {"input_tokens": 12, "output_tokens": 345}},
+        {"secret_scanning": {"status": "disabled"}, "license": {"key": "mit-license"}},
+        {"session": {"state": "active and well", "kind": "interactive"}},
     ],
 )
 def test_values_that_are_not_secrets_are_left_alone(doc: dict) -> None:

@@ -19,10 +19,13 @@ A string is a token when
   secret (``ghp_`` -> every ``gh?_`` and ``github_pat_``; ``sk-``; ``xox?-``; ``AKIA``/``ASIA``
   ...), then only token characters, wherever it sits in the JSON.
 
-Values too short or too uniform to get a safe dummy (``credsource.make_dummy``: under 8
-characters, under 8 letters and digits) are not secrets (``"scope_token": "none"``), except
-under the canonical names (``access_token``, ``refresh_token``, ``id_token``, ``token``,
-``secret``, ``client_secret``, ``password``, ``api_key``): there ``Unhidable`` fails the response.
+Directly under a canonical name (``access_token``, ``refresh_token``, ``id_token``, ``token``,
+``secret``, ``client_secret``, ``password``, ``api_key``) any value is a secret, and one too short
+to get a safe dummy (``credsource.make_dummy``: under 8 characters or 8 letters and digits) makes
+``Unhidable`` fail the response. Elsewhere a value must also look random (no whitespace; 20
+characters, or two of lower case, upper case, digits): a dummy's real value is scrubbed in every
+spelling from every later response, so ``"secret_scanning": {"status": "disabled"}`` must not
+make every ``disabled`` a dummy.
 
 A body that does not parse but *looks* like it could hold one (JSON-ish or ``key=value`` at
 its start, a secret-named JSON key or a family token inside) is ``suspicious``: the proxy
@@ -67,9 +70,14 @@ def _norm(key: str) -> str:
     return "".join(c for c in key.lower() if c.isascii() and c.isalnum())
 
 
-def _check(key: str, value: str) -> None:
-    if value and _norm(key) in _STRICT and not _dummyable(value):
+def _strict(key: str, value: str) -> bool:
+    """Whether ``value`` is a secret by its canonical field name alone (``Unhidable`` if it
+    cannot be swapped)."""
+    if not value or _norm(key) not in _STRICT:
+        return False
+    if not _dummyable(value):
         raise Unhidable(f"the {key[:64]!r} field is too short to swap safely")
+    return True
 
 
 def names_secret(key: str) -> bool:
@@ -101,6 +109,13 @@ def _dummyable(value: str) -> bool:
     except CredentialError:
         return False
     return True
+
+
+def _random_looking(value: str) -> bool:
+    if any(c.isspace() for c in value) or not _dummyable(value):
+        return False
+    classes = sum(any(test(c) for c in value) for test in (str.islower, str.isupper, str.isdigit))
+    return len(value) >= 20 or classes >= 2
 
 
 def _in_family(value: str, family: tuple[str, ...]) -> bool:
@@ -153,13 +168,14 @@ def _walk(doc: object, family: tuple[str, ...]) -> Iterator[str]:
         node, secret, depth = stack.pop()
         if isinstance(node, dict):
             for key, value in node.items():
-                if isinstance(value, str):
-                    _check(str(key), value)
+                if isinstance(value, str) and _strict(str(key), value):
+                    yield value
+                    continue
                 stack.append((value, secret or names_secret(str(key)), depth))
         elif isinstance(node, list):
             stack.extend((item, secret, depth) for item in node)
         elif isinstance(node, str):
-            if (secret or _in_family(node, family)) and _dummyable(node):
+            if (secret or _in_family(node, family)) and _random_looking(node):
                 yield node
             if node[:1] in "{[" and depth < _MAX_DEPTH:  # JSON inside a string
                 for inner in _json_docs(node.encode()) or ():
@@ -186,8 +202,9 @@ def find_tokens(body: bytes, family: tuple[str, ...]) -> list[str] | None:
         return None
     if kind == "form" or (kind is None and _strip(body)):
         for key, value in _form_pairs(body):
-            _check(key, value)
-            if (names_secret(key) or _in_family(value, family)) and _dummyable(value):
+            if _strict(key, value) or (
+                (names_secret(key) or _in_family(value, family)) and _random_looking(value)
+            ):
                 found[value] = None
     return list(found)
 
