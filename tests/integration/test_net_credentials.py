@@ -11,6 +11,7 @@ talks to any address other than 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -318,6 +319,49 @@ def test_issued_tokens_of_any_shape_are_mapped(offline_set, tls, real, tmp_path)
     assert echoed == [f"Bearer {t}" for t in tls.issued]  # the host got its real tokens back
     for secret in (real, *tls.issued):
         nothing_leaked(result, secret)
+
+
+CAP_CELL = """
+import json, os, sys, urllib.error, urllib.request
+base, n = sys.argv[1], int(sys.argv[2])
+def get(path, token=None):
+    req = urllib.request.Request(base + path)
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+print("dummy=" + os.environ["GITHUB_TOKEN"])
+first = json.loads(get("/issued/token")[1])["token"]
+for _ in range(n - 1):
+    assert get("/issued/token")[0] == 200
+print(json.dumps([first, get("/issued/token"), get("/echo-auth", first)]))
+"""
+
+
+def test_issued_token_cap_refuses_and_keeps_earlier_mappings(offline_set, tls, real, tmp_path):
+    from nixcell.net.credentials import MAX_ISSUED
+
+    policy = write_policy(tmp_path / "p.toml", tls.port)
+    audit = tmp_path / "audit.jsonl"
+    spec = CellSpec(
+        command=["python3", "-c", CAP_CELL, tls.url(""), str(MAX_ISSUED)],
+        packages=["python3"],
+        network=network(tls, policy, audit=str(audit)),
+    )
+    result = nixcell.run(spec, capture_output=True)
+    assert result.exit_code == 0, result
+    first, (status, text), (_, echo) = json.loads(result.stdout.decode().splitlines()[-1])
+    assert status == 502 and f"cap of {MAX_ISSUED}" in text
+    assert len(tls.issued) == MAX_ISSUED + 1
+    assert echo.strip() == f"auth=Bearer {first}"  # the first mapping still works, scrubbed
+    assert auth(tls.seen[-1]) == f"Bearer {tls.issued[0]}"
+    assert f"cap of {MAX_ISSUED}" in audit.read_text()
+    for secret in (real, *tls.issued):
+        nothing_leaked(result, secret)
+        assert secret not in audit.read_text()
 
 
 # -- 6: keyring ----------------------------------------------------------------------------------
