@@ -11,6 +11,7 @@ talks to any address other than 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -272,6 +273,95 @@ def test_oauth_token_responses_are_mapped_to_dummies(offline_set, tls, real, tmp
     assert lines[1] == f"auth=Bearer {cell_fixed}" and lines[3] == f"auth=Bearer {cell_chunked}"
     for secret in (real, fixed, chunked):
         nothing_leaked(result, secret)
+
+
+ISSUED_CELL = """
+import os, re, sys, urllib.request
+base, shapes = sys.argv[1], sys.argv[2:]
+def get(path, token=None):
+    req = urllib.request.Request(base + path)
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    with urllib.request.urlopen(req, timeout=20) as r:
+        return r.read().decode()
+print("dummy=" + os.environ["GITHUB_TOKEN"])
+for shape in shapes:
+    body = get("/issued/" + shape)
+    [issued] = re.findall(r"ghs_[A-Za-z0-9]{36}", body)
+    print("issued=" + issued)
+    print(get("/echo-auth", issued).strip())
+"""
+
+
+def test_issued_tokens_of_any_shape_are_mapped(offline_set, tls, real, tmp_path):
+    """Tokens a credential host issues outside top-level OAuth JSON (GitHub App ``token``,
+    nested, ``id_token`` as text/javascript, form in text/plain, no Content-Type, a family
+    token under a neutral key): the cell gets dummies, which work against the host."""
+    shapes = list(up.ISSUED)
+    policy = write_policy(tmp_path / "p.toml", tls.port)
+    spec = CellSpec(
+        command=["python3", "-c", ISSUED_CELL, tls.url(""), *shapes],
+        packages=["python3"],
+        network=network(tls, policy),
+    )
+    result = nixcell.run(spec, capture_output=True)
+    assert result.exit_code == 0, result
+    dummy_of(result, real)
+    lines = result.stdout.decode().splitlines()[1:]
+    assert len(tls.issued) == len(shapes) and len(lines) == 2 * len(shapes), result
+    for shape, issued, cell_token, echo in zip(
+        shapes, tls.issued, lines[0::2], lines[1::2], strict=True
+    ):
+        cell_token = cell_token.removeprefix("issued=")
+        assert cell_token != issued and len(cell_token) == len(issued), shape
+        assert echo == f"auth=Bearer {cell_token}", shape  # the echo of the real is scrubbed
+    echoed = [auth(s) for s in tls.seen if s.path == "/echo-auth"]
+    assert echoed == [f"Bearer {t}" for t in tls.issued]  # the host got its real tokens back
+    for secret in (real, *tls.issued):
+        nothing_leaked(result, secret)
+
+
+CAP_CELL = """
+import json, os, sys, urllib.error, urllib.request
+base, n = sys.argv[1], int(sys.argv[2])
+def get(path, token=None):
+    req = urllib.request.Request(base + path)
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+print("dummy=" + os.environ["GITHUB_TOKEN"])
+first = json.loads(get("/issued/token")[1])["token"]
+for _ in range(n - 1):
+    assert get("/issued/token")[0] == 200
+print(json.dumps([first, get("/issued/token"), get("/echo-auth", first)]))
+"""
+
+
+def test_issued_token_cap_refuses_and_keeps_earlier_mappings(offline_set, tls, real, tmp_path):
+    from nixcell.net.credentials import MAX_ISSUED
+
+    policy = write_policy(tmp_path / "p.toml", tls.port)
+    audit = tmp_path / "audit.jsonl"
+    spec = CellSpec(
+        command=["python3", "-c", CAP_CELL, tls.url(""), str(MAX_ISSUED)],
+        packages=["python3"],
+        network=network(tls, policy, audit=str(audit)),
+    )
+    result = nixcell.run(spec, capture_output=True)
+    assert result.exit_code == 0, result
+    first, (status, text), (_, echo) = json.loads(result.stdout.decode().splitlines()[-1])
+    assert status == 502 and f"cap of {MAX_ISSUED}" in text
+    assert len(tls.issued) == MAX_ISSUED + 1
+    assert echo.strip() == f"auth=Bearer {first}"  # the first mapping still works, scrubbed
+    assert auth(tls.seen[-1]) == f"Bearer {tls.issued[0]}"
+    assert f"cap of {MAX_ISSUED}" in audit.read_text()
+    for secret in (real, *tls.issued):
+        nothing_leaked(result, secret)
+        assert secret not in audit.read_text()
 
 
 # -- 6: keyring ----------------------------------------------------------------------------------

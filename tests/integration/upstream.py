@@ -68,6 +68,18 @@ class Upstream:
             self.server.server_close()
 
 
+ISSUED = {  # shape -> (body of a token, Content-Type): what credential hosts hand out
+    "token": (lambda t: json.dumps({"token": t, "expires_at": "2030-01-01T00:00:00Z"}),
+              "application/json; charset=utf-8"),
+    "nested": (lambda t: json.dumps({"data": {"items": [{"Access-Token": t}]}}),
+               "application/vnd.github+json"),
+    "id_token": (lambda t: json.dumps({"id_token": t, "token_type": "Bearer"}), "text/javascript"),
+    "form-text": (lambda t: f"access_token={t}&token_type=bearer", "text/plain"),
+    "untyped": (lambda t: json.dumps({"session": {"key": t}}), ""),
+    "family": (lambda t: json.dumps({"result": [t]}), "application/octet-stream"),
+}  # fmt: skip
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go in two writes: no 40 ms ACK stall
@@ -85,7 +97,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self, status: int, body: bytes, ctype: str = "text/plain", extra: dict | None = None
     ) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", ctype)
+        if ctype:  # "": no Content-Type at all
+            self.send_header("Content-Type", ctype)
         for name, value in (extra or {}).items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
@@ -103,6 +116,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif self.path.startswith("/echo-auth"):
             auth = self.headers.get("Authorization")
             self._reply(200, f"auth={auth}\n".encode(), extra={"X-Echo-Auth": str(auth)})
+        elif self.path.startswith("/issued/"):
+            self._issued(self.path.split("/")[2])
         elif self.path.startswith("/token-chunked"):
             self._chunked_token()
         elif self.path.startswith("/token"):
@@ -142,6 +157,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             data = body  # "br", "gzip, br": sent as is, the proxy must not pass it on
         self._reply(200, data, ctype, extra={"Content-Encoding": coding})
+
+    def _issued(self, shape: str) -> None:
+        """A fresh random ``ghs_`` token in one of the ``ISSUED`` shapes (not only OAuth's)."""
+        alnum = string.ascii_letters + string.digits
+        token = "ghs_" + "".join(secrets.choice(alnum) for _ in range(36))
+        self.upstream.issued.append(token)
+        make, ctype = ISSUED[shape]
+        self._reply(200, make(token).encode(), ctype)
 
     def _chunked_token(self) -> None:
         """A fresh random OAuth token in a chunked JSON body, split mid-token across chunks."""

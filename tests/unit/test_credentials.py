@@ -557,13 +557,16 @@ def test_oauth_form_response_and_escaped_slashes() -> None:
     assert json.loads(out)["refresh_token"] != "ab/cd/Ef3Gh4Ij5Kl6Mn7"
 
 
-def test_oauth_ignores_other_hosts_and_media_types() -> None:
+def test_oauth_ignores_other_hosts_not_media_types() -> None:
+    """The media type is the server's word: a credential host's tokens are mapped whatever it
+    says; other hosts' responses are only scrubbed."""
     cc = oauth_cell()
-    body = json.dumps({"access_token": "ya29.A0b1C2d3E4f5G6h7I8j9K0"}).encode()
+    real = "ya29.A0b1C2d3E4f5G6h7I8j9K0"
+    body = json.dumps({"access_token": real}).encode()
     assert not cc.wants_token_response("evil.test", "application/json")
-    assert not cc.wants_token_response("auth.example.com", "text/html")
+    assert cc.wants_token_response("auth.example.com", "text/html")
     assert cc.observe_token_response("evil.test", body, "application/json") == body
-    assert cc.observe_token_response("auth.example.com", body, "text/plain") == body
+    assert real.encode() not in cc.observe_token_response("auth.example.com", body, "text/plain")
     assert cc.observe_token_response("auth.example.com", b"[1]", "application/json") == b"[1]"
     assert cc.observe_token_response("auth.example.com", b"{bad", "application/json") == b"{bad"
 

@@ -4,6 +4,9 @@ passed on: what a server puts there could carry a secret past the body's scrubbe
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
+
 import h11
 
 from nixcell.net.audit import Record
@@ -13,7 +16,7 @@ from nixcell.net.payloads import Inspector
 from nixcell.net.target import Target
 
 DIRECT_BODY = 1 << 20  # response bodies this long skip h11's receive buffer
-MAX_TOKEN_BODY = 4 << 20  # credential-host JSON/form responses read whole to map OAuth tokens
+MAX_TOKEN_BODY = 4 << 20  # credential-host JSON/form-shaped responses read whole to map tokens
 
 
 async def fail(side: Side, record: Record, why: str) -> bool:
@@ -104,33 +107,79 @@ async def token_response(
     ctype: str,
     decoder: AnyDecoder | None,
 ) -> bool:
-    """A credential host's JSON/form response: read it whole (any framing, up to a cap; decoded
-    when compressed), map issued OAuth tokens to dummies, then send. Too big, undecodable or
-    unmappable: 502, never the raw body."""
+    """A credential host's response: held (decoded when compressed) until its start shows it
+    is neither JSON nor ``key=value`` text, then streamed scrubbed; else read whole (up to a
+    cap), every token it issues mapped to a dummy (net/issued.py), then sent. Whatever the
+    media type says: a server picks it, not the cell. Too big while JSON/form-shaped,
+    undecodable, unparsable yet token-shaped, past the cell's token cap: 502, never the body."""
     from nixcell.errors import CredentialError
+    from nixcell.net.issued import shape
 
     body = bytearray()
-    while True:
-        event = await up.next_event()
-        if isinstance(event, h11.Data):
-            body += event.data
-            if len(body) > MAX_TOKEN_BODY:
-                return await fail(side, record, "token response too large")
-        elif isinstance(event, h11.EndOfMessage):
-            break
-        else:
-            raise PeerGone("response ended early")
     try:
-        raw = decoder.decode_all(bytes(body), MAX_TOKEN_BODY) if decoder else bytes(body)
-        mapped = creds.observe_token_response(target.host, raw, ctype)  # type: ignore[attr-defined]
-    except (BadEncodedBody, CredentialError) as exc:
+        while True:
+            event = await up.next_event()
+            if isinstance(event, h11.Data):
+                pieces, ended = iter(decoder.feed(event.data) if decoder else (event.data,)), False
+            elif isinstance(event, h11.EndOfMessage):
+                pieces, ended = iter(decoder.finish() if decoder else ()), True
+            else:
+                raise PeerGone("response ended early")
+            for piece in pieces:  # what is left in ``pieces`` past the cap is streamed
+                body += piece
+                if len(body) > MAX_TOKEN_BODY:
+                    break
+            over, kind = len(body) > MAX_TOKEN_BODY, shape(bytes(body[:4096]))
+            if over and kind != "other":
+                why = f"token response too large (over the {MAX_TOKEN_BODY >> 20} MiB cap)"
+                return await fail(side, record, why)
+            if over or (kind == "other" and not ended):
+                rest = itertools.chain((bytes(body),), pieces)
+                return await _stream_rest(creds, side, up, record, headers, rest, ended, decoder)
+            if ended:
+                break
+    except BadEncodedBody as exc:
         return await fail(side, record, str(exc))
-    scrubber = creds.response_scrubber()  # type: ignore[attr-defined]
-    data = scrubber.feed(mapped) + scrubber.flush()
+    try:
+        tokens = creds.issue_tokens(target.host, bytes(body))  # type: ignore[attr-defined]
+        await creds.settle()  # type: ignore[attr-defined]
+        data = creds.hide_tokens(target.host, bytes(body), tokens)  # type: ignore[attr-defined]
+    except CredentialError as exc:
+        return await fail(side, record, str(exc))
     framed = [
         (k, v) for k, v in headers if k.lower() not in (b"content-length", b"transfer-encoding")
     ]
     framed.append((b"content-length", str(len(data)).encode()))
     await side.send(h11.Response(status_code=record.status, headers=framed))
     await side.send(*([h11.Data(data=data)] if data else []), h11.EndOfMessage())
+    return side.reusable()
+
+
+async def _stream_rest(
+    creds: object,
+    side: Side,
+    up: Side,
+    record: Record,
+    headers: Headers,
+    pieces: Iterator[bytes],
+    ended: bool,
+    decoder: AnyDecoder | None,
+) -> bool:
+    """Not JSON or form after all: what was held, the rest of the decoded event, then the
+    rest of the body, through the scrubber."""
+    await creds.settle()  # type: ignore[attr-defined]
+    scrubber = creds.response_scrubber()  # type: ignore[attr-defined]
+    await side.send(h11.Response(status_code=record.status, headers=headers))
+    try:
+        for piece in pieces:
+            data = scrubber.feed(piece)
+            if data:
+                await side.send(h11.Data(data=data))
+    except BadEncodedBody as exc:
+        raise PeerGone(str(exc)) from None
+    if not ended:
+        await relay_body(up, side, scrubber, "response", decoder)
+        return side.reusable()
+    tail = scrubber.flush()
+    await side.send(*([h11.Data(data=tail)] if tail else []), h11.EndOfMessage())
     return side.reusable()

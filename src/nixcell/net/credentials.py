@@ -19,14 +19,16 @@ Config (``[[credentials]]`` tables)::
     allow_plaintext = false                 # the real value may go over cleartext http://
 
 Responses are scrubbed of every spelling of every real value (net/spellings.py), from every
-host: an allowed host may republish what a credential host stored.
+host: an allowed host may republish what a credential host stored. Tokens a credential's host
+issues (net/issued.py: any secret-named field, any depth, JSON or form, any media type) get
+dummies too, up to ``MAX_ISSUED`` per cell.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import json
 import os
 import re
 import urllib.parse
@@ -42,9 +44,11 @@ from nixcell.net.credsource import (  # re-exported: the credential API lives he
     parse_credentials,
 )
 from nixcell.net.hosts import BadHost, normalize_host
+from nixcell.net.issued import Unhidable, family_of, find_tokens, suspicious
 from nixcell.net.logredact import watch
 from nixcell.net.rewrite import Rewriter, compile_needles, replace_all
-from nixcell.net.spellings import LOOKBACK, Spellings
+from nixcell.net.spellings import Spellings
+from nixcell.net.spellset import Chain, SpellingSet
 
 __all__ = [
     "KNOWN_PREFIXES",
@@ -58,7 +62,7 @@ __all__ = [
 
 Headers = list[tuple[bytes, bytes]]
 _BASIC = re.compile(rb"(?i)(basic[ \t]+)([A-Za-z0-9+/]+={0,2})([ \t]*)")
-_TOKEN_FIELDS = ("access_token", "refresh_token")
+MAX_ISSUED = 64  # tokens a cell's credential hosts may issue; every one stays scrubbed
 
 
 class PlaintextRefused(CredentialError):
@@ -92,10 +96,13 @@ class CellCredentials:
         self._specs: dict[str, CredentialSpec] = {}
         self._swaps: list[_Swap] = []
         self._cache: dict[tuple[str, bool], dict[bytes, bytes]] = {}
-        self._spelled: Spellings | None = None
+        self._groups: list[Spellings] = []  # compiled once each, never rebuilt (net/spellset.py)
+        self._pending: list[_Swap] = []  # swaps whose spellings are not compiled yet
+        self._issued = 0
         for spec, real in loaded:
             self._specs[spec.name] = spec
             self._add(spec, real)
+        self.spellings()  # the configured secrets: one group, compiled before the cell starts
         watch(self)  # the proxy's logs are redacted while this cell lives
 
     @classmethod
@@ -127,9 +134,10 @@ class CellCredentials:
                 f"credential {spec.name!r}: no dummy distinct from the cell's other secrets"
             )
         assert len(dummy) == len(raw)
-        self._swaps.append(_Swap(spec, raw, dummy))
+        swap = _Swap(spec, raw, dummy)
+        self._swaps.append(swap)
+        self._pending.append(swap)
         self._cache.clear()
-        self._spelled = None
         return dummy
 
     def _host_pairs(self, host: str, *, body: bool, plain: bool = False) -> dict[bytes, bytes]:
@@ -161,12 +169,23 @@ class CellCredentials:
             }
         return self._cache[key]
 
-    def spellings(self) -> Spellings:
+    def spellings(self) -> SpellingSet:
         """Every spelling of every real value, swapping to its dummy's: the one source for
-        scrubbing, OAuth mapping and redaction."""
-        if self._spelled is None:
-            self._spelled = Spellings((s.real.decode(), s.dummy.decode()) for s in self._swaps)
-        return self._spelled
+        scrubbing, OAuth mapping and redaction. Compiles what ``settle`` has not yet, here."""
+        if self._pending:
+            self._groups.append(_compile(self._pending))
+            self._pending = []
+        return SpellingSet(self._groups)
+
+    async def settle(self) -> None:
+        """Compile the spellings of newly added secrets in a worker thread: tens of ms per
+        secret, which on the proxy's loop would stall every cell of the process."""
+        while self._pending:
+            batch = list(self._pending)
+            group = await asyncio.to_thread(_compile, batch)
+            if self._pending[: len(batch)] == batch:  # else compiled meanwhile by spellings()
+                self._groups.append(group)
+                del self._pending[: len(batch)]
 
     def applies_to(self, host: str) -> bool:
         """Whether any credential of the cell may go to ``host`` (swaps and OAuth apply there)."""
@@ -279,11 +298,10 @@ class CellCredentials:
 
     # -- responses: real -> dummy, everywhere --
 
-    def response_scrubber(self) -> Rewriter:
+    def response_scrubber(self) -> Rewriter | Chain:
         """A streaming real -> dummy rewriter for any response body: every spelling of every
         real value, wherever it starts (also across chunk boundaries)."""
-        spelled = self.spellings()
-        return Rewriter.matching(spelled.pattern, spelled.edit, spelled.width, back=LOOKBACK)
+        return self.spellings().rewriter()
 
     def scrub_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> Headers:
         """Names and values (trailers too), every spelling."""
@@ -294,30 +312,66 @@ class CellCredentials:
         """One complete buffer (a WebSocket control frame, a token response)."""
         return self.spellings().scrub(data)
 
-    # -- OAuth: tokens issued by a credential's host are swapped like the credential --
+    # -- tokens issued by a credential's host are swapped like the credential --
 
-    def wants_token_response(self, host: str, content_type: str) -> bool:
-        """Whether the proxy should buffer this response for ``observe_token_response``."""
-        return _token_media(content_type) is not None and self._spec_for(host) is not None
+    def wants_token_response(self, host: str, content_type: str = "") -> bool:
+        """Whether the proxy should look at this response for issued tokens: any response of a
+        credential's host, whatever its media type (``content_type`` is not trusted)."""
+        return self._spec_for(host) is not None
 
-    def observe_token_response(self, host: str, body: bytes, content_type: str) -> bytes:
-        """Replace ``access_token``/``refresh_token`` values in a complete response with dummies.
+    def observe_token_response(self, host: str, body: bytes, content_type: str = "") -> bytes:
+        """``body`` with every token it issues replaced by a dummy (net/issued.py), and
+        scrubbed. Synchronous; the proxy uses ``issue_tokens``, ``settle``, ``hide_tokens``."""
+        tokens = self.issue_tokens(host, body)
+        return self.hide_tokens(host, body, tokens)
 
-        New real tokens are remembered, bound to the issuing credential's hosts and ``body`` flag,
-        so later requests carrying their dummies are swapped back. Same length, so the response's
-        Content-Length holds. Raises ``CredentialError`` if a token could not be hidden: the proxy
-        must then fail the response instead of forwarding it.
-        """
+    def issue_tokens(self, host: str, body: bytes) -> list[str]:
+        """Register the tokens in a complete response of ``host`` (bound to the issuing
+        credential's hosts and ``body`` flag, so their dummies are swapped back later).
+        ``CredentialError`` if the body may carry a token that cannot be found or kept (it does
+        not parse, or the cell reached ``MAX_ISSUED``): the response must then be refused."""
         spec = self._spec_for(host)
-        media = _token_media(content_type)
-        if spec is None or media is None or not body:
-            return body
-        tokens = _token_values(body, media)
-        for real in tokens:
+        if spec is None or not body:
+            return []
+        family = family_of(next(s.real for s in self._swaps if s.credential is spec).decode())
+        try:
+            tokens = find_tokens(body, family)
+        except Unhidable as exc:
+            why = f"credential {spec.name!r}: {host} issued a token: {exc}"
+            raise CredentialError(why) from None
+        if tokens is None:
+            if suspicious(body, family):
+                raise CredentialError(
+                    f"credential {spec.name!r}: a response of {host} may carry a token but "
+                    f"does not parse"
+                )
+            return []
+        known = {s.real for s in self._swaps} | {s.dummy for s in self._swaps}
+        new = [t for t in tokens if t.encode() not in known]
+        if self._issued + len(new) > MAX_ISSUED:
+            raise CredentialError(
+                f"credential {spec.name!r}: this cell reached the cap of {MAX_ISSUED} tokens "
+                f"issued by its credential hosts; further token responses are refused"
+            )
+        for real in new:
             self._add(spec, real)
-        body = self.spellings().scrub(body)  # the same spellings as every other response
-        if any(t in tokens for t in _token_values(body, media)):
-            raise CredentialError(f"credential {spec.name!r}: cannot hide a token issued by {host}")
+            self._issued += 1
+        return [t for t in tokens if t.encode() not in {s.dummy for s in self._swaps}]
+
+    def hide_tokens(self, host: str, body: bytes, tokens: list[str]) -> bytes:
+        """``body`` scrubbed (the same spellings as every other response), checked: a token
+        still there raises ``CredentialError``. Same length, so Content-Length holds."""
+        body = self.spellings().scrub(body)
+        if tokens:
+            spec = self._spec_for(host)
+            family = family_of(next(s.real for s in self._swaps if s.credential is spec).decode())
+            try:
+                left = find_tokens(body, family) or []
+            except Unhidable:
+                left = tokens
+            if any(t in tokens for t in left) or any(t.encode() in body for t in tokens):
+                name = spec.name if spec else "?"
+                raise CredentialError(f"credential {name!r}: cannot hide a token issued by {host}")
         return body
 
     def _spec_for(self, host: str) -> CredentialSpec | None:
@@ -373,29 +427,8 @@ def _rewrite_basic(value: bytes, pairs: Mapping[bytes, bytes]) -> bytes:
     return m.group(1) + base64.b64encode(swapped) + m.group(3)
 
 
-def _token_media(content_type: str) -> str | None:
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media == "application/json" or media.endswith("+json"):
-        return "json"
-    if media == "application/x-www-form-urlencoded":
-        return "form"
-    return None
-
-
-def _token_values(body: bytes, media: str) -> list[str]:
-    """Top-level string ``access_token``/``refresh_token`` values, in field order."""
-    if media == "json":
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return []
-        if not isinstance(doc, dict):
-            return []
-        values = [doc.get(k) for k in _TOKEN_FIELDS]
-    else:
-        fields = dict(urllib.parse.parse_qsl(body.decode("latin-1")))
-        values = [fields.get(k) for k in _TOKEN_FIELDS]
-    return [v for v in values if isinstance(v, str) and v]
+def _compile(swaps: list[_Swap]) -> Spellings:
+    return Spellings((s.real.decode(), s.dummy.decode()) for s in swaps)
 
 
 # Query parameters that carry a credential (``?access_token=…`` APIs). Only their values are

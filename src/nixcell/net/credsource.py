@@ -286,6 +286,13 @@ def make_dummy(real: str) -> str:
             return dummy
 
 
+def token_prefix(real: str) -> str:
+    """The prefix ``make_dummy`` keeps (``ghp_``, ``sk-ant-api03-``, ``xyz_``), or ""."""
+    prefix = _prefix(real)
+    rest = real[len(prefix) :]
+    return prefix if sum(c.isascii() and c.isalnum() for c in rest) >= MIN_RANDOM_CHARS else ""
+
+
 def _prefix(real: str) -> str:
     for prefix in sorted(KNOWN_PREFIXES, key=len, reverse=True):
         if real.startswith(prefix):

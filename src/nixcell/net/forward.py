@@ -347,6 +347,7 @@ async def _response(
             )
     headers = strip_hop_by_hop(list(event.headers), keep_upgrade=websocket)
     if creds is not None:
+        await creds.settle()  # tokens issued meanwhile: compiled off the loop, then scrubbed
         headers = creds.scrub_headers(headers)  # type: ignore[attr-defined]
     if event.status_code == 101 and websocket:
         if creds is not None and has_header(headers, b"sec-websocket-extensions"):
@@ -367,7 +368,8 @@ async def _response(
         if decoder is not None:
             headers = without_encoding(headers)
     ctype = (header(headers, b"content-type") or b"").decode("latin-1").lower()
-    if creds is not None and creds.wants_token_response(target.host, ctype):  # type: ignore[attr-defined]
+    wants = creds is not None and not bodiless and creds.wants_token_response(target.host, ctype)  # type: ignore[attr-defined]
+    if wants:
         return await token_response(creds, side, up, target, record, headers, ctype, decoder)
     await side.send(h11.Response(status_code=event.status_code, headers=headers))
     scrub = creds.response_scrubber() if creds is not None else None  # type: ignore[attr-defined]

@@ -306,15 +306,23 @@ def _base64_swap(alphabet: bytes, mask: int, new: int) -> Swap:
 # -- all of them ---------------------------------------------------------------------------------
 
 
+_BUILD: tuple[Callable[[str, str], _Family], ...] = (
+    _text,
+    lambda r, d: _hex_family(r.encode(), d.encode()),
+    _quoted_printable,
+    lambda r, d: _utf16(r, d, "utf-16-le"),
+    lambda r, d: _utf16(r, d, "utf-16-be"),
+    *(
+        lambda r, d, skip=skip, alphabet=alphabet: _base64(r.encode(), d.encode(), skip, alphabet)
+        for skip in range(3)
+        for alphabet in (_STD, _URL)
+    ),
+)
+
+
 def families(real: str, dummy: str) -> list[_Family]:
     """Every family of spellings of ``real``, each swapping to the same spelling of ``dummy``."""
-    raw, fake = real.encode(), dummy.encode()
-    found = [_text(real, dummy), _hex_family(raw, fake), _quoted_printable(real, dummy)]
-    found += [_utf16(real, dummy, "utf-16-le"), _utf16(real, dummy, "utf-16-be")]
-    for skip in range(3):
-        for alphabet in (_STD, _URL):
-            found.append(_base64(raw, fake, skip, alphabet))
-    return found
+    return [build(real, dummy) for build in _BUILD]
 
 
 LOOKBACK = 5  # bytes before a match that ``Spellings.edit`` may change: a digit, a line break
@@ -330,16 +338,25 @@ class Spellings:
     """
 
     def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
-        self._families: list[_Family] = []
+        # The families are not kept (thousands of objects a secret, which every full pass of
+        # the garbage collector would walk, stalling the proxy's loop): ``edit`` rebuilds the
+        # one it needs (``_BUILD[k]`` of its pair) when it swaps a match.
+        self._pairs: list[tuple[str, str]] = []
+        built: list[_Family] = []
+        self._exact: list[tuple[int, int, re.Pattern[bytes]]] = []
         for real, dummy in pairs:
             if len(real) != len(dummy) or len(real.encode()) != len(dummy.encode()):
                 raise ValueError("a dummy must have the length of its real value")
-            self._families += families(real, dummy)
-        self.width = max((f.width for f in self._families), default=0)
+            found = families(real, dummy)
+            self._exact += [(len(self._pairs), k, re.compile(f.pattern(True))) for k, f in
+                            enumerate(found)]  # fmt: skip
+            self._pairs.append((real, dummy))
+            built += found
+        self.width = max((f.width for f in built), default=0)
         self.pattern: re.Pattern[bytes] | None = None
-        if self._families:
+        if built:
             heads: dict[int, list[bytes]] = {}
-            for family in self._families:
+            for family in built:
                 for byte, rests in family.heads().items():
                     heads.setdefault(byte, []).extend(rests)
             self.pattern = re.compile(
@@ -348,7 +365,6 @@ class Spellings:
                     for byte, rests in sorted(heads.items())
                 )
             )
-        self._exact = [re.compile(f.pattern(True)) for f in self._families]
 
     def __bool__(self) -> bool:
         return self.pattern is not None
@@ -359,10 +375,11 @@ class Spellings:
         the secret."""
         start, end = match.span()
         text = bytes(buf[start:end])
-        for family, exact in zip(self._families, self._exact, strict=True):
+        for pair, k, exact in self._exact:
             m = exact.fullmatch(text)
             if m is None:
                 continue
+            family = _BUILD[k](*self._pairs[pair])
             for i, unit in enumerate(family.units, 1):
                 if unit.swap is not None:
                     a, b = m.span(i)
