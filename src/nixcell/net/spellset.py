@@ -40,6 +40,11 @@ class SpellingSet:
     def __init__(self, groups: Sequence[Spellings]) -> None:
         self.groups = [g for g in groups if g]
 
+    @property
+    def width(self) -> int:
+        """The longest match of any group: what a streaming scan must look past."""
+        return max((g.width for g in self.groups), default=0)
+
     def __bool__(self) -> bool:
         return bool(self.groups)
 
