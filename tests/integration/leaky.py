@@ -96,31 +96,37 @@ def packed(kind: str, token: bytes) -> bytes:
     import zipfile
 
     content = b"" if kind.startswith("clean-") else token
+
+    def gz(data: bytes) -> bytes:  # no timestamp: the test builds the same file again
+        return gzip.compress(data, mtime=0)
+
     kind = kind.removeprefix("clean-")
     text = b"x" * 3000 + content + b"y" * 3000
 
     def zipped(data: bytes, method: int = zipfile.ZIP_DEFLATED) -> bytes:
         out = io.BytesIO()
+        entry = zipfile.ZipInfo("a.txt", date_time=(1980, 1, 1, 0, 0, 0))
+        entry.compress_type = method
         with zipfile.ZipFile(out, "w", method) as archive:
-            archive.writestr("a.txt", data)
+            archive.writestr(entry, data)
         return out.getvalue()
 
     if kind == "tgz":  # as a file name, the way a repository export holds it
         out = io.BytesIO()
-        with tarfile.open(fileobj=out, mode="w:gz") as archive:
+        with tarfile.open(fileobj=out, mode="w") as archive:
             entry = tarfile.TarInfo("repo/" + content.decode() + ".txt")
             entry.size = 1
             archive.addfile(entry, io.BytesIO(b"x"))
-        return out.getvalue()
+        return gz(out.getvalue())
     return {
-        "gz": lambda: gzip.compress(text),
+        "gz": lambda: gz(text),
         "zlib": lambda: zlib.compress(text),
         "bz2": lambda: bz2.compress(text),
         "xz": lambda: lzma.compress(text),
         "zip": lambda: zipped(text),
         "zip-stored": lambda: zipped(text, zipfile.ZIP_STORED),
-        "gz-in-gz": lambda: gzip.compress(gzip.compress(text)),
-        "zip-in-gz": lambda: gzip.compress(zipped(text)),
+        "gz-in-gz": lambda: gz(gz(text)),
+        "zip-in-gz": lambda: gz(zipped(text)),
     }[kind]()
 
 
