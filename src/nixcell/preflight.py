@@ -105,13 +105,9 @@ def _made_by_nixcell(plan: Plan, op: MountOp) -> str | None:
         op.dest == dest and str(op.src).endswith(f"/{name}") for name, dest, _ in SCRATCH_AREAS
     ):
         return MISSING
-    if _host_source(plan, op) in plan.volumes:
+    if plan.host_source(op) in plan.volumes:
         return UNKNOWN
     return None
-
-
-def _host_source(plan: Plan, op: MountOp) -> str:
-    return str(plan.host_source(op))
 
 
 def _covering(mounts: tuple[MountOp, ...], path: str) -> MountOp | None:
@@ -134,7 +130,7 @@ def _host_lookup(plan: Plan, op: MountOp, rest: str, links: int) -> str:
     """Walk ``rest`` below the bind's host source by fd, never following a host symlink."""
     assert op.src is not None
     try:  # the source itself: as bwrap binds it
-        fd = os.open(_host_source(plan, op), os.O_PATH | os.O_CLOEXEC)
+        fd = os.open(str(plan.host_source(op)), os.O_PATH | os.O_CLOEXEC)
     except OSError:
         return UNKNOWN
     try:

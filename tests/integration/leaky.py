@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import hashlib
 import html
 import json
 import quopri
@@ -234,17 +233,10 @@ class _Handler(up._Handler):
         """The token in one text message cut into ``parts`` fragments (a ping between them,
         itself holding the token), then a binary message, then a close frame whose reason is
         the token; each frame written on its own."""
-        key = self.headers["Sec-WebSocket-Key"]
-        accept = base64.b64encode(
-            hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
-        ).decode()
-        self.send_response(101)
-        self.send_header("Upgrade", "websocket")
-        self.send_header("Connection", "Upgrade")
-        self.send_header("Sec-WebSocket-Accept", accept)
-        if self.headers.get("Sec-WebSocket-Extensions"):
-            self.send_header("Sec-WebSocket-Extensions", "permessage-deflate")
-        self.end_headers()
+        # an extension offered is accepted: the proxy must refuse that (it never offers one)
+        extension = ("Sec-WebSocket-Extensions", "permessage-deflate")
+        offered = self.headers.get("Sec-WebSocket-Extensions")
+        self._accept_websocket(*([extension] if offered else []))
         message = b"msg " + token + b" " + base64.b64encode(token) + b" end"
         cuts = [len(message) * i // parts for i in range(parts + 1)]
         for i in range(parts):
@@ -259,16 +251,7 @@ class _Handler(up._Handler):
 
     def _ws_echo(self) -> None:
         """Read one message of masked frames (fragments joined), keep it, send it back."""
-        key = self.headers["Sec-WebSocket-Key"]
-        accept = base64.b64encode(
-            hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
-        ).decode()
-        self.send_response(101)
-        self.send_header("Upgrade", "websocket")
-        self.send_header("Connection", "Upgrade")
-        self.send_header("Sec-WebSocket-Accept", accept)
-        self.end_headers()
-        self.wfile.flush()
+        self._accept_websocket()
         message = b""
         while True:
             first, second = self.rfile.read(2)

@@ -183,7 +183,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
-    def _websocket(self) -> None:
+    def _accept_websocket(self, *headers: tuple[str, str]) -> None:
+        """The 101 answer to the cell's handshake (RFC 6455), with ``headers`` added."""
         key = self.headers["Sec-WebSocket-Key"]
         accept = base64.b64encode(
             hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
@@ -192,8 +193,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Upgrade", "websocket")
         self.send_header("Connection", "Upgrade")
         self.send_header("Sec-WebSocket-Accept", accept)
+        for name, value in headers:
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.flush()
+
+    def _websocket(self) -> None:
+        self._accept_websocket()
         data = self.rfile.read(2)  # echo one small masked frame back unmasked
         length = data[1] & 0x7F
         mask = self.rfile.read(4)
