@@ -48,6 +48,12 @@ def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:
     return env
 
 
+def _complete_package(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    from nixcell.cli.completion import complete_package  # only when a shell asks
+
+    return complete_package(ctx, param, incomplete)
+
+
 def run_options(f):
     opts = [
         click.option(
@@ -57,6 +63,7 @@ def run_options(f):
             multiple=True,
             metavar="PKG",
             help="Nix package: attribute path, store path or flake#attr (repeatable).",
+            shell_complete=_complete_package,
         ),
         click.option(
             "--nixpkgs",
@@ -294,6 +301,22 @@ def _register_offline() -> None:
     except ImportError:  # pragma: no cover - only while the offline set is being built
         return
     cli.add_command(offline)
+
+
+@cli.command("completion")
+@click.argument("shell", metavar="SHELL", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> int:
+    """Print the completion script for SHELL (bash, zsh or fish).
+
+    \b
+    bash:  eval "$(nixcell completion bash)"        (e.g. in ~/.bashrc)
+    zsh:   eval "$(nixcell completion zsh)"         (in ~/.zshrc, after compinit)
+    fish:  nixcell completion fish > ~/.config/fish/completions/nixcell.fish
+    """
+    from nixcell.cli.completion import script
+
+    click.echo(script(cli, shell), nl=False)
+    return 0
 
 
 _register_offline()
