@@ -73,7 +73,8 @@ def _dispatch(args: list[str]) -> int:
         return 130
     except click.UsageError as exc:
         cmd = exc.ctx.command_path if exc.ctx else "nixcell"
-        error(f"{exc.format_message()} (see `{cmd} --help`)")
+        message = " ".join(exc.format_message().split())  # click may wrap ("Choose from:\n\t…")
+        error(f"{message} (see `{cmd} --help`)")
         return 2
     except click.ClickException as exc:
         error(exc.format_message())
