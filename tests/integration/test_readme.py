@@ -39,6 +39,7 @@ NOT_RUN = {  # a regex matching the command -> why the test does not run it
     r"^\./test\b": "it is the suite this test is part of",
     r"^nixcell mcp\b.*--transport http": "it serves a fixed port until stopped (see mcp tests)",
 }
+COMMAND_TIMEOUT = 300
 NET_FLAGS = re.compile(r"\s--(allow-host|policy|learn|credential|allow-cidr)\b")
 URL_HOST = re.compile(r"https?://([A-Za-z0-9.-]+)")
 RUN = re.compile(r"(?:^|(?<=[\s;&|(]))((?:\.venv/bin/)?nixcell run)(?=\s)")
@@ -108,14 +109,17 @@ def run_console(doc: str, block: docblocks.Block, scratch: Path, api: fakeapi.Fa
             argv = command.text.split("#", 1)[0].split()
             check_mcp_server(where, "nixcell", argv[1:], None, scratch)
             continue
-        result = subprocess.run(
-            ["bash", "-c", with_network(command.text, api)],
-            cwd=scratch,
-            env=user_env(scratch),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            timeout=300,
-        )
+        try:
+            result = subprocess.run(
+                ["bash", "-c", with_network(command.text, api)],
+                cwd=scratch,
+                env=user_env(scratch),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=COMMAND_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{where} still ran after {COMMAND_TIMEOUT} s")
         output = result.stdout.decode(errors="replace")
         assert fakeapi.REAL_TOKEN not in output, f"{where} printed the real token"
         assert result.returncode == command.exit_code, (
@@ -193,3 +197,39 @@ def test_the_credential_example_sent_the_real_token_to_its_host_only(scratch, ap
         pytest.skip("the docs have no credential example")
     assert used, f"no request carried the real token: {api.seen}"
     assert all(s[0].split(":")[0] == "api.github.com" for s in used), used
+
+
+def test_a_failing_example_fails_naming_itself(scratch):
+    """The harness itself, from several sides: exit code, output, order, notes, wildcards."""
+    api = fakeapi.FakeApi("127.0.0.9", Path("/nonexistent/ca.pem"))
+    fine = docblocks.Block("console", 1, "$ printf 'a 1 b\\nnoise\\nz\\n'\na ... b  # note\nz")
+    run_console("X.md", fine, scratch, api)
+    for text, message in [
+        ("$ false", r"X\.md:2: `false` exited 1, the docs say 0"),
+        ("$ true  # exit 3", r"X\.md:2: `true  # exit 3` exited 0, the docs say 3"),
+        ("$ echo b; echo a\na\nb", r"X\.md:2: `echo b; echo a` did not print 'b'"),
+        ("$ echo one\n$ echo two\nthree", r"X\.md:3: `echo two` did not print 'three'"),
+    ]:
+        with pytest.raises(AssertionError, match=message):
+            run_console("X.md", docblocks.Block("console", 1, text), scratch, api)
+
+
+@pytest.mark.parametrize(
+    ("command", "flagged"),
+    [
+        ("nixcell run -p curl --allow-host a.test -- curl https://a.test/x", "nixcell run"),
+        ("x=1 .venv/bin/nixcell run --policy p -- curl http://a.test", ".venv/bin/nixcell run"),
+        ("nixcell run --learn -p curl -- curl https://a.test/ > out.toml", "nixcell run"),
+        ("nixcell run -p curl -- curl https://a.test/", None),  # no network flag: no network
+        ("nixcell policy check https://a.test/ --policy p.toml", None),  # not a cell
+    ],
+)
+def test_network_commands_get_the_loopback_flags(command, flagged):
+    api = fakeapi.FakeApi("127.0.0.9", Path("/ca.pem"))
+    changed = with_network(command, api)
+    if flagged is None:
+        assert changed == command
+        return
+    flags = " ".join(api.flags(["a.test"]))
+    assert changed == command.replace(flagged, f"{flagged} {flags}", 1)
+    assert "--resolve=a.test:127.0.0.9" in changed and "--allow-cidr=127.0.0.9/32" in changed
