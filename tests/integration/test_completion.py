@@ -73,6 +73,8 @@ CASES = [  # what the user typed -> what must be offered (exactly)
     ("nixcell run -p pyt", "pyt"),  # a prefix: the offline set's names starting with it
     ("nixcell run -p bash --package cor", "cor"),
     ("nixcell run -p zzz-no-such", []),
+    ("nixcell run --nixpkgs nixos-", ["nixos-24.11", "nixos-unstable"]),
+    ("nixcell run --hardening-profile de", ["debugger"]),
 ]
 
 

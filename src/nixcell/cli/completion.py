@@ -53,6 +53,26 @@ def complete_package(
     return [CompletionItem(n) for n in sorted(names) if n.startswith(incomplete)]
 
 
+def complete_profile(
+    _ctx: click.Context, _param: click.Parameter, incomplete: str
+) -> list[click.shell_completion.CompletionItem]:
+    from click.shell_completion import CompletionItem
+
+    from nixcell.sandbox.seccomp import PROFILES
+
+    return [CompletionItem(n, help=h) for n, h in PROFILES.items() if n.startswith(incomplete)]
+
+
+def complete_pin(
+    _ctx: click.Context, _param: click.Parameter, incomplete: str
+) -> list[click.shell_completion.CompletionItem]:
+    """The named pins (a commit or a path is the user's to type)."""
+    from click.shell_completion import CompletionItem
+
+    named = ("nixos-24.11", "nixos-unstable", "offline")
+    return [CompletionItem(n) for n in named if n.startswith(incomplete)]
+
+
 def offline_names() -> list[str]:
     from nixcell import paths
     from nixcell.nix.offline.setfile import read_state

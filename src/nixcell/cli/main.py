@@ -48,10 +48,15 @@ def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:
     return env
 
 
-def _complete_package(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
-    from nixcell.cli.completion import complete_package  # only when a shell asks
+def _completer(name: str):
+    """A shell_complete callback that imports cli/completion.py only when a shell asks."""
 
-    return complete_package(ctx, param, incomplete)
+    def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+        from nixcell.cli import completion
+
+        return getattr(completion, name)(ctx, param, incomplete)
+
+    return complete
 
 
 def run_options(f):
@@ -63,12 +68,13 @@ def run_options(f):
             multiple=True,
             metavar="PKG",
             help="Nix package: attribute path, store path or flake#attr (repeatable).",
-            shell_complete=_complete_package,
+            shell_complete=_completer("complete_package"),
         ),
         click.option(
             "--nixpkgs",
             metavar="PIN",
             help="Package set: nixos-24.11, nixos-unstable, a 40-hex commit, a path, or 'offline'.",
+            shell_complete=_completer("complete_pin"),
         ),
         click.option("-e", "--env", "env", multiple=True, metavar="K=V", help="Set a variable."),
         click.option(
@@ -109,7 +115,12 @@ def run_options(f):
             help="Size of each writable tmpfs area (/tmp, home, fresh /workspace).",
         ),
         click.option(
-            "--hardening-profile", "profiles", multiple=True, metavar="NAME", help=HARDENING_HELP
+            "--hardening-profile",
+            "profiles",
+            multiple=True,
+            metavar="NAME",
+            help=HARDENING_HELP,
+            shell_complete=_completer("complete_profile"),
         ),
     ]
     for opt in reversed(opts):
