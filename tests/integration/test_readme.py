@@ -114,6 +114,7 @@ def run_console(doc: str, block: docblocks.Block, scratch: Path, api: fakeapi.Fa
                 ["bash", "-c", with_network(command.text, api)],
                 cwd=scratch,
                 env=user_env(scratch),
+                stdin=subprocess.DEVNULL,  # typed at a prompt, but the output is captured: pipes
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 timeout=COMMAND_TIMEOUT,
@@ -136,6 +137,7 @@ def run_python(doc: str, block: docblocks.Block, scratch: Path) -> None:
         [sys.executable, script.name],
         cwd=scratch,
         env=user_env(scratch),
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         timeout=300,
     )
