@@ -1,17 +1,19 @@
-"""`nixcell completion bash|zsh|fish` and the package names ``-p/--package`` completes.
+"""Shell completion: the script `nixcell completion SHELL` prints, and the values flags complete.
 
 click's own shell completion does the protocol (the printed script calls ``nixcell`` back with
-``_NIXCELL_COMPLETE`` set, once per TAB); this module adds the script command and the package
-names. Those must come back fast, every keystroke: the offline set's names are one small JSON
-read, and a host nixpkgs's top-level attribute names are evaluated once per nixpkgs revision
-(in the background, a detached ``nix-instantiate``) and read from a cache file after that.
-Nothing here is on the path of ``nixcell run``: click imports it only to complete.
+``_NIXCELL_COMPLETE`` set, once per TAB); this module adds the script and the values of
+``-p/--package``, ``--nixpkgs`` and ``--hardening-profile``. Package names must come back fast,
+every keystroke: the offline set's names are one small JSON read, and a host nixpkgs's top-level
+attribute names are evaluated once per nixpkgs revision (in the background, a detached
+``nix-instantiate``) and read from a cache file after that. Nothing here is on the path of
+``nixcell run``: click imports it only to complete.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -23,8 +25,8 @@ import click
 # What a shell may be handed: click's bash script expands candidates unquoted (globbing), so
 # only plain attribute names pass; anything else in a cache file is dropped.
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_+.-]*\Z")
+_RETRY_SECONDS = 600  # after a failed evaluation of the host nixpkgs
 # Top-level attribute names of the host's nixpkgs, without building or instantiating anything.
-_RETRY_SECONDS = 600
 _ATTRS_EXPR = "builtins.concatStringsSep \"\\n\" (builtins.attrNames (import <nixpkgs> {}))"
 
 
@@ -164,8 +166,6 @@ def write_cache(where: str, cache: Path) -> int:
     env = {**os.environ, "NIX_PATH": f"nixpkgs={where}"}
     try:
         out = subprocess.run(argv, capture_output=True, timeout=120, env=env, check=True)
-        import json
-
         names = json.loads(out.stdout).split("\n")
     except (OSError, subprocess.SubprocessError, ValueError, AttributeError):
         return 1
