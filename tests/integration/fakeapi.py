@@ -4,7 +4,8 @@ It listens on port 443 of a loopback address of its own (127.x.y.z: nobody else'
 taken), with a certificate for the named hosts from a trustme CA; cells reach it through
 ``--resolve HOST:ADDR --allow-cidr ADDR/32 --upstream-ca CA``. It answers like GitHub where the
 examples look: ``/zen``, and ``/user`` only with the real token (401 otherwise), so an example
-whose credential swap did not happen fails.
+whose credential swap did not happen fails; anything else gets a 200 naming the request (add a
+route here when a new example expects a particular answer).
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._json(200, {"login": "octocat", "id": 583231, "type": "User"})
         elif self.path == "/user":
             self._json(401, {"message": "Requires authentication"})
-        else:
-            self._json(404, {"message": "Not Found"})
+        else:  # any other example's request: an answer naming what was asked
+            self._json(200, {"method": self.command, "path": self.path})
 
     do_HEAD = do_POST = do_GET
 
