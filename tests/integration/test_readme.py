@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import anyio
@@ -158,6 +159,14 @@ def run_mcp_config(doc: str, block: docblocks.Block, scratch: Path) -> None:
         )
 
 
+def configured_envs(args: list[str], cwd: Path) -> list[str]:
+    """The environments a ``--config FILE`` among ``args`` defines (none without one)."""
+    if "--config" not in args:
+        return []
+    config = cwd / args[args.index("--config") + 1]
+    return list(tomllib.loads(config.read_text()).get("environments", {}))
+
+
 def check_mcp_server(
     where: str, command: str, args: list[str], cwd: str | None, scratch: Path
 ) -> None:
@@ -173,10 +182,12 @@ def check_mcp_server(
         async with Client(params) as client:
             tools = await client.list_tools()
             result = await client.call_tool("run", {"code": "print(6*7)", "env": "python"})
-            return [t.name for t in tools.tools], result
+            return {t.name: t.description or "" for t in tools.tools}, result
 
-    names, result = anyio.run(main)
-    assert "run" in names, f"{where}: no run tool ({names})"
+    tools, result = anyio.run(main)
+    assert "run" in tools, f"{where}: no run tool ({list(tools)})"
+    for env_name in configured_envs(args, Path(cwd or scratch)):
+        assert env_name in tools["run"], f"{where}: environment {env_name!r} not offered"
     assert result.structured_content["stdout"] == "42\n", f"{where}: {result}"
 
 
