@@ -1,0 +1,88 @@
+"""``NIX_SANDBOX_ENVS``: flake references built into mkSandbox artifacts at start.
+
+Each reference is built with one ``nix-build`` (``builtins.getFlake``, the same lookup as a
+cell's ``-p ref#attr``: ``packages.<system>.ATTR``, ``legacyPackages``, then ``ATTR``; without
+``#``, the flake's default package), its output kept alive by a GC root under nixcell's state
+directory, and then read like an artifact of ``NIX_SANDBOX_DIR``. References build
+concurrently. Offline, only local flakes (``path:``, ``git+file:``, a directory) whose inputs
+are local can build; any failure stops the server with one line naming the reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from nixcell.mcp.config import ConfigError
+
+VARIABLE = "NIX_SANDBOX_ENVS"
+_REF = re.compile(r"^[^\s,]+$")
+_UNKNOWN = re.compile(r"nixcell-unknown-package: (\S+)")
+BUILD_TIMEOUT = 1800.0
+
+
+def parse_refs(value: str) -> list[str]:
+    """The comma-separated references (blanks around them and empty items ignored)."""
+    refs = []
+    for item in value.split(","):
+        ref = item.strip()
+        if not ref:
+            continue
+        if not _REF.match(ref):
+            raise ConfigError(f"{VARIABLE}: {ref!r} is not a flake reference (no spaces)")
+        if ref not in refs:
+            refs.append(ref)
+    return refs
+
+
+def build_all(refs: list[str], cwd: str) -> list[str]:
+    """The store path each reference builds to, in order (the first failure is raised)."""
+    if not refs:
+        return []
+    with ThreadPoolExecutor(max_workers=min(4, len(refs))) as pool:
+        return list(pool.map(lambda ref: build(ref, cwd), refs))
+
+
+def build(ref: str, cwd: str) -> str:
+    from nixcell import paths
+    from nixcell.fsio import private_dir
+    from nixcell.nix.resolve import (
+        _HELPERS,
+        FLAKE_FEATURES,
+        NIX_OPTIONS,
+        nix_tool,
+        package_expr,
+    )
+
+    installable = ref if "#" in ref else f"{ref}#"
+    expr, _, _ = package_expr(installable, cwd)
+    digest = hashlib.sha256(installable.encode()).hexdigest()[:24]
+    gcroot = Path(private_dir(paths.state_dir() / "gcroots")) / f"artifact-{digest}"
+    argv = [nix_tool("nix-build"), *NIX_OPTIONS, *FLAKE_FEATURES, "--out-link", str(gcroot)]
+    argv += ["-E", f"let\n  pkgs = {{}};\n{_HELPERS}in {expr}\n"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=BUILD_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"{VARIABLE}: building {ref} took over {BUILD_TIMEOUT:g} s") from None
+    out = proc.stdout.split()
+    if proc.returncode != 0 or len(out) != 1:
+        reason = _reason(proc.stderr, ref)
+        raise ConfigError(f"{VARIABLE}: building {ref} failed: {reason}", detail=proc.stderr)
+    return out[0]
+
+
+def _reason(stderr: str, ref: str) -> str:
+    if _UNKNOWN.search(stderr):
+        attr = ref.partition("#")[2] or "default"
+        return f"the flake has no package '{attr}'"
+    if any(s in stderr for s in ("unable to download", "Could not resolve host", "getaddrinfo")):
+        return (
+            "it needs the network, which this host does not give nix (only local path: and "
+            "git+file: flakes with local inputs build offline)"
+        )
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    first = next((ln for ln in lines if "error:" in ln), lines[-1] if lines else "nix-build failed")
+    return first.split("error:", 1)[-1].strip() or "nix-build failed"
