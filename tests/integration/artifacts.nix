@@ -26,6 +26,12 @@ let
     '' { meta = if builtins.isString meta then meta else builtins.toJSON meta; };
   envOf = name: paths: pkgs.buildEnv { name = "sandbox-env-${name}"; inherit paths; };
   toolsEnv = envOf "tools" [ pkgs.bash pkgs.coreutils pkgs.jq ];
+  jailed = drv "jailed-tools" ''
+    mkdir -p $out/bin $out/libexec
+    printf '#!${sh}\ncd /workspace && exec ${toolsEnv}/bin/bash -s\n' > $out/libexec/sandbox-tools
+    chmod +x $out/libexec/sandbox-tools
+    ln -s $out/libexec/sandbox-tools $out/bin/run
+  '' { };
   nodeEnv = envOf "js" [ pkgs.nodejs pkgs.coreutils ];
   py = { name = "data"; interpreter_type = "python"; timeout_seconds = 4; memory_mb = 64; };
   artifacts = {
@@ -35,8 +41,9 @@ let
     tools = artifact {
       name = "tools";
       meta = { name = "tools"; interpreter_type = "bash"; };
-      target = "${toolsEnv}/bin/bash";
       session = false;
+      # as mkSandbox links it: bin/run -> jailed-NAME/bin/run -> the wrapper's script
+      extra = "rm $out/bin/run && ln -s ${jailed}/bin/run $out/bin/run";
     };
     js = artifact {
       name = "js";

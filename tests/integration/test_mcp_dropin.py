@@ -202,6 +202,9 @@ def test_a_name_taken_twice_or_a_directory_outside_the_store_is_refused(home, bu
     (Path(directory) / "README").write_text("my sandboxes\n")
     (Path(directory) / ".cache").mkdir()
     assert start(home, server_env(home, NIX_SANDBOX_DIR=directory)).returncode == 0
+    (Path(directory) / "gone").symlink_to("/nix/store/" + "0" * 32 + "-sandbox-gone")
+    line = refusal(start(home, server_env(home, NIX_SANDBOX_DIR=directory)))
+    assert f"artifact {directory}/gone: a link to nothing (-> /nix/store/000" in line
 
 
 BAD_VARIABLES = [

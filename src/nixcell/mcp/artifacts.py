@@ -223,7 +223,8 @@ def _packages(
 
 
 def scan_dir(directory: str, where: str = "NIX_SANDBOX_DIR") -> list[Artifact]:
-    """Every artifact in ``directory`` (hidden entries and plain files are skipped)."""
+    """Every artifact in ``directory``: hidden entries and plain files are skipped, a dangling
+    link (an artifact gone from the store) is refused."""
     try:
         names = sorted(os.listdir(directory))
     except OSError as exc:
@@ -231,6 +232,9 @@ def scan_dir(directory: str, where: str = "NIX_SANDBOX_DIR") -> list[Artifact]:
     found = []
     for name in names:
         entry = os.path.join(directory, name)
+        if not name.startswith(".") and os.path.islink(entry) and not os.path.exists(entry):
+            target = os.readlink(entry)
+            raise ArtifactError(f"{where}: artifact {entry}: a link to nothing (-> {target})")
         if name.startswith(".") or not os.path.isdir(entry):
             log.debug("%s: skipping %s (not an artifact directory)", where, entry)
             continue
