@@ -237,18 +237,24 @@ def test_bad_values_of_the_variables_are_one_line_naming_them(
 
 
 def test_flakes_of_nix_sandbox_envs_are_built_at_start(home, built):
+    """A local flake whose input (the offline set and artifacts.nix) is local too, named with
+    a relative and an absolute reference; nix writes its missing flake.lock, as for
+    nix-sandbox-mcp."""
     from nixcell.nix.resolve import system
 
-    flake = home / "envs"
+    inputs, flake = home / "inputs", home / "envs"
+    inputs.mkdir()
     flake.mkdir()
-    shutil.copy(Path(os.environ["NIXCELL_OFFLINE_DIR"]) / "set.nix", flake / "set.nix")
-    shutil.copy(HERE / "artifacts.nix", flake / "artifacts.nix")
+    shutil.copy(Path(os.environ["NIXCELL_OFFLINE_DIR"]) / "set.nix", inputs / "set.nix")
+    shutil.copy(HERE / "artifacts.nix", inputs / "artifacts.nix")
     (flake / "flake.nix").write_text(
-        "{ outputs = { self }: let a = import ./artifacts.nix { offline = ./.; }; in {\n"
-        f'  packages."{system()}" = {{ data = a.data; tools = a.tools; }};\n'
-        "}; }\n"
+        f'{{ inputs.sets = {{ url = "path:{inputs}"; flake = false; }};\n'
+        '  outputs = { self, sets }: let a = import (sets + "/artifacts.nix") '
+        "{ offline = sets; }; in {\n"
+        f'    packages."{system()}" = {{ data = a.data; default = a.tools; }};\n'
+        "  }; }\n"
     )
-    env = server_env(home, NIX_SANDBOX_ENVS=f" ./envs#data , path:{flake}#tools,", PROJECT_DIR="")
+    env = server_env(home, NIX_SANDBOX_ENVS=f" ./envs#data , path:{flake},", PROJECT_DIR="")
 
     async def body(client: Client) -> None:
         run = {t.name: t for t in (await client.list_tools()).tools}["run"]
@@ -257,13 +263,14 @@ def test_flakes_of_nix_sandbox_envs_are_built_at_start(home, built):
         result = await client.call_tool("run", {"code": "jq -n 6*7; ls /project", "env": "tools"})
         assert result.structured_content["stdout"] == "42\n"  # PROJECT_DIR="": no project
         assert "No such file" in result.structured_content["stderr"]
+        data = await client.call_tool("run", {"code": "print(6 * 7)", "env": "data"})
+        assert data.structured_content["stdout"] == "42\n"
 
     with_client(home, env, body)
-    missing = start(home, server_env(home, NIX_SANDBOX_ENVS=f"path:{flake}#nope"))
-    assert (
-        f"NIX_SANDBOX_ENVS: building path:{flake}#nope failed: the flake has no package 'nope'"
-        in (refusal(missing))
-    )
+    assert (flake / "flake.lock").exists()
+    missing = refusal(start(home, server_env(home, NIX_SANDBOX_ENVS=f"path:{flake}#nope")))
+    assert missing.startswith(f"nixcell: NIX_SANDBOX_ENVS: building path:{flake}#nope failed: ")
+    assert "does not provide attribute 'packages." in missing
 
 
 def test_stdio_flag_is_the_default_transport(home, offline_set):

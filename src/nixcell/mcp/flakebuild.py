@@ -1,16 +1,17 @@
 """``NIX_SANDBOX_ENVS``: flake references built into mkSandbox artifacts at start.
 
-Each reference is built with one ``nix-build`` (``builtins.getFlake``, the same lookup as a
-cell's ``-p ref#attr``: ``packages.<system>.ATTR``, ``legacyPackages``, then ``ATTR``; without
-``#``, the flake's default package), its output kept alive by a GC root under nixcell's state
-directory, and then read like an artifact of ``NIX_SANDBOX_DIR``. References build
-concurrently. Offline, only local flakes (``path:``, ``git+file:``, a directory) whose inputs
-are local can build; any failure stops the server with one line naming the reference.
+Each reference is built with ``nix build``, as nix-sandbox-mcp built it
+(``packages.<system>.ATTR``, ``legacyPackages``, then ``ATTR``; without ``#``, the default
+package), its output kept alive by a GC root under nixcell's state directory, and then read like
+an artifact of ``NIX_SANDBOX_DIR``. References build concurrently. Offline, only local flakes
+(``path:``, ``git+file:``, a directory) whose inputs are local can build; any failure stops the
+server with one line naming the reference.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,6 @@ from nixcell.mcp.config import ConfigError
 
 VARIABLE = "NIX_SANDBOX_ENVS"
 _REF = re.compile(r"^[^\s,]+$")
-_UNKNOWN = re.compile(r"nixcell-unknown-package: (\S+)")
 BUILD_TIMEOUT = 1800.0
 
 
@@ -47,37 +47,28 @@ def build_all(refs: list[str], cwd: str) -> list[str]:
 
 
 def build(ref: str, cwd: str) -> str:
+    """``nix build REF`` as nix-sandbox-mcp's wrapper ran it (nix resolves the reference, the
+    attribute and a relative path, and writes a missing flake.lock), plus ``--impure`` (a flake
+    may use the store paths of an offline set) and nixcell's substituter setting."""
     from nixcell import paths
     from nixcell.fsio import private_dir
-    from nixcell.nix.resolve import (
-        _HELPERS,
-        FLAKE_FEATURES,
-        NIX_OPTIONS,
-        nix_tool,
-        package_expr,
-    )
+    from nixcell.nix.resolve import FLAKE_FEATURES, NIX_OPTIONS, nix_tool
 
-    installable = ref if "#" in ref else f"{ref}#"
-    expr, _, _ = package_expr(installable, cwd)
-    digest = hashlib.sha256(installable.encode()).hexdigest()[:24]
+    digest = hashlib.sha256(f"{cwd}\0{ref}".encode()).hexdigest()[:24]
     gcroot = Path(private_dir(paths.state_dir() / "gcroots")) / f"artifact-{digest}"
-    argv = [nix_tool("nix-build"), *NIX_OPTIONS, *FLAKE_FEATURES, "--out-link", str(gcroot)]
-    argv += ["-E", f"let\n  pkgs = {{}};\n{_HELPERS}in {expr}\n"]
+    argv = [nix_tool("nix"), *FLAKE_FEATURES, *NIX_OPTIONS, "build", "--impure"]
+    argv += ["--out-link", str(gcroot), "--", ref]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=BUILD_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise ConfigError(f"{VARIABLE}: building {ref} took over {BUILD_TIMEOUT:g} s") from None
-    out = proc.stdout.split()
-    if proc.returncode != 0 or len(out) != 1:
-        reason = _reason(proc.stderr, ref)
+    if proc.returncode != 0 or not os.path.islink(gcroot):
+        reason = _reason(proc.stderr)
         raise ConfigError(f"{VARIABLE}: building {ref} failed: {reason}", detail=proc.stderr)
-    return out[0]
+    return os.readlink(gcroot)
 
 
-def _reason(stderr: str, ref: str) -> str:
-    if _UNKNOWN.search(stderr):
-        attr = ref.partition("#")[2] or "default"
-        return f"the flake has no package '{attr}'"
+def _reason(stderr: str) -> str:
     if any(s in stderr for s in ("unable to download", "Could not resolve host", "getaddrinfo")):
         return (
             "it needs the network, which this host does not give nix (only local path: and "
