@@ -14,7 +14,7 @@ import anyio
 import pytest
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
-from tests.conftest import NIXCELL, REPO
+from tests.conftest import NIXCELL
 
 pytestmark = pytest.mark.integration
 
@@ -273,15 +273,26 @@ def test_flakes_of_nix_sandbox_envs_are_built_at_start(home, built):
     assert "does not provide attribute 'packages." in missing
 
 
-def test_stdio_flag_is_the_default_transport(home, offline_set):
-    proc = subprocess.run(
-        [NIXCELL, "mcp", "--stdio", "--transport", "http"],
-        capture_output=True,
-        text=True,
-        cwd=home,
-        env=server_env(home),
-        stdin=subprocess.DEVNULL,
+def test_nix_sandbox_mcps_flags(home, offline_set):
+    """--stdio (the default transport) and --log-level, as nix-sandbox-mcp's daemon took them."""
+
+    def mcp(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [NIXCELL, "mcp", *args],
+            capture_output=True,
+            text=True,
+            cwd=home,
+            env=server_env(home),
+            stdin=subprocess.DEVNULL,
+            timeout=300,
+        )
+
+    contradiction = mcp("--stdio", "--transport", "http")
+    assert contradiction.returncode == 2
+    assert contradiction.stderr.startswith("nixcell: --stdio and --transport http contradict")
+    quiet = mcp("--stdio", "--log-level", "error")
+    assert (quiet.returncode, quiet.stderr) == (0, "")
+    chatty = mcp("--stdio", "--log-level", "trace")
+    assert chatty.returncode == 0 and "nixcell: INFO nixcell.mcp.stdio: stdin closed" in (
+        chatty.stderr
     )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("nixcell: --stdio and --transport http contradict")
-    assert REPO.exists()

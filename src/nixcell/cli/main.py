@@ -243,6 +243,11 @@ def gc() -> int:
     is_flag=True,
     help="Serve over stdio: the default, and nix-sandbox-mcp's flag (drop-in use).",
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(["trace", "debug", "info", "warn", "error"]),
+    help="stderr log level (default: [daemon] log_level, else info; nix-sandbox-mcp's flag).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="HTTP: address to bind.")
 @click.option(
     "--port",

@@ -365,7 +365,8 @@ def _setup_logging(config_level: str | None) -> None:
         logging.basicConfig(format="nixcell: %(levelname)s %(name)s: %(message)s")
     ours = logging.getLogger("nixcell")
     if root.level > logging.DEBUG:  # not --verbose
-        level = {"warn": "WARNING"}.get(config_level or "", (config_level or "info").upper())
+        aliases = {"warn": "WARNING", "trace": "DEBUG"}  # trace: nix-sandbox-mcp's --log-level
+        level = aliases.get(config_level or "", (config_level or "info").upper())
         ours.setLevel(level)
 
 
@@ -381,13 +382,14 @@ def serve(
     max_lifetime: float | None,
     max_client_sessions: int | None = None,
     share_sessions: bool | None = None,
+    log_level: str | None = None,
 ) -> int:
     """Run the MCP server until the client goes away or a signal arrives."""
     from nixcell.sandbox.reap import become_subreaper
 
     open_std_fds()
     config = load_config(config_file, env_dir)
-    _setup_logging(config.log_level)
+    _setup_logging(log_level or config.log_level)
     config = dropin.apply(config, os.environ, os.getcwd())  # nix-sandbox-mcp's variables
     transport = transport or config.transport or "stdio"
     share = bool(share_sessions if share_sessions is not None else config.share_sessions)
