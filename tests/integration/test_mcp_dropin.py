@@ -273,6 +273,28 @@ def test_flakes_of_nix_sandbox_envs_are_built_at_start(home, built):
     assert "does not provide attribute 'packages." in missing
 
 
+@pytest.mark.parametrize(
+    ("variables", "why"),
+    [
+        ({"SESSION_IDLE_TIMEOUT": "1"}, "ended after going unused (1s)"),
+        (
+            {"SESSION_MAX_LIFETIME": "1.5", "SESSION_IDLE_TIMEOUT": "600"},
+            "reached the maximum session lifetime (1.5s)",
+        ),
+    ],
+)
+def test_session_variables_end_sessions(home, offline_set, variables, why):
+    async def body(client: Client) -> None:
+        first = await client.call_tool("run", {"code": "x = 1", "env": "python", "session": "s"})
+        assert not first.is_error, first.content[0].text
+        await anyio.sleep(4)  # well past the limit (the reaper looks every limit/4)
+        again = await client.call_tool("run", {"code": "print(x)", "env": "python", "session": "s"})
+        assert "NameError" in again.structured_content["stderr"]
+        assert f"session 's' {why}" in again.content[0].text
+
+    with_client(home, server_env(home, **variables), body)
+
+
 def test_nix_sandbox_mcps_flags(home, offline_set):
     """--stdio (the default transport) and --log-level, as nix-sandbox-mcp's daemon took them."""
 
