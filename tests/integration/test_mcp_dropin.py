@@ -112,7 +112,7 @@ def test_artifacts_run_from_their_closures_with_their_limits(home, built):
             "data (python, artifact)" in instructions and "tools (bash, artifact)" in instructions
         )
         assert "read-only at /src" in instructions
-        assert "120 s unused or 900 s" in instructions
+        assert "after 120 s unused or 900 s after it started" in instructions
 
         async def call(code: str, env: str, **extra: str) -> Any:
             return await client.call_tool("run", {"code": code, "env": env, **extra})

@@ -138,7 +138,7 @@ def test_instructions_follow_the_configuration():
     config = ServerConfig(envs, "/home/u/p", mount_point="/src")
     text = server_instructions(config, sessions=True, idle_timeout=120, max_lifetime=900)
     assert "Environments (env: interpreter): shell (bash), python (python)." in text
-    assert "read-only at /src" in text and "120 s unused or 900 s" in text
+    assert "read-only at /src" in text and "after 120 s unused or 900 s after it started" in text
     assert "Prefer a session for multi-step work" in text
     assert len(text.split()) * 4 / 3 < 300, text  # about 200 tokens
     no_sessions = ServerConfig({"shell": preset_env("shell"), "x": preset_env("x", "python")}, None)

@@ -20,6 +20,7 @@ import logging
 import os
 import stat
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ _INTERPRETERS = ("python", "bash", "node")
 
 class ArtifactError(ConfigError):
     """An artifact cannot be used; the message names it."""
+
+
+Fail = Callable[[str], ArtifactError]  # the message, prefixed with where and which artifact
 
 
 @dataclass(frozen=True)
@@ -99,18 +103,21 @@ def read_artifact(entry: str, where: str) -> Artifact:
     )
 
 
-def _closure(path: str, fail: Any) -> frozenset[str]:
+def _closure(path: str, fail: Fail) -> frozenset[str]:
     from nixcell.nix.resolve import nix_tool
 
-    proc = subprocess.run(
-        [nix_tool("nix-store"), "-qR", path], capture_output=True, text=True, timeout=120
-    )
+    try:
+        proc = subprocess.run(
+            [nix_tool("nix-store"), "-qR", path], capture_output=True, text=True, timeout=120
+        )
+    except subprocess.TimeoutExpired:
+        raise fail("nix-store -qR did not answer in 120 s") from None
     if proc.returncode != 0:
         raise fail("not a valid path of the Nix store (nix-store -qR failed)")
     return frozenset(proc.stdout.split())
 
 
-def _metadata(path: Path, fail: Any) -> dict[str, Any]:
+def _metadata(path: Path, fail: Fail) -> dict[str, Any]:
     """metadata.json, opened without following a link, bounded, strictly typed."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -146,7 +153,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _check_keys(doc: dict[str, Any], fail: Any) -> dict[str, Any]:
+def _check_keys(doc: dict[str, Any], fail: Fail) -> dict[str, Any]:
     for key in doc:
         if key not in _KEYS:
             raise fail(f"metadata.json: unknown key {key!r} (expected {', '.join(_KEYS)})")
@@ -181,7 +188,7 @@ def _check_keys(doc: dict[str, Any], fail: Any) -> dict[str, Any]:
 
 
 def _check_in_closure(
-    root: str, rel: str, closure: frozenset[str], fail: Any, *, required: bool
+    root: str, rel: str, closure: frozenset[str], fail: Fail, *, required: bool
 ) -> None:
     """``root/rel`` must resolve to a regular file inside the closure (a link elsewhere, say
     into /etc, is refused)."""
@@ -199,7 +206,7 @@ def _check_in_closure(
 
 
 def _packages(
-    root: str, name: str, program: str, closure: frozenset[str], fail: Any
+    root: str, name: str, program: str, closure: frozenset[str], fail: Fail
 ) -> tuple[str, ...]:
     """The store paths on the cell's PATH: mkSandbox's ``sandbox-env-NAME`` (the environment
     its bin/run puts on PATH) when the closure has it; otherwise every path of the closure with

@@ -39,9 +39,9 @@ def server_instructions(
             f'Sessions{scope}: pass session="<a name you choose>" to keep variables, imports, '
             "the cwd and files in /workspace between calls. Prefer a session for multi-step "
             "work (load or compute once, then inspect; define, then call); use fresh calls for "
-            "independent one-off checks. A session stays in the environment it was created in; "
-            f"close_session ends it, {idle_timeout:g} s unused or {max_lifetime:g} s in all "
-            "end it by themselves (its state is then gone)."
+            "independent one-off checks. A session stays in the environment it was created in "
+            f"and ends with close_session, after {idle_timeout:g} s unused or {max_lifetime:g} s "
+            "after it started; its state is then gone."
         )
     if config.project is not None:
         lines.append(
