@@ -96,6 +96,10 @@ let
     no-interpreter = artifact {
       name = "ni"; meta = py // { name = "ni"; }; target = "${pkgs.bash}/bin/bash";
     };
+    interpreter-outside = artifact {
+      name = "io"; meta = py // { name = "io"; };
+      target = "${drv "sandbox-env-io" "mkdir -p $out/bin && ln -s /usr/bin/python3 $out/bin/python3" { }}/bin/python3";
+    };
     clash = artifact { name = "clash"; meta = py // { name = "python"; }; };
     twin = artifact { name = "twin"; meta = py; };  # a second "data"
   };

@@ -169,6 +169,7 @@ BAD = [
     ("session-outside", "bin/session-run resolves outside the artifact's closure (/etc/shadow)"),
     ("no-run", "no bin/run"),
     ("no-interpreter", "no python3 in its closure"),
+    ("interpreter-outside", "-sandbox-env-io/bin/python3 resolves outside the artifact's closure"),
     ("clash", "its name 'python' is already the preset 'python'"),
 ]
 

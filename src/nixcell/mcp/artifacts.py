@@ -213,13 +213,17 @@ def _packages(
     a bin/, the one providing the interpreter first — and exactly one may provide it."""
     env = [p for p in closure if p.endswith(f"-sandbox-env-{name}")]
     if len(env) == 1:
-        if not os.path.isfile(os.path.join(env[0], "bin", program)):
+        if not os.path.lexists(os.path.join(env[0], "bin", program)):
             raise fail(f"its environment {env[0]} has no bin/{program}")
+        # the cell holds only the closure: an interpreter linked elsewhere would not be there
+        _check_in_closure("", os.path.join(env[0], "bin", program), closure, fail, required=True)
         return (env[0],)
     with_bin = sorted(p for p in closure if p != root and os.path.isdir(os.path.join(p, "bin")))
-    providers = [p for p in with_bin if os.path.isfile(os.path.join(p, "bin", program))]
+    providers = [p for p in with_bin if os.path.lexists(os.path.join(p, "bin", program))]
     if not providers:
         raise fail(f"no {program} in its closure (interpreter_type needs it)")
+    for provider in providers:
+        _check_in_closure("", os.path.join(provider, "bin", program), closure, fail, required=True)
     if len({os.path.realpath(os.path.join(p, "bin", program)) for p in providers}) > 1:
         raise fail(
             f"several paths of its closure provide {program} ({', '.join(providers)}) and it "
