@@ -40,22 +40,24 @@ def parse_refs(value: str) -> list[str]:
 
 def build_all(refs: list[str], cwd: str) -> list[str]:
     """The store path each reference builds to, in order (the first failure is raised)."""
+    from nixcell import paths
+    from nixcell.fsio import private_dir
+
     if not refs:
         return []
+    roots = Path(private_dir(paths.state_dir() / "gcroots"))  # made once, before the threads
     with ThreadPoolExecutor(max_workers=min(4, len(refs))) as pool:
-        return list(pool.map(lambda ref: build(ref, cwd), refs))
+        return list(pool.map(lambda ref: build(ref, cwd, roots), refs))
 
 
-def build(ref: str, cwd: str) -> str:
+def build(ref: str, cwd: str, roots: Path) -> str:
     """``nix build REF`` as nix-sandbox-mcp's wrapper ran it (nix resolves the reference, the
     attribute and a relative path, and writes a missing flake.lock), plus ``--impure`` (a flake
     may use the store paths of an offline set) and nixcell's substituter setting."""
-    from nixcell import paths
-    from nixcell.fsio import private_dir
     from nixcell.nix.resolve import FLAKE_FEATURES, NIX_OPTIONS, nix_tool
 
     digest = hashlib.sha256(f"{cwd}\0{ref}".encode()).hexdigest()[:24]
-    gcroot = Path(private_dir(paths.state_dir() / "gcroots")) / f"artifact-{digest}"
+    gcroot = roots / f"artifact-{digest}"  # keeps the artifact alive (a GC root)
     argv = [nix_tool("nix"), *FLAKE_FEATURES, *NIX_OPTIONS, "build", "--impure"]
     argv += ["--out-link", str(gcroot), "--", ref]
     try:
