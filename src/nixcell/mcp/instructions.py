@@ -10,6 +10,19 @@ from __future__ import annotations
 
 from nixcell.mcp.config import ServerConfig
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nixcell.mcp.server import App
+
+
+def app_instructions(app: App) -> str:
+    return server_instructions(
+        app.config,
+        sessions=app.sessions_available,
+        idle_timeout=app.idle_timeout,
+        max_lifetime=app.max_lifetime,
+    )
+
 
 def server_instructions(
     config: ServerConfig, *, sessions: bool, idle_timeout: float, max_lifetime: float

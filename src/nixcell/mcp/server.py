@@ -303,21 +303,12 @@ def _error(text: str) -> types.CallToolResult:
 
 
 def build_server(app: App) -> Server[Any]:
-    from nixcell.mcp.instructions import server_instructions
+    from nixcell.mcp.instructions import app_instructions
 
-    instructions = server_instructions(
-        app.config,
-        sessions=app.sessions_available,
-        idle_timeout=app.idle_timeout,
-        max_lifetime=app.max_lifetime,
-    )
     server: Server[Any] = Server(
-        "nixcell",
-        version=__version__,
-        instructions=instructions,
-        on_list_tools=app.list_tools,
-        on_call_tool=app.call_tool,
-    )
+        "nixcell", version=__version__, instructions=app_instructions(app),
+        on_list_tools=app.list_tools, on_call_tool=app.call_tool,
+    )  # fmt: skip
     server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, app.set_level)
     return server
 
