@@ -83,6 +83,17 @@ def test_inspector_lists_the_run_tool(node_env, project):
     assert tools["run"]["outputSchema"]["properties"]["exit_code"] == {"type": "integer"}
 
 
+def test_inspector_strict_finds_no_schema_problems(node_env, project):
+    """The Inspector's --strict schema lint (type unions, untyped or boolean schemas, remote
+    refs) reports nothing for any tool: not even a warning (the envelope lists warnings too)."""
+    proc = inspector(node_env, project, "--method", "tools/list", "--strict", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    envelope = json.loads(proc.stdout)
+    assert {t["name"] for t in envelope["result"]["tools"]} >= {"run", "list_sessions"}
+    assert "schemaFindings" not in envelope, envelope.get("schemaFindings")
+    assert "Warning: tool" not in proc.stderr and "Schema portability" not in proc.stderr
+
+
 def test_inspector_calls_run(node_env, project):
     call = ("--method", "tools/call", "--tool-name", "run", "--tool-arg")
     proc = inspector(

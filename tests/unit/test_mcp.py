@@ -190,8 +190,8 @@ def test_result_text_and_structure():
         "timed_out": False,
         "truncated": False,
         "duration_ms": 1.235,
-        "session": None,
-    }
+    }  # "session" only for session calls (no nullable union in the output schema)
+    assert Outcome("", "", 0, session="s").structured()["session"] == "s"
     assert Outcome("", "", 0).text() == "exit code: 0"
 
 

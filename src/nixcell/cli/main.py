@@ -256,6 +256,16 @@ def gc() -> int:
     type=click.Choice(["stdio", "http"]),
     help="stdio (default) or streamable HTTP at /mcp.",
 )
+@click.option(
+    "--stdio",
+    is_flag=True,
+    help="Serve over stdio: the default, and nix-sandbox-mcp's flag (drop-in use).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["trace", "debug", "info", "warn", "error"]),
+    help="stderr log level (default: [daemon] log_level, else info; nix-sandbox-mcp's flag).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="HTTP: address to bind.")
 @click.option(
     "--port",
@@ -296,10 +306,15 @@ def gc() -> int:
     metavar="SECONDS",
     help="End a session this long after it started (default 3600).",
 )
-def mcp(**options: object) -> int:
+def mcp(stdio: bool, **options: object) -> int:
     """Serve the MCP `run` tool: code runs in cells (stdio, or HTTP on loopback)."""
     from nixcell import leftovers
     from nixcell.mcp.server import serve  # imports the MCP SDK (~0.5 s): only here
+
+    if stdio:
+        if options["transport"] == "http":
+            raise click.UsageError("--stdio and --transport http contradict each other")
+        options["transport"] = "stdio"
 
     leftovers.sweep()  # a killed server's cgroups go at the next start
     with leftovers.RunMarker():

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import logging
 import os
-import posixpath
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from nixcell.errors import UsageError
+from nixcell.mcp.configvalues import ConfigError, SettingsReader, mount_problem
 from nixcell.net.tomllines import TomlLines
 
 log = logging.getLogger(__name__)
@@ -57,16 +56,10 @@ _SESSION_KEYS = ("idle_timeout_seconds", "max_lifetime_seconds")
 _SESSION_KEYS += ("share_sessions", "max_client_sessions")
 _TOP_KEYS = ("daemon", "defaults", "project", "environments", "session", "backends")
 
-_PRIVATE = ("/workspace", "/tmp", "/home/cell")  # the cell's own writable areas
-
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MEMORY_MB = 512
 DEFAULT_PIDS = 256
 DEFAULT_MOUNT_POINT = "/project"
-
-
-class ConfigError(UsageError):
-    """The MCP configuration is wrong; the message names file:line."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +157,7 @@ def _read_text(path: str) -> str:
         raise ConfigError(f"{path}:{line}: not valid UTF-8") from None
 
 
-class _Reader:
+class _Reader(SettingsReader):
     """Validates one TOML document, pointing each error at its line."""
 
     def __init__(self, name: str, text: str) -> None:
@@ -250,17 +243,9 @@ class _Reader:
         return path, mount, tuple(names)
 
     def check_mount(self, mount: object, source: str) -> None:
-        from pydantic import ValidationError
-
-        from nixcell.spec import Mount, describe_validation_error
-
-        at = ("project", "mount_point")
-        if not isinstance(mount, str) or posixpath.normpath(mount) in _PRIVATE:
-            self.fail(at, "mount_point must be an absolute path outside /workspace, /tmp, home")
-        try:
-            Mount(source=source, target=mount)
-        except ValidationError as exc:
-            self.fail(at, describe_validation_error(exc))
+        problem = mount_problem(mount, source)
+        if problem:
+            self.fail(("project", "mount_point"), problem)
 
     # -- environments --------------------------------------------------------------------
     def custom_env(self, name: str, defaults: dict[str, Any]) -> EnvConfig:
@@ -333,76 +318,3 @@ class _Reader:
         if local in (".", "..") or local.startswith(("./", "../")):
             ref = "path:" + str((self.base / local).resolve())
         return f"{ref}#{attr}"
-
-    # -- settings shared by [defaults] and environments ------------------------------------
-    def settings(self, at: tuple[str, ...], table: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if "timeout_seconds" in table:
-            out["timeout"] = self.number((*at, "timeout_seconds"), table["timeout_seconds"])
-        for key, minimum in (("memory_mb", 4), ("pids", 1)):
-            if key in table:
-                value = table[key]
-                if isinstance(value, bool) or not isinstance(value, int) or 0 < value < minimum:
-                    self.fail((*at, key), f"{key} must be a whole number ≥ {minimum} (0: no limit)")
-                out[key] = value or None
-        for key in ("network", "sessions"):
-            if key in table:
-                if not isinstance(table[key], bool):
-                    self.fail((*at, key), f"{key} must be true or false")
-                out[key] = table[key]
-        if "allow_hosts" in table:
-            out["allow_hosts"] = self.hosts((*at, "allow_hosts"), table["allow_hosts"])
-        if "policy" in table:
-            out["policy"] = self.policy((*at, "policy"), table["policy"])
-        if "nixpkgs" in table:
-            if not isinstance(table["nixpkgs"], str) or not table["nixpkgs"]:
-                self.fail((*at, "nixpkgs"), "nixpkgs must be a pin like nixos-24.11 or offline")
-            out["nixpkgs"] = table["nixpkgs"]
-        if table.get("backend", "jail") != "jail":
-            self.fail((*at, "backend"), 'nixcell runs every environment in a cell: only "jail"')
-        return out
-
-    def network(self, at: tuple[str, ...], settings: dict[str, Any]) -> dict[str, Any] | None:
-        hosts, policy = settings.get("allow_hosts", []), settings.get("policy")
-        if settings.get("network") is False or not (hosts or policy):
-            if settings.get("network"):
-                self.fail((*at, "network"), "network = true needs allow_hosts or policy")
-            return None
-        return {"allow_hosts": list(hosts), "policy_files": [policy] if policy else []}
-
-    def number(self, at: tuple[str | int, ...], value: object) -> float | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 86400:
-            self.fail(at, f"{at[-1]} must be a number of seconds between 0 and 86400")
-        return float(value)
-
-    def strings(self, at: tuple[str, ...], value: object) -> list[str]:
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            self.fail(at, f"{at[-1]} must be a list of non-empty strings")
-        return list(value)
-
-    def hosts(self, at: tuple[str, ...], value: object) -> list[str]:
-        from nixcell.errors import PolicyError
-        from nixcell.net.policy import policy_from_flags
-
-        hosts = self.strings(at, value)
-        try:
-            policy_from_flags(hosts, [], [])
-        except PolicyError as exc:
-            message = str(exc)  # "--allow-host X: why" speaks of the flag; here it is a key
-            self.fail(at, f"allow_hosts: {message.split(': ', 1)[-1]}")
-        return hosts
-
-    def policy(self, at: tuple[str, ...], value: object) -> str:
-        from nixcell.errors import PolicyError
-        from nixcell.net.policyfile import load_policy
-
-        if not isinstance(value, str) or not value:
-            self.fail(at, "policy must be the path of a policy TOML file")
-        path = str((self.base / os.path.expanduser(value)).resolve())
-        try:
-            load_policy(path)
-        except PolicyError as exc:
-            self.fail(at, f"policy: {exc}")
-        return path

@@ -215,7 +215,7 @@ class Environments:
     def _env_line(self, env: EnvConfig) -> str:
         prepared = self.peek(env.name)
         packages = list(prepared.packages if prepared and prepared.packages else env.packages)
-        shown = [p.removeprefix("python3Packages.") for p in packages[:MAX_LISTED_PACKAGES]]
+        shown = [_package_name(p) for p in packages[:MAX_LISTED_PACKAGES]]
         if len(packages) > MAX_LISTED_PACKAGES:
             shown.append(f"+{len(packages) - MAX_LISTED_PACKAGES} more")
         line = f"{env.name}: {env.interpreter}; {', '.join(shown)}"
@@ -235,6 +235,13 @@ class Environments:
         else:
             extras += prepared.notes
         return line + (f" ({'; '.join(extras)})" if extras else "")
+
+
+def _package_name(package: str) -> str:
+    """As the model should read it: ``pyyaml``, ``sandbox-env-data`` (not its store hash)."""
+    if package.startswith("/nix/store/"):
+        return package.rsplit("/", 1)[-1].split("-", 1)[-1]
+    return package.removeprefix("python3Packages.")
 
 
 def _limits(env: EnvConfig) -> str:

@@ -17,6 +17,7 @@ import contextlib
 import importlib.util
 import json
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from nixcell import __version__
+from nixcell.mcp import dropin
 from nixcell.mcp.config import ServerConfig, load_config
 from nixcell.mcp.envs import Environments
 from nixcell.mcp.stdio import open_std_fds, serve_stdio
@@ -72,6 +74,7 @@ class App:
         if max_client_sessions is None and transport == "http" and not share_sessions:
             max_client_sessions = HTTP_CLIENT_SESSIONS
         self.idle_timeout = idle_timeout
+        self.max_lifetime = max_lifetime
         self._session_options: dict[str, Any] = {
             "max_sessions": max_sessions,
             "max_client_sessions": max_client_sessions,
@@ -300,9 +303,12 @@ def _error(text: str) -> types.CallToolResult:
 
 
 def build_server(app: App) -> Server[Any]:
+    from nixcell.mcp.instructions import app_instructions
+
     server: Server[Any] = Server(
-        "nixcell", version=__version__, on_list_tools=app.list_tools, on_call_tool=app.call_tool
-    )
+        "nixcell", version=__version__, instructions=app_instructions(app),
+        on_list_tools=app.list_tools, on_call_tool=app.call_tool,
+    )  # fmt: skip
     server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, app.set_level)
     return server
 
@@ -350,7 +356,8 @@ def _setup_logging(config_level: str | None) -> None:
         logging.basicConfig(format="nixcell: %(levelname)s %(name)s: %(message)s")
     ours = logging.getLogger("nixcell")
     if root.level > logging.DEBUG:  # not --verbose
-        level = {"warn": "WARNING"}.get(config_level or "", (config_level or "info").upper())
+        aliases = {"warn": "WARNING", "trace": "DEBUG"}  # trace: nix-sandbox-mcp's --log-level
+        level = aliases.get(config_level or "", (config_level or "info").upper())
         ours.setLevel(level)
 
 
@@ -366,13 +373,15 @@ def serve(
     max_lifetime: float | None,
     max_client_sessions: int | None = None,
     share_sessions: bool | None = None,
+    log_level: str | None = None,
 ) -> int:
     """Run the MCP server until the client goes away or a signal arrives."""
     from nixcell.sandbox.reap import become_subreaper
 
     open_std_fds()
     config = load_config(config_file, env_dir)
-    _setup_logging(config.log_level)
+    _setup_logging(log_level or config.log_level)
+    config = dropin.apply(config, os.environ, os.getcwd())  # nix-sandbox-mcp's variables
     transport = transport or config.transport or "stdio"
     share = bool(share_sessions if share_sessions is not None else config.share_sessions)
     if share and transport == "http":

@@ -44,7 +44,9 @@ OUTPUT_SCHEMA: dict[str, Any] = {
         "timed_out": {"type": "boolean"},
         "truncated": {"type": "boolean"},
         "duration_ms": {"type": "number"},
-        "session": {"type": ["string", "null"]},
+        # Only in the results of session calls: no ["string", "null"] union, which the
+        # Inspector's --strict lint flags (single-type schema dialects, e.g. Gemini's, reject it).
+        "session": {"type": "string"},
     },
     "required": ["stdout", "stderr", "exit_code", "timed_out", "truncated", "duration_ms"],
 }
@@ -90,6 +92,8 @@ class Outcome:
     def structured(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data.pop("notices")
+        if data["session"] is None:
+            del data["session"]
         data["duration_ms"] = round(self.duration_ms, 3)
         return data
 
