@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from nixcell.sandbox.bwrap import CellProcess
     from nixcell.sandbox.cgroups import CellCgroup
     from nixcell.sandbox.holder import CellNamespaces
+    from nixcell.sandbox.pty import Terminal
     from nixcell.spec import CellSpec
 
 TIMEOUT_EXIT = 124
@@ -148,8 +149,9 @@ def _spawn(
     program: bytes,
     cgroup: CellCgroup | None,
     launch: CellLaunch,
-    streams: tuple[object, object, object],
+    streams: tuple[object, object, object] | list[object],
     pass_fds: tuple[int, ...] | list[int] = (),
+    ctty_path: str | None = None,
 ) -> CellProcess:
     """Start bwrap for the plan, through its namespaces and as its own uid (``launch``)."""
     from nixcell.sandbox import bwrap
@@ -166,6 +168,7 @@ def _spawn(
         launcher=launch.launcher(),
         extra_fds=pass_fds,
         user=launch.user(),
+        ctty_path=ctty_path,
     )
 
 
@@ -247,14 +250,33 @@ def execute(
     cgroup = None
     started = time.monotonic()
     cell = None
+    term = None
     try:
         cgroup = _make_cgroup(plan, cell_id)
-        cell = _spawn(plan, cell_id, program, cgroup, launch, (stdin, stdout, stderr))
+        streams: tuple[object, object, object] | list[object] = (stdin, stdout, stderr)
+        term = _terminal(plan, streams, launch, input)
+        ctty_path = None
+        if term is not None:
+            streams = term.streams
+            if term.pty:
+                from nixcell.preflight import program_path
+
+                ctty_path = program_path(plan)
+        cell = _spawn(plan, cell_id, program, cgroup, launch, streams, ctty_path=ctty_path)
+        if term is not None:
+            term.started()
         bwrap.finish_start(cell)
         timed_out = False
         out = err = None
         try:
-            if capture_output or input is not None:
+            if term is not None:
+                timed_out = term.relay(cell.proc.pid, plan.limits.timeout)
+                if timed_out:
+                    cell.kill()
+                term.drain()
+                cell.proc.wait()
+                out, err = term.output()
+            elif capture_output or input is not None:
                 out, err = cell.proc.communicate(input, timeout=plan.limits.timeout)
             else:
                 cell.proc.wait(timeout=plan.limits.timeout)
@@ -275,6 +297,8 @@ def execute(
                 cell.proc.communicate()
         raise
     finally:
+        if term is not None:
+            term.close()  # the host terminal's modes are back before anything is printed
         if cell is not None:
             cell.close_fds()
             cell.reap()
@@ -285,6 +309,21 @@ def execute(
         if session is not None:
             session.release()
         launch.close()  # last: the uid slot is free only once nothing of the cell is left
+
+
+def _terminal(
+    plan: Plan, streams: tuple[object, object, object], launch: CellLaunch, input: bytes | None
+) -> Terminal | None:
+    """The cell's own pty, or pipes in place of host terminals (``sandbox/pty.py``); None when
+    its streams are passed as they are (then none is a terminal)."""
+    from nixcell import ttymode
+
+    if ttymode.stdio(plan.tty, ttymode.stream_ttys(streams)) == ttymode.DIRECT:
+        return None  # the common case, without importing the terminal code
+    from nixcell.sandbox import pty
+
+    owner = launch.identity.uid if launch.identity is not None else None
+    return pty.attach(plan.tty, streams, owner, input)
 
 
 def run(spec: CellSpec, **kwargs: object) -> RunResult:
@@ -320,6 +359,8 @@ async def execute_async(
     from nixcell.sandbox import aio, bwrap
 
     check_command(plan)
+    if plan.tty == "always":  # no relay runs on the event loop: refused, not ignored
+        raise NixcellError("a pseudo-terminal (tty = always) is only given to blocking runs")
     program = seccomp_program(plan.seccomp_profiles)
     cell_id = new_cell_id()
     if capture_output:

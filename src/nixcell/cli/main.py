@@ -104,6 +104,18 @@ def run_options(f):
         click.option(
             "--hardening-profile", "profiles", multiple=True, metavar="NAME", help=HARDENING_HELP
         ),
+        click.option(
+            "-i",
+            "--interactive",
+            is_flag=True,
+            help="Give the cell its own pseudo-terminal even when stdin or stdout is not one.",
+        ),
+        click.option(
+            "-T",
+            "--no-tty",
+            is_flag=True,
+            help="No pseudo-terminal (default: one when stdin and stdout are terminals).",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -123,6 +135,8 @@ def spec_from_flags(command: tuple[str, ...], **o: object):
         os.path.abspath(os.path.expanduser(str(h))) if not str(h).startswith("/") else str(h)
         for h in o["hide"]
     ]  # type: ignore[attr-defined]
+    if o["interactive"] and o["no_tty"]:
+        raise click.UsageError("-i/--interactive and -T/--no-tty exclude each other")
     return make_spec(
         command=list(command),
         packages=list(o["packages"]),  # type: ignore[call-overload]
@@ -142,6 +156,7 @@ def spec_from_flags(command: tuple[str, ...], **o: object):
         },
         hardening_profiles=list(o["profiles"]),  # type: ignore[call-overload]
         network=network_from_flags(o),
+        tty="always" if o["interactive"] else "never" if o["no_tty"] else "auto",
     )
 
 
