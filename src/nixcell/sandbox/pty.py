@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import logging
 import os
 import signal
 import struct
@@ -31,7 +30,6 @@ from nixcell.errors import LimitUnavailableError, UsageError
 from nixcell.sandbox import ctty, relay
 from nixcell.sandbox.relay import Link
 
-log = logging.getLogger(__name__)
 DEFAULT_SIZE = (24, 80)  # rows, columns when no host terminal tells
 
 
@@ -115,7 +113,11 @@ def attach(
         machine = os.uname().machine
         if mode == "always":
             raise LimitUnavailableError(f"no pseudo-terminal for cells on {machine} yet (-i)")
-        log.warning("no pseudo-terminal for cells on %s yet: the cell's stdio are pipes", machine)
+        import logging  # (not at the top: this module is on every terminal run's path)
+
+        logging.getLogger(__name__).warning(
+            "no pseudo-terminal for cells on %s yet: the cell's stdio are pipes", machine
+        )
         how = ttymode.RELAY if any(ttys) else ttymode.DIRECT
     if how == ttymode.DIRECT:
         return None
