@@ -89,6 +89,26 @@ def test_bash_job_control_ctrl_z_fg_ctrl_c(offline_set):
     assert outer.finish() == 3
 
 
+@pytest.mark.parametrize(
+    "flags",
+    [("--allow-host", "up.test"), ("--memory", "128M", "--disk", "16M"), ("--workdir", "WORK")],
+    ids=["network-namespace", "cgroups-and-scratch", "idmapped-stage"],
+)
+def test_job_control_through_every_launch_chain(offline_set, tmp_path, flags):
+    """nsenter into a held netns, the cgroup-joining shell, the idmapped stage: the pty and
+    the helper's session survive each launcher."""
+    flags = tuple(str(tmp_path) if f == "WORK" else f for f in flags)
+    outer = Outer("run", *flags, "-p", "bash", "-p", "coreutils", "--", "bash")
+    c = outer.child
+    c.expect(PROMPT)
+    assert "job control" not in outer.seen()
+    c.sendline("sleep 30 & jobs")
+    c.expect(r"Running\s+sleep 30")
+    c.expect(PROMPT)
+    c.sendline("exit 5")
+    assert outer.finish() == 5
+
+
 def test_python_repl_ctrl_c_is_a_keyboard_interrupt(offline_set):
     outer = Outer("run", "-p", "python3", "--", "python3")
     c = outer.child

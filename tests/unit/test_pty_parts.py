@@ -67,6 +67,19 @@ def test_stream_fds_of_popen_arguments(tmp_path):
         os.close(slave)
 
 
+def test_plan_carries_the_specs_tty_mode_through_its_json():
+    from nixcell.host import HostFacts
+    from nixcell.nix.closure import Closure
+    from nixcell.plan import Plan, plan
+    from nixcell.spec import CellSpec
+
+    closure = Closure(env="/nix/store/e-env", paths=("/nix/store/e-env",), programs=("true",))
+    facts = HostFacts(uid=1000, gid=1000)
+    for fields, mode in (({}, "never"), ({"tty": "auto"}, "auto"), ({"tty": "always"}, "always")):
+        planned = plan(CellSpec(command=["true"], packages=["bash"], **fields), closure, facts)
+        assert planned.tty == mode == Plan.from_json(planned.to_json()).tty
+
+
 # -- ctty: the helper's machine code is its assembly --------------------------------------------
 
 
