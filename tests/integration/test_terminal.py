@@ -152,6 +152,11 @@ def test_less_and_vi_draw_and_quit(offline_set):
     outer.child.send("q")
     assert outer.finish() == 0
 
+    outer = Outer("run", "-p", "busybox", "--", "vi")  # as the issue typed it
+    outer.child.expect("~")  # the empty buffer's lines
+    outer.child.send(":q\r")
+    assert outer.finish() == 0
+
     script = "vi /tmp/note && cat /tmp/note"
     outer = Outer("run", "-p", "busybox", "--", "sh", "-c", script)
     c = outer.child
