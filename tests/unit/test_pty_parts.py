@@ -224,6 +224,30 @@ def test_host_terminal_restored_after_an_exception_and_winch_handler_put_back():
         os.close(slave)
 
 
+def test_pty_relays_to_the_host_terminal_and_collects_a_captured_stderr():
+    master, slave = os.openpty()  # the "host terminal" is this pty's slave
+    term = pty.attach("auto", (slave, slave, subprocess.PIPE), None)
+    try:
+        assert term is not None and term.pty
+        script = "test -t 0 && test -t 1 && ! test -t 2 && echo on-its-pty; echo err >&2"
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", script],
+            stdin=term.streams[0],
+            stdout=term.streams[1],
+            stderr=term.streams[2],
+        )
+        term.started()
+        assert term.relay(proc.pid, timeout=30) is False
+        term.drain()
+        assert proc.wait() == 0
+        assert term.output() == (None, b"err\n")
+    finally:
+        term.close()
+    assert b"on-its-pty" in os.read(master, 4096)
+    os.close(master)
+    os.close(slave)
+
+
 def test_always_refuses_captured_streams():
     with pytest.raises(UsageError, match="pseudo-terminal"):
         pty.attach("always", (subprocess.PIPE, subprocess.PIPE, None), None)

@@ -76,8 +76,11 @@ class Terminal:
 
     def output(self) -> tuple[bytes | None, bytes | None]:
         """What the captured stdout and stderr collected (None for one not captured)."""
-        got = [self._collected.get(n) for n in (1, 2)]
-        return tuple(bytes(c.collect) if c and c.collect is not None else None for c in got)  # type: ignore[return-value]
+        out, err = (self._collected.get(n) for n in (1, 2))
+        return (
+            bytes(out.collect) if out is not None and out.collect is not None else None,
+            bytes(err.collect) if err is not None and err.collect is not None else None,
+        )
 
     def close(self) -> None:
         """Undo everything (host terminal modes, the SIGWINCH handler), close every fd."""
@@ -141,10 +144,7 @@ def _open_pty(
         if owner is not None:
             os.fchown(slave, owner, -1)
         os.set_blocking(master, False)
-        term.links = [
-            Link(fds[0], master, True, on_eof=_send_eof),
-            Link(master, fds[1], False),
-        ]
+        term.links += [Link(fds[0], master, True, on_eof=_send_eof), Link(master, fds[1], False)]
         if host is not None:
             _follow_resizes(term, host, master)
         if ttys[0]:
