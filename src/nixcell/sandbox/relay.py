@@ -50,6 +50,8 @@ def _write_host(link: Link, data: bytes) -> None:
     while view and not link.broken:
         try:
             view = view[os.write(link.dst, view) :]
+        except BlockingIOError:  # someone made the shared open file non-blocking: wait
+            select.select([], [link.dst], [], None)
         except InterruptedError:
             continue
         except OSError:  # closed, full or hung up: the cell goes on, its output is dropped
