@@ -298,11 +298,14 @@ def test_no_host_terminal_fd_and_no_injection(offline_set, mode, stdin):
     assert (fds["fd0"] != "-") == want_pty and (fds["fd1"] != "-") == want_pty, seen
 
 
-def test_the_cells_terminal_is_its_console(offline_set):
-    script = "tty; stat -L -c %t:%T /dev/console /proc/self/fd/0"
+def test_the_cells_terminal_is_its_console_and_its_own(offline_set):
+    """ttyname() finds the pty as /dev/console (bwrap binds what its stdout is); it belongs to
+    the cell's user (a root-run cell's host uid), as a login's terminal to its user."""
+    script = "tty; stat -L -c %t:%T /dev/console /proc/self/fd/0; stat -c owner=%u /dev/console"
     outer = Outer("run", "-p", "coreutils", "-p", "bash", "--", "bash", "-c", script)
-    outer.child.expect(r"/dev/console\r\n(\S+)\r\n(\S+)\r\n")
+    outer.child.expect(r"/dev/console\r\n(\S+)\r\n(\S+)\r\nowner=(\d+)\r\n")
     assert outer.child.match.group(1) == outer.child.match.group(2)
+    assert outer.child.match.group(3) == "1000"
     assert outer.finish() == 0
 
 
