@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from nixcell.sandbox.bwrap import CellProcess
     from nixcell.sandbox.cgroups import CellCgroup
     from nixcell.sandbox.holder import CellNamespaces
-    from nixcell.sandbox.pty import Terminal
     from nixcell.spec import CellSpec
 
 TIMEOUT_EXIT = 124
@@ -219,7 +218,7 @@ def execute(
     stderr: int | IO[bytes] | None = None,
 ) -> RunResult:
     """Run a planned cell to completion (blocking)."""
-    from nixcell.sandbox import bwrap
+    from nixcell.sandbox import bwrap, stdio
 
     check_command(plan)
     program = seccomp_program(plan.seccomp_profiles)
@@ -253,29 +252,15 @@ def execute(
     term = None
     try:
         cgroup = _make_cgroup(plan, cell_id)
-        streams: tuple[object, object, object] | list[object] = (stdin, stdout, stderr)
-        term = _terminal(plan, streams, launch, input)
-        ctty_path = None
-        if term is not None:
-            streams = term.streams
-            if term.pty:
-                from nixcell.preflight import program_path
-
-                ctty_path = program_path(plan)
-        cell = _spawn(plan, cell_id, program, cgroup, launch, streams, ctty_path=ctty_path)
-        if term is not None:
-            term.started()
+        term = stdio.wire(plan, (stdin, stdout, stderr), launch, input)
+        io = term.streams if term is not None else (stdin, stdout, stderr)
+        cell = _spawn(plan, cell_id, program, cgroup, launch, io, ctty_path=term and term.ctty_path)
         bwrap.finish_start(cell)
         timed_out = False
         out = err = None
         try:
             if term is not None:
-                timed_out = term.relay(cell.proc.pid, plan.limits.timeout)
-                if timed_out:
-                    cell.kill()
-                term.drain()
-                cell.proc.wait()
-                out, err = term.output()
+                timed_out, out, err = term.wait(cell, plan.limits.timeout)
             elif capture_output or input is not None:
                 out, err = cell.proc.communicate(input, timeout=plan.limits.timeout)
             else:
@@ -297,8 +282,8 @@ def execute(
                 cell.proc.communicate()
         raise
     finally:
-        if term is not None:
-            term.close()  # the host terminal's modes are back before anything is printed
+        if term is not None:  # the host terminal's modes are back before anything is printed
+            term.close()
         if cell is not None:
             cell.close_fds()
             cell.reap()
@@ -309,21 +294,6 @@ def execute(
         if session is not None:
             session.release()
         launch.close()  # last: the uid slot is free only once nothing of the cell is left
-
-
-def _terminal(
-    plan: Plan, streams: tuple[object, object, object], launch: CellLaunch, input: bytes | None
-) -> Terminal | None:
-    """The cell's own pty, or pipes in place of host terminals (``sandbox/pty.py``); None when
-    its streams are passed as they are (then none is a terminal)."""
-    from nixcell import ttymode
-
-    if ttymode.stdio(plan.tty, ttymode.stream_ttys(streams)) == ttymode.DIRECT:
-        return None  # the common case, without importing the terminal code
-    from nixcell.sandbox import pty
-
-    owner = launch.identity.uid if launch.identity is not None else None
-    return pty.attach(plan.tty, streams, owner, input)
 
 
 def run(spec: CellSpec, **kwargs: object) -> RunResult:
@@ -359,8 +329,6 @@ async def execute_async(
     from nixcell.sandbox import aio, bwrap
 
     check_command(plan)
-    if plan.tty == "always":  # no relay runs on the event loop: refused, not ignored
-        raise NixcellError("a pseudo-terminal (tty = always) is only given to blocking runs")
     program = seccomp_program(plan.seccomp_profiles)
     cell_id = new_cell_id()
     if capture_output:

@@ -140,6 +140,8 @@ def spawn(
     switches = bool(launcher) and "--setuid" in launcher  # type: ignore[operator]
     if plan.identity == "subordinate" and user is None and not switches:
         raise SandboxError("internal: a root-run cell needs its own uid")
+    if plan.tty == "always" and ctty_path is None:  # asked for, not set up: refused, not ignored
+        raise SandboxError("a pseudo-terminal (tty = always) is only given to blocking runs")
     staged = plan.stage or plan.scratch is not None
     if staged and not (launcher and any(a.startswith("--mount=") for a in launcher)):
         raise SandboxError("internal: a cell with staged mounts needs its mount namespace")

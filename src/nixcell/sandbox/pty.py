@@ -30,6 +30,11 @@ from nixcell.errors import LimitUnavailableError, UsageError
 from nixcell.sandbox import ctty, relay
 from nixcell.sandbox.relay import Link
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nixcell.plan import Plan
+    from nixcell.sandbox.bwrap import CellProcess
+
 DEFAULT_SIZE = (24, 80)  # rows, columns when no host terminal tells
 
 
@@ -51,6 +56,7 @@ class Terminal:
     def __init__(self, streams: list[object], pty: bool) -> None:
         self.streams = streams
         self.pty = pty
+        self.ctty_path: str | None = None  # with a pty: the command's path, for ctty.py's helper
         self.links: list[Link] = []
         self._cell_ends: list[int] = []  # ours to close once the cell holds them
         self._own: list[int] = []  # ours to close at the end
@@ -74,6 +80,16 @@ class Terminal:
     def drain(self) -> None:
         relay.drain(self.links)
 
+    def wait(self, cell: CellProcess, timeout: float | None) -> tuple[bool, bytes | None, ...]:
+        """Relay until the cell ends, killed when ``timeout`` passes: (timed out, out, err)."""
+        self.started()
+        timed_out = self.relay(cell.proc.pid, timeout)
+        if timed_out:
+            cell.kill()
+        self.drain()
+        cell.proc.wait()
+        return (timed_out, *self.output())
+
     def output(self) -> tuple[bytes | None, bytes | None]:
         """What the captured stdout and stderr collected (None for one not captured)."""
         out, err = (self._collected.get(n) for n in (1, 2))
@@ -92,6 +108,22 @@ class Terminal:
         closed = {link.dst for link in self.links if link.dst_closed}
         relay.close_all([fd for fd in self._own if fd not in closed])
         self._own = []
+
+
+def for_run(
+    plan: Plan, streams: tuple[object, object, object], owner: int | None, input: bytes | None
+) -> Terminal | None:
+    """``attach`` for a planned cell; with a pty, the command's path for the helper too."""
+    term = attach(plan.tty, streams, owner, input)
+    if term is not None and term.pty:
+        from nixcell.preflight import program_path
+
+        try:
+            term.ctty_path = program_path(plan)
+        except BaseException:
+            term.close()
+            raise
+    return term
 
 
 def attach(
