@@ -143,6 +143,20 @@ def test_program_path_is_what_execvp_would_run(host):  # noqa: F811
 # -- relay: real pipes, real processes ----------------------------------------------------------
 
 
+def _run(term: pty.Terminal, script: str) -> tuple[int, tuple[bytes | None, bytes | None]]:
+    """``sh -c script`` on the terminal's streams, relayed to its end: (exit status, output)."""
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", script],
+        stdin=term.streams[0],  # type: ignore[arg-type]
+        stdout=term.streams[1],  # type: ignore[arg-type]
+        stderr=term.streams[2],  # type: ignore[arg-type]
+    )
+    term.started()
+    assert term.relay(proc.pid, timeout=30) is False
+    term.drain()
+    return proc.wait(), term.output()
+
+
 def test_relay_collects_output_and_feeds_input_without_wedging():
     """Host terminal input relayed, both outputs collected, the exit status unchanged."""
     master, slave = os.openpty()  # a "host terminal" for stdin, so the relay takes over
@@ -150,18 +164,8 @@ def test_relay_collects_output_and_feeds_input_without_wedging():
         term = pty.attach("never", (slave, subprocess.PIPE, subprocess.PIPE), None)
         assert term is not None and not term.pty
         os.write(master, b"line from the terminal\n")
-        script = "sleep 0.3; head -n1; echo err >&2; exit 5"
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", script],
-            stdin=term.streams[0],
-            stdout=term.streams[1],
-            stderr=term.streams[2],
-        )
-        term.started()
-        assert term.relay(proc.pid, timeout=30) is False
-        term.drain()
-        assert proc.wait() == 5
-        assert term.output() == (b"line from the terminal\n", b"err\n")
+        code, output = _run(term, "sleep 0.3; head -n1; echo err >&2; exit 5")
+        assert (code, output) == (5, (b"line from the terminal\n", b"err\n"))
     finally:
         term.close()
         os.close(master)
@@ -230,17 +234,7 @@ def test_pty_relays_to_the_host_terminal_and_collects_a_captured_stderr():
     try:
         assert term is not None and term.pty
         script = "test -t 0 && test -t 1 && ! test -t 2 && echo on-its-pty; echo err >&2"
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", script],
-            stdin=term.streams[0],
-            stdout=term.streams[1],
-            stderr=term.streams[2],
-        )
-        term.started()
-        assert term.relay(proc.pid, timeout=30) is False
-        term.drain()
-        assert proc.wait() == 0
-        assert term.output() == (None, b"err\n")
+        assert _run(term, script) == (0, (None, b"err\n"))
     finally:
         term.close()
     assert b"on-its-pty" in os.read(master, 4096)
