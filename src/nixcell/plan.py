@@ -31,7 +31,7 @@ NAMESPACES = ("user", "pid", "ipc", "uts", "net", "cgroup")
 _NSSWITCH = "passwd: files\ngroup: files\nshadow: files\nhosts: files\n"
 PROXY_PORT = 3128  # inside the cell's own network namespace, so any fixed port is free
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-PLAN_FORMAT = 2  # a cached plan of another format is made again, never run
+PLAN_FORMAT = 3  # a cached plan of another format is made again, never run
 STAGE_DIR = "/run/nixcell/stage"  # sandbox/holder.py STAGE: where idmapped binds wait
 # The cell's writable areas: (name in the scratch tmpfs, where the cell sees it, mode).
 SCRATCH_AREAS = (
@@ -147,6 +147,8 @@ class Plan:
     # --disk: the size of the one tmpfs (at HostFacts.scratch_dir, in the cell's own mount
     # namespace) holding every writable area of SCRATCH_AREAS
     scratch: int | None = None
+    # auto | always | never: whether the executor gives the cell its own pty (ttymode.py)
+    tty: str = "never"
 
     def host_source(self, op: MountOp) -> str | None:
         """The host path behind a bind op (a root-run cell's binds come through the stage)."""
@@ -331,6 +333,7 @@ def plan(
         stage=tuple(stage),
         volumes=tuple(v for v in host.volumes if any(v == source for _, source, _ in binds)),
         scratch=disk,
+        tty=spec.tty,
     ).with_command(spec.command)
 
 

@@ -40,6 +40,12 @@ def check(plan: Plan) -> None:
 
 
 def _check_program(plan: Plan) -> None:
+    program_path(plan)
+
+
+def program_path(plan: Plan) -> str:
+    """The cell path execvp would run for the command (the first match on the cell's PATH);
+    a one-line error (exit 127) when there is none."""
     from nixcell.runner import CommandNotFoundError  # exit 127, like a shell
 
     name = plan.command[0]
@@ -47,12 +53,13 @@ def _check_program(plan: Plan) -> None:
         path = posixpath.normpath(posixpath.join(plan.cwd, name))
         if lookup(plan, path) in (MISSING, DIR):
             raise CommandNotFoundError(f"command '{name}' does not exist in the cell")
-        return
+        return path
     search = plan.env.get("PATH", "/bin:/usr/bin")  # execvp's default when PATH is unset
     for directory in search.split(":"):  # an empty entry is the working directory
         where = posixpath.join(plan.cwd, directory)
-        if lookup(plan, posixpath.normpath(posixpath.join(where, name))) in (FILE, UNKNOWN):
-            return
+        path = posixpath.normpath(posixpath.join(where, name))
+        if lookup(plan, path) in (FILE, UNKNOWN):
+            return path
     default = ":".join(plan.path_dirs)
     if search != default:
         raise CommandNotFoundError(

@@ -148,8 +148,9 @@ def _spawn(
     program: bytes,
     cgroup: CellCgroup | None,
     launch: CellLaunch,
-    streams: tuple[object, object, object],
+    streams: tuple[object, object, object] | list[object],
     pass_fds: tuple[int, ...] | list[int] = (),
+    ctty_path: str | None = None,
 ) -> CellProcess:
     """Start bwrap for the plan, through its namespaces and as its own uid (``launch``)."""
     from nixcell.sandbox import bwrap
@@ -166,6 +167,7 @@ def _spawn(
         launcher=launch.launcher(),
         extra_fds=pass_fds,
         user=launch.user(),
+        ctty_path=ctty_path,
     )
 
 
@@ -216,7 +218,7 @@ def execute(
     stderr: int | IO[bytes] | None = None,
 ) -> RunResult:
     """Run a planned cell to completion (blocking)."""
-    from nixcell.sandbox import bwrap
+    from nixcell.sandbox import bwrap, stdio
 
     check_command(plan)
     program = seccomp_program(plan.seccomp_profiles)
@@ -247,14 +249,19 @@ def execute(
     cgroup = None
     started = time.monotonic()
     cell = None
+    term = None
     try:
         cgroup = _make_cgroup(plan, cell_id)
-        cell = _spawn(plan, cell_id, program, cgroup, launch, (stdin, stdout, stderr))
+        term = stdio.wire(plan, (stdin, stdout, stderr), launch, input)
+        io = term.streams if term is not None else (stdin, stdout, stderr)
+        cell = _spawn(plan, cell_id, program, cgroup, launch, io, ctty_path=term and term.ctty_path)
         bwrap.finish_start(cell)
         timed_out = False
         out = err = None
         try:
-            if capture_output or input is not None:
+            if term is not None:
+                timed_out, out, err = term.wait(cell, plan.limits.timeout)
+            elif capture_output or input is not None:
                 out, err = cell.proc.communicate(input, timeout=plan.limits.timeout)
             else:
                 cell.proc.wait(timeout=plan.limits.timeout)
@@ -275,6 +282,8 @@ def execute(
                 cell.proc.communicate()
         raise
     finally:
+        if term is not None:  # the host terminal's modes are back before anything is printed
+            term.close()
         if cell is not None:
             cell.close_fds()
             cell.reap()

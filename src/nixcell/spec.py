@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -199,6 +199,9 @@ class CellSpec(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     hardening_profiles: list[str] = Field(default_factory=list)
     network: Network | None = None
+    # a pseudo-terminal for the cell (ttymode.py): "auto" when stdin and stdout are terminals
+    # (the CLI's default), "always" (-i), "never" (-T; the default of the API and MCP)
+    tty: Literal["auto", "always", "never"] = "never"
 
     @field_validator("command")
     @classmethod

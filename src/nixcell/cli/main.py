@@ -122,6 +122,18 @@ def run_options(f):
             help=HARDENING_HELP,
             shell_complete=_completer("complete_profile"),
         ),
+        click.option(
+            "-i",
+            "--interactive",
+            is_flag=True,
+            help="Give the cell its own pseudo-terminal even when stdin or stdout is not one.",
+        ),
+        click.option(
+            "-T",
+            "--no-tty",
+            is_flag=True,
+            help="No pseudo-terminal (default: one when stdin and stdout are terminals).",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -141,6 +153,8 @@ def spec_from_flags(command: tuple[str, ...], **o: object):
         os.path.abspath(os.path.expanduser(str(h))) if not str(h).startswith("/") else str(h)
         for h in o["hide"]
     ]  # type: ignore[attr-defined]
+    if o["interactive"] and o["no_tty"]:
+        raise click.UsageError("-i/--interactive and -T/--no-tty exclude each other")
     return make_spec(
         command=list(command),
         packages=list(o["packages"]),  # type: ignore[call-overload]
@@ -160,6 +174,7 @@ def spec_from_flags(command: tuple[str, ...], **o: object):
         },
         hardening_profiles=list(o["profiles"]),  # type: ignore[call-overload]
         network=network_from_flags(o),
+        tty="always" if o["interactive"] else "never" if o["no_tty"] else "auto",
     )
 
 

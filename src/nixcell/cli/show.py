@@ -32,6 +32,8 @@ def show_plan(plan: Plan, *, as_json: bool) -> None:
         f"disk {format_size(lim.disk)}" if lim.disk else None,
     ]
     console.print("[bold]limits[/] " + (", ".join(x for x in limits if x) or "none"))
+    terminal = {"auto": "its own pty when stdin and stdout are terminals", "always": "its own pty"}
+    console.print("[bold]terminal[/] " + terminal.get(plan.tty, "none (host terminals relayed)"))
     console.print(
         "[bold]namespaces[/] "
         + ", ".join(plan.namespaces)

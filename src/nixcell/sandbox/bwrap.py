@@ -122,6 +122,7 @@ def spawn(
     launcher: list[str] | None = None,
     extra_fds: tuple[int, ...] | list[int] = (),
     user: tuple[int, int] | None = None,
+    ctty_path: str | None = None,
 ) -> CellProcess:
     """Start bwrap for the plan. The caller must call ``finish_start`` (sync or async).
 
@@ -129,6 +130,8 @@ def spawn(
     argv; ``user`` is the (uid, gid) to start as when there is no launcher to switch. A plan with
     a network and no launcher is refused, since bwrap would share the host's network; a
     subordinate-identity plan with neither is refused, since the cell would run as root.
+    ``ctty_path``: the stdio is the cell's own pty; the command (at this cell path) starts
+    through ``ctty.py``'s helper, which makes it the controlling terminal of its session.
     """
     if plan.network is not None and not launcher:
         raise SandboxError("internal: a cell with a network needs its namespace launcher")
@@ -137,6 +140,8 @@ def spawn(
     switches = bool(launcher) and "--setuid" in launcher  # type: ignore[operator]
     if plan.identity == "subordinate" and user is None and not switches:
         raise SandboxError("internal: a root-run cell needs its own uid")
+    if plan.tty == "always" and ctty_path is None:  # asked for, not set up: refused, not ignored
+        raise SandboxError("a pseudo-terminal (tty = always) is only given to blocking runs")
     staged = plan.stage or plan.scratch is not None
     if staged and not (launcher and any(a.startswith("--mount=") for a in launcher)):
         raise SandboxError("internal: a cell with staged mounts needs its mount namespace")
@@ -148,6 +153,10 @@ def spawn(
     args = [*extra, *plan.bwrap_args(named)]
     cut = args.index("--")
     args, command = args[:cut], args[cut:]
+    if ctty_path is not None:
+        helper = _with_ctty(args, command, ctty_path)
+        fds.append(helper)
+        pass_fds.append(helper)
     args_fd = _memfd("nixcell-args", b"\0".join(a.encode() for a in args) + b"\0")
     pass_fds.append(args_fd)
     argv = [*(launcher or ()), bwrap_path(), "--args", str(args_fd), *command]
@@ -180,6 +189,21 @@ def spawn(
     cell = CellProcess(proc, cell_id, cgroup)
     cell._fds = [info_r]
     return cell
+
+
+def _with_ctty(args: list[str], command: list[str], path: str) -> int:
+    """Put the terminal helper in the cell's /dev (bwrap's own tmpfs, before it turns read-only)
+    and start the command through it. Returns the helper's memfd."""
+    from nixcell.sandbox import ctty
+
+    program = ctty.program()
+    dev = next((i for i in range(len(args) - 1) if args[i : i + 2] == ["--dev", "/dev"]), None)
+    if program is None or dev is None:
+        raise SandboxError("internal: this cell cannot have a pseudo-terminal")
+    fd = _memfd("nixcell-tty", program)
+    args[dev + 2 : dev + 2] = ["--perms", "0555", "--ro-bind-data", str(fd), ctty.CELL_PATH]
+    command[1:] = ctty.command(path, tuple(command[1:]))
+    return fd
 
 
 def _drop(user: tuple[int, int]) -> list[str]:

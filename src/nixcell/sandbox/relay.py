@@ -1,0 +1,145 @@
+"""Copy bytes between the host's streams and a cell's (its pty master, or pipes) until it exits.
+
+One ``select`` loop in the calling thread, no thread per stream. The cell's ends are
+non-blocking and what it has not read yet waits in a buffer, so a cell that neither reads its
+input nor stops writing cannot wedge nixcell; the host's descriptors are left as they are
+(``O_NONBLOCK`` would change the open file the user's shell shares). The exit is seen on a
+pidfd; output still buffered in the cell's ends is read after it (``drain``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+CHUNK = 65536
+_DRAIN_QUIET = 1.0  # after the exit: stop once the cell's ends are quiet this long
+
+
+@dataclass
+class Link:
+    """``src`` -> ``dst``. ``to_cell``: host input (dst is the cell's, non-blocking); else cell
+    output (src is the cell's, dst the host's). ``on_eof`` runs when ``src`` ends."""
+
+    src: int
+    dst: int
+    to_cell: bool
+    on_eof: Callable[[Link], None] | None = None
+    pending: bytearray = field(default_factory=bytearray)
+    open: bool = True
+    broken: bool = False  # the host's side is gone (EPIPE, EIO): output is read and dropped
+    close_dst: bool = False  # input: close the cell's end once ``src`` ended and all is written
+    dst_closed: bool = False
+    last: bytes = b"\n"  # input: the last byte taken from ``src``
+    collect: bytearray | None = None  # output captured here instead of written to ``dst``
+
+    def feed(self, data: bytes) -> None:
+        self.pending += data
+
+
+def _write_host(link: Link, data: bytes) -> None:
+    if link.collect is not None:
+        link.collect += data
+        return
+    view = memoryview(data)
+    while view and not link.broken:
+        try:
+            view = view[os.write(link.dst, view) :]
+        except BlockingIOError:  # someone made the shared open file non-blocking: wait
+            select.select([], [link.dst], [], None)
+        except InterruptedError:
+            continue
+        except OSError:  # closed, full or hung up: the cell goes on, its output is dropped
+            link.broken = True
+
+
+def _read(fd: int) -> bytes | None:
+    """A chunk; b"" at EOF (a pty master reads EIO once every slave is closed); None if none."""
+    try:
+        return os.read(fd, CHUNK)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.EIO, errno.EBADF, errno.EINVAL):
+            return b""
+        raise
+
+
+def _flush(link: Link) -> None:
+    try:
+        done = os.write(link.dst, link.pending)
+    except BlockingIOError:
+        return
+    except OSError:  # the cell closed its input: what it did not read is dropped
+        link.pending.clear()
+        link.broken = True
+        return
+    del link.pending[:done]
+
+
+def _step(links: list[Link], extra: list[int], timeout: float | None) -> list[int]:
+    reads = list(extra)
+    writes = []
+    for link in links:
+        if link.to_cell and link.pending and not link.broken:
+            writes.append(link.dst)
+        elif link.open:
+            reads.append(link.src)
+    ready_r, ready_w, _ = select.select(reads, writes, [], timeout)
+    for link in links:
+        if link.to_cell and link.dst in ready_w and link.pending:
+            _flush(link)
+        if link.open and link.src in ready_r:
+            data = _read(link.src)
+            if data is None:
+                continue
+            if not data:
+                link.open = False
+                if link.on_eof is not None:
+                    link.on_eof(link)
+            elif link.to_cell:
+                link.last = data[-1:]
+                if not link.broken:
+                    link.feed(data)
+            else:
+                _write_host(link, data)
+        if link.close_dst and not link.dst_closed and not link.open and not link.pending:
+            link.dst_closed = True
+            with contextlib.suppress(OSError):
+                os.close(link.dst)  # the cell reads EOF
+    return [fd for fd in extra if fd in ready_r]
+
+
+def pump(links: list[Link], pidfd: int, deadline: float | None) -> bool:
+    """Relay until the process behind ``pidfd`` exits (False) or ``deadline`` passes (True)."""
+    while True:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if _step(links, [pidfd], timeout):
+            return False
+        if deadline is not None and time.monotonic() >= deadline:
+            return True
+
+
+def drain(links: list[Link]) -> None:
+    """After the exit: copy what the cell's ends still hold; host input is no longer read."""
+    for link in links:
+        if link.to_cell:
+            link.open = False
+            link.pending.clear()
+    outputs = [link for link in links if not link.to_cell]
+    while any(link.open for link in outputs):
+        ready, _, _ = select.select([k.src for k in outputs if k.open], [], [], _DRAIN_QUIET)
+        if not ready:
+            return  # quiet: a process that outlived the cell's exit holds a write end
+        _step(outputs, [], 0)
+
+
+def close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
