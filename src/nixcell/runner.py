@@ -69,8 +69,10 @@ def prepare(
     ``volumes``: paths the cell's namespaces hold as bounded volumes (``execute_async``'s
     ``namespaces``)."""
     from nixcell import host
+    from nixcell.errors import UnknownPackageError
     from nixcell.nix.resolve import resolve
     from nixcell.plan import plan
+    from nixcell.spec import SH_PACKAGE
 
     proxied: tuple = ()
     if spec.network is not None:  # a bad policy or CA file fails before any nix build
@@ -81,7 +83,17 @@ def prepare(
             from nixcell.net.tls import upstream_context
 
             upstream_context(spec.network.upstream_ca)
-    closure = resolve(spec.packages, spec.nixpkgs, progress=progress)
+    packages = spec.closure_packages()
+    try:
+        closure = resolve(packages, spec.nixpkgs, progress=progress)
+    except UnknownPackageError as exc:
+        if len(packages) > len(spec.packages) and f"'{SH_PACKAGE}'" in exc.message:
+            raise UnknownPackageError(
+                f"{exc.message} (nixcell adds {SH_PACKAGE} for /bin/sh: rebuild the offline "
+                "set with `nixcell offline build`, or pass --no-sh)",
+                detail=exc.detail,
+            ) from None
+        raise
     facts = host.gather(spec, volumes)
     return plan(spec, closure, facts, proxied), closure
 

@@ -104,6 +104,11 @@ def run_options(f):
         click.option(
             "--hardening-profile", "profiles", multiple=True, metavar="NAME", help=HARDENING_HELP
         ),
+        click.option(
+            "--no-sh",
+            is_flag=True,
+            help="Add no /bin/sh (by default dash is added unless the packages bring a sh).",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -142,6 +147,7 @@ def spec_from_flags(command: tuple[str, ...], **o: object):
         },
         hardening_profiles=list(o["profiles"]),  # type: ignore[call-overload]
         network=network_from_flags(o),
+        sh=not o.get("no_sh"),
     )
 
 
