@@ -8,6 +8,7 @@ cell's processes, cgroups and fds are gone when these return or raise.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import time
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from nixcell.sandbox.bwrap import CellProcess
     from nixcell.sandbox.cgroups import CellCgroup
     from nixcell.sandbox.holder import CellNamespaces
+    from nixcell.sandbox.nonet import NoNetwork
     from nixcell.spec import CellSpec
 
 TIMEOUT_EXIT = 124
@@ -52,6 +54,7 @@ class RunResult:
     message: str | None = None
     network_summary: str | None = None  # "3 requests denied: …" when the proxy refused any
     learned_policy: str | None = None  # --learn: a policy TOML allowing what the cell used
+    no_network: NoNetwork | None = None  # the command failed after trying the network
 
 
 def new_cell_id() -> str:
@@ -218,6 +221,22 @@ def _finish(
     )
 
 
+def _with_no_network(result: RunResult, cell: CellProcess, session: object | None) -> RunResult:
+    """The failed command's attempt at the network, if it made one (sandbox/nonet.py)."""
+    if result.exit_code == 0:
+        return result
+    from nixcell.sandbox import nonet
+
+    audit = getattr(session, "audit", None)
+    found = nonet.detect(
+        result.exit_code,
+        cell.probe,
+        networked=session is not None,
+        denied=getattr(audit, "denied", ()),
+    )
+    return dataclasses.replace(result, no_network=found) if found is not None else result
+
+
 def execute(
     plan: Plan,
     *,
@@ -279,7 +298,7 @@ def execute(
             proxy.stop()
             session.release()
             result = attach.with_outcome(result, session)
-        return result
+        return _with_no_network(result, cell, session)
     except BaseException:
         if cell is not None:
             cell.kill()
@@ -289,6 +308,7 @@ def execute(
     finally:
         if cell is not None:
             cell.close_fds()
+            cell.close_probe()
             cell.reap()
         if cgroup is not None:
             cgroup.remove()
@@ -375,7 +395,7 @@ async def execute_async(
         if session is not None:
             await session.close()
             result = attach.with_outcome(result, session)
-        return result
+        return _with_no_network(result, cell, session)
     except BaseException:
         if cell is not None:
             cell.kill()
@@ -385,6 +405,7 @@ async def execute_async(
     finally:
         if cell is not None:
             cell.close_fds()
+            cell.close_probe()
             cell.reap()
             for stream in (cell.proc.stdin, cell.proc.stdout, cell.proc.stderr):
                 if stream is not None:

@@ -397,7 +397,7 @@ def test_bad_config_is_one_line(project, tmp_path):
     proc = subprocess.run([NIXCELL, "mcp", "--config", str(bad)], capture_output=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.decode() == (
-        f"nixcell: {bad}:5: unknown preset 'pyton' (expected shell, python, node)\n"
+        f"nixcell: {bad}:5: unknown preset 'pyton' (expected shell, python, node, python-data)\n"
     )
     assert proc.stdout == b""
     missing = subprocess.run([NIXCELL, "mcp", "--config", "/nonexistent.toml"], capture_output=True)

@@ -1,0 +1,200 @@
+"""Did a failed cell try the network it does not have? Its namespace's own counters say so.
+
+A cell has only ``lo`` (and, with a network, the proxy's listener on it). Whatever the program
+— pip, npm, git, curl, a Go binary with its own resolver — an attempt to reach anything else
+leaves a trace in the kernel's SNMP counters of the cell's network namespace:
+
+- a name lookup: the plan's nsswitch says ``hosts: files dns`` and there is no resolv.conf, so
+  the query goes to 127.0.0.1:53 (or [::1]:53), where nothing listens: ``Udp NoPorts``;
+- a connection to an address: no route leaves the namespace: ``Ip OutNoRoutes``.
+
+Traffic to the proxy or to servers the cell runs on its own loopback moves neither.
+
+How (the whole API; the CLI's fast path uses the same three steps as the runner):
+
+1. bwrap runs with ``--block-fd R`` (``block_pipe``): the cell waits before its command;
+2. after bwrap's info gives the cell's pid 1, ``NetProbe.open(pid)`` opens
+   ``/proc/PID/net/snmp`` and ``snmp6`` and takes a baseline; then the write end of the pipe is
+   closed, which lets the command run. An open counter file keeps reading its namespace after
+   every process of the cell is gone; its cost is two opens and reads per run (≈ 20 µs);
+3. after exit, ``detect(exit_code, probe, …)`` reads them again, only when the command failed,
+   and returns a ``NoNetwork`` (or None); ``NoNetwork.line()`` is the one line to print last.
+
+With a policy the proxy's audit names the hosts the cell asked for and no rule allowed
+(``unallowed_hosts``), so the line names them. Stdlib ``os`` only: this is on the warm path.
+"""
+
+from __future__ import annotations
+
+import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+# (table, field) pairs of /proc/net/snmp and field names of /proc/net/snmp6 that count attempts.
+WATCHED = (("Udp", "NoPorts"), ("Ip", "OutNoRoutes"))
+WATCHED6 = ("Udp6NoPorts", "Ip6OutNoRoutes")
+DEFAULT_PORTS = (80, 443)
+
+
+def block_pipe() -> tuple[int, int]:
+    """(read end for bwrap's ``--block-fd``, write end to close once the probe is open)."""
+    return os.pipe2(os.O_CLOEXEC)
+
+
+def parse_snmp(text: str) -> dict[str, int]:
+    """``/proc/net/snmp``: pairs of lines (``Udp: InDatagrams NoPorts …`` then the values)."""
+    out: dict[str, int] = {}
+    lines = text.splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        table, _, fields = names.partition(":")
+        vtable, _, numbers = values.partition(":")
+        if table != vtable:
+            continue
+        for name, value in zip(fields.split(), numbers.split(), strict=False):
+            if value.lstrip("-").isdigit():
+                out[f"{table}:{name}"] = int(value)
+    return out
+
+
+def parse_snmp6(text: str) -> dict[str, int]:
+    """``/proc/net/snmp6``: one ``Name value`` per line."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def attempts(snmp: Mapping[str, int], snmp6: Mapping[str, int]) -> int:
+    """How many packets the namespace could not send anywhere or nobody received."""
+    count = sum(snmp.get(f"{table}:{name}", 0) for table, name in WATCHED)
+    return count + sum(snmp6.get(name, 0) for name in WATCHED6)
+
+
+class NetProbe:
+    """The counters of one cell's network namespace, opened before its command runs."""
+
+    __slots__ = ("_base", "_fds")
+
+    def __init__(self, fds: tuple[int, int]) -> None:
+        self._fds: tuple[int, int] | None = fds
+        self._base = self._count()
+
+    @classmethod
+    def open(cls, pid: int) -> NetProbe | None:
+        """None when the files cannot be opened (then no hint is ever given: it is only a hint)."""
+        fds: list[int] = []
+        try:
+            for name in ("snmp", "snmp6"):
+                fds.append(os.open(f"/proc/{pid}/net/{name}", os.O_RDONLY | os.O_CLOEXEC))
+            return cls((fds[0], fds[1]))
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            return None
+
+    def _count(self) -> int:
+        if self._fds is None:
+            return 0
+        try:
+            return attempts(parse_snmp(_read(self._fds[0])), parse_snmp6(_read(self._fds[1])))
+        except OSError:
+            return 0
+
+    def tried(self) -> bool:
+        """Did anything in the cell try to reach beyond its namespace since ``open``?"""
+        return self._count() > self._base
+
+    def close(self) -> None:
+        fds, self._fds = self._fds, None
+        for fd in fds or ():
+            os.close(fd)
+
+
+def _read(fd: int) -> str:
+    chunks = []
+    offset = 0
+    while chunk := os.pread(fd, 65536, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks).decode("ascii", errors="replace")
+
+
+def unallowed_hosts(records: Iterable[object]) -> tuple[str, ...]:
+    """``host[:port]`` of the proxy's denials that no rule decided (an allow flag would help; an
+    explicit deny rule wins over allow flags, so those are not offered), in order, once each."""
+    hosts: dict[str, None] = {}
+    for record in records:
+        if getattr(record, "action", None) != "deny" or getattr(record, "rule", None) != "no rule":
+            continue
+        host, port = getattr(record, "host", "-"), getattr(record, "port", 0)
+        if not host or host == "-":
+            continue
+        hosts[host if port in DEFAULT_PORTS or not port else f"{host}:{port}"] = None
+    return tuple(hosts)
+
+
+class NoNetwork:
+    """A failed command that tried the network: the hosts the policy lacked, if it had one."""
+
+    __slots__ = ("hosts", "policy")
+
+    def __init__(self, hosts: tuple[str, ...] = (), policy: bool = False) -> None:
+        self.hosts = hosts
+        self.policy = policy
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NoNetwork) and (self.hosts, self.policy) == (
+            other.hosts,
+            other.policy,
+        )
+
+    def __repr__(self) -> str:
+        return f"NoNetwork(hosts={self.hosts!r}, policy={self.policy!r})"
+
+    def line(self, front: str = "cli", limit: int = 3) -> str:
+        """The one line for the user; ``front`` "mcp" speaks of the server's config instead."""
+        shown = self.hosts[:limit]
+        more = f" and {len(self.hosts) - limit} more" if len(self.hosts) > limit else ""
+        if shown and front == "mcp":
+            return (
+                f"the cell has no network access to {', '.join(shown)}{more}: add "
+                f"{'it' if len(self.hosts) == 1 else 'them'} to the environment's allow_hosts "
+                "in the server's config"
+            )
+        if shown:
+            flags = " ".join(f"--allow-host {h}" for h in shown)
+            return f"the cell has no network access to {', '.join(shown)}{more}; allow with {flags}"
+        if self.policy:
+            return (
+                "a program in the cell tried to reach the network directly; the cell's only way "
+                "out is its proxy (HTTPS_PROXY)"
+            )
+        if front == "mcp":
+            return (
+                "the cell has no network; give its environment one with allow_hosts = [\"HOST\"] "
+                "(or policy = \"FILE\") in the server's config"
+            )
+        return "the cell has no network; allow a host with --allow-host HOST, or --policy FILE"
+
+
+def detect(
+    exit_code: int,
+    probe: NetProbe | None,
+    *,
+    networked: bool = False,
+    denied: Iterable[object] = (),
+) -> NoNetwork | None:
+    """What to tell the user of a command that ended with ``exit_code``: None when it succeeded
+    or never tried the network. ``denied``: the proxy's denial records (with a network)."""
+    if exit_code == 0:
+        return None
+    hosts = unallowed_hosts(denied)
+    if hosts:
+        return NoNetwork(hosts, policy=True)
+    if probe is not None and probe.tried():
+        return NoNetwork((), policy=networked)
+    return None
