@@ -321,6 +321,9 @@ def plan(
         flags = policy_from_flags([], [], spec.network.allow_cidrs).proxied_cidrs()
         env.update(proxy_env(PROXY_PORT, (*flags, *proxied_cidrs)))
         mounts.insert(-1, MountOp("data", CA_BUNDLE, data=host.ca_pem or ""))
+    else:  # no CA to trust, but the file: Debian's pip refuses to start without it, and would
+        # never get as far as the network (nor the no-network hint)
+        mounts.insert(-1, MountOp("ro-bind", CA_BUNDLE, src="/dev/null"))
     env.update(host.passed_env)
     env.update(spec.env)
     limits = PlanLimits(**spec.limits.model_dump())
