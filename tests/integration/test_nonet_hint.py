@@ -32,9 +32,28 @@ def hints(result) -> int:
         (["python3"], ["python3", "-c", URLLIB.format(url="https://pypi.test/simple/")]),
         (["curl"], ["curl", "-sS", "https://registry.example.test/x"]),
         (["git"], ["git", "clone", "-q", "https://forge.example.test/a/b.git"]),
-        (["nodejs"], ["node", "-e", "fetch('https://registry.npmjs.test/x').catch(e => { console.error(e.cause); process.exit(1) })"]),
-        (["nodejs"], ["npm", "install", "--fetch-retries=0", "--registry=https://registry.npmjs.test/", "left-pad"]),
-        (["python3"], ["python3", "-c", "import socket; socket.create_connection(('db.example.test', 5432))"]),
+        (
+            ["nodejs"],
+            [
+                "node",
+                "-e",
+                "fetch('https://registry.npmjs.test/x').catch(e => { console.error(e.cause); process.exit(1) })",
+            ],
+        ),
+        (
+            ["nodejs"],
+            [
+                "npm",
+                "install",
+                "--fetch-retries=0",
+                "--registry=https://registry.npmjs.test/",
+                "left-pad",
+            ],
+        ),
+        (
+            ["python3"],
+            ["python3", "-c", "import socket; socket.create_connection(('db.example.test', 5432))"],
+        ),
     ],
     ids=["urllib", "curl", "git-clone-https", "node-fetch", "npm-install", "socket"],
 )
@@ -57,9 +76,17 @@ def test_pip_install_in_a_venv_ends_with_the_hint(offline_set):
     ("packages", "argv", "code"),
     [
         (["python3"], ["python3", "-c", "raise SystemExit(3)"], 3),
-        (["python3"], ["python3", "-c", "import socket; socket.gethostbyname('localhost'); 1/0"], 1),
+        (
+            ["python3"],
+            ["python3", "-c", "import socket; socket.gethostbyname('localhost'); 1/0"],
+            1,
+        ),
         # the cell's own loopback is not "the network": a closed local port is the program's
-        (["python3"], ["python3", "-c", "import socket; socket.create_connection(('127.0.0.1', 9))"], 1),
+        (
+            ["python3"],
+            ["python3", "-c", "import socket; socket.create_connection(('127.0.0.1', 9))"],
+            1,
+        ),
         (["curl"], ["curl", "-sS", "http://localhost:9/"], 7),
         (["git"], ["git", "clone", "-q", "/nowhere", "/tmp/x"], 128),
     ],
@@ -95,7 +122,11 @@ def test_a_host_the_policy_lacks_is_named(offline_set, tls, client):
     argv = {
         "curl": ["curl", "-sS", url],
         "urllib": ["python3", "-c", URLLIB.format(url=url)],
-        "node": ["node", "-e", f"fetch('{url}').then(r => process.exit(r.ok ? 0 : 1), e => {{ console.error(e.cause); process.exit(1) }})"],
+        "node": [
+            "node",
+            "-e",
+            f"fetch('{url}').then(r => process.exit(r.ok ? 0 : 1), e => {{ console.error(e.cause); process.exit(1) }})",
+        ],
     }[client]
     package = {"curl": "curl", "urllib": "python3", "node": "nodejs"}[client]
     result = cli("run", "-p", package, *net_flags(tls, f"other.test:{tls.port}"), "--", *argv)
@@ -108,7 +139,9 @@ def test_a_host_the_policy_lacks_is_named(offline_set, tls, client):
 def test_with_a_policy_the_allowed_host_works_and_a_failure_after_it_gets_no_hint(offline_set, tls):
     url = tls.url("/ok")
     code = URLLIB.format(url=url) + "; raise SystemExit(4)"
-    result = cli("run", "-p", "python3", *net_flags(tls, f"up.test:{tls.port}"), "--", "python3", "-c", code)
+    result = cli(
+        "run", "-p", "python3", *net_flags(tls, f"up.test:{tls.port}"), "--", "python3", "-c", code
+    )
     assert result.returncode == 4
     assert hints(result) == 0 and b"no network" not in result.stderr
 
@@ -122,7 +155,9 @@ def test_an_explicitly_denied_host_is_not_offered_as_allow_host(offline_set, tls
 
 def test_with_a_policy_a_direct_attempt_points_at_the_proxy(offline_set, tls):
     code = "import socket; socket.create_connection(('db.example.test', 5432))"
-    result = cli("run", "-p", "python3", *net_flags(tls, f"up.test:{tls.port}"), "--", "python3", "-c", code)
+    result = cli(
+        "run", "-p", "python3", *net_flags(tls, f"up.test:{tls.port}"), "--", "python3", "-c", code
+    )
     assert result.returncode == 1
     assert last_line(result) == (
         "nixcell: a program in the cell tried to reach the network directly; the cell's only "
@@ -137,5 +172,7 @@ def test_the_api_result_carries_it(offline_set):
     spec = nixcell.CellSpec(command=["curl", "-sS", "https://x.example.test/"], packages=["curl"])
     result = nixcell.run(spec, capture_output=True)
     assert result.exit_code == 6 and result.no_network == NoNetwork((), False)
-    ok = nixcell.run(spec.model_copy(update={"command": ["curl", "--version"]}), capture_output=True)
+    ok = nixcell.run(
+        spec.model_copy(update={"command": ["curl", "--version"]}), capture_output=True
+    )
     assert ok.exit_code == 0 and ok.no_network is None

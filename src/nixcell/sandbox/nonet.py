@@ -192,8 +192,8 @@ class NoNetwork:
             )
         if front == "mcp":
             return (
-                "the cell has no network; give its environment one with allow_hosts = [\"HOST\"] "
-                "(or policy = \"FILE\") in the server's config"
+                'the cell has no network; give its environment one with allow_hosts = ["HOST"] '
+                '(or policy = "FILE") in the server\'s config'
             )
         return "the cell has no network; allow a host with --allow-host HOST, or --policy FILE"
 
