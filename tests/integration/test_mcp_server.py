@@ -142,7 +142,7 @@ def test_errors_are_results(project):
 def test_limits_are_enforced(project):
     async def body(client: Client) -> None:
         tools = (await client.list_tools()).tools
-        assert "small: python; python3, coreutils" in tools[0].description
+        assert "small: python; python3, pyyaml, coreutils" in tools[0].description
         assert "2 s, 128 MB memory" in tools[0].description
         ok = await client.call_tool("run", {"code": "x = b'x' * (16 << 20)", "env": "small"})
         assert not ok.is_error, ok.content[0].text
