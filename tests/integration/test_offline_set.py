@@ -230,21 +230,26 @@ def test_no_loader_path_outside_the_store(built):
     assert not problems, "\n".join(problems[:20])
 
 
-def test_buildenv_from_set_nix(built, tmp_path):
-    """The resolver's contract: import set.nix, buildEnv, closure = union of the closures."""
-    attrs = ["busybox", "coreutils", "python3", "which"]
+def build_env(built, attrs: list[str], link: Path) -> str:
+    """``buildEnv`` of these attrs of set.nix (dotted ones too), as the resolver builds it."""
+    paths = " ".join("pkgs." + ".".join(json.dumps(part) for part in a.split(".")) for a in attrs)
     expr = (
         f'let pkgs = import {built.nix_file}; in pkgs.buildEnv {{ name = "nixcell-env"; '
-        f"paths = [ {' '.join(f'pkgs.{json.dumps(a)}' for a in attrs)} ]; }}"
+        f"paths = [ {paths} ]; }}"
     )
-    link = tmp_path / "env"
     subprocess.run(
         ["nix-build", *NO_SUBSTITUTERS, "--out-link", str(link), "-E", expr],
         capture_output=True,
         text=True,
         check=True,
     )
-    env = os.readlink(link)
+    return os.readlink(link)
+
+
+def test_buildenv_from_set_nix(built, tmp_path):
+    """The resolver's contract: import set.nix, buildEnv, closure = union of the closures."""
+    attrs = ["busybox", "coreutils", "python3", "which"]
+    env = build_env(built, attrs, tmp_path / "env")
     union = {env}
     for a in attrs:
         union |= set(closure(built.packages[a]))
@@ -292,18 +297,7 @@ def test_python_packages_join_the_env_site_packages(built, tmp_path):
     """python3Packages.* land in the env's lib/python3.X/site-packages (the plan's PYTHONPATH)."""
     attrs = ["python3", "python3Packages.pyyaml", "python3Packages.numpy"]
     assert built.packages["python311Packages.numpy"] == built.packages["python3Packages.numpy"]
-    expr = (
-        f'let pkgs = import {built.nix_file}; in pkgs.buildEnv {{ name = "nixcell-env"; '
-        f"paths = [ {' '.join(f'pkgs.{a}' for a in attrs)} ]; }}"
-    )
-    link = tmp_path / "env"
-    subprocess.run(
-        ["nix-build", *NO_SUBSTITUTERS, "--out-link", str(link), "-E", expr],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    env = os.readlink(link)
+    env = build_env(built, attrs, tmp_path / "env")
     sites = list(Path(env, "lib").glob("python3.*/site-packages"))
     assert len(sites) == 1 and {"yaml", "numpy"} <= {p.name for p in sites[0].iterdir()}
     code = "import yaml, numpy; print(yaml.safe_dump(numpy.eye(2).tolist()), end='')"
