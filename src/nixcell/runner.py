@@ -92,9 +92,9 @@ def prepare(
     except UnknownPackageError as exc:
         if len(packages) > len(spec.packages) and f"'{SH_PACKAGE}'" in exc.message:
             raise UnknownPackageError(
-                f"{exc.message} (nixcell adds {SH_PACKAGE} for /bin/sh: rebuild the offline "
-                "set with `nixcell offline build`, or pass --no-sh)",
-                detail=exc.detail,
+                f"the package set has no {SH_PACKAGE}, which nixcell adds for /bin/sh: rebuild "
+                "the offline set with `nixcell offline build`, or pass --no-sh",
+                detail=f"{exc.message}\n{exc.detail or ''}",
             ) from None
         raise
     facts = host.gather(spec, volumes)

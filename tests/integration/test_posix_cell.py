@@ -110,3 +110,18 @@ def test_numpy_linalg_with_its_own_blas(offline_set):
     # the cell sees exactly these store paths: nothing else of the host
     names = sorted(p.split("-", 1)[1].rsplit("-", 1)[0] for p in plan["closure"])
     assert names == ["dash", "glibc", "nixcell", "python3", "python3.11-numpy"], names
+
+
+def test_a_set_without_dash_says_how_to_get_one(offline_set, tmp_path):
+    """An offline set built before dash joined it: a one-line error naming both ways out."""
+    small = tmp_path / "set"
+    env = {"NIXCELL_OFFLINE_DIR": str(small)}
+    built = cli("offline", "build", "--only", "coreutils", env=env)
+    assert built.returncode == 0, built.stderr.decode()
+    result = cli("run", "-p", "coreutils", "--", "true", env=env)
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines()[-1] == (
+        "nixcell: the package set has no dash, which nixcell adds for /bin/sh: rebuild the "
+        "offline set with `nixcell offline build`, or pass --no-sh"
+    )
+    assert cli("run", "--no-sh", "-p", "coreutils", "--", "true", env=env).returncode == 0
