@@ -321,8 +321,9 @@ def plan(
         flags = policy_from_flags([], [], spec.network.allow_cidrs).proxied_cidrs()
         env.update(proxy_env(PROXY_PORT, (*flags, *proxied_cidrs)))
         mounts.insert(-1, MountOp("data", CA_BUNDLE, data=host.ca_pem or ""))
-    else:  # no CA to trust, but the file: Debian's pip refuses to start without it, and would
-        # never get as far as the network (nor the no-network hint)
+    elif not any(_within(CA_BUNDLE, m.target) for m in spec.mounts):
+        # no CA to trust, but the file (unless the user binds one): Debian's pip refuses to
+        # start without it, and would never get as far as the network (nor the no-network hint)
         mounts.insert(-1, MountOp("ro-bind", CA_BUNDLE, src="/dev/null"))
     env.update(host.passed_env)
     env.update(spec.env)
@@ -493,6 +494,10 @@ def _hides(spec: CellSpec, host: HostFacts) -> list[MountOp]:
         else:
             ops.append(MountOp("tmpfs", target, perms="0000", size=4096))
     return ops
+
+
+def _within(path: str, target: str) -> bool:
+    return path == target or path.startswith(target.rstrip("/") + "/")
 
 
 def _cell_path_of(spec: CellSpec, path: str) -> str:

@@ -142,3 +142,19 @@ def test_set_nix_nests_dotted_attrs():
         render_set_nix("x", {"busybox": store, "a": store, "a.b": store})
     with pytest.raises(ValueError, match="scope"):
         render_set_nix("x", {"busybox": store, "a.b": store, "a": store + "x"})
+
+
+@pytest.mark.parametrize(
+    ("mounts", "dev_null"),
+    [
+        ([], True),
+        ([{"source": "/srv/ca", "target": "/etc/ssl"}], False),  # the user's own certificates
+        ([{"source": "/srv/ca.pem", "target": "/etc/ssl/certs/ca-certificates.crt"}], False),
+        ([{"source": "/srv/x", "target": "/etc/ssl/certs2"}], True),
+    ],
+)
+def test_a_no_network_cell_gets_an_empty_ca_bundle_unless_it_binds_one(mounts, dev_null):
+    p = plan(spec(mounts=mounts), closure("python3", "dash"), HOST)
+    ca = "/etc/ssl/certs/ca-certificates.crt"
+    empty = [op for op in p.mounts if op.dest == ca and op.src == "/dev/null"]
+    assert len(empty) == (1 if dev_null else 0)
