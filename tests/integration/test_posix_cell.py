@@ -125,3 +125,5 @@ def test_a_set_without_dash_says_how_to_get_one(offline_set, tmp_path):
         "offline set with `nixcell offline build`, or pass --no-sh"
     )
     assert cli("run", "--no-sh", "-p", "coreutils", "--", "true", env=env).returncode == 0
+    doctor = cli("doctor", env={**env, "COLUMNS": "200"})
+    assert doctor.returncode != 0 and b"the offline set has no dash" in doctor.stdout
