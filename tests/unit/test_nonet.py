@@ -154,3 +154,16 @@ def test_lines_say_what_to_do():
     assert "and 2 more" in many.line() and many.line().count("--allow-host") == 3
     assert "proxy" in NoNetwork((), True).line()
     assert all("\n" not in x.line() for x in (none, one, many))
+
+
+def test_probe_without_snmp6_watches_ipv4_alone(tmp_path):
+    """A kernel without IPv6 has no snmp6: the probe still works from snmp alone."""
+    path = tmp_path / "snmp"
+    path.write_text(SNMP.format(noroute=0, noports=0))
+    probe = NetProbe((os.open(path, os.O_RDONLY),))
+    try:
+        assert probe.tried() is False
+        path.write_text(SNMP.format(noroute=0, noports=2))  # same inode: the fd sees it
+        assert probe.tried() is True
+    finally:
+        probe.close()

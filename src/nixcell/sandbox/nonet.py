@@ -26,6 +26,7 @@ With a policy the proxy's audit names the hosts the cell asked for and no rule a
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 TYPE_CHECKING = False
@@ -80,32 +81,32 @@ class NetProbe:
     """The counters of one cell's network namespace, opened before its command runs.
 
     The baseline is kept as raw text and parsed only if the command fails: a successful run
-    pays two opens and two reads."""
+    pays two opens and two reads. ``snmp6`` is absent on a kernel without IPv6: then only
+    ``snmp`` is watched."""
 
     __slots__ = ("_base", "_fds")
 
-    def __init__(self, fds: tuple[int, int]) -> None:
-        self._fds: tuple[int, int] | None = fds
+    def __init__(self, fds: tuple[int, ...]) -> None:
+        self._fds: tuple[int, ...] | None = fds
         self._base = self._texts()
 
     @classmethod
     def open(cls, pid: int) -> NetProbe | None:
-        """None when the files cannot be opened (then no hint is ever given: it is only a hint)."""
-        fds: list[int] = []
+        """None when the counters cannot be opened (then no hint is ever given: only a hint)."""
+        flags = os.O_RDONLY | os.O_CLOEXEC
         try:
-            for name in ("snmp", "snmp6"):
-                fds.append(os.open(f"/proc/{pid}/net/{name}", os.O_RDONLY | os.O_CLOEXEC))
-            return cls((fds[0], fds[1]))
+            fds = [os.open(f"/proc/{pid}/net/snmp", flags)]
         except OSError:
-            for fd in fds:
-                os.close(fd)
             return None
+        with contextlib.suppress(OSError):
+            fds.append(os.open(f"/proc/{pid}/net/snmp6", flags))
+        return cls(tuple(fds))
 
-    def _texts(self) -> tuple[str, str] | None:
+    def _texts(self) -> tuple[str, ...] | None:
         if self._fds is None:
             return None
         try:
-            return _read(self._fds[0]), _read(self._fds[1])
+            return tuple(_read(fd) for fd in self._fds)
         except OSError:
             return None
 
@@ -114,13 +115,16 @@ class NetProbe:
         now, base = self._texts(), self._base
         if now is None or base is None:
             return False
-        before = attempts(parse_snmp(base[0]), parse_snmp6(base[1]))
-        return attempts(parse_snmp(now[0]), parse_snmp6(now[1])) > before
+        return _attempts(now) > _attempts(base)
 
     def close(self) -> None:
         fds, self._fds = self._fds, None
         for fd in fds or ():
             os.close(fd)
+
+
+def _attempts(texts: tuple[str, ...]) -> int:
+    return attempts(parse_snmp(texts[0]), parse_snmp6(texts[1]) if len(texts) > 1 else {})
 
 
 def _read(fd: int) -> str:
