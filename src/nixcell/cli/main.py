@@ -107,7 +107,7 @@ def run_options(f):
         click.option(
             "--no-sh",
             is_flag=True,
-            help="Add no /bin/sh (by default dash is added unless the packages bring a sh).",
+            help="Do not add dash for /bin/sh (it then exists only if the packages bring a sh).",
         ),
     ]
     for opt in reversed(opts):
