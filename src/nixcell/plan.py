@@ -28,10 +28,13 @@ CELL_HOME = "/home/cell"
 HOSTNAME = "cell"
 NAMESPACES = ("user", "pid", "ipc", "uts", "net", "cgroup")
 
-_NSSWITCH = "passwd: files\ngroup: files\nshadow: files\nhosts: files\n"
+# "dns" with no resolv.conf: a name not in /etc/hosts is asked of 127.0.0.1:53, in the cell's own
+# namespace, where nothing listens. It fails as fast as "files" alone, but the kernel counts the
+# refused datagram: that is how nixcell tells a program tried the network (sandbox/nonet.py).
+_NSSWITCH = "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
 PROXY_PORT = 3128  # inside the cell's own network namespace, so any fixed port is free
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-PLAN_FORMAT = 3  # a cached plan of another format is made again, never run
+PLAN_FORMAT = 4  # a cached plan of another format is made again, never run
 STAGE_DIR = "/run/nixcell/stage"  # sandbox/holder.py STAGE: where idmapped binds wait
 # The cell's writable areas: (name in the scratch tmpfs, where the cell sees it, mode).
 SCRATCH_AREAS = (
@@ -133,7 +136,7 @@ class Plan:
     source: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
     programs: tuple[str, ...] = ()  # what the cell's PATH holds, for command decisions
-    shell: str | None = None  # the closure's bash/sh, if any
+    shell: str | None = None  # the closure's bash/sh/dash, if any
     # With a network: the spec's Network (policy sources) plus the proxy port. The executor puts
     # the cell in a namespace holding only lo and the proxy's listener (net/netns.py).
     network: dict[str, object] | None = None
@@ -287,9 +290,13 @@ def plan(
     mounts += _standard_links(closure)
     mounts.append(MountOp("remount-ro", "/"))
 
-    path_dirs = (f"{closure.env}/bin",)
+    path_dirs: tuple[str, ...] = (f"{closure.env}/bin",)
+    has_bin_sh = any(op.dest == "/bin/sh" for op in mounts)
+    if has_bin_sh and not closure.has_program("sh"):  # `sh` finds /bin/sh -> dash, as on Debian
+        path_dirs += ("/bin",)
     shell = next(
-        (f"{closure.env}/bin/{sh}" for sh in ("bash", "sh") if closure.has_program(sh)), None
+        (f"{closure.env}/bin/{sh}" for sh in ("bash", "sh", "dash") if closure.has_program(sh)),
+        None,
     )
     env = {
         "PATH": ":".join(path_dirs),
@@ -299,8 +306,13 @@ def plan(
         "TERM": host.term,
         "LANG": "C.UTF-8",
         "TMPDIR": "/tmp",
-        "SHELL": f"{closure.env}/bin/bash" if closure.has_program("bash") else "/bin/sh",
     }
+    if closure.has_program("bash"):  # SHELL only names a shell the cell has
+        env["SHELL"] = f"{closure.env}/bin/bash"
+    elif has_bin_sh:
+        env["SHELL"] = "/bin/sh"
+    if closure.site_packages:  # a buildEnv's python3 links to its own prefix, not the env's
+        env["PYTHONPATH"] = ":".join(closure.site_packages)
     network = None
     namespaces = NAMESPACES
     if spec.network is not None:
@@ -311,6 +323,10 @@ def plan(
         flags = policy_from_flags([], [], spec.network.allow_cidrs).proxied_cidrs()
         env.update(proxy_env(PROXY_PORT, (*flags, *proxied_cidrs)))
         mounts.insert(-1, MountOp("data", CA_BUNDLE, data=host.ca_pem or ""))
+    elif not any(_within(CA_BUNDLE, m.target) for m in spec.mounts):
+        # no CA to trust, but the file (unless the user binds one): Debian's pip refuses to
+        # start without it, and would never get as far as the network (nor the no-network hint)
+        mounts.insert(-1, MountOp("ro-bind", CA_BUNDLE, src="/dev/null"))
     env.update(host.passed_env)
     env.update(spec.env)
     limits = PlanLimits(**spec.limits.model_dump())
@@ -483,6 +499,10 @@ def _hides(spec: CellSpec, host: HostFacts) -> list[MountOp]:
     return ops
 
 
+def _within(path: str, target: str) -> bool:
+    return path == target or path.startswith(target.rstrip("/") + "/")
+
+
 def _cell_path_of(spec: CellSpec, path: str) -> str:
     """--hide takes the cell path, or a host path inside a mount source (mapped to the cell)."""
     binds = [(m.source, m.target) for m in spec.mounts]
@@ -514,14 +534,18 @@ def _etc_files(host: HostFacts) -> list[MountOp]:
     ]
 
 
+# What /bin/sh may point at, best first: the packages' own sh (bash's, busybox's), else dash
+# (added to the closure unless --no-sh: spec.closure_packages).
+_SH_PROGRAMS = ("sh", "bash", "dash")
+
+
 def _standard_links(closure: Closure) -> list[MountOp]:
     """/bin/sh and /usr/bin/env, only when the closure has programs to point them at."""
     ops = []
     bin_dir = f"{closure.env}/bin"
-    if closure.has_program("sh"):
-        ops.append(MountOp("symlink", "/bin/sh", src=f"{bin_dir}/sh"))
-    elif closure.has_program("bash"):
-        ops.append(MountOp("symlink", "/bin/sh", src=f"{bin_dir}/bash"))
+    sh = next((name for name in _SH_PROGRAMS if closure.has_program(name)), None)
+    if sh is not None:
+        ops.append(MountOp("symlink", "/bin/sh", src=f"{bin_dir}/{sh}"))
     if closure.has_program("env"):
         ops.append(MountOp("symlink", "/usr/bin/env", src=f"{bin_dir}/env"))
     return ops

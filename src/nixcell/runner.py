@@ -8,6 +8,7 @@ cell's processes, cgroups and fds are gone when these return or raise.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import time
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from nixcell.sandbox.bwrap import CellProcess
     from nixcell.sandbox.cgroups import CellCgroup
     from nixcell.sandbox.holder import CellNamespaces
+    from nixcell.sandbox.nonet import NoNetwork
     from nixcell.spec import CellSpec
 
 TIMEOUT_EXIT = 124
@@ -52,6 +54,7 @@ class RunResult:
     message: str | None = None
     network_summary: str | None = None  # "3 requests denied: …" when the proxy refused any
     learned_policy: str | None = None  # --learn: a policy TOML allowing what the cell used
+    no_network: NoNetwork | None = None  # the command failed after trying the network
 
 
 def new_cell_id() -> str:
@@ -69,8 +72,10 @@ def prepare(
     ``volumes``: paths the cell's namespaces hold as bounded volumes (``execute_async``'s
     ``namespaces``)."""
     from nixcell import host
+    from nixcell.errors import UnknownPackageError
     from nixcell.nix.resolve import resolve
     from nixcell.plan import plan
+    from nixcell.spec import SH_PACKAGE
 
     proxied: tuple = ()
     if spec.network is not None:  # a bad policy or CA file fails before any nix build
@@ -81,7 +86,17 @@ def prepare(
             from nixcell.net.tls import upstream_context
 
             upstream_context(spec.network.upstream_ca)
-    closure = resolve(spec.packages, spec.nixpkgs, progress=progress)
+    packages = spec.closure_packages()
+    try:
+        closure = resolve(packages, spec.nixpkgs, progress=progress)
+    except UnknownPackageError as exc:
+        if len(packages) > len(spec.packages) and f"'{SH_PACKAGE}'" in exc.message:
+            raise UnknownPackageError(
+                f"the package set has no {SH_PACKAGE}, which nixcell adds for /bin/sh: rebuild "
+                "the offline set with `nixcell offline build`, or pass --no-sh",
+                detail=f"{exc.message}\n{exc.detail or ''}",
+            ) from None
+        raise
     facts = host.gather(spec, volumes)
     return plan(spec, closure, facts, proxied), closure
 
@@ -208,6 +223,22 @@ def _finish(
     )
 
 
+def _with_no_network(result: RunResult, cell: CellProcess, session: object | None) -> RunResult:
+    """The failed command's attempt at the network, if it made one (sandbox/nonet.py)."""
+    if result.exit_code == 0:
+        return result
+    from nixcell.sandbox import nonet
+
+    audit = getattr(session, "audit", None)
+    found = nonet.detect(
+        result.exit_code,
+        cell.probe,
+        networked=session is not None,
+        denied=getattr(audit, "denied", ()),
+    )
+    return dataclasses.replace(result, no_network=found) if found is not None else result
+
+
 def execute(
     plan: Plan,
     *,
@@ -274,7 +305,7 @@ def execute(
             proxy.stop()
             session.release()
             result = attach.with_outcome(result, session)
-        return result
+        return _with_no_network(result, cell, session)
     except BaseException:
         if cell is not None:
             cell.kill()
@@ -286,6 +317,7 @@ def execute(
             term.close()
         if cell is not None:
             cell.close_fds()
+            cell.close_probe()
             cell.reap()
         if cgroup is not None:
             cgroup.remove()
@@ -372,7 +404,7 @@ async def execute_async(
         if session is not None:
             await session.close()
             result = attach.with_outcome(result, session)
-        return result
+        return _with_no_network(result, cell, session)
     except BaseException:
         if cell is not None:
             cell.kill()
@@ -382,6 +414,7 @@ async def execute_async(
     finally:
         if cell is not None:
             cell.close_fds()
+            cell.close_probe()
             cell.reap()
             for stream in (cell.proc.stdin, cell.proc.stdout, cell.proc.stderr):
                 if stream is not None:

@@ -19,6 +19,11 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Cell paths that a user mount may not cover: they are the cell's own machinery.
 RESERVED_TARGETS = ("/", "/proc", "/dev", "/nix", "/nix/store", "/etc/passwd", "/etc/group")
 
+# The POSIX shell added to every closure for /bin/sh (nixpkgs and the offline set both have it),
+# unless the spec says ``sh=False`` or names a package whose bin/ has a sh of its own.
+SH_PACKAGE = "dash"
+_HAS_SH = frozenset({"bash", "bashInteractive", "busybox", SH_PACKAGE})
+
 MIN_MEMORY = 4 << 20
 # --cpus: a CFS quota of 1ms per 100ms period is the kernel's floor; 4096 CPUs is far above any
 # machine and keeps quota * period in range. --pids: measured — with 1, bwrap cannot fork its pid
@@ -202,6 +207,15 @@ class CellSpec(BaseModel):
     # a pseudo-terminal for the cell (ttymode.py): "auto" when stdin and stdout are terminals
     # (the CLI's default), "always" (-i), "never" (-T; the default of the API and MCP)
     tty: Literal["auto", "always", "never"] = "never"
+    sh: bool = True  # /bin/sh in the cell (--no-sh: only what the packages bring)
+
+    def closure_packages(self) -> list[str]:
+        """What the closure is resolved from: the packages, plus dash for /bin/sh (``system()``,
+        ``shell=True``, ``execSync`` and git all run /bin/sh) unless ``sh`` is off or a package
+        named here brings a sh of its own."""
+        if not self.sh or _HAS_SH.intersection(self.packages):
+            return list(self.packages)
+        return [*self.packages, SH_PACKAGE]
 
     @field_validator("command")
     @classmethod

@@ -142,7 +142,7 @@ def test_errors_are_results(project):
 def test_limits_are_enforced(project):
     async def body(client: Client) -> None:
         tools = (await client.list_tools()).tools
-        assert "small: python; python3, coreutils" in tools[0].description
+        assert "small: python; python3, pyyaml, coreutils" in tools[0].description
         assert "2 s, 128 MB memory" in tools[0].description
         ok = await client.call_tool("run", {"code": "x = b'x' * (16 << 20)", "env": "small"})
         assert not ok.is_error, ok.content[0].text
@@ -397,7 +397,7 @@ def test_bad_config_is_one_line(project, tmp_path):
     proc = subprocess.run([NIXCELL, "mcp", "--config", str(bad)], capture_output=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.decode() == (
-        f"nixcell: {bad}:5: unknown preset 'pyton' (expected shell, python, node)\n"
+        f"nixcell: {bad}:5: unknown preset 'pyton' (expected shell, python, node, python-data)\n"
     )
     assert proc.stdout == b""
     missing = subprocess.run([NIXCELL, "mcp", "--config", "/nonexistent.toml"], capture_output=True)

@@ -372,10 +372,12 @@ def test_cli_network_run_prints_denial_summary(offline_set, tls):
         "curl", "-s", "-o", "/dev/null", "-w", "%{http_code} ", tls.url("/a"), tls.url("/b", host="other.test"),
     )  # fmt: skip
     assert result.stdout == b"200 000 ", result  # 000: CONNECT refused before any TLS
-    assert (
-        result.stderr.decode()
-        .strip()
-        .endswith(f"nixcell: 1 request denied: CONNECT other.test:{p} (no rule)")
+    *_, summary, hint = result.stderr.decode().strip().splitlines()
+    assert summary == f"nixcell: 1 request denied: CONNECT other.test:{p} (no rule)"
+    # curl failed (exit 56): the no-network hint is the last line (test_nonet_hint.py)
+    assert hint == (
+        f"nixcell: the cell has no network access to other.test:{p}; "
+        f"allow with --allow-host other.test:{p}"
     )
 
 

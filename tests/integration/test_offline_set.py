@@ -22,8 +22,9 @@ from nixcell.nix.offline.store import NO_SUBSTITUTERS
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
 REQUIRED = [
-    *("bash", "coreutils", "busybox", "python3", "nodejs", "curl", "git", "jq"),
+    *("bash", "dash", "coreutils", "busybox", "python3", "nodejs", "curl", "git", "jq"),
     *("gnugrep", "gnused", "gawk", "findutils", "diffutils"),
+    *("python3Packages.pyyaml", "python3Packages.numpy"),  # ./setup installs their sources
 ]
 # The only packages allowed a reference beyond themselves and glibc.
 EXTRA_REFS = {"which": {"busybox"}}
@@ -83,6 +84,7 @@ SMOKE = [
         None,
     ),
     ("bash", ["sh", "-c", "echo via-sh"], "via-sh", None),
+    ("dash", ["dash", "-c", "echo $((6*7)) | { read x; echo dash $x; }"], "dash 42", None),
     ("coreutils", ["ls", "-d", "/nix/store"], "/nix/store", None),
     ("coreutils", ["sort"], "a\nb\n", "b\na\n"),
     ("busybox", ["busybox", "echo", "bb"], "bb", None),
@@ -228,21 +230,26 @@ def test_no_loader_path_outside_the_store(built):
     assert not problems, "\n".join(problems[:20])
 
 
-def test_buildenv_from_set_nix(built, tmp_path):
-    """The resolver's contract: import set.nix, buildEnv, closure = union of the closures."""
-    attrs = ["busybox", "coreutils", "python3", "which"]
+def build_env(built, attrs: list[str], link: Path) -> str:
+    """``buildEnv`` of these attrs of set.nix (dotted ones too), as the resolver builds it."""
+    paths = " ".join("pkgs." + ".".join(json.dumps(part) for part in a.split(".")) for a in attrs)
     expr = (
         f'let pkgs = import {built.nix_file}; in pkgs.buildEnv {{ name = "nixcell-env"; '
-        f"paths = [ {' '.join(f'pkgs.{json.dumps(a)}' for a in attrs)} ]; }}"
+        f"paths = [ {paths} ]; }}"
     )
-    link = tmp_path / "env"
     subprocess.run(
         ["nix-build", *NO_SUBSTITUTERS, "--out-link", str(link), "-E", expr],
         capture_output=True,
         text=True,
         check=True,
     )
-    env = os.readlink(link)
+    return os.readlink(link)
+
+
+def test_buildenv_from_set_nix(built, tmp_path):
+    """The resolver's contract: import set.nix, buildEnv, closure = union of the closures."""
+    attrs = ["busybox", "coreutils", "python3", "which"]
+    env = build_env(built, attrs, tmp_path / "env")
     union = {env}
     for a in attrs:
         union |= set(closure(built.packages[a]))
@@ -284,3 +291,15 @@ def test_every_package_is_a_gc_root(built):
     missing = sorted(set(built.packages.values()) - ours)
     assert not missing, f"not rooted under {roots_dir}: {missing}"
     assert ours <= rooted
+
+
+def test_python_packages_join_the_env_site_packages(built, tmp_path):
+    """python3Packages.* land in the env's lib/python3.X/site-packages (the plan's PYTHONPATH)."""
+    attrs = ["python3", "python3Packages.pyyaml", "python3Packages.numpy"]
+    assert built.packages["python311Packages.numpy"] == built.packages["python3Packages.numpy"]
+    env = build_env(built, attrs, tmp_path / "env")
+    sites = list(Path(env, "lib").glob("python3.*/site-packages"))
+    assert len(sites) == 1 and {"yaml", "numpy"} <= {p.name for p in sites[0].iterdir()}
+    code = "import yaml, numpy; print(yaml.safe_dump(numpy.eye(2).tolist()), end='')"
+    out = ok(in_cell(env, ["python3", "-c", code], env={"PYTHONPATH": str(sites[0])}))
+    assert out == "- - 1.0\n  - 0.0\n- - 0.0\n  - 1.0\n"

@@ -103,3 +103,15 @@ def test_ordinary_user_timeout_and_exit_codes(user_home):
     assert subprocess.run(["pgrep", "-f", "sleep 77.5"], capture_output=True).stdout == b""
     exited = as_nobody(user_home, "run", "-p", "bash", "--", "bash", "-c", "exit 5")
     assert exited.returncode == 5
+
+
+def test_ordinary_user_gets_the_no_network_hint(user_home):
+    """The probe opens the counters of a cell bwrap made in the user's own namespaces."""
+    code = "import urllib.request; urllib.request.urlopen('https://pypi.test/', timeout=20)"
+    result = as_nobody(user_home, "run", "-p", "python3", "--", "python3", "-c", code)
+    assert result.returncode == 1
+    assert result.stderr.decode().rstrip("\n").rsplit("\n", 1)[-1] == (
+        "nixcell: the cell has no network; allow a host with --allow-host HOST, or --policy FILE"
+    )
+    ok = as_nobody(user_home, "run", "-p", "python3", "--", "python3", "-c", "raise SystemExit(2)")
+    assert ok.returncode == 2 and b"no network" not in ok.stderr

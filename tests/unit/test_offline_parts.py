@@ -15,7 +15,7 @@ import pytest
 from nixcell.errors import UnknownPackageError
 from nixcell.nix.offline import elf, recipe, setfile
 from nixcell.nix.offline.build import wanted
-from nixcell.nix.offline.python import _fix_pycs
+from nixcell.nix.offline.python import compile_pycs
 from nixcell.nix.offline.stage import Stager, _ldd
 from nixcell.nix.offline.store import nix_string
 from nixcell.nix.offline.wrapper import compile_wrapper, wrapper_source
@@ -202,7 +202,7 @@ def test_pycs_become_unchecked_hash_pycs(tmp_path):
     orphan.write_bytes(pyc.read_bytes())
     fresh = lib / "fresh.py"
     fresh.write_text("Y = 2\n")
-    _fix_pycs(HOST_PYTHON, lib)
+    compile_pycs(HOST_PYTHON, lib)
     head = pyc.read_bytes()[:16]
     assert int.from_bytes(head[4:8], "little") == 1  # hash-based, unchecked
     assert head[8:16] == importlib.util.source_hash(mod.read_bytes())

@@ -117,6 +117,12 @@ def check_packages() -> Check:
     offline = find_set()
     if nixpkgs:
         return Check("packages", True, f"nixpkgs at {nixpkgs}")
+    if offline and "dash" not in offline.packages:  # built before dash joined the set
+        return Check(
+            "packages",
+            False,
+            "the offline set has no dash (every cell's /bin/sh): run `nixcell offline build`",
+        )
     if offline:
         return Check(
             "packages",

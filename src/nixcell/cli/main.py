@@ -134,6 +134,11 @@ def run_options(f):
             is_flag=True,
             help="No pseudo-terminal (default: one when stdin and stdout are terminals).",
         ),
+        click.option(
+            "--no-sh",
+            is_flag=True,
+            help="Do not add dash for /bin/sh (it then exists only if the packages bring a sh).",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -175,6 +180,7 @@ def spec_from_flags(command: tuple[str, ...], **o: object):
         hardening_profiles=list(o["profiles"]),  # type: ignore[call-overload]
         network=network_from_flags(o),
         tty="always" if o["interactive"] else "never" if o["no_tty"] else "auto",
+        sh=not o.get("no_sh"),
     )
 
 

@@ -30,4 +30,6 @@ def report(result: RunResult, learn_output: tuple[int, str] | None = None) -> in
         else:
             sys.stdout.write(result.learned_policy)
             sys.stdout.flush()
+    if result.no_network is not None:  # always the last line
+        sys.stderr.write(f"nixcell: {result.no_network.line()}\n")
     return result.exit_code

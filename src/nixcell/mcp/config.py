@@ -76,7 +76,15 @@ PRESETS: dict[str, Preset] = {
         "python", ("python3", "python3Packages.pyyaml", "coreutils"), ("python3Packages.pyyaml",)
     ),
     "node": Preset("node", ("nodejs", "coreutils")),
+    # numpy (with its BLAS/LAPACK) is the point of this one: required, pyyaml optional. Opt-in
+    # (`preset = "python-data"`): with real nixpkgs and no binary cache, numpy is built from source.
+    "python-data": Preset(
+        "python",
+        ("python3", "python3Packages.numpy", "python3Packages.pyyaml", "coreutils"),
+        ("python3Packages.pyyaml",),
+    ),
 }
+DEFAULT_PRESETS = ("shell", "python", "node")  # no config: nix-sandbox-mcp's three
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,7 @@ def default_env_dir() -> Path:
 def load_config(path: str | None = None, env_dir: str | None = None) -> ServerConfig:
     """The server's configuration; every problem is one ``ConfigError`` line."""
     if path is None:
-        config = ServerConfig({n: preset_env(n) for n in PRESETS}, os.getcwd())
+        config = ServerConfig({n: preset_env(n) for n in DEFAULT_PRESETS}, os.getcwd())
         defaults: dict[str, Any] = {}
     else:
         reader = _Reader(path, _read_text(path))
@@ -213,7 +221,7 @@ class _Reader(SettingsReader):
                 n: self.environment(n, t, ("environments", n), defaults) for n, t in tables.items()
             }
         else:
-            envs = {n: self.environment(n, {"preset": n}, (), defaults) for n in PRESETS}
+            envs = {n: self.environment(n, {"preset": n}, (), defaults) for n in DEFAULT_PRESETS}
         config = ServerConfig(
             envs, project, mount, pass_env, idle, life, transport, log_level, self.name, share,
             per_client,
@@ -266,9 +274,8 @@ class _Reader(SettingsReader):
         table = self.table(at, value, _ENV_KEYS)
         preset_name = table.get("preset")
         if preset_name is not None and preset_name not in PRESETS:
-            self.fail(
-                (*at, "preset"), f"unknown preset {preset_name!r} (expected shell, python, node)"
-            )
+            known = ", ".join(PRESETS)
+            self.fail((*at, "preset"), f"unknown preset {preset_name!r} (expected {known})")
         preset = PRESETS.get(preset_name) if preset_name else None
         extra = self.strings((*at, "packages"), table.get("packages", []))
         flake = table.get("flake")

@@ -200,6 +200,8 @@ async def run_once(plan: Plan, interpreter: str, code: str) -> Outcome:
         notices.append(f"(timed out after {format_duration(plan.limits.timeout or 0)})")
     elif result.message:
         notices.append(f"({result.message})")
+    if result.no_network is not None:
+        notices.append(f"({result.no_network.line('mcp')})")
     return Outcome(
         stdout,
         stderr,

@@ -13,6 +13,7 @@ STORE_DIR = "/nix/store"
 _NIX_BASE32 = "0123456789abcdfghijklmnpqrsvwxyz"
 STORE_PATH = re.compile(rf"^{STORE_DIR}/[{_NIX_BASE32}]{{32}}-[A-Za-z0-9+_?=-][A-Za-z0-9+._?=-]*$")
 _PROGRAM = re.compile(r"^[^/\0]+$")
+_SITE = re.compile(rf"^{STORE_DIR}/[^/]+/lib/python3\.[0-9]+/site-packages$")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class Closure:
     packages: tuple[str, ...] = ()
     source: str = ""  # human description: "offline package set", "nixpkgs channel nixos-24.11", …
     programs: tuple[str, ...] = ()  # names in env/bin, recorded at resolution time
+    # env/lib/python3.X/site-packages directories, recorded at resolution time (PYTHONPATH)
+    site_packages: tuple[str, ...] = ()
 
     def has_program(self, name: str) -> bool:
         return name in self.programs
@@ -39,6 +42,7 @@ class Closure:
             "packages": list(self.packages),
             "source": self.source,
             "programs": list(self.programs),
+            "site_packages": list(self.site_packages),
         }
 
     def check(self) -> None:
@@ -55,6 +59,9 @@ class Closure:
         for name in self.programs:
             if not _PROGRAM.fullmatch(name) or name in (".", ".."):
                 raise NixError(f"closure program name {name!r} is not a file name")
+        for site in self.site_packages:
+            if not _SITE.fullmatch(site) or not site.startswith(self.env + "/"):
+                raise NixError(f"closure site-packages {site!r} is not in its env")
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Closure:
@@ -64,4 +71,5 @@ class Closure:
             packages=tuple(str(p) for p in data.get("packages", ())),  # type: ignore[union-attr]
             source=str(data.get("source", "")),
             programs=tuple(str(p) for p in data.get("programs", ())),  # type: ignore[union-attr]
+            site_packages=tuple(str(p) for p in data.get("site_packages", ())),  # type: ignore[union-attr]
         )

@@ -33,7 +33,7 @@ from nixcell.nix.pins import PackageSource, _nix_string, source_for
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: closures record site_packages
 NIX_OPTIONS = ("--option", "substituters", "")
 FLAKE_FEATURES = ("--extra-experimental-features", "nix-command flakes")
 _ATTR_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_'+-]*(\.[A-Za-z0-9_][A-Za-z0-9_'+-]*)*$")
@@ -159,7 +159,10 @@ def resolve(
         programs = tuple(sorted(os.listdir(Path(env_path, "bin"))))
     except OSError:
         programs = ()
-    closure = Closure(env_path, closure_paths, tuple(packages), source.description, programs)
+    sites = tuple(sorted(str(p) for p in Path(env_path, "lib").glob("python3.*/site-packages")))
+    closure = Closure(
+        env_path, closure_paths, tuple(packages), source.description, programs, sites
+    )
     verify_in_store(closure)
     if cache_file is not None:
         sealed.store("resolve", cache_file, json.dumps(closure.to_json()).encode())

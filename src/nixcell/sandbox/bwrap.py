@@ -20,6 +20,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from nixcell.errors import CellFailedError, SandboxError
+from nixcell.sandbox.nonet import NetProbe, block_pipe
 
 TYPE_CHECKING = False  # not `import typing`: it costs CLI start-up time
 
@@ -57,6 +58,7 @@ class CellProcess:
     cgroup: CellCgroup | None = None
     child_pid: int | None = None
     _fds: list[int] = field(default_factory=list)
+    probe: NetProbe | None = None  # the cell's network counters (sandbox/nonet.py)
 
     def kill(self) -> None:
         """Kill every process of the cell: pid-1 of its namespace, then bwrap, then the cgroup."""
@@ -85,6 +87,11 @@ class CellProcess:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fds.clear()
+
+    def close_probe(self) -> None:
+        if self.probe is not None:
+            self.probe.close()
+            self.probe = None
 
 
 def prepare_fds(plan: Plan, seccomp_program: bytes) -> tuple[int, list[int]]:
@@ -147,8 +154,10 @@ def spawn(
         raise SandboxError("internal: a cell with staged mounts needs its mount namespace")
     named, fds = prepare_fds(plan, seccomp_program)  # type: ignore[misc]
     info_r, info_w = os.pipe2(os.O_CLOEXEC)
-    extra: list[str] = ["--info-fd", str(info_w)]
-    pass_fds = [*fds, info_w, *extra_fds]
+    # the command waits until ``release`` has opened the cell's network counters (nonet.py)
+    block_r, block_w = block_pipe()
+    extra: list[str] = ["--info-fd", str(info_w), "--block-fd", str(block_r)]
+    pass_fds = [*fds, info_w, block_r, *extra_fds]
     # bwrap reads options (not the command) from --args: the command goes on its real argv.
     args = [*extra, *plan.bwrap_args(named)]
     cut = args.index("--")
@@ -181,13 +190,13 @@ def spawn(
             **switch,  # type: ignore[arg-type]
         )
     except OSError as exc:
-        for fd in (*fds, info_r, info_w, args_fd):
+        for fd in (*fds, info_r, info_w, block_r, block_w, args_fd):
             os.close(fd)
         raise SandboxError(f"cannot start bubblewrap: {exc}") from None
-    for fd in (*fds, info_w, args_fd):
+    for fd in (*fds, info_w, block_r, args_fd):
         os.close(fd)
     cell = CellProcess(proc, cell_id, cgroup)
-    cell._fds = [info_r]
+    cell._fds = [info_r, block_w]  # closing block_w lets the command run
     return cell
 
 
@@ -221,11 +230,13 @@ def parse_info(data: bytes) -> int | None:
 
 
 def release(cell: CellProcess, info: bytes) -> None:
-    """Record pid-1 (the cell already runs inside its cgroups: the launcher joined them)."""
+    """Record pid-1 (the cell already runs inside its cgroups: the launcher joined them), open
+    its network counters, then let its command run (closing the block fd)."""
     cell.child_pid = parse_info(info)
     try:
         if cell.child_pid is None:
             raise CellFailedError("bubblewrap failed before the cell started")
+        cell.probe = NetProbe.open(cell.child_pid)
     except BaseException:
         cell.kill()
         raise

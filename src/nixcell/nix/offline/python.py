@@ -79,7 +79,7 @@ print(fixed, compiled)
 """
 
 
-def _find_python() -> tuple[Path, str]:
+def find_python() -> tuple[Path, str]:
     """The host python3 binary and its X.Y version."""
     for cand in ("/usr/bin/python3", "/usr/local/bin/python3"):
         p = Path(cand)
@@ -96,7 +96,7 @@ def _find_python() -> tuple[Path, str]:
 
 
 def stage_python(s: Stager, _ctx: Context) -> None:
-    binary, ver = _find_python()
+    binary, ver = find_python()
     stdlib = s.need(f"/usr/lib/python{ver}", f"{binary.parent.parent}/lib/python{ver}")
     exe = f"python{ver}"
     s.file(binary, f"bin/{exe}")
@@ -114,7 +114,7 @@ def stage_python(s: Stager, _ctx: Context) -> None:
     _bundle_wheels(s, s.root / f"lib/{exe}/ensurepip")
     _patch(s.root / f"lib/{exe}/venv/__init__.py", _VENV_LINE, _VENV_NEW)
     s.preload(f"bin/{exe}", ["libgcc_s.so.1"])
-    _fix_pycs(binary, s.root / f"lib/{exe}")
+    compile_pycs(binary, s.root / f"lib/{exe}")
 
 
 def _bundle_wheels(s: Stager, ensurepip: Path) -> None:
@@ -144,10 +144,11 @@ def _patch(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
-def _fix_pycs(python: Path, stdlib: Path) -> None:
+def compile_pycs(python: Path, tree: Path) -> None:
+    """Every module under ``tree`` gets an unchecked-hash pyc (existing ones rewritten)."""
     proc = subprocess.run(
-        [str(python), "-I", "-c", _PYC_SCRIPT, str(stdlib)], capture_output=True, text=True
+        [str(python), "-I", "-c", _PYC_SCRIPT, str(tree)], capture_output=True, text=True
     )
     if proc.returncode != 0:
-        raise NixError("rewriting the stdlib's .pyc files failed", detail=proc.stderr)
-    logger.debug("stdlib pycs: %s (rewritten, compiled)", proc.stdout.strip())
+        raise NixError(f"compiling the .pyc files of {tree.name} failed", detail=proc.stderr)
+    logger.debug("%s pycs: %s (rewritten, compiled)", tree.name, proc.stdout.strip())

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nixcell.nix.offline.python import stage_python
+from nixcell.nix.offline.pypackages import python_package
+from nixcell.nix.offline.python import find_python, stage_python
 from nixcell.nix.offline.stage import SourceMissing, Stager, host_files
 
 _COREUTILS = (
@@ -43,6 +44,7 @@ class Recipe:
     stage: Callable[[Stager, Context], None]
     aliases: tuple[str, ...] = field(default=())
     version: Callable[[Context], str | None] | None = None
+    pname: Callable[[], str] | None = None  # the store name's stem when it is not ``name``
 
 
 def _bins(*names: str, dirs: tuple[str, ...] = BIN_DIRS) -> Callable[[Stager, Context], None]:
@@ -56,6 +58,11 @@ def _bins(*names: str, dirs: tuple[str, ...] = BIN_DIRS) -> Callable[[Stager, Co
 def _bash(s: Stager, _ctx: Context) -> None:
     s.file(s.need("/usr/bin/bash", "/bin/bash"), "bin/bash")
     s.symlink("bin/sh", "bash")
+
+
+def _dash(s: Stager, _ctx: Context) -> None:
+    """Only bin/dash, as in nixpkgs: the plan links /bin/sh to it (a closure's own sh wins)."""
+    s.file(s.need("/usr/bin/dash", "/bin/dash"), "bin/dash")
 
 
 def _coreutils(s: Stager, _ctx: Context) -> None:
@@ -149,6 +156,7 @@ RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
         Recipe("bash", "bash", "apt install bash", _bash),
+        Recipe("dash", "dash", "apt install dash", _dash),
         Recipe("coreutils", "coreutils", "apt install coreutils", _coreutils),
         Recipe("python3", "python3.11", "apt install python3 python3-venv", stage_python,
                aliases=("python311",)),
@@ -169,6 +177,12 @@ RECIPES: dict[str, Recipe] = {
         Recipe("gnutar", "tar", "apt install tar", _bins("tar")),
         Recipe("gzip", "gzip", "apt install gzip", _gzip),
         Recipe("which", None, "busybox-static", _which, version=_busybox_version),
+        Recipe("python3Packages.pyyaml", "python3-yaml", "apt install python3-yaml",
+               python_package("python3-yaml"), aliases=("python311Packages.pyyaml",),
+               pname=lambda: _python_pname("pyyaml")),
+        Recipe("python3Packages.numpy", "python3-numpy", "apt install python3-numpy",
+               python_package("python3-numpy"), aliases=("python311Packages.numpy",),
+               pname=lambda: _python_pname("numpy")),
     )
 }  # fmt: skip
 
@@ -202,9 +216,15 @@ def upstream_version(debian: str) -> str | None:
     return m.group(1).rstrip(".") if m else None
 
 
+def _python_pname(name: str) -> str:
+    """nixpkgs' stem for a python package: ``python3.11-numpy``."""
+    return f"python{find_python()[1]}-{name}"
+
+
 def store_name(recipe: Recipe, ctx: Context) -> str:
     version = recipe.version(ctx) if recipe.version else deb_version(recipe.deb)
-    return f"{recipe.name}-{version}" if version else recipe.name
+    stem = recipe.pname() if recipe.pname else recipe.name
+    return f"{stem}-{version}" if version else stem
 
 
 def glibc_dir() -> tuple[Path, str]:

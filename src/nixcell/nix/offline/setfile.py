@@ -57,8 +57,37 @@ def read_state(dest: Path) -> State | None:
         return None
 
 
+def _nested(attrs: dict[str, str]) -> dict[str, object]:
+    """``{"python3Packages.numpy": p}`` -> ``{"python3Packages": {"numpy": p}}``."""
+    tree: dict[str, object] = {}
+    for name, path in sorted(attrs.items()):
+        *scopes, leaf = name.split(".")
+        node = tree
+        for scope in scopes:
+            child = node.setdefault(scope, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"offline attr {name!r}: {scope!r} is a package, not a scope")
+            node = child
+        if isinstance(node.get(leaf), dict):
+            raise ValueError(f"offline attr {name!r} is also a scope")
+        node[leaf] = path
+    return tree
+
+
+def _attr_lines(tree: dict[str, object], indent: str) -> list[str]:
+    lines = []
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            lines += [f"{indent}{nix_string(name)} = {{", *_attr_lines(value, indent + "  ")]
+            lines.append(f"{indent}}};")
+        else:
+            lines.append(f"{indent}{nix_string(name)} = builtins.storePath {nix_string(value)};")
+    return lines
+
+
 def render_set_nix(system: str, attrs: dict[str, str]) -> str:
-    """The package set: attr -> store path, plus ``buildEnv`` built with the set's busybox."""
+    """The package set: attr -> store path (dotted attrs nest: ``python3Packages.numpy``),
+    plus ``buildEnv`` built with the set's busybox."""
     if "busybox" not in attrs:
         raise ValueError("the offline set needs a busybox (buildEnv's builder)")
     buildenv = (_HERE / "buildenv.nix").read_text()
@@ -67,10 +96,7 @@ def render_set_nix(system: str, attrs: dict[str, str]) -> str:
         "let",
         f"  system = {nix_string(system)};",
         "  pkgs = {",
-        *(
-            f"    {nix_string(name)} = builtins.storePath {nix_string(path)};"
-            for name, path in sorted(attrs.items())
-        ),
+        *_attr_lines(_nested(attrs), "    "),
         "  };",
         "  mkBuildEnv = (",
         *("    " + line if line else "" for line in buildenv.rstrip().splitlines()),
