@@ -68,7 +68,7 @@ def sweep() -> dict[str, list[str]]:
 
 
 def _runs_dir() -> str:
-    return os.path.join(paths.state_dir(), RUNS)
+    return os.path.join(paths.state_root(), RUNS)
 
 
 class RunMarker:
@@ -136,7 +136,7 @@ def sweep_if_due(every: float = SWEEP_EVERY) -> dict[str, list[str]] | None:
     """``sweep`` when a killed run left a marker, or when the last sweep is ``every`` seconds
     old; otherwise (the warm path) only one ``listdir`` and one ``stat`` happen, and None."""
     dead = _dead_markers()
-    stamp = paths.state_dir() / STAMP
+    stamp = os.path.join(paths.state_root(), STAMP)
     now = time.time()
     if not dead:
         try:
@@ -147,7 +147,7 @@ def sweep_if_due(every: float = SWEEP_EVERY) -> dict[str, list[str]] | None:
     try:
         from nixcell.fsio import private_dir
 
-        private_dir(paths.state_dir())
+        private_dir(paths.state_root())
         fd = os.open(stamp, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         os.utime(fd, (now, now))
         os.close(fd)

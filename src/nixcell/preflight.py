@@ -17,7 +17,7 @@ import os
 import posixpath
 import stat
 
-from nixcell.errors import UsageError
+from nixcell.errors import CommandNotFoundError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -40,8 +40,6 @@ def check(plan: Plan) -> None:
 
 
 def _check_program(plan: Plan) -> None:
-    from nixcell.runner import CommandNotFoundError  # exit 127, like a shell
-
     name = plan.command[0]
     if "/" in name:
         path = posixpath.normpath(posixpath.join(plan.cwd, name))
@@ -99,12 +97,12 @@ def _made_by_nixcell(plan: Plan, op: MountOp) -> str | None:
     """For a bind of nixcell's own making, what lies below its root at start: MISSING for the
     fresh --disk scratch areas, UNKNOWN for a volume (its files are the session's); None for a
     bind of a host path."""
-    from nixcell.plan import SCRATCH_AREAS
+    if plan.scratch is not None:
+        from nixcell.plan import SCRATCH_AREAS  # (not on the CLI's warm path without --disk)
 
-    if plan.scratch is not None and any(
-        op.dest == dest and str(op.src).endswith(f"/{name}") for name, dest, _ in SCRATCH_AREAS
-    ):
-        return MISSING
+        areas = SCRATCH_AREAS
+        if any(op.dest == dest and str(op.src).endswith(f"/{name}") for name, dest, _ in areas):
+            return MISSING
     if plan.host_source(op) in plan.volumes:
         return UNKNOWN
     return None
