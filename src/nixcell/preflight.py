@@ -78,7 +78,7 @@ def lookup(plan: Plan, cell_path: str, links: int = 0) -> str:
         return MISSING
     rest = path[len(op.dest) :].lstrip("/") if op.dest != "/" else path.lstrip("/")
     if op.kind in ("bind", "ro-bind") and op.src:
-        made = _made_by_nixcell(plan, op)
+        made = made_by_nixcell(plan, op)
         if made is not None:  # not a host directory: a tmpfs of the cell's own (or a volume's)
             return DIR if not rest else made
         return _host_lookup(plan, op, rest, links)
@@ -93,7 +93,7 @@ def lookup(plan: Plan, cell_path: str, links: int = 0) -> str:
     return UNKNOWN
 
 
-def _made_by_nixcell(plan: Plan, op: MountOp) -> str | None:
+def made_by_nixcell(plan: Plan, op: MountOp) -> str | None:
     """For a bind of nixcell's own making, what lies below its root at start: MISSING for the
     fresh --disk scratch areas, UNKNOWN for a volume (its files are the session's); None for a
     bind of a host path."""

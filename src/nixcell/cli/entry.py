@@ -70,8 +70,8 @@ def _dispatch(args: list[str]) -> int:
         return 2
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
-        error("aborted")
+    except click.exceptions.Abort:  # click's word for Ctrl-C: the same line as the fast path's
+        error("interrupted")
         return 130
     except click.UsageError as exc:
         cmd = exc.ctx.command_path if exc.ctx else "nixcell"

@@ -123,14 +123,16 @@ def _split(args: list[str]) -> tuple[list[str], list[str]] | None:
 def still_valid(plan: PlanView) -> bool:
     """Whether a cached plan still describes the cell the normal path would make now: every
     staleness check of a cached plan belongs here."""
+    from nixcell.planview import STAGE_DIR
+    from nixcell.preflight import made_by_nixcell
+
     if not os.path.isdir(plan.path_dirs[0]):
         return False
-    sources = [op.src for op in plan.mounts if op.kind in ("bind", "ro-bind") and op.src]
-    sources += [op.source for op in plan.stage]
-    return all(os.path.exists(s) for s in sources if not s.startswith(_NOT_HOST))
-
-
-_NOT_HOST = ("/nix/store/", "/run/nixcell/stage/")  # checked above, or staged from a source
+    binds = [op for op in plan.mounts if op.kind in ("bind", "ro-bind") and op.src]
+    sources = [op.src for op in binds if made_by_nixcell(plan, op) is None]  # type: ignore[arg-type]
+    sources = [s for s in sources if not s.startswith(("/nix/store/", STAGE_DIR + "/"))]
+    sources += [op.source for op in plan.stage]  # (the store: path_dirs; stage: its sources)
+    return all(os.path.exists(s) for s in sources)
 
 
 def _uses_terminal() -> bool:
@@ -142,16 +144,18 @@ def try_fast_run(args: list[str]) -> int | None:
     """Run from a cached plan and return the exit code, or None to take the normal path."""
     global _pending
     split = _split(args)
-    if split is None or _uses_terminal():
+    if split is None:
         return None
     options, command = split
     key_file = _key_file(options)
     if key_file is None:
         return None
+    _pending = key_file
+    if _uses_terminal():  # (the normal path caches the plan it makes all the same)
+        return None
     from nixcell import planview, sealed
 
     payload = sealed.load("plans", key_file)  # None unless this nixcell sealed it (logged)
-    _pending = key_file
     if payload is None:
         return None
     plan = planview.load(payload, command)

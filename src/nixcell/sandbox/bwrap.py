@@ -131,7 +131,7 @@ def spawn(
     pass_fds = [*fds, info_w, *extra_fds]
     # bwrap reads options (not the command) from --args: the command goes on its real argv.
     args = [*extra, *plan.bwrap_args(named)]
-    cut = args.index("--")
+    cut = len(args) - len(plan.command) - 1  # not the first "--": an env value may be one
     args, command = args[:cut], args[cut:]
     args_fd = memfd("nixcell-args", b"\0".join(a.encode() for a in args) + b"\0")
     pass_fds.append(args_fd)
