@@ -14,12 +14,12 @@ pays one ``listdir`` and one ``stat``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 
 from nixcell import paths
 from nixcell.errors import NixcellError
+from nixcell.quiet import suppress
 
 
 def _log():  # logging is imported only when a sweep runs (not on warm runs)
@@ -60,7 +60,7 @@ def sweep() -> dict[str, list[str]]:
     except (OSError, NixcellError) as exc:
         _log().warning("cannot sweep stale cgroups: %s", exc)
     for path in dead:
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             os.unlink(path)
     if any(found.values()):
         _log().info("swept leftovers of killed runs: %s", found)
@@ -100,7 +100,7 @@ class RunMarker:
 
     def __exit__(self, *exc: object) -> None:
         if self.path is not None and self.fd is not None:
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 os.unlink(self.path)
             os.close(self.fd)
 

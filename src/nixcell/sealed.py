@@ -14,7 +14,6 @@ the warm path (hashing.py).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 
@@ -22,6 +21,7 @@ from nixcell import paths
 from nixcell.errors import StateError
 from nixcell.fsio import private_dir, write_atomic
 from nixcell.hashing import blake2b
+from nixcell.quiet import suppress
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def _read_key(where: str) -> bytes | None:
 def forget_key() -> None:
     """Drop the key (gc): every entry sealed so far stops verifying."""
     _key_cache.clear()
-    with contextlib.suppress(FileNotFoundError):
+    with suppress(FileNotFoundError):
         os.unlink(_key_file())
 
 

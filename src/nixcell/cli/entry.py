@@ -59,6 +59,7 @@ def _dispatch(args: list[str]) -> int:
     fast = try_fast_run(args)
     if fast is not None:
         return fast
+    full_site()
     import click
 
     from nixcell.cli.main import cli
@@ -81,6 +82,15 @@ def _dispatch(args: list[str]) -> int:
         error(exc.format_message())
         return exc.exit_code
     return result if isinstance(result, int) else 0
+
+
+def full_site() -> None:
+    """Under the isolated-mode launcher (cli/launcher.py): the environment's ``site`` now, as
+    pip's script would have had it from the start (its .pth files)."""
+    if sys.flags.no_site and "site" not in sys.modules:
+        import site
+
+        site.main()
 
 
 def _no_args_is_help(click) -> type[BaseException]:

@@ -177,6 +177,9 @@ def _execute(plan: PlanView) -> object:
 
     if direct.supports(plan):
         return direct.execute(plan)
+    from nixcell.cli.entry import full_site
+
+    full_site()  # the network's modules are the environment's
     from nixcell.runner import execute
 
     return execute(plan.to_plan())

@@ -14,11 +14,11 @@ pid-1 is reaped, the cgroups removed, the namespaces and the uid slot released.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 
 from nixcell.errors import CellFailedError, SandboxError
+from nixcell.quiet import suppress
 from nixcell.sandbox.bwrapio import bwrap_path, exit_code_of, memfd, parse_info
 
 TYPE_CHECKING = False
@@ -178,14 +178,14 @@ class _Cell:
         """Kill every process of the cell: its pid-1, then bwrap, then what is in its cgroups."""
         if self.pid is not None and not self._reap(os.WNOHANG):
             if self.child_pid is not None:
-                with contextlib.suppress(ProcessLookupError):
+                with suppress(ProcessLookupError):
                     os.kill(self.child_pid, _SIGKILL)
                 # bwrap reaps its child and exits by itself; killing it first would orphan the
                 # child's zombie to the host's init, which may never reap it.
-                with contextlib.suppress(OSError):
+                with suppress(OSError):
                     self._exited_within(2)
             if not self._reap(os.WNOHANG):
-                with contextlib.suppress(ProcessLookupError):
+                with suppress(ProcessLookupError):
                     os.kill(self.pid, _SIGKILL)
                 self._reap(0)
         if self.cgroup is not None:
@@ -239,7 +239,7 @@ def _spawn(argv: list[str], pass_fds: list[int], procs: list[str], user: tuple |
             os.execve(argv[0], argv, {})
         except BaseException as exc:
             if code == _SPAWN_FAILED:
-                with contextlib.suppress(BaseException):
+                with suppress(BaseException):
                     os.write(err_w, str(exc).encode(errors="replace")[:400])
         finally:
             os._exit(code)

@@ -16,11 +16,11 @@ namespace mapped onto the cell's uid and reach into the cell.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 
 from nixcell.errors import SandboxError
+from nixcell.quiet import suppress
 
 RANGE_OWNER = "nixcell"
 DEFAULT_BASE = 0x70000000  # 1879048192: above systemd's container range (0x80000-0x6fffffff)
@@ -69,7 +69,7 @@ class CellIdentity:
 
     def release(self) -> None:
         if self._fd is not None:
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 os.close(self._fd)
             self._fd = None
 
@@ -90,7 +90,7 @@ def _sub_entries(text: str) -> list[tuple[str, int, int]]:
         parts = line.strip().split(":")
         if len(parts) != 3 or line.lstrip().startswith("#"):
             continue
-        with contextlib.suppress(ValueError):
+        with suppress(ValueError):
             entries.append((parts[0], int(parts[1]), int(parts[2])))
     return entries
 
@@ -100,7 +100,7 @@ def _ids(text: str, column: int) -> list[tuple[str, int]]:
     for line in text.splitlines():
         parts = line.split(":")
         if len(parts) > column:
-            with contextlib.suppress(ValueError):
+            with suppress(ValueError):
                 found.append((parts[0], int(parts[column])))
     return found
 

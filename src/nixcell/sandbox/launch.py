@@ -11,10 +11,10 @@ Then it builds the launcher that enters those namespaces and switches to the cel
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 from nixcell.errors import SandboxError
+from nixcell.quiet import suppress
 from nixcell.sandbox import identity as ids
 
 TYPE_CHECKING = False
@@ -110,7 +110,7 @@ class CellLaunch:
     def _close_idmap(self) -> None:
         self._idmap_userns = None  # idmap's cache keeps the namespace for the next cell
         for fd in self._fds:  # the helper has made its clones of them
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 os.close(fd)
         self._fds = []
 

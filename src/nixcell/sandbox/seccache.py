@@ -5,10 +5,10 @@ Imports only ``os`` and the seal on a hit, so the CLI's warm path uses it too.
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 from nixcell.errors import NixcellError
+from nixcell.quiet import suppress
 
 
 def seccomp_program(profiles: tuple[str, ...]) -> bytes:
@@ -27,7 +27,7 @@ def seccomp_program(profiles: tuple[str, ...]) -> bytes:
     machine = os.uname().machine
     lib = "-"
     for libdir in (f"/usr/lib/{machine}-linux-gnu", "/usr/lib64", "/usr/lib", "/lib64"):
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             lib_stat = os.stat(f"{libdir}/libseccomp.so.2")
             lib = f"{libdir}:{lib_stat.st_mtime_ns}:{lib_stat.st_size}"
             break
