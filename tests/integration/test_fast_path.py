@@ -64,11 +64,12 @@ def twice(home: Path, *flags: str, command: tuple[str, ...] = ("bash", "-c", PRO
 
     A run the normal path refuses before the cell starts caches no plan: ``true`` caches it."""
     env = {"NIXCELL_HOME": str(home)}
-    normal = cli("run", *PACKAGES, *flags, "--", *command, env=env)
+    run = ("run", *PACKAGES, *flags, "--")
+    normal = cli(*run, *command, env=env, input=b"")  # (stdin a pipe, never a terminal)
     if not (home / "cache" / "plans").exists() or not any((home / "cache" / "plans").iterdir()):
-        assert cli("run", *PACKAGES, *flags, "--", "true", env=env).returncode == 0
+        assert cli(*run, "true", env=env, input=b"").returncode == 0
     before = _entry(home)
-    fast = cli("run", *PACKAGES, *flags, "--", *command, env=env)
+    fast = cli(*run, *command, env=env, input=b"")
     after = _entry(home)
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "planned again"
     return normal, fast
@@ -145,7 +146,7 @@ def test_oom_on_the_warm_path(offline_set, tmp_path):
     command = ("python3", "-c", "x = bytearray(1 << 30)")
     env = {"NIXCELL_HOME": str(tmp_path / "home")}
     for _ in range(2):
-        result = cli("run", "-p", "python3", "--memory", "64M", "--", *command, env=env)
+        result = cli("run", "-p", "python3", "--memory", "64M", "--", *command, env=env, input=b"")
         assert result.returncode == 137
         assert result.stderr.decode().endswith("nixcell: killed: out of memory (limit 64M)\n")
 
@@ -231,16 +232,16 @@ def test_a_stale_cached_plan_is_not_used(offline_set, tmp_path):
     (data / "f").write_text("one")
     env = {"NIXCELL_HOME": str(home)}
     args = ("run", *PACKAGES, "--ro-bind", f"{data}:/data", "--", "cat", "/data/f")
-    assert cli(*args, env=env).stdout == b"one"
+    assert cli(*args, env=env, input=b"").stdout == b"one"
     before = _entry(home)
     data.rename(tmp_path / "moved")
-    gone = cli(*args, env=env)  # the normal path's one-line error, not bwrap's
+    gone = cli(*args, env=env, input=b"")  # the normal path's one-line error, not bwrap's
     assert gone.returncode != 0 and b"Traceback" not in gone.stderr
     assert str(data).encode() in gone.stderr and b"bwrap" not in gone.stderr
     assert _entry(home).st_ino == before.st_ino  # nothing planned, nothing cached
     (tmp_path / "moved").rename(data)
     (data / "f").write_text("two")
-    assert cli(*args, env=env).stdout == b"two"
+    assert cli(*args, env=env, input=b"").stdout == b"two"
 
 
 def test_a_terminal_takes_the_normal_path(offline_set, tmp_path):
@@ -257,3 +258,22 @@ def test_a_terminal_takes_the_normal_path(offline_set, tmp_path):
         os.close(leader)
         os.close(follower)
     assert _entry(home).st_ino != before.st_ino  # planned again by the normal path
+
+
+@pytest.mark.parametrize("flags", [[], ["--workdir", "work"], ["--timeout", "30s"]], ids=str)
+def test_an_ordinary_users_warm_cell_is_the_normal_one(user_home, flags):
+    """Run by an ordinary user the cell is that user's (no uid slot): the same on both paths."""
+    from tests.integration.test_ordinary_user import as_nobody
+
+    (user_home / "work").mkdir()
+    os.chown(user_home / "work", 65534, 65534)
+    args = ("run", *PACKAGES, *flags, "--", "bash", "-c", PROBE)
+    normal = as_nobody(user_home, *args)
+    plans = user_home / "nixcell-home" / "cache" / "plans"
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in plans.iterdir()}
+    fast = as_nobody(user_home, *args)
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in plans.iterdir()}
+    assert after == before, "planned again"
+    assert normal.returncode == fast.returncode == 0, normal.stderr
+    assert _normalised(fast.stdout) == _normalised(normal.stdout)
+    assert b"<slot>" not in _normalised(fast.stdout).encode()  # no subordinate uid for a user
