@@ -213,30 +213,25 @@ def main() -> None:
     spec = CellSpec(command=["true"], packages=["bash"])
     api = timed(lambda: run(spec), args.runs)
     base = statistics.median(bare)
-    rows.append(
-        ("nixcell run -p bash -- true (CLI, warm)", ms(cli), f"{statistics.median(cli) / base:.2f}")
-    )
-    rows.append(("nixcell.run(spec) in-process", ms(api), f"{statistics.median(api) / base:.2f}"))
+
+    def row(name: str, samples: list[float] | None, missing: str = "-") -> None:
+        if samples:
+            rows.append((name, ms(samples), f"{statistics.median(samples) / base:.2f}"))
+        else:
+            rows.append((name, missing, "-"))
+
+    row("nixcell run -p bash -- true (CLI, warm)", cli)
+    row("nixcell.run(spec) in-process", api)
     floor = together["python"]
-    rows.append(
-        (
-            "python -I -S -c pass (interpreter start)",
-            ms(floor),
-            f"{statistics.median(floor) / base:.2f}",
-        )
-    )
+    row("python -I -S -c pass (interpreter start)", floor)
     srt_samples = together.get("srt")
-    if srt_samples:
-        ratio = f"{statistics.median(srt_samples) / base:.2f}"
-        rows.append(("srt true (sandbox-runtime)", ms(srt_samples), ratio))
-    else:
-        rows.append(("srt true", "not installed (--install-srt)", "-"))
+    row("srt true (sandbox-runtime)", srt_samples, "not installed (--install-srt)")
     firejail_samples = together.get("firejail")
-    if firejail_samples:
-        ratio = f"{statistics.median(firejail_samples) / base:.2f}"
-        rows.append(("firejail --noprofile --net=none true", ms(firejail_samples), ratio))
-    else:
-        rows.append(("firejail", "not installed (--install-firejail)", "-"))
+    row(
+        "firejail --noprofile --net=none true",
+        firejail_samples,
+        "not installed (--install-firejail)",
+    )
     docker, why = docker_runner()
     if docker:
         samples = timed(docker, max(5, args.runs // 3))

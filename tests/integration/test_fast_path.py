@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from tests.conftest import NIXCELL, cli
+from tests.integration.test_limits import pgrep
 
 from nixcell.sandbox.identity import subordinate_range
 
@@ -151,19 +152,6 @@ def test_oom_on_the_warm_path(offline_set, tmp_path):
         assert result.stderr.decode().endswith("nixcell: killed: out of memory (limit 64M)\n")
 
 
-def _pids_of(marker: str) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if cmdline.rstrip(b"\0").split(b"\0")[-1:] == [marker.encode()]:
-                found.append(int(name))
-    return found
-
-
 LIMIT_FILES = (
     "memory.max",
     "memory.swap.max",
@@ -196,22 +184,22 @@ def _host_view(pid: int) -> tuple[dict[str, object], list[Path]]:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signals_tear_a_warm_cell_down(offline_set, tmp_path, sig):
-    marker = f"1000.{int(sig)}3"
+    marker = f"sleep 1000.{int(sig)}3"
     flags = ["--memory", "64M", "--pids", "32", "--cpus", "1"]
     env = {**os.environ, "NIXCELL_HOME": str(tmp_path / "home")}
     views = []
     for _ in range(2):  # the normal path, then the warm one
         proc = subprocess.Popen(
-            [NIXCELL, "run", *PACKAGES, *flags, "--", "bash", "-c", f"sleep {marker} & wait"],
+            [NIXCELL, "run", *PACKAGES, *flags, "--", "bash", "-c", f"{marker} & wait"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
         )
         deadline = time.monotonic() + 60
-        while not _pids_of(marker) and time.monotonic() < deadline:
+        while not pgrep(marker) and time.monotonic() < deadline:
             time.sleep(0.05)
-        (pid,) = _pids_of(marker)
+        (pid,) = map(int, pgrep(marker))
         view, cgroups = _host_view(pid)
         views.append(view)
         proc.send_signal(sig)
@@ -219,7 +207,7 @@ def test_signals_tear_a_warm_cell_down(offline_set, tmp_path, sig):
         assert proc.returncode == 128 + sig
         last = "interrupted" if sig == signal.SIGINT else "terminated"
         assert err.decode().splitlines()[-1] == f"nixcell: {last}"
-        assert not _pids_of(marker)
+        assert not pgrep(marker)
         assert cgroups and not any(d.exists() for d in cgroups)
     normal, fast = views
     assert fast == normal

@@ -246,6 +246,11 @@ def _spawn(argv: list[str], pass_fds: list[int], procs: list[str], user: tuple |
     os.close(err_w)
     try:
         why = os.read(err_r, 512)
+    except BaseException:  # Ctrl-C, SIGTERM before the caller knows the pid: not left running
+        with suppress(ProcessLookupError):
+            os.kill(pid, _SIGKILL)
+        os.waitpid(pid, 0)
+        raise
     finally:
         os.close(err_r)
     if why:
