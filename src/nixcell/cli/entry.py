@@ -50,7 +50,19 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         code = _report(exc, verbose)
     sys.stdout.flush()
+    if argv is None and _ran_warm():
+        # Everything of the cell is torn down already (finally blocks): skip the interpreter's
+        # finalisation (~1-4 ms of a ~20 ms warm run); nothing on the warm path registers atexit.
+        sys.stderr.flush()
+        import os
+
+        os._exit(code)
     sys.exit(code)
+
+
+def _ran_warm() -> bool:
+    fast = sys.modules.get("nixcell.cli.fast")
+    return bool(fast is not None and fast.ran)
 
 
 def _dispatch(args: list[str]) -> int:

@@ -48,6 +48,7 @@ _KEY_ENV = (
     "USER",
 )
 _pending: str | None = None
+ran = False  # the warm path ran this invocation's cell (entry.py then exits at once)
 
 
 def _key_file(options: list[str]) -> str | None:
@@ -142,7 +143,7 @@ def _uses_terminal() -> bool:
 
 def try_fast_run(args: list[str]) -> int | None:
     """Run from a cached plan and return the exit code, or None to take the normal path."""
-    global _pending
+    global _pending, ran
     split = _split(args)
     if split is None:
         return None
@@ -161,7 +162,7 @@ def try_fast_run(args: list[str]) -> int | None:
     plan = planview.load(payload, command)
     if plan is None or not still_valid(plan):
         return None
-    _pending = None
+    _pending, ran = None, True
     from nixcell import leftovers
 
     leftovers.sweep_if_due()  # (execute runs the preflight of the command and --cwd)
