@@ -167,10 +167,10 @@ def try_fast_run(args: list[str]) -> int | None:
 
     leftovers.sweep_if_due()  # (execute runs the preflight of the command and --cwd)
     if not plan.limits.needs_cgroup:
-        return _finish(_execute(plan))
+        return _finish(plan, _execute(plan))
     with leftovers.RunMarker():  # a kill -9 of this run is swept by the next start
         result = _execute(plan)
-    return _finish(result)
+    return _finish(plan, result)
 
 
 def _execute(plan: PlanView) -> object:
@@ -186,8 +186,9 @@ def _execute(plan: PlanView) -> object:
     return execute(plan.to_plan())
 
 
-def _finish(result) -> int:
-    """What the CLI prints after the cell (the normal path's too: cli/outcome.py)."""
+def _finish(plan: PlanView, result) -> int:
+    """What the CLI prints after the cell (the normal path's too: cli/outcome.py); a post-run
+    hook (it has the plan and the result) goes here, one line."""
     from nixcell.cli.outcome import report
 
     return report(result)
