@@ -48,7 +48,7 @@ _KEY_ENV = (
     "USER",
 )
 _pending: str | None = None
-ran = False  # the warm path ran this invocation's cell (entry.py then exits at once)
+ran = False  # the warm executor ran this invocation's cell (entry.py then exits at once)
 
 
 def _key_file(options: list[str]) -> str | None:
@@ -143,7 +143,7 @@ def _uses_terminal() -> bool:
 
 def try_fast_run(args: list[str]) -> int | None:
     """Run from a cached plan and return the exit code, or None to take the normal path."""
-    global _pending, ran
+    global _pending
     split = _split(args)
     if split is None:
         return None
@@ -162,7 +162,7 @@ def try_fast_run(args: list[str]) -> int | None:
     plan = planview.load(payload, command)
     if plan is None or not still_valid(plan):
         return None
-    _pending, ran = None, True
+    _pending = None
     from nixcell import leftovers
 
     leftovers.sweep_if_due()  # (execute runs the preflight of the command and --cwd)
@@ -174,9 +174,11 @@ def try_fast_run(args: list[str]) -> int | None:
 
 
 def _execute(plan: PlanView) -> object:
+    global ran
     from nixcell.sandbox import direct
 
     if direct.supports(plan):
+        ran = True  # (a network's proxy thread and audit files get the interpreter's exit)
         return direct.execute(plan)
     from nixcell.cli.entry import full_site
 
