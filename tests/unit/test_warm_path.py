@@ -150,3 +150,44 @@ print(os.read(r, 32).decode() == str(os.getpid()))
         timeout=30,
     )
     assert out.stdout.strip() == "True", out.stderr
+
+
+SUPPRESSED = [
+    ((KeyError,), KeyError("k")),
+    ((KeyError,), IndexError(1)),
+    ((OSError,), FileNotFoundError(2, "x")),  # a subclass is suppressed
+    ((ValueError, OSError), PermissionError(1, "x")),
+    ((OSError,), KeyboardInterrupt()),
+    ((BaseException,), SystemExit(3)),
+    ((OSError,), None),
+]
+
+
+@pytest.mark.parametrize(("kinds", "error"), SUPPRESSED)
+def test_quiet_suppress_is_contextlib_suppress(kinds, error):
+    import contextlib
+
+    from nixcell.quiet import suppress
+
+    def outcome(manager) -> str:
+        try:
+            with manager(*kinds):
+                if error is not None:
+                    raise error
+            return "finished"
+        except BaseException as exc:
+            return type(exc).__name__
+
+    assert outcome(suppress) == outcome(contextlib.suppress)
+
+
+def test_lazy_logger_is_the_named_logger(caplog):
+    import logging
+
+    from nixcell.quiet import LazyLogger
+
+    with caplog.at_level(logging.INFO, logger="nixcell.test.lazy"):
+        LazyLogger("nixcell.test.lazy").info("hello %s", "there")
+    assert [r.getMessage() for r in caplog.records if r.name == "nixcell.test.lazy"] == [
+        "hello there"
+    ]
