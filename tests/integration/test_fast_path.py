@@ -12,10 +12,12 @@ from the host while a warm cell runs.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -265,3 +267,30 @@ def test_an_ordinary_users_warm_cell_is_the_normal_one(user_home, flags):
     assert normal.returncode == fast.returncode == 0, normal.stderr
     assert _normalised(fast.stdout) == _normalised(normal.stdout)
     assert b"<slot>" not in _normalised(fast.stdout).encode()  # no subordinate uid for a user
+
+
+def test_the_isolated_launcher_runs_both_paths(offline_set, tmp_path):
+    """./setup's launcher (python -I -S): the warm path, and the normal one with site loaded."""
+    from nixcell.cli import launcher
+
+    path = tmp_path / "nixcell"
+    assert "installed" in launcher.install(str(path))
+    assert path.read_text().startswith(f"#!{sys.executable} -IS\n")
+    env = {**os.environ, "NIXCELL_HOME": str(tmp_path / "home"), "PYTHONPATH": "/nonexistent"}
+    argv = [str(path), "run", *PACKAGES, "--", "bash", "-c", "echo $0", "hi"]
+    for _ in range(2):  # normal (click, pydantic from site-packages), then warm
+        result = subprocess.run(argv, env=env, input=b"", capture_output=True)
+        assert (result.returncode, result.stdout) == (0, b"hi\n"), result.stderr
+    dry = subprocess.run([str(path), "run", *PACKAGES, "--dry-run", "--json", "--", "true"],
+                         env=env, capture_output=True)  # fmt: skip
+    assert dry.returncode == 0 and json.loads(dry.stdout)["command"]
+
+
+def test_no_launcher_where_a_shebang_cannot_hold_the_interpreter(monkeypatch, tmp_path):
+    from nixcell.cli import launcher
+
+    for python in ("/opt/my python/bin/python3", "/p" + "y" * 200):
+        monkeypatch.setattr(sys, "executable", python)
+        assert launcher.script() is None
+        assert "kept" in launcher.install(str(tmp_path / "nixcell"))
+    assert not (tmp_path / "nixcell").exists()
