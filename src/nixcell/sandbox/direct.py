@@ -209,7 +209,12 @@ def _spawn(argv: list[str], pass_fds: list[int], procs: list[str], user: tuple |
     user, root included) and switching to ``user`` (uid, gid; no supplementary groups)."""
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     keep = sorted({*pass_fds, err_w})
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as exc:  # (EAGAIN: out of processes) the normal path's one line
+        os.close(err_r)
+        os.close(err_w)
+        raise SandboxError(f"cannot start bubblewrap: {exc}") from None
     if pid == 0:  # pragma: no cover - the child; it only ever leaves through exec or _exit
         code = _SPAWN_FAILED
         try:
