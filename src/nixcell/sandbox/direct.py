@@ -116,6 +116,8 @@ class _Cell:
         user: tuple[int, int] | None,
     ) -> None:
         """Start bwrap and read its pid-1 (the cell runs inside its cgroups from the start)."""
+        if "net" not in plan.namespaces:  # (as bwrap.spawn: never the host's network)
+            raise SandboxError("internal: a cell without a network must unshare the network")
         if plan.identity == "subordinate" and user is None and not launcher:
             raise SandboxError("internal: a root-run cell needs its own uid")
         if (plan.stage or plan.scratch is not None) and not launcher:
