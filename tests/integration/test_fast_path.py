@@ -294,3 +294,11 @@ def test_no_launcher_where_a_shebang_cannot_hold_the_interpreter(monkeypatch, tm
         assert launcher.script() is None
         assert "kept" in launcher.install(str(tmp_path / "nixcell"))
     assert not (tmp_path / "nixcell").exists()
+
+
+def test_a_cached_network_plan_runs_through_the_normal_executor(offline_set, tmp_path):
+    """A policy needs the proxy: the cached plan is used, by runner.execute (no request made)."""
+    command = ("bash", "-c", "echo $HTTPS_PROXY; cat /etc/ssl/certs/ca-certificates.crt | wc -l")
+    normal, fast = twice(tmp_path / "home", "--allow-host", "a.test", command=command)
+    assert normal.returncode == fast.returncode == 0, fast.stderr
+    assert fast.stdout == normal.stdout and fast.stdout.startswith(b"http://127.0.0.1:3128\n")
