@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Engine benchmark: one run, side by side, medians (see docs/benchmarks.md).
 
-  .venv/bin/python bench/bench_engine.py [--runs 30] [--install-srt]
+  .venv/bin/python bench/bench_engine.py [--runs 30] [--install-srt] [--install-firejail]
 
 Rows: bare bwrap with the same mounts and namespaces as a nixcell cell; `nixcell run -p bash --
 true` (warm cache, CLI); the in-process API (`nixcell.run`); Anthropic's `srt true` when installed
-(`--install-srt` puts it under bench/.cache with npm); `docker run --rm` of an image built from
-the same closure when a Docker daemon answers. Then 100 concurrent cells on this machine, and the
-host-side memory each running cell costs besides bwrap itself. Timings are wall-clock per command
-started from this harness. No network is used.
+(`--install-srt` puts it under bench/.cache with npm); `firejail --noprofile --net=none true`
+when installed (`--install-firejail`: the Debian package, with apt-get); `python -I -S -c pass`
+(the interpreter's own start, the floor of any Python CLI); `docker run --rm` of an image built
+from the same closure when a Docker daemon answers. The warm CLI, srt, firejail and the
+interpreter floor are timed in alternating rounds, so their ratios hold on a busy machine. Then
+100 concurrent cells on this machine, and the host-side memory each running cell costs besides
+bwrap itself. Timings are wall-clock per command started from this harness. No network is used.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "bench" / ".cache"
 NIXCELL = str(Path(sys.executable).with_name("nixcell"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import timed  # noqa: E402 - bench/ is not a package
+from timing import interleaved, timed  # noqa: E402 - bench/ is not a package
 
 
 def ms(samples: list[float]) -> str:
@@ -80,6 +83,16 @@ def srt_path(install: bool) -> str | None:
         capture_output=True,
     )
     return str(local) if local.exists() else None
+
+
+def firejail_path(install: bool) -> str | None:
+    """firejail, installed with apt-get when asked (it is a Debian package, setuid root)."""
+    if shutil.which("firejail") or not install:
+        return shutil.which("firejail")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "firejail"], env=env, check=True)
+    return shutil.which("firejail")
 
 
 def docker_runner():
@@ -168,6 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--install-srt", action="store_true")
+    parser.add_argument("--install-firejail", action="store_true")
     parser.add_argument("--concurrency", type=int, default=100)
     args = parser.parse_args()
     from nixcell import CellSpec, run
@@ -183,31 +197,41 @@ def main() -> None:
     base_u = statistics.median(bare_u) / statistics.median(bare)
     name = "bare bwrap as an unprivileged uid (as nixcell starts cells)"
     rows.append((name, ms(bare_u), f"{base_u:.2f}"))
-    cli = timed(
-        lambda: subprocess.run([NIXCELL, "run", "-p", "bash", "--", "true"], check=True), args.runs
-    )
+    srt = srt_path(args.install_srt)
+    firejail = firejail_path(args.install_firejail)
+    side: dict[str, object] = {
+        "cli": lambda: subprocess.run([NIXCELL, "run", "-p", "bash", "--", "true"], check=True),
+        "python": lambda: subprocess.run([sys.executable, "-I", "-S", "-c", "pass"], check=True),
+    }
+    if srt:
+        side["srt"] = lambda: subprocess.run([srt, "true"], check=True, capture_output=True)
+    if firejail:
+        argv = [firejail, "--noprofile", "--net=none", "true"]
+        side["firejail"] = lambda: subprocess.run(argv, check=True, capture_output=True)
+    together = interleaved(side, args.runs)  # type: ignore[arg-type]
+    cli = together["cli"]
     spec = CellSpec(command=["true"], packages=["bash"])
     api = timed(lambda: run(spec), args.runs)
     base = statistics.median(bare)
-    rows.append(
-        ("nixcell run -p bash -- true (CLI, warm)", ms(cli), f"{statistics.median(cli) / base:.2f}")
+
+    def row(name: str, samples: list[float] | None, missing: str = "-") -> None:
+        if samples:
+            rows.append((name, ms(samples), f"{statistics.median(samples) / base:.2f}"))
+        else:
+            rows.append((name, missing, "-"))
+
+    row("nixcell run -p bash -- true (CLI, warm)", cli)
+    row("nixcell.run(spec) in-process", api)
+    floor = together["python"]
+    row("python -I -S -c pass (interpreter start)", floor)
+    srt_samples = together.get("srt")
+    row("srt true (sandbox-runtime)", srt_samples, "not installed (--install-srt)")
+    firejail_samples = together.get("firejail")
+    row(
+        "firejail --noprofile --net=none true",
+        firejail_samples,
+        "not installed (--install-firejail)",
     )
-    rows.append(("nixcell.run(spec) in-process", ms(api), f"{statistics.median(api) / base:.2f}"))
-    srt = srt_path(args.install_srt)
-    srt_samples = None
-    if srt:
-        srt_samples = timed(
-            lambda: subprocess.run([srt, "true"], check=True, capture_output=True), args.runs
-        )
-        rows.append(
-            (
-                "srt true (sandbox-runtime)",
-                ms(srt_samples),
-                f"{statistics.median(srt_samples) / base:.2f}",
-            )
-        )
-    else:
-        rows.append(("srt true", "not installed", "-"))
     docker, why = docker_runner()
     if docker:
         samples = timed(docker, max(5, args.runs // 3))
@@ -225,11 +249,13 @@ def main() -> None:
     print("| command | median ms | ratio to bare bwrap |\n|---|---|---|")
     for name, value, ratio in rows:
         print(f"| {name} | {value} | {ratio} |")
+    warm = statistics.median(cli)
     if srt_samples:
-        print(
-            f"\nwarm CLI / srt = {statistics.median(cli) / statistics.median(srt_samples):.2f} "
-            "(target ≤ 0.25)"
-        )
+        print(f"\nwarm CLI / srt = {warm / statistics.median(srt_samples):.3f} (target ≤ 0.1)")
+    if firejail_samples:
+        jail = statistics.median(firejail_samples)
+        print(f"warm CLI / firejail = {warm / jail:.2f} (target ≤ 1.0)")
+    print(f"warm CLI - interpreter start = {(warm - statistics.median(floor)) * 1000:.1f} ms")
     print(f"in-process / bare bwrap = {statistics.median(api) / base:.2f} (target ≤ 2)")
     unpriv = statistics.median(api) / statistics.median(bare_u)
     print(f"in-process / bare bwrap as an unprivileged uid = {unpriv:.2f}")

@@ -60,6 +60,12 @@ class CellFailedError(SandboxError):
     """bwrap itself failed before the command started."""
 
 
+class CommandNotFoundError(NixcellError):
+    """The command does not exist in the cell (exit 127, like a shell)."""
+
+    exit_code = 127
+
+
 class PolicyError(UsageError):
     """A network policy (file or flag) is malformed; the message names the file and line."""
 

@@ -16,11 +16,11 @@ The symlink-safe tree removal lives in ``treeremove.py`` and is re-exported here
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 
 from nixcell.errors import StateError
+from nixcell.quiet import suppress
 from nixcell.treeremove import remove_tree
 
 __all__ = ["open_output", "private_dir", "remove_tree", "write_atomic"]
@@ -73,7 +73,7 @@ def _write_in(dfd: int, name: str, data: bytes, mode: int | None, durable: bool)
                 os.fsync(f.fileno())
         os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
     except BaseException:
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             os.unlink(tmp, dir_fd=dfd)
         raise
     if durable:

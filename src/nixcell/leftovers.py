@@ -14,12 +14,12 @@ pays one ``listdir`` and one ``stat``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 
 from nixcell import paths
 from nixcell.errors import NixcellError
+from nixcell.quiet import suppress
 
 
 def _log():  # logging is imported only when a sweep runs (not on warm runs)
@@ -60,7 +60,7 @@ def sweep() -> dict[str, list[str]]:
     except (OSError, NixcellError) as exc:
         _log().warning("cannot sweep stale cgroups: %s", exc)
     for path in dead:
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             os.unlink(path)
     if any(found.values()):
         _log().info("swept leftovers of killed runs: %s", found)
@@ -68,7 +68,7 @@ def sweep() -> dict[str, list[str]]:
 
 
 def _runs_dir() -> str:
-    return os.path.join(paths.state_dir(), RUNS)
+    return os.path.join(paths.state_root(), RUNS)
 
 
 class RunMarker:
@@ -100,7 +100,7 @@ class RunMarker:
 
     def __exit__(self, *exc: object) -> None:
         if self.path is not None and self.fd is not None:
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 os.unlink(self.path)
             os.close(self.fd)
 
@@ -136,7 +136,7 @@ def sweep_if_due(every: float = SWEEP_EVERY) -> dict[str, list[str]] | None:
     """``sweep`` when a killed run left a marker, or when the last sweep is ``every`` seconds
     old; otherwise (the warm path) only one ``listdir`` and one ``stat`` happen, and None."""
     dead = _dead_markers()
-    stamp = paths.state_dir() / STAMP
+    stamp = os.path.join(paths.state_root(), STAMP)
     now = time.time()
     if not dead:
         try:
@@ -147,7 +147,7 @@ def sweep_if_due(every: float = SWEEP_EVERY) -> dict[str, list[str]] | None:
     try:
         from nixcell.fsio import private_dir
 
-        private_dir(paths.state_dir())
+        private_dir(paths.state_root())
         fd = os.open(stamp, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         os.utime(fd, (now, now))
         os.close(fd)

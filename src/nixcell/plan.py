@@ -14,6 +14,9 @@ import posixpath
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
+from nixcell.planview import PLAN_FORMAT, STAGE_DIR, staged_source
+from nixcell.shellcmd import command_for
+
 TYPE_CHECKING = False  # not `import typing`: it costs CLI start-up time
 
 if TYPE_CHECKING:
@@ -34,8 +37,6 @@ NAMESPACES = ("user", "pid", "ipc", "uts", "net", "cgroup")
 _NSSWITCH = "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
 PROXY_PORT = 3128  # inside the cell's own network namespace, so any fixed port is free
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-PLAN_FORMAT = 4  # a cached plan of another format is made again, never run
-STAGE_DIR = "/run/nixcell/stage"  # sandbox/holder.py STAGE: where idmapped binds wait
 # The cell's writable areas: (name in the scratch tmpfs, where the cell sees it, mode).
 SCRATCH_AREAS = (
     ("shm", "/dev/shm", 0o1777),
@@ -155,11 +156,7 @@ class Plan:
 
     def host_source(self, op: MountOp) -> str | None:
         """The host path behind a bind op (a root-run cell's binds come through the stage)."""
-        src = op.src
-        if src is not None and src.startswith(STAGE_DIR + "/"):
-            index = src[len(STAGE_DIR) + 1 :]
-            return next((s.source for s in self.stage if str(s.index) == index), src)
-        return src
+        return staged_source(self.stage, op.src)
 
     def with_command(self, command: tuple[str, ...] | list[str]) -> Plan:
         """The same cell running another command (shell builtins go through the shell)."""
@@ -395,60 +392,6 @@ def _holds_loopback(net) -> bool:  # an ipaddress network
     if net.version == 4:
         return net.overlaps(ipaddress.IPv4Network("127.0.0.0/8"))
     return ipaddress.IPv6Address("::1") in net
-
-
-# Builtins of bash/sh that people pass as the command (`nixcell run -p bash -- echo hi`).
-SHELL_BUILTINS = frozenset(
-    [
-        "echo",
-        "printf",
-        "test",
-        "[",
-        "true",
-        "false",
-        "pwd",
-        "read",
-        "cd",
-        "exit",
-        "kill",
-        "type",
-        "command",
-        "exec",
-        "export",
-        "set",
-        "unset",
-        "ulimit",
-        "umask",
-        "wait",
-        "times",
-        "trap",
-        "eval",
-        "source",
-        ".",
-        ":",
-        "alias",
-        "hash",
-        "help",
-        "let",
-        "local",
-        "shift",
-        "getopts",
-        "declare",
-        "typeset",
-        "readonly",
-        "jobs",
-    ]
-)
-
-
-def command_for(command: tuple[str, ...], plan: Plan) -> tuple[str, ...]:
-    """Run a shell builtin through the closure's shell when no program of that name exists."""
-    if not command:
-        return command
-    name = command[0]
-    if "/" in name or name in plan.programs or name not in SHELL_BUILTINS or plan.shell is None:
-        return command
-    return (plan.shell, "-c", '"$@"', name, *command)
 
 
 def _check_disk_bounds(spec: CellSpec, volumes: tuple[str, ...]) -> None:

@@ -17,7 +17,7 @@ import os
 import posixpath
 import stat
 
-from nixcell.errors import UsageError
+from nixcell.errors import CommandNotFoundError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -46,8 +46,6 @@ def _check_program(plan: Plan) -> None:
 def program_path(plan: Plan) -> str:
     """The cell path execvp would run for the command (the first match on the cell's PATH);
     a one-line error (exit 127) when there is none."""
-    from nixcell.runner import CommandNotFoundError  # exit 127, like a shell
-
     name = plan.command[0]
     if "/" in name:
         path = posixpath.normpath(posixpath.join(plan.cwd, name))
@@ -87,7 +85,7 @@ def lookup(plan: Plan, cell_path: str, links: int = 0) -> str:
         return MISSING
     rest = path[len(op.dest) :].lstrip("/") if op.dest != "/" else path.lstrip("/")
     if op.kind in ("bind", "ro-bind") and op.src:
-        made = _made_by_nixcell(plan, op)
+        made = made_by_nixcell(plan, op)
         if made is not None:  # not a host directory: a tmpfs of the cell's own (or a volume's)
             return DIR if not rest else made
         return _host_lookup(plan, op, rest, links)
@@ -102,16 +100,16 @@ def lookup(plan: Plan, cell_path: str, links: int = 0) -> str:
     return UNKNOWN
 
 
-def _made_by_nixcell(plan: Plan, op: MountOp) -> str | None:
+def made_by_nixcell(plan: Plan, op: MountOp) -> str | None:
     """For a bind of nixcell's own making, what lies below its root at start: MISSING for the
     fresh --disk scratch areas, UNKNOWN for a volume (its files are the session's); None for a
     bind of a host path."""
-    from nixcell.plan import SCRATCH_AREAS
+    if plan.scratch is not None:
+        from nixcell.plan import SCRATCH_AREAS  # (not on the CLI's warm path without --disk)
 
-    if plan.scratch is not None and any(
-        op.dest == dest and str(op.src).endswith(f"/{name}") for name, dest, _ in SCRATCH_AREAS
-    ):
-        return MISSING
+        areas = SCRATCH_AREAS
+        if any(op.dest == dest and str(op.src).endswith(f"/{name}") for name, dest, _ in areas):
+            return MISSING
     if plan.host_source(op) in plan.volumes:
         return UNKNOWN
     return None

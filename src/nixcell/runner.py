@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nixcell.errors import NixcellError
+from nixcell.errors import CommandNotFoundError, NixcellError  # noqa: F401 - re-exported
 from nixcell.sandbox.launch import CellLaunch
-from nixcell.units import format_duration, format_size
+from nixcell.sandbox.seccache import seccomp_program
+from nixcell.verdict import OOM_EXIT, TIMEOUT_EXIT, verdict  # noqa: F401 - re-exported
 
 TYPE_CHECKING = False  # not `import typing`: it costs CLI start-up time
 
@@ -32,12 +33,6 @@ if TYPE_CHECKING:
     from nixcell.sandbox.nonet import NoNetwork
     from nixcell.spec import CellSpec
 
-TIMEOUT_EXIT = 124
-OOM_EXIT = 137
-
-
-class CommandNotFoundError(NixcellError):
-    exit_code = 127
 
 
 @dataclass(frozen=True)
@@ -108,44 +103,6 @@ def check_command(plan: Plan) -> None:
     preflight.check(plan)
 
 
-def seccomp_program(profiles: tuple[str, ...]) -> bytes:
-    """The BPF program, cached on disk per profile set so warm runs skip libseccomp.
-
-    The cache entry is trusted only when nixcell sealed it (sealed.py): only a program that
-    passed bpfcheck.py is ever sealed, so a verified seal means those very bytes passed (checking
-    them again on every warm run cost 0.2 ms). Anything else is logged and rebuilt, never fatal.
-    """
-    from nixcell import __version__, bpfcheck, sealed
-    from nixcell.hashing import digest
-
-    # The source file's stamp keys the cache without importing the module on warm runs; the
-    # machine and the libseccomp file key it too (an old libseccomp builds a different filter).
-    stamp = os.stat(os.path.join(os.path.dirname(__file__), "sandbox", "seccomp.py"))
-    machine = os.uname().machine
-    lib = "-"
-    for libdir in (f"/usr/lib/{machine}-linux-gnu", "/usr/lib64", "/usr/lib", "/lib64"):
-        with contextlib.suppress(OSError):
-            lib_stat = os.stat(f"{libdir}/libseccomp.so.2")
-            lib = f"{libdir}:{lib_stat.st_mtime_ns}:{lib_stat.st_size}"
-            break
-    key = digest(
-        f"{__version__}|{stamp.st_mtime_ns}|{stamp.st_size}|{machine}|{lib}|{','.join(profiles)}"
-    )[:24]
-    cached = sealed.cache_file("seccomp", f"{key}.bpf")
-    program = sealed.load("seccomp", cached) if cached is not None else None
-    if program is not None:
-        return program
-    from nixcell.sandbox import seccomp
-
-    program = seccomp.build_filter(profiles)
-    why = bpfcheck.problem(program)
-    if why is not None:  # never run, nor cache, a filter we would refuse to load
-        raise NixcellError(f"the seccomp filter built here is not sane: {why}")
-    if cached is not None:
-        sealed.store("seccomp", cached, program)
-    return program
-
-
 def _make_cgroup(plan: Plan, cell_id: str) -> CellCgroup | None:
     if not plan.limits.needs_cgroup:
         return None
@@ -197,20 +154,11 @@ def _finish(
 ) -> RunResult:
     from nixcell.sandbox.bwrap import exit_code_of
 
-    code = exit_code_of(returncode)
     oom = False
-    message = None
     if cell.cgroup is not None and plan.limits.memory is not None:
         oom = cell.cgroup.oom_kills() > 0
-    if timed_out:
-        code = TIMEOUT_EXIT
-        message = f"timed out after {format_duration(plan.limits.timeout or 0)}"
-    elif oom:
-        limit = format_size(plan.limits.memory or 0)
-        if code == OOM_EXIT:
-            message = f"killed: out of memory (limit {limit})"
-        else:
-            message = f"a process of the cell was killed: out of memory (limit {limit})"
+    lim = plan.limits
+    code, message = verdict(exit_code_of(returncode), timed_out, oom, lim.timeout, lim.memory)
     return RunResult(
         exit_code=code,
         duration=time.monotonic() - started,

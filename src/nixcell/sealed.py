@@ -14,15 +14,18 @@ the warm path (hashing.py).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-from pathlib import Path
 
 from nixcell import paths
 from nixcell.errors import StateError
 from nixcell.fsio import private_dir, write_atomic
 from nixcell.hashing import blake2b
+from nixcell.quiet import suppress
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
 
 try:
     from _operator import _compare_digest as compare_digest
@@ -51,13 +54,17 @@ def key_path() -> Path:
     return paths.state_dir() / KEY_NAME
 
 
+def _key_file() -> str:  # key_path() without pathlib (the CLI's warm path)
+    return os.path.join(paths.state_root(), KEY_NAME)
+
+
 def _key() -> bytes:
     """The sealing key, created on first use. The state dir must be private (StateError)."""
-    where = str(key_path())
+    where = _key_file()
     cached = _key_cache.get(where)
     if cached is not None:
         return cached
-    private_dir(paths.state_dir())
+    private_dir(paths.state_root())
     key = _read_key(where)
     if key is None:
         fresh = os.urandom(32)
@@ -101,8 +108,8 @@ def _read_key(where: str) -> bytes | None:
 def forget_key() -> None:
     """Drop the key (gc): every entry sealed so far stops verifying."""
     _key_cache.clear()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(key_path())
+    with suppress(FileNotFoundError):
+        os.unlink(_key_file())
 
 
 def _tag(kind: str, name: str, payload: bytes) -> bytes:
@@ -123,21 +130,21 @@ def unseal(kind: str, name: str, blob: bytes) -> bytes | None:
     return payload if compare_digest(tag, _tag(kind, name, payload)) else None
 
 
-def cache_file(kind: str, name: str) -> Path | None:
+def cache_file(kind: str, name: str) -> str | None:
     """``<cache>/<kind>/<name>``, its directory private; None (logged) when that is unsafe.
 
     Caches are pure: an unsafe cache directory means running uncached, not failing.
     """
-    directory = paths.cache_dir() / kind
+    directory = os.path.join(paths.cache_root(), kind)
     try:
         private_dir(directory)
     except StateError as exc:
         _warn("not using the %s cache: %s", kind, exc)
         return None
-    return directory / name
+    return os.path.join(directory, name)
 
 
-def load(kind: str, path: Path) -> bytes | None:
+def load(kind: str, path: str | os.PathLike[str]) -> bytes | None:
     """A verified payload, or None (missing, unreadable, forged, damaged: logged, rebuilt)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -152,15 +159,15 @@ def load(kind: str, path: Path) -> bytes | None:
     except OSError as exc:
         _warn("ignoring the cached %s entry %s: %s", kind, path, exc.strerror)
         return None
-    payload = unseal(kind, path.name, blob)
+    payload = unseal(kind, os.path.basename(path), blob)
     if payload is None:
         _warn("ignoring the cached %s entry %s: not sealed by this nixcell", kind, path)
     return payload
 
 
-def store(kind: str, path: Path, payload: bytes) -> None:
+def store(kind: str, path: str | os.PathLike[str], payload: bytes) -> None:
     """Seal and write ``payload``; a failure to write a cache is logged, never fatal."""
     try:
-        write_atomic(path, seal(kind, path.name, payload))
+        write_atomic(path, seal(kind, os.path.basename(path), payload))
     except OSError as exc:
         _warn("cannot write the %s cache %s: %s", kind, path, exc.strerror)

@@ -9,6 +9,7 @@ names and in a workspace a real cell wrote, and the numeric limits / early error
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import signal
 import struct
@@ -81,9 +82,11 @@ def _unsealed(path: Path) -> dict:
 def test_a_forged_plan_binding_host_etc_is_not_used(home):
     root, env = home
     for entry in _entries(root, "plans"):
-        plan = _unsealed(entry)
-        plan["mounts"].insert(0, {"kind": "ro-bind", "dest": "/hostetc", "src": "/etc"})
-        entry.write_text(json.dumps(plan))  # a valid plan, but not sealed by nixcell
+        record = marshal.loads(entry.read_bytes()[len(MAGIC) + 32 :])
+        bind = {"kind": "ro-bind", "dest": "/hostetc", "src": "/etc"}
+        record["plan"]["mounts"] = (*record["plan"]["mounts"], bind)
+        record["args"] = [*record["args"], "--ro-bind", "/etc", "/hostetc"]
+        entry.write_bytes(marshal.dumps(record))  # a valid plan, but not sealed by nixcell
     result = cli("run", "-p", "bash", "-p", "coreutils", "--", "ls", "/hostetc", env=env)
     assert result.returncode != 0 and b"passwd" not in result.stdout
     assert b"not sealed" in result.stderr

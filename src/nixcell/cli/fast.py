@@ -3,23 +3,25 @@
 Planning is a pure function of the flags, the resolved closure and a few host facts. So when the
 same flags ran before (same directory, same user, same package sources), the plan from last time is
 the plan for now, with only the command swapped. Loading it skips importing click and pydantic
-(~150 ms here), which is most of a cold CLI start. Anything unusual (no ``--``, --dry-run,
---pass-env, a global flag, a vanished closure or mount source) falls through to the normal path.
-A cached plan is a whole bwrap argv: it is used only when this nixcell sealed it (sealed.py), in
-a private cache dir; anything else is logged and re-derived by the normal path.
+(~150 ms here), and the warm executor (``sandbox/direct.py``) starts the cell without ``json``,
+``dataclasses`` or ``subprocess``: a warm run imports little more than ``os``. Anything unusual
+(no ``--``, --dry-run, --pass-env, a global flag, a terminal on stdin or stdout, a vanished
+closure or mount source) falls through to the normal path, and so does a plan with a network
+(run from the cache by the normal executor). A cached plan is a whole bwrap argv: it is used only
+when this nixcell sealed it (sealed.py), in a private cache dir; anything else is logged and
+re-derived by the normal path. Which cached plan is still valid is decided in ``still_valid``.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
-from pathlib import Path
 
 TYPE_CHECKING = False  # not `import typing`: it costs CLI start-up time
 
 if TYPE_CHECKING:
     from nixcell.plan import Plan
+    from nixcell.planview import PlanView
 
 _NOT_CACHED = {
     "--dry-run",
@@ -45,41 +47,48 @@ _KEY_ENV = (
     "HOME",
     "USER",
 )
-_pending: Path | None = None
+_pending: str | None = None
+ran = False  # the warm executor ran this invocation's cell (entry.py then exits at once)
 
 
-def _key_file(options: list[str]) -> Path | None:
+def _key_file(options: list[str]) -> str | None:
     """The plan cache file for these flags; None when they name a file that is missing."""
-    from nixcell import __version__, paths
-    from nixcell.nix.pins import host_has_nixpkgs
+    import nixcell
+    from nixcell import paths, planview
+    from nixcell.hashing import digest
+    from nixcell.nix.hostpkgs import host_has_nixpkgs
 
     stamps = _file_stamps(options)
     if stamps is None:
         return None
-
-    try:
-        offline_stamp = os.stat(paths.offline_dir() / "set.json").st_mtime_ns
-    except OSError:
-        offline_stamp = 0
-    material = json.dumps(
+    # The planner's own source: a changed planner (a checkout being worked on) plans again.
+    stamps.append(_stamp(os.path.join(os.path.dirname(nixcell.__file__), "plan.py")))
+    stamps.append(_stamp(os.path.join(paths.offline_root(), "set.json")))
+    material = repr(
         [
-            __version__,
+            nixcell.__version__,
+            planview.FORMAT,
             options,
             os.getcwd(),
             os.getuid(),
             os.getgid(),
             [os.environ.get(k) for k in _KEY_ENV],
-            offline_stamp,
             host_has_nixpkgs(),
             stamps,
         ]
     )
-    from nixcell.hashing import digest
-
     key = digest(material)[:32]
     from nixcell import sealed
 
-    return sealed.cache_file("plans", f"{key}.json")
+    return sealed.cache_file("plans", f"{key}.plan")
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 def _file_stamps(options: list[str]) -> list[object] | None:
@@ -90,7 +99,7 @@ def _file_stamps(options: list[str]) -> list[object] | None:
     files = [v for f, v in itertools.pairwise(options) if f in _FILE_FLAGS]
     files += [o.split("=", 1)[1] for o in options if "=" in o and o.split("=")[0] in _FILE_FLAGS]
     if files or any(o.startswith(("--allow-", "--deny-host", "--credential")) for o in options):
-        files.append(str(paths.state_dir() / "ca" / "ca.pem"))
+        files.append(os.path.join(paths.state_root(), "ca", "ca.pem"))
     for name in files:
         try:
             st = os.stat(name)
@@ -112,11 +121,25 @@ def _split(args: list[str]) -> tuple[list[str], list[str]] | None:
     return options, command
 
 
-def _still_valid(plan: Plan) -> bool:
+def still_valid(plan: PlanView) -> bool:
+    """Whether a cached plan still describes the cell the normal path would make now: every
+    staleness check of a cached plan belongs here."""
+    from nixcell.planview import STAGE_DIR
+    from nixcell.preflight import made_by_nixcell
+
     if not os.path.isdir(plan.path_dirs[0]):
         return False
-    sources = [op.src for op in plan.mounts if op.kind in ("bind", "ro-bind") and op.src]
-    return all(os.path.exists(s) for s in sources if not s.startswith("/nix/store/"))
+    binds = [op for op in plan.mounts if op.kind in ("bind", "ro-bind") and op.src]
+    sources = [op.src for op in binds if made_by_nixcell(plan, op) is None]  # type: ignore[arg-type]
+    sources = [s for s in sources if not s.startswith(("/nix/store/", STAGE_DIR + "/"))]
+    sources += [op.source for op in plan.stage]  # (the store: path_dirs; stage: its sources)
+    return all(os.path.exists(s) for s in sources)
+
+
+def _uses_terminal() -> bool:
+    """Whether a stream is a terminal: then the cell gets a PTY or a relay (ttymode.stdio), never
+    the terminal itself, and the warm executor hands the cell its stdio as they are."""
+    return os.isatty(0) or os.isatty(1) or os.isatty(2)
 
 
 def try_fast_run(args: list[str]) -> int | None:
@@ -129,41 +152,55 @@ def try_fast_run(args: list[str]) -> int | None:
     key_file = _key_file(options)
     if key_file is None:
         return None
-    from nixcell import sealed
+    _pending = key_file
+    if _uses_terminal():  # (the normal path caches the plan it makes all the same)
+        return None
+    from nixcell import planview, sealed
 
     payload = sealed.load("plans", key_file)  # None unless this nixcell sealed it (logged)
-    _pending = key_file
     if payload is None:
         return None
-    from nixcell.plan import Plan
-
-    try:
-        plan = Plan.from_json(json.loads(payload)).with_command(command)
-    except (TypeError, KeyError, ValueError, AttributeError):
-        return None
-    if not _still_valid(plan):
+    plan = planview.load(payload, command)
+    if plan is None or not still_valid(plan):
         return None
     _pending = None
     from nixcell import leftovers
-    from nixcell.cli.outcome import report
 
     leftovers.sweep_if_due()  # (execute runs the preflight of the command and --cwd)
+    if not plan.limits.needs_cgroup:
+        return _finish(plan, _execute(plan))
+    with leftovers.RunMarker():  # a kill -9 of this run is swept by the next start
+        result = _execute(plan)
+    return _finish(plan, result)
+
+
+def _execute(plan: PlanView) -> object:
+    global ran
+    from nixcell.sandbox import direct
+
+    if direct.supports(plan):
+        ran = True  # (a network's proxy thread and audit files get the interpreter's exit)
+        return direct.execute(plan)
+    from nixcell.cli.entry import full_site
+
+    full_site()  # the network's modules are the environment's
     from nixcell.runner import execute
 
-    if not plan.limits.needs_cgroup:
-        return report(execute(plan))
-    with leftovers.RunMarker():  # a kill -9 of this run is swept by the next start
-        result = execute(plan)
+    return execute(plan.to_plan())
+
+
+def _finish(plan: PlanView, result) -> int:
+    """What the CLI prints after the cell (the normal path's too: cli/outcome.py); a post-run
+    hook (it has the plan and the result) goes here, one line."""
+    from nixcell.cli.outcome import report
+
     return report(result)
 
 
 def remember(plan: Plan) -> None:
     """Store the plan for the flags of this invocation (when they were cacheable)."""
-    import dataclasses
-
     if _pending is None:
         return
-    from nixcell import sealed
+    from nixcell import planview, sealed
 
-    data = dataclasses.replace(plan, command=()).to_json()
-    sealed.store("plans", _pending, json.dumps(data).encode())
+    sealed.store("plans", _pending, planview.compile_plan(plan))

@@ -7,12 +7,12 @@ means ``<nixpkgs>`` when this host has one and the offline package set otherwise
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from nixcell.errors import NixError, UsageError
+from nixcell.nix.hostpkgs import host_has_nixpkgs
 
 _CHANNEL = re.compile(r"^(nixos|nixpkgs)-(\d\d\.\d\d(-small|-darwin)?|unstable(-small)?)$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -38,36 +38,6 @@ def _fetch(url: str, sha256: str | None) -> str:
     if sha256:
         return f"(fetchTarball {{ url = {_nix_string(url)}; sha256 = {_nix_string(sha256)}; }})"
     return f"(fetchTarball {_nix_string(url)})"
-
-
-def host_has_nixpkgs() -> str | None:
-    """The ``<nixpkgs>`` this host would use, found with stats only (no nix call)."""
-    for entry in os.environ.get("NIX_PATH", "").split(":"):
-        if entry.startswith("nixpkgs="):
-            return entry.removeprefix("nixpkgs=")
-        if entry and "=" not in entry and _exists(Path(entry, "nixpkgs")):
-            return str(Path(entry, "nixpkgs"))
-    candidates = [
-        Path(os.environ.get("HOME") or "/nonexistent", ".nix-defexpr/channels/nixpkgs"),
-        Path(f"/nix/var/nix/profiles/per-user/{_user()}/channels/nixpkgs"),
-        Path("/nix/var/nix/profiles/per-user/root/channels/nixpkgs"),
-    ]
-    for path in candidates:
-        if _exists(path):
-            return str(path)
-    return None
-
-
-def _exists(path: Path) -> bool:
-    """``Path.exists`` that treats an unreadable directory (another user's home) as absent."""
-    try:
-        return path.exists()
-    except OSError:
-        return False
-
-
-def _user() -> str:
-    return os.environ.get("USER") or str(os.getuid())
 
 
 def source_for(pin: str | None) -> PackageSource:

@@ -12,15 +12,16 @@ rooted at its own cgroup. A root-run cell starts as its own unprivileged uid (``
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shutil
 import signal
 import subprocess
 from dataclasses import dataclass, field
 
 from nixcell.errors import CellFailedError, SandboxError
+from nixcell.sandbox.bwrapio import bwrap_path, exit_code_of, memfd, parse_info, which
 from nixcell.sandbox.nonet import NetProbe, block_pipe
+
+__all__ = ["CellProcess", "bwrap_path", "exit_code_of", "finish_start", "parse_info", "spawn"]
 
 TYPE_CHECKING = False  # not `import typing`: it costs CLI start-up time
 
@@ -31,22 +32,6 @@ if TYPE_CHECKING:
 
     from nixcell.plan import Plan
     from nixcell.sandbox.cgroups import CellCgroup
-
-
-def bwrap_path() -> str:
-    found = shutil.which("bwrap") or (os.path.exists("/usr/bin/bwrap") and "/usr/bin/bwrap")
-    if not found:
-        raise SandboxError("bubblewrap is not installed: install it with `apt install bubblewrap`")
-    return found
-
-
-def _memfd(name: str, data: bytes) -> int:
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
 
 
 @dataclass
@@ -99,8 +84,8 @@ def prepare_fds(plan: Plan, seccomp_program: bytes) -> tuple[int, list[int]]:
     fds: dict[str, int] = {}
     for op in plan.mounts:
         if op.kind == "data":
-            fds[f"data:{op.dest}"] = _memfd("nixcell-data", (op.data or "").encode())
-    fds["seccomp"] = _memfd("nixcell-seccomp", seccomp_program)
+            fds[f"data:{op.dest}"] = memfd("nixcell-data", (op.data or "").encode())
+    fds["seccomp"] = memfd("nixcell-seccomp", seccomp_program)
     return fds, list(fds.values())  # type: ignore[return-value]
 
 
@@ -111,7 +96,7 @@ _JOIN = 'for f do [ "$f" = -- ] && break; echo 0 >"$f" || exit 125; shift; done;
 
 
 def _shell() -> str:
-    found = shutil.which("sh") or (os.path.exists("/bin/sh") and "/bin/sh")
+    found = which("sh") or (os.path.exists("/bin/sh") and "/bin/sh")
     if not found:
         raise SandboxError("no /bin/sh on this host: nixcell needs one to start limited cells")
     return found
@@ -160,13 +145,13 @@ def spawn(
     pass_fds = [*fds, info_w, block_r, *extra_fds]
     # bwrap reads options (not the command) from --args: the command goes on its real argv.
     args = [*extra, *plan.bwrap_args(named)]
-    cut = args.index("--")
+    cut = len(args) - len(plan.command) - 1  # not the first "--": an env value may be one
     args, command = args[:cut], args[cut:]
     if ctty_path is not None:
         helper = _with_ctty(args, command, ctty_path)
         fds.append(helper)
         pass_fds.append(helper)
-    args_fd = _memfd("nixcell-args", b"\0".join(a.encode() for a in args) + b"\0")
+    args_fd = memfd("nixcell-args", b"\0".join(a.encode() for a in args) + b"\0")
     pass_fds.append(args_fd)
     argv = [*(launcher or ()), bwrap_path(), "--args", str(args_fd), *command]
     switch: dict[str, object] = {}
@@ -209,7 +194,7 @@ def _with_ctty(args: list[str], command: list[str], path: str) -> int:
     dev = next((i for i in range(len(args) - 1) if args[i : i + 2] == ["--dev", "/dev"]), None)
     if program is None or dev is None:
         raise SandboxError("internal: this cell cannot have a pseudo-terminal")
-    fd = _memfd("nixcell-tty", program)
+    fd = memfd("nixcell-tty", program)
     args[dev + 2 : dev + 2] = ["--perms", "0555", "--ro-bind-data", str(fd), ctty.CELL_PATH]
     command[1:] = ctty.command(path, tuple(command[1:]))
     return fd
@@ -220,13 +205,6 @@ def _drop(user: tuple[int, int]) -> list[str]:
     from nixcell.sandbox.holder import nsenter_path
 
     return [nsenter_path(), "--setuid", str(user[0]), "--setgid", str(user[1]), "--"]
-
-
-def parse_info(data: bytes) -> int | None:
-    try:
-        return int(json.loads(data)["child-pid"])
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def release(cell: CellProcess, info: bytes) -> None:
@@ -250,8 +228,3 @@ def finish_start(cell: CellProcess) -> None:
     while chunk := os.read(cell._fds[0], 4096):
         chunks.append(chunk)
     release(cell, b"".join(chunks))
-
-
-def exit_code_of(returncode: int) -> int:
-    """bwrap already maps a signalled command to 128+N; a signalled bwrap gets the same."""
-    return 128 - returncode if returncode < 0 else returncode

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 import re
 import time
@@ -34,7 +33,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from nixcell.quiet import LazyLogger
+
+log = LazyLogger(__name__)  # (logging is imported only when something is logged)
 
 LEAF = "nixcell-main"
 V2_PREFIX = "nixcell-"

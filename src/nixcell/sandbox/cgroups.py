@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import signal
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 from nixcell.errors import LimitUnavailableError, SandboxError
+from nixcell.quiet import LazyLogger
 from nixcell.sandbox.cgroupfs import (
     LEAF,
     V2_PREFIX,
@@ -59,7 +59,7 @@ __all__ = [
     "sweep_stale",
 ]
 
-log = logging.getLogger(__name__)
+log = LazyLogger(__name__)  # (logging is imported only when something is logged)
 
 _POLL = 0.01
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from nixcell.errors import SandboxError
+from nixcell.sandbox.rundir import root_dir
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -101,25 +102,6 @@ def nsenter_path() -> str:
     if not found:
         raise SandboxError("nsenter is not installed: install util-linux (apt install util-linux)")
     return found
-
-
-def root_dir(path: str, mode: int) -> str:
-    """A directory of root's under /run/nixcell: made with exactly ``mode`` (whatever the
-    umask), and refused when it is a link, not root's, or writable by anyone else."""
-    parent = os.path.dirname(path)
-    if parent != "/run" and parent != "/":
-        root_dir(parent, 0o755)
-    try:
-        os.mkdir(path, mode)
-        os.chmod(path, mode)  # the umask narrowed (or widened?) it: make it exact
-    except FileExistsError:
-        pass
-    st = os.lstat(path)
-    import stat
-
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
-        raise SandboxError(f"{path} must be a directory owned by root, writable only by it")
-    return path
 
 
 def ensure_stage() -> None:

@@ -11,16 +11,16 @@ Then it builds the launcher that enters those namespaces and switches to the cel
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 from nixcell.errors import SandboxError
+from nixcell.quiet import suppress
 from nixcell.sandbox import identity as ids
-from nixcell.sandbox.holder import CellNamespaces, StagedTree
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from nixcell.plan import Plan
+    from nixcell.sandbox.holder import CellNamespaces
 
 
 class CellLaunch:
@@ -44,6 +44,7 @@ class CellLaunch:
     def holder_args(self) -> dict[str, object]:
         """What the namespace helper must do for this cell beyond its network."""
         from nixcell.sandbox import idmap
+        from nixcell.sandbox.holder import StagedTree  # (not imported by cells without a stage)
 
         trees = []
         for op in self.plan.stage:  # a volume's path means something only in its namespaces
@@ -85,7 +86,7 @@ class CellLaunch:
     def launcher(self) -> list[str] | None:
         if self.namespaces is None:
             return None
-        from nixcell.sandbox.holder import nsenter_path
+        from nixcell.sandbox.holder import CellNamespaces, nsenter_path
 
         ns = self.namespaces
         if self.parent is not None and ns is not self.parent:  # the parent's userns, our others
@@ -109,7 +110,7 @@ class CellLaunch:
     def _close_idmap(self) -> None:
         self._idmap_userns = None  # idmap's cache keeps the namespace for the next cell
         for fd in self._fds:  # the helper has made its clones of them
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 os.close(fd)
         self._fds = []
 

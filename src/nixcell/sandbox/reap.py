@@ -9,9 +9,10 @@ the cell's pid-1 itself. A library caller that does not opt in keeps its process
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
+
+from nixcell.quiet import suppress
 
 _PR_SET_CHILD_SUBREAPER = 36
 _active = False
@@ -22,14 +23,36 @@ def become_subreaper() -> bool:
     global _active
     if _active:
         return True
-    import ctypes
-
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        _active = libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
+        _active = _prctl(_PR_SET_CHILD_SUBREAPER, 1) == 0
+    except (OSError, AttributeError, TypeError, ImportError):
         _active = False
     return _active
+
+
+def _prctl(option: int, arg: int) -> int:
+    """prctl(2) through ``_ctypes``, the C half of ``ctypes``: importing ``ctypes`` itself costs
+    the CLI's warm run ~2 ms; its one libc call here does not need it (nor do the ``ctypes``
+    types it would build). Any surprise in ``_ctypes`` falls back to ``ctypes``."""
+    try:
+        import _ctypes
+
+        class _Int(_ctypes._SimpleCData):
+            _type_ = "i"
+
+        class _Function(_ctypes.CFuncPtr):
+            _flags_ = _ctypes.FUNCFLAG_CDECL
+            _restype_ = _Int
+
+        class _Libc:
+            _handle = _ctypes.dlopen(None, os.RTLD_NOW)
+
+        prctl = _Function(("prctl", _Libc()))
+    except (ImportError, AttributeError, TypeError, OSError):
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return prctl(option, arg, 0, 0, 0)
 
 
 def reap(pid: int | None, timeout: float = 2.0) -> None:
@@ -44,7 +67,7 @@ def reap(pid: int | None, timeout: float = 2.0) -> None:
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
         poller.poll(int(timeout * 1000))
-        with contextlib.suppress(ChildProcessError):
+        with suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
     finally:
         os.close(pidfd)

@@ -1,0 +1,59 @@
+"""What talking to bubblewrap takes, importing only ``os``: finding it, memfds, its info fd.
+
+Shared by the executor (``bwrap.py``) and the CLI's warm-path executor (``direct.py``), which
+must not import ``json``, ``shutil`` or ``subprocess`` for them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from nixcell.errors import SandboxError
+
+
+def which(name: str) -> str | None:
+    """``shutil.which`` for a bare name: the first executable file on ``$PATH``."""
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(directory or ".", name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
+
+
+def bwrap_path() -> str:
+    found = which("bwrap") or (os.path.exists("/usr/bin/bwrap") and "/usr/bin/bwrap")
+    if not found:
+        raise SandboxError("bubblewrap is not installed: install it with `apt install bubblewrap`")
+    return found
+
+
+def memfd(name: str, data: bytes) -> int:
+    """A CLOEXEC memfd holding ``data``, rewound: how bwrap gets its args, files and filter."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def parse_info(data: bytes) -> int | None:
+    """The host pid of the cell's pid-1 from bwrap's ``--info-fd`` JSON (``"child-pid": N``).
+
+    Read without ``json``: bwrap writes a flat object of integers; anything else is None."""
+    at = data.find(b'"child-pid"')
+    if at < 0:
+        return None
+    rest = data[at + len(b'"child-pid"') :].lstrip()
+    if not rest.startswith(b":"):
+        return None
+    digits = rest[1:].lstrip()
+    end = 0
+    while end < len(digits) and digits[end : end + 1].isdigit():
+        end += 1
+    return int(digits[:end]) if 0 < end <= 10 else None
+
+
+def exit_code_of(returncode: int) -> int:
+    """bwrap already maps a signalled command to 128+N; a signalled bwrap gets the same."""
+    return 128 - returncode if returncode < 0 else returncode
