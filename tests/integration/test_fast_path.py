@@ -125,6 +125,13 @@ EXITS = {
     "missing program path": (["/bin/nope"], [], 127, "does not exist in the cell"),
     "timeout": (["sleep", "30"], ["--timeout", "1s"], 124, "nixcell: timed out after 1s"),
     "timeout with limits": (["sleep", "30"], ["--timeout", "1s", "--pids", "16"], 124, "1s"),
+    # a name lookup goes to the cell's own 127.0.0.1:53, refused (sandbox/nonet.py's counters)
+    "no-network hint": (
+        ["bash", "-c", "echo > /dev/tcp/pypi.test/80"],
+        [],
+        1,
+        "nixcell: the cell has no network; allow a host with --allow-host HOST",
+    ),
 }
 
 
