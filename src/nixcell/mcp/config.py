@@ -1,6 +1,6 @@
 """The MCP server's configuration: nix-sandbox-mcp's ``config.toml`` read as-is, plus presets.
 
-``[defaults] timeout_seconds memory_mb pids network allow_hosts policy sessions nixpkgs``;
+``[defaults] timeout_seconds memory_mb pids network allow_hosts policy sessions nixpkgs pool``;
 ``[project] path mount_point inherit_env.vars``; ``[environments.NAME]`` with ``preset``,
 ``packages`` or ``flake`` (``ref#attr``), ``interpreter`` and any default overridden;
 ``[session] idle_timeout_seconds max_lifetime_seconds share_sessions max_client_sessions``.
@@ -51,6 +51,7 @@ _SETTINGS = (
     "sessions",
     "nixpkgs",
     "backend",
+    "pool",
 )
 _ENV_KEYS = ("preset", "packages", "flake", "interpreter", "description", *_SETTINGS)
 _SESSION_KEYS = ("idle_timeout_seconds", "max_lifetime_seconds")
@@ -63,6 +64,8 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_MEMORY_MB = 512
 DEFAULT_PIDS = 256
 DEFAULT_MOUNT_POINT = "/project"
+DEFAULT_POOL = 1  # pre-started one-shot cells per environment (each costs RSS: docs/mcp.md)
+MAX_POOL = 16
 
 
 class ConfigError(UsageError):
@@ -102,6 +105,7 @@ class EnvConfig:
     nixpkgs: str | None = None
     description: str | None = None
     origin: str = "preset"
+    pool: int | None = None  # pre-started one-shot cells (mcp/pool.py); None: the server's
 
 
 @dataclass(frozen=True)
@@ -316,6 +320,7 @@ class _Reader:
             nixpkgs=settings.get("nixpkgs"),
             description=description,
             origin=origin or f"{self.name}:{self.lines.line(*at)}",
+            pool=settings.get("pool"),
         )
 
     def interpreter(self, at: tuple[str, ...], value: object) -> str | None:
@@ -358,6 +363,11 @@ class _Reader:
             if not isinstance(table["nixpkgs"], str) or not table["nixpkgs"]:
                 self.fail((*at, "nixpkgs"), "nixpkgs must be a pin like nixos-24.11 or offline")
             out["nixpkgs"] = table["nixpkgs"]
+        if "pool" in table:
+            value = table["pool"]
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_POOL:
+                self.fail((*at, "pool"), f"pool must be a whole number from 0 to {MAX_POOL}")
+            out["pool"] = value
         if table.get("backend", "jail") != "jail":
             self.fail((*at, "backend"), 'nixcell runs every environment in a cell: only "jail"')
         return out

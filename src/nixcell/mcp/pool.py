@@ -1,0 +1,357 @@
+"""Pre-started one-shot cells for the ``run`` tool: each used once, thrown away, refilled.
+
+A one-shot call spends most of its time making the cell (namespaces, cgroups, bubblewrap) and
+starting the interpreter. The pool does that ahead of time: per environment, ``size`` cells of
+exactly the plan a one-shot call would get — the same engine (``runner.execute_async``, the way
+session cells start, with private fds passed in), cgroups made, limits set, the interpreter
+started by a driver (``pool_drivers.py``) that waits for the code on its own pipe. A call takes
+one (never shared: it leaves the pool before the first await), sends the code and closes the
+pipe; the driver answers ``s`` when the code starts, and from then on the call's timeout runs.
+A refill starts in the background, one cell at a time per environment.
+
+A cell is handed out only to a call whose key matches the one it was started for: the
+environment's prepared plan (closure, mounts, env, limits, network and policy sources) and
+configuration, and the identity (inode, size, mtime) of its policy files, so a changed
+configuration, a reloaded environment or an edited policy file discards the waiting cells.
+Cells also retire after ``MAX_AGE``. A cell that dies before its code started is thrown away
+and the call runs in a fresh cell (no code of the call ran); one that fails to start disables
+the pool for that key (logged once): the fresh path then says why, as it would without a pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import subprocess
+import time
+
+from nixcell.mcp.config import PROGRAMS
+from nixcell.mcp.pool_drivers import BASH_DRIVER, DRIVER_FILES, NODE_DRIVER, PYTHON_DRIVER
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nixcell.mcp.envs import Environments, Prepared
+    from nixcell.mcp.tool import Outcome
+    from nixcell.plan import Plan
+    from nixcell.runner import RunResult
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 60.0  # a pooled cell's start; beyond it the cell is discarded
+MAX_AGE = 600.0  # a waiting cell older than this is replaced (bounds any staleness)
+REFILL_DELAY = 0.02  # after a call, before its cell is replaced
+_DRIVERS = {"python": PYTHON_DRIVER, "node": NODE_DRIVER}
+
+
+def pool_key(prepared: Prepared) -> str | None:
+    """What a pooled cell must share with a call to be used by it; None: not poolable."""
+    from nixcell.hashing import digest
+
+    plan = prepared.plan
+    if plan is None or prepared.error is not None:
+        return None
+    files = []
+    network = plan.network or {}
+    for path in [*network.get("policy_files", ()), network.get("upstream_ca")]:  # type: ignore[misc]
+        if path:
+            try:
+                st = os.stat(str(path))
+            except OSError:
+                return None  # the fresh path says what is wrong with it
+            files.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return digest(repr((plan, prepared.config, files)))
+
+
+def pooled_plan(plan: Plan, interpreter: str, fds: tuple[int, ...]) -> Plan:
+    """The one-shot cell's plan, with the driver waiting for the code instead of the code."""
+    from nixcell.mcp.tool import CODE_DIR, CODE_FILES
+    from nixcell.plan import MountOp
+
+    path = f"{CODE_DIR}/{CODE_FILES[interpreter]}"
+    target = plan.with_command([PROGRAMS[interpreter], path]).command
+    args = (str(fds[0]), str(fds[1]), path, *map(str, fds[2:]))
+    mounts = [*plan.mounts[:-1], MountOp("dir", CODE_DIR, perms="0700")]  # as bwrap makes it
+    if interpreter == "bash":
+        command: tuple[str, ...] = (target[0], "-c", BASH_DRIVER, "nixcell-pool", *args, *target)
+    else:
+        mounts.append(MountOp("data", DRIVER_FILES[interpreter], data=_DRIVERS[interpreter]))
+        command = (target[0], DRIVER_FILES[interpreter], *args)
+    limits = dataclasses.replace(plan.limits, timeout=None)  # the call's clock starts later
+    return dataclasses.replace(
+        plan, command=command, mounts=(*mounts, plan.mounts[-1]), limits=limits
+    )
+
+
+async def _write_all(fd: int, data: bytes) -> None:
+    loop = asyncio.get_running_loop()
+    view = memoryview(data)
+    os.set_blocking(fd, False)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+            continue
+        except BlockingIOError:
+            pass
+        writable: asyncio.Future[None] = loop.create_future()
+        loop.add_writer(fd, lambda w=writable: w.done() or w.set_result(None))
+        try:
+            await writable
+        finally:
+            loop.remove_writer(fd)
+
+
+class PooledCell:
+    """One cell waiting for its call: the cell task and the host's ends of its pipes."""
+
+    def __init__(self, key: str, plan: Plan, interpreter: str) -> None:
+        from nixcell.runner import execute_async
+
+        self.key = key
+        self.interpreter = interpreter
+        self.timeout = plan.limits.timeout or None
+        self.born = time.monotonic()
+        code_r, self.code_w = os.pipe()
+        self.event_r, event_w = os.pipe()
+        self.out_r, out_w = os.pipe()
+        self.err_r, err_w = os.pipe()
+        self._child_fds = [code_r, event_w, out_w, err_w]  # closed once the cell has them
+        passed = [code_r, event_w]
+        self.memfd = -1
+        if interpreter == "bash":
+            self.memfd = os.memfd_create("nixcell-code", 0)  # inherited: the same file
+            passed.append(self.memfd)
+        for fd in passed:
+            os.set_inheritable(fd, True)
+        loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[bool] = loop.create_future()
+        self.started: asyncio.Future[bool] = loop.create_future()
+        self.task: asyncio.Task[RunResult] = asyncio.ensure_future(
+            execute_async(
+                pooled_plan(plan, interpreter, tuple(passed)),
+                pass_fds=passed,
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+            )
+        )
+        self.task.add_done_callback(lambda _: self._events_end())
+        os.set_blocking(self.event_r, False)
+        loop.add_reader(self.event_r, self._on_event)
+
+    def _on_event(self) -> None:
+        try:
+            data = os.read(self.event_r, 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._events_end()
+            return
+        for byte in data:  # 'r' (interpreter up), then 's' (the code starts)
+            target = self.ready if byte == ord("r") else self.started
+            if not target.done():
+                target.set_result(True)
+        if self.ready.done():
+            self._close_child_fds()  # the cell holds its own copies now
+
+    def _events_end(self) -> None:
+        with contextlib.suppress(ValueError, OSError):  # already removed / closed
+            asyncio.get_running_loop().remove_reader(self.event_r)
+        for future in (self.ready, self.started):
+            if not future.done():
+                future.set_result(False)
+
+    def _close_child_fds(self) -> None:
+        fds, self._child_fds = self._child_fds, []
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    @property
+    def usable(self) -> bool:
+        return not self.task.done() and time.monotonic() - self.born < MAX_AGE
+
+    async def use(self, code: str) -> Outcome | None:
+        """Run ``code`` here; None when the cell ended before the code started (no code ran)."""
+        from nixcell.mcp.tool import outcome_of, read_output
+
+        payload = code.encode()
+        if self.memfd >= 0:  # bash: the code in the memfd, then the pipe's EOF says go
+            os.pwrite(self.memfd, payload, 0)
+            payload = b""
+        readers = read_output(self.out_r, self.err_r)
+        began = time.monotonic()
+        ended: list[float] = []
+        self.task.add_done_callback(lambda _: ended.append(time.monotonic()))
+        try:
+            with contextlib.suppress(OSError):  # a dead cell: `started` says so
+                await _write_all(self.code_w, payload)
+            os.close(self.code_w)
+            self.code_w = -1
+            await asyncio.wait({self.started}, timeout=START_TIMEOUT)
+            if not self.started.done() or not self.started.result():
+                return None
+            timed_out = False
+            try:
+                result = await asyncio.wait_for(asyncio.shield(self.task), self.timeout)
+            except TimeoutError:
+                timed_out = True
+                result = None
+            duration = (ended[0] if ended else time.monotonic()) - began  # code sent -> exit
+            await self.stop()  # the cell is gone with its ends of the pipes: the readers see EOF
+            (out, out_dropped), (err, err_dropped) = await asyncio.gather(*readers)
+        finally:
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+            await self.close()
+        return outcome_of(
+            result, timed_out, self.timeout, duration, (out, out_dropped), (err, err_dropped)
+        )
+
+    async def stop(self) -> None:
+        """Kill the cell (if it still runs) and wait for its teardown (cgroups, holders)."""
+        if not self.task.done():
+            self.task.cancel()
+        await asyncio.wait({self.task})
+        if not self.task.cancelled() and self.task.exception() is not None:
+            log.debug("pooled cell failed: %s", self.task.exception())
+        self._events_end()
+        self._close_child_fds()
+
+    async def close(self) -> None:
+        """``stop``, then close the host's ends of the pipes."""
+        await self.stop()
+        for name in ("code_w", "event_r", "out_r", "err_r", "memfd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(self, name, -1)
+
+
+class CellPool:
+    """Waiting cells per environment; ``size`` (``--pool``) 0 switches the pool off."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._cells: dict[str, list[PooledCell]] = {}
+        self._fills: dict[str, asyncio.Task[None]] = {}
+        self._broken: set[str] = set()
+        self._closing: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def size_for(self, prepared: Prepared) -> int:
+        """The environment's ``pool`` if it has one; the server's otherwise; 0 if that is 0."""
+        per_env = prepared.config.pool
+        return 0 if self.size <= 0 else (self.size if per_env is None else per_env)
+
+    def waiting(self, name: str) -> int:
+        return len(self._cells.get(name, ()))
+
+    def start(self, envs: Environments) -> None:
+        """Fill the pool of each environment once it is prepared."""
+
+        async def fill_when_ready(name: str) -> None:
+            prepared = await envs.get(name)
+            if prepared is not None:
+                self.refill(prepared)
+
+        for name in envs.names:
+            self._track(asyncio.ensure_future(fill_when_ready(name)))
+
+    async def run(self, prepared: Prepared, code: str) -> Outcome | None:
+        """The call in a pooled cell, or None: no cell fits (the caller runs a fresh one)."""
+        if self._closed or self.size_for(prepared) <= 0:
+            return None
+        key = pool_key(prepared)
+        if key is None or key in self._broken:
+            return None
+        if prepared.config.interpreter == "bash" and "\0" in code:
+            return None  # bash cannot carry it: the fresh cell reports what bash does
+        cell = self._take(prepared.config.name, key)
+        try:
+            return None if cell is None else await cell.use(code)
+        finally:
+            if cell is not None:
+                await cell.close()
+            # Starting a cell blocks the loop for a few ms: after this call's answer is out.
+            asyncio.get_running_loop().call_later(REFILL_DELAY, self.refill, prepared, key)
+
+    def _take(self, name: str, key: str) -> PooledCell | None:
+        cells = self._cells.setdefault(name, [])
+        keep = [c for c in cells if c.key == key and c.usable]
+        for stale in [c for c in cells if c not in keep]:
+            self._discard(stale)
+        ready = [c for c in keep if c.ready.done() and c.ready.result()]
+        chosen = ready[0] if ready else (keep[0] if keep else None)
+        self._cells[name] = [c for c in keep if c is not chosen]
+        return chosen
+
+    def refill(self, prepared: Prepared, key: str | None = None) -> None:
+        name = prepared.config.name
+        key = key or pool_key(prepared)
+        if self._closed or key is None or key in self._broken:
+            return
+        task = self._fills.get(name)
+        if task is None or task.done():
+            self._fills[name] = asyncio.ensure_future(self._fill(prepared, key))
+
+    async def _fill(self, prepared: Prepared, key: str) -> None:
+        name, interpreter = prepared.config.name, prepared.config.interpreter
+        assert prepared.plan is not None
+        while not self._closed:
+            cells = self._cells.setdefault(name, [])
+            for stale in [c for c in cells if c.key != key or not c.usable]:
+                cells.remove(stale)
+                self._discard(stale)
+            if len(cells) >= self.size_for(prepared):
+                return
+            try:
+                cell = PooledCell(key, prepared.plan, interpreter)
+            except OSError as exc:  # out of fds: the calls go to fresh cells
+                log.warning("pool for '%s': cannot start a cell: %s", name, exc)
+                return
+            cells.append(cell)
+            await asyncio.wait({cell.ready}, timeout=START_TIMEOUT)
+            if not cell.ready.done() or not cell.ready.result():
+                late = not cell.ready.done()
+                ended = cell.task.done() and not cell.task.cancelled()  # not given up by a call
+                why = "did not start in time" if late else (_why(cell.task) if ended else "")
+                if cell in self._cells.get(name, ()):
+                    self._cells[name].remove(cell)
+                self._discard(cell)
+                if why:
+                    self._broken.add(key)
+                    log.warning("pool for '%s' switched off: a pooled cell %s", name, why)
+                return
+
+    def _discard(self, cell: PooledCell) -> None:
+        self._track(asyncio.ensure_future(cell.close()))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        """Kill every waiting cell and wait for their teardown (cgroups, holders, fds)."""
+        self._closed = True
+        for task in self._fills.values():
+            task.cancel()
+        cells = [c for cells in self._cells.values() for c in cells]
+        self._cells.clear()
+        pending = [*self._fills.values(), *self._closing]
+        pending += [asyncio.ensure_future(c.close()) for c in cells]
+        if pending:
+            await asyncio.wait(pending)
+
+
+def _why(task: asyncio.Task[RunResult]) -> str:
+    if task.exception() is not None:
+        return f"could not start: {task.exception()}"
+    result = task.result()
+    return f"ended at start ({result.message or f'exit code {result.exit_code}'})"
