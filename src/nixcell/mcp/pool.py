@@ -77,8 +77,11 @@ def pooled_plan(plan: Plan, interpreter: str, fds: tuple[int, ...]) -> Plan:
     if interpreter == "bash":
         command: tuple[str, ...] = (target[0], "-c", BASH_DRIVER, "nixcell-pool", *args, *target)
     else:
-        mounts.append(MountOp("data", DRIVER_FILES[interpreter], data=_DRIVERS[interpreter]))
-        command = (target[0], DRIVER_FILES[interpreter], *args)
+        driver = DRIVER_FILES[interpreter]
+        mounts.append(MountOp("data", driver, data=_DRIVERS[interpreter]))
+        command = (target[0], driver, *args)
+        if interpreter == "node":  # a preload: node runs the file itself
+            command = (target[0], "-r", driver, *target[1:], *args[:2])
     limits = dataclasses.replace(plan.limits, timeout=None)  # the call's clock starts later
     return dataclasses.replace(
         plan, command=command, mounts=(*mounts, plan.mounts[-1]), limits=limits

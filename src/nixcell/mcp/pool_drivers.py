@@ -1,11 +1,12 @@
 """The drivers of pooled cells: an interpreter started ahead of time, waiting for one call's code.
 
-A pooled cell runs ``<interpreter> <driver> CODE_FD EVENT_FD FILE`` (bash: ``bash -c DRIVER``).
+A pooled cell runs ``python3 DRIVER CODE_FD EVENT_FD FILE``, ``node -r DRIVER FILE CODE_FD
+EVENT_FD`` or ``bash -c DRIVER``.
 The driver writes ``r`` on EVENT_FD once the interpreter is up, reads the code from CODE_FD to
 EOF, writes it to FILE (the one-shot cell's ``/workspace/.nixcell/main.*``), writes ``s``, closes
 both fds (the user's code never sees them) and then runs FILE the way ``<interpreter> FILE``
-would: same argv, ``sys.path[0]``/``__main__`` (python), ``require.main``/``process.argv``
-(node), or by ``exec`` of the very argv of the one-shot cell (bash, whose start costs ~1 ms).
+would: same argv, ``sys.path[0]``/``__main__`` (python); node itself runs it as its main module
+once the preloaded driver returns; bash ``exec``s the one-shot cell's very argv (~1 ms).
 The drivers import only what the interpreter has loaded at start anyway. What still differs
 from a one-shot cell is listed in docs/mcp.md (the process's own command line, driver frames
 below the user's in a stack walk).
@@ -66,19 +67,18 @@ def _serve():
 _serve()
 """
 
+# Preloaded (`node -r DRIVER FILE CODE_FD EVENT_FD`): it returns once FILE is written, and node
+# then runs FILE as its genuine main module (its own stack frames, require.main, execArgv).
 NODE_DRIVER = r"""'use strict';
 const fs = require('fs');
-const [codeFd, eventFd] = [Number(process.argv[2]), Number(process.argv[3])];
-const file = process.argv[4];
+const [codeFd, eventFd] = process.argv.splice(2, 2).map(Number);
+process.execArgv.splice(0, 2); // -r DRIVER: a fork() of the user's must not run it
 fs.writeSync(eventFd, 'r');
 const code = fs.readFileSync(codeFd);
 fs.closeSync(codeFd);
-fs.writeFileSync(file, code, { mode: 0o600, flag: 'wx' });
-process.argv.splice(1, process.argv.length - 1, file);
+fs.writeFileSync(process.argv[1], code, { mode: 0o600, flag: 'wx' });
 fs.writeSync(eventFd, 's');
 fs.closeSync(eventFd);
-setImmediate(require('module').runMain); // no driver frame under the user's
-
 """
 
 # $1 the code pipe (only its EOF counts), $2 event fd, $3 the file, $4 a memfd holding the code
