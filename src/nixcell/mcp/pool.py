@@ -188,8 +188,6 @@ class PooledCell:
             payload = b""
         readers = read_output(self.out_r, self.err_r)
         began = time.monotonic()
-        ended: list[float] = []
-        self.task.add_done_callback(lambda _: ended.append(time.monotonic()))
         try:
             with contextlib.suppress(OSError):  # a dead cell: `started` says so
                 await _write_all(self.code_w, payload)
@@ -198,20 +196,19 @@ class PooledCell:
             await asyncio.wait({self.started}, timeout=START_TIMEOUT)
             if not self.started.done() or not self.started.result():
                 return None
-            timed_out = False
-            try:
-                result = await asyncio.wait_for(asyncio.shield(self.task), self.timeout)
-            except TimeoutError:
-                timed_out = True
-                result = None
-            duration = (ended[0] if ended else time.monotonic()) - began  # code sent -> exit
-            await self.stop()  # the cell is gone with its ends of the pipes: the readers see EOF
+            result = None
+            await asyncio.wait({self.task}, timeout=self.timeout)
+            duration = time.monotonic() - began  # code sent -> the cell's end
+            if self.task.done():
+                result = self.task.result()  # (or its exception: the engine failed)
+            else:  # the call's timeout, counted from the code's start: kill the cell
+                await self.stop()
             (out, out_dropped), (err, err_dropped) = await asyncio.gather(*readers)
         finally:
             for reader in readers:
                 reader.cancel()
             await asyncio.gather(*readers, return_exceptions=True)
-            await self.close()
+        timed_out = result is None
         return outcome_of(
             result, timed_out, self.timeout, duration, (out, out_dropped), (err, err_dropped)
         )
@@ -279,9 +276,14 @@ class CellPool:
         cell = self._take(prepared.config.name, key)
         try:
             return None if cell is None else await cell.use(code)
-        finally:
+        except BaseException:
             if cell is not None:
-                await cell.close()
+                await cell.close()  # cancelled or failed: nothing of the cell outlives the call
+                cell = None
+            raise
+        finally:
+            if cell is not None:  # its teardown (cgroups, namespaces) after the answer
+                self._discard(cell)
             # Starting a cell blocks the loop for a few ms: after this call's answer is out.
             asyncio.get_running_loop().call_later(REFILL_DELAY, self.refill, prepared, key)
 
