@@ -128,6 +128,15 @@ PROGRAMS: list[tuple[str, str]] = [
     ("node", "const x = ;"),
     ("node", "console.log(Object.keys(process.env).sort().join(','), process.cwd(), process.pid)"),
     ("node", "setTimeout(() => console.log('later'), 10); console.log('now')"),
+    ("node", "import fs from 'fs'; console.log(typeof fs.readFileSync, import.meta.url)"),
+    ("node", "await Promise.resolve(); console.log('top-level await')"),
+    (
+        "node",
+        "require('fs').writeFileSync('c.js', \"console.log('child', process.execArgv)\");"
+        " require('child_process').fork('c.js')",
+    ),
+    ("python", "print('nul\0')"),
+    ("shell", "echo 'nul\0'"),
 ]
 
 

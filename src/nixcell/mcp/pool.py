@@ -241,6 +241,8 @@ class CellPool:
         self.size = size
         self._cells: dict[str, list[PooledCell]] = {}
         self._fills: dict[str, asyncio.Task[None]] = {}
+        self._wanted: dict[str, str] = {}  # the key each environment's pool is filled for
+        self._starters: set[asyncio.Task[None]] = set()
         self._broken: set[str] = set()
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -262,7 +264,9 @@ class CellPool:
                 self.refill(prepared)
 
         for name in envs.names:
-            self._track(asyncio.ensure_future(fill_when_ready(name)))
+            task = asyncio.ensure_future(fill_when_ready(name))
+            self._starters.add(task)
+            task.add_done_callback(self._starters.discard)
 
     async def run(self, prepared: Prepared, code: str) -> Outcome | None:
         """The call in a pooled cell, or None: no cell fits (the caller runs a fresh one)."""
@@ -271,8 +275,12 @@ class CellPool:
         key = pool_key(prepared)
         if key is None or key in self._broken:
             return None
-        if prepared.config.interpreter == "bash" and "\0" in code:
-            return None  # bash cannot carry it: the fresh cell reports what bash does
+        if "\0" in code:
+            return None  # the interpreters refuse it in their own words: a fresh cell says so
+        try:
+            code.encode()
+        except UnicodeEncodeError:
+            return None  # (a lone surrogate) as a fresh cell fails on it
         cell = self._take(prepared.config.name, key)
         try:
             return None if cell is None else await cell.use(code)
@@ -298,18 +306,24 @@ class CellPool:
         return chosen
 
     def refill(self, prepared: Prepared, key: str | None = None) -> None:
+        """Bring the environment's pool back to its size, for ``prepared`` (a fill for an
+        older version of the environment stops)."""
         name = prepared.config.name
         key = key or pool_key(prepared)
         if self._closed or key is None or key in self._broken:
             return
         task = self._fills.get(name)
+        if task is not None and not task.done() and self._wanted.get(name) != key:
+            task.cancel()  # its cells are discarded as stale by the new fill
+            task = None
+        self._wanted[name] = key
         if task is None or task.done():
             self._fills[name] = asyncio.ensure_future(self._fill(prepared, key))
 
     async def _fill(self, prepared: Prepared, key: str) -> None:
         name, interpreter = prepared.config.name, prepared.config.interpreter
         assert prepared.plan is not None
-        while not self._closed:
+        while not self._closed and self._wanted.get(name) == key:
             cells = self._cells.setdefault(name, [])
             for stale in [c for c in cells if c.key != key or not c.usable]:
                 cells.remove(stale)
@@ -345,11 +359,11 @@ class CellPool:
     async def close(self) -> None:
         """Kill every waiting cell and wait for their teardown (cgroups, holders, fds)."""
         self._closed = True
-        for task in self._fills.values():
+        for task in [*self._fills.values(), *self._starters]:
             task.cancel()
         cells = [c for cells in self._cells.values() for c in cells]
         self._cells.clear()
-        pending = [*self._fills.values(), *self._closing]
+        pending = [*self._fills.values(), *self._starters, *self._closing]
         pending += [asyncio.ensure_future(c.close()) for c in cells]
         if pending:
             await asyncio.wait(pending)

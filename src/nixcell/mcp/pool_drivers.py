@@ -49,19 +49,20 @@ def _serve():
     os.write(event_fd, b"s")
     os.close(event_fd)
     try:
-        exec(compile(source, path, "exec", dont_inherit=True), main.__dict__)
+        code = compile(source, path, "exec", dont_inherit=True)
+        del source  # (`python3 FILE` holds no copy of the file either)
+        exec(code, main.__dict__)
     except SystemExit:
         raise
     except BaseException as exc:
-        del source, driver
         tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
         sys.excepthook(type(exc), exc.with_traceback(tb), tb)  # as `python3 FILE` prints it
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, KeyboardInterrupt):  # exit as killed by SIGINT, as python does
             import signal
 
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGINT)
-        sys.exit(1)
+        raise SystemExit(1) from None
 
 
 _serve()
