@@ -117,6 +117,7 @@ PROGRAMS: list[tuple[str, str]] = [
     ("shell", "env | sort; umask; pwd; ls -l /workspace"),
     ("shell", "printf 'a\\n\\n'; echo err >&2; exit 4"),
     ("shell", "echo -n no-newline"),
+    ("shell", 'echo "$_"; python3 -c pass 2>&1; cat /proc/self/status | grep -c ^Umask'),
     ("shell", 'echo "$BASH_SOURCE" "${BASH_ARGV[*]-}"; caller; set -o | grep -c on'),
     ("shell", "  trailing-blank-lines\n\n\n"),
     ("node", "console.log(1)"),

@@ -46,6 +46,9 @@ REFILL_DELAY = 0.02  # after a call, before its cell is replaced
 _DRIVERS = {"python": PYTHON_DRIVER, "node": NODE_DRIVER}
 
 
+_BASES: dict[int, tuple[Prepared, str]] = {}  # id -> (the Prepared, its plan's digest)
+
+
 def pool_key(prepared: Prepared) -> str | None:
     """What a pooled cell must share with a call to be used by it; None: not poolable."""
     from nixcell.hashing import digest
@@ -53,6 +56,11 @@ def pool_key(prepared: Prepared) -> str | None:
     plan = prepared.plan
     if plan is None or prepared.error is not None:
         return None
+    cached = _BASES.get(id(prepared))
+    if cached is None or cached[0] is not prepared:  # (a Prepared is immutable)
+        if len(_BASES) > 256:
+            _BASES.clear()
+        cached = _BASES[id(prepared)] = (prepared, digest(repr((plan, prepared.config))))
     files = []
     network = plan.network or {}
     for path in [*network.get("policy_files", ()), network.get("upstream_ca")]:  # type: ignore[misc]
@@ -62,7 +70,7 @@ def pool_key(prepared: Prepared) -> str | None:
             except OSError:
                 return None  # the fresh path says what is wrong with it
             files.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
-    return digest(repr((plan, prepared.config, files)))
+    return digest(repr((cached[1], files)))
 
 
 def pooled_plan(plan: Plan, interpreter: str, fds: tuple[int, ...]) -> Plan:
