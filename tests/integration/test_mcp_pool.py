@@ -20,7 +20,7 @@ from tests.integration import test_mcp_server as base
 from tests.integration.test_mcp_server import (
     _cgroups_of,
     _descends,
-    _params,
+    _popen,
     bwrap_pids,
     with_client,
 )
@@ -28,26 +28,16 @@ from tests.integration.test_mcp_server import (
 pytestmark = pytest.mark.integration
 project = base.project  # the fixture: a project directory, the offline set built
 
-CONFIG = """
-[defaults]
-timeout_seconds = 20
-memory_mb = 256
-
-[environments.python]
-preset = "python"
-
-[environments.shell]
-preset = "shell"
-
+EXTRA = """
 [environments.node]
 preset = "node"
 
-[environments.small]
+[environments.tight]
 preset = "python"
 memory_mb = 128
 pids = 24
 timeout_seconds = 2
-"""
+"""  # after test_mcp_server's environments: python, shell, small, broken, net
 
 # In each interpreter: "1" when the code file was written by the pool's driver, "0" when
 # bubblewrap made it (a fresh cell).
@@ -56,12 +46,12 @@ POOLED = {
     "shell": 'echo pooled "$(stat -c %h "$0")"',
     "node": "console.log('pooled', require('fs').statSync(__filename).nlink)",
 }
-POOLED |= {"small": POOLED["python"], "net": POOLED["shell"]}  # by environment
+POOLED |= {"tight": POOLED["python"], "edited": POOLED["shell"]}  # by environment
 
 
-def _config(project: Path, text: str = CONFIG) -> str:
+def _config(project: Path, extra: str = "") -> str:
     path = project.parent / "pool.toml"
-    path.write_text(text)
+    path.write_text(base.CONFIG.format(project=project) + EXTRA + extra)
     return str(path)
 
 
@@ -215,30 +205,30 @@ def test_limits_hold_for_pooled_cells(project):
     probe = POOLED["python"] + "\nimport sys; sys.stdout.flush()\n"  # before it is killed
 
     async def body(client: Client) -> None:
-        await _until_pooled(client, "small")
-        memory = await _call(client, "small", probe + "b = bytearray(1 << 30)\nprint('survived')")
+        await _until_pooled(client, "tight")
+        memory = await _call(client, "tight", probe + "b = bytearray(1 << 30)\nprint('survived')")
         assert memory["stdout"] == "pooled 1\n" and memory["exit_code"] == 137, memory
         assert "(killed: out of memory (limit 128M))" in memory["text"]
 
-        await _until_pooled(client, "small")
+        await _until_pooled(client, "tight")
         fork = probe + (
             "import subprocess\nprocs = []\n"
             "try:\n    for _ in range(40):\n"
             "        procs.append(subprocess.Popen(['sleep', '30']))\n"
             "except OSError as exc:\n    print('refused', exc.errno, len(procs) < 24)\n"
         )
-        pids = await _call(client, "small", fork)
+        pids = await _call(client, "tight", fork)
         assert pids["stdout"] == "pooled 1\nrefused 11 True\n", pids
 
-        await _until_pooled(client, "small")
-        slow = await _call(client, "small", probe + "import time; time.sleep(30)")
+        await _until_pooled(client, "tight")
+        slow = await _call(client, "tight", probe + "import time; time.sleep(30)")
         assert slow["stdout"] == "pooled 1\n" and slow["timed_out"] and slow["exit_code"] == 124
         assert "(timed out after 2s)" in slow["text"]
 
         # The cell waited longer than the timeout; the call's 2 s start with the code.
-        await _until_pooled(client, "small")
+        await _until_pooled(client, "tight")
         await asyncio.sleep(3)
-        late = await _call(client, "small", probe + "import time; time.sleep(1.2); print('ok')")
+        late = await _call(client, "tight", probe + "import time; time.sleep(1.2); print('ok')")
         assert late["stdout"] == "pooled 1\nok\n" and not late["timed_out"], late
 
     with_client(project, body, "--config", _config(project), "--pool", "1")
@@ -367,31 +357,19 @@ def test_a_changed_environment_discards_its_waiting_cells(offline_set, tmp_path)
 def test_an_edited_policy_file_discards_the_pool(project):
     policy = project.parent / "policy.toml"
     policy.write_text('[[rules]]\naction = "allow"\n[rules.pattern]\nhost = "a.test"\n')
-    config = CONFIG + f'\n[environments.net]\npreset = "shell"\npolicy = "{policy}"\n'
+    edited = f'\n[environments.edited]\npreset = "shell"\npolicy = "{policy}"\n'
 
     async def body(client: Client) -> None:
-        await _until_pooled(client, "net")
+        await _until_pooled(client, "edited")
         await asyncio.sleep(0.5)
         policy.write_text('[[rules]]\naction = "allow"\n[rules.pattern]\nhost = "b.test"\n')
-        assert await _pooled(client, "net") is False  # the waiting cell read the old file
-        await _until_pooled(client, "net")  # and the pool refills with the new one
+        assert await _pooled(client, "edited") is False  # the waiting cell read the old file
+        await _until_pooled(client, "edited")  # and the pool refills with the new one
 
-    with_client(project, body, "--config", _config(project, config), "--pool", "1")
+    with_client(project, body, "--config", _config(project, edited), "--pool", "1")
 
 
 # -- nothing is left when the server ends ---------------------------------------------------
-
-
-def _server(project: Path, *args: str) -> subprocess.Popen[bytes]:
-    params = _params(project, "--config", _config(project), *args)
-    return subprocess.Popen(
-        [params.command, *params.args],
-        cwd=params.cwd,
-        env={**os.environ, **(params.env or {})},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
 
 
 def _waiting_cells(server: subprocess.Popen[bytes], count: int) -> set[int]:
@@ -421,9 +399,9 @@ def _alive(pids: set[int]) -> set[int]:
 def test_server_exit_leaves_no_pooled_cell(project, how):
     from nixcell.sandbox.cgroups import list_cell_cgroups
 
-    proc = _server(project, "--pool", "2")
-    cells = _waiting_cells(proc, 2 * 4 * 2)  # 4 environments, 2 cells each, 2 bwraps a cell
-    assert len({c.name for c in _cgroups_of(proc, list_cell_cgroups())}) == 8  # one per cell
+    proc = _popen(project, "--config", _config(project), "--pool", "1")
+    cells = _waiting_cells(proc, 6 * 2)  # 6 environments (one with a network), 2 bwraps a cell
+    assert len({c.name for c in _cgroups_of(proc, list_cell_cgroups())}) == 6  # one per cell
     if how == "stdin-eof":
         proc.stdin.close()  # type: ignore[union-attr]
         proc.stdin = None
