@@ -306,6 +306,7 @@ async def execute_async(
     stderr: int | IO[bytes] | None = None,
     pass_fds: tuple[int, ...] | list[int] = (),
     namespaces: CellNamespaces | None = None,
+    on_exit: Callable[[RunResult], object] | None = None,
 ) -> RunResult:
     """Run a planned cell without blocking the event loop; cancellation kills the cell.
 
@@ -313,6 +314,9 @@ async def execute_async(
     channel to an agent inside the cell, e.g. MCP sessions); they must not be CLOEXEC.
     ``namespaces``: held namespaces to start the cell inside (``holder.create_volume``: an MCP
     session's workspace, kept across the session's cells).
+    ``on_exit`` gets the result as soon as the cell has ended; the teardown then lets the
+    cell's processes leave its cgroup without blocking the loop, so a front can answer first
+    (MCP's pooled cells). It still completes before this returns or raises.
     """
     import asyncio
 
@@ -363,6 +367,8 @@ async def execute_async(
         if session is not None:
             await session.close()
             result = attach.with_outcome(result, session)
+        if on_exit is not None:
+            on_exit(result)
         return result
     except BaseException:
         if cell is not None:
@@ -378,11 +384,16 @@ async def execute_async(
                 if stream is not None:
                     with contextlib.suppress(OSError):
                         stream.close()
+        cancelled = None
         if cgroup is not None:
+            if on_exit is not None:
+                cancelled = await aio.until_empty(cgroup)
             cgroup.remove()
         if session is not None:
             await session.close()
         launch.close()
+        if cancelled is not None:
+            raise cancelled  # only now: nothing of the cell is left
 
 
 async def run_async(spec: CellSpec, **kwargs: object) -> RunResult:

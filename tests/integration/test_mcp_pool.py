@@ -425,3 +425,48 @@ def test_pool_setting_is_checked(project):
     proc = subprocess.run([NIXCELL, "mcp", "--config", str(bad)], capture_output=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.decode() == f"nixcell: {bad}:3: pool must be a whole number from 0 to 16\n"
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+def test_on_exit_answers_before_a_teardown_that_still_completes(offline_set, tmp_path, cancel):
+    """The engine hands a pooled call its result before the cell's teardown, and finishes the
+    teardown even when the task is cancelled during it (then ends cancelled)."""
+    import dataclasses
+
+    from nixcell.mcp.config import ServerConfig, preset_env
+    from nixcell.mcp.envs import prepare_env
+    from nixcell.runner import execute_async
+    from nixcell.sandbox.cgroups import list_cell_cgroups
+
+    (tmp_path / "p").mkdir()
+    env = dataclasses.replace(preset_env("shell"), sessions=False)
+    prepared = prepare_env(env, ServerConfig({"shell": env}, str(tmp_path / "p")))
+    assert prepared.plan is not None and prepared.plan.limits.needs_cgroup
+    plan = prepared.plan.with_command(["bash", "-c", "exit 7"])
+
+    def mine() -> set[str]:
+        return {c.name for c in list_cell_cgroups() if c.name.startswith(f"{os.getpid()}-")}
+
+    async def main() -> None:
+        seen: list[tuple[int, set[str]]] = []
+        task: asyncio.Task[Any] | None = None
+
+        def on_exit(result: Any) -> None:
+            seen.append((result.exit_code, mine()))
+            if cancel and task is not None:
+                task.cancel()
+
+        task = asyncio.ensure_future(
+            execute_async(
+                plan, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, on_exit=on_exit
+            )
+        )
+        await asyncio.wait({task})
+        assert task.cancelled() is cancel
+        if not cancel:
+            assert task.result().exit_code == 7
+        ((code, cgroups),) = seen
+        assert code == 7 and len(cgroups) == 1  # told while the cgroup was still there
+        assert mine() == set()  # and it is gone when the task is done
+
+    asyncio.run(main())

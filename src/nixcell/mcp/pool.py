@@ -139,6 +139,7 @@ class PooledCell:
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[bool] = loop.create_future()
         self.started: asyncio.Future[bool] = loop.create_future()
+        self.exited: asyncio.Future[RunResult] = loop.create_future()  # before the teardown
         self.task: asyncio.Task[RunResult] = asyncio.ensure_future(
             execute_async(
                 pooled_plan(plan, interpreter, tuple(passed)),
@@ -146,6 +147,7 @@ class PooledCell:
                 stdin=subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=err_w,
+                on_exit=self._on_exit,
             )
         )
         self.task.add_done_callback(lambda _: self._events_end())
@@ -168,6 +170,10 @@ class PooledCell:
                 target.set_result(True)
         if self.ready.done():
             self._close_child_fds()  # the cell holds its own copies now
+
+    def _on_exit(self, result: RunResult) -> None:
+        if not self.exited.done():
+            self.exited.set_result(result)
 
     def _events_end(self) -> None:
         with contextlib.suppress(ValueError, OSError):  # already removed / closed
@@ -205,10 +211,12 @@ class PooledCell:
             if not self.started.done() or not self.started.result():
                 return None
             result = None
-            await asyncio.wait({self.task}, timeout=self.timeout)
+            await asyncio.wait({self.exited, self.task}, timeout=self.timeout)
             duration = time.monotonic() - began  # code sent -> the cell's end
-            if self.task.done():
-                result = self.task.result()  # (or its exception: the engine failed)
+            if self.exited.done():  # (its teardown goes on: the answer need not wait)
+                result = self.exited.result()
+            elif self.task.done():
+                self.task.result()  # the engine failed: its exception
             else:  # the call's timeout, counted from the code's start: kill the cell
                 await self.stop()
             (out, out_dropped), (err, err_dropped) = await asyncio.gather(*readers)
@@ -223,7 +231,7 @@ class PooledCell:
 
     async def stop(self) -> None:
         """Kill the cell (if it still runs) and wait for its teardown (cgroups, holders)."""
-        if not self.task.done():
+        if not self.task.done() and not self.exited.done():  # (an ended one is tearing down)
             self.task.cancel()
         await asyncio.wait({self.task})
         if not self.task.cancelled() and self.task.exception() is not None:
