@@ -347,6 +347,11 @@ def test_a_changed_environment_discards_its_waiting_cells(offline_set, tmp_path)
                 await asyncio.sleep(0.05)
             outcome = await pool.run(new, 'echo "$(stat -c %h "$0")"')
             assert outcome is not None and outcome.stdout == "1\n", outcome
+            await asyncio.sleep(0.5)  # refilled
+            (refilled,) = pool._cells["shell"]
+            pool.retain({"python"})  # the environment is gone: so is its waiting cell
+            await asyncio.wait({refilled.task}, timeout=30)
+            assert refilled.task.done() and "shell" not in pool._cells
         finally:
             await pool.close()
         assert [c for c in list_cell_cgroups() if c.name.startswith(f"{os.getpid()}-")] == []

@@ -365,6 +365,15 @@ class CellPool:
                     log.warning("pool for '%s' switched off: a pooled cell %s", name, why)
                 return
 
+    def retain(self, names: set[str]) -> None:
+        """Kill the waiting cells of environments not in ``names`` (a reload removed them)."""
+        for name in [n for n in self._cells if n not in names]:
+            if (task := self._fills.pop(name, None)) is not None:
+                task.cancel()
+            self._wanted.pop(name, None)
+            for cell in self._cells.pop(name):
+                self._discard(cell)
+
     def _discard(self, cell: PooledCell) -> None:
         self._track(asyncio.ensure_future(cell.close()))
 
