@@ -314,9 +314,8 @@ async def execute_async(
     channel to an agent inside the cell, e.g. MCP sessions); they must not be CLOEXEC.
     ``namespaces``: held namespaces to start the cell inside (``holder.create_volume``: an MCP
     session's workspace, kept across the session's cells).
-    ``on_exit`` gets the result as soon as the cell has ended; the teardown then lets the
-    cell's processes leave its cgroup without blocking the loop, so a front can answer first
-    (MCP's pooled cells). It still completes before this returns or raises.
+    ``on_exit`` gets the result once the cell has ended, before a teardown that then waits on
+    the loop (a front answers first: MCP's pool); it still completes before this returns.
     """
     import asyncio
 
@@ -384,10 +383,8 @@ async def execute_async(
                 if stream is not None:
                     with contextlib.suppress(OSError):
                         stream.close()
-        cancelled = None
+        cancelled = await aio.until_empty(cgroup) if cgroup and on_exit else None
         if cgroup is not None:
-            if on_exit is not None:
-                cancelled = await aio.until_empty(cgroup)
             cgroup.remove()
         if session is not None:
             await session.close()

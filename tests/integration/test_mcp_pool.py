@@ -5,7 +5,6 @@ driver writes the code file (one link), a fresh cell gets it from bubblewrap (no
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import time
@@ -266,99 +265,6 @@ def test_concurrent_calls_beyond_the_pool(project):
 # -- a changed environment never gets an old cell --------------------------------------------
 
 
-def test_pool_key_covers_what_a_cell_was_started_with(offline_set, tmp_path):
-    """Every field a cell depends on changes the key (limits, packages, network, policy file
-    contents, project, interpreter, configuration); equal inputs give equal keys."""
-    import dataclasses
-
-    from nixcell.mcp.config import ServerConfig, preset_env
-    from nixcell.mcp.envs import prepare_env
-    from nixcell.mcp.pool import pool_key
-
-    (tmp_path / "p").mkdir()
-    policy = tmp_path / "policy.toml"
-    policy.write_text('[[rules]]\naction = "allow"\n[rules.pattern]\nhost = "a.test"\n')
-    base_env = dataclasses.replace(preset_env("shell"), sessions=False)
-    server = ServerConfig({"shell": base_env}, str(tmp_path / "p"))
-    variants = {
-        "memory": dataclasses.replace(base_env, memory_mb=128),
-        "pids": dataclasses.replace(base_env, pids=32),
-        "timeout": dataclasses.replace(base_env, timeout=3.0),
-        "packages": dataclasses.replace(base_env, packages=(*base_env.packages, "curl")),
-        "hosts": dataclasses.replace(base_env, network={"allow_hosts": ["a.test"]}),
-        "policy": dataclasses.replace(
-            base_env, network={"allow_hosts": [], "policy_files": [str(policy)]}
-        ),
-        "config": dataclasses.replace(base_env, description="other"),
-    }
-    keys = {"base": pool_key(prepare_env(base_env, server))}
-    assert keys["base"] == pool_key(prepare_env(base_env, server))  # nothing changed
-    for name, env in variants.items():
-        keys[name] = pool_key(prepare_env(env, server))
-    moved = ServerConfig({"shell": base_env}, str(tmp_path / "p"), mount_point="/elsewhere")
-    keys["project"] = pool_key(prepare_env(base_env, moved))
-    with_policy = prepare_env(variants["policy"], server)
-    before = pool_key(with_policy)
-    policy.write_text('[[rules]]\naction = "allow"\n[rules.pattern]\nhost = "b.test"\n')
-    keys["policy edited"] = pool_key(with_policy)  # the same Prepared, the file changed
-    assert before == keys["policy"]
-    assert None not in keys.values()
-    assert len(set(keys.values())) == len(keys), keys
-
-
-def test_a_changed_environment_discards_its_waiting_cells(offline_set, tmp_path):
-    """A call whose prepared environment differs from the pool's (a config reload, an edited
-    policy) never gets a waiting cell: those are killed and the call runs fresh."""
-    import dataclasses
-
-    from nixcell.mcp.config import ServerConfig, preset_env
-    from nixcell.mcp.envs import prepare_env
-    from nixcell.mcp.pool import CellPool
-    from nixcell.sandbox.cgroups import list_cell_cgroups
-
-    (tmp_path / "p").mkdir()
-    env = dataclasses.replace(preset_env("shell"), sessions=False)
-    server = ServerConfig({"shell": env}, str(tmp_path / "p"))
-    old = prepare_env(env, server)
-    new = prepare_env(dataclasses.replace(env, memory_mb=128), server)
-
-    async def main() -> None:
-        pool = CellPool(1)
-        try:
-            pool.refill(old)
-            for _ in range(600):
-                cells = pool._cells.get("shell", [])
-                if cells and cells[0].ready.done():
-                    break
-                await asyncio.sleep(0.05)
-            (waiting,) = pool._cells["shell"]
-            assert waiting.ready.result() is True
-            mine = [c for c in list_cell_cgroups() if c.name.startswith(f"{os.getpid()}-")]
-            assert len({c.name for c in mine}) == 1  # (one dir per controller on v1)
-            assert await pool.run(new, "echo hi") is None  # not pooled: the caller runs fresh
-            await asyncio.wait({waiting.task}, timeout=30)
-            assert waiting.task.done()  # the old cell was killed ...
-            await asyncio.sleep(0.5)
-            assert not any(c.exists() for c in mine)  # ... and its cgroup removed
-            for _ in range(600):  # the pool refills for the new environment
-                cells = pool._cells.get("shell", [])
-                if cells and cells[0].ready.done():
-                    break
-                await asyncio.sleep(0.05)
-            outcome = await pool.run(new, 'echo "$(stat -c %h "$0")"')
-            assert outcome is not None and outcome.stdout == "1\n", outcome
-            await asyncio.sleep(0.5)  # refilled
-            (refilled,) = pool._cells["shell"]
-            pool.retain({"python"})  # the environment is gone: so is its waiting cell
-            await asyncio.wait({refilled.task}, timeout=30)
-            assert refilled.task.done() and "shell" not in pool._cells
-        finally:
-            await pool.close()
-        assert [c for c in list_cell_cgroups() if c.name.startswith(f"{os.getpid()}-")] == []
-
-    asyncio.run(main())
-
-
 def test_an_edited_policy_file_discards_the_pool(project):
     policy = project.parent / "policy.toml"
     policy.write_text('[[rules]]\naction = "allow"\n[rules.pattern]\nhost = "a.test"\n')
@@ -430,48 +336,3 @@ def test_pool_setting_is_checked(project):
     proc = subprocess.run([NIXCELL, "mcp", "--config", str(bad)], capture_output=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.decode() == f"nixcell: {bad}:3: pool must be a whole number from 0 to 16\n"
-
-
-@pytest.mark.parametrize("cancel", [False, True])
-def test_on_exit_answers_before_a_teardown_that_still_completes(offline_set, tmp_path, cancel):
-    """The engine hands a pooled call its result before the cell's teardown, and finishes the
-    teardown even when the task is cancelled during it (then ends cancelled)."""
-    import dataclasses
-
-    from nixcell.mcp.config import ServerConfig, preset_env
-    from nixcell.mcp.envs import prepare_env
-    from nixcell.runner import execute_async
-    from nixcell.sandbox.cgroups import list_cell_cgroups
-
-    (tmp_path / "p").mkdir()
-    env = dataclasses.replace(preset_env("shell"), sessions=False)
-    prepared = prepare_env(env, ServerConfig({"shell": env}, str(tmp_path / "p")))
-    assert prepared.plan is not None and prepared.plan.limits.needs_cgroup
-    plan = prepared.plan.with_command(["bash", "-c", "exit 7"])
-
-    def mine() -> set[str]:
-        return {c.name for c in list_cell_cgroups() if c.name.startswith(f"{os.getpid()}-")}
-
-    async def main() -> None:
-        seen: list[tuple[int, set[str]]] = []
-        task: asyncio.Task[Any] | None = None
-
-        def on_exit(result: Any) -> None:
-            seen.append((result.exit_code, mine()))
-            if cancel and task is not None:
-                task.cancel()
-
-        task = asyncio.ensure_future(
-            execute_async(
-                plan, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, on_exit=on_exit
-            )
-        )
-        await asyncio.wait({task})
-        assert task.cancelled() is cancel
-        if not cancel:
-            assert task.result().exit_code == 7
-        ((code, cgroups),) = seen
-        assert code == 7 and len(cgroups) == 1  # told while the cgroup was still there
-        assert mine() == set()  # and it is gone when the task is done
-
-    asyncio.run(main())
