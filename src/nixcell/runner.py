@@ -295,6 +295,7 @@ async def execute_async(
     stderr: int | IO[bytes] | None = None,
     pass_fds: tuple[int, ...] | list[int] = (),
     namespaces: CellNamespaces | None = None,
+    on_exit: Callable[[RunResult], object] | None = None,
 ) -> RunResult:
     """Run a planned cell without blocking the event loop; cancellation kills the cell.
 
@@ -302,6 +303,8 @@ async def execute_async(
     channel to an agent inside the cell, e.g. MCP sessions); they must not be CLOEXEC.
     ``namespaces``: held namespaces to start the cell inside (``holder.create_volume``: an MCP
     session's workspace, kept across the session's cells).
+    ``on_exit`` gets the result once the cell has ended, before a teardown that then waits on
+    the loop (a front answers first: MCP's pool); it still completes before this returns.
     """
     import asyncio
 
@@ -352,7 +355,10 @@ async def execute_async(
         if session is not None:
             await session.close()
             result = attach.with_outcome(result, session)
-        return _with_no_network(result, cell, session)
+        result = _with_no_network(result, cell, session)
+        if on_exit is not None:
+            on_exit(result)
+        return result
     except BaseException:
         if cell is not None:
             cell.kill()
@@ -368,11 +374,14 @@ async def execute_async(
                 if stream is not None:
                     with contextlib.suppress(OSError):
                         stream.close()
+        cancelled = await aio.until_empty(cgroup) if cgroup and on_exit else None
         if cgroup is not None:
             cgroup.remove()
         if session is not None:
             await session.close()
         launch.close()
+        if cancelled is not None:
+            raise cancelled  # only now: nothing of the cell is left
 
 
 async def run_async(spec: CellSpec, **kwargs: object) -> RunResult:

@@ -315,9 +315,10 @@ def test_stopping_with_live_sessions_leaves_nothing(project, how):
     assert not list((project.parent / "tmp").glob("nixcell-session-*"))
 
 
-def _start_raw(project: Path, arguments: dict[str, Any] | None = None) -> subprocess.Popen[bytes]:
-    params = _params(project)
-    proc = subprocess.Popen(
+def _popen(project: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`nixcell mcp ARGS` with the test's environment, its stdio pipes ours."""
+    params = _params(project, *args)
+    return subprocess.Popen(
         [params.command, *params.args],
         cwd=params.cwd,
         env={**os.environ, **(params.env or {})},
@@ -325,6 +326,10 @@ def _start_raw(project: Path, arguments: dict[str, Any] | None = None) -> subpro
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+def _start_raw(project: Path, arguments: dict[str, Any] | None = None) -> subprocess.Popen[bytes]:
+    proc = _popen(project)
     assert proc.stdin is not None and proc.stdout is not None
 
     def send(message: dict[str, Any]) -> None:

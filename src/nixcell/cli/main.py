@@ -327,6 +327,13 @@ def gc() -> int:
     metavar="SECONDS",
     help="End a session this long after it started (default 3600).",
 )
+@click.option(
+    "--pool",
+    type=click.IntRange(0, 16),
+    metavar="N",
+    help="Pre-started one-shot cells per environment (default 1, or the environment's "
+    "`pool`; 0: none, whatever the config says).",
+)
 def mcp(stdio: bool, **options: object) -> int:
     """Serve the MCP `run` tool: code runs in cells (stdio, or HTTP on loopback)."""
     from nixcell import leftovers

@@ -1,6 +1,6 @@
 """The MCP server's configuration: nix-sandbox-mcp's ``config.toml`` read as-is, plus presets.
 
-``[defaults] timeout_seconds memory_mb pids network allow_hosts policy sessions nixpkgs``;
+``[defaults] timeout_seconds memory_mb pids network allow_hosts policy sessions nixpkgs pool``;
 ``[project] path mount_point inherit_env.vars``; ``[environments.NAME]`` with ``preset``,
 ``packages`` or ``flake`` (``ref#attr``), ``interpreter`` and any default overridden;
 ``[session] idle_timeout_seconds max_lifetime_seconds share_sessions max_client_sessions``.
@@ -50,6 +50,7 @@ _SETTINGS = (
     "sessions",
     "nixpkgs",
     "backend",
+    "pool",
 )
 _ENV_KEYS = ("preset", "packages", "flake", "interpreter", "description", *_SETTINGS)
 _SESSION_KEYS = ("idle_timeout_seconds", "max_lifetime_seconds")
@@ -60,6 +61,7 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_MEMORY_MB = 512
 DEFAULT_PIDS = 256
 DEFAULT_MOUNT_POINT = "/project"
+DEFAULT_POOL = 1  # pre-started one-shot cells per environment (each costs RSS: docs/mcp.md)
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class EnvConfig:
     nixpkgs: str | None = None
     description: str | None = None
     origin: str = "preset"
+    pool: int | None = None  # pre-started one-shot cells (mcp/pool.py); None: the server's
 
 
 @dataclass(frozen=True)
@@ -308,6 +311,7 @@ class _Reader(SettingsReader):
             nixpkgs=settings.get("nixpkgs"),
             description=description,
             origin=origin or f"{self.name}:{self.lines.line(*at)}",
+            pool=settings.get("pool"),
         )
 
     def interpreter(self, at: tuple[str, ...], value: object) -> str | None:

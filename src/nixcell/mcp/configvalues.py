@@ -14,6 +14,8 @@ from typing import Any, NoReturn
 
 from nixcell.errors import UsageError
 
+MAX_POOL = 16  # pre-started one-shot cells per environment, at most (mcp/pool.py)
+
 _PRIVATE = ("/workspace", "/tmp", "/home/cell")  # the cell's own writable areas
 
 
@@ -68,6 +70,11 @@ class SettingsReader:
             if not isinstance(table["nixpkgs"], str) or not table["nixpkgs"]:
                 self.fail((*at, "nixpkgs"), "nixpkgs must be a pin like nixos-24.11 or offline")
             out["nixpkgs"] = table["nixpkgs"]
+        if "pool" in table:
+            value = table["pool"]
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_POOL:
+                self.fail((*at, "pool"), f"pool must be a whole number from 0 to {MAX_POOL}")
+            out["pool"] = value
         if table.get("backend", "jail") != "jail":
             self.fail((*at, "backend"), 'nixcell runs every environment in a cell: only "jail"')
         return out

@@ -30,8 +30,9 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from nixcell import __version__
 from nixcell.mcp import dropin
-from nixcell.mcp.config import ServerConfig, load_config
+from nixcell.mcp.config import DEFAULT_POOL, ServerConfig, load_config
 from nixcell.mcp.envs import Environments
+from nixcell.mcp.pool import CellPool
 from nixcell.mcp.stdio import open_std_fds, serve_stdio
 from nixcell.mcp.tool import OUTPUT_SCHEMA, RunTool, ToolFailure, input_schema
 from nixcell.mcp.transports import MCP_SESSION_IDLE, serve_http
@@ -63,12 +64,14 @@ class App:
         transport: str = "stdio",
         share_sessions: bool = False,
         max_client_sessions: int | None = None,
+        pool: int | None = None,
     ) -> None:
         self.config = config
         self.transport = transport
         self.share_sessions = share_sessions
         self.envs = Environments(config)
-        self.tool = RunTool(self.envs, self.sessions)
+        self.pool = CellPool(DEFAULT_POOL if pool is None else pool)
+        self.tool = RunTool(self.envs, self.sessions, self.pool)
         self.client_level = "info"  # for a request whose connection cannot be found
         self.sessions_available = importlib.util.find_spec("nixcell.mcp.sessions") is not None
         if max_client_sessions is None and transport == "http" and not share_sessions:
@@ -147,6 +150,7 @@ class App:
         if self._running:
             await asyncio.wait(list(self._running), timeout=30)
         self.envs.cancel()
+        await self.pool.close()
         if self._manager is not None:
             await self._manager.shutdown()
 
@@ -327,6 +331,7 @@ async def _main(app: App, transport: str, host: str, port: int) -> None:
     for signum in handled:
         loop.add_signal_handler(signum, on_signal, signum)
     app.envs.start()
+    app.pool.start(app.envs)
     try:
         with anyio.CancelScope() as scope:
             stoppers.append(scope.cancel)  # HTTP puts a graceful stop before it
@@ -374,6 +379,7 @@ def serve(
     max_client_sessions: int | None = None,
     share_sessions: bool | None = None,
     log_level: str | None = None,
+    pool: int | None = None,
 ) -> int:
     """Run the MCP server until the client goes away or a signal arrives."""
     from nixcell.sandbox.reap import become_subreaper
@@ -397,6 +403,7 @@ def serve(
         max_sessions=max_sessions,
         idle_timeout=idle_timeout or config.idle_timeout or 300.0,
         max_lifetime=max_lifetime or config.max_lifetime or 3600.0,
+        pool=pool,
     )
     become_subreaper()  # a cell's orphaned pid-1 comes back to us to be reaped
     source = f"{config.source}" if config.source else "the presets"

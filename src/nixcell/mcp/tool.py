@@ -25,8 +25,10 @@ from nixcell.mcp.envs import Environments, Prepared
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from nixcell.mcp.pool import CellPool
     from nixcell.mcp.sessions import SessionManager
     from nixcell.plan import Plan
+    from nixcell.runner import RunResult
 
 OUTPUT_LIMIT = 1 << 20
 CODE_LIMIT = 4 << 20
@@ -171,55 +173,74 @@ def code_plan(plan: Plan, interpreter: str, code: str) -> Plan:
     return dataclasses.replace(plan.with_command([PROGRAMS[interpreter], path]), mounts=mounts)
 
 
+def read_output(out_r: int, err_r: int) -> list[asyncio.Future[tuple[bytes, int]]]:
+    """Readers of a cell's stdout and stderr pipes (each keeps its first 1 MiB)."""
+    return [asyncio.ensure_future(_read_capped(fd)) for fd in (out_r, err_r)]
+
+
+def outcome_of(
+    result: RunResult | None,
+    timed_out: bool,
+    timeout: float | None,
+    duration: float,
+    out: tuple[bytes, int],
+    err: tuple[bytes, int],
+) -> Outcome:
+    """The call's Outcome from its cell's result (None: killed at the call's timeout)."""
+    from nixcell.units import format_duration
+
+    stdout, cut_out = _cut(*out)
+    stderr, cut_err = _cut(*err)
+    timed_out = timed_out or (result is not None and result.timed_out)
+    notices = []
+    if timed_out:
+        notices.append(f"(timed out after {format_duration(timeout or 0)})")
+    elif result is not None and result.message:
+        notices.append(f"({result.message})")
+    if result is not None and result.no_network is not None:
+        notices.append(f"({result.no_network.line('mcp')})")
+    exit_code = 124 if timed_out or result is None else result.exit_code
+    return Outcome(
+        stdout, stderr, exit_code, timed_out, cut_out or cut_err, duration * 1000, None, notices
+    )
+
+
 async def run_once(plan: Plan, interpreter: str, code: str) -> Outcome:
     """One fresh cell for ``code``; the engine enforces limits and tears everything down."""
     from nixcell.runner import execute_async
-    from nixcell.units import format_duration
 
     cell = code_plan(plan, interpreter, code)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
-    readers = [asyncio.ensure_future(_read_capped(fd)) for fd in (out_r, err_r)]
+    readers = read_output(out_r, err_r)
     try:
         try:
             result = await execute_async(cell, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w)
         finally:
             os.close(out_w)  # the cell is gone with its ends: the readers see EOF
             os.close(err_w)
-        (out, out_dropped), (err, err_dropped) = await asyncio.gather(*readers)
+        out, err = await asyncio.gather(*readers)
     finally:
         for reader in readers:
             reader.cancel()  # no-op when done; a reader removes itself from the loop
         await asyncio.gather(*readers, return_exceptions=True)
         os.close(out_r)
         os.close(err_r)
-    stdout, cut_out = _cut(out, out_dropped)
-    stderr, cut_err = _cut(err, err_dropped)
-    notices = []
-    if result.timed_out:
-        notices.append(f"(timed out after {format_duration(plan.limits.timeout or 0)})")
-    elif result.message:
-        notices.append(f"({result.message})")
-    if result.no_network is not None:
-        notices.append(f"({result.no_network.line('mcp')})")
-    return Outcome(
-        stdout,
-        stderr,
-        result.exit_code,
-        result.timed_out,
-        cut_out or cut_err,
-        result.duration * 1000,
-        None,
-        notices,
-    )
+    return outcome_of(result, False, plan.limits.timeout, result.duration, out, err)
 
 
 class RunTool:
     """Validates arguments and dispatches a call to a one-shot cell or a session."""
 
-    def __init__(self, envs: Environments, sessions: Callable[[], SessionManager]) -> None:
+    def __init__(
+        self,
+        envs: Environments,
+        sessions: Callable[[], SessionManager],
+        pool: CellPool | None = None,
+    ) -> None:
         self.envs = envs
         self._sessions = sessions
+        self.pool = pool
 
     async def call(self, arguments: dict[str, Any], *, client: str | None = None) -> Outcome:
         """Run one call; a session call goes to ``client``'s session of that name."""
@@ -229,6 +250,10 @@ class RunTool:
         if session is None:
             assert prepared.plan is not None
             try:
+                if self.pool is not None:
+                    pooled = await self.pool.run(prepared, code)
+                    if pooled is not None:
+                        return pooled
                 return await run_once(prepared.plan, config.interpreter, code)
             except NixcellError as exc:
                 raise ToolFailure(f"the cell could not run: {exc.message}") from None

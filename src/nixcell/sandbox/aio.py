@@ -8,7 +8,10 @@ import subprocess
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import asyncio
     from typing import IO
+
+    from nixcell.sandbox.cgroups import CellCgroup
 
 
 async def read_fd(fd: int) -> bytes:
@@ -71,3 +74,21 @@ def feed(pipe: IO[bytes], data: bytes) -> None:
         pipe.write(data)
     with contextlib.suppress(BrokenPipeError):
         pipe.close()
+
+
+async def until_empty(cgroup: CellCgroup, limit: float = 0.25) -> asyncio.CancelledError | None:
+    """Wait (on the loop, polling from 0.25 ms up) until an ended cell's processes have left its
+    cgroup, at most ``limit`` s; ``remove`` then finds it empty. A cancellation is returned,
+    not raised: the caller's teardown must finish first."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + limit
+    delay = 0.00025
+    while cgroup.pids() and time.monotonic() < deadline:
+        try:
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError as exc:
+            return exc
+        delay = min(delay * 2, 0.01)
+    return None
