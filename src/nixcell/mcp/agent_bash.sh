@@ -1,0 +1,84 @@
+# The bash interpreter of a nixcell session (runs inside the cell). agent.py starts
+#   bash --noprofile --norc -c "$BASH_MAIN" bash agent_bash.sh CODE_FD EVENT_FD STATE_FD
+# (stdin /dev/null; BASH_MAIN in agent_interpreters.py is one line: it sources this file, then
+# loops over __nixcell_next, a subshell running __nixcell_enter + the call's code +
+# __nixcell_leave, and __nixcell_after). The code is eval'd on line 1, so bash's own messages
+# read "bash: line N: …" with N the line of the call's code.
+#
+# Reads calls from CODE_FD ("<id>\n" then the code, NUL-terminated) and reports on EVENT_FD:
+# `ready` once, then per call `started <id>` and `done <id> <status>`.
+#
+# Why it looks like this: each call runs in a subshell of this (non-interactive) shell, which
+# never runs a line of user code itself. Whatever a call does to its shell — set -e/-u/-x,
+# pipefail, traps, shopt, IFS, ulimit, exec >file, exec, exit — ends with its subshell, and the
+# loop goes on. What persists is what a script would want to keep: variables (with their
+# attributes and exports), functions, aliases and the working directory. The subshell writes
+# them (declare -p, declare -f, alias -p) when it ends — also by exit or set -e — to STATE_FD,
+# a memfd of this shell's that it reaches as /proc/$$/fd/STATE_FD (the code's programs never
+# hold it), and the next call's subshell re-creates them before its code runs. Variables of the
+# shell itself (BASHPID, RANDOM, SECONDS, LINENO, IFS, OPTIND, …) are not carried over.
+# No functions are defined here (the subshell's `declare -f` would list them): every name of
+# the driver is a variable starting with __nixcell_, and the driver calls builtins as
+# `builtin NAME`, so a function the code names `declare`, `cd` or `trap` changes nothing here.
+__nixcell_in=$1 __nixcell_ev=$2 __nixcell_st=$3
+set --
+shopt -s expand_aliases
+__nixcell_env=$(compgen -e)  # the variables a restored state may have unset
+__nixcell_state=
+__nixcell_end='#nixcell-end-of-variables'
+
+__nixcell_next='IFS= read -r -u "$__nixcell_in" __nixcell_id
+__nixcell_status=$?
+if ((__nixcell_status > 128)); then continue; elif ((__nixcell_status)); then exit 0; fi
+IFS= read -r -d "" -u "$__nixcell_in" __nixcell_code
+printf "started %s\n" "$__nixcell_id" >&"$__nixcell_ev"
+: >|"/dev/fd/$__nixcell_st"'
+
+# In the call's subshell, before its code.
+__nixcell_enter='builtin eval "$__nixcell_state" 2>/dev/null
+[[ -z $__nixcell_pwd ]] || builtin cd -- "$__nixcell_pwd" 2>/dev/null \
+  || builtin echo "nixcell: the working directory $__nixcell_pwd is gone: in $PWD" >&2
+builtin trap "$__nixcell_save" EXIT
+__nixcell_state= __nixcell_env= __nixcell_pwd='
+
+# In the call's subshell, at its end or exit: what later calls keep. The code's own options and
+# traps must not shape (or trace) this.
+__nixcell_save='{ builtin set +xv; } 2>/dev/null
+if [[ -z ${__nixcell_saved-} ]]; then
+  __nixcell_saved=1
+  builtin set +euvfC +o pipefail +o errtrace +o functrace
+  builtin trap - DEBUG ERR RETURN
+  IFS=$'"' \t\n'"'
+  { builtin declare -p; builtin echo "$__nixcell_end"; builtin declare -f; builtin alias -p
+  } >|"/proc/$$/fd/$__nixcell_st"  # this shell'"'"'s fd: the code'"'"'s programs do not get it
+fi'
+
+# After the subshell: the state it left (if it left one) for the next call, then `done`.
+__nixcell_after='__nixcell_status=$? __nixcell_dump=
+IFS= read -r -d "" __nixcell_dump <"/dev/fd/$__nixcell_st"
+if [[ $__nixcell_dump == *$'"'\n'"'"$__nixcell_end"$'"'\n'"'* ]]; then
+  eval "$__nixcell_rebuild"
+fi  # else the call kept no state (it closed the state fd, exec'"'"'d, was killed): the last one
+__nixcell_dump=
+printf "done %s %s\n" "$__nixcell_id" "$__nixcell_status" >&"$__nixcell_ev"'
+
+# Variables come one per line (declare -p quotes newlines as $'\n'), then functions, aliases.
+__nixcell_rebuild='__nixcell_state="unset -v $__nixcell_env"$'"'\n'"'
+__nixcell_cd=__nixcell_pwd=
+while IFS= read -r __nixcell_line; do
+  [[ $__nixcell_line == "declare -"* ]] || continue
+  __nixcell_name=${__nixcell_line#declare -* }
+  __nixcell_name=${__nixcell_name%%=*}
+  case $__nixcell_name in
+    __nixcell_* | BASH | BASH_* | BASHOPTS | BASHPID | COMP_* | DIRSTACK | EPOCH* | EUID \
+      | FUNCNAME | GROUPS | HISTCMD | HOSTNAME | HOSTTYPE | IFS | LINENO | MACHTYPE \
+      | OPTERR | OPTIND | OSTYPE | PIPESTATUS | PPID | RANDOM | SECONDS | SHELLOPTS \
+      | SHLVL | SRANDOM | UID | _) ;;
+    PWD) [[ $__nixcell_line != *=* ]] || __nixcell_cd=__nixcell_pwd=${__nixcell_line#*=} ;;
+    *) __nixcell_state+=$__nixcell_line$'"'\n'"' ;;
+  esac
+done <<<"${__nixcell_dump%%$'"'\n'"'"$__nixcell_end"$'"'\n'"'*}"
+__nixcell_state+=${__nixcell_dump#*$'"'\n'"'"$__nixcell_end"$'"'\n'"'}$'"'\n'"'$__nixcell_cd'
+
+trap ':' INT  # an interrupted call ends its subshell, not this loop
+printf 'ready\n' >&"$__nixcell_ev"
