@@ -46,7 +46,7 @@ __nixcell_state= __nixcell_env= __nixcell_pwd='
 __nixcell_save='{ builtin set +xv; } 2>/dev/null
 if [[ -z ${__nixcell_saved-} ]]; then
   __nixcell_saved=1
-  builtin set +euvfC +o pipefail +o errtrace +o functrace
+  builtin set +euvfC +o pipefail +o errtrace +o functrace +o posix
   builtin trap - DEBUG ERR RETURN
   IFS=$'"' \t\n'"'
   { builtin declare -p; builtin echo "$__nixcell_end"; builtin declare -f; builtin alias -p

@@ -39,6 +39,7 @@ const loader = vmConstants && vmConstants.USE_MAIN_CONTEXT_DEFAULT_LOADER;
 let topLevelAwait = null;
 try {
   topLevelAwait = require('internal/repl/await').processTopLevelAwait;
+  topLevelAwait('await 0'); // its parser loads now, before any user code shadows `require`
 } catch {} // not this node: code with top-level await runs wrapped (its declarations local)
 
 // What a script sees: `require` relative to the working directory, its own module object.
@@ -90,11 +91,12 @@ function compile(code, name) {
   try {
     return new Script(code, opts);
   } catch (e) {
-    if (!(e instanceof NativeSyntaxError) || !/await/.test(e.message)) throw e;
+    if (!(e instanceof NativeSyntaxError) || !/\bawait\b/.test(code)) throw e;
     let wrapped = null;
     try { wrapped = topLevelAwait && topLevelAwait(code); } catch {}
     // The REPL's transform keeps the code on its lines; the plain wrap adds one before it.
     if (wrapped) return new Script(wrapped, opts);
+    if (topLevelAwait) throw e; // not top-level await: the code's own syntax error
     return new Script('(async () => {\n' + code + '\n})()', { ...opts, lineOffset: -1 });
   }
 }

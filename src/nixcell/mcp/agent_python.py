@@ -13,12 +13,14 @@ million frames deep), can end this interpreter or stall it past the call's inter
 from __future__ import annotations
 
 import builtins
+import io
 import linecache
 import os
 import signal
 import sys
 import traceback
 import types
+from typing import TextIO
 
 _running = False
 TRACEBACK_LIMIT = 1000  # the interpreter's default for sys.tracebacklimit
@@ -94,9 +96,10 @@ def _safe_str(value: object) -> str:
         return f"<{type(value).__name__} object: str() failed>"
 
 
-def _write_stderr(text: str) -> None:
+def _write_stderr(text: str, flush: bool = True) -> None:
     """Straight to fd 2, after what the code wrote: a replaced ``sys.stderr`` can hide nothing."""
-    _flush()
+    if flush:
+        _flush()
     data = text.encode("utf-8", "backslashreplace")
     while data:
         try:
@@ -105,6 +108,19 @@ def _write_stderr(text: str) -> None:
             continue
         except OSError:
             return
+
+
+def _reopened(streams: tuple[TextIO, TextIO]) -> tuple[TextIO, TextIO]:
+    """The interpreter's own stdout/stderr, made again on fd 1/2 when the code closed one."""
+    fresh = []
+    for fd, stream in enumerate(streams, start=1):
+        if stream.closed:
+            raw = io.FileIO(fd, "w", closefd=False)
+            stream = io.TextIOWrapper(
+                raw, encoding="utf-8", errors="backslashreplace", write_through=True
+            )
+        fresh.append(stream)
+    return fresh[0], fresh[1]
 
 
 def main() -> None:
@@ -142,10 +158,10 @@ def main() -> None:
             _flush()
         except KeyboardInterrupt:  # while reporting or flushing: the call was interrupted
             _running = False
-            _write_stderr("KeyboardInterrupt\n")
+            _write_stderr("KeyboardInterrupt\n", flush=False)  # a flush may be what hung
         finally:
             _running = False
-            sys.stdout, sys.stderr = streams  # a call's replacement ends with it
+            sys.stdout, sys.stderr = _reopened(streams)  # a call's replacement ends with it
         os.write(event_fd, b"done " + call_id + b" " + str(status).encode() + b"\n")
 
 
