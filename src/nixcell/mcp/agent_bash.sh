@@ -24,6 +24,7 @@ __nixcell_in=$1 __nixcell_ev=$2 __nixcell_st=$3
 set --
 shopt -s expand_aliases
 __nixcell_env=$(compgen -e)  # the variables a restored state may have unset
+__nixcell_env=${__nixcell_env//$'\n'/ }
 __nixcell_state=
 __nixcell_end='#nixcell-end-of-variables'
 
@@ -54,18 +55,16 @@ if [[ -z ${__nixcell_saved-} ]]; then
 fi'
 
 # After the subshell: the state it left (if it left one) for the next call, then `done`.
-__nixcell_after='__nixcell_status=$? __nixcell_dump=
-IFS= read -r -d "" __nixcell_dump <"/dev/fd/$__nixcell_st"
-if [[ $__nixcell_dump == *$'"'\n'"'"$__nixcell_end"$'"'\n'"'* ]]; then
-  eval "$__nixcell_rebuild"
-fi  # else the call kept no state (it closed the state fd, exec'"'"'d, was killed): the last one
-__nixcell_dump=
+__nixcell_after='__nixcell_status=$?
+{ eval "$__nixcell_rebuild"; } <"/dev/fd/$__nixcell_st"  # a file: read in blocks
 printf "done %s %s\n" "$__nixcell_id" "$__nixcell_status" >&"$__nixcell_ev"'
 
-# Variables come one per line (declare -p quotes newlines as $'\n'), then functions, aliases.
-__nixcell_rebuild='__nixcell_state="unset -v $__nixcell_env"$'"'\n'"'
+# Variables come one per line (declare -p quotes newlines as $'\n'), then the marker, then
+# functions and aliases. No marker: the call kept no state (it closed the state fd, exec'd,
+# was killed), and the last one stays.
+__nixcell_rebuild='__nixcell_new="unset -v $__nixcell_env"$'"'\n'"' __nixcell_line=
 __nixcell_cd=__nixcell_pwd=
-while IFS= read -r __nixcell_line; do
+while IFS= read -r __nixcell_line && [[ $__nixcell_line != "$__nixcell_end" ]]; do
   [[ $__nixcell_line == "declare -"* ]] || continue
   __nixcell_name=${__nixcell_line#declare -* }
   __nixcell_name=${__nixcell_name%%=*}
@@ -75,10 +74,15 @@ while IFS= read -r __nixcell_line; do
       | OPTERR | OPTIND | OSTYPE | PIPESTATUS | PPID | RANDOM | SECONDS | SHELLOPTS \
       | SHLVL | SRANDOM | UID | _) ;;
     PWD) [[ $__nixcell_line != *=* ]] || __nixcell_cd=__nixcell_pwd=${__nixcell_line#*=} ;;
-    *) __nixcell_state+=$__nixcell_line$'"'\n'"' ;;
+    *) __nixcell_new+=$__nixcell_line$'"'\n'"' ;;
   esac
-done <<<"${__nixcell_dump%%$'"'\n'"'"$__nixcell_end"$'"'\n'"'*}"
-__nixcell_state+=${__nixcell_dump#*$'"'\n'"'"$__nixcell_end"$'"'\n'"'}$'"'\n'"'$__nixcell_cd'
+done
+if [[ $__nixcell_line == "$__nixcell_end" ]]; then
+  __nixcell_line=
+  IFS= read -r -d "" __nixcell_line
+  __nixcell_state=$__nixcell_new$__nixcell_line$'"'\n'"'$__nixcell_cd
+fi
+__nixcell_new= __nixcell_line='
 
 trap ':' INT  # an interrupted call ends its subshell, not this loop
 printf 'ready\n' >&"$__nixcell_ev"
