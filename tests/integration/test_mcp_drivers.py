@@ -79,6 +79,22 @@ def test_node_any_name_the_user_declares_neither_breaks_the_driver_nor_is_broken
     assert awaited.exit_code == 0 and awaited.stderr == "", awaited
 
 
+def test_node_session_globals_are_a_plain_node_scripts():
+    """Nothing of the driver's in the global scope: no global name that `node -e` (which has
+    require, module, exports, __filename, __dirname too, and the builtin modules) lacks, run by
+    the same node binary; none of the driver's own names reachable."""
+    names = "Object.getOwnPropertyNames(globalThis)"
+    lexical = "typeof Script + typeof writeSync + typeof emit + typeof current + typeof calls"
+    code = (
+        f"const mine = {names}, lex = {lexical};\n"
+        "const plain = require('child_process').execFileSync(process.execPath, "
+        f"['-e', 'console.log(JSON.stringify({names}))']).toString();\n"
+        "console.log(JSON.stringify(mine.filter((n) => !JSON.parse(plain).includes(n))), lex)"
+    )
+    result = calls(NODE, code)[0]
+    assert ok(result).stdout == "[] " + "undefined" * 5 + "\n", result.stdout
+
+
 @pytest.mark.parametrize(
     "override",
     [
@@ -157,7 +173,8 @@ BASH_CHECK = (
     ],
 )
 def test_bash_options_and_traps_of_one_call_do_not_reach_the_next(poison, status):
-    baseline, poisoned, check, again = calls(SH, BASH_SETUP, BASH_CHECK, poison, BASH_CHECK, BASH_CHECK)[1:]
+    codes = (BASH_SETUP, BASH_CHECK, poison, BASH_CHECK, BASH_CHECK)
+    baseline, poisoned, check, again = calls(SH, *codes)[1:]
     assert poisoned.exit_code == status and "exit" not in poisoned.stderr, poisoned
     assert "tcsetattr" not in poisoned.stderr + baseline.stderr
     assert not poisoned.state_lost and poisoned.notice is None
