@@ -39,7 +39,7 @@ printf "started %s\n" "$__nixcell_id" >&"$__nixcell_ev"
 __nixcell_enter='builtin eval "$__nixcell_state" 2>/dev/null
 [[ -z $__nixcell_pwd ]] || builtin cd -- "$__nixcell_pwd" 2>/dev/null \
   || builtin echo "nixcell: the working directory $__nixcell_pwd is gone: in $PWD" >&2
-builtin trap "$__nixcell_save" EXIT
+builtin trap '"'"'{ builtin set +xv; } 2>/dev/null; eval "$__nixcell_save"'"'"' EXIT
 __nixcell_state= __nixcell_env= __nixcell_pwd='
 
 # In the call's subshell, at its end or exit: what later calls keep. The code's own options and
