@@ -128,12 +128,12 @@ def test_node_top_level_await_keeps_declarations_and_scripts_see_script_globals(
         "console.log(x, a, c, await later(), typeof K, compile(), typeof fs.readFileSync)",
         "const m = await import('fs'); console.log(typeof m.readFileSync)",
         "console.log(typeof module, module.exports === exports, require.resolve('fs'), "
-        "__filename, __dirname, process.argv.length)",
+        "__filename, __dirname, process.argv.length, require.main === module)",
     )
     assert [r.stderr for r in results] == [""] * 5  # no ExperimentalWarning, no error
     assert ok(results[2]).stdout == "3 1 2 5 function mine function\n"
     assert ok(results[3]).stdout == "function\n"
-    assert ok(results[4]).stdout == ("object true fs /workspace/[session] /workspace 1\n")
+    assert ok(results[4]).stdout == ("object true fs /workspace/[session] /workspace 1 true\n")
 
 
 # -- bash: each call's options apply to it alone ----------------------------------------------

@@ -48,8 +48,10 @@ const mod = new Module(filename, null);
 mod.filename = filename;
 mod.paths = Module._nodeModulePaths(proc.cwd());
 mod.loaded = true;
+const scriptRequire = Module.createRequire(filename);
+scriptRequire.main = mod; // `if (require.main === module) main()` runs, as in a script
 const scriptGlobals = {
-  require: Module.createRequire(filename),
+  require: scriptRequire,
   module: mod,
   exports: mod.exports,
   __filename: filename,
