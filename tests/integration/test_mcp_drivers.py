@@ -290,6 +290,32 @@ def test_python_code_that_loops_while_reported_or_flushed_is_interrupted(code):
     assert ok(results[2]).stdout == "kept\n"
 
 
+# -- exit ends the call, not the session ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env_", "setup", "code", "status", "check"),
+    [
+        (SH, "x=kept", "echo out; exit 5", 5, "echo $x"),
+        (PY, "x = 'kept'", "print('out'); import sys; sys.exit(5)", 5, "print(x)"),
+        (NODE, "var x = 'kept'", "console.log('out'); process.exit(5)", 5, "console.log(x)"),
+        (
+            NODE,
+            "var x = 'kept'",
+            "console.log('out'); setTimeout(() => process.exit(5), 9); await new Promise(() => {})",
+            5,
+            "console.log(x)",
+        ),
+    ],
+)
+def test_exit_ends_the_call_not_the_session(env_, setup, code, status, check):
+    results = calls(env_, setup, code, check)
+    exited = results[1]
+    assert (exited.exit_code, exited.stdout, exited.stderr) == (status, "out\n", ""), exited
+    assert not exited.state_lost and exited.notice is None
+    assert (ok(results[2]).stdout, results[2].notice) == ("kept\n", None)
+
+
 # -- through the real MCP client -------------------------------------------------------------
 
 

@@ -287,7 +287,7 @@ def test_stdin_reads_get_eof(env_, code, check):
         (
             NODE,
             "var x = 1",
-            "process.exit(5)",
+            "process.reallyExit(5)",  # process.exit() ends only the call (test_mcp_drivers)
             5,
             "console.log(typeof x === 'undefined' ? 'False' : 'True')",
         ),

@@ -78,6 +78,7 @@ function describe(e) {
 }
 
 function report(e) {
+  if (e === exitRequest) return; // process.exit() in a callback: the call has ended
   const text = describe(e).split('\n').filter((l) => !driverFrame.test(l)).join('\n');
   try { apply(write, err, [text + '\n']); } catch {}
 }
@@ -108,9 +109,22 @@ const flush = (stream) => new NativePromise((resolve) => {
 });
 
 let calls = 0;
+// process.exit() during a call ends the call with its status, not the session (as `exit 5` in
+// bash and sys.exit(5) in python): it unwinds the code by throwing, and ends a call that is
+// awaiting. Between calls (a timer's), it really exits: the next call says so.
+const realExit = proc.exit;
+const exitRequest = Symbol('process.exit');
+proc.exit = function exit(code) {
+  if (current === null) return apply(realExit, proc, [code]);
+  const status = toNumber(code === undefined ? (proc.exitCode ?? 0) : code) & 0xff;
+  current.exited = status;
+  if (current.settle) current.settle();
+  throw exitRequest;
+};
+
 async function runCall(id, code) {
   emit('started ' + id);
-  const call = current = { interrupt: null };
+  const call = current = { interrupt: null, settle: null, exited: null };
   let status = 0;
   try {
     const result = compile(code, '<call ' + ++calls + '>').runInThisContext({ breakOnSigint: true });
@@ -119,13 +133,17 @@ async function runCall(id, code) {
       await new NativePromise((resolve, reject) => {
         call.interrupt = () => reject(assign(new NativeError('interrupted by SIGINT'),
           { code: 'ERR_SCRIPT_EXECUTION_INTERRUPTED' }));
+        call.settle = resolve;
         apply(result.then, result, [resolve, reject]);
       });
     }
   } catch (e) {
-    status = isInterrupt(e) ? 130 : 1;
-    report(e);
+    if (e !== exitRequest) {
+      status = isInterrupt(e) ? 130 : 1;
+      report(e);
+    }
   }
+  if (call.exited !== null) status = call.exited;
   current = null;
   await flush(out);
   await flush(err);
