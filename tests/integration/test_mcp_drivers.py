@@ -159,7 +159,10 @@ BASH_CHECK = (
         ("w=2; trap 'exit 3' ERR; false; w=3", 3),
         ("w=2; trap 'exit' DEBUG; w=3", 0),
         ("w=2; trap 'exit 4' RETURN; g() { :; }; g", 0),  # bash: g does not inherit it
+        ("w=2; trap 'exit 4' RETURN; g() { :; }; declare -ft g; g; w=3", 4),
         ("w=2; trap 'exit' EXIT", 0),
+        ("trap 'echo cleanup >&2' EXIT; set -e; w=2; false; w=3", 1),  # a script's cleanup
+        ("trap 'exit 6' EXIT; w=2; exit 4", 6),
         ("w=2; trap '' INT TERM; trap 'echo int' INT", 0),
         ("w=2; shopt -s globstar nullglob failglob extglob; shopt -u expand_aliases", 0),
         ("w=2; IFS=,", 0),
@@ -175,7 +178,8 @@ BASH_CHECK = (
 def test_bash_options_and_traps_of_one_call_do_not_reach_the_next(poison, status):
     codes = (BASH_SETUP, BASH_CHECK, poison, BASH_CHECK, BASH_CHECK)
     baseline, poisoned, check, again = calls(SH, *codes)[1:]
-    assert poisoned.exit_code == status and "exit" not in poisoned.stderr, poisoned
+    assert poisoned.exit_code == status, poisoned
+    assert "exit" not in poisoned.stderr.splitlines(), poisoned
     assert "tcsetattr" not in poisoned.stderr + baseline.stderr
     assert not poisoned.state_lost and poisoned.notice is None
     expected = ok(baseline).stdout.replace("w= ", "w=2 ")

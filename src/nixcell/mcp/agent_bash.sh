@@ -39,8 +39,38 @@ printf "started %s\n" "$__nixcell_id" >&"$__nixcell_ev"
 __nixcell_enter='builtin eval "$__nixcell_state" 2>/dev/null
 [[ -z $__nixcell_pwd ]] || builtin cd -- "$__nixcell_pwd" 2>/dev/null \
   || builtin echo "nixcell: the working directory $__nixcell_pwd is gone: in $PWD" >&2
-builtin trap '"'"'{ builtin set +xv; } 2>/dev/null; eval "$__nixcell_save"'"'"' EXIT
+builtin trap -- "$__nixcell_guard" EXIT
+builtin declare -F trap >/dev/null || { builtin eval "$__nixcell_trap"; __nixcell_own_trap=1; }
 __nixcell_state= __nixcell_env= __nixcell_pwd='
+
+# The subshell's EXIT trap, and the head of any EXIT trap the code sets: the state is saved
+# however the call ends, also by `set -e` or `exit` in a script that cleans up on EXIT.
+__nixcell_guard='{ builtin set +xv; } 2>/dev/null; eval "$__nixcell_save"'
+
+# `trap`, in the call's subshell (unless the code has a function of that name): the builtin,
+# then the guard put back in front of whatever EXIT action it set (or alone, on a reset).
+__nixcell_trap='trap() {
+  builtin trap "$@" || return
+  {
+    local __nixcell_s __nixcell_act
+    [[ ${1-} != -- ]] || shift
+    case ${1-} in -?*) return 0 ;; esac  # -p, -l, -P: nothing was set
+    if (($# > 1)); then __nixcell_act=$1; shift; else __nixcell_act=-; fi
+    for __nixcell_s; do
+      case ${__nixcell_s^^} in
+        0 | EXIT | SIGEXIT)
+          if [[ $__nixcell_act == - || -z $__nixcell_act ]]; then
+            builtin trap -- "$__nixcell_guard" EXIT
+          else
+            builtin trap -- "$__nixcell_guard"$'"'\n'"'"$__nixcell_act" EXIT
+          fi ;;
+        RETURN | SIGRETURN)  # set here, it would fire as this function returns: set it then
+          [[ $__nixcell_act == - || -z $__nixcell_act ]] \
+            || builtin trap -- "builtin trap -- ${__nixcell_act@Q} RETURN" RETURN ;;
+      esac
+    done
+  } 2>/dev/null  # untraced: the code sees its own `trap`, not this
+}'
 
 # In the call's subshell, at its end or exit: what later calls keep. The code's own options and
 # traps must not shape (or trace) this.
@@ -49,6 +79,7 @@ if [[ -z ${__nixcell_saved-} ]]; then
   __nixcell_saved=1
   builtin set +euvfC +o pipefail +o errtrace +o functrace +o posix
   builtin trap - DEBUG ERR RETURN
+  [[ -z ${__nixcell_own_trap-} ]] || builtin unset -f trap
   IFS=$'"' \t\n'"'
   { builtin declare -p; builtin echo "$__nixcell_end"; builtin declare -f; builtin alias -p
   } >|"/proc/$$/fd/$__nixcell_st"  # this shell'"'"'s fd: the code'"'"'s programs do not get it
