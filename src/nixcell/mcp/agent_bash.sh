@@ -17,9 +17,10 @@
 # a memfd of this shell's that it reaches as /proc/$$/fd/STATE_FD (the code's programs never
 # hold it), and the next call's subshell re-creates them before its code runs. Variables of the
 # shell itself (BASHPID, RANDOM, SECONDS, LINENO, IFS, OPTIND, …) are not carried over.
-# No functions are defined here (the subshell's `declare -f` would list them): every name of
-# the driver is a variable starting with __nixcell_, and the driver calls builtins as
-# `builtin NAME`, so a function the code names `declare`, `cd` or `trap` changes nothing here.
+# No functions are defined in this shell (the subshell's `declare -f` would list them): every
+# name of the driver is a variable starting with __nixcell_, and the driver calls builtins as
+# `builtin NAME`, so a function the code names `declare`, `cd` or `printf` changes nothing here.
+# The one function is the subshell's `trap` (below), removed again before the state is saved.
 __nixcell_in=$1 __nixcell_ev=$2 __nixcell_st=$3
 set --
 shopt -s expand_aliases
