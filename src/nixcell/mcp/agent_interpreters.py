@@ -2,9 +2,10 @@
 
 Shipped into the session cell next to ``agent.py`` (stdlib only, Python ≥ 3.9, nothing of
 nixcell). Each interpreter runs in its own process group with fd 0 = /dev/null, fd 1/2 = pipes
-only the agent reads, and
-two protocol pipes above fd 40: framed code in, event lines (``ready``, ``started <id>``,
-``done <id> <status>``) out.
+only the agent reads, and two protocol pipes above fd 40: framed code in, event lines
+(``ready``, ``started <id>``, ``done <id> <status>``) out (bash also gets a memfd for the state
+its calls leave). The drivers are files of their own: ``agent_python.py``, ``agent_bash.sh``,
+``agent_node.js``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ OUTPUT_CAP = 1 << 20  # bytes kept per stream and call; the rest is read and cou
 READY_TIMEOUT = 30.0
 HIGH_FD = 40  # the interpreter's protocol fds sit above the numbers users pick (3-9)
 HERE = os.path.dirname(os.path.abspath(__file__))
-
 
 # The bash driver's main loop, on line 1 of `bash -c` (see agent_bash.sh): the call's code is
 # eval'd on line 1, so bash reports its errors at the code's own line numbers.
