@@ -150,7 +150,7 @@ class Agent:
                 f"the {self.kind} interpreter did not start" + (f": {err}" if err else "")
             )
         self.drain()
-        self.late = Stream()  # start-up chatter (bash's "no job control") is no one's output
+        self.late = Stream()  # start-up chatter is no one's output
 
     def retire(self) -> None:
         """Kill the interpreter, its group and every other process of the cell; collect output."""
@@ -163,7 +163,7 @@ class Agent:
         with contextlib.suppress(subprocess.TimeoutExpired):
             interp.proc.wait(timeout=5)
         self.drain(until_eof=True)
-        for fd in [*interp.fds.values(), interp.pidfd, interp.trigger]:
+        for fd in [*interp.fds.values(), interp.pidfd]:
             if fd >= 0:
                 with contextlib.suppress(KeyError, ValueError):
                     self.sel.unregister(fd)
@@ -248,8 +248,6 @@ class Agent:
         self.call = call = Call(call_id)
         if self.kind == "bash":
             interp.outgoing += call_id.encode() + b"\n" + code + b"\0"
-            with contextlib.suppress(OSError):  # a dead shell: its pidfd tells the rest
-                os.write(interp.trigger, b"__nixcell_run\n")
         else:
             interp.outgoing += f"{call_id} {len(code)}\n".encode() + code
         with contextlib.suppress(KeyError):  # already registered: still writing

@@ -1,10 +1,11 @@
 """Interpreters of a nixcell session agent: drivers, processes, output streams.
 
 Shipped into the session cell next to ``agent.py`` (stdlib only, Python ≥ 3.9, nothing of
-nixcell). Each interpreter runs in its own process group with fd 0 = /dev/null (bash: the
-agent's trigger pipe, while user code gets /dev/null), fd 1/2 = pipes only the agent reads, and
-two protocol pipes above fd 40: framed code in, event lines (``ready``, ``started <id>``,
-``done <id> <status>``) out.
+nixcell). Each interpreter runs in its own process group with fd 0 = /dev/null, fd 1/2 = pipes
+only the agent reads, and two protocol pipes above fd 40: framed code in, event lines
+(``ready``, ``started <id>``, ``done <id> <status>``) out (bash also gets a memfd for the state
+its calls leave). The drivers are files of their own: ``agent_python.py``, ``agent_bash.sh``,
+``agent_node.js``.
 """
 
 from __future__ import annotations
@@ -21,93 +22,16 @@ READY_TIMEOUT = 30.0
 HIGH_FD = 40  # the interpreter's protocol fds sit above the numbers users pick (3-9)
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# Interactive bash (-i) so that SIGINT aborts the running command list, as Ctrl-C does, and the
-# shell survives with its state; PROMPT_COMMAND reports the end of a call with its status. The
-# code is read NUL-terminated from its own fd and eval'd with stdin = /dev/null and the protocol
-# fds closed, so no command the user runs can see them.
-BASH_DRIVER = r"""
-set +H +o history; unset HISTFILE MAILCHECK PROMPT_COMMAND; PS1= PS2= PS0= PS4='+ '
-shopt -s expand_aliases
-__nixcell_run() {
-  IFS= read -r -u @IN@ __nixcell_id || exit 0
-  IFS= read -r -d '' -u @IN@ __nixcell_code
-  printf 'started %s\n' "$__nixcell_id" >&@EV@
-  { eval "$__nixcell_code"; } </dev/null @IN@<&- @EV@>&-
-}
-__nixcell_prompt() {
-  local s=$?
-  if [ -n "${__nixcell_id-}" ]; then printf 'done %s %s\n' "$__nixcell_id" "$s" >&@EV@; fi
-  __nixcell_id= __nixcell_code=
-}
-declare -r PROMPT_COMMAND=__nixcell_prompt
-readonly -f __nixcell_run __nixcell_prompt
-printf 'ready\n' >&@EV@
-"""
-
-# vm.runInThisContext: `var`, functions and globalThis persist (top-level let/const persist too
-# but cannot be declared again). A completion value that is a promise is awaited; code using
-# top-level await runs wrapped in an async function (its declarations are then local).
-NODE_DRIVER = r"""
-'use strict';
-const vm = require('vm'), fs = require('fs'), net = require('net'), util = require('util');
-const codeFd = Number(process.argv[1]), evFd = Number(process.argv[2]);
-process.argv = [process.argv[0]];
-const emit = (line) => fs.writeSync(evFd, line + '\n');
-const loader = vm.constants && vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER;
-let current = null, calls = 0, busy = false, pending = [];
-const interrupted = (e) => e && e.code === 'ERR_SCRIPT_EXECUTION_INTERRUPTED';
-function report(e) {
-  let text = e instanceof Error && e.stack ? e.stack : 'Uncaught ' + util.inspect(e);
-  text = text.split('\n').filter((l) => !/^\s+at .*(node:|\[eval\])/.test(l)).join('\n');
-  process.stderr.write(text + '\n');
-}
-// Errors of async work nobody awaits are printed (stderr of the call running then), never fatal.
-process.on('uncaughtException', report);
-process.on('unhandledRejection', report);
-process.on('SIGINT', () => { if (current && current.interrupt) current.interrupt(); });
-function compile(code, filename) {
-  const opts = loader ? { filename, importModuleDynamically: loader } : { filename };
-  try { return new vm.Script(code, opts); } catch (e) {
-    if (!(e instanceof SyntaxError) || !/await/.test(e.message)) throw e;
-    return new vm.Script('(async () => {\n' + code + '\n})()', { ...opts, lineOffset: -1 });
-  }
-}
-const flush = (s) => new Promise((resolve) => s.write('', resolve));
-async function run(id, code) {
-  emit('started ' + id);
-  const call = current = { interrupt: null };
-  let status = 0;
-  try {
-    const script = compile(code, '<call ' + ++calls + '>');
-    const result = script.runInThisContext({ breakOnSigint: true });
-    if (result && typeof result.then === 'function') {
-      await new Promise((resolve, reject) => {
-        call.interrupt = () => reject(Object.assign(new Error('interrupted by SIGINT'),
-          { code: 'ERR_SCRIPT_EXECUTION_INTERRUPTED' }));
-        result.then(resolve, reject);
-      });
-    }
-  } catch (e) { status = interrupted(e) ? 130 : 1; report(e); }
-  current = null;
-  await flush(process.stdout); await flush(process.stderr);
-  emit('done ' + id + ' ' + status);
-}
-function pump() {
-  if (busy) return;
-  const buf = Buffer.concat(pending); pending = [buf];
-  const nl = buf.indexOf(10); if (nl < 0) return;
-  const [id, length] = buf.subarray(0, nl).toString().split(' ');
-  const end = nl + 1 + Number(length); if (buf.length < end) return;
-  const code = buf.subarray(nl + 1, end).toString('utf8');
-  pending = [buf.subarray(end)];
-  busy = true;
-  run(id, code).finally(() => { busy = false; pump(); });
-}
-const input = new net.Socket({ fd: codeFd, readable: true, writable: false });
-input.on('data', (chunk) => { pending.push(chunk); pump(); });
-input.on('end', () => process.exit(0));
-emit('ready');
-"""
+# The bash driver's main loop, on line 1 of `bash -c` (see agent_bash.sh): the call's code is
+# eval'd on line 1, so bash reports its errors at the code's own line numbers.
+BASH_MAIN = (
+    '. "$1" "${@:2}" || exit 1; set --; while :; do eval "$__nixcell_next"; ('
+    ' eval "$__nixcell_enter"; builtin eval -- "$__nixcell_code";'
+    " { __nixcell_status=$? && builtin set +xv; } 2>/dev/null;"
+    ' eval "$__nixcell_save"; builtin exit "$__nixcell_status"'
+    ' ) </dev/null {__nixcell_in}<&- {__nixcell_ev}>&- {__nixcell_st}>&-;'
+    ' eval "$__nixcell_after"; done'
+)
 
 
 def high_fd(fd: int) -> int:
@@ -180,32 +104,32 @@ class Interpreter:
         code_r, code_w = os.pipe()
         ev_r, ev_w = os.pipe()
         code_r, ev_w = high_fd(code_r), high_fd(ev_w)
-        trig_r = trig_w = -1
-        stdin: int = subprocess.DEVNULL
+        state = -1
         if kind == "python":
             argv = ["python3", "-u", os.path.join(HERE, "agent_python.py"), str(code_r), str(ev_w)]
         elif kind == "node":
-            argv = ["node", "-e", NODE_DRIVER, str(code_r), str(ev_w)]
-        else:
-            argv = ["bash", "--noprofile", "--norc", "--noediting", "+m", "-i"]
-            trig_r, trig_w = os.pipe()
-            stdin = trig_r
+            driver = os.path.join(HERE, "agent_node.js")
+            argv = ["node", "--expose-internals", driver, str(code_r), str(ev_w)]
+        else:  # the state a call leaves for the next one (agent_bash.sh)
+            state = high_fd(os.memfd_create("nixcell-bash-state", 0))
+            driver = os.path.join(HERE, "agent_bash.sh")
+            argv = ["bash", "--noprofile", "--norc", "-c", BASH_MAIN, "bash", driver]
+            argv += [str(code_r), str(ev_w), str(state)]
         try:
             self.proc = subprocess.Popen(
                 argv,
-                stdin=stdin,
+                stdin=subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=err_w,
-                pass_fds=(code_r, ev_w),
+                pass_fds=(code_r, ev_w) if state < 0 else (code_r, ev_w, state),
                 start_new_session=True,
             )
         except BaseException:
-            for fd in (out_r, err_r, code_w, ev_r, trig_w):
-                if fd >= 0:
-                    os.close(fd)
+            for fd in (out_r, err_r, code_w, ev_r):
+                os.close(fd)
             raise
         finally:
-            for fd in (out_w, err_w, code_r, ev_w, trig_r):
+            for fd in (out_w, err_w, code_r, ev_w, state):
                 if fd >= 0:
                     os.close(fd)
         # The interpreter (and what it starts) goes first when the cell runs out of memory.
@@ -215,11 +139,6 @@ class Interpreter:
         self.fds = {"out": out_r, "err": err_r, "code": code_w, "ev": ev_r}
         for fd in (out_r, err_r, code_w, ev_r):
             os.set_blocking(fd, False)
-        self.trigger = trig_w
-        if kind == "bash":
-            driver = BASH_DRIVER.replace("@IN@", str(code_r)).replace("@EV@", str(ev_w))
-            with contextlib.suppress(OSError):  # small: fits the empty pipe
-                os.write(trig_w, driver.encode())
         self.streams = {out_r, err_r}  # output pipes not at EOF yet
         self.outgoing = bytearray()
         self.events = bytearray()

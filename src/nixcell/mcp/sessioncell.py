@@ -28,7 +28,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AGENT_DIR = "/run/nixcell"
-AGENT_FILES = ("agent.py", "agent_interpreters.py", "agent_python.py")
+AGENT_FILES = (
+    "agent.py",
+    "agent_interpreters.py",
+    "agent_python.py",
+    "agent_bash.sh",
+    "agent_node.js",
+)
 INTERPRETERS = ("python", "bash", "node")
 REPLY_LIMIT = 64 << 20  # one reply line: up to 2 MiB of output, JSON-escaped
 START_TIMEOUT = 60.0  # cell and interpreter start; the closure is resolved before

@@ -111,10 +111,9 @@ class SessionManager:
                 session = _Session(client, session_id, env, self._ended.pop(key, None))
                 self._sessions[key] = session
             elif session.env.name != env.name:
-                raise SessionError(
-                    f"session '{session_id}' belongs to environment '{session.env.name}', not "
-                    f"'{env.name}': call it with env '{session.env.name}', or use another "
-                    "session name"
+                raise SessionError(  # the tool names the session: "session 's': it belongs…"
+                    f"it belongs to environment '{session.env.name}', not '{env.name}': call it "
+                    f"with env '{session.env.name}', or use another session name"
                 )
             async with session.lock:
                 if session.ended:  # evicted, expired or closed while this call waited
