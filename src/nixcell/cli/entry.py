@@ -22,12 +22,61 @@ def _on_signal(signum: int, _frame: object) -> None:
 
 
 def error(message: str) -> None:
-    sys.stderr.write(f"nixcell: {message}\n")
-    sys.stderr.flush()
+    try:  # a closed or full stderr must not turn the cell's exit code into ours
+        sys.stderr.write(f"nixcell: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+class _TolerantStream:
+    """stderr that drops what cannot be written (``2>/dev/full``, ``2>&-``): nixcell's notes and
+    warnings are never worth more than the cell's exit code."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def write(self, text: str) -> int:
+        try:
+            return self._inner.write(text)
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._inner.flush()
+        except (OSError, ValueError):
+            return
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+
+def _guard_std_fds() -> None:
+    """A closed fd 0/1/2 (``>&-``) is reopened on /dev/null, read-only for 1 and 2: the cell
+    (and nixcell) still get EBADF when writing there, as with a closed fd, but no file nixcell
+    opens later can land on fd 1 or 2 and receive the cell's output."""
+    import os
+
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open("/dev/null", os.O_RDONLY)
+            if null != fd:
+                os.dup2(null, fd, inheritable=True)
+                os.close(null)
+            os.set_inheritable(fd, True)
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - the process's own stdout
+    if sys.stdin is None:
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115
+    sys.stderr = _TolerantStream(sys.stderr or open(2, "w", closefd=False))  # noqa: SIM115
 
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    _guard_std_fds()
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _on_signal)
     if "run" in args[:2] or "doctor" in args[:2]:
@@ -47,11 +96,22 @@ def main(argv: list[str] | None = None) -> None:
         code = 141
     except Exception as exc:
         code = _report(exc, verbose)
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except OSError as exc:  # stdout full or closed: say so, but keep a cell's own exit code
+        error(f"cannot write to stdout: {exc.strerror or exc}")
+        code = code or 1
     sys.exit(code)
 
 
 def _dispatch(args: list[str]) -> int:
+    import os
+
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        error("the current directory was deleted: cd to one that exists and run again")
+        return 1
     from nixcell.cli.fast import try_fast_run
 
     fast = try_fast_run(args)
@@ -95,6 +155,14 @@ def _report(exc: Exception, verbose: bool) -> int:
         if verbose and exc.detail:
             sys.stderr.write(exc.detail.rstrip("\n") + "\n")
         return exc.exit_code
+    if isinstance(exc, OSError) and exc.strerror:  # the host refused something: name it
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        where = f" ({exc.filename})" if exc.filename else ""
+        error(f"{exc.strerror.lower()}{where}")
+        return 1
     if verbose:
         import traceback
 

@@ -10,6 +10,7 @@ import click
 
 from nixcell import __version__
 from nixcell.cli.netflags import network_from_flags, network_options, policy
+from nixcell.errors import UsageError
 
 HARDENING_HELP = (
     "Weaken one named protection (repeatable): nested-sandbox = allow user/mount namespaces so "
@@ -110,8 +111,27 @@ def run_options(f):
     return f
 
 
+def _no_packages(command: tuple[str, ...]) -> UsageError:
+    """A run without -p is refused (a cell holds only what it names), with the package of the
+    offline set that has the command when there is one."""
+    from nixcell.nix.missing import provider_of
+    from nixcell.nix.offline import find_set
+
+    found = find_set()
+    program = command[0] if command else ""
+    provider = provider_of(program, found.packages) if found and program else None
+    example = f"-p {provider}" if provider else "-p bash -p coreutils"
+    where = f" ({program} is in {provider})" if provider and provider != program else ""
+    return UsageError(
+        f"no packages: a cell holds only the packages named with -p; add {example}{where}"
+    )
+
+
 def spec_from_flags(command: tuple[str, ...], **o: object):
     from nixcell.spec import make_spec
+
+    if not o["packages"]:
+        raise _no_packages(command)
 
     mounts = []
     for flag, writable in (("ro_bind", False), ("bind", True)):
@@ -156,6 +176,8 @@ def run(command: tuple[str, ...], dry_run: bool, as_json: bool, **flags: object)
     from nixcell.cli import fast, progress
     from nixcell.runner import execute, prepare
 
+    if as_json and not dry_run:
+        raise click.UsageError("--json needs --dry-run: it prints the plan as JSON, not a run")
     spec = spec_from_flags(command, **flags)
     with progress.reporter() as report:
         plan, _closure = prepare(spec, progress=report)
