@@ -52,31 +52,16 @@ class _TolerantStream:
         return getattr(self._inner, name)
 
 
-def _guard_std_fds() -> None:
-    """A closed fd 0/1/2 (``>&-``) is reopened on /dev/null, read-only for 1 and 2: the cell
-    (and nixcell) still get EBADF when writing there, as with a closed fd, but no file nixcell
-    opens later can land on fd 1 or 2 and receive the cell's output."""
-    import os
+def _guard_std_fds(args: list[str]) -> None:
+    from nixcell.stdfds import reopen_closed
 
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            null = os.open("/dev/null", os.O_RDONLY)
-            if null != fd:
-                os.dup2(null, fd, inheritable=True)
-                os.close(null)
-            os.set_inheritable(fd, True)
-    if sys.stdout is None:
-        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - the process's own stdout
-    if sys.stdin is None:
-        sys.stdin = open(0, closefd=False)  # noqa: SIM115
-    sys.stderr = _TolerantStream(sys.stderr or open(2, "w", closefd=False))  # noqa: SIM115
+    reopen_closed(discard="mcp" in args[:2])  # mcp: its protocol streams (mcp/stdio.py)
+    sys.stderr = _TolerantStream(sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    _guard_std_fds()
+    _guard_std_fds(args)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _on_signal)
     if "run" in args[:2] or "doctor" in args[:2]:
