@@ -28,9 +28,13 @@ class HostFacts:
     # (``holder.create_volume``): writable, yet within the disk bound
     volumes: tuple[str, ...] = ()
     scratch_dir: str = "/run/nixcell/scratch"  # sandbox/holder.scratch_dir(): --disk's tmpfs
+    # (role, host path, kind) the plan was made for: "bind" sources and "hide" paths with
+    # "dir" | "file" | "missing"; a cached plan is stale when one differs (plancheck.py)
+    checked: tuple[tuple[str, str, str], ...] = ()
 
 
-def _kind(path: str) -> str | None:
+def kind_of(path: str) -> str | None:
+    """"dir" or "file" (what the path leads to), None when it does not exist."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
@@ -38,7 +42,8 @@ def _kind(path: str) -> str | None:
     return "dir" if stat.S_ISDIR(mode) else "file"
 
 
-def _no_symlink(path: str, flag: str) -> None:
+
+def no_symlink(path: str, flag: str) -> None:
     """A bind source reached through a symlink is refused: the link may be one a cell planted
     in a directory it was given earlier (``data -> /etc``), and bwrap (or the idmapped clone of
     a root-run cell) would follow it. The real path, named as such, binds as asked."""
@@ -55,21 +60,27 @@ def _no_symlink(path: str, flag: str) -> None:
 def gather(spec, volumes: tuple[str, ...] = ()) -> HostFacts:
     """Check the host paths the spec names and collect what ``plan()`` needs."""
     kinds: dict[str, str] = {}
+    checked: list[tuple[str, str, str]] = []
     if spec.workdir is not None:
-        if _kind(spec.workdir) != "dir":
+        if kind_of(spec.workdir) != "dir":
             raise SpecError(f"--workdir {spec.workdir}: no such directory")
-        _no_symlink(spec.workdir, "--workdir")
+        no_symlink(spec.workdir, "--workdir")
         kinds[spec.workdir] = "dir"
+        checked.append(("bind", spec.workdir, "dir"))
     for mount in spec.mounts:
-        _no_symlink(mount.source, "--bind" if mount.writable else "--ro-bind")
-        kind = _kind(mount.source)
+        flag = "--bind" if mount.writable else "--ro-bind"
+        no_symlink(mount.source, flag)
+        kind = kind_of(mount.source)
         if kind is None:
-            raise SpecError(f"mount source {mount.source}: no such file or directory")
+            raise SpecError(f"{flag} {mount.source}: no such file or directory")
         kinds[mount.source] = kind
+        checked.append(("bind", mount.source, kind))
     for hidden in spec.hide:
         host_path = host_path_of(spec, hidden)
-        kind = _kind(host_path) if host_path else None
+        kind = kind_of(host_path) if host_path else None
         kinds[hidden] = kind or "dir"
+        if host_path:
+            checked.append(("hide", host_path, kind or "missing"))
     passed = {name: os.environ[name] for name in spec.pass_env if name in os.environ}
     ca_pem = None
     if spec.network is not None:
@@ -79,7 +90,7 @@ def gather(spec, volumes: tuple[str, ...] = ()) -> HostFacts:
     from nixcell.plan import PROC_MASKED, PROC_READ_ONLY
     from nixcell.sandbox import holder
 
-    proc = {p: k for p in (*PROC_READ_ONLY, *PROC_MASKED) if (k := _kind(p)) is not None}
+    proc = {p: k for p in (*PROC_READ_ONLY, *PROC_MASKED) if (k := kind_of(p)) is not None}
     return HostFacts(
         uid=os.getuid(),
         gid=os.getgid(),
@@ -90,6 +101,7 @@ def gather(spec, volumes: tuple[str, ...] = ()) -> HostFacts:
         proc_entries=proc,
         volumes=volumes,
         scratch_dir=holder.scratch_dir(),
+        checked=tuple(checked),
     )
 
 

@@ -31,7 +31,7 @@ NAMESPACES = ("user", "pid", "ipc", "uts", "net", "cgroup")
 _NSSWITCH = "passwd: files\ngroup: files\nshadow: files\nhosts: files\n"
 PROXY_PORT = 3128  # inside the cell's own network namespace, so any fixed port is free
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-PLAN_FORMAT = 2  # a cached plan of another format is made again, never run
+PLAN_FORMAT = 3  # a cached plan of another format is made again, never run
 STAGE_DIR = "/run/nixcell/stage"  # sandbox/holder.py STAGE: where idmapped binds wait
 # The cell's writable areas: (name in the scratch tmpfs, where the cell sees it, mode).
 SCRATCH_AREAS = (
@@ -147,6 +147,8 @@ class Plan:
     # --disk: the size of the one tmpfs (at HostFacts.scratch_dir, in the cell's own mount
     # namespace) holding every writable area of SCRATCH_AREAS
     scratch: int | None = None
+    # the host paths the plan was made for, as HostFacts.checked: (role, path, kind)
+    checked: tuple[tuple[str, str, str], ...] = ()
 
     def host_source(self, op: MountOp) -> str | None:
         """The host path behind a bind op (a root-run cell's binds come through the stage)."""
@@ -206,6 +208,7 @@ class Plan:
         fields["mounts"] = tuple(MountOp(**m) for m in fields["mounts"])  # type: ignore[union-attr]
         fields["limits"] = PlanLimits(**fields["limits"])  # type: ignore[arg-type]
         fields["stage"] = tuple(StageOp(**s) for s in fields.get("stage") or ())  # type: ignore[union-attr]
+        fields["checked"] = tuple(tuple(c) for c in fields.get("checked") or ())  # type: ignore[union-attr]
         tuples = (
             "command",
             "seccomp_profiles",
@@ -331,6 +334,7 @@ def plan(
         stage=tuple(stage),
         volumes=tuple(v for v in host.volumes if any(v == source for _, source, _ in binds)),
         scratch=disk,
+        checked=host.checked,
     ).with_command(spec.command)
 
 

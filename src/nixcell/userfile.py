@@ -31,11 +31,11 @@ def read_input(
     try:  # O_NONBLOCK: opening a FIFO with no writer returns at once (and is refused below)
         fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
-        raise fail((exc.strerror or str(exc)).lower()) from None
+        raise fail(exc.strerror or str(exc)) from None
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
-            raise fail("is a directory, not a file")
+            raise fail("Is a directory")
         if not stat.S_ISREG(st.st_mode):
             raise fail(f"is a {_kind(st.st_mode)}, not a regular file")
         if st.st_size > limit:
@@ -50,7 +50,7 @@ def read_input(
             if total > limit:
                 raise fail(f"is over the {_mib(limit)} limit")
     except OSError as exc:
-        raise fail((exc.strerror or str(exc)).lower()) from None
+        raise fail(exc.strerror or str(exc)) from None
     finally:
         os.close(fd)
 
@@ -68,7 +68,7 @@ def read_text(
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise error(f"{os.fspath(path)}:{line}: not valid UTF-8 (a {what} is text)") from None
+        raise error(f"{os.fspath(path)}:{line}: not valid UTF-8") from None
 
 
 def _kind(mode: int) -> str:

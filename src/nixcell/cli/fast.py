@@ -113,10 +113,14 @@ def _split(args: list[str]) -> tuple[list[str], list[str]] | None:
 
 
 def _still_valid(plan: Plan) -> bool:
-    if not os.path.isdir(plan.path_dirs[0]):
-        return False
-    sources = [op.src for op in plan.mounts if op.kind in ("bind", "ro-bind") and op.src]
-    return all(os.path.exists(s) for s in sources if not s.startswith("/nix/store/"))
+    from nixcell.plancheck import stale_reason
+
+    reason = stale_reason(plan)
+    if reason is not None:
+        import logging
+
+        logging.getLogger(__name__).debug("cached plan not used: %s", reason)
+    return reason is None
 
 
 def try_fast_run(args: list[str]) -> int | None:

@@ -191,7 +191,7 @@ def load_secret(spec: CredentialSpec, environ: Mapping[str, str] | None = None) 
     elif kind == "file":
         from nixcell.userfile import read_input
 
-        data = read_input(ref, f"{what}: file", error=CredentialError, limit=64 << 10)
+        data = read_input(ref, f"{what}: cannot read", error=CredentialError, limit=64 << 10)
         try:
             value = _strip_newline(data.decode("utf-8"))
         except UnicodeDecodeError:

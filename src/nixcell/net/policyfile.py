@@ -106,6 +106,9 @@ class _Reader:
             {**c, "_line": self.lines.line("credentials", i), "_file": self.name}
             for i, c in enumerate(credentials)
         )
+        from nixcell.net.credsource import parse_credentials
+
+        parse_credentials(creds, self.name)  # every table, used by --credential or not
         return Policy(numbered(parsed), resolve, creds, self.name)
 
     def rule(self, i: int, table: dict[str, Any]) -> Rule:
