@@ -29,9 +29,9 @@ def stale_reason(plan: Plan) -> str | None:
             return f"{role} path {path} was {kind} and is {now} now"
         if role == "bind" and _through_link(path):
             return f"bind source {path} is reached through a symbolic link now"
-    sources = [op.src for op in plan.mounts if op.kind in ("bind", "ro-bind") and op.src]
-    for src in sources:  # every bind source the executor will open (the stage's, the scratch)
-        if not src.startswith("/nix/store/") and not os.path.exists(src):
+    for op in plan.mounts:  # every other bind source the executor will open (the scratch)
+        src = plan.host_source(op) if op.kind in ("bind", "ro-bind") else None
+        if src and not src.startswith("/nix/store/") and not os.path.exists(src):
             return f"mount source {src} is gone"
     return None
 

@@ -63,7 +63,7 @@ def check_offline(packages: Sequence[str], known: dict[str, str], refs: Sequence
         for p, ref in zip(packages, refs, strict=True)
         if not ref and not p.startswith("/nix/store/") and not _in_set(p, known)
     ]
-    if missing:
+    if missing and not any(refs):  # with local flakes, nix names them all in one go
         raise unknown_packages(missing, known, "offline package set")
 
 
