@@ -7,7 +7,6 @@ pure function: same spec + closure + facts, same plan.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass, field
 
 from nixcell.errors import SpecError
@@ -33,28 +32,25 @@ class HostFacts:
     checked: tuple[tuple[str, str, str], ...] = ()
 
 
-def kind_of(path: str) -> str | None:
-    """"dir" or "file" (what the path leads to), None when it does not exist."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None
-    return "dir" if stat.S_ISDIR(mode) else "file"
+def _kind(path: str) -> str | None:
+    from nixcell.plancheck import path_kind
+
+    kind = path_kind(path)
+    return None if kind == "missing" else kind
 
 
-
-def no_symlink(path: str, flag: str) -> None:
+def _no_symlink(path: str, flag: str) -> None:
     """A bind source reached through a symlink is refused: the link may be one a cell planted
     in a directory it was given earlier (``data -> /etc``), and bwrap (or the idmapped clone of
     a root-run cell) would follow it. The real path, named as such, binds as asked."""
-    seen = os.sep
-    for part in [p for p in os.path.normpath(path).split(os.sep) if p]:
-        seen = os.path.join(seen, part)
-        if os.path.islink(seen):
-            raise SpecError(
-                f"{flag} {path}: {seen} is a symbolic link (to {os.readlink(seen)}); "
-                f"bind the real path, {os.path.realpath(path)}"
-            )
+    from nixcell.plancheck import first_link
+
+    seen = first_link(path)
+    if seen is not None:
+        raise SpecError(
+            f"{flag} {path}: {seen} is a symbolic link (to {os.readlink(seen)}); "
+            f"bind the real path, {os.path.realpath(path)}"
+        )
 
 
 def gather(spec, volumes: tuple[str, ...] = ()) -> HostFacts:
@@ -62,22 +58,22 @@ def gather(spec, volumes: tuple[str, ...] = ()) -> HostFacts:
     kinds: dict[str, str] = {}
     checked: list[tuple[str, str, str]] = []
     if spec.workdir is not None:
-        if kind_of(spec.workdir) != "dir":
+        if _kind(spec.workdir) != "dir":
             raise SpecError(f"--workdir {spec.workdir}: no such directory")
-        no_symlink(spec.workdir, "--workdir")
+        _no_symlink(spec.workdir, "--workdir")
         kinds[spec.workdir] = "dir"
         checked.append(("bind", spec.workdir, "dir"))
     for mount in spec.mounts:
         flag = "--bind" if mount.writable else "--ro-bind"
-        no_symlink(mount.source, flag)
-        kind = kind_of(mount.source)
+        _no_symlink(mount.source, flag)
+        kind = _kind(mount.source)
         if kind is None:
             raise SpecError(f"{flag} {mount.source}: no such file or directory")
         kinds[mount.source] = kind
         checked.append(("bind", mount.source, kind))
     for hidden in spec.hide:
         host_path = host_path_of(spec, hidden)
-        kind = kind_of(host_path) if host_path else None
+        kind = _kind(host_path) if host_path else None
         kinds[hidden] = kind or "dir"
         if host_path:
             checked.append(("hide", host_path, kind or "missing"))
@@ -90,7 +86,7 @@ def gather(spec, volumes: tuple[str, ...] = ()) -> HostFacts:
     from nixcell.plan import PROC_MASKED, PROC_READ_ONLY
     from nixcell.sandbox import holder
 
-    proc = {p: k for p in (*PROC_READ_ONLY, *PROC_MASKED) if (k := kind_of(p)) is not None}
+    proc = {p: k for p in (*PROC_READ_ONLY, *PROC_MASKED) if (k := _kind(p)) is not None}
     return HostFacts(
         uid=os.getuid(),
         gid=os.getgid(),

@@ -24,10 +24,10 @@ def stale_reason(plan: Plan) -> str | None:
     if not plan.path_dirs or not os.path.isdir(plan.path_dirs[0]):
         return "its closure is gone from the store"
     for role, path, kind in plan.checked:
-        now = _kind(path)
+        now = path_kind(path)
         if now != kind:
             return f"{role} path {path} was {kind} and is {now} now"
-        if role == "bind" and _through_link(path):
+        if role == "bind" and first_link(path) is not None:
             return f"bind source {path} is reached through a symbolic link now"
     for op in plan.mounts:  # every other bind source the executor will open (the scratch)
         src = plan.host_source(op) if op.kind in ("bind", "ro-bind") else None
@@ -36,7 +36,8 @@ def stale_reason(plan: Plan) -> str | None:
     return None
 
 
-def _kind(path: str) -> str:
+def path_kind(path: str) -> str:
+    """What ``path`` leads to: "dir", "file" (anything else) or "missing"."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
@@ -44,10 +45,11 @@ def _kind(path: str) -> str:
     return "dir" if stat.S_ISDIR(mode) else "file"
 
 
-def _through_link(path: str) -> bool:
-    seen = "/"
-    for part in [p for p in os.path.normpath(path).split("/") if p]:
+def first_link(path: str) -> str | None:
+    """The first component of ``path`` that is a symbolic link (None: there is none)."""
+    seen = os.sep
+    for part in [p for p in os.path.normpath(path).split(os.sep) if p]:
         seen = os.path.join(seen, part)
         if os.path.islink(seen):
-            return True
-    return False
+            return seen
+    return None
