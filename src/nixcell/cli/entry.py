@@ -21,9 +21,18 @@ def _on_signal(signum: int, _frame: object) -> None:
     raise Terminated(signum)
 
 
+def one_line(text: str) -> str:
+    """``text`` with control characters (a newline or an escape sequence in a value the user
+    gave, or in a file name) written as escapes: an error is one line, and never drives the
+    terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def error(message: str) -> None:
     try:  # a closed or full stderr must not turn the cell's exit code into ours
-        sys.stderr.write(f"nixcell: {message}\n")
+        sys.stderr.write(f"nixcell: {one_line(message)}\n")
         sys.stderr.flush()
     except (OSError, ValueError, AttributeError):
         pass
@@ -56,7 +65,8 @@ def _guard_std_fds(args: list[str]) -> None:
     from nixcell.stdfds import reopen_closed
 
     reopen_closed(discard="mcp" in args[:2])  # mcp: its protocol streams (mcp/stdio.py)
-    sys.stderr = _TolerantStream(sys.stderr)
+    if not isinstance(sys.stderr, _TolerantStream):
+        sys.stderr = _TolerantStream(sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
