@@ -247,7 +247,12 @@ class CellSpec(BaseModel):
     @field_validator("hide")
     @classmethod
     def _hide(cls, value: list[str]) -> list[str]:
-        return [_clean_abs(p, "--hide") for p in value]
+        paths = [_clean_abs(p, "--hide") for p in value]
+        for path in paths:  # hiding these leaves no working cell (no /proc, no store, no user)
+            covered = [r for r in RESERVED_TARGETS if _within(r, path)]
+            if covered:
+                raise ValueError(f"--hide {path} would hide the cell's own {covered[0]}")
+        return paths
 
     @field_validator("hardening_profiles")
     @classmethod

@@ -78,7 +78,7 @@ def describe_validation_error(
         if cause is not None and str(cause):
             msg = str(cause)
     what = _user_name(loc, names, fields or {})
-    if what is None or _NAMES_A_FLAG.search(msg) or f"{what} " in msg:
+    if what is None or _NAMES_A_FLAG.search(msg) or f"{what.lower()} " in msg.lower():
         return msg
     return f"{what}: {msg}"
 

@@ -204,7 +204,7 @@ def upstream_context(extra_ca_files: Sequence[str | Path] = ()) -> ssl.SSLContex
     from nixcell.userfile import read_input
 
     for path in extra_ca_files:  # read by us: a FIFO or /dev/zero must not hang OpenSSL
-        data = read_input(path, "upstream CA file", error=NetworkError)
+        data = read_input(path, "cannot load upstream CA file", error=NetworkError)
         try:
             pem = data.decode("ascii") if b"-----BEGIN" in data else None
             ctx.load_verify_locations(cadata=pem if pem is not None else data)
