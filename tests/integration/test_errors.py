@@ -82,6 +82,12 @@ def test_every_missing_name_of_a_local_flake_is_named(offline_set, tmp_path):
         (["--allow-cidr", "x"], "ADDRESS/BITS"),
         (["--allow-host", "a.test:99999"], "1-65535"),
         (["--json"], "--dry-run"),  # --json is for --dry-run only
+        # an empty value (an unset shell variable) never quietly means "none"
+        (["--audit", "", "--allow-host", "a.test"], "--audit needs a path"),
+        (["--learn", "--learn-output", ""], "--learn-output needs a path"),
+        (["--policy", ""], "--policy needs a path"),
+        (["--allow-host", "a.test", "--upstream-ca", ""], "--upstream-ca needs a path"),
+        (["--workdir", ""], "--workdir needs a path"),
     ],
 )
 def test_flag_errors_name_the_flag(offline_set, args, needle):

@@ -83,6 +83,7 @@ def _abs(path: str) -> str:
 
 def network_from_flags(o: dict[str, object]) -> dict[str, object] | None:
     """The spec's ``network`` from the flags; None (no network) when no flag asks for one."""
+    _no_empty_names(o)
     keys = ("allow_host", "deny_host", "allow_cidr", "policy_files", "credentials", "resolves")
     used = any(o.get(k) for k in keys) or o.get("learn") or o.get("audit") or o.get("upstream_ca")
     if not used:
@@ -104,6 +105,24 @@ def network_from_flags(o: dict[str, object]) -> dict[str, object] | None:
         "audit": _abs(str(o["audit"])) if o.get("audit") else None,
         "learn": bool(o.get("learn")),
     }
+
+
+_FILE_FLAGS = {
+    "policy_files": "--policy",
+    "upstream_ca": "--upstream-ca",
+    "audit": "--audit",
+    "learn_output": "--learn-output",
+    "workdir": "--workdir",
+}
+
+
+def _no_empty_names(o: dict[str, object]) -> None:
+    """``--audit ''`` (an unset shell variable) must not quietly mean "no audit"."""
+    for key, flag in _FILE_FLAGS.items():
+        value = o.get(key)
+        values = value if isinstance(value, tuple | list) else (value,)
+        if any(v == "" for v in values):
+            raise click.UsageError(f"{flag} needs a path, got ''")
 
 
 def parse_resolve(item: str) -> tuple[str, str]:
