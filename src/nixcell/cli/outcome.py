@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import sys
 
-from nixcell.errors import NixcellError
-
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:
@@ -23,6 +21,7 @@ def report(result: RunResult, learn_output: tuple[int, str] | None = None) -> in
         sys.stderr.write(f"nixcell: {result.message}\n")
     if result.learned_policy is not None:
         if learn_output:
+            from nixcell.errors import NixcellError
             from nixcell.fsio import write_atomic
 
             # Into the directory opened before the cell ran, under a fresh O_EXCL temp name,
