@@ -219,6 +219,22 @@ def test_learn_output_is_checked_before_the_cell_runs(offline_set, tmp_path, whe
     assert not (work / "ran").exists()  # the cell never started
 
 
+def test_learned_policy_that_cannot_be_written_after_the_run_goes_to_stdout(offline_set, tmp_path):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = in_mount_ns(  # the directory fills up while the cell runs
+        f'mount -t tmpfs -o size=64k tmpfs "{out_dir}" || exit 99\n'
+        f'( sleep 1; head -c 1M /dev/zero > "{out_dir}/fill" ) 2>/dev/null &\n'
+        f'"$N" run -p coreutils --learn --learn-output "{out_dir}/learned.toml" -- sleep 4\n'
+        'echo "rc=$?"',
+        tmp_path / "home",
+    )
+    out, err = result.stdout.decode(), result.stderr.decode()
+    assert "rc=1" in out and "# Written by nixcell --learn" in out, result
+    assert "cannot write the learned policy to learned.toml" in err, err
+    assert "No space left on device" in err and "it follows on stdout" in err
+
+
 @pytest.mark.parametrize("where", ["{dir}", "/dev/null", "{dir}/missing/audit.jsonl"])
 def test_audit_output_is_checked_before_the_cell_runs(offline_set, tmp_path, where):
     work = tmp_path / "work"
