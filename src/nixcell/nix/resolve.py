@@ -144,16 +144,16 @@ def resolve(
     """The closure for these packages; warm: one file read and one stat, no nix."""
     source = source_for(pin)
     parts = [package_expr(p, cwd) for p in packages]
-    if source.kind == "offline":  # exact answers with no nix call (and no network try)
-        from nixcell.nix.missing import check_offline
-
-        refs = [k.split("#", 1)[0] if flake else "" for _, flake, k in parts]
-        check_offline(packages, _offline_names(), refs)
     key = cache_key(source, [k for _, _, k in parts])
     cache_file = sealed.cache_file("resolve", f"{key}.json")
     cached = _read_cache(cache_file) if cache_file is not None else None
     if cached is not None:
         return cached
+    if source.kind == "offline":  # exact answers with no nix call (and no network try)
+        from nixcell.nix.missing import check_offline
+
+        refs = [k.split("#", 1)[0] if flake else "" for _, flake, k in parts]
+        check_offline(packages, _offline_names(), refs)
     expr = build_expression(source, [e for e, _, _ in parts])
     flakes = any(f for _, f, _ in parts)
     gcroot = Path(private_dir(paths.state_dir() / "gcroots")) / key
