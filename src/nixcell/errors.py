@@ -41,7 +41,10 @@ class NixMissingError(NixError):
 
 
 class UnknownPackageError(NixError):
-    """A requested package does not exist in the package set."""
+    """Requested packages do not exist in the package set; ``names`` lists every one."""
+
+    names: tuple[str, ...] = ()
+    where: str = "package set"  # the set's description: "offline package set", "nixpkgs at …"
 
 
 class EvaluationError(NixError):

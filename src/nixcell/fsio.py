@@ -23,7 +23,14 @@ from nixcell.errors import StateError
 from nixcell.quiet import suppress
 from nixcell.treeremove import remove_tree
 
-__all__ = ["open_output", "private_dir", "remove_tree", "write_atomic"]
+__all__ = [
+    "open_dir",
+    "open_output",
+    "open_output_dir",
+    "private_dir",
+    "remove_tree",
+    "write_atomic",
+]
 
 _checked: set[str] = set()  # directories already found safe by this process
 
@@ -94,6 +101,29 @@ def open_dir(path: str | os.PathLike[str]) -> tuple[int, str]:
         return os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), name
     except OSError as exc:
         raise StateError(f"cannot write {target}: {parent}: {exc.strerror}") from None
+
+
+def open_output_dir(path: str | os.PathLike[str]) -> tuple[int, str]:
+    """``open_dir`` for a file written after a cell ran (``--learn-output``), checked now:
+    the name must not be a directory, and a probe file must be creatable in the directory, so
+    what the run produces is not lost to a mistake that was visible before it started."""
+    target = os.path.abspath(os.fspath(path))
+    dfd, name = open_dir(target)
+    try:
+        with suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+                raise StateError(f"cannot write {target}: it is a directory (name a file in it)")
+        probe = f".{name}.{os.getpid()}.{os.urandom(6).hex()}.probe"
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            os.close(os.open(probe, flags, 0o600, dir_fd=dfd))
+            os.unlink(probe, dir_fd=dfd)
+        except OSError as exc:
+            raise StateError(f"cannot write {target}: {exc.strerror}") from None
+    except BaseException:
+        os.close(dfd)
+        raise
+    return dfd, name
 
 
 def open_output(path: str | os.PathLike[str], *, append: bool = True) -> int:

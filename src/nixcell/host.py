@@ -7,7 +7,6 @@ pure function: same spec + closure + facts, same plan.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass, field
 
 from nixcell.errors import SpecError
@@ -28,48 +27,56 @@ class HostFacts:
     # (``holder.create_volume``): writable, yet within the disk bound
     volumes: tuple[str, ...] = ()
     scratch_dir: str = "/run/nixcell/scratch"  # sandbox/holder.scratch_dir(): --disk's tmpfs
+    # (role, host path, kind) the plan was made for: "bind" sources and "hide" paths with
+    # "dir" | "file" | "missing"; a cached plan is stale when one differs (plancheck.py)
+    checked: tuple[tuple[str, str, str], ...] = ()
 
 
 def _kind(path: str) -> str | None:
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None
-    return "dir" if stat.S_ISDIR(mode) else "file"
+    from nixcell.plancheck import path_kind
+
+    kind = path_kind(path)
+    return None if kind == "missing" else kind
 
 
 def _no_symlink(path: str, flag: str) -> None:
     """A bind source reached through a symlink is refused: the link may be one a cell planted
     in a directory it was given earlier (``data -> /etc``), and bwrap (or the idmapped clone of
     a root-run cell) would follow it. The real path, named as such, binds as asked."""
-    seen = os.sep
-    for part in [p for p in os.path.normpath(path).split(os.sep) if p]:
-        seen = os.path.join(seen, part)
-        if os.path.islink(seen):
-            raise SpecError(
-                f"{flag} {path}: {seen} is a symbolic link (to {os.readlink(seen)}); "
-                f"bind the real path, {os.path.realpath(path)}"
-            )
+    from nixcell.plancheck import first_link
+
+    seen = first_link(path)
+    if seen is not None:
+        raise SpecError(
+            f"{flag} {path}: {seen} is a symbolic link (to {os.readlink(seen)}); "
+            f"bind the real path, {os.path.realpath(path)}"
+        )
 
 
 def gather(spec, volumes: tuple[str, ...] = ()) -> HostFacts:
     """Check the host paths the spec names and collect what ``plan()`` needs."""
     kinds: dict[str, str] = {}
+    checked: list[tuple[str, str, str]] = []
     if spec.workdir is not None:
         if _kind(spec.workdir) != "dir":
             raise SpecError(f"--workdir {spec.workdir}: no such directory")
         _no_symlink(spec.workdir, "--workdir")
         kinds[spec.workdir] = "dir"
+        checked.append(("bind", spec.workdir, "dir"))
     for mount in spec.mounts:
-        _no_symlink(mount.source, "--bind" if mount.writable else "--ro-bind")
+        flag = "--bind" if mount.writable else "--ro-bind"
+        _no_symlink(mount.source, flag)
         kind = _kind(mount.source)
         if kind is None:
-            raise SpecError(f"mount source {mount.source}: no such file or directory")
+            raise SpecError(f"{flag} {mount.source}: no such file or directory")
         kinds[mount.source] = kind
+        checked.append(("bind", mount.source, kind))
     for hidden in spec.hide:
         host_path = host_path_of(spec, hidden)
         kind = _kind(host_path) if host_path else None
         kinds[hidden] = kind or "dir"
+        if host_path:
+            checked.append(("hide", host_path, kind or "missing"))
     passed = {name: os.environ[name] for name in spec.pass_env if name in os.environ}
     ca_pem = None
     if spec.network is not None:
@@ -90,6 +97,7 @@ def gather(spec, volumes: tuple[str, ...] = ()) -> HostFacts:
         proc_entries=proc,
         volumes=volumes,
         scratch_dir=holder.scratch_dir(),
+        checked=tuple(checked),
     )
 
 

@@ -153,6 +153,8 @@ class Plan:
     scratch: int | None = None
     # auto | always | never: whether the executor gives the cell its own pty (ttymode.py)
     tty: str = "never"
+    # the host paths the plan was made for, as HostFacts.checked: (role, path, kind)
+    checked: tuple[tuple[str, str, str], ...] = ()
 
     def host_source(self, op: MountOp) -> str | None:
         """The host path behind a bind op (a root-run cell's binds come through the stage)."""
@@ -208,6 +210,7 @@ class Plan:
         fields["mounts"] = tuple(MountOp(**m) for m in fields["mounts"])  # type: ignore[union-attr]
         fields["limits"] = PlanLimits(**fields["limits"])  # type: ignore[arg-type]
         fields["stage"] = tuple(StageOp(**s) for s in fields.get("stage") or ())  # type: ignore[union-attr]
+        fields["checked"] = tuple(tuple(c) for c in fields.get("checked") or ())  # type: ignore[union-attr]
         tuples = (
             "command",
             "seccomp_profiles",
@@ -347,6 +350,7 @@ def plan(
         volumes=tuple(v for v in host.volumes if any(v == source for _, source, _ in binds)),
         scratch=disk,
         tty=spec.tty,
+        checked=host.checked,
     ).with_command(spec.command)
 
 

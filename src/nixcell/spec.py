@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nixcell.errors import SpecError
+from nixcell.specmessages import describe_validation_error
 from nixcell.units import parse_duration, parse_size
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -263,7 +264,12 @@ class CellSpec(BaseModel):
     @field_validator("hide")
     @classmethod
     def _hide(cls, value: list[str]) -> list[str]:
-        return [_clean_abs(p, "--hide") for p in value]
+        paths = [_clean_abs(p, "--hide") for p in value]
+        for path in paths:  # hiding these leaves no working cell (no /proc, no store, no user)
+            covered = [r for r in RESERVED_TARGETS if _within(r, path)]
+            if covered:
+                raise ValueError(f"--hide {path} would hide the cell's own {covered[0]}")
+        return paths
 
     @field_validator("hardening_profiles")
     @classmethod
@@ -311,23 +317,11 @@ def _within(path: str, ancestor: str) -> bool:
     return path == ancestor or path.startswith(ancestor.rstrip("/") + "/")
 
 
-def make_spec(**fields: object) -> CellSpec:
-    """Build a CellSpec, turning pydantic's report into one SpecError line."""
+def make_spec(*, names: dict[str, str] | None = None, **fields: object) -> CellSpec:
+    """Build a CellSpec, turning pydantic's report into one SpecError line.
+
+    ``names``: how the front calls each field (default: the ``nixcell run`` flags)."""
     try:
         return CellSpec(**fields)  # type: ignore[arg-type]
     except ValidationError as exc:
-        raise SpecError(describe_validation_error(exc)) from None
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    msg = str(err.get("msg", "invalid value"))
-    msg = msg.removeprefix("Value error, ")
-    ctx = err.get("ctx") or {}
-    cause = ctx.get("error")
-    if cause is not None and str(cause):
-        msg = str(cause)
-    loc = ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int))
-    if loc and loc not in msg and not msg.startswith("--"):
-        return f"invalid {loc}: {msg}"
-    return msg
+        raise SpecError(describe_validation_error(exc, names, fields)) from None

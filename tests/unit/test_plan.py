@@ -208,8 +208,8 @@ def test_plan_is_deterministic():
 @pytest.mark.parametrize(
     ("fields", "needle"),
     [
-        ({"packages": []}, "packages"),
-        ({"command": []}, "command"),
+        ({"packages": []}, "-p/--package: needs at least one"),
+        ({"command": []}, "COMMAND: needs at least one"),
         ({"env": {"1BAD": "x"}}, "1BAD"),
         ({"mounts": [{"source": "relative", "target": "/x"}]}, "absolute"),
         ({"mounts": [{"source": "/a", "target": "/proc/x"}]}, "/proc"),

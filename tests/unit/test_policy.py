@@ -284,6 +284,8 @@ host = "api.github.com"
 
 [[credentials]]
 name = "gh"
+source = "env:GH_TOKEN"
+hosts = ["api.github.com"]
 """
 
 

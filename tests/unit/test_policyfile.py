@@ -89,6 +89,8 @@ hosts = ["api.github.com"]
 
 [[credentials]]
 name = "other"
+source = "env:OTHER"
+hosts = ["other.test"]
 """
 
 
@@ -112,7 +114,13 @@ def test_extensions(write) -> None:
             "_line": 25,
             "_file": "github.toml",
         },
-        {"name": "other", "_line": 30, "_file": "github.toml"},
+        {
+            "name": "other",
+            "source": "env:OTHER",
+            "hosts": ["other.test"],
+            "_line": 30,
+            "_file": "github.toml",
+        },
     )
 
 

@@ -23,13 +23,57 @@ def _on_signal(signum: int, _frame: object) -> None:
     raise Terminated(signum)
 
 
+def one_line(text: str) -> str:
+    """``text`` with control characters (a newline or an escape sequence in a value the user
+    gave, or in a file name) written as escapes: an error is one line, and never drives the
+    terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def error(message: str) -> None:
-    sys.stderr.write(f"nixcell: {message}\n")
-    sys.stderr.flush()
+    try:  # a closed or full stderr must not turn the cell's exit code into ours
+        sys.stderr.write(f"nixcell: {one_line(message)}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+class _TolerantStream:
+    """stderr that drops what cannot be written (``2>/dev/full``, ``2>&-``): nixcell's notes and
+    warnings are never worth more than the cell's exit code."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def write(self, text: str) -> int:
+        try:
+            return self._inner.write(text)
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._inner.flush()
+        except (OSError, ValueError):
+            return
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+
+def _guard_std_fds(args: list[str]) -> None:
+    from nixcell.stdfds import reopen_closed
+
+    reopen_closed(discard="mcp" in args[:2])  # mcp: its protocol streams (mcp/stdio.py)
+    if not isinstance(sys.stderr, _TolerantStream):
+        sys.stderr = _TolerantStream(sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    _guard_std_fds(args)
     for signum in (_SIGTERM, _SIGHUP):
         _signal.signal(signum, _on_signal)
     if "run" in args[:2] or "doctor" in args[:2]:
@@ -49,7 +93,11 @@ def main(argv: list[str] | None = None) -> None:
         code = 141
     except Exception as exc:
         code = _report(exc, verbose)
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except OSError as exc:  # stdout full or closed: say so, but keep a cell's own exit code
+        error(f"cannot write to stdout: {exc.strerror or exc}")
+        code = code or 1
     if argv is None and _ran_warm():
         # Everything of the cell is torn down already (finally blocks): skip the interpreter's
         # finalisation (~1-4 ms of a ~20 ms warm run); nothing on the warm path registers atexit.
@@ -66,6 +114,13 @@ def _ran_warm() -> bool:
 
 
 def _dispatch(args: list[str]) -> int:
+    import os
+
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        error("the current directory was deleted: cd to one that exists and run again")
+        return 1
     from nixcell.cli.fast import try_fast_run
 
     fast = try_fast_run(args)
@@ -120,6 +175,14 @@ def _report(exc: Exception, verbose: bool) -> int:
         if verbose and exc.detail:
             sys.stderr.write(exc.detail.rstrip("\n") + "\n")
         return exc.exit_code
+    if isinstance(exc, OSError) and exc.strerror:  # the host refused something: name it
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        where = f" ({exc.filename})" if exc.filename else ""
+        error(f"{exc.strerror.lower()}{where}")
+        return 1
     if verbose:
         import traceback
 

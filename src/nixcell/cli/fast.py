@@ -133,7 +133,16 @@ def still_valid(plan: PlanView) -> bool:
     sources = [op.src for op in binds if made_by_nixcell(plan, op) is None]  # type: ignore[arg-type]
     sources = [s for s in sources if not s.startswith(("/nix/store/", STAGE_DIR + "/"))]
     sources += [op.source for op in plan.stage]  # (the store: path_dirs; stage: its sources)
-    return all(os.path.exists(s) for s in sources)
+    if not all(os.path.exists(s) for s in sources):
+        return False
+    from nixcell.plancheck import stale_reason
+
+    reason = stale_reason(plan)  # type: ignore[arg-type]  # host paths the plan looked at
+    if reason is not None:
+        import logging
+
+        logging.getLogger(__name__).debug("cached plan not used: %s", reason)
+    return reason is None
 
 
 def _uses_terminal() -> bool:

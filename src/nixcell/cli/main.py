@@ -10,6 +10,7 @@ import click
 
 from nixcell import __version__
 from nixcell.cli.netflags import network_from_flags, network_options, policy
+from nixcell.errors import UsageError
 
 HARDENING_HELP = (
     "Weaken one named protection (repeatable): nested-sandbox = allow user/mount namespaces so "
@@ -57,6 +58,21 @@ def _completer(name: str):
         return getattr(completion, name)(ctx, param, incomplete)
 
     return complete
+
+
+def _listen_address(value: str) -> str:
+    """An IP literal (brackets allowed) or ``localhost``: a name is never looked up."""
+    import ipaddress
+
+    if value == "localhost":
+        return "127.0.0.1"
+    try:
+        bracketed = value.startswith("[") and value.endswith("]")
+        return str(ipaddress.ip_address(value[1:-1] if bracketed else value))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an IP address (e.g. 127.0.0.1 or ::1; names are not looked up)"
+        ) from None
 
 
 def run_options(f):
@@ -145,8 +161,27 @@ def run_options(f):
     return f
 
 
+def _no_packages(command: tuple[str, ...]) -> UsageError:
+    """A run without -p is refused (a cell holds only what it names), with the package of the
+    offline set that has the command when there is one."""
+    from nixcell.nix.missing import provider_of
+    from nixcell.nix.offline import find_set
+
+    found = find_set()
+    program = command[0] if command else ""
+    provider = provider_of(program, found.packages) if found and program else None
+    example = f"-p {provider}" if provider else "-p bash -p coreutils"
+    where = f" ({program} is in {provider})" if provider and provider != program else ""
+    return UsageError(
+        f"no packages: a cell holds only the packages named with -p; add {example}{where}"
+    )
+
+
 def spec_from_flags(command: tuple[str, ...], **o: object):
     from nixcell.spec import make_spec
+
+    if not o["packages"]:
+        raise _no_packages(command)
 
     mounts = []
     for flag, writable in (("ro_bind", False), ("bind", True)):
@@ -192,10 +227,26 @@ def spec_from_flags(command: tuple[str, ...], **o: object):
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(command: tuple[str, ...], dry_run: bool, as_json: bool, **flags: object) -> int:
     """Run COMMAND in a fresh cell (put it after `--`)."""
+    from nixcell.fsio import open_output_dir
+
+    if as_json and not dry_run:
+        raise click.UsageError("--json needs --dry-run: it prints the plan as JSON, not a run")
+    spec = spec_from_flags(command, **flags)
+    learn_to = flags.get("learn_output")
+    # Checked and opened before anything slow runs, and before the cell can touch it: a
+    # learned policy is never lost to a bad path (fsio.open_output_dir).
+    learn_dir = open_output_dir(str(learn_to)) if learn_to and not dry_run else None
+    try:
+        return _run(spec, dry_run, as_json, learn_dir, bool(flags.get("learn")))
+    finally:
+        if learn_dir is not None:
+            os.close(learn_dir[0])
+
+
+def _run(spec, dry_run: bool, as_json: bool, learn_dir: tuple[int, str] | None, learn: bool):
     from nixcell.cli import fast, progress
     from nixcell.runner import execute, prepare
 
-    spec = spec_from_flags(command, **flags)
     with progress.reporter() as report:
         plan, _closure = prepare(spec, progress=report)
     if dry_run:
@@ -205,23 +256,15 @@ def run(command: tuple[str, ...], dry_run: bool, as_json: bool, **flags: object)
         return 0
     from nixcell import leftovers, preflight
     from nixcell.cli.outcome import report
-    from nixcell.fsio import open_dir
 
     preflight.check(plan)  # nixcell's own one-line error, before bwrap would give its own
     fast.remember(plan)
     leftovers.sweep_if_due()
-    learn_to = flags.get("learn_output")
-    # The output's directory is opened now, before the cell can touch it (see fsio.open_dir).
-    learn_dir = open_dir(str(learn_to)) if learn_to else None
     # --learn prints the policy on stdout: the cell's own stdout goes to stderr then.
-    stdout = 2 if flags.get("learn") and not learn_to else None
-    try:
-        with leftovers.RunMarker():
-            result = execute(plan, stdout=stdout)
-        return report(result, learn_dir)
-    finally:
-        if learn_dir is not None:
-            os.close(learn_dir[0])
+    stdout = 2 if learn and learn_dir is None else None
+    with leftovers.RunMarker():
+        result = execute(plan, stdout=stdout)
+    return report(result, learn_dir)
 
 
 @cli.command()
@@ -287,7 +330,13 @@ def gc() -> int:
     type=click.Choice(["trace", "debug", "info", "warn", "error"]),
     help="stderr log level (default: [daemon] log_level, else info; nix-sandbox-mcp's flag).",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="HTTP: address to bind.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    callback=lambda _ctx, _param, value: _listen_address(value),
+    help="HTTP: IP address to listen on (or localhost).",
+)
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 
 import click
@@ -84,8 +83,7 @@ def _abs(path: str) -> str:
 
 def network_from_flags(o: dict[str, object]) -> dict[str, object] | None:
     """The spec's ``network`` from the flags; None (no network) when no flag asks for one."""
-    from nixcell.net.hosts import BadHost, normalize_host
-
+    _no_empty_names(o)
     keys = ("allow_host", "deny_host", "allow_cidr", "policy_files", "credentials", "resolves")
     used = any(o.get(k) for k in keys) or o.get("learn") or o.get("audit") or o.get("upstream_ca")
     if not used:
@@ -94,20 +92,8 @@ def network_from_flags(o: dict[str, object]) -> dict[str, object] | None:
         return None
     resolve: dict[str, list[str]] = {}
     for item in o.get("resolves") or ():  # type: ignore[union-attr]
-        host, sep, addr = str(item).rpartition(":") if "]" not in str(item) else _v6(str(item))
-        if not sep or not host or not addr:
-            raise click.UsageError(f"--resolve needs HOST:ADDR, got {item!r}")
-        try:  # the standard spelling only: no inet_aton forms (0x7f.1), no zone ids
-            if "%" in addr:
-                raise ValueError
-            pinned = str(ipaddress.ip_address(addr.strip("[]")))
-        except ValueError:
-            raise click.UsageError(f"--resolve {item}: {addr!r} is not an IP address") from None
-        try:
-            host = normalize_host(host)
-        except BadHost as exc:
-            raise click.UsageError(f"--resolve {item}: {exc}") from None
-        resolve.setdefault(host, []).append(pinned)
+        host, addr = parse_resolve(str(item))
+        resolve.setdefault(host, []).append(addr)
     return {
         "allow_hosts": list(o.get("allow_host") or ()),  # type: ignore[call-overload]
         "deny_hosts": list(o.get("deny_host") or ()),  # type: ignore[call-overload]
@@ -121,9 +107,66 @@ def network_from_flags(o: dict[str, object]) -> dict[str, object] | None:
     }
 
 
-def _v6(item: str) -> tuple[str, str, str]:
-    host, sep, addr = item.partition(":[")
-    return host, sep, addr.rstrip("]")
+_FILE_FLAGS = {
+    "policy_files": "--policy",
+    "upstream_ca": "--upstream-ca",
+    "audit": "--audit",
+    "learn_output": "--learn-output",
+    "workdir": "--workdir",
+}
+
+
+def _no_empty_names(o: dict[str, object]) -> None:
+    """``--audit ''`` (an unset shell variable) must not quietly mean "no audit"."""
+    for key, flag in _FILE_FLAGS.items():
+        value = o.get(key)
+        values = value if isinstance(value, tuple | list) else (value,)
+        if any(v == "" for v in values):
+            raise click.UsageError(f"{flag} needs a path, got ''")
+
+
+def parse_resolve(item: str) -> tuple[str, str]:
+    """``--resolve HOST:ADDR`` as (normalised host, canonical address); one UsageError line.
+
+    A host name never holds a ':', so the address is everything after the first one (an IPv6
+    address may be bracketed). A port is refused by name: the pin holds on every port.
+    """
+    import ipaddress
+
+    from nixcell.net.hosts import BadHost, normalize_host
+
+    host, sep, addr = item.partition(":")
+    if not sep or not host or not addr:
+        raise click.UsageError(f"--resolve needs HOST:ADDR (e.g. api.test:127.0.0.1), got {item!r}")
+    bare = addr[1:-1] if addr.startswith("[") and addr.endswith("]") else addr
+    try:  # the standard spelling only: no inet_aton forms (0x7f.1), no zone ids
+        if "%" in bare:
+            raise ValueError
+        pinned = str(ipaddress.ip_address(bare))
+    except ValueError:
+        address, _, port = addr.rpartition(":")
+        if port.isdigit() and _is_ip(address.strip("[]")):
+            raise click.UsageError(
+                f"--resolve {item}: no port here (the pin holds on every port): "
+                f"write {host}:{address}"
+            ) from None
+        raise click.UsageError(
+            f"--resolve {item}: {addr!r} is not an IP address (names are not looked up)"
+        ) from None
+    try:
+        return normalize_host(host), pinned
+    except BadHost as exc:
+        raise click.UsageError(f"--resolve {item}: {exc}") from None
+
+
+def _is_ip(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 @click.group()

@@ -21,12 +21,24 @@ def report(result: RunResult, learn_output: tuple[int, str] | None = None) -> in
         sys.stderr.write(f"nixcell: {result.message}\n")
     if result.learned_policy is not None:
         if learn_output:
+            from nixcell.errors import NixcellError
             from nixcell.fsio import write_atomic
 
             # Into the directory opened before the cell ran, under a fresh O_EXCL temp name,
             # renamed over the target: a link planted there meanwhile is replaced, not followed.
             dir_fd, name = learn_output
-            write_atomic(name, result.learned_policy, dir_fd=dir_fd)
+            try:
+                write_atomic(name, result.learned_policy, dir_fd=dir_fd)
+                return result.exit_code
+            except (OSError, NixcellError) as exc:  # disk full since: never lose the policy
+                reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+                sys.stderr.write(
+                    f"nixcell: cannot write the learned policy to {name}: {reason}; "
+                    "it follows on stdout\n"
+                )
+                sys.stdout.write(result.learned_policy)
+                sys.stdout.flush()
+                return result.exit_code or 1
         else:
             sys.stdout.write(result.learned_policy)
             sys.stdout.flush()

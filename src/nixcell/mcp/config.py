@@ -157,15 +157,9 @@ def load_config(path: str | None = None, env_dir: str | None = None) -> ServerCo
 
 
 def _read_text(path: str) -> str:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not valid UTF-8") from None
+    from nixcell.userfile import read_text
+
+    return read_text(path, "config file", error=ConfigError)
 
 
 class _Reader(SettingsReader):

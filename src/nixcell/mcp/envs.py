@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import glob
 import logging
-import re
 from dataclasses import dataclass
 
 from nixcell.mcp.config import PROGRAMS, EnvConfig, ServerConfig
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_UNKNOWN = re.compile(r"unknown package '([^']+)' in the ([^;]+)")
 MAX_LISTED_PACKAGES = 12
 
 
@@ -80,15 +78,12 @@ def prepare_env(env: EnvConfig, server: ServerConfig) -> Prepared:
             plan, closure = prepare(cell_spec(env, server, packages, timeout=env.timeout))
             break
         except UnknownPackageError as exc:
-            found = _UNKNOWN.search(exc.message)
-            if (
-                found is None
-                or found.group(1) not in env.optional
-                or found.group(1) not in packages
-            ):
+            missing = exc.names
+            if not missing or any(n not in env.optional or n not in packages for n in missing):
                 return Prepared(env, error=exc.message)
-            packages.remove(found.group(1))
-            notes.append(f"{found.group(1).rsplit('.', 1)[-1]} is not in the {found.group(2)}")
+            for name in missing:  # optional extras the package set lacks: go on without them
+                packages.remove(name)
+                notes.append(f"{name.rsplit('.', 1)[-1]} is not in the {exc.where}")
         except NixcellError as exc:
             return Prepared(env, error=exc.message)
     program = PROGRAMS[env.interpreter]

@@ -178,23 +178,12 @@ async def _read_messages(fd: int, incoming: Any, errors: Any) -> None:
 
 
 def open_std_fds() -> None:
-    """Point a closed fd 0, 1 or 2 at /dev/null (``nixcell mcp <&-``): else the next file the
+    """A closed fd 0, 1 or 2 (``nixcell mcp <&-``) points at /dev/null: else the next file the
     process opens — the event loop's epoll — would take its number and be clobbered when the
     transport claims it. A closed stdin then reads as end of input, a closed stdout discards."""
-    import sys
+    from nixcell.stdfds import reopen_closed
 
-    streams = ((0, os.O_RDONLY, "stdin"), (1, os.O_WRONLY, "stdout"), (2, os.O_WRONLY, "stderr"))
-    for fd, mode, name in streams:
-        try:
-            os.fstat(fd)
-        except OSError:
-            opened = os.open(os.devnull, mode)
-            if opened != fd:
-                os.dup2(opened, fd)
-                os.close(opened)
-            if getattr(sys, name) is None:
-                stream = open(fd, "r" if fd == 0 else "w", closefd=False)  # noqa: SIM115 (kept)
-                setattr(sys, name, stream)
+    reopen_closed(discard=True)
 
 
 def _claim(fd: int, replacement: int) -> int:

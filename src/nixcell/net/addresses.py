@@ -128,7 +128,9 @@ def canonical_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Networ
     try:
         net = ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise ValueError(f"invalid cidr {text!r}") from None
+        raise ValueError(
+            f"invalid cidr {text!r} (expected ADDRESS/BITS, e.g. 10.0.0.0/8)"
+        ) from None
     if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_MAPPED):
         mapped = net.network_address.ipv4_mapped
         assert mapped is not None

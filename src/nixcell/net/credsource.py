@@ -189,10 +189,11 @@ def load_secret(spec: CredentialSpec, environ: Mapping[str, str] | None = None) 
         if value is None:
             raise CredentialError(f"{what}: environment variable {ref} is not set")
     elif kind == "file":
+        from nixcell.userfile import read_input
+
+        data = read_input(ref, f"{what}: cannot read", error=CredentialError, limit=64 << 10)
         try:
-            value = _strip_newline(ref.read_bytes().decode("utf-8"))
-        except OSError as exc:
-            raise CredentialError(f"{what}: cannot read {ref}: {exc.strerror}") from None
+            value = _strip_newline(data.decode("utf-8"))
         except UnicodeDecodeError:
             raise CredentialError(f"{what}: {ref} is not UTF-8 text") from None
     else:

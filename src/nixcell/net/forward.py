@@ -165,7 +165,8 @@ async def refuse(
     record.status = 403
     record.reason = record.reason or body.strip()
     record.duration_ms = round((time.monotonic() - started) * 1000, 2)
-    cell.audit.write(record)
+    by_policy = decision is not None and not decision.allowed  # type: ignore[attr-defined]
+    cell.audit.write(record, by_policy=by_policy)
     keep = False if close else await _drain(side)
     await side.send(*simple_response(403, body, close=not keep))
     return keep

@@ -351,7 +351,10 @@ def explain_check(policy: Policy, url: str, method: str = "GET") -> tuple[bool, 
     """Would ``method url`` pass ``policy``? Returns the verdict and a short explanation."""
     import urllib.parse
 
-    parts = urllib.parse.urlsplit(url.strip())
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+    except ValueError as exc:  # "Invalid IPv6 URL"
+        raise PolicyError(f"invalid URL {url!r}: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme not in SCHEME_PORTS:
         raise PolicyError(f"unsupported URL {url!r} (expected an http, https, ws or wss URL)")

@@ -12,7 +12,6 @@ import os
 import re
 import tomllib
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from nixcell.errors import PolicyError
@@ -49,17 +48,10 @@ def _ports(value: object) -> frozenset[int]:
 
 def load_policy(path: str | os.PathLike[str]) -> Policy:
     """Read a policy TOML file; every problem is a one-line ``PolicyError`` naming file:line."""
+    from nixcell.userfile import read_text
+
     name = os.fspath(path)
-    try:
-        data = Path(name).read_bytes()
-    except OSError as exc:
-        raise PolicyError(f"policy file {name}: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise PolicyError(f"{name}:{line}: not valid UTF-8") from None
-    return parse_policy(text, name)
+    return parse_policy(read_text(name, "policy file", error=PolicyError), name)
 
 
 def parse_policy(text: str, name: str) -> Policy:
@@ -114,6 +106,9 @@ class _Reader:
             {**c, "_line": self.lines.line("credentials", i), "_file": self.name}
             for i, c in enumerate(credentials)
         )
+        from nixcell.net.credsource import parse_credentials
+
+        parse_credentials(creds, self.name)  # every table, used by --credential or not
         return Policy(numbered(parsed), resolve, creds, self.name)
 
     def rule(self, i: int, table: dict[str, Any]) -> Rule:

@@ -201,14 +201,17 @@ def upstream_context(extra_ca_files: Sequence[str | Path] = ()) -> ssl.SSLContex
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(ALPN)
-    for path in extra_ca_files:
+    from nixcell.userfile import read_input
+
+    for path in extra_ca_files:  # read by us: a FIFO or /dev/zero must not hang OpenSSL
+        data = read_input(path, "cannot load upstream CA file", error=NetworkError)
         try:
-            ctx.load_verify_locations(cafile=os.fspath(path))
-        except (OSError, ssl.SSLError) as exc:
-            if isinstance(exc, ssl.SSLError):  # "[X509: NO_CERT...] ... (_ssl.c:4154)" -> words
-                reason = (exc.reason or "not a PEM certificate").lower().replace("_", " ")
-            else:
-                reason = exc.strerror or str(exc)
+            pem = data.decode("ascii") if b"-----BEGIN" in data else None
+            ctx.load_verify_locations(cadata=pem if pem is not None else data)
+        except (UnicodeDecodeError, ssl.SSLError) as exc:
+            reason = "not a PEM or DER certificate"
+            if isinstance(exc, ssl.SSLError) and exc.reason:  # "[X509: NO_CERT...]" -> words
+                reason = exc.reason.lower().replace("_", " ")
             raise NetworkError(f"cannot load upstream CA file {path}: {reason}") from None
     ctx.check_hostname = True
     ctx.verify_mode = ssl.CERT_REQUIRED

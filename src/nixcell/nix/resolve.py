@@ -7,7 +7,6 @@ The result is cached (key: package source + packages + system), so a warm run ca
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import logging
@@ -24,7 +23,6 @@ from nixcell.errors import (
     EvaluationError,
     NixError,
     NixMissingError,
-    UnknownPackageError,
     UsageError,
 )
 from nixcell.fsio import private_dir
@@ -38,7 +36,7 @@ NIX_OPTIONS = ("--option", "substituters", "")
 FLAKE_FEATURES = ("--extra-experimental-features", "nix-command flakes")
 _ATTR_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_'+-]*(\.[A-Za-z0-9_][A-Za-z0-9_'+-]*)*$")
 _STORE_PATH = re.compile(r"^(/nix/store/[0-9a-z]{32}-[^/]+)(/.*)?$")
-_UNKNOWN = re.compile(r"nixcell-unknown-package: (\S+)")
+_UNKNOWN = re.compile(r"nixcell-unknown-packages: ([^\n]+)")
 _BUILDING = re.compile(r"building '/nix/store/[0-9a-z]{32}-(.+?)\.drv'")
 
 Progress = Callable[[str], None]
@@ -50,8 +48,9 @@ _HELPERS = """
     { ok = true; value = root; } path;
   nixcellPick = name: root: candidates:
     let found = builtins.filter (r: r.ok) (map (nixcellLookup root) candidates);
-    in if found == [] then throw "nixcell-unknown-package: ${name}"
-       else (builtins.head found).value;
+    in if found == [] then { nixcellMissing = name; } else (builtins.head found).value;
+  nixcellMissing = picked: map (p: p.nixcellMissing)
+    (builtins.filter (p: builtins.isAttrs p && p ? nixcellMissing) picked);
   nixcellSystem = builtins.currentSystem;
 """
 
@@ -118,10 +117,15 @@ def _flake_stamp(ref: str) -> str:
 
 
 def build_expression(source: PackageSource, exprs: Sequence[str]) -> str:
+    """One buildEnv of all packages; every name the set lacks is reported at once."""
     body = "\n    ".join(exprs)
     return (
-        f"let\n  pkgs = {source.expr};\n{_HELPERS}in pkgs.buildEnv {{\n"
-        f'  name = "nixcell-env";\n  ignoreCollisions = true;\n  paths = [\n    {body}\n  ];\n}}\n'
+        f"let\n  pkgs = {source.expr};\n{_HELPERS}  picked = [\n    {body}\n  ];\n"
+        "  missing = nixcellMissing picked;\n"
+        'in if missing != [] then throw "nixcell-unknown-packages: '
+        '${builtins.concatStringsSep " " missing}"\n'
+        "else pkgs.buildEnv {\n"
+        '  name = "nixcell-env";\n  ignoreCollisions = true;\n  paths = picked;\n}\n'
     )
 
 
@@ -145,6 +149,11 @@ def resolve(
     cached = _read_cache(cache_file) if cache_file is not None else None
     if cached is not None:
         return cached
+    if source.kind == "offline":  # exact answers with no nix call (and no network try)
+        from nixcell.nix.missing import check_offline
+
+        refs = [k.split("#", 1)[0] if flake else "" for _, flake, k in parts]
+        check_offline(packages, _offline_names(), refs)
     expr = build_expression(source, [e for e, _, _ in parts])
     flakes = any(f for _, f, _ in parts)
     gcroot = Path(private_dir(paths.state_dir() / "gcroots")) / key
@@ -242,17 +251,23 @@ def _nix_build(
 
 
 def _build_error(lines: list[str], source: PackageSource) -> NixError:
+    from nixcell.nix.missing import unknown_packages
+
     text = "\n".join(lines)
     unknown = _UNKNOWN.search(text)
     if unknown:
-        name = unknown.group(1)
-        hint = ""
-        close = difflib.get_close_matches(name, _known_names(source), n=3, cutoff=0.6)
-        if close:
-            hint = f"; did you mean {', '.join(close)}?"
-        return UnknownPackageError(
-            f"unknown package '{name}' in the {source.description}{hint}", detail=text
-        )
+        names = unknown.group(1).strip().split(" ")
+        error = unknown_packages(names, _known_names(source), source.description)
+        error.detail = text
+        return error
+    for full in ("No space left on device", "Read-only file system", "Disk quota exceeded"):
+        if full in text and str(paths.state_dir()) in text:
+            return NixError(
+                f"cannot keep the resolution's GC root in {paths.state_dir()}: {full.lower()} "
+                "(nixcell's state dir; free space, or point XDG_STATE_HOME or NIXCELL_HOME "
+                "elsewhere)",
+                detail=text,
+            )
     if "unable to download" in text or "Could not resolve host" in text:
         return NixError(
             f"cannot fetch the {source.description}: no network or wrong pin", detail=text
@@ -262,12 +277,16 @@ def _build_error(lines: list[str], source: PackageSource) -> NixError:
     return EvaluationError(f"nix evaluation failed: {excerpt}", detail=text)
 
 
+def _offline_names() -> dict[str, str]:
+    from nixcell.nix.offline import find_set
+
+    found = find_set()
+    return dict(found.packages) if found else {}
+
+
 def _known_names(source: PackageSource) -> list[str]:
     if source.kind == "offline":
-        from nixcell.nix.offline import find_set
-
-        found = find_set()
-        return sorted(found.packages) if found else []
+        return sorted(_offline_names())
     try:
         out = subprocess.run(
             [

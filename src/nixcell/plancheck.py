@@ -1,0 +1,55 @@
+"""Is a cached plan still the plan for now? The one check the warm fast path makes.
+
+A plan is a pure function of the spec, the closure and a few host facts; the fast path's cache
+key covers the flags, the directory, the user, the environment and the files the flags name.
+What it cannot cover is the host paths the plan looked at: a ``--hide`` target that was a
+directory (hidden by an empty tmpfs) and is now a file, or was missing and now exists; a bind
+source gone, changed kind, or reached through a symbolic link planted since (the normal path
+refuses those). When any differ, the plan is made again by the normal path, which then errors
+in its own words if the change is one it refuses. Stdlib only: the warm path imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nixcell.plan import Plan
+
+
+def stale_reason(plan: Plan) -> str | None:
+    """Why ``plan`` must not run as cached (a short phrase for the debug log), or None."""
+    if not plan.path_dirs or not os.path.isdir(plan.path_dirs[0]):
+        return "its closure is gone from the store"
+    for role, path, kind in plan.checked:
+        now = path_kind(path)
+        if now != kind:
+            return f"{role} path {path} was {kind} and is {now} now"
+        if role == "bind" and first_link(path) is not None:
+            return f"bind source {path} is reached through a symbolic link now"
+    for op in plan.mounts:  # every other bind source the executor will open (the scratch)
+        src = plan.host_source(op) if op.kind in ("bind", "ro-bind") else None
+        if src and not src.startswith("/nix/store/") and not os.path.exists(src):
+            return f"mount source {src} is gone"
+    return None
+
+
+def path_kind(path: str) -> str:
+    """What ``path`` leads to: "dir", "file" (anything else) or "missing"."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "missing"
+    return "dir" if stat.S_ISDIR(mode) else "file"
+
+
+def first_link(path: str) -> str | None:
+    """The first component of ``path`` that is a symbolic link (None: there is none)."""
+    seen = os.sep
+    for part in [p for p in os.path.normpath(path).split(os.sep) if p]:
+        seen = os.path.join(seen, part)
+        if os.path.islink(seen):
+            return seen
+    return None
