@@ -29,8 +29,12 @@ def stale_reason(plan: Plan) -> str | None:
             return f"{role} path {path} was {kind} and is {now} now"
         if role == "bind" and first_link(path) is not None:
             return f"bind source {path} is reached through a symbolic link now"
-    for op in plan.mounts:  # every other bind source the executor will open (the scratch)
-        src = plan.host_source(op) if op.kind in ("bind", "ro-bind") else None
+    from nixcell.preflight import made_by_nixcell
+
+    for op in plan.mounts:  # every other bind source the executor will open
+        if op.kind not in ("bind", "ro-bind") or made_by_nixcell(plan, op) is not None:
+            continue  # (the --disk scratch exists only in the cell's own mount namespace)
+        src = plan.host_source(op)
         if src and not src.startswith("/nix/store/") and not os.path.exists(src):
             return f"mount source {src} is gone"
     return None

@@ -123,21 +123,10 @@ def _split(args: list[str]) -> tuple[list[str], list[str]] | None:
 
 def still_valid(plan: PlanView) -> bool:
     """Whether a cached plan still describes the cell the normal path would make now: every
-    staleness check of a cached plan belongs here."""
-    from nixcell.planview import STAGE_DIR
-    from nixcell.preflight import made_by_nixcell
-
-    if not os.path.isdir(plan.path_dirs[0]):
-        return False
-    binds = [op for op in plan.mounts if op.kind in ("bind", "ro-bind") and op.src]
-    sources = [op.src for op in binds if made_by_nixcell(plan, op) is None]  # type: ignore[arg-type]
-    sources = [s for s in sources if not s.startswith(("/nix/store/", STAGE_DIR + "/"))]
-    sources += [op.source for op in plan.stage]  # (the store: path_dirs; stage: its sources)
-    if not all(os.path.exists(s) for s in sources):
-        return False
+    staleness check of a cached plan belongs in ``plancheck.stale_reason``."""
     from nixcell.plancheck import stale_reason
 
-    reason = stale_reason(plan)  # type: ignore[arg-type]  # host paths the plan looked at
+    reason = stale_reason(plan)  # type: ignore[arg-type]
     if reason is not None:
         import logging
 
