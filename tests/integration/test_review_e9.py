@@ -1,0 +1,141 @@
+"""Outside review of issue 9's new surfaces: each attack that worked, as a test.
+
+Flakes of NIX_SANDBOX_ENVS (evaluated on the host, their output seen by cells), the relay of a
+cell's own pty (a host reader that went away, a cell that holds the terminal).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pexpect
+import pytest
+from tests.conftest import NIXCELL
+
+from nixcell.mcp.config import ConfigError
+
+SECRET = "review-e9-secret-value-0123456789"
+
+# Each output shows, in nix's error, what the flake's evaluation could read of the host: the
+# server's environment (a credential source, env = "..."), a host file, the host's system.
+FLAKE = """{
+  outputs = { self }: {
+    env = throw "env=[${builtins.getEnv "REVIEW_E9_SECRET"}]";
+    file = throw "file=[${builtins.readFile HOSTFILE}]";
+  };
+}
+"""
+
+
+@pytest.fixture
+def flake(tmp_path):
+    host_file = tmp_path / "host-secret.txt"
+    host_file.write_text(SECRET)
+    directory = tmp_path / "flake"
+    directory.mkdir()
+    (directory / "flake.nix").write_text(FLAKE.replace("HOSTFILE", f'"{host_file}"'))
+    return directory
+
+
+def _build_error(ref: str, cwd, impure: bool = False) -> str:
+    from nixcell.mcp import flakebuild
+
+    roots = cwd / "roots"
+    roots.mkdir(exist_ok=True)
+    with pytest.raises(ConfigError) as info:
+        flakebuild.build(ref, str(cwd), roots, impure)
+    return f"{info.value} {getattr(info.value, 'detail', '')}"
+
+
+@pytest.mark.parametrize("attr", ["env", "file"])
+def test_a_flake_cannot_read_the_servers_environment_or_host_files(
+    flake, tmp_path, monkeypatch, attr
+):
+    """nix-sandbox-mcp built NIX_SANDBOX_ENVS with a pure `nix build`; the drop-in added
+    --impure, so a flake (github:someone/envs) could put the server's credentials (env) or any
+    file it can read into the artifact every cell of that environment mounts."""
+    monkeypatch.setenv("REVIEW_E9_SECRET", SECRET)
+    error = _build_error(f"path:{flake}#{attr}", tmp_path)
+    assert SECRET not in error, error
+    if attr == "env":
+        assert "env=[]" in error, error  # pure: getEnv gives nothing
+    else:
+        assert "forbidden in pure" in error or "pure evaluation" in error, error
+
+
+def test_impure_flakes_opted_into_still_see_none_of_the_servers_variables(
+    flake, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("REVIEW_E9_SECRET", SECRET)
+    monkeypatch.setenv("NIX_CONFIG", f"access-tokens = github.com={SECRET}")
+    error = _build_error(f"path:{flake}#env", tmp_path, impure=True)
+    assert SECRET not in error and "env=[]" in error, error
+
+
+def test_impure_env_keeps_only_nix_settings_and_basics():
+    from nixcell.mcp.flakebuild import impure_env
+
+    environ = {
+        "PATH": "/bin",
+        "HOME": "/root",
+        "NIX_REMOTE": "daemon",
+        "XDG_CACHE_HOME": "/c",
+        "NIX_CONFIG": "access-tokens = x",
+        "GITHUB_TOKEN": "ghp_x",
+        "ANTHROPIC_API_KEY": "sk-ant-x",
+        "nix_lower": "x",
+        "PATHX": "x",
+    }
+    assert impure_env(environ) == {
+        "PATH": "/bin",
+        "HOME": "/root",
+        "NIX_REMOTE": "daemon",
+        "XDG_CACHE_HOME": "/c",
+    }
+
+
+# -- the relay of a cell's pty ----------------------------------------------------------------
+
+
+def test_a_pty_cell_whose_reader_went_away_ends(offline_set):
+    """`nixcell run -i -- yes | head -1`: without -i the cell gets SIGPIPE and ends (141); with
+    a pty, nixcell dropped the output of a reader that was gone and relayed forever."""
+    pipeline = f"'{NIXCELL}' run -i -p coreutils -- yes 2>/dev/null | head -1 >/dev/null"
+    proc = subprocess.run(
+        ["bash", "-c", pipeline + "; echo ${PIPESTATUS[0]}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    code = int(proc.stdout.split()[-1])
+    assert code == 128 + 1, proc  # the pty hung up: SIGHUP, as when a terminal goes away
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="no way out of a cell that holds its pty: Ctrl-C/Ctrl-\\ are bytes for the cell "
+    "(stty -isig, or the command stopped by SIGSTOP), nixcell has no escape (ssh has ~., docker "
+    "its detach keys); only a kill from another terminal ends it",
+)
+def test_the_user_can_always_get_the_terminal_back(offline_set):
+    env = {**os.environ, "TERM": "xterm"}
+    script = "echo ready; kill -STOP $$"
+    child = pexpect.spawn(
+        NIXCELL,
+        ["run", "-p", "bash", "--", "bash", "-c", script],
+        env=env,
+        encoding="utf-8",
+        timeout=20,
+    )
+    try:
+        child.expect("ready")
+        time.sleep(0.5)
+        child.sendcontrol("c")
+        child.sendcontrol("\\")
+        child.send("\r~.")  # ssh's escape, the obvious candidate
+        assert child.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=10) == 0
+    finally:
+        child.close(force=True)
