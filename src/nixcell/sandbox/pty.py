@@ -106,6 +106,7 @@ class Terminal:
         self._undo = []
         self.started()
         closed = {link.dst for link in self.links if link.dst_closed}
+        closed |= {link.src for link in self.links if link.src_closed}
         relay.close_all([fd for fd in self._own if fd not in closed])
         self._own = []
 

@@ -32,7 +32,9 @@ class Link:
     on_eof: Callable[[Link], None] | None = None
     pending: bytearray = field(default_factory=bytearray)
     open: bool = True
-    broken: bool = False  # the host's side is gone (EPIPE, EIO): output is read and dropped
+    broken: bool = False  # the host's side is gone (EIO, ENOSPC): output is read and dropped
+    gone: bool = False  # output: the host's reader went away (EPIPE): the cell's end is hung up
+    src_closed: bool = False
     close_dst: bool = False  # input: close the cell's end once ``src`` ended and all is written
     dst_closed: bool = False
     last: bytes = b"\n"  # input: the last byte taken from ``src``
@@ -54,6 +56,8 @@ def _write_host(link: Link, data: bytes) -> None:
             select.select([], [link.dst], [], None)
         except InterruptedError:
             continue
+        except BrokenPipeError:  # nobody reads any more: as without nixcell, the cell learns it
+            link.broken = link.gone = True
         except OSError:  # closed, full or hung up: the cell goes on, its output is dropped
             link.broken = True
 
@@ -108,11 +112,29 @@ def _step(links: list[Link], extra: list[int], timeout: float | None) -> list[in
                     link.feed(data)
             else:
                 _write_host(link, data)
+                if link.gone:
+                    _hang_up(links, link)
         if link.close_dst and not link.dst_closed and not link.open and not link.pending:
             link.dst_closed = True
             with contextlib.suppress(OSError):
                 os.close(link.dst)  # the cell reads EOF
     return [fd for fd in extra if fd in ready_r]
+
+
+def _hang_up(links: list[Link], gone: Link) -> None:
+    """The host's reader of ``gone`` went away (``nixcell run -i -- yes | head -1``): close
+    our end of the cell's stream, as the pipe's reader did. The cell's next write gets EPIPE
+    (a pipe) or its pty hangs up (SIGHUP for its session, as when a terminal goes away); else
+    it would run on, its output read and dropped forever."""
+    fd = gone.src
+    for link in links:
+        if link.src == fd:
+            link.open, link.src_closed = False, True
+        if link.dst == fd and link.to_cell:
+            link.open, link.broken, link.dst_closed = False, True, True
+            link.pending.clear()
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def pump(links: list[Link], pidfd: int, deadline: float | None) -> bool:
