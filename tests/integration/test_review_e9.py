@@ -6,11 +6,9 @@ cell's own pty (a host reader that went away, a cell that holds the terminal).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 
-import pexpect
 import pytest
 from tests.conftest import NIXCELL
 
@@ -114,28 +112,23 @@ def test_a_pty_cell_whose_reader_went_away_ends(offline_set):
     assert code == 128 + 1, proc  # the pty hung up: SIGHUP, as when a terminal goes away
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="no way out of a cell that holds its pty: Ctrl-C/Ctrl-\\ are bytes for the cell "
-    "(stty -isig, or the command stopped by SIGSTOP), nixcell has no escape (ssh has ~., docker "
-    "its detach keys); only a kill from another terminal ends it",
+@pytest.mark.parametrize(
+    "script",
+    [
+        "echo ready; kill -STOP $$",  # stopped: Ctrl-C stays pending, nobody continues it
+        "stty -isig; trap '' INT TERM HUP QUIT; echo ready; while :; do sleep 1; done",
+    ],
+    ids=["stopped", "no-signal-keys"],
 )
-def test_the_user_can_always_get_the_terminal_back(offline_set):
-    env = {**os.environ, "TERM": "xterm"}
-    script = "echo ready; kill -STOP $$"
-    child = pexpect.spawn(
-        NIXCELL,
-        ["run", "-p", "bash", "--", "bash", "-c", script],
-        env=env,
-        encoding="utf-8",
-        timeout=20,
-    )
-    try:
-        child.expect("ready")
-        time.sleep(0.5)
-        child.sendcontrol("c")
-        child.sendcontrol("\\")
-        child.send("\r~.")  # ssh's escape, the obvious candidate
-        assert child.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=10) == 0
-    finally:
-        child.close(force=True)
+def test_the_user_can_always_get_the_terminal_back(offline_set, script):
+    """A cell holding its pty (Ctrl-C is a byte for it) kept the user's terminal until killed
+    from another one; ssh's `~.` at the start of a line ends it, the modes come back."""
+    from tests.integration.test_terminal import Outer
+
+    outer = Outer("run", "-p", "bash", "-p", "coreutils", "--", "bash", "-c", script)
+    outer.child.expect("ready")
+    time.sleep(0.5)
+    outer.child.sendcontrol("c")
+    outer.child.send("\r~.")
+    outer.child.expect(r"nixcell: the cell was ended \(~\. typed\)\r\n")
+    assert outer.finish() == 137

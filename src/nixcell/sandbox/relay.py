@@ -21,6 +21,40 @@ CHUNK = 65536
 _DRAIN_QUIET = 1.0  # after the exit: stop once the cell's ends are quiet this long
 
 
+ESCAPE_HELP = "~. at the start of a line ends the cell (~~ types one ~)"
+
+
+class Escape:
+    """ssh's escape on the user's terminal: ``~.`` typed at the start of a line ends the cell,
+    ``~~`` sends one ``~``. Without it a cell holding its pty (``stty -isig``, signals ignored,
+    its command stopped by SIGSTOP) would keep the terminal: Ctrl-C is a byte for the cell."""
+
+    __slots__ = ("_line_start", "_tilde", "fired")
+
+    def __init__(self) -> None:
+        self.fired = False
+        self._line_start = True
+        self._tilde = False
+
+    def filter(self, data: bytes) -> bytes:
+        """The bytes for the cell; sets ``fired`` (and drops the rest) on ``~.``."""
+        out = bytearray()
+        for byte in data:
+            if self._tilde:
+                self._tilde = False
+                if byte == 0x2E:  # "."
+                    self.fired = True
+                    break
+                out += b"~" if byte == 0x7E else bytes((0x7E, byte))
+            elif byte == 0x7E and self._line_start:
+                self._tilde = True
+                continue
+            else:
+                out.append(byte)
+            self._line_start = byte in (0x0D, 0x0A)
+        return bytes(out)
+
+
 @dataclass
 class Link:
     """``src`` -> ``dst``. ``to_cell``: host input (dst is the cell's, non-blocking); else cell
@@ -39,6 +73,7 @@ class Link:
     dst_closed: bool = False
     last: bytes = b"\n"  # input: the last byte taken from ``src``
     collect: bytearray | None = None  # output captured here instead of written to ``dst``
+    escape: Escape | None = None  # input typed on the user's terminal: ``~.`` ends the cell
 
     def feed(self, data: bytes) -> None:
         self.pending += data
@@ -107,6 +142,10 @@ def _step(links: list[Link], extra: list[int], timeout: float | None) -> list[in
                 if link.on_eof is not None:
                     link.on_eof(link)
             elif link.to_cell:
+                if link.escape is not None:
+                    data = link.escape.filter(data)
+                    if not data:
+                        continue
                 link.last = data[-1:]
                 if not link.broken:
                     link.feed(data)
@@ -138,13 +177,18 @@ def _hang_up(links: list[Link], gone: Link) -> None:
 
 
 def pump(links: list[Link], pidfd: int, deadline: float | None) -> bool:
-    """Relay until the process behind ``pidfd`` exits (False) or ``deadline`` passes (True)."""
+    """Relay until the process behind ``pidfd`` exits (False) or ``deadline`` passes (True);
+    a fired ``Escape`` ends it too (``escaped``)."""
     while True:
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if _step(links, [pidfd], timeout):
+        if _step(links, [pidfd], timeout) or escaped(links):
             return False
         if deadline is not None and time.monotonic() >= deadline:
             return True
+
+
+def escaped(links: list[Link]) -> bool:
+    return any(link.escape is not None and link.escape.fired for link in links)
 
 
 def drain(links: list[Link]) -> None:
