@@ -6,6 +6,7 @@ cell's own pty (a host reader that went away, a cell that holds the terminal).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
@@ -132,3 +133,40 @@ def test_the_user_can_always_get_the_terminal_back(offline_set, script):
     outer.child.send("\r~.")
     outer.child.expect(r"nixcell: the cell was ended \(~\. typed\)\r\n")
     assert outer.finish() == 137
+
+
+# -- shell completion ---------------------------------------------------------------------------
+
+HOSTILE = "import os\nopen(os.environ['REVIEW_E9_MARKER'], 'w').write('ran')\n"
+
+
+def test_completion_runs_nothing_of_the_current_directory(tmp_path):
+    """TAB in a cloned repository: the background evaluation was `python -m` in the shell's
+    directory, whose json.py (or nixcell/) came first on sys.path and ran as the user."""
+    from tests.integration.test_completion import complete, shell_env
+
+    nixpkgs, repo, marker = tmp_path / "nixpkgs", tmp_path / "repo", tmp_path / "marker"
+    nixpkgs.mkdir()
+    (nixpkgs / "default.nix").write_text("{ ... }: { ripgrep = 1; }\n")
+    (repo / "nixcell" / "cli").mkdir(parents=True)
+    for name in ("json.py", "re.py", "hashlib.py", "nixcell/__init__.py"):
+        (repo / name).write_text(HOSTILE)
+    home = tmp_path / "nixcell-home"
+    env = shell_env(
+        tmp_path,
+        NIX_PATH=f"nixpkgs={nixpkgs}",
+        NIXCELL_HOME=str(home),
+        REVIEW_E9_MARKER=str(marker),
+    )
+    cwd = os.getcwd()
+    os.chdir(repo)
+    try:
+        assert complete("bash", "nixcell run -p rip", env) == []
+    finally:
+        os.chdir(cwd)
+    cache_dir = home / "cache" / "completion"
+    deadline = time.monotonic() + 120
+    while not list(cache_dir.glob("nixpkgs-*.txt")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not marker.exists(), "a file of the current directory ran"
+    assert list(cache_dir.glob("nixpkgs-*.txt")), "the evaluation itself still works"
