@@ -170,3 +170,40 @@ def test_completion_runs_nothing_of_the_current_directory(tmp_path):
         time.sleep(0.2)
     assert not marker.exists(), "a file of the current directory ran"
     assert list(cache_dir.glob("nixpkgs-*.txt")), "the evaluation itself still works"
+
+
+# -- the tty layer's kernel surface ---------------------------------------------------------------
+
+LDISC = r"""
+import fcntl, os, struct, sys
+master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY)
+fcntl.ioctl(master, 0x40045431, struct.pack("i", 0))  # TIOCSPTLCK: unlock
+n = struct.unpack("I", fcntl.ioctl(master, 0x80045430, bytes(4)))[0]  # TIOCGPTN
+own = os.open(f"/dev/pts/{n}", os.O_RDWR | os.O_NOCTTY)
+for name, fd in (("stdin", 0), ("master", master), ("own", own)):
+    if not os.isatty(fd):
+        print(name, "not-a-tty")
+        continue
+    for ldisc in (0, 13, 21):  # N_TTY, N_HDLC, N_GSM
+        try:
+            fcntl.ioctl(fd, 0x5423, struct.pack("i", ldisc))  # TIOCSETD
+            print(name, ldisc, "set")
+        except OSError as exc:
+            print(name, ldisc, "errno", exc.errno)
+"""
+
+
+@pytest.mark.parametrize("flags", [(), ("-i",)], ids=["pipes", "own-pty"])
+def test_no_line_discipline_can_be_set(offline_set, flags):
+    """TIOCSETD on the cell's pty or one it opens: refused by seccomp (EPERM), whatever the
+    discipline: with dev.tty.ldisc_autoload=1 it would load n_hdlc or n_gsm for the cell."""
+    import re
+
+    from tests.conftest import cli
+
+    result = cli("run", *flags, "-p", "python3", "--", "python3", "-c", LDISC, input=b"")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().replace("\r", "").split("\n")
+    tried = [ln for ln in lines if re.match(r"(stdin|master|own) \d+ ", ln)]
+    assert len(tried) == (9 if flags else 6), lines
+    assert all(ln.endswith("errno 1") for ln in tried), lines
