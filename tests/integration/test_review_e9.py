@@ -113,6 +113,34 @@ def test_a_pty_cell_whose_reader_went_away_ends(offline_set):
     assert code == 128 + 1, proc  # the pty hung up: SIGHUP, as when a terminal goes away
 
 
+def _alive(marker: str) -> bool:
+    return subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
+
+
+def test_a_stalled_reader_does_not_stop_the_timeout(offline_set):
+    """`nixcell run -i --timeout 2s -- … | reader-that-never-reads`: nixcell blocked in its
+    write to the host and never got to kill the cell; without -i the timeout holds."""
+    marker = "^sleep 4343$"  # the cell's own sleep (the command lines above spell it apart)
+    pipeline = (
+        f"'{NIXCELL}' run -i --timeout 2s -p coreutils -p bash -- "
+        "bash -c 'yes & exec sleep $((4000 + 343))' 2>/dev/null </dev/null | sleep 300"
+    )
+    outer = subprocess.Popen(["bash", "-c", pipeline], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not _alive(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _alive(marker), "the cell did not start"
+        deadline = time.monotonic() + 60
+        while _alive(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert outer.poll() is None  # the reader still reads nothing
+        assert not _alive(marker), "the cell outlived its --timeout"
+    finally:
+        os.killpg(outer.pid, 9)
+        outer.wait()
+
+
 @pytest.mark.parametrize(
     "script",
     [

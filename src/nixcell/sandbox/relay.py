@@ -18,10 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 CHUNK = 65536
+PIPE_BUF = 4096  # what a blocking pipe select() calls writable takes without waiting
 _DRAIN_QUIET = 1.0  # after the exit: stop once the cell's ends are quiet this long
-
-
-ESCAPE_HELP = "~. at the start of a line ends the cell (~~ types one ~)"
 
 
 class Escape:
@@ -79,17 +77,32 @@ class Link:
         self.pending += data
 
 
-def _write_host(link: Link, data: bytes) -> None:
+def _write_host(link: Link, data: bytes, deadline: float | None) -> None:
+    """Write to the host's (blocking) descriptor, at most until ``deadline``: a host reader
+    that stopped reading must not keep nixcell from killing the cell at its timeout. A write
+    waits for select() to say there is room and is at most PIPE_BUF, which a pipe then takes
+    without blocking; what the deadline cut off waits in ``pending`` for ``drain``."""
     if link.collect is not None:
         link.collect += data
         return
+    if link.pending:
+        data, link.pending = bytes(link.pending) + data, bytearray()
     view = memoryview(data)
     while view and not link.broken:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            view = view[os.write(link.dst, view) :]
-        except BlockingIOError:  # someone made the shared open file non-blocking: wait
-            select.select([], [link.dst], [], None)
+            _, ready, _ = select.select([], [link.dst], [], timeout)
         except InterruptedError:
+            continue
+        except (OSError, ValueError):  # closed meanwhile
+            link.broken = True
+            break
+        if not ready:
+            link.pending += view
+            return
+        try:
+            view = view[os.write(link.dst, view[:PIPE_BUF]) :]
+        except (BlockingIOError, InterruptedError):  # made non-blocking by someone else
             continue
         except BrokenPipeError:  # nobody reads any more: as without nixcell, the cell learns it
             link.broken = link.gone = True
@@ -121,7 +134,9 @@ def _flush(link: Link) -> None:
     del link.pending[:done]
 
 
-def _step(links: list[Link], extra: list[int], timeout: float | None) -> list[int]:
+def _step(
+    links: list[Link], extra: list[int], timeout: float | None, deadline: float | None = None
+) -> list[int]:
     reads = list(extra)
     writes = []
     for link in links:
@@ -150,7 +165,7 @@ def _step(links: list[Link], extra: list[int], timeout: float | None) -> list[in
                 if not link.broken:
                     link.feed(data)
             else:
-                _write_host(link, data)
+                _write_host(link, data, deadline)
                 if link.gone:
                     _hang_up(links, link)
         if link.close_dst and not link.dst_closed and not link.open and not link.pending:
@@ -181,7 +196,7 @@ def pump(links: list[Link], pidfd: int, deadline: float | None) -> bool:
     a fired ``Escape`` ends it too (``escaped``)."""
     while True:
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if _step(links, [pidfd], timeout) or escaped(links):
+        if _step(links, [pidfd], timeout, deadline) or escaped(links):
             return False
         if deadline is not None and time.monotonic() >= deadline:
             return True
@@ -198,6 +213,9 @@ def drain(links: list[Link]) -> None:
             link.open = False
             link.pending.clear()
     outputs = [link for link in links if not link.to_cell]
+    for link in outputs:  # what the timeout cut off: the cell is gone, so wait for the reader
+        if link.pending:
+            _write_host(link, b"", None)
     while any(link.open for link in outputs):
         ready, _, _ = select.select([k.src for k in outputs if k.open], [], [], _DRAIN_QUIET)
         if not ready:
