@@ -235,3 +235,44 @@ def test_no_line_discipline_can_be_set(offline_set, flags):
     tried = [ln for ln in lines if re.match(r"(stdin|master|own) \d+ ", ln)]
     assert len(tried) == (9 if flags else 6), lines
     assert all(ln.endswith("errno 1") for ln in tried), lines
+
+
+# -- no descriptor of any process in the cell is the host's terminal -----------------------------
+
+ALL_FDS = r"""
+import os
+seen = set()
+for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        continue
+    for fd in fds:
+        try:
+            st = os.stat(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if st.st_rdev:
+            seen.add(f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
+print("rdevs=" + ",".join(sorted(seen)) + "=end")
+"""
+
+
+@pytest.mark.parametrize("flags", [(), ("-T",), ("-i",)], ids=["auto", "-T", "-i"])
+@pytest.mark.parametrize("stdin", ["terminal", "piped"])
+def test_no_process_of_the_cell_holds_the_host_terminal(offline_set, flags, stdin):
+    """Every descriptor of every process in the cell (bwrap's pid 1 included), in every mode:
+    none is the outer terminal (its major:minor)."""
+    import pexpect
+
+    inner = " ".join(f"'{a}'" for a in [NIXCELL, "run", *flags, "-p", "python3", "--", "python3"])
+    feed = "echo | " if stdin == "piped" else ""
+    script = f"stat -L -c 'outer=%t:%T' /proc/self/fd/0; {feed}{inner} -c \"$PROBE\""
+    env = {**os.environ, "TERM": "xterm", "PROBE": ALL_FDS}
+    child = pexpect.spawn("/bin/sh", ["-c", script], env=env, encoding="utf-8", timeout=60)
+    child.expect(r"outer=([0-9a-f]+):([0-9a-f]+)")
+    outer = f"{int(child.match.group(1), 16)}:{int(child.match.group(2), 16)}"
+    child.expect(r"rdevs=(.*)=end")
+    rdevs = child.match.group(1).split(",")
+    child.expect(pexpect.EOF)
+    assert outer not in rdevs, rdevs
