@@ -102,7 +102,7 @@ def nixpkgs_names() -> list[str]:
         text = cache.read_text()
     except FileNotFoundError:
         if _may_try(cache.with_suffix(".tried")):
-            _refresh_in_background(where, cache)
+            _refresh_in_background(os.path.abspath(where), cache)  # (it runs from /)
         return []
     except OSError:
         return []
