@@ -249,6 +249,8 @@ def execute(
             cell.kill()
             out, err = cell.proc.communicate()
         result = _finish(plan, cell, cell.proc.returncode, started, timed_out, out, err)
+        if term is not None and term.escaped:
+            result = dataclasses.replace(result, message="the cell was ended (~. typed)")
         if session is not None and proxy is not None:
             proxy.stop()
             session.release()

@@ -255,7 +255,9 @@ def test_flakes_of_nix_sandbox_envs_are_built_at_start(home, built):
         f'    packages."{system()}" = {{ data = a.data; default = a.tools; }};\n'
         "  }; }\n"
     )
-    env = server_env(home, NIX_SANDBOX_ENVS=f" ./envs#data , path:{flake},", PROJECT_DIR="")
+    # the offline set is builtins.storePath: impure evaluation, opted into
+    envs = f" ./envs#data , path:{flake},"
+    env = server_env(home, NIX_SANDBOX_ENVS=envs, PROJECT_DIR="", NIXCELL_IMPURE_FLAKES="1")
 
     async def body(client: Client) -> None:
         run = {t.name: t for t in (await client.list_tools()).tools}["run"]

@@ -92,7 +92,19 @@ def test_probe_reads_a_real_namespace_and_sees_no_attempt_of_its_own():
         ([Rec("pypi.org"), Rec("pypi.org"), Rec("files.test")], ("pypi.org", "files.test")),
         ([Rec("a.test", 8080)], ("a.test:8080",)),
         ([Rec("a.test", 80)], ("a.test",)),
-        ([Rec("::1", 3128)], ("[::1]:3128",)),
+        ([Rec("2001:4860::1", 3128)], ("[2001:4860::1]:3128",)),
+        # not globally routable: a host rule never reaches them, so no flag is offered
+        ([Rec("::1", 3128), Rec("127.0.0.1"), Rec("[::1]"), Rec("169.254.169.254")], ()),
+        (
+            [
+                Rec("10.0.0.1"),
+                Rec("192.168.1.1", 8080),
+                Rec("fd00:ec2::254"),
+                Rec("::ffff:10.0.0.1"),
+            ],
+            (),
+        ),
+        ([Rec("100.64.0.1"), Rec("0.0.0.0"), Rec("224.0.0.1"), Rec("8.8.8.8")], ("8.8.8.8",)),
         ([Rec("b.test", rule="rule 2 (policy.toml)")], ()),  # an explicit deny: no flag helps
         ([Rec("c.test", action="error")], ()),  # allowed, the upstream failed
         ([Rec("d.test", action="allow")], ()),

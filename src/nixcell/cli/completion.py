@@ -27,7 +27,7 @@ import click
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_+.-]*\Z")
 _RETRY_SECONDS = 600  # after a failed evaluation of the host nixpkgs
 # Top-level attribute names of the host's nixpkgs, without building or instantiating anything.
-_ATTRS_EXPR = "builtins.concatStringsSep \"\\n\" (builtins.attrNames (import <nixpkgs> {}))"
+_ATTRS_EXPR = 'builtins.concatStringsSep "\\n" (builtins.attrNames (import <nixpkgs> {}))'
 
 
 def script(root: click.Command, shell: str) -> str:
@@ -102,7 +102,7 @@ def nixpkgs_names() -> list[str]:
         text = cache.read_text()
     except FileNotFoundError:
         if _may_try(cache.with_suffix(".tried")):
-            _refresh_in_background(where, cache)
+            _refresh_in_background(os.path.abspath(where), cache)  # (it runs from /)
         return []
     except OSError:
         return []
@@ -146,11 +146,14 @@ def _may_try(marker: Path) -> bool:
 
 
 def _refresh_in_background(where: str, cache: Path) -> None:
-    """Detached: the shell must not wait for an evaluation of nixpkgs (seconds)."""
-    argv = [sys.executable, "-m", "nixcell.cli.completion", where, str(cache)]
+    """Detached: the shell must not wait for an evaluation of nixpkgs (seconds). ``-P`` and
+    ``cwd="/"``: ``python -m`` puts the current directory first on ``sys.path``, and TAB is
+    pressed anywhere (a cloned repository's ``json.py`` would run as the user)."""
+    argv = [sys.executable, "-P", "-m", "nixcell.cli.completion", where, str(cache)]
     with contextlib.suppress(OSError):
         subprocess.Popen(
             argv,
+            cwd="/",
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -64,7 +64,8 @@ def apply(config: ServerConfig, environ: Mapping[str, str], cwd: str) -> ServerC
     if directory is not None:
         found += artifacts.scan_dir(directory)
     refs = flakebuild.parse_refs(environ.get("NIX_SANDBOX_ENVS", ""))
-    for ref, path in zip(refs, flakebuild.build_all(refs, cwd), strict=True):
+    impure = environ.get(flakebuild.IMPURE_VARIABLE, "") == "1"
+    for ref, path in zip(refs, flakebuild.build_all(refs, cwd, impure), strict=True):
         found.append(artifacts.read_artifact(path, f"NIX_SANDBOX_ENVS ({ref})"))
     if found:
         changes["environments"] = artifacts.merge(config.environments, found)

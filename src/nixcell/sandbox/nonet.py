@@ -152,10 +152,26 @@ def unallowed_hosts(records: Iterable[object]) -> tuple[str, ...]:
             continue
         if type(port) is not int or not 0 <= port < 65536:
             continue
+        if _special_address(host):  # a host rule never reaches it (net/addresses.py): no flag
+            continue
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"  # an IPv6 address, as --allow-host spells it with a port
         hosts[host if port in DEFAULT_PORTS or not port else f"{host}:{port}"] = None
     return tuple(hosts)
+
+
+def _special_address(host: str) -> bool:
+    """An IP literal that is not globally routable (the host's loopback, the LAN, the cloud
+    metadata service): ``--allow-host`` would not reach it, so the hint must not offer it."""
+    import ipaddress
+
+    from nixcell.net.addresses import special_label
+
+    try:
+        addr = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return False
+    return special_label(addr) is not None
 
 
 class NoNetwork:

@@ -84,11 +84,16 @@ class Terminal:
         """Relay until the cell ends, killed when ``timeout`` passes: (timed out, out, err)."""
         self.started()
         timed_out = self.relay(cell.proc.pid, timeout)
-        if timed_out:
+        if timed_out or relay.escaped(self.links):
             cell.kill()
         self.drain()
         cell.proc.wait()
         return (timed_out, *self.output())
+
+    @property
+    def escaped(self) -> bool:
+        """The user ended the cell with ``~.`` (relay.Escape)."""
+        return relay.escaped(self.links)
 
     def output(self) -> tuple[bytes | None, bytes | None]:
         """What the captured stdout and stderr collected (None for one not captured)."""
@@ -106,6 +111,7 @@ class Terminal:
         self._undo = []
         self.started()
         closed = {link.dst for link in self.links if link.dst_closed}
+        closed |= {link.src for link in self.links if link.src_closed}
         relay.close_all([fd for fd in self._own if fd not in closed])
         self._own = []
 
@@ -176,7 +182,10 @@ def _open_pty(
         if owner is not None:
             os.fchown(slave, owner, -1)
         os.set_blocking(master, False)
-        term.links += [Link(fds[0], master, True, on_eof=_send_eof), Link(master, fds[1], False)]
+        typed = Link(fds[0], master, True, on_eof=_send_eof)
+        if ttys[0]:  # the user's own keys, in raw mode: ssh's way out (relay.Escape)
+            typed.escape = relay.Escape()
+        term.links += [typed, Link(master, fds[1], False)]
         if host is not None:
             _follow_resizes(term, host, master)
         if ttys[0]:

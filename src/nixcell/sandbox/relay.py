@@ -18,7 +18,39 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 CHUNK = 65536
+PIPE_BUF = 4096  # what a blocking pipe select() calls writable takes without waiting
 _DRAIN_QUIET = 1.0  # after the exit: stop once the cell's ends are quiet this long
+
+
+class Escape:
+    """ssh's escape on the user's terminal: ``~.`` typed at the start of a line ends the cell,
+    ``~~`` sends one ``~``. Without it a cell holding its pty (``stty -isig``, signals ignored,
+    its command stopped by SIGSTOP) would keep the terminal: Ctrl-C is a byte for the cell."""
+
+    __slots__ = ("_line_start", "_tilde", "fired")
+
+    def __init__(self) -> None:
+        self.fired = False
+        self._line_start = True
+        self._tilde = False
+
+    def filter(self, data: bytes) -> bytes:
+        """The bytes for the cell; sets ``fired`` (and drops the rest) on ``~.``."""
+        out = bytearray()
+        for byte in data:
+            if self._tilde:
+                self._tilde = False
+                if byte == 0x2E:  # "."
+                    self.fired = True
+                    break
+                out += b"~" if byte == 0x7E else bytes((0x7E, byte))
+            elif byte == 0x7E and self._line_start:
+                self._tilde = True
+                continue
+            else:
+                out.append(byte)
+            self._line_start = byte in (0x0D, 0x0A)
+        return bytes(out)
 
 
 @dataclass
@@ -32,28 +64,48 @@ class Link:
     on_eof: Callable[[Link], None] | None = None
     pending: bytearray = field(default_factory=bytearray)
     open: bool = True
-    broken: bool = False  # the host's side is gone (EPIPE, EIO): output is read and dropped
+    broken: bool = False  # the host's side is gone (EIO, ENOSPC): output is read and dropped
+    gone: bool = False  # output: the host's reader went away (EPIPE): the cell's end is hung up
+    src_closed: bool = False
     close_dst: bool = False  # input: close the cell's end once ``src`` ended and all is written
     dst_closed: bool = False
     last: bytes = b"\n"  # input: the last byte taken from ``src``
     collect: bytearray | None = None  # output captured here instead of written to ``dst``
+    escape: Escape | None = None  # input typed on the user's terminal: ``~.`` ends the cell
 
     def feed(self, data: bytes) -> None:
         self.pending += data
 
 
-def _write_host(link: Link, data: bytes) -> None:
+def _write_host(link: Link, data: bytes, deadline: float | None) -> None:
+    """Write to the host's (blocking) descriptor, at most until ``deadline``: a host reader
+    that stopped reading must not keep nixcell from killing the cell at its timeout. A write
+    waits for select() to say there is room and is at most PIPE_BUF, which a pipe then takes
+    without blocking; what the deadline cut off waits in ``pending`` for ``drain``."""
     if link.collect is not None:
         link.collect += data
         return
+    if link.pending:
+        data, link.pending = bytes(link.pending) + data, bytearray()
     view = memoryview(data)
     while view and not link.broken:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            view = view[os.write(link.dst, view) :]
-        except BlockingIOError:  # someone made the shared open file non-blocking: wait
-            select.select([], [link.dst], [], None)
+            _, ready, _ = select.select([], [link.dst], [], timeout)
         except InterruptedError:
             continue
+        except (OSError, ValueError):  # closed meanwhile
+            link.broken = True
+            break
+        if not ready:
+            link.pending += view
+            return
+        try:
+            view = view[os.write(link.dst, view[:PIPE_BUF]) :]
+        except (BlockingIOError, InterruptedError):  # made non-blocking by someone else
+            continue
+        except BrokenPipeError:  # nobody reads any more: as without nixcell, the cell learns it
+            link.broken = link.gone = True
         except OSError:  # closed, full or hung up: the cell goes on, its output is dropped
             link.broken = True
 
@@ -82,7 +134,9 @@ def _flush(link: Link) -> None:
     del link.pending[:done]
 
 
-def _step(links: list[Link], extra: list[int], timeout: float | None) -> list[int]:
+def _step(
+    links: list[Link], extra: list[int], timeout: float | None, deadline: float | None = None
+) -> list[int]:
     reads = list(extra)
     writes = []
     for link in links:
@@ -103,11 +157,17 @@ def _step(links: list[Link], extra: list[int], timeout: float | None) -> list[in
                 if link.on_eof is not None:
                     link.on_eof(link)
             elif link.to_cell:
+                if link.escape is not None:
+                    data = link.escape.filter(data)
+                    if not data:
+                        continue
                 link.last = data[-1:]
                 if not link.broken:
                     link.feed(data)
             else:
-                _write_host(link, data)
+                _write_host(link, data, deadline)
+                if link.gone:
+                    _hang_up(links, link)
         if link.close_dst and not link.dst_closed and not link.open and not link.pending:
             link.dst_closed = True
             with contextlib.suppress(OSError):
@@ -115,14 +175,35 @@ def _step(links: list[Link], extra: list[int], timeout: float | None) -> list[in
     return [fd for fd in extra if fd in ready_r]
 
 
+def _hang_up(links: list[Link], gone: Link) -> None:
+    """The host's reader of ``gone`` went away (``nixcell run -i -- yes | head -1``): close
+    our end of the cell's stream, as the pipe's reader did. The cell's next write gets EPIPE
+    (a pipe) or its pty hangs up (SIGHUP for its session, as when a terminal goes away); else
+    it would run on, its output read and dropped forever."""
+    fd = gone.src
+    for link in links:
+        if link.src == fd:
+            link.open, link.src_closed = False, True
+        if link.dst == fd and link.to_cell:
+            link.open, link.broken, link.dst_closed = False, True, True
+            link.pending.clear()
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
 def pump(links: list[Link], pidfd: int, deadline: float | None) -> bool:
-    """Relay until the process behind ``pidfd`` exits (False) or ``deadline`` passes (True)."""
+    """Relay until the process behind ``pidfd`` exits (False) or ``deadline`` passes (True);
+    a fired ``Escape`` ends it too (``escaped``)."""
     while True:
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if _step(links, [pidfd], timeout):
+        if _step(links, [pidfd], timeout, deadline) or escaped(links):
             return False
         if deadline is not None and time.monotonic() >= deadline:
             return True
+
+
+def escaped(links: list[Link]) -> bool:
+    return any(link.escape is not None and link.escape.fired for link in links)
 
 
 def drain(links: list[Link]) -> None:
@@ -132,6 +213,9 @@ def drain(links: list[Link]) -> None:
             link.open = False
             link.pending.clear()
     outputs = [link for link in links if not link.to_cell]
+    for link in outputs:  # what the timeout cut off: the cell is gone, so wait for the reader
+        if link.pending:
+            _write_host(link, b"", None)
     while any(link.open for link in outputs):
         ready, _, _ = select.select([k.src for k in outputs if k.open], [], [], _DRAIN_QUIET)
         if not ready:

@@ -107,6 +107,9 @@ CLONE_NEW = {
     "CLONE_NEWNET": 0x40000000,
 }
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
+# A line discipline other than the terminal's own is kernel code a cell has no use for, and
+# with dev.tty.ldisc_autoload=1 setting one loads its module (n_gsm, n_hdlc: past CVEs).
+TIOCSETD = 0x5423
 AF_NETLINK = 16
 SOCKET_FAMILIES = frozenset({1, 2, 10, AF_NETLINK})  # AF_UNIX, AF_INET, AF_INET6, AF_NETLINK
 ADDR_NO_RANDOMIZE = 0x0040000
@@ -182,8 +185,8 @@ _GROUPS: dict[str, tuple[Rule, ...]] = {
     "tty": (
         Rule(
             "ioctl",  # cmd is an unsigned int: compare the low 32 bits only
-            (((1, _MASKED_EQ, 0xFFFFFFFF, TIOCSTI),), ((1, _MASKED_EQ, 0xFFFFFFFF, TIOCLINUX),)),
-            note="TIOCSTI or TIOCLINUX",
+            tuple(((1, _MASKED_EQ, 0xFFFFFFFF, cmd),) for cmd in (TIOCSTI, TIOCLINUX, TIOCSETD)),
+            note="TIOCSTI, TIOCLINUX or TIOCSETD",
         ),
     ),
     "setuid-files": (
