@@ -34,7 +34,7 @@ NAMESPACES = ("user", "pid", "ipc", "uts", "net", "cgroup")
 _NSSWITCH = "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
 PROXY_PORT = 3128  # inside the cell's own network namespace, so any fixed port is free
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-PLAN_FORMAT = 4  # a cached plan of another format is made again, never run
+PLAN_FORMAT = 5  # a cached plan of another format is made again, never run
 STAGE_DIR = "/run/nixcell/stage"  # sandbox/holder.py STAGE: where idmapped binds wait
 # The cell's writable areas: (name in the scratch tmpfs, where the cell sees it, mode).
 SCRATCH_AREAS = (
@@ -286,14 +286,17 @@ def plan(
             source = f"{STAGE_DIR}/{op.index}"
         mounts.append(MountOp("bind" if writable else "ro-bind", dest, source))
     mounts += _hides(spec, host)
-    mounts += _etc_files(host)
+    has_bin_sh = any(closure.has_program(name) for name in _SH_PROGRAMS)
+    login_shell = f"{closure.env}/bin/bash" if closure.has_program("bash") else "/bin/sh"
+    mounts += _etc_files(host, login_shell)
     mounts += _standard_links(closure)
     mounts.append(MountOp("remount-ro", "/"))
 
     path_dirs: tuple[str, ...] = (f"{closure.env}/bin",)
-    has_bin_sh = any(op.dest == "/bin/sh" for op in mounts)
     if has_bin_sh and not closure.has_program("sh"):  # `sh` finds /bin/sh -> dash, as on Debian
         path_dirs += ("/bin",)
+    if not closure.has_program("env") and "env" in closure.tools:  # `env` finds /usr/bin/env
+        path_dirs += ("/usr/bin",)
     shell = next(
         (f"{closure.env}/bin/{sh}" for sh in ("bash", "sh", "dash") if closure.has_program(sh)),
         None,
@@ -307,10 +310,8 @@ def plan(
         "LANG": "C.UTF-8",
         "TMPDIR": "/tmp",
     }
-    if closure.has_program("bash"):  # SHELL only names a shell the cell has
-        env["SHELL"] = f"{closure.env}/bin/bash"
-    elif has_bin_sh:
-        env["SHELL"] = "/bin/sh"
+    if has_bin_sh:  # SHELL only names a shell the cell has (and /etc/passwd the same)
+        env["SHELL"] = login_shell
     if closure.site_packages:  # a buildEnv's python3 links to its own prefix, not the env's
         env["PYTHONPATH"] = ":".join(closure.site_packages)
     network = None
@@ -517,10 +518,10 @@ def _cell_path_of(spec: CellSpec, path: str) -> str:
     return path
 
 
-def _etc_files(host: HostFacts) -> list[MountOp]:
+def _etc_files(host: HostFacts, login_shell: str) -> list[MountOp]:
     passwd = (
         "root:x:0:0:root:/root:/sbin/nologin\n"
-        f"{CELL_USER}:x:{CELL_UID}:{CELL_GID}:cell:{CELL_HOME}:/bin/sh\n"
+        f"{CELL_USER}:x:{CELL_UID}:{CELL_GID}:cell:{CELL_HOME}:{login_shell}\n"
         "nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n"
     )
     group = f"root:x:0:\n{CELL_USER}:x:{CELL_GID}:\nnogroup:x:65534:\n"
@@ -548,4 +549,6 @@ def _standard_links(closure: Closure) -> list[MountOp]:
         ops.append(MountOp("symlink", "/bin/sh", src=f"{bin_dir}/{sh}"))
     if closure.has_program("env"):
         ops.append(MountOp("symlink", "/usr/bin/env", src=f"{bin_dir}/env"))
+    elif "env" in closure.tools:  # busybox's, by itself: argv[0] "env" picks the applet
+        ops.append(MountOp("symlink", "/usr/bin/env", src=closure.tools["env"]))
     return ops

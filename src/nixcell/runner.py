@@ -75,7 +75,7 @@ def prepare(
     from nixcell.errors import UnknownPackageError
     from nixcell.nix.resolve import resolve
     from nixcell.plan import plan
-    from nixcell.spec import SH_PACKAGE
+    from nixcell.spec import ENV_TOOL, SH_PACKAGE
 
     proxied: tuple = ()
     if spec.network is not None:  # a bad policy or CA file fails before any nix build
@@ -87,12 +87,17 @@ def prepare(
 
             upstream_context(spec.network.upstream_ca)
     packages = spec.closure_packages()
+    tools = spec.closure_tools()
     try:
-        closure = resolve(packages, spec.nixpkgs, progress=progress)
+        closure = resolve(packages, spec.nixpkgs, progress=progress, tools=tools)
     except UnknownPackageError as exc:
-        if len(packages) > len(spec.packages) and f"'{SH_PACKAGE}'" in exc.message:
+        added = [p for p in packages[len(spec.packages) :] if p == SH_PACKAGE]
+        added += [p for p in tools.values() if p == ENV_TOOL]
+        what = next((p for p in added if f"'{p}'" in exc.message), None)
+        if what is not None:
+            use = "/bin/sh" if what == SH_PACKAGE else "/usr/bin/env"
             raise UnknownPackageError(
-                f"the package set has no {SH_PACKAGE}, which nixcell adds for /bin/sh: rebuild "
+                f"the package set has no {what}, which nixcell adds for {use}: rebuild "
                 "the offline set with `nixcell offline build`, or pass --no-sh",
                 detail=f"{exc.message}\n{exc.detail or ''}",
             ) from None
