@@ -530,6 +530,9 @@ def _etc_files(host: HostFacts, login_shell: str) -> list[MountOp]:
         MountOp("data", "/etc/passwd", data=passwd),
         MountOp("data", "/etc/group", data=group),
         MountOp("data", "/etc/hosts", data=hosts),
+        # glibc's default is "multi off": only the first /etc/hosts line of a name, so
+        # `localhost` would give 127.0.0.1 alone, never ::1 (Debian ships this line too)
+        MountOp("data", "/etc/host.conf", data="multi on\n"),
         MountOp("data", "/etc/hostname", data=f"{HOSTNAME}\n"),
         MountOp("data", "/etc/nsswitch.conf", data=_NSSWITCH),
     ]
