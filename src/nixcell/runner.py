@@ -352,13 +352,15 @@ async def execute_async(
     stderr: int | IO[bytes] | None = None,
     pass_fds: tuple[int, ...] | list[int] = (),
     namespaces: CellNamespaces | None = None,
+    on_start: Callable[[CellProcess, object | None], None] | None = None,
 ) -> RunResult:
     """Run a planned cell without blocking the event loop; cancellation kills the cell.
 
     ``pass_fds`` are inherited by the cell's command under the same numbers (a front's private
     channel to an agent inside the cell, e.g. MCP sessions); they must not be CLOEXEC.
     ``namespaces``: held namespaces to start the cell inside (``holder.create_volume``: an MCP
-    session's workspace, kept across the session's cells).
+    session's workspace, kept across the session's cells). ``on_start(cell, network session)``
+    is called once the command runs (an MCP session watches its counters per call).
     """
     import asyncio
 
@@ -391,6 +393,8 @@ async def execute_async(
         cell = _spawn(plan, cell_id, program, cgroup, launch, (stdin, stdout, stderr), pass_fds)
         info = await aio.read_fd(cell._fds[0])
         bwrap.release(cell, info)
+        if on_start is not None:
+            on_start(cell, session)
         proc = cell.proc
         readers = []
         for stream in (proc.stdout, proc.stderr):
