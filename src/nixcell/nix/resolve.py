@@ -24,6 +24,7 @@ from nixcell.errors import (
     EvaluationError,
     NixError,
     NixMissingError,
+    StateError,
     UnknownPackageError,
     UsageError,
 )
@@ -169,7 +170,7 @@ def resolve(
     if len(outs) != 1 + bool(tool_pkgs):
         raise NixError(f"nix-build gave {len(outs)} outputs", detail="\n".join(outs))
     env_path = outs[0]
-    if source.is_default_offline and progress is not None:
+    if source.is_default_offline and progress is not None and _first_notice("offline-default"):
         progress(
             "no nixpkgs found on this host: using nixcell's offline package set (host binaries); "
             "use --nixpkgs nixos-24.11 or NIX_PATH=nixpkgs=PATH for real nixpkgs"
@@ -200,6 +201,20 @@ def resolve(
     if cache_file is not None:
         sealed.store("resolve", cache_file, json.dumps(closure.to_json()).encode())
     return closure
+
+
+def _first_notice(name: str) -> bool:
+    """True the first time in this state dir (a marker file remembers it): a notice that says
+    where packages come from is news once; when it matters (a package the set lacks) the
+    error says it again. Unwritable state: True (shown again rather than never)."""
+    try:
+        marker = Path(private_dir(paths.state_dir() / "notices")) / name
+        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    except FileExistsError:
+        return False
+    except (OSError, StateError):
+        return True
+    return True
 
 
 def _read_cache(cache_file: Path) -> Closure | None:
