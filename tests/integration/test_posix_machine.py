@@ -169,3 +169,35 @@ def test_no_sh_has_no_env_either_and_coreutils_brings_its_own(offline_set):
     names = sorted(p.split("-", 1)[1].rsplit("-", 1)[0] for p in plan["closure"])
     assert names == ["busybox", "dash", "glibc", "nixcell", "python3"], names
     assert "/usr/bin" in plan["path_dirs"]
+
+
+DEVICES = (
+    "read a < /dev/stdin; echo got-$a; echo fd > /dev/fd/1; echo out > /dev/stdout;"
+    "echo err > /dev/stderr"
+)
+
+
+def test_dev_stdin_stdout_fd_reopen_pipes_and_their_owners_come_back(offline_set):
+    """/dev/stdin, /dev/stdout, /dev/fd/N reopen the caller's pipes (a root-run cell has a uid
+    of its own: the pipes are lent to it while it runs, sandbox/stdioowner.py); after the run
+    each pipe has its owner again. A pipe nixcell made (capture) works the same."""
+    import subprocess
+
+    from tests.conftest import NIXCELL
+
+    r_in, w_in = os.pipe()
+    r_out, w_out = os.pipe()
+    before = [os.fstat(fd)[4:6] for fd in (r_in, r_out)]
+    os.write(w_in, b"in\n")
+    os.close(w_in)
+    argv = [NIXCELL, "run", "-T", "-p", "coreutils", "--", "sh", "-c", DEVICES]
+    done = subprocess.run(argv, stdin=r_in, stdout=w_out, stderr=subprocess.PIPE, timeout=120)
+    os.close(w_out)
+    assert [os.fstat(fd)[4:6] for fd in (r_in, r_out)] == before
+    os.close(r_in)
+    with os.fdopen(r_out, "rb") as got:
+        assert (done.returncode, got.read()) == (0, b"got-in\nfd\nout\n"), done.stderr
+    assert done.stderr.endswith(b"err\n")
+    py = "import sys; open('/dev/stdout', 'w').write(sys.stdin.read().upper())"
+    piped = cli("run", "-T", "-p", "python3", "--", "python3", "-c", py, input=b"abc")
+    assert (piped.returncode, piped.stdout) == (0, b"ABC"), piped.stderr

@@ -59,6 +59,7 @@ class CellProcess:
     child_pid: int | None = None
     _fds: list[int] = field(default_factory=list)
     probe: NetProbe | None = None  # the cell's network counters (sandbox/nonet.py)
+    lent: list[tuple[int, int, int]] = field(default_factory=list)  # stdioowner.py
 
     def kill(self) -> None:
         """Kill every process of the cell: pid-1 of its namespace, then bwrap, then the cgroup."""
@@ -89,9 +90,14 @@ class CellProcess:
         self._fds.clear()
 
     def close_probe(self) -> None:
+        """After the cell: its network counters closed, its stdio pipes' owners given back."""
         if self.probe is not None:
             self.probe.close()
             self.probe = None
+        if self.lent:
+            from nixcell.sandbox.stdioowner import give_back
+
+            give_back(self.lent)
 
 
 def prepare_fds(plan: Plan, seccomp_program: bytes) -> tuple[int, list[int]]:
@@ -197,7 +203,35 @@ def spawn(
         os.close(fd)
     cell = CellProcess(proc, cell_id, cgroup)
     cell._fds = [info_r, block_w]  # closing block_w lets the command run
+    owner = user or _switched_to(launcher)
+    if owner is not None and owner[0] != os.geteuid():  # a root-run cell: lend it its pipes
+        from nixcell.sandbox.stdioowner import lend
+
+        streams = (proc.stdin, proc.stdout, proc.stderr)
+        fds = [_fd_of(given, made, i) for i, (given, made) in
+               enumerate(zip((stdin, stdout, stderr), streams, strict=True))]  # fmt: skip
+        cell.lent = lend([fd for fd in fds if fd is not None], *owner)
     return cell
+
+
+def _switched_to(launcher: list[str] | None) -> tuple[int, int] | None:
+    """The (uid, gid) the launcher's ``nsenter --setuid U --setgid G`` switches to."""
+    if not launcher or "--setuid" not in launcher or "--setgid" not in launcher:
+        return None
+    return (int(launcher[launcher.index("--setuid") + 1]),
+            int(launcher[launcher.index("--setgid") + 1]))  # fmt: skip
+
+
+def _fd_of(given: _Stream, made: IO[bytes] | None, index: int) -> int | None:
+    """The host fd the cell has as stdio ``index``: Popen's pipe, the fd or file given, or
+    nixcell's own (inherited); None for /dev/null (anyone may open it)."""
+    if made is not None:
+        return made.fileno()
+    if given is None:
+        return index
+    if isinstance(given, int):
+        return None if given < 0 else given  # subprocess.DEVNULL is -3
+    return given.fileno()
 
 
 def _with_ctty(args: list[str], command: list[str], path: str) -> int:
