@@ -544,12 +544,15 @@ _SH_PROGRAMS = ("sh", "bash", "dash")
 
 
 def _standard_links(closure: Closure) -> list[MountOp]:
-    """/bin/sh and /usr/bin/env, only when the closure has programs to point them at."""
+    """/bin/sh, /bin/bash and /usr/bin/env, only when the closure has programs to point them
+    at."""
     ops = []
     bin_dir = f"{closure.env}/bin"
     sh = next((name for name in _SH_PROGRAMS if closure.has_program(name)), None)
     if sh is not None:
         ops.append(MountOp("symlink", "/bin/sh", src=f"{bin_dir}/{sh}"))
+    if closure.has_program("bash"):  # `#!/bin/bash`: where every distribution but NixOS has it
+        ops.append(MountOp("symlink", "/bin/bash", src=f"{bin_dir}/bash"))
     if closure.has_program("env"):
         ops.append(MountOp("symlink", "/usr/bin/env", src=f"{bin_dir}/env"))
     elif "env" in closure.tools:  # busybox's, by itself: argv[0] "env" picks the applet

@@ -201,3 +201,18 @@ def test_dev_stdin_stdout_fd_reopen_pipes_and_their_owners_come_back(offline_set
     py = "import sys; open('/dev/stdout', 'w').write(sys.stdin.read().upper())"
     piped = cli("run", "-T", "-p", "python3", "--", "python3", "-c", py, input=b"abc")
     assert (piped.returncode, piped.stdout) == (0, b"ABC"), piped.stderr
+
+
+def test_bin_bash_scripts_run_with_bash_and_say_what_is_missing_without(offline_set, tmp_path):
+    _write(tmp_path / "b.sh", "#!/bin/bash\necho bash $BASH_VERSINFO\n", 0o755)
+    _write(tmp_path / "e.sh", "#!/usr/bin/env bash\necho env-bash\n", 0o755)
+    ok = cli("run", "-T", "--workdir", str(tmp_path), "-p", "bash", "--", "./b.sh")
+    assert (ok.returncode, ok.stdout) == (0, b"bash 5\n"), ok.stderr
+    for script, why in (("./b.sh", "#!/bin/bash, which does not exist in the cell"),
+                        ("./e.sh", "#!/usr/bin/env bash, and 'bash' is not on the cell's PATH")):
+        bad = cli("run", "-T", "--workdir", str(tmp_path), "-p", "python3", "--", script)
+        assert bad.returncode == 127
+        assert bad.stderr.decode().splitlines() == [
+            f"nixcell: command '{script}' starts with {why}; add the package that provides "
+            "bash with -p"
+        ], bad.stderr
