@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from nixcell.errors import NixError
@@ -220,3 +222,27 @@ def test_passwd_shell_is_shell(programs, shell):
     assert f"cell:x:1000:1000:cell:/home/cell:{shell}\n" in passwd and p.env["SHELL"] == shell
     host_conf = next(op.data for op in p.mounts if op.dest == "/etc/host.conf")
     assert host_conf == "multi on\n"  # localhost: both /etc/hosts lines, 127.0.0.1 and ::1
+
+
+def _store(tmp_path, name):
+    path = tmp_path / f"{'e' * 32}-{name}"
+    (path / "bin").mkdir(parents=True)
+    return path
+
+
+def test_tool_program_through_either_buildenv_shape(tmp_path):
+    """The offline buildEnv links each program absolutely; nixpkgs' links the whole bin/ of
+    the only package that has one. Either way: the package's own bin/env (a relative link to
+    busybox stays as it is)."""
+    from nixcell.nix.resolve import _tool_program
+
+    busybox = _store(tmp_path, "busybox")
+    (busybox / "bin" / "busybox").write_text("")
+    os.symlink("busybox", busybox / "bin" / "env")
+    offline = _store(tmp_path, "tools-offline")
+    os.symlink(busybox / "bin" / "env", offline / "bin" / "env")
+    nixpkgs = tmp_path / f"{'f' * 32}-tools-nixpkgs"
+    nixpkgs.mkdir()
+    os.symlink(busybox / "bin", nixpkgs / "bin")
+    for tools in (offline, nixpkgs):
+        assert _tool_program(str(tools), "env") == str(busybox / "bin" / "env")

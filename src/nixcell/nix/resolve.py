@@ -184,12 +184,9 @@ def resolve(
     links: dict[str, str] = {}
     for name in sorted(tools):
         if name not in programs:
-            try:  # buildEnv's link: absolute, into the package (Closure.check holds it there)
-                links[name] = os.readlink(Path(outs[1], "bin", name))
-            except OSError:
-                raise NixError(
-                    f"the {source.description}'s {tools[name]} has no bin/{name}"
-                ) from None
+            links[name] = _tool_program(outs[1], name)
+            if not os.path.lexists(links[name]):
+                raise NixError(f"the {source.description}'s {tools[name]} has no bin/{name}")
     if links:  # the tools' packages, not the tools env (the links point past it)
         closure_paths = tuple(
             sorted({*closure_paths, *(p for p in _query_closure(outs[1]) if p != outs[1])})
@@ -201,6 +198,24 @@ def resolve(
     if cache_file is not None:
         sealed.store("resolve", cache_file, json.dumps(closure.to_json()).encode())
     return closure
+
+
+def _tool_program(tools_env: str, name: str) -> str:
+    """``<package>/bin/<name>`` behind the tools env's ``bin/<name>``: buildEnv links it with an
+    absolute link (the offline set's) or links the whole ``bin`` (nixpkgs' when one package has
+    it); a relative link (busybox's applets) stays, it points within the package. The cell's
+    link keeps the name: busybox picks its applet from it. Closure.check holds the result to a
+    closure path."""
+    here = os.path.join(os.path.realpath(os.path.join(tools_env, "bin")), name)
+    for _ in range(8):
+        try:
+            target = os.readlink(here)
+        except OSError:
+            break  # a file (or nothing: the caller says so)
+        if not target.startswith("/"):
+            break
+        here = os.path.join(os.path.realpath(os.path.dirname(target)), os.path.basename(target))
+    return here
 
 
 def _first_notice(name: str) -> bool:
