@@ -286,14 +286,17 @@ def plan(
             source = f"{STAGE_DIR}/{op.index}"
         mounts.append(MountOp("bind" if writable else "ro-bind", dest, source))
     mounts += _hides(spec, host)
-    mounts += _etc_files(host)
+    has_bin_sh = any(closure.has_program(name) for name in _SH_PROGRAMS)
+    login_shell = f"{closure.env}/bin/bash" if closure.has_program("bash") else "/bin/sh"
+    mounts += _etc_files(host, login_shell)
     mounts += _standard_links(closure)
     mounts.append(MountOp("remount-ro", "/"))
 
     path_dirs: tuple[str, ...] = (f"{closure.env}/bin",)
-    has_bin_sh = any(op.dest == "/bin/sh" for op in mounts)
     if has_bin_sh and not closure.has_program("sh"):  # `sh` finds /bin/sh -> dash, as on Debian
         path_dirs += ("/bin",)
+    if not closure.has_program("env") and "env" in closure.tools:  # `env` finds /usr/bin/env
+        path_dirs += ("/usr/bin",)
     shell = next(
         (f"{closure.env}/bin/{sh}" for sh in ("bash", "sh", "dash") if closure.has_program(sh)),
         None,
@@ -307,10 +310,8 @@ def plan(
         "LANG": "C.UTF-8",
         "TMPDIR": "/tmp",
     }
-    if closure.has_program("bash"):  # SHELL only names a shell the cell has
-        env["SHELL"] = f"{closure.env}/bin/bash"
-    elif has_bin_sh:
-        env["SHELL"] = "/bin/sh"
+    if has_bin_sh:  # SHELL only names a shell the cell has (and /etc/passwd the same)
+        env["SHELL"] = login_shell
     if closure.site_packages:  # a buildEnv's python3 links to its own prefix, not the env's
         env["PYTHONPATH"] = ":".join(closure.site_packages)
     network = None
@@ -464,10 +465,10 @@ def _cell_path_of(spec: CellSpec, path: str) -> str:
     return path
 
 
-def _etc_files(host: HostFacts) -> list[MountOp]:
+def _etc_files(host: HostFacts, login_shell: str) -> list[MountOp]:
     passwd = (
         "root:x:0:0:root:/root:/sbin/nologin\n"
-        f"{CELL_USER}:x:{CELL_UID}:{CELL_GID}:cell:{CELL_HOME}:/bin/sh\n"
+        f"{CELL_USER}:x:{CELL_UID}:{CELL_GID}:cell:{CELL_HOME}:{login_shell}\n"
         "nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n"
     )
     group = f"root:x:0:\n{CELL_USER}:x:{CELL_GID}:\nnogroup:x:65534:\n"
@@ -476,6 +477,9 @@ def _etc_files(host: HostFacts) -> list[MountOp]:
         MountOp("data", "/etc/passwd", data=passwd),
         MountOp("data", "/etc/group", data=group),
         MountOp("data", "/etc/hosts", data=hosts),
+        # glibc's default is "multi off": only the first /etc/hosts line of a name, so
+        # `localhost` would give 127.0.0.1 alone, never ::1 (Debian ships this line too)
+        MountOp("data", "/etc/host.conf", data="multi on\n"),
         MountOp("data", "/etc/hostname", data=f"{HOSTNAME}\n"),
         MountOp("data", "/etc/nsswitch.conf", data=_NSSWITCH),
     ]
@@ -487,12 +491,17 @@ _SH_PROGRAMS = ("sh", "bash", "dash")
 
 
 def _standard_links(closure: Closure) -> list[MountOp]:
-    """/bin/sh and /usr/bin/env, only when the closure has programs to point them at."""
+    """/bin/sh, /bin/bash and /usr/bin/env, only when the closure has programs to point them
+    at."""
     ops = []
     bin_dir = f"{closure.env}/bin"
     sh = next((name for name in _SH_PROGRAMS if closure.has_program(name)), None)
     if sh is not None:
         ops.append(MountOp("symlink", "/bin/sh", src=f"{bin_dir}/{sh}"))
+    if closure.has_program("bash"):  # `#!/bin/bash`: where every distribution but NixOS has it
+        ops.append(MountOp("symlink", "/bin/bash", src=f"{bin_dir}/bash"))
     if closure.has_program("env"):
         ops.append(MountOp("symlink", "/usr/bin/env", src=f"{bin_dir}/env"))
+    elif "env" in closure.tools:  # busybox's, by itself: argv[0] "env" picks the applet
+        ops.append(MountOp("symlink", "/usr/bin/env", src=closure.tools["env"]))
     return ops

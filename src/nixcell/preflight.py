@@ -40,7 +40,53 @@ def check(plan: Plan) -> None:
 
 
 def _check_program(plan: Plan) -> None:
-    program_path(plan)
+    """The command, and the interpreter its ``#!`` line names (a script from a bound host
+    directory: the closure's own scripts name store paths of the closure). Without this a
+    `#!/bin/bash` script in a cell without bash fails with bwrap's "execvp …: No such file"."""
+    from nixcell.runner import CommandNotFoundError
+
+    path = program_path(plan)
+    op = _covering(plan.mounts, path)
+    if op is None or op.dest in plan.closure:
+        return
+    first = head(plan, path)
+    if first is None or not first.startswith(b"#!"):
+        return
+    line = first[2:].split(b"\n", 1)[0].decode(errors="replace").strip()
+    interpreter, _, arg = line.partition(" ")
+    if not interpreter.startswith("/"):
+        return
+    name = plan.command[0]
+    if lookup(plan, interpreter) in (MISSING, DIR):
+        raise CommandNotFoundError(
+            f"command '{name}' starts with #!{interpreter}, which does not exist in the cell; "
+            f"add the package that provides {posixpath.basename(interpreter)} with -p"
+        )
+    arg = arg.strip()
+    by_env = posixpath.basename(interpreter) == "env" and not arg.startswith("-")
+    if by_env and arg and " " not in arg and "=" not in arg and _on_path(plan, arg) is None:
+        raise CommandNotFoundError(
+            f"command '{name}' starts with #!{interpreter} {arg}, and '{arg}' is not on the "
+            f"cell's PATH; add the package that provides {arg} with -p"
+        )
+
+
+def head(plan: Plan, cell_path: str) -> bytes | None:
+    """The first bytes of ``cell_path`` when it is a regular file under a bind (read by fd,
+    never following a host symlink, never blocking on a FIFO); else None."""
+    found: list[bytes] = []
+    lookup(plan, cell_path, head_into=found)
+    return found[0] if found else None
+
+
+def _on_path(plan: Plan, name: str) -> str | None:
+    search = plan.env.get("PATH", "/bin:/usr/bin")  # execvp's default when PATH is unset
+    for directory in search.split(":"):  # an empty entry is the working directory
+        where = posixpath.join(plan.cwd, directory)
+        path = posixpath.normpath(posixpath.join(where, name))
+        if lookup(plan, path) in (FILE, UNKNOWN):
+            return path
+    return None
 
 
 def program_path(plan: Plan) -> str:
@@ -52,12 +98,10 @@ def program_path(plan: Plan) -> str:
         if lookup(plan, path) in (MISSING, DIR):
             raise CommandNotFoundError(f"command '{name}' does not exist in the cell")
         return path
-    search = plan.env.get("PATH", "/bin:/usr/bin")  # execvp's default when PATH is unset
-    for directory in search.split(":"):  # an empty entry is the working directory
-        where = posixpath.join(plan.cwd, directory)
-        path = posixpath.normpath(posixpath.join(where, name))
-        if lookup(plan, path) in (FILE, UNKNOWN):
-            return path
+    found = _on_path(plan, name)
+    if found is not None:
+        return found
+    search = plan.env.get("PATH", "/bin:/usr/bin")
     default = ":".join(plan.path_dirs)
     if search != default:
         raise CommandNotFoundError(
@@ -70,9 +114,11 @@ def program_path(plan: Plan) -> str:
     )
 
 
-def lookup(plan: Plan, cell_path: str, links: int = 0) -> str:
+def lookup(
+    plan: Plan, cell_path: str, links: int = 0, head_into: list[bytes] | None = None
+) -> str:
     """What ``cell_path`` (absolute, normalised) is in the cell at start: DIR, FILE, MISSING or
-    UNKNOWN."""
+    UNKNOWN. ``head_into``: gets the first bytes of a regular file found under a bind."""
     if links > _MAX_LINKS:
         return UNKNOWN
     path = posixpath.normpath(cell_path)
@@ -88,7 +134,7 @@ def lookup(plan: Plan, cell_path: str, links: int = 0) -> str:
         made = made_by_nixcell(plan, op)
         if made is not None:  # not a host directory: a tmpfs of the cell's own (or a volume's)
             return DIR if not rest else made
-        return _host_lookup(plan, op, rest, links)
+        return _host_lookup(plan, op, rest, links, head_into)
     if rest:
         return MISSING if op.kind in ("tmpfs", "dir") else UNKNOWN  # else: /proc, /dev
     if op.kind in ("tmpfs", "dir", "proc", "dev"):
@@ -96,7 +142,8 @@ def lookup(plan: Plan, cell_path: str, links: int = 0) -> str:
     if op.kind == "data":
         return FILE
     if op.kind == "symlink" and op.src:
-        return lookup(plan, posixpath.join(posixpath.dirname(path), op.src), links + 1)
+        target = posixpath.join(posixpath.dirname(path), op.src)
+        return lookup(plan, target, links + 1, head_into)
     return UNKNOWN
 
 
@@ -131,7 +178,9 @@ def _above_a_mount(mounts: tuple[MountOp, ...], path: str) -> bool:
     return path == "/" or any(op.dest.startswith(prefix) for op in mounts)
 
 
-def _host_lookup(plan: Plan, op: MountOp, rest: str, links: int) -> str:
+def _host_lookup(
+    plan: Plan, op: MountOp, rest: str, links: int, head_into: list[bytes] | None = None
+) -> str:
     """Walk ``rest`` below the bind's host source by fd, never following a host symlink."""
     assert op.src is not None
     try:  # the source itself: as bwrap binds it
@@ -154,9 +203,11 @@ def _host_lookup(plan: Plan, op: MountOp, rest: str, links: int) -> str:
                 here = posixpath.join(op.dest, *parts[:i])
                 cell = target if target.startswith("/") else posixpath.join(here, target)
                 cell = posixpath.join(cell, *parts[i + 1 :])
-                return lookup(plan, cell, links + 1)
+                return lookup(plan, cell, links + 1, head_into)
             last = i == len(parts) - 1
             if last:
+                if head_into is not None and stat.S_ISREG(st.st_mode):
+                    head_into += _read_head(fd, part)
                 return DIR if stat.S_ISDIR(st.st_mode) else FILE
             if not stat.S_ISDIR(st.st_mode):
                 return MISSING
@@ -167,5 +218,19 @@ def _host_lookup(plan: Plan, op: MountOp, rest: str, links: int) -> str:
             os.close(fd)
             fd = nfd
         return UNKNOWN
+    finally:
+        os.close(fd)
+
+
+def _read_head(dir_fd: int, name: str) -> list[bytes]:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError:
+        return []
+    try:
+        return [os.pread(fd, 256, 0)] if stat.S_ISREG(os.fstat(fd).st_mode) else []
+    except OSError:
+        return []
     finally:
         os.close(fd)

@@ -70,7 +70,7 @@ def prepare(
     from nixcell.errors import UnknownPackageError
     from nixcell.nix.resolve import resolve
     from nixcell.plan import plan
-    from nixcell.spec import SH_PACKAGE
+    from nixcell.spec import ENV_TOOL, SH_PACKAGE
 
     proxied: tuple = ()
     if spec.network is not None:  # a bad policy or CA file fails before any nix build
@@ -82,12 +82,17 @@ def prepare(
 
             upstream_context(spec.network.upstream_ca)
     packages = spec.closure_packages()
+    tools = spec.closure_tools()
     try:
-        closure = resolve(packages, spec.nixpkgs, progress=progress)
+        closure = resolve(packages, spec.nixpkgs, progress=progress, tools=tools)
     except UnknownPackageError as exc:
-        if len(packages) > len(spec.packages) and f"'{SH_PACKAGE}'" in exc.message:
+        added = [p for p in packages[len(spec.packages) :] if p == SH_PACKAGE]
+        added += [p for p in tools.values() if p == ENV_TOOL]
+        what = next((p for p in added if f"'{p}'" in exc.message), None)
+        if what is not None:
+            use = "/bin/sh" if what == SH_PACKAGE else "/usr/bin/env"
             raise UnknownPackageError(
-                f"the package set has no {SH_PACKAGE}, which nixcell adds for /bin/sh: rebuild "
+                f"the package set has no {what}, which nixcell adds for {use}: rebuild "
                 "the offline set with `nixcell offline build`, or pass --no-sh",
                 detail=f"{exc.message}\n{exc.detail or ''}",
             ) from None
@@ -298,13 +303,15 @@ async def execute_async(
     pass_fds: tuple[int, ...] | list[int] = (),
     namespaces: CellNamespaces | None = None,
     on_exit: Callable[[RunResult], object] | None = None,
+    on_start: Callable[[CellProcess, object | None], None] | None = None,
 ) -> RunResult:
     """Run a planned cell without blocking the event loop; cancellation kills the cell.
 
     ``pass_fds`` are inherited by the cell's command under the same numbers (a front's private
     channel to an agent inside the cell, e.g. MCP sessions); they must not be CLOEXEC.
     ``namespaces``: held namespaces to start the cell inside (``holder.create_volume``: an MCP
-    session's workspace, kept across the session's cells).
+    session's workspace, kept across the session's cells). ``on_start(cell, network session)``
+    is called once the command runs (an MCP session watches its counters per call).
     ``on_exit`` gets the result once the cell has ended, before a teardown that then waits on
     the loop (a front answers first: MCP's pool); it still completes before this returns.
     """
@@ -339,6 +346,8 @@ async def execute_async(
         cell = _spawn(plan, cell_id, program, cgroup, launch, (stdin, stdout, stderr), pass_fds)
         info = await aio.read_fd(cell._fds[0])
         bwrap.release(cell, info)
+        if on_start is not None:
+            on_start(cell, session)
         proc = cell.proc
         readers = []
         for stream in (proc.stdout, proc.stderr):

@@ -24,6 +24,11 @@ RESERVED_TARGETS = ("/", "/proc", "/dev", "/nix", "/nix/store", "/etc/passwd", "
 # unless the spec says ``sh=False`` or names a package whose bin/ has a sh of its own.
 SH_PACKAGE = "dash"
 _HAS_SH = frozenset({"bash", "bashInteractive", "busybox", SH_PACKAGE})
+# /usr/bin/env wherever /bin/sh is (``#!/usr/bin/env node``: every npx bin, most pip console
+# scripts): busybox's static applet, one store path, linked alone (its other applets stay off
+# PATH), unless a package named here brings an env (the resolver also checks env/bin).
+ENV_TOOL = "busybox"
+_HAS_ENV = frozenset({"coreutils", "coreutils-full", "busybox", "uutils-coreutils"})
 
 MIN_MEMORY = 4 << 20
 # --cpus: a CFS quota of 1ms per 100ms period is the kernel's floor; 4096 CPUs is far above any
@@ -217,6 +222,13 @@ class CellSpec(BaseModel):
         if not self.sh or _HAS_SH.intersection(self.packages):
             return list(self.packages)
         return [*self.packages, SH_PACKAGE]
+
+    def closure_tools(self) -> dict[str, str]:
+        """Programs the cell gets from a package outside its env (program -> package):
+        ``env`` for /usr/bin/env, unless ``sh`` is off or a package named here has one."""
+        if not self.sh or _HAS_ENV.intersection(self.packages):
+            return {}
+        return {"env": ENV_TOOL}
 
     @field_validator("command")
     @classmethod

@@ -114,6 +114,11 @@ def test_host_nixpkgs_names_are_evaluated_once_and_cached(offline_names, tmp_pat
     while len(list(cache_dir.glob("nixpkgs-*.txt"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert complete("bash", "nixcell run -p rip", env) == ["ripgrep-all"]
+    # `nixcell gc` clears these names too: the next TAB evaluates nixpkgs again
+    assert cli("gc", env={"NIXCELL_HOME": str(home)}).returncode == 0
+    assert not cache_dir.exists()
+    assert complete("bash", "nixcell run -p rip", env) == []
+    assert cache_dir.is_dir()  # made again by that TAB (its refresh is under way)
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])

@@ -51,3 +51,38 @@ def test_presets_have_a_shell_yaml_numpy_and_give_the_hint(project: Path) -> Non
         assert "no network" not in failed.content[0].text
 
     with_client(project, body, "--config", str(config))
+
+
+HINT = (
+    '(the cell has no network; give its environment one with allow_hosts = ["HOST"] '
+    '(or policy = "FILE") in the server\'s config)'
+)
+
+
+def test_session_calls_give_the_hint_in_the_same_words(project: Path) -> None:  # noqa: F811
+    """Per call: a failed call that tried the network gets the one-shot run's line; a failed
+    call after it that did not, and a succeeding one, get none (the counters are per call)."""
+    config = project.parent / "posix.toml"
+    config.write_text(CONFIG)
+    fetch = "import urllib.request; urllib.request.urlopen('https://pypi.test/', timeout=20)"
+
+    async def body(client: Client) -> None:
+        async def call(code: str, env: str = "python") -> tuple[bool, str]:
+            args = {"code": code, "env": env, "session": f"s-{env}"}
+            got = await client.call_tool("run", args)
+            return bool(got.is_error), got.content[0].text
+
+        assert (await call("x = 41"))[0] is False
+        failed, text = await call(fetch)
+        assert failed and HINT in text, text
+        assert text.count("no network") == 1, text
+        failed, text = await call("raise ValueError(x)")  # state kept: x is still 41
+        assert failed and "no network" not in text and "ValueError: 41" in text, text
+        failed, text = await call("print(x + 1)")
+        assert not failed and text.startswith("42\n") and "no network" not in text, text
+        node = "await new Promise((_, no) => require('https').get('https://npm.test/')" \
+               ".on('error', no))"  # fmt: skip
+        failed, text = await call(node, "node")
+        assert failed and HINT in text, text
+
+    with_client(project, body, "--config", str(config))

@@ -79,7 +79,7 @@ def ok(proc: subprocess.CompletedProcess[Any]) -> str:
 SMOKE = [
     (
         "bash",
-        ["bash", "-c", "echo $((6*7)); [ -e /usr ] || [ -e /lib ] || echo no-host"],
+        ["bash", "-c", "echo $((6*7)); [ -e /usr/lib ] || [ -e /lib ] || echo no-host"],
         "42\nno-host",
         None,
     ),

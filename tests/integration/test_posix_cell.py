@@ -85,10 +85,11 @@ def test_a_plan_with_and_without_sh_differ_and_are_cached_apart(offline_set, tmp
 def test_pyyaml_imports_and_the_cell_has_nothing_of_the_host(offline_set):
     code = (
         "import os, yaml; print(yaml.safe_load('a: [1, 2]'), yaml.__with_libyaml__,"
-        " os.path.exists('/usr'), os.path.exists('/lib'))"
+        " os.listdir('/usr') == ['bin'] and os.listdir('/usr/bin') == ['env'],"
+        " os.path.exists('/lib'))"
     )
     got = out("-p", "python3", "-p", "python3Packages.pyyaml", "--", "python3", "-c", code)
-    assert got == "{'a': [1, 2]} True False False\n"
+    assert got == "{'a': [1, 2]} True True False\n"  # /usr holds only bin/env
 
 
 def test_numpy_linalg_with_its_own_blas(offline_set):
@@ -96,10 +97,11 @@ def test_numpy_linalg_with_its_own_blas(offline_set):
         "import os, numpy as np\n"
         "a = np.array([[4.0, 7.0], [2.0, 6.0]])\n"
         "print(np.round(np.linalg.inv(a) @ a, 6).tolist(), round(float(np.linalg.det(a)), 6))\n"
-        "print(os.path.exists('/usr'), os.path.exists('/lib'))\n"
+        "print(os.listdir('/usr') == ['bin'] and os.listdir('/usr/bin') == ['env'],"
+        " os.path.exists('/lib'))\n"
     )
     got = out("-p", "python3", "-p", "python3Packages.numpy", "--", "python3", "-c", code)
-    assert got == "[[1.0, 0.0], [0.0, 1.0]] 10.0\nFalse False\n"
+    assert got == "[[1.0, 0.0], [0.0, 1.0]] 10.0\nTrue False\n"
     plan = json.loads(
         cli("run", "-p", "python3", "-p", "python3Packages.numpy", "--dry-run", "--json", "--",
             "true").stdout
@@ -109,7 +111,7 @@ def test_numpy_linalg_with_its_own_blas(offline_set):
     assert {"libblas.so.3", "liblapack.so.3"} <= libs  # BLAS/LAPACK came with numpy
     # the cell sees exactly these store paths: nothing else of the host
     names = sorted(p.split("-", 1)[1].rsplit("-", 1)[0] for p in plan["closure"])
-    assert names == ["dash", "glibc", "nixcell", "python3", "python3.11-numpy"], names
+    assert names == ["busybox", "dash", "glibc", "nixcell", "python3", "python3.11-numpy"], names
 
 
 def test_a_set_without_dash_says_how_to_get_one(offline_set, tmp_path):

@@ -177,7 +177,7 @@ def test_user_mounts_and_hide():
 def test_standard_links_only_when_closure_has_programs():
     p = plan(make(), CLOSURE, HOST)
     links = {op.dest: op.src for op in p.mounts if op.kind == "symlink"}
-    assert links == {"/bin/sh": f"{ENV}/bin/sh"}
+    assert links == {"/bin/sh": f"{ENV}/bin/sh", "/bin/bash": f"{ENV}/bin/bash"}
     bare = Closure(ENV, (ENV, GLIBC), ("jq",), "", ("jq",))
     assert not [op for op in plan(make(), bare, HOST).mounts if op.kind == "symlink"]
 

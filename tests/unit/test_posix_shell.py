@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from nixcell.errors import NixError
@@ -158,3 +160,89 @@ def test_a_no_network_cell_gets_an_empty_ca_bundle_unless_it_binds_one(mounts, d
     ca = "/etc/ssl/certs/ca-certificates.crt"
     empty = [op for op in p.mounts if op.dest == ca and op.src == "/dev/null"]
     assert len(empty) == (1 if dev_null else 0)
+
+
+BUSYBOX = "/nix/store/" + "b" * 32 + "-busybox-1.35.0"
+
+
+@pytest.mark.parametrize(
+    ("packages", "sh", "tools"),
+    [
+        (["python3"], True, {"env": "busybox"}),
+        (["nodejs"], True, {"env": "busybox"}),
+        (["bash"], True, {"env": "busybox"}),  # bash brings sh, not env
+        (["python3", "coreutils"], True, {}),
+        (["busybox"], True, {}),
+        (["python3"], False, {}),  # --no-sh: neither /bin/sh nor /usr/bin/env
+    ],
+)
+def test_closure_tools(packages, sh, tools):
+    assert spec(packages, sh=sh).closure_tools() == tools
+
+
+def test_env_tool_is_linked_alone_and_found_on_path():
+    c = Closure(ENV, (ENV, GLIBC, BUSYBOX), (), "", ("python3", "dash"),
+                tools={"env": f"{BUSYBOX}/bin/env"})  # fmt: skip
+    c.check()
+    p = plan(spec(), c, HOST)
+    links = {op.dest: op.src for op in p.mounts if op.kind == "symlink"}
+    assert links["/usr/bin/env"] == f"{BUSYBOX}/bin/env"
+    assert p.path_dirs == (f"{ENV}/bin", "/bin", "/usr/bin")
+    own = plan(spec(), Closure(ENV, (ENV, GLIBC), (), "", ("env", "sh")), HOST)
+    assert {op.dest: op.src for op in own.mounts if op.kind == "symlink"}["/usr/bin/env"] == (
+        f"{ENV}/bin/env"
+    )
+    assert own.path_dirs == (f"{ENV}/bin",)
+    assert Closure.from_json(c.to_json()) == c
+
+
+@pytest.mark.parametrize(
+    ("name", "target"),
+    [
+        ("env", "/usr/bin/env"),  # not a store path
+        ("env", "/nix/store/" + "d" * 32 + "-busybox/bin/env"),  # not in the closure
+        ("env", f"{BUSYBOX}/bin/sh"),  # another program
+        ("env", f"{BUSYBOX}/bin/../../../etc/env"),
+        ("env", f"{BUSYBOX}/libexec/env"),
+        ("../env", f"{BUSYBOX}/bin/../env"),
+    ],
+)
+def test_a_cached_closure_with_a_stray_tool_is_refused(name, target):
+    with pytest.raises(NixError, match="tool"):
+        Closure(ENV, (ENV, GLIBC, BUSYBOX), (), "", (), tools={name: target}).check()
+
+
+@pytest.mark.parametrize(
+    ("programs", "shell"),
+    [(("bash", "dash"), f"{ENV}/bin/bash"), (("python3", "dash"), "/bin/sh")],
+)
+def test_passwd_shell_is_shell(programs, shell):
+    p = plan(spec(), closure(*programs), HOST)
+    passwd = next(op.data for op in p.mounts if op.dest == "/etc/passwd")
+    assert f"cell:x:1000:1000:cell:/home/cell:{shell}\n" in passwd and p.env["SHELL"] == shell
+    host_conf = next(op.data for op in p.mounts if op.dest == "/etc/host.conf")
+    assert host_conf == "multi on\n"  # localhost: both /etc/hosts lines, 127.0.0.1 and ::1
+
+
+def _store(tmp_path, name):
+    path = tmp_path / f"{'e' * 32}-{name}"
+    (path / "bin").mkdir(parents=True)
+    return path
+
+
+def test_tool_program_through_either_buildenv_shape(tmp_path):
+    """The offline buildEnv links each program absolutely; nixpkgs' links the whole bin/ of
+    the only package that has one. Either way: the package's own bin/env (a relative link to
+    busybox stays as it is)."""
+    from nixcell.nix.resolve import _tool_program
+
+    busybox = _store(tmp_path, "busybox")
+    (busybox / "bin" / "busybox").write_text("")
+    os.symlink("busybox", busybox / "bin" / "env")
+    offline = _store(tmp_path, "tools-offline")
+    os.symlink(busybox / "bin" / "env", offline / "bin" / "env")
+    nixpkgs = tmp_path / f"{'f' * 32}-tools-nixpkgs"
+    nixpkgs.mkdir()
+    os.symlink(busybox / "bin", nixpkgs / "bin")
+    for tools in (offline, nixpkgs):
+        assert _tool_program(str(tools), "env") == str(busybox / "bin" / "env")

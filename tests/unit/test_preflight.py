@@ -117,3 +117,40 @@ def test_check_refuses_with_one_line(host, fields, error, word):
 )
 def test_check_accepts(host, fields):
     preflight.check(make_plan(host, **fields))
+
+
+@pytest.mark.parametrize(
+    ("first", "missing"),
+    [
+        (b"#!/bin/prog\n", None),
+        (b"#! /bin/prog -x\n", None),
+        (b"#!/bin/nope\necho\n", "#!/bin/nope, which does not exist in the cell"),
+        (b"#!/workspace/real\n", "#!/workspace/real, which does not exist"),  # a directory
+        (b"#!/usr/bin/env prog\n", None),
+        (b"#!/usr/bin/env nope\n", "#!/usr/bin/env nope, and 'nope' is not on the cell's PATH"),
+        (b"#!/usr/bin/env -S nope -x\n", None),  # options: env's business
+        (b"#!/usr/bin/env A=1 nope\n", None),
+        (b"#!relative\n", None),  # the kernel's business
+        (b"\x7fELF\x02\x01\x01", None),
+        (b"", None),
+        (b"#!/bin/nope" + b" " * 300, "#!/bin/nope,"),  # longer than what is read
+    ],
+)
+def test_a_scripts_interpreter_must_exist(host, first, missing):
+    script = host / "ws" / "script"
+    script.write_bytes(first)
+    plan = make_plan(host, cmd=("./script",))
+    if missing is None:
+        preflight.check(plan)
+        return
+    with pytest.raises(CommandNotFoundError, match="starts with " + missing.replace("(", r"\(")):
+        preflight.check(plan)
+
+
+def test_a_fifo_or_a_host_symlink_as_command_is_never_read(host):
+    os.mkfifo(host / "ws" / "fifo")  # opened for reading it would block: never opened
+    preflight.check(make_plan(host, cmd=("./fifo",)))
+    (host / "host-only" / "s").write_text("#!/bin/nope\n")
+    os.symlink(host / "host-only" / "s", host / "ws" / "leak")  # a host path the cell lacks
+    with pytest.raises(CommandNotFoundError, match="does not exist in the cell"):
+        preflight.check(make_plan(host, cmd=("./leak",)))

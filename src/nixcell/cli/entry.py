@@ -142,7 +142,8 @@ def _dispatch(args: list[str]) -> int:
         error("interrupted")
         return 130
     except click.UsageError as exc:
-        cmd = exc.ctx.command_path if exc.ctx else "nixcell"
+        # click's parser raises some (a missing option value) before any context is made
+        cmd = exc.ctx.command_path if exc.ctx else _command_path(cli, args)
         message = " ".join(exc.format_message().split())  # click may wrap ("Choose from:\n\t…")
         error(f"{message} (see `{cmd} --help`)")
         return 2
@@ -159,6 +160,20 @@ def full_site() -> None:
         import site
 
         site.main()
+
+
+def _command_path(group, args: list[str]) -> str:
+    """``nixcell mcp`` for ``mcp --transport``: the subcommands named before ``--``, so a
+    usage error points at the help that explains it."""
+    path, cmd = ["nixcell"], group
+    for arg in args:
+        if arg == "--" or not hasattr(cmd, "commands"):
+            break
+        sub = cmd.commands.get(arg)
+        if sub is not None:
+            path.append(arg)
+            cmd = sub
+    return " ".join(path)
 
 
 def _no_args_is_help(click) -> type[BaseException]:

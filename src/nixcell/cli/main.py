@@ -279,16 +279,17 @@ def doctor() -> int:
 def gc() -> int:
     """Clear every cache and remove what killed nixcell runs left behind.
 
-    Caches: resolutions, cached plans, seccomp programs, and the key that seals them (a new one
-    is made on the next run). Leftovers: cell cgroups whose owning nixcell is dead. GC roots
-    of resolutions stay (the store keeps those packages).
+    Caches: resolutions, cached plans, seccomp programs, the key that seals them (a new one
+    is made on the next run), and the package names shell completion offers (made again on
+    the next TAB). Leftovers: cell cgroups whose owning nixcell is dead. GC roots of
+    resolutions stay (the store keeps those packages).
     """
     from nixcell import leftovers, paths, sealed
     from nixcell.fsio import remove_tree
 
     found = leftovers.sweep()
     cleared = []
-    for kind in ("resolve", "plans", "seccomp"):
+    for kind in ("resolve", "plans", "seccomp", "completion"):
         path = paths.cache_dir() / kind
         if os.path.lexists(path):
             remove_tree(path)
@@ -296,7 +297,7 @@ def gc() -> int:
     sealed.forget_key()
     click.echo(
         f"removed {len(found['cgroups'])} stale cgroup(s); "
-        "cleared the resolution, plan and seccomp caches"
+        "cleared the resolution, plan, seccomp and completion caches"
     )
     return 0
 

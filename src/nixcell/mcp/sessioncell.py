@@ -21,8 +21,11 @@ from nixcell.errors import NixcellError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from nixcell.runner import RunResult
     from nixcell.sandbox.holder import CellNamespaces
+    from nixcell.sandbox.nonet import NoNetwork
     from nixcell.spec import CellSpec
 
 log = logging.getLogger(__name__)
@@ -109,6 +112,8 @@ class SessionCell:
         self._pending: dict[int, asyncio.Future[dict | None]] = {}
         self._ready: asyncio.Future[dict | None] | None = None
         self._next_id = 0
+        self._net_pid: int | None = None  # the cell's pid 1: its network counters, per call
+        self._audit: object | None = None  # with a network: the proxy's decisions
 
     @property
     def running(self) -> bool:
@@ -142,6 +147,7 @@ class SessionCell:
                     plan,
                     pass_fds=[child.fileno()],
                     namespaces=self.volume,
+                    on_start=self._started,
                     stdin=subprocess.DEVNULL,  # the cell's stdio carries nothing: the agent
                     stdout=subprocess.DEVNULL,  # reports over the socket, and nothing a user
                     stderr=subprocess.DEVNULL,  # writes piles up in the server's memory
@@ -170,6 +176,29 @@ class SessionCell:
         else:
             why = f"the session cell did not start within {START_TIMEOUT:g}s"
         raise SessionError(why)
+
+    def _started(self, cell: object, network: object | None) -> None:
+        self._net_pid = getattr(cell, "child_pid", None)
+        self._audit = getattr(network, "audit", None)
+
+    def _watch_network(self) -> Callable[[int], NoNetwork | None]:
+        """Before a call: what to say after it, if it fails having tried the network (the
+        one-shot run's line, sandbox/nonet.py; the counters and denials of this call only)."""
+        from nixcell.sandbox import nonet
+
+        probe = nonet.NetProbe.open(self._net_pid) if self._net_pid else None
+        audit = self._audit
+        seen = len(getattr(audit, "denied", ()))
+
+        def after(exit_code: int) -> NoNetwork | None:
+            try:
+                denied = getattr(audit, "denied", [])[seen:]
+                return nonet.detect(exit_code, probe, networked=audit is not None, denied=denied)
+            finally:
+                if probe is not None:
+                    probe.close()
+
+        return after
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
@@ -224,6 +253,20 @@ class SessionCell:
             ms = round((time.monotonic() - started) * 1000, 1)
             return CallResult(**{**base, **fields, "duration_ms": ms, "session": self.id})  # type: ignore[arg-type]
 
+        watch = self._watch_network()
+        try:
+            return await self._run(code, timeout, grace, result, watch)
+        finally:
+            watch(0)  # closes the counters whatever happened (0: nothing more to say)
+
+    async def _run(
+        self,
+        code: str,
+        timeout: float,
+        grace: float,
+        result: Callable[..., CallResult],
+        watch: Callable[[int], NoNetwork | None],
+    ) -> CallResult:
         payload = {"op": "run", "code": code, "timeout": timeout}
         try:
             reply = await self.request(payload, timeout + grace + ANSWER_MARGIN)
@@ -249,20 +292,25 @@ class SessionCell:
             )
         if "error" in reply:
             raise SessionError(str(reply["error"]))
-        notice = reply.get("notice")
+        notices = [str(reply["notice"])] if reply.get("notice") else []
+        exit_code = int(reply.get("exit_code", 1))
+        no_network = watch(exit_code)
+        if no_network is not None:  # the one-shot run's words (tool.py)
+            notices.append(f"({no_network.line('mcp')})")
         return result(  # the agent lives in the cell: take its values, not its types, on trust
             stdout=str(reply.get("stdout", "")),
             stderr=str(reply.get("stderr", "")),
-            exit_code=int(reply.get("exit_code", 1)),
+            exit_code=exit_code,
             timed_out=bool(reply.get("timed_out")),
             truncated=bool(reply.get("truncated")),
-            notice=str(notice) if notice else None,
+            notice="\n".join(notices) or None,
             state_lost=bool(reply.get("state_lost")),
         )
 
     async def stop_cell(self, wait: float = 0.0) -> RunResult | None:
         """End the cell (after ``wait`` s for it to end by itself); its RunResult if it had one."""
         cell, self.cell = self.cell, None
+        self._net_pid = self._audit = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None

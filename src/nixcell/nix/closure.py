@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nixcell.errors import NixError
 
@@ -14,6 +14,7 @@ _NIX_BASE32 = "0123456789abcdfghijklmnpqrsvwxyz"
 STORE_PATH = re.compile(rf"^{STORE_DIR}/[{_NIX_BASE32}]{{32}}-[A-Za-z0-9+_?=-][A-Za-z0-9+._?=-]*$")
 _PROGRAM = re.compile(r"^[^/\0]+$")
 _SITE = re.compile(rf"^{STORE_DIR}/[^/]+/lib/python3\.[0-9]+/site-packages$")
+_LINK = re.compile(r"^(/nix/store/[^/]+)/bin/([^/\0]+)$")
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,8 @@ class Closure:
     """The runtime closure of one cell's packages.
 
     ``env`` is a store path whose ``bin/`` holds the programs; ``paths`` is exactly
-    ``nix-store -qR env`` — the cell sees these store paths and nothing else of ``/nix/store``.
+    ``nix-store -qR env`` plus the closures of ``tools`` — the cell sees these store paths and
+    nothing else of ``/nix/store``.
     """
 
     env: str
@@ -31,6 +33,9 @@ class Closure:
     programs: tuple[str, ...] = ()  # names in env/bin, recorded at resolution time
     # env/lib/python3.X/site-packages directories, recorded at resolution time (PYTHONPATH)
     site_packages: tuple[str, ...] = ()
+    # program -> <store path>/bin/<program> of a tool the env's packages lack (spec.py
+    # closure_tools: busybox's env for /usr/bin/env); its closure is in ``paths``, not in env/bin
+    tools: dict[str, str] = field(default_factory=dict)
 
     def has_program(self, name: str) -> bool:
         return name in self.programs
@@ -43,6 +48,7 @@ class Closure:
             "source": self.source,
             "programs": list(self.programs),
             "site_packages": list(self.site_packages),
+            "tools": dict(self.tools),
         }
 
     def check(self) -> None:
@@ -62,6 +68,10 @@ class Closure:
         for site in self.site_packages:
             if not _SITE.fullmatch(site) or not site.startswith(self.env + "/"):
                 raise NixError(f"closure site-packages {site!r} is not in its env")
+        for name, target in self.tools.items():
+            m = _LINK.fullmatch(target) if isinstance(target, str) else None
+            if m is None or m.group(2) != name or m.group(1) not in self.paths:
+                raise NixError(f"closure tool {name!r} -> {target!r} is not a closure program")
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Closure:
@@ -72,4 +82,5 @@ class Closure:
             source=str(data.get("source", "")),
             programs=tuple(str(p) for p in data.get("programs", ())),  # type: ignore[union-attr]
             site_packages=tuple(str(p) for p in data.get("site_packages", ())),  # type: ignore[union-attr]
+            tools={str(k): str(v) for k, v in dict(data.get("tools") or {}).items()},  # type: ignore[call-overload]
         )

@@ -15,7 +15,7 @@ import platform
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from nixcell import paths, sealed
@@ -23,6 +23,7 @@ from nixcell.errors import (
     EvaluationError,
     NixError,
     NixMissingError,
+    StateError,
     UsageError,
 )
 from nixcell.fsio import private_dir
@@ -31,7 +32,7 @@ from nixcell.nix.pins import PackageSource, _nix_string, source_for
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: closures record site_packages
+CACHE_VERSION = 3  # 2: closures record site_packages; 3: and tools
 NIX_OPTIONS = ("--option", "substituters", "")
 FLAKE_FEATURES = ("--extra-experimental-features", "nix-command flakes")
 _ATTR_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_'+-]*(\.[A-Za-z0-9_][A-Za-z0-9_'+-]*)*$")
@@ -116,16 +117,25 @@ def _flake_stamp(ref: str) -> str:
     return ",".join(stamps)
 
 
-def build_expression(source: PackageSource, exprs: Sequence[str]) -> str:
-    """One buildEnv of all packages; every name the set lacks is reported at once."""
+def build_expression(
+    source: PackageSource, exprs: Sequence[str], tools: Sequence[str] = ()
+) -> str:
+    """One buildEnv of all packages (every name the set lacks is reported at once); with
+    ``tools`` (package attrs), a list: the env, then one ``nixcell-tools`` env of those packages
+    (a derivation even where the set's packages are plain store paths, so nix-build builds the
+    list)."""
     body = "\n    ".join(exprs)
+    env = 'pkgs.buildEnv {\n  name = "nixcell-env";\n  ignoreCollisions = true;\n'
+    env += "  paths = picked;\n}"
+    if tools:
+        picks = " ".join(package_expr(t)[0] for t in tools)
+        env = f'[ ({env}) (pkgs.buildEnv {{ name = "nixcell-tools"; paths = [ {picks} ]; }}) ]'
     return (
         f"let\n  pkgs = {source.expr};\n{_HELPERS}  picked = [\n    {body}\n  ];\n"
         "  missing = nixcellMissing picked;\n"
         'in if missing != [] then throw "nixcell-unknown-packages: '
         '${builtins.concatStringsSep " " missing}"\n'
-        "else pkgs.buildEnv {\n"
-        '  name = "nixcell-env";\n  ignoreCollisions = true;\n  paths = picked;\n}\n'
+        f"else {env}\n"
     )
 
 
@@ -140,11 +150,18 @@ def resolve(
     *,
     cwd: str | None = None,
     progress: Progress | None = None,
+    tools: Mapping[str, str] | None = None,
 ) -> Closure:
-    """The closure for these packages; warm: one file read and one stat, no nix."""
+    """The closure for these packages; warm: one file read and one stat, no nix.
+
+    ``tools``: program -> package for programs the cell needs even when the packages lack them
+    (``spec.closure_tools``); built in the same nix-build, and a tool's closure joins the cell's
+    only when env/bin has no program of that name."""
     source = source_for(pin)
+    tools = dict(tools or {})
     parts = [package_expr(p, cwd) for p in packages]
-    key = cache_key(source, [k for _, _, k in parts])
+    tool_parts = [f"tool:{name}={pkg}" for name, pkg in sorted(tools.items())]
+    key = cache_key(source, [k for _, _, k in parts] + tool_parts)
     cache_file = sealed.cache_file("resolve", f"{key}.json")
     cached = _read_cache(cache_file) if cache_file is not None else None
     if cached is not None:
@@ -154,11 +171,15 @@ def resolve(
 
         refs = [k.split("#", 1)[0] if flake else "" for _, flake, k in parts]
         check_offline(packages, _offline_names(), refs)
-    expr = build_expression(source, [e for e, _, _ in parts])
+    tool_pkgs = sorted(set(tools.values()))
+    expr = build_expression(source, [e for e, _, _ in parts], tool_pkgs)
     flakes = any(f for _, f, _ in parts)
     gcroot = Path(private_dir(paths.state_dir() / "gcroots")) / key
-    env_path = _nix_build(expr, gcroot, flakes=flakes, source=source, progress=progress)
-    if source.is_default_offline and progress is not None:
+    outs = _nix_build(expr, gcroot, flakes=flakes, source=source, progress=progress)
+    if len(outs) != 1 + bool(tool_pkgs):
+        raise NixError(f"nix-build gave {len(outs)} outputs", detail="\n".join(outs))
+    env_path = outs[0]
+    if source.is_default_offline and progress is not None and _first_notice("offline-default"):
         progress(
             "no nixpkgs found on this host: using nixcell's offline package set (host binaries); "
             "use --nixpkgs nixos-24.11 or NIX_PATH=nixpkgs=PATH for real nixpkgs"
@@ -169,13 +190,55 @@ def resolve(
     except OSError:
         programs = ()
     sites = tuple(sorted(str(p) for p in Path(env_path, "lib").glob("python3.*/site-packages")))
+    links: dict[str, str] = {}
+    for name in sorted(tools):
+        if name not in programs:
+            links[name] = _tool_program(outs[1], name)
+            if not os.path.lexists(links[name]):
+                raise NixError(f"the {source.description}'s {tools[name]} has no bin/{name}")
+    if links:  # the tools' packages, not the tools env (the links point past it)
+        closure_paths = tuple(
+            sorted({*closure_paths, *(p for p in _query_closure(outs[1]) if p != outs[1])})
+        )
     closure = Closure(
-        env_path, closure_paths, tuple(packages), source.description, programs, sites
+        env_path, closure_paths, tuple(packages), source.description, programs, sites, links
     )
     verify_in_store(closure)
     if cache_file is not None:
         sealed.store("resolve", cache_file, json.dumps(closure.to_json()).encode())
     return closure
+
+
+def _tool_program(tools_env: str, name: str) -> str:
+    """``<package>/bin/<name>`` behind the tools env's ``bin/<name>``: buildEnv links it with an
+    absolute link (the offline set's) or links the whole ``bin`` (nixpkgs' when one package has
+    it); a relative link (busybox's applets) stays, it points within the package. The cell's
+    link keeps the name: busybox picks its applet from it. Closure.check holds the result to a
+    closure path."""
+    here = os.path.join(os.path.realpath(os.path.join(tools_env, "bin")), name)
+    for _ in range(8):
+        try:
+            target = os.readlink(here)
+        except OSError:
+            break  # a file (or nothing: the caller says so)
+        if not target.startswith("/"):
+            break
+        here = os.path.join(os.path.realpath(os.path.dirname(target)), os.path.basename(target))
+    return here
+
+
+def _first_notice(name: str) -> bool:
+    """True the first time in this state dir (a marker file remembers it): a notice that says
+    where packages come from is news once; when it matters (a package the set lacks) the
+    error says it again. Unwritable state: True (shown again rather than never)."""
+    try:
+        marker = Path(private_dir(paths.state_dir() / "notices")) / name
+        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    except FileExistsError:
+        return False
+    except (OSError, StateError):
+        return True
+    return True
 
 
 def _read_cache(cache_file: Path) -> Closure | None:
@@ -229,7 +292,7 @@ def nix_tool(name: str) -> str:
 
 def _nix_build(
     expr: str, gcroot: Path, *, flakes: bool, source: PackageSource, progress: Progress | None
-) -> str:
+) -> list[str]:
     gcroot.parent.mkdir(parents=True, exist_ok=True)
     argv = [nix_tool("nix-build"), *NIX_OPTIONS, "--out-link", str(gcroot)]
     if flakes:
@@ -244,10 +307,10 @@ def _nix_build(
         building = _BUILDING.search(line)
         if building and progress is not None:
             progress(f"building {building.group(1)}")
-    out = proc.stdout.read().strip().splitlines()
+    out = [ln for ln in proc.stdout.read().split() if STORE_PATH.fullmatch(ln)]
     if proc.wait() != 0 or not out:
         raise _build_error(lines, source)
-    return out[-1]
+    return out
 
 
 def _build_error(lines: list[str], source: PackageSource) -> NixError:

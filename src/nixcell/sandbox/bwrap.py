@@ -18,7 +18,14 @@ import subprocess
 from dataclasses import dataclass, field
 
 from nixcell.errors import CellFailedError, SandboxError
-from nixcell.sandbox.bwrapio import bwrap_path, exit_code_of, memfd, parse_info, which
+from nixcell.sandbox.bwrapio import (
+    bwrap_path,
+    exit_code_of,
+    memfd,
+    parse_info,
+    switched_to,
+    which,
+)
 from nixcell.sandbox.nonet import NetProbe, block_pipe
 
 __all__ = ["CellProcess", "bwrap_path", "exit_code_of", "finish_start", "parse_info", "spawn"]
@@ -44,6 +51,7 @@ class CellProcess:
     child_pid: int | None = None
     _fds: list[int] = field(default_factory=list)
     probe: NetProbe | None = None  # the cell's network counters (sandbox/nonet.py)
+    lent: list[tuple[int, int, int, int]] = field(default_factory=list)  # stdioowner.py
 
     def kill(self) -> None:
         """Kill every process of the cell: pid-1 of its namespace, then bwrap, then the cgroup."""
@@ -74,9 +82,14 @@ class CellProcess:
         self._fds.clear()
 
     def close_probe(self) -> None:
+        """After the cell: its network counters closed, its stdio pipes' owners given back."""
         if self.probe is not None:
             self.probe.close()
             self.probe = None
+        if self.lent:
+            from nixcell.sandbox.stdioowner import give_back
+
+            give_back(self.lent)
 
 
 def prepare_fds(plan: Plan, seccomp_program: bytes) -> tuple[int, list[int]]:
@@ -182,7 +195,27 @@ def spawn(
         os.close(fd)
     cell = CellProcess(proc, cell_id, cgroup)
     cell._fds = [info_r, block_w]  # closing block_w lets the command run
+    owner = user or switched_to(launcher)
+    if owner is not None and owner[0] != os.geteuid():  # a root-run cell: lend it its pipes
+        from nixcell.sandbox.stdioowner import lend
+
+        streams = (proc.stdin, proc.stdout, proc.stderr)
+        fds = [_fd_of(given, made, i) for i, (given, made) in
+               enumerate(zip((stdin, stdout, stderr), streams, strict=True))]  # fmt: skip
+        cell.lent = lend([fd for fd in fds if fd is not None], *owner)
     return cell
+
+
+def _fd_of(given: _Stream, made: IO[bytes] | None, index: int) -> int | None:
+    """The host fd the cell has as stdio ``index``: Popen's pipe, the fd or file given, or
+    nixcell's own (inherited); None for /dev/null (anyone may open it)."""
+    if made is not None:
+        return made.fileno()
+    if given is None:
+        return index
+    if isinstance(given, int):
+        return None if given < 0 else given  # subprocess.DEVNULL is -3
+    return given.fileno()
 
 
 def _with_ctty(args: list[str], command: list[str], path: str) -> int:

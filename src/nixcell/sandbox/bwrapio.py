@@ -57,3 +57,11 @@ def parse_info(data: bytes) -> int | None:
 def exit_code_of(returncode: int) -> int:
     """bwrap already maps a signalled command to 128+N; a signalled bwrap gets the same."""
     return 128 - returncode if returncode < 0 else returncode
+
+
+def switched_to(launcher: list[str] | None) -> tuple[int, int] | None:
+    """The (uid, gid) the launcher's ``nsenter --setuid U --setgid G`` switches to."""
+    if not launcher or "--setuid" not in launcher or "--setgid" not in launcher:
+        return None
+    return (int(launcher[launcher.index("--setuid") + 1]),
+            int(launcher[launcher.index("--setgid") + 1]))  # fmt: skip

@@ -19,7 +19,7 @@ import time
 
 from nixcell.errors import CellFailedError, SandboxError
 from nixcell.quiet import suppress
-from nixcell.sandbox.bwrapio import bwrap_path, exit_code_of, memfd, parse_info
+from nixcell.sandbox.bwrapio import bwrap_path, exit_code_of, memfd, parse_info, switched_to
 from nixcell.sandbox.nonet import NetProbe, block_pipe
 
 TYPE_CHECKING = False
@@ -115,6 +115,7 @@ class _Cell:
         self.status: int = 0  # bwrap's returncode, as subprocess gives it (-N: signal N)
         self.reaped = False
         self.probe: NetProbe | None = None  # the cell's network counters (sandbox/nonet.py)
+        self.lent: list[tuple[int, int, int, int]] = []  # stdio pipes lent (stdioowner.py)
 
     def start(
         self,
@@ -157,6 +158,11 @@ class _Cell:
             if self.child_pid is None:
                 raise CellFailedError("bubblewrap failed before the cell started")
             self.probe = NetProbe.open(self.child_pid)
+            owner = user or switched_to(launcher)
+            if owner is not None and owner[0] != os.geteuid():  # a root-run cell: as bwrap.spawn
+                from nixcell.sandbox.stdioowner import lend
+
+                self.lent = lend([0, 1, 2], *owner)  # (this process's stdio is the cell's)
         except BaseException:
             self.kill()  # before the block fd closes: the command never starts
             raise
@@ -215,6 +221,10 @@ class _Cell:
         if self.probe is not None:
             self.probe.close()
             self.probe = None
+        if self.lent:
+            from nixcell.sandbox.stdioowner import give_back
+
+            give_back(self.lent)
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
