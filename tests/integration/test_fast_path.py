@@ -121,6 +121,8 @@ EXITS = {
     "exit code": (["bash", "-c", "exit 42"], [], 42, ""),
     "signalled command": (["bash", "-c", "kill -TERM $$"], [], 143, ""),
     "builtin through the shell": (["echo", "hi"], [], 0, ""),
+    # a root-run cell reopens its stdio pipes (sandbox/stdioowner.py lends them on both paths)
+    "stdio pipes reopened": (["bash", "-c", "echo hi > /dev/stdout; cat /dev/stdin"], [], 0, ""),
     "missing command": (["no-such-program"], [], 127, "not found in the cell's packages"),
     "missing program path": (["/bin/nope"], [], 127, "does not exist in the cell"),
     "timeout": (["sleep", "30"], ["--timeout", "1s"], 124, "nixcell: timed out after 1s"),
