@@ -43,8 +43,6 @@ def _check_program(plan: Plan) -> None:
     """The command, and the interpreter its ``#!`` line names (a script from a bound host
     directory: the closure's own scripts name store paths of the closure). Without this a
     `#!/bin/bash` script in a cell without bash fails with bwrap's "execvp …: No such file"."""
-    from nixcell.runner import CommandNotFoundError
-
     path = program_path(plan)
     op = _covering(plan.mounts, path)
     if op is None or op.dest in plan.closure:

@@ -311,3 +311,32 @@ def test_a_cached_network_plan_runs_through_the_normal_executor(offline_set, tmp
     normal, fast = twice(tmp_path / "home", "--allow-host", "a.test", command=command)
     assert normal.returncode == fast.returncode == 0, fast.stderr
     assert fast.stdout == normal.stdout and fast.stdout.startswith(b"http://127.0.0.1:3128\n")
+
+
+# What the warm path must never import: each is milliseconds of a ~15 ms run (issue 9 §7), and
+# each came back once by accident (a stray import of nixcell.runner in preflight cost 10 ms).
+WARM_PATH_NEVER = (
+    "nixcell.runner", "click", "pydantic", "json", "dataclasses", "subprocess", "contextlib",
+    "inspect", "logging", "pathlib", "typing", "nixcell.cli.main", "mcp",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("flags", [[], ["--timeout", "30s"], ["-e", "A=1", "--cwd", "/tmp"]])
+def test_the_warm_path_imports_almost_nothing(offline_set, tmp_path, flags):
+    """The modules a warm run loads, as ``python -X importtime`` lists them (not a timing)."""
+    from nixcell.cli import launcher
+
+    path = tmp_path / "nixcell"
+    launcher.install(str(path))
+    env = {**os.environ, "NIXCELL_HOME": str(tmp_path / "home")}
+    argv = ["run", *PACKAGES, *flags, "--", "true"]
+    for _ in range(2):  # the first run plans and caches; later sweeps are not due for a while
+        assert subprocess.run([str(path), *argv], env=env, capture_output=True).returncode == 0
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-X", "importtime", str(path), *argv],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    loaded = {ln.rsplit("|", 1)[-1].strip() for ln in out.stderr.splitlines() if "|" in ln}
+    assert "nixcell.sandbox.direct" in loaded  # it was the warm path
+    assert sorted(loaded.intersection(WARM_PATH_NEVER)) == []

@@ -26,8 +26,9 @@ With a policy the proxy's audit names the hosts the cell asked for and no rule a
 
 from __future__ import annotations
 
-import contextlib
 import os
+
+from nixcell.quiet import suppress
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ class NetProbe:
             fds = [os.open(f"/proc/{pid}/net/snmp", flags)]
         except OSError:
             return None
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             fds.append(os.open(f"/proc/{pid}/net/snmp6", flags))
         return cls(tuple(fds))
 
