@@ -279,8 +279,9 @@ def test_an_idle_expired_mcp_session_closes_its_cells(project, monkeypatch):
     import socket
     import tempfile
 
+    from nixcell.mcp.app import App
     from nixcell.mcp.config import load_config
-    from nixcell.mcp.server import App, build_server
+    from nixcell.mcp.server import build_server
     from nixcell.mcp.transports import serve_http
 
     monkeypatch.chdir(project)

@@ -619,6 +619,6 @@ def test_secret_inside_base64_is_scrubbed(user: str, urlsafe: bool) -> None:
     ],
 )
 def test_dummies_are_swapped_only_in_credential_parameters(target, swapped):
-    from nixcell.net.credentials import swap_in_target
+    from nixcell.net.requestswap import swap_in_target
 
     assert swap_in_target(target, {b"D": b"R"}) == swapped

@@ -13,13 +13,13 @@ from nixcell.net.policy import (
     Policy,
     Request,
     Rule,
-    explain_check,
     merge,
     numbered,
     parse_host_port,
     parse_policy,
     policy_from_flags,
 )
+from nixcell.net.policycheck import explain_check
 from nixcell.net.urlpath import PathPattern
 
 

@@ -11,12 +11,12 @@ from tests.unit.test_policy import policy, req, rule
 from nixcell.errors import PolicyError
 from nixcell.net.hosts import normalize_host
 from nixcell.net.policy import (
-    explain_check,
     merge,
     parse_host_port,
     parse_policy,
     policy_from_flags,
 )
+from nixcell.net.policycheck import explain_check
 from nixcell.net.urlpath import normalize_path
 
 

@@ -183,7 +183,7 @@ def policy() -> None:
 @click.option("--allow-cidr", multiple=True, metavar="CIDR")
 def check(url: str, method: str, **o: object) -> int:
     """Explain which rule matches METHOD URL; exit 0 if allowed, 1 if denied."""
-    from nixcell.net.policy import explain_check
+    from nixcell.net.policycheck import explain_check
     from nixcell.net.session import build_policy
 
     network = network_from_flags({**o, "learn": False}) or {"allow_hosts": []}

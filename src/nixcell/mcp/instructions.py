@@ -12,7 +12,7 @@ from nixcell.mcp.config import ServerConfig
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from nixcell.mcp.server import App
+    from nixcell.mcp.app import App
 
 
 def app_instructions(app: App) -> str:

@@ -4,19 +4,8 @@ A cell only ever holds a *dummy*: same length and shape as the real secret (so c
 a prefix or a length accept it), random everywhere else. The proxy swaps dummy -> real on requests
 to the credential's hosts, and real -> dummy on every response, so a secret neither leaves the host
 towards other servers nor enters the cell. Everything here is bytes in, bytes out; the proxy is the
-loop around it.
-
-Config (``[[credentials]]`` tables)::
-
-    name   = "github"                       # required
-    source = "keyring:github.com/me"        # keyring:SERVICE/ACCOUNT | env:NAME | file:PATH
-                                            # | command:ARGV (no shell, 30 s timeout)
-    hosts  = ["api.github.com"]             # required: where the real value may go
-    header = "Authorization"                # used when a policy rule injects the credential
-    format = "Bearer {token}"
-    env    = "GITHUB_TOKEN"                 # the cell's variable holding the dummy; "" for none
-    body   = false                          # also swap in request bodies (OAuth refresh, forms)
-    allow_plaintext = false                 # the real value may go over cleartext http://
+loop around it. The ``[[credentials]]`` config is parsed in net/credsource.py; where in a request
+head a dummy is swapped is net/requestswap.py.
 
 Responses are scrubbed of every spelling of every real value (net/spellings.py), from every
 host: an allowed host may republish what a credential host stored. Tokens a credential's host
@@ -27,11 +16,8 @@ dummies too, up to ``MAX_ISSUED`` per cell.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import os
 import re
-import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -46,7 +32,8 @@ from nixcell.net.credsource import (  # re-exported: the credential API lives he
 from nixcell.net.hosts import BadHost, normalize_host
 from nixcell.net.issued import Unhidable, family_of, find_tokens, suspicious
 from nixcell.net.logredact import watch
-from nixcell.net.rewrite import Rewriter, compile_needles, replace_all
+from nixcell.net.requestswap import Headers, rewrite_headers, swap_in_target
+from nixcell.net.rewrite import Rewriter, compile_needles
 from nixcell.net.spellings import Spellings
 from nixcell.net.spellset import Chain, SpellingSet
 
@@ -60,8 +47,6 @@ __all__ = [
     "parse_credentials",
 ]
 
-Headers = list[tuple[bytes, bytes]]
-_BASIC = re.compile(rb"(?i)(basic[ \t]+)([A-Za-z0-9+/]+={0,2})([ \t]*)")
 MAX_ISSUED = 64  # tokens a cell's credential hosts may issue; every one stays scrubbed
 
 
@@ -226,7 +211,7 @@ class CellCredentials:
             for dummy in held:
                 one = {dummy: held[dummy]}
                 swapped = swap_in_target(target, one) != target
-                if swapped or _rewrite_headers(headers, one) != headers:
+                if swapped or rewrite_headers(headers, one) != headers:
                     raise PlaintextRefused(self._owner(dummy).credential.name, host)
         headers = self.rewrite_request_headers(host, headers, plain=plain)
         if credential:
@@ -246,7 +231,7 @@ class CellCredentials:
         pairs = self._host_pairs(host, body=False, plain=plain)
         if not pairs:
             return headers
-        return _rewrite_headers(headers, pairs)
+        return rewrite_headers(headers, pairs)
 
     def rewrite_request_target(self, host: str, target: bytes) -> bytes:
         """Swap whole-token dummies in the request target (``?access_token=...`` APIs)."""
@@ -406,60 +391,5 @@ class CellCredentials:
         return self.spellings().found(text.encode("utf-8", "surrogateescape"))
 
 
-def _rewrite_headers(headers: Headers, pairs: Mapping[bytes, bytes]) -> Headers:
-    return [
-        (name, _rewrite_basic(replace_all(v, pairs, bounded=True), pairs)) for name, v in headers
-    ]
-
-
-def _rewrite_basic(value: bytes, pairs: Mapping[bytes, bytes]) -> bytes:
-    """``Basic base64(user:dummy)`` -> the same with the real value; base64 length is unchanged."""
-    m = _BASIC.fullmatch(value)
-    if m is None:
-        return value
-    try:
-        decoded = base64.b64decode(m.group(2), validate=True)
-    except (binascii.Error, ValueError):
-        return value
-    swapped = replace_all(decoded, pairs, bounded=True)
-    if swapped == decoded:
-        return value
-    return m.group(1) + base64.b64encode(swapped) + m.group(3)
-
-
 def _compile(swaps: list[_Swap]) -> Spellings:
     return Spellings((s.real.decode(), s.dummy.decode()) for s in swaps)
-
-
-# Query parameters that carry a credential (``?access_token=…`` APIs). Only their values are
-# swapped: a dummy anywhere else in the target — a path segment, another parameter — goes out
-# as the dummy, so a cell cannot make the credential's host store the real value under a name
-# of the cell's choosing (``PUT /repos/me/public/contents/<dummy>``) and read it back later.
-TOKEN_PARAMS = frozenset(
-    {
-        b"access_token",
-        b"token",
-        b"private_token",
-        b"oauth_token",
-        b"auth_token",
-        b"api_key",
-        b"apikey",
-        b"key",
-        b"client_secret",
-    }
-)
-
-
-def swap_in_target(target: bytes, pairs: Mapping[bytes, bytes]) -> bytes:
-    """The target with dummies swapped in the values of ``TOKEN_PARAMS`` parameters only."""
-    if not pairs or b"?" not in target:
-        return target
-    path, _, query = target.partition(b"?")
-    parts = []
-    for item in query.split(b"&"):
-        name, eq, value = item.partition(b"=")
-        if eq and urllib.parse.unquote_to_bytes(name).lower() in TOKEN_PARAMS:
-            value = replace_all(value, pairs, bounded=True)
-        parts.append(name + eq + value)
-    return path + b"?" + b"&".join(parts)
-

@@ -4,6 +4,18 @@
 value from its source (keyring, env, file, command) with errors that never contain it;
 ``make_dummy`` makes a same-length, same-shape stand-in for the cell. ``credentials.py`` does the
 swapping on the wire.
+
+Config (``[[credentials]]`` tables)::
+
+    name   = "github"                       # required
+    source = "keyring:github.com/me"        # keyring:SERVICE/ACCOUNT | env:NAME | file:PATH
+                                            # | command:ARGV (no shell, 30 s timeout)
+    hosts  = ["api.github.com"]             # required: where the real value may go
+    header = "Authorization"                # used when a policy rule injects the credential
+    format = "Bearer {token}"
+    env    = "GITHUB_TOKEN"                 # the cell's variable holding the dummy; "" for none
+    body   = false                          # also swap in request bodies (OAuth refresh, forms)
+    allow_plaintext = false                 # the real value may go over cleartext http://
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ resolved address be dialled (``address_allowed``). Policies come from nix-jail's
 ``--allow-host``/``--deny-host``/``--allow-cidr`` flags. Every rule remembers where it came from
 (``github.toml:12``, ``--allow-host api.github.com``) so a denial can say which rule fired.
 
-Reading policy files lives in ``policyfile`` (strict: every mistake names ``file:line``).
+Reading policy files lives in ``policyfile`` (strict: every mistake names ``file:line``);
+``nixcell policy check URL`` in ``policycheck``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from ipaddress import ip_address
 
 from nixcell.errors import PolicyError
 from nixcell.net.addresses import IPAddress, canonical_network, embedded_addresses, refusal, unwrap
-from nixcell.net.hosts import HostPattern, normalize_host, parse_ip
-from nixcell.net.urlpath import PathPattern, normalize_path
+from nixcell.net.hosts import HostPattern, parse_ip
+from nixcell.net.urlpath import PathPattern
 
 TYPE_CHECKING = False  # not `import typing`: start-up time
 if TYPE_CHECKING:
@@ -227,7 +228,7 @@ def _port_text(text: str) -> int:
     return int(text)
 
 
-def _split_host_port(text: str) -> tuple[str, int | None]:
+def split_host_port(text: str) -> tuple[str, int | None]:
     """``host``, ``host:port``, ``[v6]``, ``[v6]:port``; a bare IPv6 literal has no port;
     ``re:<regex>[:port]`` — digits after the regex's last ``:`` are the port."""
     text = text.strip()
@@ -254,7 +255,7 @@ def _split_host_port(text: str) -> tuple[str, int | None]:
 def parse_host_port(text: str) -> tuple[HostPattern, frozenset[int] | None]:
     """A ``--allow-host`` value: ``api.github.com:8443``, ``*.example.com``, ``[::1]:8080``."""
     try:
-        host, port = _split_host_port(text)
+        host, port = split_host_port(text)
         pattern = HostPattern.parse(host)
     except ValueError as exc:
         raise PolicyError(f"invalid host {text!r}: {exc}") from None
@@ -265,7 +266,7 @@ def _cidr_port(text: str) -> tuple[IPNetwork, frozenset[int] | None]:
     """A ``--allow-cidr`` value: ``10.0.0.0/8``, ``10.0.0.0/8:5432``, ``[fd00::/8]:443``."""
     raw, port = text.strip(), None
     if raw.startswith("[") or raw.count(":") == 1:
-        raw, port = _split_host_port(raw)
+        raw, port = split_host_port(raw)
     return canonical_network(raw), None if port is None else frozenset({port})
 
 
@@ -288,7 +289,7 @@ def policy_from_flags(
     ):
         for text in values:
             try:
-                host, port = _split_host_port(text)
+                host, port = split_host_port(text)
                 pattern = HostPattern.parse(host)
             except ValueError as exc:
                 raise PolicyError(f"{flag} {text}: {exc}") from None
@@ -341,63 +342,3 @@ def parse_policy(text: str, name: str) -> Policy:
     from nixcell.net.policyfile import parse_policy as parse
 
     return parse(text, name)
-
-
-# ---------------------------------------------------------------------------------------------
-# `nixcell policy check URL`.
-
-
-def explain_check(policy: Policy, url: str, method: str = "GET") -> tuple[bool, str]:
-    """Would ``method url`` pass ``policy``? Returns the verdict and a short explanation."""
-    import urllib.parse
-
-    try:
-        parts = urllib.parse.urlsplit(url.strip())
-    except ValueError as exc:  # "Invalid IPv6 URL"
-        raise PolicyError(f"invalid URL {url!r}: {exc}") from None
-    scheme = parts.scheme.lower()
-    if scheme not in SCHEME_PORTS:
-        raise PolicyError(f"unsupported URL {url!r} (expected an http, https, ws or wss URL)")
-    if not TOKEN.fullmatch(method):
-        raise PolicyError(f"invalid method {method!r}")
-    userinfo, at_sign, hostport = parts.netloc.rpartition("@")
-    try:
-        raw_host, port = _split_host_port(hostport)
-        host = normalize_host(raw_host)
-        path = normalize_path(parts.path)
-    except ValueError as exc:
-        raise PolicyError(f"invalid URL {url!r}: {exc}") from None
-    http_scheme = "https" if scheme in ("https", "wss") else "http"
-    req = Request(method.upper(), http_scheme, host, port or SCHEME_PORTS[scheme], path)
-    lines = [f"request: {req}"]
-    if at_sign:
-        lines.append(f"note: {userinfo!r} before '@' is userinfo; the host is {host}")
-    allowed = True
-    if http_scheme == "https":
-        tunnel = policy.decide_connect(host, req.port)
-        verdict = tunnel.explain() if tunnel.rule else "denied (no rule)"
-        lines.append(f"tunnel: CONNECT {host_port_text(host, req.port)}: {verdict}")
-        allowed = tunnel.allowed
-    decision = policy.decide(req)
-    if decision.rule is None:
-        lines.append("rule: no rule matched: denied by default")
-    elif decision.reason is not None:
-        lines.append(f"rule: {decision.explain()}")
-    else:
-        lines.append(f"rule: matched {decision.rule.describe()}: {decision.rule.action}")
-    allowed = allowed and decision.allowed
-    literal = parse_ip(host)
-    addresses = (
-        [literal] if literal else [ipaddress.ip_address(a) for a in policy.resolve.get(host, ())]
-    )
-    for addr in addresses:
-        ok, reason = policy.address_allowed(addr, req.port)
-        lines.append(f"address: {reason}")
-        allowed = allowed and ok
-    if not addresses:
-        lines.append(f"address: checked when {host} resolves (local and private ones refused)")
-    lines.append(f"result: {'allowed' if allowed else 'denied'}")
-    hint = decision.hint(req)
-    if hint is not None:
-        lines.append(f"hint: {hint}")
-    return allowed, "\n".join(lines)
