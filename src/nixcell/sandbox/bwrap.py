@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from nixcell.errors import CellFailedError, SandboxError
 from nixcell.sandbox.bwrapio import (
     bwrap_path,
+    end_watch,
     exit_code_of,
     memfd,
     parse_info,
@@ -83,13 +84,7 @@ class CellProcess:
 
     def close_probe(self) -> None:
         """After the cell: its network counters closed, its stdio pipes' owners given back."""
-        if self.probe is not None:
-            self.probe.close()
-            self.probe = None
-        if self.lent:
-            from nixcell.sandbox.stdioowner import give_back
-
-            give_back(self.lent)
+        end_watch(self)
 
 
 def prepare_fds(plan: Plan, seccomp_program: bytes) -> tuple[int, list[int]]:

@@ -65,3 +65,17 @@ def switched_to(launcher: list[str] | None) -> tuple[int, int] | None:
         return None
     return (int(launcher[launcher.index("--setuid") + 1]),
             int(launcher[launcher.index("--setgid") + 1]))  # fmt: skip
+
+
+def end_watch(cell: object) -> None:
+    """After a cell (either executor's): its network counters closed (``probe``), its stdio
+    pipes' permissions given back (``lent``)."""
+    probe = getattr(cell, "probe", None)
+    if probe is not None:
+        probe.close()
+        cell.probe = None  # type: ignore[attr-defined]
+    lent = getattr(cell, "lent", None)
+    if lent:
+        from nixcell.sandbox.stdioowner import give_back
+
+        give_back(lent)

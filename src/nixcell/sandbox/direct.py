@@ -19,7 +19,14 @@ import time
 
 from nixcell.errors import CellFailedError, SandboxError
 from nixcell.quiet import suppress
-from nixcell.sandbox.bwrapio import bwrap_path, exit_code_of, memfd, parse_info, switched_to
+from nixcell.sandbox.bwrapio import (
+    bwrap_path,
+    end_watch,
+    exit_code_of,
+    memfd,
+    parse_info,
+    switched_to,
+)
 from nixcell.sandbox.nonet import NetProbe, block_pipe
 
 TYPE_CHECKING = False
@@ -218,13 +225,7 @@ class _Cell:
             self.cgroup.kill_all()
 
     def cleanup(self) -> None:
-        if self.probe is not None:
-            self.probe.close()
-            self.probe = None
-        if self.lent:
-            from nixcell.sandbox.stdioowner import give_back
-
-            give_back(self.lent)
+        end_watch(self)
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
