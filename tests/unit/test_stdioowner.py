@@ -68,3 +68,25 @@ def test_a_pipe_already_the_cells_is_left_alone():
     assert lend([r], *CELL) == []
     os.close(r)
     os.close(w)
+
+
+@pytest.mark.parametrize(
+    ("owner", "lendable"),
+    [("root", True), ("user", True), ("cell uid", False), ("cell gid", False)],
+)
+def test_a_pipe_on_loan_to_another_cell_is_not_lent_again(owner, lendable):
+    """Lent twice, the second lending would record the first cell's uid as the owner to give
+    back (review: two cells sharing one stdout left it a cell's, with that cell's mode)."""
+    from nixcell.sandbox.identity import subordinate_range
+
+    cells = subordinate_range()
+    other = cells.base + cells.count - 1  # another cell's uid, not CELL
+    ids = {"root": (0, 0), "user": (4242, 4242), "cell uid": (other, 0), "cell gid": (0, other)}
+    r, w = os.pipe()
+    os.fchown(r, *ids[owner])
+    lent = lend([r], *CELL)
+    assert (len(lent) == 1) is lendable
+    give_back(lent)
+    assert os.fstat(r)[4:6] == ids[owner]
+    os.close(r)
+    os.close(w)

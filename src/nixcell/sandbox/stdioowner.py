@@ -10,6 +10,11 @@ runs, each stdio fd that is an anonymous pipe is ``fchown``ed to the cell's uid,
 when the cell is gone. Named FIFOs and files are never touched (they are host files); sockets
 cannot be reopened at all (as on any machine). What the cell gains is what an ordinary user's
 cell has: reopening its own stdio pipes (docs/security.md, "stdio").
+
+A pipe that is on loan to another cell already (two cells of one ``xargs -P`` or ``make -j``
+share their caller's stdout) is not lent again: its owner then is that cell's uid, and
+recording that as the owner to give back would leave the pipe to a cell uid, with whatever
+mode that cell gave it, after both are gone. The second cell gets EACCES on a reopen, as before.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ def lend(fds: list[int], uid: int, gid: int) -> list[tuple[int, int, int, int]]:
             st = os.fstat(fd)
             if not stat.S_ISFIFO(st.st_mode) or (st.st_uid, st.st_gid) == (uid, gid):
                 continue
+            mine = (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid())
+            if not mine and _on_loan(st.st_uid, st.st_gid):
+                continue  # another cell's for now: its owner before is not this pipe's own
             if not os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:["):
                 continue  # a named FIFO: a host file, not ours to lend
             held = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
@@ -42,6 +50,18 @@ def lend(fds: list[int], uid: int, gid: int) -> list[tuple[int, int, int, int]]:
             continue
         lent.append((held, st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)))
     return lent
+
+
+def _on_loan(uid: int, gid: int) -> bool:
+    """Whether (uid, gid) is a cell's: in nixcell's range (or unknown: then not lent)."""
+    from nixcell.errors import NixcellError
+    from nixcell.sandbox.identity import subordinate_range
+
+    try:
+        cells = subordinate_range()
+    except (NixcellError, OSError):
+        return True
+    return uid in cells or gid in cells
 
 
 def give_back(lent: list[tuple[int, int, int, int]]) -> None:
