@@ -28,9 +28,10 @@ from nixcell.quiet import suppress  # (not contextlib: the CLI's warm path lends
 
 def lend(fds: list[int | None]) -> list[tuple[int, int]]:
     """Open the anonymous pipes among the stdio ``fds`` (stdin, stdout, stderr; None: not a
-    host fd) to "other" in their direction; what ``give_back`` needs: an ``O_PATH`` fd of each
-    (the caller may close its own; a dup would hold a pipe end open and the reader would never
-    see EOF) with the bits added."""
+    host fd) to "other" in their direction, by position (a pipe Popen made is given as the
+    parent's end: its access mode names the wrong one). What ``give_back`` needs: an ``O_PATH``
+    fd of each (the caller may close its own; a dup would hold a pipe end open and the reader
+    would never see EOF) with the bits added."""
     wanted: dict[tuple[int, int], tuple[int, int, int]] = {}  # inode: (fd, mode, bits)
     for index, fd in enumerate(fds):
         try:
