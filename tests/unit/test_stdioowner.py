@@ -1,17 +1,23 @@
-"""Lending a root-run cell its stdio pipes (sandbox/stdioowner.py): only anonymous pipes, their
-owners given back, and no pipe end held open by the lending (real fds, no cell)."""
+"""Opening a root-run cell's stdio pipes to it (sandbox/stdioowner.py): only anonymous pipes,
+only in their direction, the bits cleared again, and no pipe end held open by the lending
+(real fds, no cell)."""
 
 from __future__ import annotations
 
 import os
 import socket
+import stat
 
 import pytest
 
 from nixcell.sandbox.stdioowner import give_back, lend
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
-CELL = (54321, 54321)
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="another user's pipes need root")
+R, W = stat.S_IROTH, stat.S_IWOTH
+
+
+def _mode(fd: int) -> int:
+    return stat.S_IMODE(os.fstat(fd).st_mode)
 
 
 def _pipe(_tmp):
@@ -21,7 +27,7 @@ def _pipe(_tmp):
 
 def _fifo(tmp):
     path = tmp / "fifo"
-    os.mkfifo(path)
+    os.mkfifo(path, 0o600)
     fd = os.open(path, os.O_RDWR)
     return fd, [fd], False
 
@@ -37,14 +43,19 @@ def _socket(_tmp):
 
 
 @pytest.mark.parametrize("make", [_pipe, _fifo, _file, _socket], ids=lambda m: m.__name__[1:])
-def test_only_anonymous_pipes_are_lent_and_all_come_back(make, tmp_path):
+@pytest.mark.parametrize(("index", "bit"), [(0, R), (1, W), (2, W)])
+def test_only_anonymous_pipes_are_opened_one_way_and_all_come_back(make, index, bit, tmp_path):
     fd, fds, lendable = make(tmp_path)
     fds = [fd, *fds]
-    before = os.fstat(fd)[4:6]
-    lent = lend([fd], *CELL)
-    assert (os.fstat(fd)[4:6] == CELL) is lendable and len(lent) == int(lendable)
+    before = os.fstat(fd)
+    where: list[int | None] = [None, None, None]
+    where[index] = fd
+    lent = lend(where)
+    assert _mode(fd) == (stat.S_IMODE(before.st_mode) | (bit if lendable else 0))
+    assert len(lent) == int(lendable)
+    assert os.fstat(fd)[4:6] == before[4:6]  # the owner never changes
     give_back(lent)
-    assert os.fstat(fd)[4:6] == before and lent == []
+    assert _mode(fd) == stat.S_IMODE(before.st_mode) and lent == []
     for f in dict.fromkeys(fds):
         os.close(f)
 
@@ -52,19 +63,25 @@ def test_only_anonymous_pipes_are_lent_and_all_come_back(make, tmp_path):
 def test_lending_holds_no_pipe_end_open():
     """The reader still sees EOF when the writer closes while the pipe is lent."""
     r, w = os.pipe()
-    lent = lend([r, w, w], *CELL)
-    assert len(lent) == 1  # one inode, lent once
+    lent = lend([r, w, w])
+    assert len(lent) == 1 and _mode(r) == 0o600 | R | W  # one inode, lent once
     os.write(w, b"x")
     os.close(w)
     assert os.read(r, 10) == b"x" and os.read(r, 10) == b""
     give_back(lent)
-    assert os.fstat(r)[4:6] == (0, 0)
+    assert _mode(r) == 0o600
     os.close(r)
 
 
-def test_a_pipe_already_the_cells_is_left_alone():
+def test_two_lenders_of_one_pipe_leave_it_as_it_was():
+    """xargs -P: the second lender adds nothing, so whichever order they end in the pipe is
+    0600 again (a lender that recorded the mode before would restore the first one's bits)."""
     r, w = os.pipe()
-    os.fchown(r, *CELL)
-    assert lend([r], *CELL) == []
+    first = lend([None, w])
+    second = lend([None, w])
+    assert (len(first), second) == (1, [])
+    give_back(first)
+    give_back(second)
+    assert _mode(w) == 0o600
     os.close(r)
     os.close(w)

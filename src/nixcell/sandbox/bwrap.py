@@ -52,7 +52,7 @@ class CellProcess:
     child_pid: int | None = None
     _fds: list[int] = field(default_factory=list)
     probe: NetProbe | None = None  # the cell's network counters (sandbox/nonet.py)
-    lent: list[tuple[int, int, int, int]] = field(default_factory=list)  # stdioowner.py
+    lent: list[tuple[int, int]] = field(default_factory=list)  # stdioowner.py
 
     def kill(self) -> None:
         """Kill every process of the cell: pid-1 of its namespace, then bwrap, then the cgroup."""
@@ -83,7 +83,7 @@ class CellProcess:
         self._fds.clear()
 
     def close_probe(self) -> None:
-        """After the cell: its network counters closed, its stdio pipes' owners given back."""
+        """After the cell: its network counters closed, its stdio pipes' bits taken back."""
         end_watch(self)
 
 
@@ -197,7 +197,7 @@ def spawn(
         streams = (proc.stdin, proc.stdout, proc.stderr)
         fds = [_fd_of(given, made, i) for i, (given, made) in
                enumerate(zip((stdin, stdout, stderr), streams, strict=True))]  # fmt: skip
-        cell.lent = lend([fd for fd in fds if fd is not None], *owner)
+        cell.lent = lend(fds)
     return cell
 
 

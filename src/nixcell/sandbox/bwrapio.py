@@ -69,7 +69,7 @@ def switched_to(launcher: list[str] | None) -> tuple[int, int] | None:
 
 def end_watch(cell: object) -> None:
     """After a cell (either executor's): its network counters closed (``probe``), its stdio
-    pipes' permissions given back (``lent``)."""
+    pipes' added permission bits taken back (``lent``)."""
     probe = getattr(cell, "probe", None)
     if probe is not None:
         probe.close()

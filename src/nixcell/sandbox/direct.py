@@ -122,7 +122,7 @@ class _Cell:
         self.status: int = 0  # bwrap's returncode, as subprocess gives it (-N: signal N)
         self.reaped = False
         self.probe: NetProbe | None = None  # the cell's network counters (sandbox/nonet.py)
-        self.lent: list[tuple[int, int, int, int]] = []  # stdio pipes lent (stdioowner.py)
+        self.lent: list[tuple[int, int]] = []  # stdio pipes lent (stdioowner.py)
 
     def start(
         self,
@@ -169,7 +169,7 @@ class _Cell:
             if owner is not None and owner[0] != os.geteuid():  # a root-run cell: as bwrap.spawn
                 from nixcell.sandbox.stdioowner import lend
 
-                self.lent = lend([0, 1, 2], *owner)  # (this process's stdio is the cell's)
+                self.lent = lend([0, 1, 2])  # (this process's stdio is the cell's)
         except BaseException:
             self.kill()  # before the block fd closes: the command never starts
             raise
