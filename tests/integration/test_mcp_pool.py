@@ -197,6 +197,24 @@ def test_a_pooled_cell_is_used_once(project, env):
     with_client(project, body, "--config", _config(project), "--pool", "1")
 
 
+def test_the_python_driver_hands_over_a_warmed_interpreter(project):
+    """What the pooled interpreter did while it waited (docs/mcp.md lists it): its start-up's
+    objects are frozen, nothing else; a user's own objects are collected as in a fresh cell."""
+    code = (
+        "import gc, weakref\n"
+        "class C: pass\n"
+        "c = C(); c.me = c; r = weakref.ref(c); del c; gc.collect()\n"
+        "print(gc.get_freeze_count() > 1000, r() is None, gc.isenabled())"
+    )
+
+    async def body(client: Client) -> None:
+        await _until_pooled(client, "python")
+        result = await _call(client, "python", code)
+        assert result["stdout"] == "True True True\n", result
+
+    with_client(project, body, "--config", _config(project), "--pool", "1")
+
+
 # -- the environment's limits hold in pooled cells ---------------------------------------------
 
 
