@@ -254,6 +254,10 @@ def plan(
 
     ``proxied_cidrs``: the networks the compiled policy's allow rules grant (policy files
     included, which plan() does not read); the flags' ``--allow-cidr`` are added here."""
+    if spec.store != "closure" or spec.host_network:  # (being built: refused, never weakened)
+        from nixcell.errors import SpecError
+
+        raise SpecError("store modes other than 'closure' and the host network are not built yet")
     disk = spec.limits.disk
     profiles = tuple(spec.hardening_profiles)
     _check_disk_bounds(spec, host.volumes)

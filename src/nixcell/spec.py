@@ -214,6 +214,15 @@ class CellSpec(BaseModel):
     # (the CLI's default), "always" (-i), "never" (-T; the default of the API and MCP)
     tty: Literal["auto", "always", "never"] = "never"
     sh: bool = True  # /bin/sh in the cell (--no-sh: only what the packages bring)
+    # What the cell sees of /nix/store: "closure" (its runtime closure only, the default),
+    # "readonly" (the whole store, read-only), "shared" (readonly plus the Nix daemon socket),
+    # "copy" (the closure copied into ``store_dir``, refreshed each run) or "isolated" (copied
+    # once into ``store_dir``, then frozen). ``store_dir`` is a host directory the cell never
+    # writes (a project's .nixcell/store).
+    store: Literal["closure", "readonly", "shared", "copy", "isolated"] = "closure"
+    store_dir: str | None = None
+    # The host's own network namespace (no proxy, no policy): only when asked for explicitly.
+    host_network: bool = False
 
     def closure_packages(self) -> list[str]:
         """What the closure is resolved from: the packages, plus dash for /bin/sh (``system()``,
@@ -313,6 +322,25 @@ class CellSpec(BaseModel):
                         f"{source} holds nixcell's own state ({mine}): a cell with write access "
                         f"could rewrite it; bind a subdirectory, or add --hide {mine}"
                     )
+        return self
+
+    @field_validator("store_dir")
+    @classmethod
+    def _store_dir(cls, value: str | None) -> str | None:
+        return None if value is None else _clean_abs(value, "store dir")
+
+    @model_validator(mode="after")
+    def _store_and_network(self) -> CellSpec:
+        copies = self.store in ("copy", "isolated")
+        if copies and self.store_dir is None:
+            raise ValueError(f"store mode {self.store!r} needs a directory for the copy")
+        if not copies and self.store_dir is not None:
+            raise ValueError(f"store mode {self.store!r} takes no store directory")
+        if self.host_network and self.network is not None:
+            raise ValueError(
+                "the host network and a proxy network exclude each other (host mode has no "
+                "policy: drop the network flags, or the host mode)"
+            )
         return self
 
     @model_validator(mode="after")
