@@ -10,6 +10,7 @@ import click
 
 from nixcell import __version__
 from nixcell.cli.netflags import network_from_flags, network_options, policy
+from nixcell.cli.project_cmd import register as register_project_commands
 from nixcell.errors import UsageError
 
 HARDENING_HELP = (
@@ -425,6 +426,7 @@ def completion(shell: str) -> int:
 
 _register_offline()
 cli.add_command(policy)
+register_project_commands(cli)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(cli())

@@ -1,0 +1,215 @@
+"""The project commands: init, reinit, destroy, presets, hook direnv, status, shell.
+
+Thin: the work is in ``nixcell.project`` (files, presets, direnv, status); here only flags,
+questions and output. ``register(cli)`` adds them to the command tree (cli/main.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from nixcell.errors import UsageError
+
+
+def _target(directory: str | None) -> str:
+    return os.path.abspath(directory or os.getcwd())
+
+
+def _report(outcome, verb: str) -> None:
+    for name in outcome.written:
+        click.echo(f"{verb} {name}")
+    for line in outcome.backed_up:
+        click.echo(f"kept the old {line}")
+    for name in outcome.kept:
+        click.echo(f"kept {name}")
+
+
+def _preset_option(f):
+    from nixcell.project.presets import DEFAULT, PRESETS
+
+    return click.option(
+        "--preset",
+        default=DEFAULT,
+        show_default=True,
+        type=click.Choice(list(PRESETS)),
+        help="What the project starts with (see `nixcell presets`).",
+    )(f)
+
+
+@click.command()
+@_preset_option
+@click.argument("directory", metavar="[DIR]", required=False)
+def init(preset: str, directory: str | None) -> int:
+    """Make DIR (default: here) a project: nixcell.toml, .envrc, .nixcell/.
+
+    Refuses, writing nothing, when a nixcell.toml or nixcage.toml is already there.
+    """
+    from nixcell.project import files, presets
+
+    root = _target(directory)
+    outcome = files.write_project(root, presets.get(preset))
+    _report(outcome, "wrote")
+    if ".envrc" in outcome.written:
+        click.echo(f"project {root} ({preset}): `direnv allow` there, then `nixcell shell`")
+    else:
+        click.echo(f"project {root} ({preset}): `nixcell shell` there")
+    return 0
+
+
+@click.command()
+@_preset_option
+@click.argument("directory", metavar="[DIR]", required=False)
+def reinit(preset: str, directory: str | None) -> int:
+    """Write DIR's project files afresh; the old config is kept as nixcell.toml.bak."""
+    from nixcell.project import files, presets
+
+    root = _target(directory)
+    outcome = files.write_project(root, presets.get(preset), reinit=True)
+    _report(outcome, "wrote")
+    return 0
+
+
+@click.command()
+@click.option("-y", "--yes", is_flag=True, help="Do not ask.")
+@click.argument("directory", metavar="[DIR]", required=False)
+def destroy(yes: bool, directory: str | None) -> int:
+    """Remove what init wrote in DIR (default: the project here): nixcell.toml, .nixcell/
+    (state included) and the .envrc if it is still nixcell's. Backups (*.bak) stay."""
+    from nixcell.project import files
+
+    root = _project_root(directory)
+    plan = files.planned_removal(root)
+    if not yes:
+        if not (sys.stdin.isatty() and sys.stderr.isatty()):
+            raise UsageError("destroy: no terminal to ask on; pass --yes to remove " + root)
+        click.echo(f"in {root} this removes: {', '.join(plan.removed)}", err=True)
+        if not click.confirm("remove them?", default=False, err=True):
+            click.echo("nothing removed", err=True)
+            return 1
+    done = files.remove_project(root, plan)
+    for name in done.removed:
+        click.echo(f"removed {name}")
+    for name in done.kept:
+        click.echo(f"kept {name}")
+    return 0
+
+
+def _project_root(directory: str | None) -> str:
+    """DIR as given, or the root of the project around the current directory."""
+    if directory:
+        return _target(directory)
+    from nixcell.project import discover
+
+    found = discover.find(os.getcwd())
+    if found is None:
+        raise UsageError("no nixcell.toml here or above: name the project directory")
+    return found.root
+
+
+@click.command("list-presets")
+def list_presets() -> int:
+    """List the presets of `nixcell init --preset`."""
+    from nixcell.project.presets import DEFAULT, PRESETS
+
+    width = max(len(name) for name in PRESETS)
+    for name, preset in PRESETS.items():
+        mark = " (default)" if name == DEFAULT else ""
+        click.echo(f"{name:<{width}}  {preset.summary}{mark}")
+    return 0
+
+
+@click.group()
+def hook() -> None:
+    """Shell hooks."""
+
+
+@hook.command("direnv")
+def hook_direnv() -> int:
+    """Print the code a project's .envrc evaluates: eval "$(nixcell hook direnv)"."""
+    from nixcell.project.direnv import hook as make_hook
+
+    click.echo(make_hook(os.getcwd()), nl=False)
+    return 0
+
+
+def _load(directory: str | None, no_project: bool = False):
+    from nixcell.project import discover, load
+
+    if no_project:
+        raise UsageError("--no-project: there is no project to use")
+    found = discover.find(os.getcwd(), _target(directory) if directory else None)
+    if found is None:
+        raise UsageError(
+            "no nixcell.toml (or nixcage.toml) here or above: `nixcell init` makes one"
+        )
+    return load(found)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="As JSON.")
+@click.option("--project", "directory", metavar="DIR", help="The project's root directory.")
+def status(as_json: bool, directory: str | None) -> int:
+    """The project's config, which file it came from, and what this host has for it."""
+    from nixcell.project.status import summary
+
+    info = summary(_load(directory))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return 0
+    _print_status(info)
+    return 0 if all(d["ok"] or not d["required"] for d in info["dependencies"]) else 1
+
+
+def _print_status(info: dict) -> None:
+    net = info["network"]
+    rows = [
+        ("project", info["root"]),
+        ("config", f"{info['config']} ({info['format']})"),
+        ("level", info["level"]),
+        ("packages", " ".join(info["packages"]) or "(none)"),
+        ("nixpkgs", info["nixpkgs"] + (f", flake {info['flake']}" if info["flake"] else "")),
+        ("store", info["store_mode"]),
+        ("network", net["mode"] + _hosts(net)),
+        ("command", " ".join(info["command"]) or "(none: give one after --)"),
+    ]
+    fs = info["filesystem"]
+    for key in ("ro_bind", "rw_bind", "blacklist"):
+        if fs[key]:
+            rows.append((key, " ".join(fs[key])))
+    if fs["missing"]:
+        rows.append(("skipped", " ".join(fs["missing"]) + " (missing on this host)"))
+    limits = [f"{k} {v}" for k, v in info["resources"].items() if v is not None]
+    if limits:
+        rows.append(("limits", ", ".join(limits)))
+    for key, value in rows:
+        click.echo(f"{key:<9} {value}")
+    for alert in info["alerts"]:
+        click.secho(f"WARNING: {alert}", fg="red", bold=True, err=True)
+    for warning in info["warnings"]:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+    for dep in info["dependencies"]:
+        mark = "ok" if dep["ok"] else ("MISSING" if dep["required"] else "missing")
+        click.echo(f"  {mark:<7} {dep['name']}: {dep['detail']}")
+
+
+def _hosts(net: dict) -> str:
+    parts = []
+    for key, label in (("allow_hosts", "allow"), ("deny_hosts", "deny"), ("allow_cidrs", "cidr")):
+        if net[key]:
+            parts.append(f"{label} {' '.join(net[key])}")
+    if net["policy"]:
+        parts.append(f"policy {' '.join(net['policy'])}")
+    if net["credentials"]:
+        parts.append(f"credentials {' '.join(net['credentials'])}")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def register(cli: click.Group) -> None:
+    """Add the project commands to the command tree."""
+    for command in (init, reinit, destroy, list_presets, hook, status):
+        cli.add_command(command)
+    cli.add_command(list_presets, "presets")

@@ -1,0 +1,168 @@
+"""Presets for ``nixcell init --preset NAME``: the files a new project starts with, as data.
+
+A preset is the text of a ``nixcell.toml`` (and of ``.nixcell/policy.toml`` when its network
+needs credentials), written with comments so that the user can read and edit what they got.
+Every preset loads with the project loader and runs a real cell (tests/integration/
+test_project_cmds.py); nothing here is interpreted, so a preset can never mean more than the
+file it writes.
+
+Choices (docs/project.md, "Presets"):
+
+- ``claude-code``: Claude Code needs only ``api.anthropic.com`` once its non-essential traffic
+  (telemetry to statsig.anthropic.com, error reports to sentry.io, the auto-updater) is switched
+  off with ``CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1``; so the network is the proxy with that
+  one host, and no third party (sentry.io) ever sees the project. ``ANTHROPIC_API_KEY`` is a
+  credential of ``.nixcell/policy.toml``: the cell's variable holds a same-shape dummy and the
+  proxy puts the real key into the ``x-api-key`` header Claude Code (the Anthropic SDK) sends.
+- ``python-dev`` / ``node-dev``: the proxy limited to the language's package registry.
+- ``shell``: no network at all; the project's files and the usual tools.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nixcell.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    summary: str
+    config: str  # the nixcell.toml text
+    policy: str | None = None  # the .nixcell/policy.toml text, when the config names one
+
+
+_HEADER = """\
+# nixcell project ({preset}): `nixcell run -- CMD`, `nixcell shell`, `nixcell status`.
+# Format: docs/project.md. Flags of `nixcell run` win over this file; lists add.
+"""
+
+CLAUDE_CODE = Preset(
+    "claude-code",
+    "Claude Code (nodejs + claude-code): ~/.claude read-write, only api.anthropic.com, "
+    "ANTHROPIC_API_KEY injected by the proxy",
+    _HEADER.format(preset="claude-code")
+    + """
+[sandbox]
+level = "standard"        # the project read-write, a fresh home, the network below
+
+[sandbox.filesystem]
+ro_bind = ["~/.gitconfig"]                  # missing ones are skipped (nixcell status lists them)
+rw_bind = ["~/.claude", "~/.claude.json"]   # Claude Code's settings and sessions
+
+[sandbox.network]
+mode = "proxy"                              # only the hosts below, through nixcell's proxy
+allow_hosts = ["api.anthropic.com"]
+policy = ".nixcell/policy.toml"
+credentials = ["anthropic"]                 # the cell holds a dummy ANTHROPIC_API_KEY
+
+[nix]
+packages = ["nodejs", "claude-code", "bash", "coreutils", "git", "gnugrep", "gnused",
+            "findutils", "diffutils", "which"]
+
+[cage]
+command = ["claude"]
+passthrough_env = ["TERM", "LANG", "COLORTERM"]
+# no telemetry (statsig), no error reports (sentry.io), no self-update: api.anthropic.com only
+env = { CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = "1", DISABLE_AUTOUPDATER = "1" }
+""",
+    """\
+# Credentials of this project's cell (nix-jail policy format plus [[credentials]]).
+# The real ANTHROPIC_API_KEY stays in the host's environment: the cell's variable holds a dummy
+# of the same shape, and nixcell's proxy swaps the real key into the x-api-key header of
+# requests to api.anthropic.com only (responses are scrubbed of it).
+[[credentials]]
+name = "anthropic"
+source = "env:ANTHROPIC_API_KEY"
+hosts = ["api.anthropic.com"]
+header = "x-api-key"
+format = "{token}"
+env = "ANTHROPIC_API_KEY"
+""",
+)
+
+PYTHON_DEV = Preset(
+    "python-dev",
+    "Python 3 with pip's registry (pypi.org, files.pythonhosted.org) through the proxy",
+    _HEADER.format(preset="python-dev")
+    + """
+[sandbox]
+level = "standard"
+
+[sandbox.filesystem]
+ro_bind = ["~/.gitconfig"]
+
+[sandbox.network]
+mode = "proxy"
+allow_hosts = ["pypi.org", "files.pythonhosted.org"]
+
+[nix]
+packages = ["python3", "bash", "coreutils", "git", "gnugrep", "gnused", "findutils",
+            "diffutils", "which"]
+
+[cage]
+command = ["python3"]
+passthrough_env = ["TERM", "LANG"]
+env = { PIP_DISABLE_PIP_VERSION_CHECK = "1" }
+""",
+)
+
+NODE_DEV = Preset(
+    "node-dev",
+    "Node.js with npm's registry (registry.npmjs.org) through the proxy",
+    _HEADER.format(preset="node-dev")
+    + """
+[sandbox]
+level = "standard"
+
+[sandbox.filesystem]
+ro_bind = ["~/.gitconfig"]
+
+[sandbox.network]
+mode = "proxy"
+allow_hosts = ["registry.npmjs.org"]
+
+[nix]
+packages = ["nodejs", "bash", "coreutils", "git", "gnugrep", "gnused", "findutils",
+            "diffutils", "which"]
+
+[cage]
+command = ["node"]
+passthrough_env = ["TERM", "LANG"]
+env = { NPM_CONFIG_UPDATE_NOTIFIER = "false" }
+""",
+)
+
+SHELL = Preset(
+    "shell",
+    "bash and the usual tools on the project's files, no network",
+    _HEADER.format(preset="shell")
+    + """
+[sandbox]
+level = "standard"
+
+[sandbox.network]
+mode = "none"             # `nixcell run --network open` for one run that needs it
+
+[nix]
+packages = ["bash", "coreutils", "gnugrep", "gnused", "gawk", "findutils", "diffutils",
+            "jq", "tree", "file", "which", "git"]
+
+[cage]
+command = ["bash"]
+passthrough_env = ["TERM", "LANG"]
+""",
+)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (CLAUDE_CODE, PYTHON_DEV, NODE_DEV, SHELL)}
+DEFAULT = "shell"
+
+
+def get(name: str) -> Preset:
+    """The preset called ``name``; an unknown name is a one-line error listing the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        known = ", ".join(PRESETS)
+        raise UsageError(f"unknown preset {name!r} (known: {known})") from None
