@@ -220,19 +220,95 @@ def spec_from_flags(command: tuple[str, ...], **o: object):
     )
 
 
+def project_options(f):
+    opts = [
+        click.option(
+            "--project",
+            "project_dir",
+            metavar="DIR",
+            help="The project root (its nixcell.toml or nixcage.toml); default: the nearest "
+            "one above the current directory.",
+        ),
+        click.option("--no-project", is_flag=True, help="Ignore project configs."),
+        click.option(
+            "--network",
+            type=click.Choice(["none", "proxy", "open", "host"]),
+            help="In a project: override the network mode.",
+        ),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _project_and_command(command: tuple[str, ...], flags: dict[str, object]):
+    """(the project or None, the command): ``run DIR -- CMD`` names the project by its dir."""
+    from nixcell.project.discover import find
+
+    explicit = flags.get("project_dir")
+    if len(command) >= 2 and command[1] == "--" and os.path.isdir(command[0]):
+        if explicit is not None:
+            raise click.UsageError("give the project once: --project DIR or DIR -- CMD")
+        explicit, command = command[0], command[2:]
+    if flags.get("no_project") and explicit is not None:
+        raise click.UsageError("--no-project and a project directory exclude each other")
+    found = find(os.getcwd(), explicit=explicit, ignore=bool(flags.get("no_project")))
+    if found is None and flags.get("network"):
+        raise click.UsageError("--network MODE is for projects (outside one: --allow-host ...)")
+    return found, command
+
+
+def project_spec(found, command: tuple[str, ...], flags: dict[str, object], warn=None):
+    """Load the project, make its state dirs, compile its spec with the flags (the commands
+    that run a project's cell share this)."""
+    from nixcell.project.compile import compile_spec, draft
+    from nixcell.project.load import load
+    from nixcell.project.state import ensure_state
+
+    project = load(found)
+    for line in project.warnings:
+        (warn or _warn)(line)
+    ensure_state(project)
+    for line in draft(project, os.getcwd()).skipped:
+        (warn or _warn)(line)
+    if not project.config.packages and not flags.get("packages"):
+        raise _no_packages(tuple(command) or project.config.command)
+    net = network_from_flags(flags)
+    return compile_spec(project, command, {**flags, "net": net}, os.getcwd())
+
+
+def _warn(line: str) -> None:
+    click.echo(f"nixcell: warning: {line}", err=True)
+
+
 @cli.command(context_settings={"allow_interspersed_args": False})
 @run_options
 @network_options
+@project_options
 @click.option("--dry-run", is_flag=True, help="Print the plan instead of running it.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(command: tuple[str, ...], dry_run: bool, as_json: bool, **flags: object) -> int:
-    """Run COMMAND in a fresh cell (put it after `--`)."""
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def run(
+    ctx: click.Context, command: tuple[str, ...], dry_run: bool, as_json: bool, **flags: object
+) -> int:
+    """Run COMMAND in a fresh cell (put it after `--`).
+
+    In a project (a nixcell.toml or nixcage.toml above): its config, merged with the flags
+    (flags win, lists add); no COMMAND runs its [cage] command; `run DIR -- CMD` names it."""
     from nixcell.fsio import open_output_dir
 
     if as_json and not dry_run:
         raise click.UsageError("--json needs --dry-run: it prints the plan as JSON, not a run")
-    spec = spec_from_flags(command, **flags)
+    found, command = _project_and_command(command, flags)
+    if found is None:
+        if not command:
+            raise click.UsageError("Missing argument 'COMMAND...'.")
+        spec = spec_from_flags(command, **flags)
+    else:
+        if ctx.get_parameter_source("cwd") is click.core.ParameterSource.DEFAULT:
+            flags["cwd"] = None
+        spec = project_spec(found, command, flags)
     learn_to = flags.get("learn_output")
     # Checked and opened before anything slow runs, and before the cell can touch it: a
     # learned policy is never lost to a bad path (fsio.open_output_dir).
