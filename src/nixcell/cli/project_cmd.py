@@ -137,7 +137,8 @@ def hook_direnv() -> int:
 
 
 def _load(directory: str | None, no_project: bool = False):
-    from nixcell.project import discover, load
+    from nixcell.project import discover
+    from nixcell.project.load import load
 
     if no_project:
         raise UsageError("--no-project: there is no project to use")
@@ -161,7 +162,8 @@ def status(as_json: bool, directory: str | None) -> int:
         click.echo(json.dumps(info, indent=2))
         return 0
     _print_status(info)
-    return 0 if all(d["ok"] or not d["required"] for d in info["dependencies"]) else 1
+    ready = all(d["ok"] or not d["required"] for d in info["dependencies"])
+    return 0 if ready and not info["problems"] else 1
 
 
 def _print_status(info: dict) -> None:
@@ -180,13 +182,21 @@ def _print_status(info: dict) -> None:
     for key in ("ro_bind", "rw_bind", "blacklist"):
         if fs[key]:
             rows.append((key, " ".join(fs[key])))
-    if fs["missing"]:
-        rows.append(("skipped", " ".join(fs["missing"]) + " (missing on this host)"))
+    for line in fs["skipped"]:
+        rows.append(("skipped", line))
     limits = [f"{k} {v}" for k, v in info["resources"].items() if v is not None]
     if limits:
         rows.append(("limits", ", ".join(limits)))
+    cell = info["cell"]
+    if cell["home"] is not None:
+        project = "read-write" if cell["project_mounted"] else "not mounted (/workspace)"
+        rows.append(("cell", f"project {project}, home {cell['home']}"))
+    if cell["hidden"]:
+        rows.append(("hidden", " ".join(cell["hidden"])))
     for key, value in rows:
         click.echo(f"{key:<9} {value}")
+    for problem in info["problems"]:
+        click.secho(f"error: {problem}", fg="red", err=True)
     for alert in info["alerts"]:
         click.secho(f"WARNING: {alert}", fg="red", bold=True, err=True)
     for warning in info["warnings"]:
@@ -208,8 +218,55 @@ def _hosts(net: dict) -> str:
     return f" ({'; '.join(parts)})" if parts else ""
 
 
+# bash when the packages have it, else the sh every cell has; a prompt that says where you are
+# (kept when the config's [cage] env sets PS1). Starting through sh costs one exec of dash.
+SHELL_SCRIPT = (
+    "if command -v bash >/dev/null 2>&1; then "
+    "[ -n \"${PS1-}\" ] || PS1='(cell) \\w\\$ '; export PS1; exec bash -i; fi; "
+    "[ -n \"${PS1-}\" ] || PS1='(cell) $ '; export PS1; exec sh -i"
+)
+
+
+def _shell_command(main) -> click.Command:
+    """``nixcell shell``: made here with ``run``'s options (cli/main.py owns them)."""
+
+    @click.command(context_settings={"allow_interspersed_args": False})
+    @main.run_options
+    @main.network_options
+    @main.project_options
+    @click.argument("directory", metavar="[DIR]", required=False)
+    @click.pass_context
+    def shell(ctx: click.Context, directory: str | None, **flags: object) -> int:
+        """An interactive shell in the project's cell (bash if its packages have it, else sh),
+        always on a terminal of its own. DIR (or --project DIR): the project's root."""
+        from nixcell.project import discover
+
+        if directory and flags.get("project_dir"):
+            raise click.UsageError("give the project once: --project DIR or DIR")
+        if flags.get("no_tty"):
+            raise click.UsageError("-T/--no-tty: a shell always gets a terminal (use run)")
+        if flags.get("no_project"):
+            raise click.UsageError("--no-project: shell opens a project's cell (use run)")
+        explicit = directory or flags.get("project_dir")
+        found = discover.find(os.getcwd(), explicit=str(explicit) if explicit else None)
+        if found is None:
+            raise UsageError(
+                "no nixcell.toml (or nixcage.toml) here or above: `nixcell init` makes one"
+            )
+        flags["interactive"] = True
+        if ctx.get_parameter_source("cwd") is click.core.ParameterSource.DEFAULT:
+            flags["cwd"] = None  # where the user stands, as the level says
+        spec = main.project_spec(found, ("/bin/sh", "-c", SHELL_SCRIPT), flags)
+        return main._run(spec, False, False, None, False)
+
+    return shell
+
+
 def register(cli: click.Group) -> None:
-    """Add the project commands to the command tree."""
-    for command in (init, reinit, destroy, list_presets, hook, status):
+    """Add the project commands to the command tree (called at the end of cli/main.py, whose
+    run options ``shell`` shares)."""
+    from nixcell.cli import main
+
+    for command in (init, reinit, destroy, list_presets, hook, status, _shell_command(main)):
         cli.add_command(command)
     cli.add_command(list_presets, "presets")

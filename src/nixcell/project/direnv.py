@@ -134,7 +134,7 @@ def hook(cwd: str, explicit: str | None = None) -> str:
             "nixcell: no nixcell.toml (or nixcage.toml) here or above: `nixcell init` makes one"
         )
     try:
-        from nixcell.project import load
+        from nixcell.project.load import load
 
         project = load(found)
         level = str(project.level)

@@ -5,7 +5,9 @@ Pure data (a dict, the same for ``--json`` and the text the CLI prints): the con
 the binds with the optional sources that are missing (skipped, as nixcage does), the loader's
 warnings, loud alerts for the modes that give up isolation (``host`` network: the host's
 network namespace; ``shared`` store: the Nix daemon's socket inside the cell), and the host
-programs the project needs. Only stats and PATH look-ups: status runs no program and no nix.
+programs the project needs. Only stats and PATH look-ups: status runs no program and no nix;
+it makes the project's state dirs as a run would (``ensure_state``), and a problem there (a
+state dir a cell swapped for a link) is reported, not raised.
 """
 
 from __future__ import annotations
@@ -20,32 +22,6 @@ ALERTS = {
     ("store", "shared"): "store mode shared: the whole /nix/store is visible and the Nix daemon's "
     "socket is inside the cell (it can build and add store paths)",
 }
-
-
-def network_mode(config: Any) -> str:
-    """The network mode the config means (PROJECT-FORMAT.md: mode wins over nixcage's allow;
-    hosts or a policy without a mode mean proxy; else none at strict, open otherwise)."""
-    if config.mode:
-        return str(config.mode)
-    if config.allow is not None:
-        return "open" if config.allow else "none"
-    if config.allow_hosts or config.policy or config.allow_cidrs:
-        return "proxy"
-    return "none" if config.level == "strict" else "open"
-
-
-def _source(entry: str) -> str:
-    src = entry.split(":", 1)[0] if ":" in entry and not entry.startswith("/:") else entry
-    return os.path.expanduser(src)
-
-
-def missing_sources(config: Any) -> list[str]:
-    """Bind sources (ro_bind, rw_bind) that do not exist: the cell is made without them."""
-    out = []
-    for entry in (*config.ro_bind, *config.rw_bind):
-        if not os.path.lexists(_source(entry)):
-            out.append(entry)
-    return out
 
 
 def dependencies(config: Any | None = None) -> list[dict[str, Any]]:
@@ -84,9 +60,20 @@ def dependencies(config: Any | None = None) -> list[dict[str, Any]]:
 
 def summary(project: Any) -> dict[str, Any]:
     """Everything ``status`` shows about a loaded project."""
+    from nixcell.errors import NixcellError
+    from nixcell.project.compile import draft, network_mode
+    from nixcell.project.state import ensure_state
+
     config = project.config
     found = project.found
-    mode = network_mode(config)
+    mode = network_mode(project, {})
+    problems: list[str] = []
+    try:  # the state dirs as the next run makes them, so the cell below is that run's
+        ensure_state(project)
+        cell = draft(project, found.root)
+    except NixcellError as exc:
+        problems.append(exc.message)
+        cell = None
     alerts = []
     if mode == "host":
         alerts.append(ALERTS[("network", "host")])
@@ -114,7 +101,12 @@ def summary(project: Any) -> dict[str, Any]:
             "ro_bind": list(config.ro_bind),
             "rw_bind": list(config.rw_bind),
             "blacklist": list(config.blacklist),
-            "missing": missing_sources(config),
+            "skipped": cell.skipped if cell else [],
+        },
+        "cell": {
+            "project_mounted": cell.project_mounted if cell else None,
+            "home": cell.home_mode if cell else None,
+            "hidden": list(cell.hide) if cell else [],
         },
         "resources": {
             "cpus": config.cpus,
@@ -128,5 +120,6 @@ def summary(project: Any) -> dict[str, Any]:
         "env": sorted(config.env),  # names only: values may be secrets
         "warnings": list(project.warnings),
         "alerts": alerts,
+        "problems": problems,
         "dependencies": dependencies(config),
     }
