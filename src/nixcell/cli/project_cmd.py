@@ -6,7 +6,6 @@ questions and output. ``register(cli)`` adds them to the command tree (cli/main.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -159,6 +158,8 @@ def status(as_json: bool, directory: str | None) -> int:
 
     info = summary(_load(directory))
     if as_json:
+        import json
+
         click.echo(json.dumps(info, indent=2))
         return 0
     _print_status(info)
@@ -218,13 +219,18 @@ def _hosts(net: dict) -> str:
     return f" ({'; '.join(parts)})" if parts else ""
 
 
-# bash when the packages have it, else the sh every cell has; a prompt that says where you are
-# (kept when the config's [cage] env sets PS1). Starting through sh costs one exec of dash.
-SHELL_SCRIPT = (
-    "if command -v bash >/dev/null 2>&1; then "
-    "[ -n \"${PS1-}\" ] || PS1='(cell) \\w\\$ '; export PS1; exec bash -i; fi; "
-    "[ -n \"${PS1-}\" ] || PS1='(cell) $ '; export PS1; exec sh -i"
-)
+# bash when the packages have it, else the sh every cell has, with a prompt that says where
+# you are (dash sets a PS1 of its own even when not interactive: the choice is made here, and
+# a PS1 from the config's [cage] env or -e is kept). Starting through sh costs one exec of dash.
+_PICK = "if command -v bash >/dev/null 2>&1; then {bash}exec bash -i; fi; {sh}exec sh -i"
+
+
+def shell_script(own_prompt: bool) -> str:
+    if own_prompt:
+        return _PICK.format(bash="", sh="")
+    return _PICK.format(
+        bash="PS1='(cell) \\w\\$ '; export PS1; ", sh="PS1='(cell) $ '; export PS1; "
+    )
 
 
 def _shell_command(main) -> click.Command:
@@ -256,7 +262,9 @@ def _shell_command(main) -> click.Command:
         flags["interactive"] = True
         if ctx.get_parameter_source("cwd") is click.core.ParameterSource.DEFAULT:
             flags["cwd"] = None  # where the user stands, as the level says
-        spec = main.project_spec(found, ("/bin/sh", "-c", SHELL_SCRIPT), flags)
+        spec = main.project_spec(found, ("/bin/sh", "-c", shell_script(False)), flags)
+        if "PS1" in spec.env:
+            spec = spec.model_copy(update={"command": ["/bin/sh", "-c", shell_script(True)]})
         return main._run(spec, False, False, None, False)
 
     return shell
