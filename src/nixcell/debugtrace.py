@@ -26,6 +26,7 @@ TOP = 20
 MAX_LINE = 64 * 1024  # strace prints paths up to -s 4096 bytes, escaped: a line is far shorter
 MAX_LINES = 2_000_000  # failure lines summarised; the rest are counted only
 MAX_UNIQUE = 10_000  # distinct (errno, syscall, path) rows kept
+MAX_PENDING = 4096  # calls split by another thread's event, waiting for their end
 
 # fmt: off
 _ERRNOS = frozenset({  # "not there" or "not allowed", for a file, a limit or the network
@@ -44,8 +45,11 @@ _NET_CALLS = frozenset(
     ["connect", "bind", "sendto", "sendmsg", "sendmmsg", "socket", "accept", "accept4", "listen"]
 )
 _TWO_PATHS = frozenset(["rename", "renameat", "renameat2", "link", "linkat"])
+_AT_CALLS = frozenset(["statx", "openat2", "name_to_handle_at", "open_tree", "move_mount"])
 _LAST_PATH = frozenset(["symlink", "symlinkat"])  # the first string is the link's text
 
+_PID = re.compile(r"(\d+)\s")
+_RESUMED = re.compile(r"(\d+)\s+<\.\.\. [a-z_0-9]+ resumed>(.*)", re.DOTALL)
 _HEAD = re.compile(r"(\d+)\s+([a-z_0-9]+)\(")
 _RESULT = re.compile(r"\)\s+= -1 ([A-Z0-9]+) \(")
 _FD = re.compile(r"(?:\d+|AT_FDCWD)<(.*)>")
@@ -152,6 +156,10 @@ def _join(base: bytes | None, path: bytes) -> bytes:
 
 
 def _paths(syscall: str, args: list[str], cwd: bytes | None) -> bytes | None:
+    at = syscall.endswith(("at", "at2")) or syscall in _AT_CALLS
+    first = _fd_path(args[0]) if args else None
+    if first is not None and not at:  # fchmod(3</etc/x>, ...), fsetxattr: the fd is the target
+        return first
     found, base = [], cwd
     for arg in args:
         fd = _fd_path(arg)
@@ -162,9 +170,8 @@ def _paths(syscall: str, args: list[str], cwd: bytes | None) -> bytes | None:
         if value is not None:
             found.append(_join(base, value))
             base = cwd
-    if not found:  # fchmod(3</etc/x>, ...): the fd is the target
-        fds = [p for p in (_fd_path(a) for a in args) if p is not None]
-        return fds[0] if fds else None
+    if not found:
+        return None
     if syscall in _TWO_PATHS and len(found) >= 2:
         return found[0] + b" -> " + found[1]
     return found[-1] if syscall in _LAST_PATH else found[0]
@@ -221,6 +228,8 @@ class Summary:
     overflow: int = 0  # failures with a row beyond MAX_UNIQUE
     noise: int = 0
     _cwd: dict[int, bytes] = field(default_factory=dict)
+    _pending: dict[int, str] = field(default_factory=dict)  # split calls' starts, by pid
+    _last: int = -1
 
     def feed(self, line: str) -> None:
         self.lines += 1
@@ -229,6 +238,9 @@ class Summary:
             return
         if len(line) > MAX_LINE:
             self.unread += 1
+            return
+        line = self._whole(line)
+        if line is None:
             return
         head = _HEAD.match(line)
         pid = int(head.group(1)) if head else 0
@@ -248,6 +260,24 @@ class Summary:
             self.counts[key] += 1
         else:
             self.overflow += 1
+
+    def _whole(self, line: str) -> str | None:
+        """A call strace split in two (another thread's event came between): its start kept
+        until the rest, which is "PID <... name resumed>rest" or, with -Z in strace 6.1, a bare
+        ")   = -1 ENOENT (...)" line without a pid (taken as the last split call's)."""
+        if line.endswith(" <unfinished ...>"):
+            found = _PID.match(line)
+            if found is not None and len(self._pending) < MAX_PENDING:
+                self._pending[int(found.group(1))] = line[: -len(" <unfinished ...>")]
+                self._last = int(found.group(1))
+            return None
+        resumed = _RESUMED.match(line)
+        if resumed is not None:
+            start = self._pending.pop(int(resumed.group(1)), None)
+            return None if start is None else start + resumed.group(2)
+        if line.startswith(")") and self._last in self._pending:
+            return self._pending.pop(self._last) + line
+        return line
 
     def _noise(self, failure: Failure) -> bool:
         path = failure.target

@@ -1,28 +1,38 @@
-import os, socket, threading
-def miss(i):
-    try: open(f"/home/cell/.config/thread{i}.json")
-    except OSError: pass
-ts = [threading.Thread(target=miss, args=(i,)) for i in range(3)]
-[t.start() for t in ts]; [t.join() for t in ts]
+"""The program behind strace_cell.txt (see capture_trace.py): failures of every kind."""
+
+import contextlib
+import os
+import socket
+import threading
+
+
+def miss(path: str | bytes, *mode: str) -> None:
+    with contextlib.suppress(OSError), open(path, *mode):
+        pass
+
+
+threads = [
+    threading.Thread(target=miss, args=(f"/home/cell/.config/thread{i}.json",)) for i in range(3)
+]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
 for _ in range(3):
-    try: open("/home/cell/.config/foo.json")
-    except OSError: pass
-try: open("/etc/nixcell-test", "w")
-except OSError: pass
-d = b"/tmp/a\nb\x1b[31m\xff\xe2\x80\xae<x>"
-os.mkdir(d); os.chdir(d)
+    miss("/home/cell/.config/foo.json")
+miss("/etc/nixcell-test", "w")
+hostile = b"/tmp/a\nb\x1b[31m\xff\xe2\x80\xae<x>"
+os.mkdir(hostile)
+os.chdir(hostile)
 for name in (b"rel", b"sub/x"):
-    try: open(name)
-    except OSError: pass
-try: os.mkdir(b"q/r")
-except OSError: pass
-s = socket.socket()
-try: s.connect(("127.0.0.1", 1))
-except OSError: pass
+    miss(name)
+with contextlib.suppress(OSError):
+    os.mkdir(b"q/r")
+with contextlib.suppress(OSError), socket.socket() as s:
+    s.connect(("127.0.0.1", 1))
 if os.fork() == 0:
-    try: open("/nix/store/00000000000000000000000000000000-not-in-closure/x")
-    except OSError: pass
+    miss("/nix/store/00000000000000000000000000000000-not-in-closure/x")
     os._exit(0)
 os.wait()
-try: os.rename("/tmp/x-missing", "/etc/y")
-except OSError: pass
+with contextlib.suppress(OSError):
+    os.rename("/tmp/x-missing", "/etc/y")
