@@ -287,6 +287,11 @@ def _warn(line: str) -> None:
 @project_options
 @click.option("--dry-run", is_flag=True, help="Print the plan instead of running it.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Trace the cell with strace (from outside); then list what it was denied.",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run(
@@ -300,6 +305,10 @@ def run(
 
     if as_json and not dry_run:
         raise click.UsageError("--json needs --dry-run: it prints the plan as JSON, not a run")
+    if flags.get("debug") and not dry_run:  # before anything runs: no run without its trace
+        from nixcell.sandbox.tracer import strace_path
+
+        strace_path()
     found, command = _project_and_command(command, flags)
     if found is None:
         if not command:
@@ -314,13 +323,21 @@ def run(
     # learned policy is never lost to a bad path (fsio.open_output_dir).
     learn_dir = open_output_dir(str(learn_to)) if learn_to and not dry_run else None
     try:
-        return _run(spec, dry_run, as_json, learn_dir, bool(flags.get("learn")))
+        learn = bool(flags.get("learn"))
+        return _run(spec, dry_run, as_json, learn_dir, learn, bool(flags.get("debug")))
     finally:
         if learn_dir is not None:
             os.close(learn_dir[0])
 
 
-def _run(spec, dry_run: bool, as_json: bool, learn_dir: tuple[int, str] | None, learn: bool):
+def _run(
+    spec,
+    dry_run: bool,
+    as_json: bool,
+    learn_dir: tuple[int, str] | None,
+    learn: bool,
+    debug: bool = False,
+):
     from nixcell.cli import fast, progress
     from nixcell.runner import execute, prepare
 
@@ -340,7 +357,7 @@ def _run(spec, dry_run: bool, as_json: bool, learn_dir: tuple[int, str] | None, 
     # --learn prints the policy on stdout: the cell's own stdout goes to stderr then.
     stdout = 2 if learn and learn_dir is None else None
     with leftovers.RunMarker():
-        result = execute(plan, stdout=stdout)
+        result = execute(plan, stdout=stdout, trace=debug)
     return report(result, learn_dir)
 
 

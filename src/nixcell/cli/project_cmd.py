@@ -240,9 +240,14 @@ def _shell_command(main) -> click.Command:
     @main.run_options
     @main.network_options
     @main.project_options
+    @click.option(
+        "--debug",
+        is_flag=True,
+        help="Trace the cell with strace (from outside); after the shell, what it was denied.",
+    )
     @click.argument("directory", metavar="[DIR]", required=False)
     @click.pass_context
-    def shell(ctx: click.Context, directory: str | None, **flags: object) -> int:
+    def shell(ctx: click.Context, directory: str | None, debug: bool, **flags: object) -> int:
         """An interactive shell in the project's cell (bash if its packages have it, else sh),
         always on a terminal of its own. DIR (or --project DIR): the project's root."""
         from nixcell.project import discover
@@ -253,6 +258,10 @@ def _shell_command(main) -> click.Command:
             raise click.UsageError("-T/--no-tty: a shell always gets a terminal (use run)")
         if flags.get("no_project"):
             raise click.UsageError("--no-project: shell opens a project's cell (use run)")
+        if debug:  # before anything runs: no shell without its trace
+            from nixcell.sandbox.tracer import strace_path
+
+            strace_path()
         explicit = directory or flags.get("project_dir")
         found = discover.find(os.getcwd(), explicit=str(explicit) if explicit else None)
         if found is None:
@@ -265,7 +274,7 @@ def _shell_command(main) -> click.Command:
         spec = main.project_spec(found, ("/bin/sh", "-c", shell_script(False)), flags)
         if "PS1" in spec.env:
             spec = spec.model_copy(update={"command": ["/bin/sh", "-c", shell_script(True)]})
-        return main._run(spec, False, False, None, False)
+        return main._run(spec, False, False, None, False, debug)
 
     return shell
 
