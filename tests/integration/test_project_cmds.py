@@ -361,3 +361,15 @@ def test_shell_outside_a_project_is_one_line(tmp_path: Path) -> None:
     proc = _in(tmp_path, "shell")
     assert proc.returncode == 2
     assert proc.stderr.decode().startswith("nixcell: no nixcell.toml")
+
+
+def test_shell_debug_lists_what_the_cell_was_denied(tmp_path: Path, offline_set) -> None:
+    root = _init(tmp_path / "proj", "shell")
+    child = _shell(root, "--debug")
+    child.expect(PROMPT)
+    child.sendline("cat /etc/nixcell-missing-file; exit 2")
+    child.expect(r"Sandbox access failures \(\d+ unique, \d+ total\)")
+    child.expect(r"ENOENT\s+openat\s+/etc/nixcell-missing-file")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 2
