@@ -82,56 +82,51 @@ env = "ANTHROPIC_API_KEY"
 """,
 )
 
-PYTHON_DEV = Preset(
+
+def _language(name: str, summary: str, runtime: str, command: str, hosts: str, env: str) -> Preset:
+    """A language preset: its runtime and the usual tools, the proxy to its registry."""
+    return Preset(
+        name,
+        summary,
+        _HEADER.format(preset=name)
+        + f"""
+[sandbox]
+level = "standard"
+
+[sandbox.filesystem]
+ro_bind = ["~/.gitconfig"]
+
+[sandbox.network]
+mode = "proxy"
+allow_hosts = [{hosts}]
+
+[nix]
+packages = ["{runtime}", "bash", "coreutils", "git", "gnugrep", "gnused", "findutils",
+            "diffutils", "which"]
+
+[cage]
+command = ["{command}"]
+passthrough_env = ["TERM", "LANG"]
+env = {{ {env} }}
+""",
+    )
+
+
+PYTHON_DEV = _language(
     "python-dev",
     "Python 3 with pip's registry (pypi.org, files.pythonhosted.org) through the proxy",
-    _HEADER.format(preset="python-dev")
-    + """
-[sandbox]
-level = "standard"
-
-[sandbox.filesystem]
-ro_bind = ["~/.gitconfig"]
-
-[sandbox.network]
-mode = "proxy"
-allow_hosts = ["pypi.org", "files.pythonhosted.org"]
-
-[nix]
-packages = ["python3", "bash", "coreutils", "git", "gnugrep", "gnused", "findutils",
-            "diffutils", "which"]
-
-[cage]
-command = ["python3"]
-passthrough_env = ["TERM", "LANG"]
-env = { PIP_DISABLE_PIP_VERSION_CHECK = "1" }
-""",
+    "python3",
+    "python3",
+    '"pypi.org", "files.pythonhosted.org"',
+    'PIP_DISABLE_PIP_VERSION_CHECK = "1"',
 )
-
-NODE_DEV = Preset(
+NODE_DEV = _language(
     "node-dev",
     "Node.js with npm's registry (registry.npmjs.org) through the proxy",
-    _HEADER.format(preset="node-dev")
-    + """
-[sandbox]
-level = "standard"
-
-[sandbox.filesystem]
-ro_bind = ["~/.gitconfig"]
-
-[sandbox.network]
-mode = "proxy"
-allow_hosts = ["registry.npmjs.org"]
-
-[nix]
-packages = ["nodejs", "bash", "coreutils", "git", "gnugrep", "gnused", "findutils",
-            "diffutils", "which"]
-
-[cage]
-command = ["node"]
-passthrough_env = ["TERM", "LANG"]
-env = { NPM_CONFIG_UPDATE_NOTIFIER = "false" }
-""",
+    "nodejs",
+    "node",
+    '"registry.npmjs.org"',
+    'NPM_CONFIG_UPDATE_NOTIFIER = "false"',
 )
 
 SHELL = Preset(
