@@ -212,9 +212,16 @@ def test_status_json(tmp_path: Path, monkeypatch) -> None:
     home = tmp_path / "home"
     home.mkdir()
     root = _init(tmp_path / "proj", "claude-code")
-    proc = _in(root, "status", "--json", env={"HOME": str(home)})
+    proc = _in(root, "status", "--json", env={"HOME": str(home), "ANTHROPIC_API_KEY": "sk-ant-x"})
     assert proc.returncode == 0, proc.stderr
+    assert b"sk-ant-x" not in proc.stdout
     info = json.loads(proc.stdout)
+    assert info["network"]["credential_sources"] == [
+        {"name": "anthropic", "source": "env:ANTHROPIC_API_KEY", "set": True}
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
+    text = subprocess.run([NIXCELL, "status"], cwd=root, capture_output=True, env=env, timeout=60)
+    assert b"credential anthropic: ANTHROPIC_API_KEY is not set here" in text.stderr
     assert info["root"] == str(root)
     assert info["format"] == "nixcell.toml"
     assert info["level"] == "standard"

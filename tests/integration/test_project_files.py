@@ -284,3 +284,13 @@ def test_list_presets_and_its_alias() -> None:
         assert proc.returncode == 0
         lines = proc.stdout.decode().splitlines()
         assert [line.split()[0] for line in lines] == list(presets.PRESETS)
+
+
+def test_init_inside_another_project_says_how_to_use_it(tmp_path: Path) -> None:
+    assert cli("init", str(tmp_path)).returncode == 0
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    proc = cli("init", str(inner))
+    assert proc.returncode == 0
+    assert f"is inside the project {tmp_path}" in proc.stderr.decode()
+    assert f"--project {inner}" in proc.stderr.decode()

@@ -52,6 +52,13 @@ def init(preset: str, directory: str | None) -> int:
     root = _target(directory)
     outcome = files.write_project(root, presets.get(preset))
     _report(outcome, "wrote")
+    outer = _outer_project(root)
+    if outer:
+        click.echo(
+            f"note: {root} is inside the project {outer}: nixcell uses this config only when "
+            f"named (`--project {root}`, `nixcell shell {root}`)",
+            err=True,
+        )
     if ".envrc" in outcome.written:
         click.echo(f"project {root} ({preset}): `direnv allow` there, then `nixcell shell`")
     else:
@@ -95,6 +102,21 @@ def destroy(yes: bool, directory: str | None) -> int:
     for name in done.kept:
         click.echo(f"kept {name}")
     return 0
+
+
+def _outer_project(root: str) -> str | None:
+    """The root of a project around ``root`` (discovery refuses nested configs unnamed)."""
+    from nixcell.errors import NixcellError
+    from nixcell.project import discover
+
+    parent = os.path.dirname(root)
+    if parent == root:
+        return None
+    try:
+        found = discover.find(parent)
+    except NixcellError:
+        return None
+    return found.root if found else None
 
 
 def _project_root(directory: str | None) -> str:
@@ -196,6 +218,14 @@ def _print_status(info: dict) -> None:
         rows.append(("hidden", " ".join(cell["hidden"])))
     for key, value in rows:
         click.echo(f"{key:<9} {value}")
+    for cred in info["network"]["credential_sources"]:
+        if cred.get("set") is False:
+            click.secho(
+                f"warning: credential {cred['name']}: {cred['source'][4:]} is not set here "
+                "(runs will refuse to start)",
+                fg="yellow",
+                err=True,
+            )
     for problem in info["problems"]:
         click.secho(f"error: {problem}", fg="red", err=True)
     for alert in info["alerts"]:

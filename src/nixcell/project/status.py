@@ -48,13 +48,40 @@ def dependencies(config: Any | None = None) -> list[dict[str, Any]]:
     else:
         ok, detail = True, f"{len(found.packages)} packages ({found.nix_file.parent})"
         if config is not None and offline_needed:
-            absent = [p for p in config.packages if "#" not in p and not p.startswith("/")
-                      and p not in found.packages]
+            absent = [
+                p
+                for p in config.packages
+                if "#" not in p and not p.startswith("/") and p not in found.packages
+            ]
             if absent:
                 ok, detail = False, f"lacks {', '.join(absent)} ({found.nix_file.parent})"
     rows.append(
         {"name": "offline package set", "ok": ok, "required": offline_needed, "detail": detail}
     )
+    return rows
+
+
+def credential_sources(config: Any) -> list[dict[str, Any]]:
+    """For each credential the config names: where its real value comes from and, for an
+    ``env:`` source, whether the variable is set (never its value)."""
+    from nixcell.errors import NixcellError
+    from nixcell.net.policyfile import load_policy
+
+    tables: dict[str, dict[str, Any]] = {}
+    for path in config.policy:
+        try:
+            for table in load_policy(path).credentials:
+                tables.setdefault(str(table.get("name")), table)
+        except NixcellError:
+            continue  # the run reports a broken policy file with its line
+    rows = []
+    for name in config.credentials:
+        source = str(tables.get(name, {}).get("source", ""))
+        kind, _, ref = source.partition(":")
+        row: dict[str, Any] = {"name": name, "source": source or None}
+        if kind == "env":
+            row["set"] = bool(os.environ.get(ref))
+        rows.append(row)
     return rows
 
 
@@ -96,6 +123,7 @@ def summary(project: Any) -> dict[str, Any]:
             "allow_cidrs": list(config.allow_cidrs),
             "policy": list(config.policy),
             "credentials": list(config.credentials),
+            "credential_sources": credential_sources(config),
         },
         "filesystem": {
             "ro_bind": list(config.ro_bind),
