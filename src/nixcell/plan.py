@@ -155,6 +155,13 @@ class Plan:
     tty: str = "never"
     # the host paths the plan was made for, as HostFacts.checked: (role, path, kind)
     checked: tuple[tuple[str, str, str], ...] = ()
+    # the host variables passed through (--pass-env, a project's passthrough_env), each with
+    # whether the host had it: their values are in ``env``, so a cached plan is stale when the
+    # host's differ (plancheck.py)
+    passed_env: tuple[tuple[str, bool], ...] = ()
+    # (path, mtime_ns, size, inode) of the files whose contents shaped the plan (policy files:
+    # their cidr rules set NO_PROXY), as HostFacts.stamps; a cached plan is stale when one changed
+    stamps: tuple[tuple[str, int, int, int], ...] = ()
 
     def host_source(self, op: MountOp) -> str | None:
         """The host path behind a bind op (a root-run cell's binds come through the stage)."""
@@ -211,6 +218,8 @@ class Plan:
         fields["limits"] = PlanLimits(**fields["limits"])  # type: ignore[arg-type]
         fields["stage"] = tuple(StageOp(**s) for s in fields.get("stage") or ())  # type: ignore[union-attr]
         fields["checked"] = tuple(tuple(c) for c in fields.get("checked") or ())  # type: ignore[union-attr]
+        fields["passed_env"] = tuple(tuple(c) for c in fields.get("passed_env") or ())  # type: ignore[union-attr]
+        fields["stamps"] = tuple(tuple(c) for c in fields.get("stamps") or ())  # type: ignore[union-attr]
         tuples = (
             "command",
             "seccomp_profiles",
@@ -356,6 +365,8 @@ def plan(
         scratch=disk,
         tty=spec.tty,
         checked=host.checked,
+        passed_env=tuple((n, n in host.passed_env) for n in spec.pass_env if n not in spec.env),
+        stamps=host.stamps,
     ).with_command(spec.command)
 
 

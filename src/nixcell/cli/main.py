@@ -258,8 +258,10 @@ def _project_and_command(command: tuple[str, ...], flags: dict[str, object]):
 
 
 def project_spec(found, command: tuple[str, ...], flags: dict[str, object], warn=None):
-    """Load the project, make its state dirs, compile its spec with the flags (the commands
-    that run a project's cell share this)."""
+    """(the spec, the host paths it was made for) of a project's cell: the project loaded, its
+    state dirs made, its config compiled with the flags. The commands that run a project's
+    cell share this; pass the paths to ``_run`` (a cached plan is stale when one changes)."""
+    from nixcell.plancheck import path_kind
     from nixcell.project.compile import compile_spec, draft
     from nixcell.project.load import load
     from nixcell.project.state import ensure_state
@@ -268,12 +270,15 @@ def project_spec(found, command: tuple[str, ...], flags: dict[str, object], warn
     for line in project.warnings:
         (warn or _warn)(line)
     ensure_state(project)
-    for line in draft(project, os.getcwd()).skipped:
+    made = draft(project, os.getcwd())
+    for line in made.skipped:
         (warn or _warn)(line)
     if not project.config.packages and not flags.get("packages"):
         raise _no_packages(tuple(command) or project.config.command)
     net = network_from_flags(flags)
-    return compile_spec(project, command, {**flags, "net": net}, os.getcwd())
+    spec = compile_spec(project, command, {**flags, "net": net}, os.getcwd())
+    checked = tuple(("project", p, path_kind(p)) for p in dict.fromkeys(made.considered))
+    return spec, checked
 
 
 def _warn(line: str) -> None:
@@ -303,28 +308,39 @@ def run(
     if found is None:
         if not command:
             raise click.UsageError("Missing argument 'COMMAND...'.")
-        spec = spec_from_flags(command, **flags)
+        spec, checked = spec_from_flags(command, **flags), ()
     else:
         if ctx.get_parameter_source("cwd") is click.core.ParameterSource.DEFAULT:
             flags["cwd"] = None
-        spec = project_spec(found, command, flags)
+        spec, checked = project_spec(found, command, flags)
     learn_to = flags.get("learn_output")
     # Checked and opened before anything slow runs, and before the cell can touch it: a
     # learned policy is never lost to a bad path (fsio.open_output_dir).
     learn_dir = open_output_dir(str(learn_to)) if learn_to and not dry_run else None
     try:
-        return _run(spec, dry_run, as_json, learn_dir, bool(flags.get("learn")))
+        return _run(spec, dry_run, as_json, learn_dir, bool(flags.get("learn")), checked)
     finally:
         if learn_dir is not None:
             os.close(learn_dir[0])
 
 
-def _run(spec, dry_run: bool, as_json: bool, learn_dir: tuple[int, str] | None, learn: bool):
+def _run(
+    spec,
+    dry_run: bool,
+    as_json: bool,
+    learn_dir: tuple[int, str] | None,
+    learn: bool,
+    checked: tuple[tuple[str, str, str], ...] = (),
+):
+    import dataclasses
+
     from nixcell.cli import fast, progress
     from nixcell.runner import execute, prepare
 
     with progress.reporter() as report:
         plan, _closure = prepare(spec, progress=report)
+    if checked:  # the project's paths: a cached plan is stale when one changes
+        plan = dataclasses.replace(plan, checked=(*plan.checked, *checked))
     if dry_run:
         from nixcell.cli.show import show_plan
 
