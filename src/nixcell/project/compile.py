@@ -133,7 +133,7 @@ def spec_names(project: Project) -> dict[str, str]:
         "env": f"{w('cage', 'env')} (or -e)",
         "pass_env": f"{w('cage', 'passthrough_env')} (or --pass-env)",
         "command": f"{w('cage', 'command')} (or COMMAND)",
-        "mounts": f"{w('sandbox.filesystem', 'rw_bind')} / ro_bind (or --bind/--ro-bind)",
+        "mounts": f"{w('sandbox.filesystem', 'ro_bind')}/rw_bind (or --ro-bind/--bind)",
         "hide": f"{w('sandbox.filesystem', 'blacklist')} (or --hide)",
     }
     for key in ("memory", "cpus", "pids", "timeout", "disk"):
