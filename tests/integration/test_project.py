@@ -291,3 +291,23 @@ touch /nix/store/x 2>/dev/null || echo store-ro
     # `nixcell shell`)
     bare = run_in(root)
     assert bare.returncode == 2 and "no command" in bare.stderr.decode().splitlines()[-1], bare
+
+
+def test_ordinary_user_project(user_home):
+    """As an ordinary user (the cell's uid is the invoker's): the same protections, and a config
+    that is not the user's own is refused."""
+    from tests.integration.test_ordinary_user import NOBODY, as_nobody
+
+    root = user_home / "proj"
+    root.mkdir()
+    (root / "nixcell.toml").write_text('[nix]\npackages = ["bash", "coreutils"]\n[sandbox.network]\nmode = "none"\n')
+    script = f"echo ok > {root}/w && cat {root}/w; echo x >> {root}/nixcell.toml 2>/dev/null && echo WROTE; echo k > $XDG_CACHE_HOME/k; true"
+    root.chmod(0o755)
+    os.chown(root, NOBODY, NOBODY)
+    os.chown(root / "nixcell.toml", NOBODY, NOBODY)
+    result = as_nobody(user_home, "run", "--project", str(root), "--", "bash", "-c", script)
+    assert result.stdout == b"ok\n", result
+    assert (root / ".nixcell" / "local" / "cache" / "k").stat().st_uid == NOBODY
+    os.chown(root / "nixcell.toml", 4242, 4242)  # another user's config (root's would do)
+    refused = as_nobody(user_home, "run", "--project", str(root), "--", "true")
+    assert refused.returncode == 2 and b"owned by uid 4242" in refused.stderr, refused
