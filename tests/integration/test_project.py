@@ -209,7 +209,7 @@ def test_cached_plans_follow_the_config_and_passed_variables(offline_set, tmp_pa
     (root / "nixcell.toml").write_text(text)
     assert run_in(root, *show, env={"PASSED": "b"}).stdout == b"two b\n"
     (root / ".envrc").write_text("")  # a new protected file: the next plan binds it read-only
-    probe = run_in(root, "--", "bash", "-c", f"echo x >> {root}/.envrc 2>/dev/null && echo WROTE; true")
+    probe = run_in(root, "--", "bash", "-c", f"echo x >> {root}/.envrc 2>/dev/null && echo WROTE; true", env={"PASSED": "b"})
     assert probe.stdout == b"" and (root / ".envrc").read_text() == "", probe
 
 
@@ -311,3 +311,63 @@ def test_ordinary_user_project(user_home):
     os.chown(root / "nixcell.toml", 4242, 4242)  # another user's config (root's would do)
     refused = as_nobody(user_home, "run", "--project", str(root), "--", "true")
     assert refused.returncode == 2 and b"owned by uid 4242" in refused.stderr, refused
+
+
+@pytest.mark.parametrize("level", ["strict", "standard", "relaxed"])
+def test_warm_and_normal_paths_make_the_same_project_cell(offline_set, tmp_path, level):
+    """A project's second run comes from the cached plan (the entry is not rewritten) and its
+    cell is the first run's, mounts and environment included."""
+    from tests.integration.test_fast_path import PROBE, _entry, _normalised
+
+    home = tmp_path / "home"
+    root = make(tmp_path / "proj", f"[sandbox]\nlevel = '{level}'\n[sandbox.network]\nmode = 'none'\n", git=True)
+    env = {"NIXCELL_HOME": str(home)}
+    normal = run_in(root / "sub", "--", "bash", "-c", PROBE, env=env)
+    before = _entry(home)
+    fast = run_in(root / "sub", "--", "bash", "-c", PROBE, env=env)
+    after = _entry(home)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "planned again"
+    assert normal.returncode == 0 and fast.returncode == 0, normal
+    assert _normalised(fast.stdout) == _normalised(normal.stdout)
+    # an edited config is another key: planned again
+    (root / "nixcell.toml").write_text((root / "nixcell.toml").read_text() + "# edited\n")
+    assert run_in(root / "sub", "--", "true", env=env).returncode == 0
+    assert len(list((home / "cache" / "plans").iterdir())) == 2
+
+
+def test_a_hidden_path_made_since_the_plan_is_hidden_on_the_warm_path(offline_set, tmp_path):
+    home = tmp_path / "home"
+    (home / ".cache").mkdir(parents=True)
+    root = make(tmp_path / "proj", "[sandbox]\nlevel = 'relaxed'\n[sandbox.network]\nmode = 'none'\n")
+    env = {"HOME": str(home), "NIXCELL_HOME": str(tmp_path / "state")}
+    probe = ("--", "bash", "-c", "cat ~/.ssh/id 2>/dev/null || echo hidden")
+    assert run_in(root, *probe, env=env).stdout == b"hidden\n"  # no ~/.ssh yet
+    (home / ".ssh").mkdir()
+    (home / ".ssh" / "id").write_text("PRIVATE")
+    assert run_in(root, *probe, env=env).stdout == b"hidden\n"  # made since: hidden all the same
+
+
+def test_the_warm_path_in_a_project_imports_almost_nothing(offline_set, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.integration.test_fast_path import WARM_PATH_NEVER
+
+    from nixcell.cli import launcher
+
+    path = tmp_path / "nixcell"
+    launcher.install(str(path))
+    root = make(tmp_path / "proj", "[sandbox]\nlevel = 'strict'\n")
+    env = {**os.environ, "NIXCELL_HOME": str(tmp_path / "home")}
+    argv = ["run", "--", "true"]
+    for _ in range(2):
+        assert subprocess.run([str(path), *argv], env=env, cwd=root / "sub", capture_output=True).returncode == 0
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-X", "importtime", str(path), *argv],
+        env=env, cwd=root / "sub", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    loaded = {ln.rsplit("|", 1)[-1].strip() for ln in out.stderr.splitlines() if "|" in ln}
+    assert "nixcell.sandbox.direct" in loaded and "nixcell.project.discover" in loaded
+    assert sorted(loaded.intersection(WARM_PATH_NEVER)) == []
+    assert not any(m.startswith("nixcell.project.") and m != "nixcell.project.discover" for m in loaded)

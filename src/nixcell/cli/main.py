@@ -280,9 +280,14 @@ def _project_and_command(command: tuple[str, ...], flags: dict[str, object]):
 
 
 def project_spec(found, command: tuple[str, ...], flags: dict[str, object], warn=None):
-    """(the spec, the host paths it was made for) of a project's cell: the project loaded, its
-    state dirs made, its config compiled with the flags. The commands that run a project's
-    cell share this; pass the paths to ``_run`` (a cached plan is stale when one changes)."""
+    """The spec of a project's cell: the project loaded, its state dirs made, its config
+    compiled with the flags (the commands that run a project's cell share this)."""
+    return project_spec_checked(found, command, flags, warn)[0]
+
+
+def project_spec_checked(found, command: tuple[str, ...], flags: dict[str, object], warn=None):
+    """``project_spec`` and the host paths the spec was made for, as plan ``checked`` entries:
+    give them to ``_run`` when the plan may be cached (it is stale when one changes)."""
     from nixcell.plancheck import path_kind
     from nixcell.project.compile import compile_spec, draft
     from nixcell.project.load import load
@@ -334,7 +339,7 @@ def run(
     else:
         if ctx.get_parameter_source("cwd") is click.core.ParameterSource.DEFAULT:
             flags["cwd"] = None
-        spec, checked = project_spec(found, command, flags)
+        spec, checked = project_spec_checked(found, command, flags)
     learn_to = flags.get("learn_output")
     # Checked and opened before anything slow runs, and before the cell can touch it: a
     # learned policy is never lost to a bad path (fsio.open_output_dir).
