@@ -156,6 +156,23 @@ def run_options(f):
             is_flag=True,
             help="Do not add dash for /bin/sh (it then exists only if the packages bring a sh).",
         ),
+        click.option(
+            "--store",
+            type=click.Choice(["closure", "readonly", "shared", "copy", "isolated"]),
+            help="What the cell sees of /nix/store: its closure only (default), the whole store "
+            "read-only, that plus the Nix daemon (shared), or a copy of the closure in "
+            "--store-dir (copy: refreshed each run; isolated: copied once, then frozen).",
+        ),
+        click.option(
+            "--store-dir",
+            metavar="DIR",
+            help="Host dir holding the copy of --store copy/isolated.",
+        ),
+        click.option(
+            "--host-network",
+            is_flag=True,
+            help="Share the host's network namespace: no proxy, no policy (only when asked).",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -217,6 +234,11 @@ def spec_from_flags(command: tuple[str, ...], **o: object):
         network=network_from_flags(o),
         tty="always" if o["interactive"] else "never" if o["no_tty"] else "auto",
         sh=not o.get("no_sh"),
+        store=o.get("store") or "closure",
+        store_dir=os.path.abspath(os.path.expanduser(str(o["store_dir"])))
+        if o.get("store_dir")
+        else None,
+        host_network=bool(o.get("host_network")),
     )
 
 
@@ -259,8 +281,15 @@ def _project_and_command(command: tuple[str, ...], flags: dict[str, object]):
 
 
 def project_spec(found, command: tuple[str, ...], flags: dict[str, object], warn=None):
-    """Load the project, make its state dirs, compile its spec with the flags (the commands
-    that run a project's cell share this)."""
+    """The spec of a project's cell: the project loaded, its state dirs made, its config
+    compiled with the flags (the commands that run a project's cell share this)."""
+    return project_spec_checked(found, command, flags, warn)[0]
+
+
+def project_spec_checked(found, command: tuple[str, ...], flags: dict[str, object], warn=None):
+    """``project_spec`` and the host paths the spec was made for, as plan ``checked`` entries:
+    give them to ``_run`` when the plan may be cached (it is stale when one changes)."""
+    from nixcell.plancheck import path_kind
     from nixcell.project.compile import compile_spec, draft
     from nixcell.project.load import load
     from nixcell.project.state import ensure_state
@@ -269,12 +298,15 @@ def project_spec(found, command: tuple[str, ...], flags: dict[str, object], warn
     for line in project.warnings:
         (warn or _warn)(line)
     ensure_state(project)
-    for line in draft(project, os.getcwd()).skipped:
+    made = draft(project, os.getcwd())
+    for line in made.skipped:
         (warn or _warn)(line)
     if not project.config.packages and not flags.get("packages"):
         raise _no_packages(tuple(command) or project.config.command)
     net = network_from_flags(flags)
-    return compile_spec(project, command, {**flags, "net": net}, os.getcwd())
+    spec = compile_spec(project, command, {**flags, "net": net}, os.getcwd())
+    checked = tuple(("project", p, path_kind(p)) for p in dict.fromkeys(made.considered))
+    return spec, checked
 
 
 def _warn(line: str) -> None:
@@ -313,18 +345,18 @@ def run(
     if found is None:
         if not command:
             raise click.UsageError("Missing argument 'COMMAND...'.")
-        spec = spec_from_flags(command, **flags)
+        spec, checked = spec_from_flags(command, **flags), ()
     else:
         if ctx.get_parameter_source("cwd") is click.core.ParameterSource.DEFAULT:
             flags["cwd"] = None
-        spec = project_spec(found, command, flags)
+        spec, checked = project_spec_checked(found, command, flags)
     learn_to = flags.get("learn_output")
     # Checked and opened before anything slow runs, and before the cell can touch it: a
     # learned policy is never lost to a bad path (fsio.open_output_dir).
     learn_dir = open_output_dir(str(learn_to)) if learn_to and not dry_run else None
     try:
-        learn = bool(flags.get("learn"))
-        return _run(spec, dry_run, as_json, learn_dir, learn, bool(flags.get("debug")))
+        learn, debug = bool(flags.get("learn")), bool(flags.get("debug"))
+        return _run(spec, dry_run, as_json, learn_dir, learn, checked, debug)
     finally:
         if learn_dir is not None:
             os.close(learn_dir[0])
@@ -336,13 +368,18 @@ def _run(
     as_json: bool,
     learn_dir: tuple[int, str] | None,
     learn: bool,
+    checked: tuple[tuple[str, str, str], ...] = (),
     debug: bool = False,
 ):
+    import dataclasses
+
     from nixcell.cli import fast, progress
     from nixcell.runner import execute, prepare
 
     with progress.reporter() as report:
         plan, _closure = prepare(spec, progress=report)
+    if checked:  # the project's paths: a cached plan is stale when one changes
+        plan = dataclasses.replace(plan, checked=(*plan.checked, *checked))
     if dry_run:
         from nixcell.cli.show import show_plan
 

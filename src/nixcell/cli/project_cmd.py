@@ -301,10 +301,11 @@ def _shell_command(main) -> click.Command:
         flags["interactive"] = True
         if ctx.get_parameter_source("cwd") is click.core.ParameterSource.DEFAULT:
             flags["cwd"] = None  # where the user stands, as the level says
-        spec = main.project_spec(found, ("/bin/sh", "-c", shell_script(False)), flags)
+        command = ("/bin/sh", "-c", shell_script(False))
+        spec, checked = main.project_spec_checked(found, command, flags)
         if "PS1" in spec.env:
             spec = spec.model_copy(update={"command": ["/bin/sh", "-c", shell_script(True)]})
-        return main._run(spec, False, False, None, False, debug)
+        return main._run(spec, False, False, None, False, checked, debug)
 
     return shell
 

@@ -56,9 +56,21 @@ def _network(config: Config, reader: _Reader) -> None:
         )
     if config.credentials and not config.policy:
         raise reader.fail(table, "credentials", "names [[credentials]] of a policy: add policy")
+    root = reader.found.root
     for path in config.policy:
         if not os.path.isfile(path):
             raise reader.fail(table, "policy", f"{path}: no such file")
+        inside = path.startswith(root.rstrip("/") + "/")
+        if inside and os.path.dirname(path) != root and not path.startswith(
+            os.path.join(root, ".nixcell") + "/"
+        ):
+            # bound read-only, yet a cell could rename the directory above it and leave a
+            # policy of its own (credentials for any host) for the next run: only the root
+            # (a mount point cannot be moved) and .nixcell/ (read-only as a whole) are safe
+            raise reader.fail(
+                table, "policy", f"{path}: inside the project, a policy file belongs in "
+                ".nixcell/ or the project root (a cell could replace the directory above it)"
+            )
 
 
 def _names(config: Config, reader: _Reader) -> None:

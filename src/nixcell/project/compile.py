@@ -37,7 +37,7 @@ def _config_binds(d: Draft) -> None:
         for value in getattr(config, key):
             src, sep, dst = value.partition(":")
             source = _host_path(d.project, src)
-            if not os.path.lexists(source):
+            if d.kind(source) is None:
                 d.skipped.append(f"{key} {value}: {source} does not exist, skipped")
                 continue
             if sep and dst:
@@ -59,7 +59,7 @@ def _blacklist(d: Draft) -> None:
     """Hidden when it exists and a mount shows it (otherwise the cell cannot see it anyway)."""
     for value in d.project.config.blacklist:
         path = _host_path(d.project, value)
-        if os.path.lexists(path) and _visible(d, path) and path not in d.hide:
+        if d.kind(path) is not None and _visible(d, path) and path not in d.hide:
             d.hide.append(path)
 
 
@@ -133,7 +133,7 @@ def spec_names(project: Project) -> dict[str, str]:
         "env": f"{w('cage', 'env')} (or -e)",
         "pass_env": f"{w('cage', 'passthrough_env')} (or --pass-env)",
         "command": f"{w('cage', 'command')} (or COMMAND)",
-        "mounts": f"{w('sandbox.filesystem', 'rw_bind')} / ro_bind (or --bind/--ro-bind)",
+        "mounts": f"{w('sandbox.filesystem', 'ro_bind')}/rw_bind (or --ro-bind/--bind)",
         "hide": f"{w('sandbox.filesystem', 'blacklist')} (or --hide)",
     }
     for key in ("memory", "cpus", "pids", "timeout", "disk"):

@@ -63,6 +63,14 @@ class Draft:
     hide: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    # host paths whose presence or kind shaped the draft: a cached plan is stale when one of
+    # them changes (a ~/.ssh made since must be hidden, a new .envrc bound read-only)
+    considered: list[str] = field(default_factory=list)
+
+    def kind(self, path: str) -> str | None:
+        """``lstat`` kind of a host path ("link" | "dir" | "file" | None), remembered."""
+        self.considered.append(path)
+        return _lkind(path)
 
     def cell_path(self, host_path: str) -> str:
         """Where a host path is seen: under the host home -> under the cell's home."""
@@ -123,7 +131,7 @@ def hide_sensitive(d: Draft) -> None:
     own = (paths.state_root(), paths.cache_root(), str(paths.data_dir()), paths.offline_root())
     for path in (*(os.path.join(d.home, p) for p in SENSITIVE), *own):
         path = os.path.normpath(path)
-        if _within(path, d.home) and _lkind(path) is not None and path not in d.hide:
+        if _within(path, d.home) and d.kind(path) is not None and path not in d.hide:
             d.hide.append(path)
 
 
@@ -147,11 +155,11 @@ def protect_project_files(d: Draft) -> None:
     names = [os.path.relpath(d.project.found.path, root), *PROTECTED]
     names += [os.path.relpath(p, root) for p in d.project.config.policy if _within(p, root)]
     git = os.path.join(root, ".git")
-    if _lkind(git) == "dir":
+    if d.kind(git) == "dir":
         d.bind(git, git, True)
     for name in dict.fromkeys(names):
         path = os.path.join(root, name)
-        kind = _lkind(path)
+        kind = d.kind(path)
         if kind == "link":
             raise UsageError(
                 f"{path} is a symbolic link (to {os.readlink(path)}): it must be read-only in "
@@ -171,10 +179,10 @@ def state_binds(d: Draft) -> None:
     for name in STATE_NAMES:
         place, var = STATE_PLACES[name]
         source = os.path.join(local, name)
-        if _lkind(source) != "dir":
+        if d.kind(source) != "dir":
             raise UsageError(f"{source} is not a directory (a cell may have swapped it)")
         target = os.path.join(CELL_HOME, place)
-        if d.home_mode == "readonly" and _lkind(os.path.join(d.home, place)) != "dir":
+        if d.home_mode == "readonly" and d.kind(os.path.join(d.home, place)) != "dir":
             target = os.path.join(BESIDE_HOME, name)
         d.bind(source, target, True)
         d.env[var] = target

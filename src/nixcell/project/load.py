@@ -10,6 +10,7 @@ for reasons the host gives (a missing bind source, say).
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tomllib
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from nixcell.net.tomllines import TomlLines
 from nixcell.project import schema
 from nixcell.project.discover import Found, check_trusted
 
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
 MAX_CONFIG = 1 << 20  # a config is a few hundred bytes: a bigger file is not one
 # nixcage's own defaults (its spec, §4.2), used for nixcage.toml only
 NIXCAGE_PACKAGES = ("nodejs_22",)
@@ -213,6 +215,12 @@ def _config(reader: _Reader, values: dict, found: Found) -> Config:
             f"{reader.where('nix', 'pure')}: false has no effect: a cell's environment is "
             "always clean (name what it needs in [cage] passthrough_env)"
         )
+    for name in get("cage", "passthrough_env", ()):
+        if _SECRET_NAME.search(name):
+            reader.warnings.append(
+                f"{reader.where('cage', 'passthrough_env')}: {name}: its real value enters the "
+                "cell; a [[credentials]] entry of a policy keeps it outside (the proxy sends it)"
+            )
     return Config(
         level=get("sandbox", "level", "standard"),
         backend=get("sandbox", "backend", "bwrap"),
