@@ -173,7 +173,10 @@ def _split_source(source: str) -> tuple[str, Any]:
             raise ValueError("source env: needs a variable name")
         return kind, ref
     if kind == "file":
-        path = Path(ref).expanduser()
+        try:
+            path = Path(ref).expanduser()
+        except RuntimeError:  # ~user of a user that does not exist
+            raise ValueError("source file: ~user names no user here") from None
         if not path.is_absolute():
             raise ValueError("source file: needs an absolute path (or ~/...)")
         return kind, path

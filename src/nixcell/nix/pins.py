@@ -77,7 +77,10 @@ def source_for(pin: str | None) -> PackageSource:
             f"nixpkgs commit {base[:12]}",
         )
     if base.startswith(("/", "./", "../", "~")) and not hash_part:
-        path = Path(base).expanduser().resolve()
+        try:
+            path = Path(base).expanduser().resolve()
+        except RuntimeError:  # ~user of a user that does not exist
+            raise UsageError(f"--nixpkgs {base}: no such user's home directory") from None
         if not path.exists():
             raise UsageError(f"--nixpkgs {base}: no such file or directory")
         return PackageSource(
