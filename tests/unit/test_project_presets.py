@@ -1,0 +1,41 @@
+"""The presets as data: each config is valid TOML of the project schema, the claude-code
+credential sends the real key only to api.anthropic.com, in the header Claude Code uses."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from nixcell.errors import UsageError
+from nixcell.net.credsource import parse_credentials
+from nixcell.net.policyfile import parse_policy
+from nixcell.project import presets
+
+
+@pytest.mark.parametrize("preset", presets.PRESETS.values(), ids=list(presets.PRESETS))
+def test_each_preset_is_standard_with_packages_and_a_command(preset) -> None:
+    doc = tomllib.loads(preset.config)
+    assert doc["sandbox"]["level"] == "standard"
+    assert doc["nix"]["packages"] and doc["cage"]["command"]
+    assert "~/.ssh" not in str(doc)
+    names = doc.get("sandbox", {}).get("network", {}).get("credentials", [])
+    assert bool(names) == (preset.policy is not None)
+
+
+def test_claude_code_credential() -> None:
+    policy = parse_policy(presets.CLAUDE_CODE.policy or "", "policy.toml")
+    (cred,) = parse_credentials(policy.credentials, "policy.toml")
+    assert cred.name == "anthropic"
+    assert cred.source == "env:ANTHROPIC_API_KEY"
+    assert [h.text for h in cred.hosts] == ["api.anthropic.com"]
+    assert (cred.header, cred.format, cred.env) == ("x-api-key", "{token}", "ANTHROPIC_API_KEY")
+    assert not cred.allow_plaintext
+    net = tomllib.loads(presets.CLAUDE_CODE.config)["sandbox"]["network"]
+    assert net["mode"] == "proxy" and net["allow_hosts"] == ["api.anthropic.com"]
+    assert net["credentials"] == [cred.name]
+
+
+def test_unknown_preset_names_the_known_ones() -> None:
+    with pytest.raises(UsageError, match="claude-code, python-dev, node-dev, shell"):
+        presets.get("nope")
