@@ -146,6 +146,10 @@ def try_fast_run(args: list[str]) -> int | None:
     split = _split(args)
     if split is None:
         return None
+    from nixcell.platforms import is_macos
+
+    if is_macos():  # the normal path says why no cell runs here
+        return None
     options, command = split
     key_file = _key_file(options)
     if key_file is None:
