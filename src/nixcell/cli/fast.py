@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 _NOT_CACHED = {
     "--dry-run",
     "--json",
+    "--sbpl",
     "--pass-env",
     "-h",
     "--help",
