@@ -21,14 +21,15 @@ STATE = {"cache": ".cache", "config": ".config", "data": ".local/share", "state"
 
 
 def _project(root: str) -> list[dict[str, object]]:
-    """The project read-write, what configures the cell read-only, the state dirs at the
-    cell's XDG places."""
+    """The project read-write, the state dirs at the cell's XDG places, then (in the project
+    layer's order) .git onto itself and what configures the cell read-only."""
     mounts: list[dict[str, object]] = [{"source": root, "target": root, "writable": True}]
-    for name in ("nixcell.toml", ".envrc", ".nixcell", ".git/hooks", ".git/config"):
-        mounts.append({"source": f"{root}/{name}", "target": f"{root}/{name}"})
     for name, place in STATE.items():
         source = f"{root}/.nixcell/local/{name}"
         mounts.append({"source": source, "target": f"{CELL_HOME}/{place}", "writable": True})
+    mounts.append({"source": f"{root}/.git", "target": f"{root}/.git", "writable": True})
+    for name in ("nixcell.toml", ".envrc", ".nixcell", ".git/hooks", ".git/config"):
+        mounts.append({"source": f"{root}/{name}", "target": f"{root}/{name}"})
     return mounts
 
 

@@ -186,6 +186,79 @@ def test_root_run_plans_name_the_host_sources_not_the_stage():
     assert "/run/nixcell/stage" not in text
 
 
+def _spec_profile(mounts, hide=(), kinds=None, **limits) -> list:
+    from nixcell.host import HostFacts
+    from nixcell.plan import plan
+    from nixcell.spec import make_spec
+
+    spec = make_spec(command=["bash"], packages=["bash"], hide=list(hide), limits=limits,
+                     mounts=[{"source": s, "target": t, "writable": w} for s, t, w in mounts])
+    facts = HostFacts(501, 20, kinds=kinds or {s: "dir" for s, _, _ in mounts})
+    return sbplread.read(macos.profile(plan(spec, CLOSURE, facts)))  # fmt: skip
+
+
+# mounts in order, then (operation, host path, allowed): a later mount covers an earlier one
+MOUNT_ORDERS = {
+    "outer after inner hides the inner": (
+        [("/h/inner", "/data/sub", True), ("/h/outer", "/data", False)],
+        [(READ, "/h/inner/f", False), (WRITE, "/h/inner/f", False), (READ, "/h/outer/sub/f", True),
+         (WRITE, "/h/outer/sub/f", False), (READ, "/h/outer/f", True)],
+    ),
+    "inner after outer covers a part": (
+        [("/h/outer", "/data", True), ("/h/inner", "/data/sub", False)],
+        [(READ, "/h/outer/sub/f", False), (WRITE, "/h/outer/sub/f", False),
+         (READ, "/h/inner/f", True), (WRITE, "/h/inner/f", False), (WRITE, "/h/outer/f", True)],
+    ),
+    "the same directory read-only inside itself": (
+        [("/h/p", "/h/p", True), ("/h/p/.cfg", "/h/p/.cfg", False)],
+        [(WRITE, "/h/p/.cfg/x", False), (READ, "/h/p/.cfg/x", True), (WRITE, "/h/p/y", True),
+         (UNLINK, "/h/p/.cfg", False), (UNLINK, "/h/p", False)],
+    ),
+    "a writable place under a read-only one": (
+        [("/h/p", "/h/p", False), ("/h/p/out", "/h/p/out", True)],
+        [(WRITE, "/h/p/out/x", True), (WRITE, "/h/p/x", False), (UNLINK, "/h/p/out", False)],
+    ),
+    "a state dir bound elsewhere, then its parent read-only": (
+        [("/h/p", "/h/p", True), ("/h/p/.n/local/c", "/home/cell/.cache", True),
+         ("/h/p/.n", "/h/p/.n", False)],
+        [(WRITE, "/h/p/.n/local/c/x", True), (WRITE, "/h/p/.n/x", False),
+         (READ, "/h/p/.n/x", True), (UNLINK, "/h/p/.n/local/c", False),
+         ("file-write-create", "/h/p/.n/local/other", False), (WRITE, "/h/p/x", True)],
+    ),
+    "a bind into the cell's /tmp": (
+        [("/h/d", "/tmp/d", True)],
+        [(WRITE, "/h/d/x", True), (READ, f"{CELL}/tmp/d/x", False), (WRITE, f"{CELL}/tmp/x", True)],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(MOUNT_ORDERS))
+def test_mount_order_becomes_rule_order(case):
+    mounts, expected = MOUNT_ORDERS[case]
+    rules = _spec_profile(mounts)
+    assert [(op, path, sbplread.allowed(rules, op, path)) for op, path, _ in expected] == expected
+
+
+def test_hidden_paths_are_denied_through_the_mount_that_shows_them():
+    """--hide takes a cell path or a host path; either hides the host path behind it."""
+    mounts = [("/h/outer", "/data", True), ("/h/inner", "/data/sub", False)]
+    kinds = {"/h/outer": "dir", "/h/inner": "dir", "/data/sub/key": "file", "/h/outer/s": "dir"}
+    rules = _spec_profile(mounts, hide=["/data/sub/key", "/h/outer/s"], kinds=kinds)
+    assert not sbplread.allowed(rules, READ, "/h/inner/key")
+    assert not sbplread.allowed(rules, READ, "/h/outer/s/x")
+    assert sbplread.allowed(rules, READ, "/h/inner/other")
+
+
+def test_disk_scratch_maps_to_the_same_cell_dir():
+    """--disk's one tmpfs holds the same areas: the profile does not change."""
+    assert _spec_profile([], disk="64M") == _spec_profile([])
+
+
+def test_the_cell_dir_must_be_absolute():
+    with pytest.raises(ValueError, match="absolute"):
+        macos.profile(level_plan("strict"), cell_dir="cells/1")
+
+
 # -- no path can inject a rule -----------------------------------------------------------------
 
 _WRITABLE = st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0").filter(

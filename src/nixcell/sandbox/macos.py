@@ -5,16 +5,16 @@ prints this profile. It is a pure function of the plan, built like the plan itse
 (process, system libraries, devices, closure, places, network, terminal), each a list of forms
 (``sbpl.py`` renders them and alone quotes paths). The profile starts from ``(deny default)``.
 
-macOS has no namespaces, so the plan's mounts cannot be made; each becomes rules on the host paths
-behind it, in the plan's mount order. SBPL is last-match-wins, as a later mount covers an earlier
-one: a mount (or a hide, a generated file, a link) at cell path D first denies what the cell would
-otherwise see at D (the host path under an earlier mount holding D, and the sources of earlier
-mounts inside D), then allows its own source. A writable place's own directory can be neither
-removed nor replaced (a mount point cannot be either). The cell's tmpfs areas (``/tmp``, its home,
-a fresh ``/workspace``, ``/dev/shm``) become directories of one per-run ``cell_dir``. What is
-left to a backend — the cell's paths in env and cwd translated to host paths, generated files
-(``/etc/passwd``, the CA bundle) written into ``cell_dir``, links like ``/bin/sh`` — is named in
-comments of the profile and in docs/security.md ("macOS").
+macOS has no namespaces, so the plan's mounts cannot be made; they become rules on the host paths
+behind them. The mount table is replayed in the plan's order: a mount (or a hide, a generated
+file, a link) at cell path D covers what the mount holding D showed there (a hole in it) and ends
+the mounts at or inside D. What is visible at the end becomes allows of host paths, the holes
+denies, shallowest first: SBPL's last matching rule wins, so the deepest rule above a path decides
+it. A writable place's own directory can be neither removed nor replaced (as a mount point). The
+cell's tmpfs areas (``/tmp``, its home, a fresh ``/workspace``, ``/dev/shm``) become directories
+of one per-run ``cell_dir``. What is left to a backend — the cell's paths in env and cwd as host
+paths, generated files (``/etc/passwd``, the CA bundle) written into ``cell_dir``, links like
+``/bin/sh`` — is named in comments of the profile and in docs/security.md ("macOS").
 
 Paths are matched after symlinks are resolved: ``/tmp``, ``/var`` and ``/etc`` are links into
 ``/private`` on macOS, so those prefixes are rewritten here; any other link in a path must be
@@ -119,6 +119,8 @@ def profile(
     """The SBPL profile for ``plan``. ``cell_dir``: the per-run directory holding the cell's
     writable areas (canonical: no link in it); ``proxy_port``: the host loopback port of the
     cell's proxy (default: the plan's); ``tty``: the terminal device the cell is given."""
+    if not cell_dir.startswith("/"):
+        raise ValueError(f"the cell dir must be an absolute path, got {cell_dir!r}")
     cell_dir = host_path(posixpath.normpath(cell_dir))
     places, notes = _places(plan, cell_dir)
     files, reachable = _file_rules(places)
@@ -191,6 +193,7 @@ class _Place:
 
     def __init__(self, dest: str, host: str | None, writable: bool) -> None:
         self.dest, self.host, self.writable = dest, host, writable
+        self.holes: list[str] = []  # host paths under ``host`` that later places cover
 
 
 def _places(plan: Plan, cell_dir: str) -> tuple[list[_Place], list[str]]:
@@ -240,27 +243,35 @@ def _scratch_name(plan: Plan, op: MountOp) -> str | None:
 
 
 def _file_rules(places: list[_Place]) -> tuple[list[Form | str], list[str]]:
-    """Rules for the places in mount order, and the host paths left reachable."""
-    rules: list[Form | str] = [comment("the plan's mounts, in order (a later one covers)")]
+    """Rules for the places that end up visible, and their host paths.
+
+    First the mount table the plan makes, in its order: a place at cell path D makes a hole in
+    the place that showed D (the host path there), and ends every place at or inside D. Then
+    each visible place's host path is allowed and each hole denied, shallowest first (at one
+    path a hole, then a read-only allow, then a read-write one): the deepest rule above a path
+    decides it, so a path is open when any visible place shows it, shut when its hole is
+    deepest — where two views of one host path disagree, the narrower one wins."""
     live: list[_Place] = []  # places with a host path the cell still sees
     for place in places:
-        holder = next((p for p in reversed(live) if _within(place.dest, p.dest)), None)
-        inside = [p for p in live if _within(p.dest, place.dest)]  # (the same dest too)
-        covered = [str(p.host) for p in inside]
-        if holder is not None and holder not in inside:  # what the cell saw at dest
-            covered.insert(0, str(holder.host) + place.dest[len(holder.dest) :])
-        live = [p for p in live if p not in inside]
-        if covered:
-            rules.append(("deny", *_COVER, *[("subpath", Str(h)) for h in covered]))
-        if place.host is None:
-            continue
-        ops = ("file-read*", "file-write*") if place.writable else ("file-read*",)
-        rules.append(("allow", *ops, ("subpath", Str(place.host))))
-        if place.writable:  # its own directory stays, as a mount point does
+        holder = next((p for p in reversed(live) if _strictly_within(place.dest, p.dest)), None)
+        if holder is not None:
+            holder.holes.append(str(holder.host) + place.dest[len(holder.dest) :])
+        live = [p for p in live if not _within(p.dest, place.dest)]
+        if place.host is not None:
+            live.append(place)
+    facts = {(h, 0) for p in live for h in p.holes}
+    facts |= {(str(p.host), 2 if p.writable else 1) for p in live}
+    rules: list[Form | str] = [comment("the plan's mounts as seen at the end, deepest last")]
+    for path, rank in sorted(facts, key=lambda f: (f[0].count("/"), f[1], f[0])):
+        if rank == 0:
+            rules.append(("deny", *_COVER, ("subpath", Str(path))))
+        elif rank == 1:
+            rules.append(("allow", "file-read*", ("subpath", Str(path))))
+        else:  # its own directory stays, as a mount point does
+            rules.append(("allow", "file-read*", "file-write*", ("subpath", Str(path))))
             rules.append(("deny", "file-write-unlink", "file-write-create",
-                          ("literal", Str(place.host))))  # fmt: skip
-        live.append(place)
-    return rules, [str(p.host) for p in live]
+                          ("literal", Str(path))))  # fmt: skip
+    return rules, sorted({str(p.host) for p in live})
 
 
 def _ancestors(paths: list[str]) -> Form:
@@ -310,3 +321,7 @@ def _terminal(tty: str | None) -> list[Form | str]:
 
 def _within(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _strictly_within(path: str, top: str) -> bool:
+    return path != top and _within(path, top)
