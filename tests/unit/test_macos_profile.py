@@ -259,6 +259,64 @@ def test_the_cell_dir_must_be_absolute():
         macos.profile(level_plan("strict"), cell_dir="cells/1")
 
 
+# Random mount tables against a model of what Linux shows: the profile is never wider.
+_HOST = ("/h/a", "/h/a/b", "/h/a/b/c", "/h/d")
+_TARGETS = ("/m", "/m/b", "/m/b/c", "/n", "/h/a", "/h/a/b")
+_PROBES = (*_HOST, *(f"{h}/f" for h in _HOST), "/h/a/x", "/h/d/b/f", "/m/f")
+_MOUNTS = st.lists(
+    st.tuples(st.sampled_from(_HOST), st.sampled_from(_TARGETS), st.booleans()),
+    max_size=5,
+    unique_by=lambda m: m[1],
+)
+
+
+def _linux_view(plan) -> tuple[set[str], set[str]]:
+    """(readable, writable) host paths of _PROBES as bwrap's mount table shows them: the
+    mount at a cell path is the latest one whose target holds it."""
+    ops = [op for op in plan.mounts if op.dest.startswith(("/m", "/n", "/h"))]
+
+    def shown(cell_path: str):
+        return next((op for op in reversed(ops) if macos._within(cell_path, op.dest)), None)
+
+    readable, writable = set(), set()
+    for op in ops:
+        if op.kind not in ("bind", "ro-bind") or op.src == "/dev/null":
+            continue
+        for probe in _PROBES:
+            if macos._within(probe, op.src) and shown(op.dest + probe[len(op.src) :]) is op:
+                readable.add(probe)
+                if op.kind == "bind":
+                    writable.add(probe)
+    return readable, writable
+
+
+@settings(max_examples=300, deadline=None)
+@given(mounts=_MOUNTS, hides=st.lists(st.sampled_from(["/m/b", "/m/b/c", "/n/x", "/h/a/b/c"])))
+def test_random_mount_tables_are_never_wider_than_linux(mounts, hides):
+    from nixcell.host import HostFacts
+    from nixcell.plan import plan
+    from nixcell.spec import make_spec
+
+    spec = make_spec(command=["bash"], packages=["bash"], hide=sorted(set(hides)),
+                     mounts=[{"source": s, "target": t, "writable": w} for s, t, w in mounts])
+    facts = HostFacts(501, 20, kinds={**{s: "dir" for s, _, _ in mounts},
+                                      **{h: "dir" for h in hides}})  # fmt: skip
+    cell_plan = plan(spec, CLOSURE, facts)
+    rules = sbplread.read(macos.profile(cell_plan))
+    readable, writable = _linux_view(cell_plan)
+    for probe in _PROBES:
+        if sbplread.allowed(rules, READ, probe):
+            assert probe in readable, probe
+        if sbplread.allowed(rules, WRITE, probe):
+            assert probe in writable, probe
+    sources = [s for s, _, _ in mounts]
+    pairs = [(a, b) for i, a in enumerate(sources) for j, b in enumerate(sources) if i != j]
+    if not any(macos._within(a, b) for a, b in pairs):
+        # one view per host path: then the profile is exactly as wide
+        assert {p for p in _PROBES if sbplread.allowed(rules, READ, p)} == readable
+        assert {p for p in _PROBES if sbplread.allowed(rules, WRITE, p)} == writable
+
+
 # -- no path can inject a rule -----------------------------------------------------------------
 
 _WRITABLE = st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0").filter(
