@@ -75,7 +75,7 @@ def test_mcp_and_doctor_say_so(offline_set, tmp_path):
 
 
 def test_the_api_refuses(offline_set, monkeypatch):
-    """nixcell.run and the async runner refuse too (runner.py; CellLaunch is the backstop)."""
+    """nixcell.run and the async runner refuse too (preflight.check; CellLaunch is the backstop)."""
     from nixcell.runner import prepare, run_async
     from nixcell.sandbox.launch import CellLaunch
 
