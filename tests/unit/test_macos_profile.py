@@ -186,15 +186,19 @@ def test_root_run_plans_name_the_host_sources_not_the_stage():
     assert "/run/nixcell/stage" not in text
 
 
-def _spec_profile(mounts, hide=(), kinds=None, **limits) -> list:
+def _spec_plan(mounts, hide=(), kinds=None, **limits):
     from nixcell.host import HostFacts
     from nixcell.plan import plan
     from nixcell.spec import make_spec
 
     spec = make_spec(command=["bash"], packages=["bash"], hide=list(hide), limits=limits,
                      mounts=[{"source": s, "target": t, "writable": w} for s, t, w in mounts])
-    facts = HostFacts(501, 20, kinds=kinds or {s: "dir" for s, _, _ in mounts})
-    return sbplread.read(macos.profile(plan(spec, CLOSURE, facts)))  # fmt: skip
+    facts = HostFacts(501, 20, kinds=kinds or {s: "dir" for s, _, _ in mounts})  # fmt: skip
+    return plan(spec, CLOSURE, facts)
+
+
+def _spec_profile(mounts, hide=(), kinds=None, **limits) -> list:
+    return sbplread.read(macos.profile(_spec_plan(mounts, hide, kinds, **limits)))
 
 
 # mounts in order, then (operation, host path, allowed): a later mount covers an earlier one
@@ -254,9 +258,17 @@ def test_disk_scratch_maps_to_the_same_cell_dir():
     assert _spec_profile([], disk="64M") == _spec_profile([])
 
 
-def test_the_cell_dir_must_be_absolute():
+def test_the_cell_dir_must_be_absolute_and_the_port_a_port():
     with pytest.raises(ValueError, match="absolute"):
         macos.profile(level_plan("strict"), cell_dir="cells/1")
+    with pytest.raises(ValueError, match="not a port"):
+        macos.profile(level_plan("standard"), proxy_port=70000)
+
+
+def test_limits_sandbox_exec_cannot_hold_are_named_for_the_backend():
+    text = macos.profile(_spec_plan([], memory="256M", pids=64))
+    assert "--memory is set; sandbox-exec cannot bound it" in text
+    assert "--pids is set" in text and "--cpus" not in text
 
 
 # Random mount tables against a model of what Linux shows: the profile is never wider.

@@ -82,9 +82,10 @@ MACH_SERVICES = (
     "com.apple.system.opendirectoryd.libinfo",
 )
 SYSTEM_LIBRARIES = (  # libSystem and the dyld shared cache: no macOS process runs without them
-    "/System/Cryptexes",
+    "/System/Cryptexes",  # the cache since macOS 13
     "/System/Library",
     "/System/Volumes/Preboot/Cryptexes",
+    "/private/var/db/dyld",  # the cache before macOS 11
     "/usr/lib",
 )
 TIMEZONE = ("/private/etc/localtime", "/private/var/db/timezone")
@@ -121,8 +122,11 @@ def profile(
     cell's proxy (default: the plan's); ``tty``: the terminal device the cell is given."""
     if not cell_dir.startswith("/"):
         raise ValueError(f"the cell dir must be an absolute path, got {cell_dir!r}")
+    if proxy_port is not None and not 0 < proxy_port < 65536:
+        raise ValueError(f"not a port: {proxy_port!r}")
     cell_dir = host_path(posixpath.normpath(cell_dir))
     places, notes = _places(plan, cell_dir)
+    notes += _limit_notes(plan)
     files, reachable = _file_rules(places)
     forms: list[Form | str] = [
         ("version", 1),
@@ -222,6 +226,17 @@ def _places(plan: Plan, cell_dir: str) -> tuple[list[_Place], list[str]]:
         if place.host is not None and _is_home(place.host):
             places += [_Place(place.dest + "/" + p, None, False) for p in MACOS_PRIVATE]
     return places, notes
+
+
+def _limit_notes(plan: Plan) -> list[str]:
+    """Limits a profile cannot hold: a backend enforces them by other means or refuses."""
+    held = {"memory": plan.limits.memory, "cpus": plan.limits.cpus, "pids": plan.limits.pids,
+            "disk": plan.limits.disk}  # fmt: skip
+    return [
+        comment(f"for the backend: --{name} is set; sandbox-exec cannot bound it (refuse)")
+        for name, value in held.items()
+        if value is not None
+    ]
 
 
 def _is_home(path: str) -> bool:
