@@ -145,6 +145,25 @@ def test_network_follows_the_plan_and_the_given_port():
         assert "network*" not in [x for rule in _profile(level) for x in rule]
 
 
+def test_host_network_and_the_nix_daemon_when_the_plan_has_them():
+    """A plan on the host's network (no net namespace, no proxy) and one binding the daemon's
+    socket (store mode shared), as the store-mode plans make them."""
+    import dataclasses
+
+    from nixcell.plan import MountOp
+
+    base = level_plan("standard", network=False)
+    host_net = dataclasses.replace(base, namespaces=tuple(n for n in base.namespaces if n != "net"))
+    rules = sbplread.read(macos.profile(host_net))
+    assert sbplread.allowed(rules, "network-outbound", "ip:*:443")
+    socket = "/nix/var/nix/daemon-socket/socket"
+    shared = dataclasses.replace(base, mounts=(*base.mounts, MountOp("ro-bind", socket, socket)))
+    rules = sbplread.read(macos.profile(shared))
+    assert sbplread.allowed(rules, "network-outbound", f"unix:{socket}")
+    assert not sbplread.allowed(rules, "network-outbound", "unix:/nix/var/nix/other")
+    assert not sbplread.allowed(_profile("standard"), "network-outbound", f"unix:{socket}")
+
+
 def test_programs_run_only_from_the_closure():
     """Every rule allowing process-exec names exactly the closure's store paths."""
     for level in ("strict", "standard", "relaxed"):

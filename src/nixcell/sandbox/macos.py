@@ -229,14 +229,19 @@ def _places(plan: Plan, cell_dir: str) -> tuple[list[_Place], list[str]]:
 
 
 def _limit_notes(plan: Plan) -> list[str]:
-    """Limits a profile cannot hold: a backend enforces them by other means or refuses."""
+    """What a profile cannot hold: a backend enforces it by other means or refuses."""
     held = {"memory": plan.limits.memory, "cpus": plan.limits.cpus, "pids": plan.limits.pids,
             "disk": plan.limits.disk}  # fmt: skip
-    return [
+    notes = [
         comment(f"for the backend: --{name} is set; sandbox-exec cannot bound it (refuse)")
         for name, value in held.items()
         if value is not None
     ]
+    store = getattr(plan, "store", "closure")  # (the store modes' plans carry it)
+    if store in ("copy", "isolated"):
+        notes.append(comment(f"for the backend: store mode {store}: no copy can be shown at "
+                             "/nix/store without a mount namespace (refuse)"))  # fmt: skip
+    return notes
 
 
 def _is_home(path: str) -> bool:
@@ -292,12 +297,11 @@ def _file_rules(places: list[_Place]) -> tuple[list[Form | str], list[str]]:
 def _ancestors(paths: list[str]) -> Form:
     """Metadata of the directories above every reachable path (realpath walks them), and of
     macOS's own links into /private."""
-    above: set[str] = set(_MACOS_LINKS)
+    above: set[str] = {"/", *_MACOS_LINKS}
     for path in paths:
-        parent = posixpath.dirname(path)
-        while parent not in above and parent != path:
-            above.add(parent)
-            path, parent = parent, posixpath.dirname(parent)
+        while path not in ("/", ""):  # (every path here is absolute)
+            path = posixpath.dirname(path)
+            above.add(path)
     return ("allow", "file-read-metadata", *[("literal", Str(p)) for p in sorted(above)])
 
 
@@ -317,7 +321,7 @@ def _network(plan: Plan, cell_dir: str, places: list[_Place], port: int | None) 
         port = int(port if port is not None else plan.network["port"])  # type: ignore[call-overload]
         rules.append(comment("network: the cell's proxy alone, on the host's loopback"))
         rules.append(("allow", "network-outbound", ("remote", "ip", Str(f"localhost:{port}"))))
-    elif "net" not in plan.namespaces:
+    elif getattr(plan, "host_network", False) or "net" not in plan.namespaces:
         rules.append(comment("network: the host's (asked for: host network)"))
         rules.append(("allow", "network*"))
     else:
