@@ -113,6 +113,8 @@ CASES = [
     ("strict", "sysctl-read", "hw.ncpu", True),
     ("strict", "sysctl-read", "kern.bootargs", False),
     ("strict", "sysctl-write", "kern.hostname", False),
+    ("strict", "sysctl-write", "kern.tcsm_enable", True),  # V8 writes it (node)
+    ("strict", "sysctl-read", "kern.proc.all", False),
     ("strict", "mach-lookup", "com.apple.system.opendirectoryd.libinfo", True),
     ("strict", "mach-lookup", "com.apple.trustd.agent", False),
     ("strict", "mach-lookup", "com.apple.dnssd.service", False),

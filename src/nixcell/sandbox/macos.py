@@ -69,11 +69,18 @@ SYSCTLS = (
     "kern.ostype",
     "kern.osvariant_status",
     "kern.osversion",
+    "kern.tcsm_available",
+    "kern.tcsm_enable",
     "kern.usrstack64",
     "kern.version",
+    "machdep.ptrauth_enabled",
+    "security.mac.lockdown_mode_state",
     "sysctl.proc_cputype",
     "sysctl.proc_translated",
 )
+# The one sysctl written: V8 (node) writes it on Apple silicon when it sizes its threads
+# (sandbox-runtime allows it for the same reason).
+SYSCTLS_WRITTEN = ("kern.tcsm_enable",)
 SYSCTL_PREFIXES = ("hw.optional.", "hw.perflevel", "machdep.cpu.")
 # Mach services: user and group names (getpwuid, getgrgid) and libSystem's notifications. Not
 # trustd, DNS (mDNSResponder: the proxy resolves), cfprefsd, launchservices, logd, the pasteboard.
@@ -86,6 +93,7 @@ SYSTEM_LIBRARIES = (  # libSystem and the dyld shared cache: no macOS process ru
     "/System/Library",
     "/System/Volumes/Preboot/Cryptexes",
     "/private/var/db/dyld",  # the cache before macOS 11
+    "/private/var/db/oah",  # Rosetta's translations of x86_64 programs
     "/usr/lib",
 )
 TIMEZONE = ("/private/etc/localtime", "/private/var/db/timezone")
@@ -157,6 +165,7 @@ def _process() -> list[Form | str]:
         ("allow", "process-info*", ("target", "same-sandbox")),
         ("allow", "sysctl-read", *[("sysctl-name", Str(n)) for n in SYSCTLS],
          *[("sysctl-name-prefix", Str(n)) for n in SYSCTL_PREFIXES]),
+        ("allow", "sysctl-write", *[("sysctl-name", Str(n)) for n in SYSCTLS_WRITTEN]),
         ("allow", "mach-lookup", *[("global-name", Str(n)) for n in MACH_SERVICES]),
         comment("POSIX semaphores and shared memory (multiprocessing): names are host-wide"),
         ("allow", "ipc-posix-sem"),
