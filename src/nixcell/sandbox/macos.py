@@ -41,7 +41,7 @@ _COVER = ("file-read*", "file-write*", "process-exec*", "file-map-executable")
 
 # What libSystem, dyld and common runtimes read at start-up (CPU count and features, page and
 # memory size, OS release for uname). Not kern.bootargs (the boot parameters: /proc/cmdline is
-# masked in a Linux cell), not kern.proc.* (other processes), no sysctl writes.
+# masked in a Linux cell), not kern.proc.* (other processes).
 SYSCTLS = (
     "hw.activecpu",
     "hw.byteorder",
