@@ -130,19 +130,18 @@ _CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 def _daemon_socket() -> str:
     """The Nix daemon's socket for store mode "shared"; without it, a one-line error (the mode
     is refused, never run as "readonly")."""
-    import stat
+    import socket
 
     from nixcell.planstore import DAEMON_SOCKET
 
-    try:
-        is_socket = stat.S_ISSOCK(os.stat(DAEMON_SOCKET).st_mode)
-    except OSError:
-        is_socket = False
-    if not is_socket:
-        raise SpecError(
-            f"store mode 'shared' needs the Nix daemon, and {DAEMON_SOCKET} is not its socket: "
-            "start nix-daemon, or use store mode 'readonly'"
-        )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:  # (a socket file outlives its daemon: only one that answers counts)
+            probe.connect(DAEMON_SOCKET)
+        except OSError as exc:
+            raise SpecError(
+                f"store mode 'shared' needs the Nix daemon, and {DAEMON_SOCKET} does not answer "
+                f"({exc.strerror}): start nix-daemon, or use store mode 'readonly'"
+            ) from None
     return DAEMON_SOCKET
 
 

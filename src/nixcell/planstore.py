@@ -50,16 +50,23 @@ def store_binds(spec: CellSpec, host: HostFacts) -> list[tuple[str, str, bool]]:
     if spec.store not in COPY_MODES:
         return []
 
-    # a copy the cell could write would let it change what its next run executes
     if host.store_root is None:
         raise SpecError(f"store mode {spec.store!r}: internal: the copy was not made")
-    writable = _writable_bind(spec, host.store_root)
+    check_store_dir(spec)
+    return [(STORE, host.store_root, False)]
+
+
+def check_store_dir(spec: CellSpec) -> None:
+    """Refuse a copy the cell could write: it would change what its next run executes (called
+    before the copy is made, and by the plan)."""
+    from nixcell.errors import SpecError
+
+    writable = _writable_bind(spec, spec.store_dir) if spec.store_dir is not None else None
     if writable is not None:
         raise SpecError(
             f"store dir {spec.store_dir} is inside {writable}, which the cell may write: "
             "put it elsewhere, or bind that part read-only"
         )
-    return [(STORE, host.store_root, False)]
 
 
 def _writable_bind(spec: CellSpec, path: str) -> str | None:

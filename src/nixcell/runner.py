@@ -84,6 +84,10 @@ def prepare(
     packages = spec.closure_packages()
     tools = spec.closure_tools()
     frozen = None
+    if spec.store_dir is not None:
+        from nixcell.planstore import check_store_dir
+
+        check_store_dir(spec)  # before anything is copied there
     if spec.store == "isolated":  # copied once, then frozen: no nix once it is there
         from nixcell.nix import storecopy
 
