@@ -244,3 +244,23 @@ def test_the_warm_path_never_runs_a_stale_copy(home, tmp_path, mode):
         assert "lacks" in _error(out)
     shutil.rmtree(store)  # gone: the normal path copies it again (both modes)
     assert _listing(_run(home, *flags)) == first
+
+
+def test_an_ordinary_user_gets_a_copy_and_the_whole_store(user_home):
+    """The invoker identity: bwrap binds the copy itself (no stage), the user owns the copy."""
+    from tests.integration.test_ordinary_user import NOBODY, as_nobody
+
+    mine = user_home / "mine"
+    mine.mkdir()
+    os.chown(mine, NOBODY, NOBODY)
+    store = mine / "store"
+    flags = ("--store", "copy", "--store-dir", str(store), "-p", "bash", "-p", "coreutils")
+    out = as_nobody(user_home, "run", *flags, "--", "bash", "-c", "ls /nix/store; id -u")
+    assert out.returncode == 0, out.stderr
+    *listing, uid = out.stdout.decode().split()
+    assert set(listing) == set(os.listdir(store / PATHS)) and uid == "1000"
+    assert os.stat(store).st_uid == NOBODY and os.stat(store / "manifest.json").st_uid == NOBODY
+    whole = as_nobody(user_home, "run", "--store", "readonly", *flags[4:], "--",
+                      "bash", "-c", "ls /nix/store")  # fmt: skip
+    assert whole.returncode == 0, whole.stderr
+    assert len(whole.stdout.split()) > len(listing)

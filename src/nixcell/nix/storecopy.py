@@ -232,18 +232,28 @@ def _copy_entry(source: str, name: str, tfd: int, pfd: int) -> None:
     temp = f"{name}.{os.getpid()}.{os.urandom(4).hex()}"
     sfd = os.open(STORE_DIR, _DIR)
     try:
-        _copy_node(sfd, name, tfd, temp)
+        mode = _copy_node(sfd, name, tfd, temp, top=True)
+        # a directory moves to another parent only while writable (its ".." changes): its
+        # store mode comes after the rename, on the entry reached by fd
+        os.rename(temp, name, src_dir_fd=tfd, dst_dir_fd=pfd)
+        if mode is not None:
+            fd = os.open(name, _DIR, dir_fd=pfd)
+            try:
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
     except OSError as exc:
-        _remove(tfd, temp)
+        with contextlib.suppress(OSError, StateError):
+            _remove(tfd, temp)
         raise StateError(f"cannot copy {source} into the store dir: {exc.strerror}") from None
     finally:
         os.close(sfd)
-    os.rename(temp, name, src_dir_fd=tfd, dst_dir_fd=pfd)
 
 
-def _copy_node(sdir: int, sname: str, ddir: int, dname: str) -> None:
+def _copy_node(sdir: int, sname: str, ddir: int, dname: str, top: bool = False) -> int | None:
     """Copy one file, symlink or directory (recursively) from ``sdir`` to ``ddir``; never
-    follows a link on either side, and the target names are created here (O_EXCL)."""
+    follows a link on either side, and the target names are created here (O_EXCL). ``top``: a
+    directory keeps its write bit; its store mode is returned for the caller to set."""
     st = os.stat(sname, dir_fd=sdir, follow_symlinks=False)
     if stat.S_ISLNK(st.st_mode):
         os.symlink(os.readlink(sname, dir_fd=sdir), dname, dir_fd=ddir)
@@ -254,7 +264,10 @@ def _copy_node(sdir: int, sname: str, ddir: int, dname: str) -> None:
         try:
             for child in sorted(os.listdir(src)):
                 _copy_node(src, child, dst, child)
-            os.fchmod(dst, stat.S_IMODE(st.st_mode) & 0o555 | 0o500)
+            mode = stat.S_IMODE(st.st_mode) & 0o555 | 0o500
+            if top:
+                return mode
+            os.fchmod(dst, mode)
         finally:
             os.close(src)
             os.close(dst)
@@ -276,6 +289,7 @@ def _copy_node(sdir: int, sname: str, ddir: int, dname: str) -> None:
         finally:
             os.close(src)
     # (a store path holds nothing else: no devices, FIFOs or sockets are copied)
+    return None
 
 
 def _same_kind(pfd: int, name: str) -> bool:
