@@ -83,18 +83,20 @@ def prepare(
             upstream_context(spec.network.upstream_ca)
     packages = spec.closure_packages()
     tools = spec.closure_tools()
-    frozen = None
-    if spec.store_dir is not None:
+    frozen = copy_key = None
+    if spec.store_dir is not None:  # a copy store mode (nix/storecopy.py)
+        from nixcell.nix import storecopy
         from nixcell.planstore import check_store_dir
 
         check_store_dir(spec)  # before anything is copied there
-    if spec.store == "isolated":  # copied once, then frozen: no nix once it is there
-        from nixcell.nix import storecopy
-
-        key = storecopy.key_of(packages, tools, spec.nixpkgs)
-        frozen = storecopy.frozen_closure(spec.store_dir, key)  # type: ignore[arg-type]
+        copy_key = storecopy.key_of(packages, tools, spec.nixpkgs)
+        if spec.store == "isolated":  # copied once, then frozen: no nix once it is there
+            frozen = storecopy.frozen_closure(spec.store_dir, copy_key)
     try:
-        closure = frozen or resolve(packages, spec.nixpkgs, progress=progress, tools=tools)
+        if frozen is not None:
+            closure = frozen
+        else:
+            closure = resolve(packages, spec.nixpkgs, progress=progress, tools=tools)
     except UnknownPackageError as exc:
         added = [p for p in packages[len(spec.packages) :] if p == SH_PACKAGE]
         added += [p for p in tools.values() if p == ENV_TOOL]
@@ -108,15 +110,11 @@ def prepare(
             ) from None
         raise
     copy = None
-    if spec.store in ("copy", "isolated"):
-        from nixcell.nix import storecopy
-
-        store_dir: str = spec.store_dir  # type: ignore[assignment]
+    if spec.store_dir is not None and copy_key is not None:
         if frozen is not None:
-            copy = storecopy.current(store_dir)
+            copy = storecopy.current(spec.store_dir)
         else:
-            key = storecopy.key_of(packages, tools, spec.nixpkgs)
-            copy = storecopy.sync(store_dir, closure, spec.store, key, progress)
+            copy = storecopy.sync(spec.store_dir, closure, spec.store, copy_key, progress)
     facts = host.gather(spec, volumes, copy)
     return plan(spec, closure, facts, proxied), closure
 
