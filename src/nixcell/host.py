@@ -130,18 +130,14 @@ _CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 def _daemon_socket() -> str:
     """The Nix daemon's socket for store mode "shared"; without it, a one-line error (the mode
     is refused, never run as "readonly")."""
-    import socket
-
+    from nixcell.plancheck import answers
     from nixcell.planstore import DAEMON_SOCKET
 
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:  # (a socket file outlives its daemon: only one that answers counts)
-            probe.connect(DAEMON_SOCKET)
-        except OSError as exc:
-            raise SpecError(
-                f"store mode 'shared' needs the Nix daemon, and {DAEMON_SOCKET} does not answer "
-                f"({exc.strerror}): start nix-daemon, or use store mode 'readonly'"
-            ) from None
+    if not answers(DAEMON_SOCKET):  # (a socket file outlives its daemon: it must answer)
+        raise SpecError(
+            f"store mode 'shared' needs the Nix daemon, and nothing answers at {DAEMON_SOCKET}: "
+            "start nix-daemon, or use store mode 'readonly'"
+        )
     return DAEMON_SOCKET
 
 

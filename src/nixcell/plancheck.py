@@ -31,6 +31,8 @@ def stale_reason(plan: Plan) -> str | None:
         now = path_kind(path)
         if now != kind:
             return f"{role} path {path} was {kind} and is {now} now"
+        if role == "daemon" and not answers(path):
+            return f"the Nix daemon does not answer at {path}"
         if role == "bind" and first_link(path) is not None:
             return f"bind source {path} is reached through a symbolic link now"
     from nixcell.preflight import made_by_nixcell
@@ -56,6 +58,21 @@ def _copy_stale(plan: Plan) -> str | None:
     if missing is not None:
         return f"the store copy in {plan.store_dir} lacks {missing}"
     return None
+
+
+def answers(path: str) -> bool:
+    """Whether a Unix socket accepts a connection (a socket file outlives its daemon); with the
+    built-in ``_socket``, not ``socket`` (enum, selectors): this runs on the warm path."""
+    import _socket
+
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def path_kind(path: str) -> str:

@@ -131,3 +131,27 @@ def test_the_new_fields_survive_the_plan_cache():
     assert (view.store, view.store_dir, view.store_stamp, view.host_network) == (
         "isolated", "/srv/project/.nixcell/store", "9:9:9", True)  # fmt: skip
     assert Plan.from_json(p.to_json()) == p
+
+
+def test_a_cached_shared_plan_is_stale_once_the_daemon_is_gone(tmp_path):
+    """A real listening socket, then the same socket file with nobody behind it."""
+    import socket
+
+    from nixcell.plan import PlanLimits
+    from nixcell.plancheck import stale_reason
+
+    path = str(tmp_path / "socket")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen()
+    env = tmp_path / "env" / "bin"
+    env.mkdir(parents=True)
+    cached = Plan(
+        command=("true",), mounts=(), env={}, cwd="/", limits=PlanLimits(), seccomp_profiles=(),
+        closure=(), path_dirs=(str(env),), checked=(("daemon", path, "file"),), store="shared",
+    )  # fmt: skip
+    try:
+        assert stale_reason(cached) is None
+    finally:
+        server.close()
+    assert "does not answer" in stale_reason(cached)
