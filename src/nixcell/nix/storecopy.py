@@ -172,7 +172,11 @@ def _refused(store_dir: str, exc: OSError) -> StateError:
     import errno
 
     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-        return StateError(f"store dir {store_dir}: a symbolic link or not a directory on the way")
+        real = os.path.realpath(store_dir)
+        hint = f"; name the real path, {real}" if real != store_dir else ""
+        return StateError(
+            f"store dir {store_dir}: a symbolic link or not a directory on the way{hint}"
+        )
     return StateError(f"store dir {store_dir}: {exc.strerror}")
 
 
