@@ -167,6 +167,11 @@ def test_copy_mode_is_refreshed_when_the_packages_change(home, tmp_path):
     manifest = json.loads((store / "manifest.json").read_text())
     assert {os.path.basename(p) for p in manifest["closure"]["paths"]} == two
     assert _listing(_run(home, *base)) == one  # and back
+    assert not any(e.endswith(".drv") for e in os.listdir(store / PATHS))  # runtime paths only
+    entry = sorted(one)[0]
+    out = _run(home, *base, command=f"touch /nix/store/x || rm -rf /nix/store/{entry}/*")
+    assert out.returncode != 0 and b"Read-only file system" in out.stderr
+    assert _listing(_run(home, *base)) == one  # untouched
 
 
 def _own_package(tmp_path: Path) -> str:
