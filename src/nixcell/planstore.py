@@ -52,34 +52,10 @@ def store_binds(spec: CellSpec, host: HostFacts) -> list[tuple[str, str, bool]]:
 
     if host.store_root is None:
         raise SpecError(f"store mode {spec.store!r}: internal: the copy was not made")
-    check_store_dir(spec)
+    from nixcell.nix.storecopy import check_store_dir
+
+    check_store_dir(spec)  # (refused before the copy was made; and here, where it is bound)
     return [(STORE, host.store_root, False)]
-
-
-def check_store_dir(spec: CellSpec) -> None:
-    """Refuse a copy the cell could write: it would change what its next run executes (called
-    before the copy is made, and by the plan)."""
-    from nixcell.errors import SpecError
-
-    writable = _writable_bind(spec, spec.store_dir) if spec.store_dir is not None else None
-    if writable is not None:
-        raise SpecError(
-            f"store dir {spec.store_dir} is inside {writable}, which the cell may write: "
-            "put it elsewhere, or bind that part read-only"
-        )
-
-
-def _writable_bind(spec: CellSpec, path: str) -> str | None:
-    """The source of the innermost bind holding ``path``, if the cell may write it."""
-    binds = [(m.source, m.writable) for m in spec.mounts]
-    if spec.workdir is not None:
-        binds.append((spec.workdir, True))
-    inside = path.startswith
-    holding = [(src, w) for src, w in binds if path == src or inside(src.rstrip("/") + "/")]
-    if not holding:
-        return None
-    source, writable = max(holding, key=lambda b: len(b[0]))
-    return source if writable else None
 
 
 def store_env(spec: CellSpec) -> dict[str, str]:

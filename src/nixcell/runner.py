@@ -83,15 +83,11 @@ def prepare(
             upstream_context(spec.network.upstream_ca)
     packages = spec.closure_packages()
     tools = spec.closure_tools()
-    frozen = copy_key = None
-    if spec.store_dir is not None:  # a copy store mode (nix/storecopy.py)
+    frozen = None
+    if spec.store_dir is not None:  # a copy store mode: an isolated copy needs no nix
         from nixcell.nix import storecopy
-        from nixcell.planstore import check_store_dir
 
-        check_store_dir(spec)  # before anything is copied there
-        copy_key = storecopy.key_of(packages, tools, spec.nixpkgs)
-        if spec.store == "isolated":  # copied once, then frozen: no nix once it is there
-            frozen = storecopy.frozen_closure(spec.store_dir, copy_key)
+        frozen = storecopy.frozen_for(spec, packages, tools)
     try:
         if frozen is not None:
             closure = frozen
@@ -110,11 +106,8 @@ def prepare(
             ) from None
         raise
     copy = None
-    if spec.store_dir is not None and copy_key is not None:
-        if frozen is not None:
-            copy = storecopy.current(spec.store_dir)
-        else:
-            copy = storecopy.sync(spec.store_dir, closure, spec.store, copy_key, progress)
+    if spec.store_dir is not None:
+        copy = storecopy.made_for(spec, packages, tools, closure, frozen, progress)
     facts = host.gather(spec, volumes, copy)
     return plan(spec, closure, facts, proxied), closure
 

@@ -219,9 +219,13 @@ def test_a_store_dir_the_cell_could_write_is_refused(home, tmp_path):
     work.mkdir()
     flags = ("--workdir", str(work), "--store", "copy", "--store-dir", str(work / "store"))
     assert "which the cell may write" in _error(_run(home, *flags, "-p", "coreutils"))
-    (work / "store").mkdir()  # bound read-only over the writable part: allowed
-    ok = _run(home, *flags, "--ro-bind", f"{work / 'store'}:/ro", "-p", "coreutils")
-    assert ok.returncode == 0, ok.stderr
+    (work / "store").mkdir()
+    elsewhere = _run(home, *flags, "--ro-bind", f"{work / 'store'}:/ro", "-p", "coreutils")
+    assert "which the cell may write" in _error(elsewhere)  # /workspace/store is still writable
+    over = ("--ro-bind", f"{work / 'store'}:/workspace/store", "-p", "coreutils")
+    ok = _run(home, *flags, *over, command="touch /workspace/store/x")  # covered where it shows
+    assert ok.returncode != 0 and b"Read-only file system" in ok.stderr, ok.stderr
+    assert _listing(_run(home, *flags, *over)) == _closure(home, *flags, *over)
 
 
 def _entry(home: Path) -> tuple[int, int]:

@@ -67,11 +67,35 @@ def test_shared_without_the_daemon_is_refused():
         ({"mounts": [{"source": "/srv", "target": "/srv", "writable": True}]}, True),
         ({"mounts": [{"source": "/srv/project/.nixcell/store", "target": "/s", "writable": True}]},
          True),
+        # covered at its own path, but the workdir shows it at /workspace/.nixcell/store
         ({"workdir": "/srv/project", "mounts": [
+            {"source": "/srv/project/.nixcell", "target": "/srv/project/.nixcell"}]}, True),
+        # a project at level standard: the project at its own path, .nixcell/ read-only over it
+        ({"mounts": [
+            {"source": "/srv/project", "target": "/srv/project", "writable": True},
             {"source": "/srv/project/.nixcell", "target": "/srv/project/.nixcell"}]}, False),
         ({"mounts": [{"source": "/srv", "target": "/srv"}]}, False),
         ({"workdir": "/srv/other"}, False),
         ({"workdir": "/srv/proj"}, False),  # a name prefix is not a parent
+        # read-only elsewhere, still writable through the workdir
+        ({"workdir": "/srv/project", "mounts": [
+            {"source": "/srv/project/.nixcell/store", "target": "/ro"}]}, True),
+        # read-only where the workdir shows it: fine
+        ({"workdir": "/srv/project", "mounts": [
+            {"source": "/srv/project/.nixcell/store", "target": "/workspace/.nixcell/store"}]},
+         False),
+        # a part of it bound writable
+        ({"mounts": [{"source": "/srv/project/.nixcell/store/paths", "target": "/p",
+                      "writable": True}]}, True),
+        # covered, then a part of it bound writable again below
+        ({"workdir": "/srv/project", "mounts": [
+            {"source": "/srv/project/.nixcell", "target": "/workspace/.nixcell"},
+            {"source": "/srv/project/.nixcell/store/paths", "target": "/workspace/x",
+             "writable": True}]}, True),
+        # the covering bind comes first: the writable one is on top
+        ({"mounts": [
+            {"source": "/srv/project/.nixcell", "target": "/srv/project/.nixcell"},
+            {"source": "/srv/project", "target": "/srv/project", "writable": True}]}, True),
     ],
 )  # fmt: skip
 def test_a_copy_the_cell_could_write_is_refused(binds, refused):

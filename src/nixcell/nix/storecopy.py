@@ -32,6 +32,10 @@ from nixcell.errors import StateError
 from nixcell.nix.closure import STORE_DIR, Closure
 from nixcell.nix.storestamp import MANIFEST, PATHS, manifest_stamp, missing_entry
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nixcell.spec import CellSpec
+
 FORMAT = 1
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -48,6 +52,69 @@ class StoreCopy:
 def key_of(packages: list[str], tools: dict[str, str], nixpkgs: str | None) -> dict[str, object]:
     """What an isolated copy is frozen for: the packages asked for and where they come from."""
     return {"packages": list(packages), "tools": dict(sorted(tools.items())), "nixpkgs": nixpkgs}
+
+
+def frozen_for(spec: CellSpec, packages: list[str], tools: dict[str, str]) -> Closure | None:
+    """For a copy mode's spec, before resolving: refuse a store dir the cell could write, and
+    return an isolated copy's recorded closure (None: resolve, then ``made_for``)."""
+    check_store_dir(spec)  # before anything is copied there
+    if spec.store != "isolated":
+        return None
+    return frozen_closure(spec.store_dir, key_of(packages, tools, spec.nixpkgs))  # type: ignore[arg-type]
+
+
+def made_for(
+    spec: CellSpec,
+    packages: list[str],
+    tools: dict[str, str],
+    closure: Closure,
+    frozen: Closure | None,
+    progress=None,
+) -> StoreCopy:
+    """The copy for a copy mode's spec: made now, or the frozen one as it is (StoreCopy)."""
+    store_dir: str = spec.store_dir  # type: ignore[assignment]
+    if frozen is not None:
+        return current(store_dir)
+    return sync(store_dir, closure, spec.store, key_of(packages, tools, spec.nixpkgs), progress)
+
+
+def check_store_dir(spec: CellSpec) -> None:
+    """Refuse a copy the cell could write: it would change what its next run executes (called
+    before the copy is made, and by the plan)."""
+    from nixcell.errors import SpecError
+
+    writable = _writable_bind(spec, spec.store_dir) if spec.store_dir is not None else None
+    if writable is not None:
+        raise SpecError(
+            f"store dir {spec.store_dir} is inside {writable}, which the cell may write: "
+            "put it elsewhere, or bind that part read-only"
+        )
+
+
+def _writable_bind(spec: CellSpec, path: str) -> str | None:
+    """The source of a writable bind through which the cell could write ``path`` or anything
+    under it: one exposing it (or a part) at a cell path that no later bind covers. (bwrap
+    mounts in order, the workdir first: the last bind whose target holds a cell path is the one
+    seen there.)"""
+    binds = [(spec.workdir, "/workspace", True)] if spec.workdir is not None else []
+    binds += [(m.source, m.target, m.writable) for m in spec.mounts]
+    for index, (source, target, writable) in enumerate(binds):
+        if not writable:
+            continue
+        if _under(path, source):  # the whole store dir, at this cell path
+            cell = target.rstrip("/") + path[len(source.rstrip("/")) :]
+        elif _under(source, path):  # a part of it
+            cell = target
+        else:
+            continue
+        seen = [i for i, (_, t, _) in enumerate(binds) if _under(cell, t)]
+        if seen and seen[-1] == index:
+            return source
+    return None
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 def frozen_closure(store_dir: str, key: dict[str, object]) -> Closure | None:
