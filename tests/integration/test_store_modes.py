@@ -273,3 +273,9 @@ def test_an_ordinary_user_gets_a_copy_and_the_whole_store(user_home):
                       "bash", "-c", "ls /nix/store")  # fmt: skip
     assert whole.returncode == 0, whole.stderr
     assert len(whole.stdout.split()) > len(listing)
+    # fewer packages: the user's refresh removes its own read-only (0555) entries
+    fewer = as_nobody(user_home, "run", *flags[:-2], "--", "bash", "-c", "echo /nix/store/*")
+    assert fewer.returncode == 0, fewer.stderr
+    left = {os.path.basename(p) for p in fewer.stdout.decode().split()}
+    assert left == set(os.listdir(store / PATHS)) and left != set(listing)
+    assert not any("coreutils" in e for e in left)
