@@ -31,7 +31,7 @@ def stale_reason(plan: Plan) -> str | None:
         now = path_kind(path)
         if now != kind:
             return f"{role} path {path} was {kind} and is {now} now"
-        if role == "daemon" and not answers(path):
+        if role == "daemon" and connect_error(path) is not None:
             return f"the Nix daemon does not answer at {path}"
         if role == "bind" and first_link(path) is not None:
             return f"bind source {path} is reached through a symbolic link now"
@@ -60,19 +60,20 @@ def _copy_stale(plan: Plan) -> str | None:
     return None
 
 
-def answers(path: str) -> bool:
-    """Whether a Unix socket accepts a connection (a socket file outlives its daemon); with the
-    built-in ``_socket``, not ``socket`` (enum, selectors): this runs on the warm path."""
+def connect_error(path: str) -> str | None:
+    """Why a Unix socket accepts no connection (a socket file outlives its daemon), or None;
+    with the built-in ``_socket``, not ``socket`` (enum, selectors): this runs on the warm
+    path."""
     import _socket
 
     probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         probe.connect(path)
-    except OSError:
-        return False
+    except OSError as exc:
+        return exc.strerror or str(exc)
     finally:
         probe.close()
-    return True
+    return None
 
 
 def path_kind(path: str) -> str:

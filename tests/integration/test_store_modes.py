@@ -279,3 +279,14 @@ def test_an_ordinary_user_gets_a_copy_and_the_whole_store(user_home):
     left = {os.path.basename(p) for p in fewer.stdout.decode().split()}
     assert left == set(os.listdir(store / PATHS)) and left != set(listing)
     assert not any("coreutils" in e for e in left)
+
+
+def test_shared_for_a_user_the_daemon_refuses_is_one_line(user_home, daemon):
+    """Debian's daemon-socket directory is 0770 root:nix-users: nobody is not let in."""
+    from tests.integration.test_ordinary_user import as_nobody
+
+    mode = os.stat(os.path.dirname(DAEMON_SOCKET)).st_mode
+    if mode & 0o005:
+        pytest.skip("this host lets everyone reach the daemon")
+    out = as_nobody(user_home, "run", "--store", "shared", "-p", "bash", "--", "bash", "-c", "")
+    assert "Permission denied" in _error(out) and "nix-users" in _error(out)
