@@ -155,6 +155,23 @@ def run_options(f):
             is_flag=True,
             help="Do not add dash for /bin/sh (it then exists only if the packages bring a sh).",
         ),
+        click.option(
+            "--store",
+            type=click.Choice(["closure", "readonly", "shared", "copy", "isolated"]),
+            help="What the cell sees of /nix/store: its closure only (default), the whole store "
+            "read-only, that plus the Nix daemon (shared), or a copy of the closure in "
+            "--store-dir (copy: refreshed each run; isolated: copied once, then frozen).",
+        ),
+        click.option(
+            "--store-dir",
+            metavar="DIR",
+            help="Host dir holding the copy of --store copy/isolated.",
+        ),
+        click.option(
+            "--host-network",
+            is_flag=True,
+            help="Share the host's network namespace: no proxy, no policy (only when asked).",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -216,6 +233,11 @@ def spec_from_flags(command: tuple[str, ...], **o: object):
         network=network_from_flags(o),
         tty="always" if o["interactive"] else "never" if o["no_tty"] else "auto",
         sh=not o.get("no_sh"),
+        store=o.get("store") or "closure",
+        store_dir=os.path.abspath(os.path.expanduser(str(o["store_dir"])))
+        if o.get("store_dir")
+        else None,
+        host_network=bool(o.get("host_network")),
     )
 
 
