@@ -147,23 +147,39 @@ def test_network_follows_the_plan_and_the_given_port():
         assert "network*" not in [x for rule in _profile(level) for x in rule]
 
 
-def test_host_network_and_the_nix_daemon_when_the_plan_has_them():
-    """A plan on the host's network (no net namespace, no proxy) and one binding the daemon's
-    socket (store mode shared), as the store-mode plans make them."""
-    import dataclasses
+def _store_plan(**fields):
+    from nixcell.host import HostFacts
+    from nixcell.plan import plan
+    from nixcell.spec import make_spec
 
-    from nixcell.plan import MountOp
+    spec = make_spec(command=["bash"], packages=["bash"], **fields)
+    facts = HostFacts(501, 20, daemon_socket=True, resolv_conf="/etc/resolv.conf",
+                      host_ca="/etc/ssl/cert.pem", store_root="/Users/alice/copy/store")
+    return plan(spec, CLOSURE, facts)  # fmt: skip
 
-    base = level_plan("standard", network=False)
-    host_net = dataclasses.replace(base, namespaces=tuple(n for n in base.namespaces if n != "net"))
-    rules = sbplread.read(macos.profile(host_net))
-    assert sbplread.allowed(rules, "network-outbound", "ip:*:443")
+
+def test_store_modes_and_the_host_network():
+    """The store modes' and the host network's plans (plan.py with planstore.py)."""
     socket = "/nix/var/nix/daemon-socket/socket"
-    shared = dataclasses.replace(base, mounts=(*base.mounts, MountOp("ro-bind", socket, socket)))
-    rules = sbplread.read(macos.profile(shared))
-    assert sbplread.allowed(rules, "network-outbound", f"unix:{socket}")
-    assert not sbplread.allowed(rules, "network-outbound", "unix:/nix/var/nix/other")
-    assert not sbplread.allowed(_profile("standard"), "network-outbound", f"unix:{socket}")
+    other_store_path = "/nix/store/" + "d" * 32 + "-other/bin/x"
+    closure = sbplread.read(macos.profile(_store_plan()))
+    assert not sbplread.allowed(closure, READ, other_store_path)
+    readonly = sbplread.read(macos.profile(_store_plan(store="readonly")))
+    assert sbplread.allowed(readonly, READ, other_store_path)
+    assert not sbplread.allowed(readonly, EXEC, other_store_path)  # still the closure alone runs
+    assert not sbplread.allowed(readonly, "network-outbound", f"unix:{socket}")
+    shared = sbplread.read(macos.profile(_store_plan(store="shared")))
+    assert sbplread.allowed(shared, "network-outbound", f"unix:{socket}")
+    assert not sbplread.allowed(shared, "network-outbound", "unix:/nix/var/nix/other")
+    assert not sbplread.allowed(shared, WRITE, "/nix/store/x")
+    copy = macos.profile(_store_plan(store="copy", store_dir="/Users/alice/copy"))
+    assert "store mode copy: no copy can be shown at /nix/store" in copy
+    host = _store_plan(host_network=True)
+    rules = sbplread.read(macos.profile(host))
+    assert sbplread.allowed(rules, "network-outbound", "ip:*:443")
+    assert sbplread.allowed(rules, READ, "/private/etc/resolv.conf")  # (bound from the host)
+    none = sbplread.read(macos.profile(_store_plan()))
+    assert not sbplread.allowed(none, "network-outbound", "ip:*:443")
 
 
 def test_programs_run_only_from_the_closure():
