@@ -307,7 +307,7 @@ def report_lines(summary: Summary, network: str | None, top: int = TOP) -> list[
     if not summary.counts and not summary.overflow and not network and not summary.unread:
         return ["Sandbox access failures: none (no file or network access failed, the proxy "
                 "denied nothing)"]  # fmt: skip
-    unique = len(summary.counts) + (1 if summary.overflow else 0)
+    unique = f"{len(summary.counts)}{'+' if summary.overflow else ''}"
     out = [f"Sandbox access failures ({unique} unique, {summary.total} total):"]
     rows = summary.rows(top)
     if not rows:
