@@ -37,9 +37,12 @@ _ERRNOS = frozenset({  # "not there" or "not allowed", for a file, a limit or th
 # fmt: on
 _HIDDEN_TREES = ("/proc", "/sys", "/dev")
 # glibc's and coreutils' fixed probes, missing in every cell and harmless
-_NOISE = frozenset(
-    ["/etc/ld.so.preload", "/etc/ld.so.cache", "/etc/selinux/config", "/selinux", "/sys/fs/selinux"]
-)
+# fmt: off
+_NOISE = frozenset([
+    "/etc/ld.so.preload", "/etc/ld.so.cache", "/etc/selinux/config", "/selinux",
+    "/var/run/nscd/socket", "/run/nscd/socket",
+])
+# fmt: on
 _NOISE_TREES = ("/usr/lib/locale", "/usr/share/locale", "/usr/lib/gconv", "/etc/selinux")
 _NET_CALLS = frozenset(
     ["connect", "bind", "sendto", "sendmsg", "sendmmsg", "socket", "accept", "accept4", "listen"]

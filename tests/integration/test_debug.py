@@ -221,3 +221,32 @@ def test_timeout_kills_the_cell_and_strace():
     assert result.stderr.decode() == "nixcell: timed out after 2s\n" + NOTHING, result
     assert _find(marker) is None
     assert not (_tracers() - before)
+
+
+def test_interactive_shell_under_a_pty_is_traced():
+    """A terminal run (the cell's own PTY, as ``nixcell shell`` makes): the same trace."""
+    import pexpect
+
+    child = pexpect.spawn(
+        NIXCELL, ["run", "--debug", "-p", "bash", "-p", "coreutils", "--", "bash", "--norc", "-i"],
+        encoding="utf-8", timeout=60,
+    )  # fmt: skip
+    child.expect(r"bash-[0-9.]+\$ ")
+    child.sendline("cat /home/cell/.netrc; tty; exit 3")
+    child.expect(r"/dev/console\r\n")  # the cell's own terminal
+    child.expect(r"Sandbox access failures \(\d+ unique, \d+ total\):\r\n")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 3
+    assert re.search(r"^ +1  ENOENT  openat +/home/cell/\.netrc\r$", child.before, re.M)
+
+
+def test_ordinary_user_gets_the_same_summary(user_home):
+    from tests.integration.test_ordinary_user import as_nobody
+
+    result = as_nobody(
+        user_home, "run", "--debug", "-p", "bash", "--", "bash", "-c", "echo x >/etc/y; exit 5"
+    )
+    assert result.returncode == 5, result
+    _, _, rows, _ = split(result.stderr)
+    assert ["1", "EROFS", "openat", "/etc/y"] in rows, rows

@@ -104,6 +104,7 @@ def test_bwraps_own_pid_is_skipped():
         ("/usr/lib/localex", True),
         ("/etc/ld.so.preload", False),
         ("/etc/ld.so.preloadx", True),
+        ("/var/run/nscd/socket", False),
         ("/nix/store/zqa1mdqrzgxdl4sjqcnramzwa0icnn25-python3-3.11.2/lib/x.so", False),
         ("/nix/store/zqa1mdqrzgxdl4sjqcnramzwa0icnn25-python3-3.11.2/../../../etc/x", True),
         ("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-other/bin/sh", True),
