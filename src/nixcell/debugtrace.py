@@ -326,6 +326,7 @@ def report_lines(summary: Summary, network: str | None, top: int = TOP) -> list[
         out.append(f"  ({summary.overflow} failures at paths beyond the first {MAX_UNIQUE})")
     if summary.unread:
         out.append(f"  (trace cut: {summary.unread} lines not read, too many or too long)")
-    if network:
-        out.append(f"Network: {show(network.encode())}")
+    if network:  # the proxy's summary ("2 requests denied: GET x.test/a (no rule), ...")
+        said = network.replace(" denied: ", " denied by the proxy: ", 1)
+        out.append(f"Network: {show(said.encode())}")
     return out

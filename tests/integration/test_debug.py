@@ -87,7 +87,7 @@ def test_denied_host_through_a_policy_joins_the_summary(plain, tmp_path):
     assert result.returncode == 0 and result.stdout == b"200 403 ", result
     assert [s.path for s in plain.seen][-1:] == ["/ok"]
     err = result.stderr.decode()
-    network = f"Network: 1 request denied: GET other.test:{plain.port}/x (no rule)"
+    network = f"Network: 1 request denied by the proxy: GET other.test:{plain.port}/x (no rule)"
     assert err.splitlines()[-1] == network, err
     assert "nixcell: 1 request denied" not in err  # said once, in the block
 

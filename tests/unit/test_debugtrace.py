@@ -277,4 +277,4 @@ def test_report_nothing_and_network_only():
         "Sandbox access failures: none (no file or network access failed, the proxy denied nothing)"
     ]
     text = dt.report_lines(dt.Summary(), "1 request denied: GET evil\x1b[2J.test/x (no rule)")
-    assert text[-1] == "Network: 1 request denied: GET evil\\x1b[2J.test/x (no rule)"
+    assert text[-1] == "Network: 1 request denied by the proxy: GET evil\\x1b[2J.test/x (no rule)"
