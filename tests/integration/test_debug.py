@@ -4,6 +4,7 @@ the real CLI; the summary's parser is unit-tested on a real trace in tests/unit/
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -127,6 +128,16 @@ def test_without_strace_on_path_nothing_runs(tmp_path):
     assert not (out / "ran").exists()  # refused before anything ran
     ran = debug_run(*args)  # the same run with strace on PATH: the test can fail
     assert ran.returncode == 0 and (out / "ran").exists(), ran
+
+
+def test_the_plan_is_the_same_with_debug(tmp_path):
+    """--debug changes how the cell is watched, never the cell: the planned cell is the same
+    (and planning it needs no strace)."""
+    args = ("--dry-run", "--json", "-p", "bash", "--", "bash", "-c", "true")
+    plain = cli("run", *args)
+    traced = cli("run", "--debug", *args, env={"PATH": _path_without_strace(tmp_path / "bin")})
+    assert plain.returncode == traced.returncode == 0, (plain, traced)
+    assert json.loads(plain.stdout) == json.loads(traced.stdout)
 
 
 def test_hostile_file_names_never_reach_the_terminal():
