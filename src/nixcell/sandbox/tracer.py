@@ -53,6 +53,7 @@ class CellTracer:
     def __init__(self, plan: Plan) -> None:
         self.strace = strace_path()
         self.summary = Summary(closure=frozenset(p.encode() for p in plan.closure))
+        self._own_init = "pid" in plan.namespaces  # else pid-1 would be the command itself
         self.proc: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
         self._fds: list[int] = []  # [trace, messages]: read ends
@@ -64,7 +65,8 @@ class CellTracer:
         """Trace ``pid`` (bwrap's pid-1 of the cell, blocked) and its future children. The
         trace goes to its own pipe (``-o``: every line then starts with its pid), strace's
         messages to its stderr; one thread reads both."""
-        self.summary.skip_pids.add(pid)  # bwrap's init: its calls are bwrap's, not the command's
+        if self._own_init:  # bwrap's init: its calls are bwrap's, not the command's
+            self.summary.skip_pids.add(pid)
         self._wanted = f"strace: Process {pid} attached".encode()
         trace_r, trace_w = os.pipe2(os.O_CLOEXEC)
         msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
