@@ -93,6 +93,16 @@ def test_denied_host_through_a_policy_joins_the_summary(plain, tmp_path):
     assert "nixcell: 1 request denied" not in err  # said once, in the block
 
 
+def test_a_limited_cell_is_traced_inside_its_cgroup():
+    """With limits the cell starts through the cgroup-joining shell (then nsenter, then bwrap):
+    strace still attaches to bwrap's pid-1, and none of the launchers' calls are counted."""
+    result = debug_run("--pids", "64", "--memory", "256M", "-p", "bash", "-p", "coreutils",
+                       "--", "bash", "-c", "cat /nope; exit 2")  # fmt: skip
+    assert result.returncode == 2, result
+    _, _, rows, _ = split(result.stderr)
+    assert rows == [["1", "ENOENT", "openat", "/nope"]], rows
+
+
 def test_nothing_to_report_is_one_line_every_time():
     for _ in range(2):  # the second run would be the warm path's: --debug never takes it
         result = debug_run("-p", "coreutils", "--", "true")
