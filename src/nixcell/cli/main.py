@@ -161,16 +161,6 @@ def run_options(f):
     return f
 
 
-def debug_option(f):
-    """``--debug`` for every command that runs a cell: check it with ``strace_path()`` before
-    anything runs, then ``execute(plan, trace=True)``; ``outcome.report`` prints the summary."""
-    return click.option(
-        "--debug",
-        is_flag=True,
-        help="Trace the cell with strace (from outside); then list what it was denied.",
-    )(f)
-
-
 def _no_packages(command: tuple[str, ...]) -> UsageError:
     """A run without -p is refused (a cell holds only what it names), with the package of the
     offline set that has the command when there is one."""
@@ -234,7 +224,11 @@ def spec_from_flags(command: tuple[str, ...], **o: object):
 @network_options
 @click.option("--dry-run", is_flag=True, help="Print the plan instead of running it.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
-@debug_option
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Trace the cell with strace (from outside); then list what it was denied.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(command: tuple[str, ...], dry_run: bool, as_json: bool, **flags: object) -> int:
     """Run COMMAND in a fresh cell (put it after `--`)."""
