@@ -266,12 +266,12 @@ def execute(
         result = _finish(plan, cell, cell.proc.returncode, started, timed_out, out, err)
         if term is not None and term.escaped:
             result = dataclasses.replace(result, message="the cell was ended (~. typed)")
-        if tracer is not None:  # the cell has ended: strace exits with its last tracee
-            result = dataclasses.replace(result, access=tracer.finish())
         if session is not None and proxy is not None:
             proxy.stop()
             session.release()
             result = attach.with_outcome(result, session)
+        if tracer is not None:
+            result = dataclasses.replace(result, access=tracer.finish())
         return _with_no_network(result, cell, session)
     except BaseException:
         if cell is not None:
