@@ -140,6 +140,14 @@ def test_without_strace_on_path_nothing_runs(tmp_path):
     assert ran.returncode == 0 and (out / "ran").exists(), ran
 
 
+def test_doctor_says_whether_debug_can_run(tmp_path):
+    found = cli("doctor", env={"COLUMNS": "200"})
+    assert re.search(rb"ok +strace \(--debug\) +strace -- version 6\.", found.stdout), found
+    missing = cli("doctor", env={"COLUMNS": "200", "PATH": _path_without_strace(tmp_path / "b")})
+    assert missing.returncode == 0, missing  # optional: only --debug needs it
+    assert re.search(rb"warn +strace \(--debug\) +not found on PATH", missing.stdout), missing
+
+
 def test_the_plan_is_the_same_with_debug(tmp_path):
     """--debug changes how the cell is watched, never the cell: the planned cell is the same
     (and planning it needs no strace)."""
