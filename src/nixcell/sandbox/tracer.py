@@ -57,6 +57,7 @@ class CellTracer:
         self.proc: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
         self._fds: list[int] = []  # [trace, messages]: read ends
+        self._trace_fd = -1
         self._attached = threading.Event()
         self._wanted = b""
         self.messages: list[str] = []  # strace's own lines ("strace: ..."), for the log
@@ -70,7 +71,7 @@ class CellTracer:
         self._wanted = f"strace: Process {pid} attached".encode()
         trace_r, trace_w = os.pipe2(os.O_CLOEXEC)
         msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
-        self._fds = [trace_r, msg_r]
+        self._fds, self._trace_fd = [trace_r, msg_r], trace_r
         try:
             self.proc = subprocess.Popen(
                 ["strace", *ARGS, "-o", f"/proc/self/fd/{trace_w}", "-p", str(pid)],
@@ -120,12 +121,12 @@ class CellTracer:
                     else:
                         self._line(fd, line)
                 if len(bufs[fd]) > MAX_LINE:
-                    if not skipping[fd] and fd == self._fds[0]:
+                    if not skipping[fd] and fd == self._trace_fd:
                         self.summary.unread += 1
                     skipping[fd], bufs[fd] = True, b""
 
     def _line(self, fd: int, line: bytes) -> None:
-        if fd == self._fds[0]:
+        if fd == self._trace_fd:
             self.summary.feed(line.decode("ascii", "replace"))
         elif line.strip() == self._wanted:
             self._attached.set()
