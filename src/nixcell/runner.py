@@ -25,6 +25,7 @@ TYPE_CHECKING = False  # not `import typing`: it costs CLI start-up time
 if TYPE_CHECKING:
     from typing import IO
 
+    from nixcell.debugtrace import Summary
     from nixcell.nix.closure import Closure
     from nixcell.plan import Plan
     from nixcell.sandbox.bwrap import CellProcess
@@ -50,6 +51,7 @@ class RunResult:
     network_summary: str | None = None  # "3 requests denied: …" when the proxy refused any
     learned_policy: str | None = None  # --learn: a policy TOML allowing what the cell used
     no_network: NoNetwork | None = None  # the command failed after trying the network
+    access: Summary | None = None  # --debug: the failed file and network calls (debugtrace.py)
 
 
 def new_cell_id() -> str:
@@ -213,10 +215,18 @@ def execute(
     stdin: int | IO[bytes] | None = None,
     stdout: int | IO[bytes] | None = None,
     stderr: int | IO[bytes] | None = None,
+    trace: bool = False,
 ) -> RunResult:
-    """Run a planned cell to completion (blocking)."""
+    """Run a planned cell to completion (blocking). ``trace``: under strace from outside, the
+    failed calls summarised in ``access`` (``sandbox/tracer.py``; refused without strace)."""
     from nixcell.sandbox import bwrap, stdio
 
+    if trace:
+        from nixcell.sandbox.tracer import CellTracer
+
+        tracer = CellTracer(plan)
+    else:
+        tracer = None
     check_command(plan)
     program = seccomp_program(plan.seccomp_profiles)
     cell_id = new_cell_id()
@@ -252,7 +262,7 @@ def execute(
         term = stdio.wire(plan, (stdin, stdout, stderr), launch, input)
         io = term.streams if term is not None else (stdin, stdout, stderr)
         cell = _spawn(plan, cell_id, program, cgroup, launch, io, ctty_path=term and term.ctty_path)
-        bwrap.finish_start(cell)
+        bwrap.finish_start(cell, tracer.attach if tracer is not None else None)
         timed_out = False
         out = err = None
         try:
@@ -273,6 +283,8 @@ def execute(
             proxy.stop()
             session.release()
             result = attach.with_outcome(result, session)
+        if tracer is not None:
+            result = dataclasses.replace(result, access=tracer.finish())
         return _with_no_network(plan, result, cell, session)
     except BaseException:
         if cell is not None:
@@ -283,6 +295,8 @@ def execute(
     finally:
         if term is not None:  # the host terminal's modes are back before anything is printed
             term.close()
+        if tracer is not None:
+            tracer.close()
         if cell is not None:
             cell.close_fds()
             cell.close_probe()

@@ -117,6 +117,21 @@ def check_identity() -> Check:
     return Check("cell identity", True, f"each cell its own uid of {rng.base}-{end} ({where})")
 
 
+def check_strace() -> Check:
+    """``--debug`` traces cells with the host's strace, found the same way (on PATH)."""
+    from nixcell.sandbox.bwrapio import which
+
+    path = which("strace")
+    if path is None:
+        return Check(
+            "strace (--debug)", False, "not found on PATH: install with `apt install strace`",
+            required=False,
+        )  # fmt: skip
+    proc = _run([path, "-V"])
+    version = proc.stdout.splitlines()[0].strip() if proc and proc.stdout else "unknown version"
+    return Check("strace (--debug)", True, f"{version} ({path})", required=False)
+
+
 def check_packages() -> Check:
     from nixcell.nix.offline import find_set
     from nixcell.nix.pins import host_has_nixpkgs
@@ -157,6 +172,7 @@ def run_doctor() -> int:
         check_seccomp,
         check_identity,
         check_cgroups,
+        check_strace,
         check_packages,
     )
     for fn in checks_run:

@@ -34,6 +34,7 @@ _NOT_CACHED = {
     "--verbose",
     "--learn",
     "--learn-output",
+    "--debug",  # strace from outside: the normal executor (sandbox/tracer.py)
 }
 # Flags naming files whose contents shape the cell: their stats join the cache key.
 _FILE_FLAGS = {"--policy", "--upstream-ca"}

@@ -251,6 +251,11 @@ def spec_from_flags(command: tuple[str, ...], **o: object):
     is_flag=True,
     help="With --dry-run: the macOS sandbox-exec profile of the plan (docs/security.md, macOS).",
 )
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Trace the cell with strace (from outside); then list what it was denied.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(command: tuple[str, ...], dry_run: bool, as_json: bool, sbpl: bool, **flags: object) -> int:
     """Run COMMAND in a fresh cell (put it after `--`)."""
@@ -263,6 +268,10 @@ def run(command: tuple[str, ...], dry_run: bool, as_json: bool, sbpl: bool, **fl
         raise click.UsageError("--sbpl needs --dry-run and no --json: it prints a profile")
     if not dry_run:
         refuse_cells()  # before anything slow: no cell can run on this system
+    if flags.get("debug") and not dry_run:  # before anything runs: no run without its trace
+        from nixcell.sandbox.tracer import strace_path
+
+        strace_path()
     spec = spec_from_flags(command, **flags)
     learn_to = flags.get("learn_output")
     # Checked and opened before anything slow runs, and before the cell can touch it: a
@@ -271,7 +280,8 @@ def run(command: tuple[str, ...], dry_run: bool, as_json: bool, sbpl: bool, **fl
     try:
         if sbpl:
             return _print_profile(spec)
-        return _run(spec, dry_run, as_json, learn_dir, bool(flags.get("learn")))
+        learn = bool(flags.get("learn"))
+        return _run(spec, dry_run, as_json, learn_dir, learn, bool(flags.get("debug")))
     finally:
         if learn_dir is not None:
             os.close(learn_dir[0])
@@ -288,7 +298,14 @@ def _print_profile(spec) -> int:
     return 0
 
 
-def _run(spec, dry_run: bool, as_json: bool, learn_dir: tuple[int, str] | None, learn: bool):
+def _run(
+    spec,
+    dry_run: bool,
+    as_json: bool,
+    learn_dir: tuple[int, str] | None,
+    learn: bool,
+    debug: bool = False,
+):
     from nixcell.cli import fast, progress
     from nixcell.runner import execute, prepare
 
@@ -308,7 +325,7 @@ def _run(spec, dry_run: bool, as_json: bool, learn_dir: tuple[int, str] | None, 
     # --learn prints the policy on stdout: the cell's own stdout goes to stderr then.
     stdout = 2 if learn and learn_dir is None else None
     with leftovers.RunMarker():
-        result = execute(plan, stdout=stdout)
+        result = execute(plan, stdout=stdout, trace=debug)
     return report(result, learn_dir)
 
 
