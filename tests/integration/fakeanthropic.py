@@ -1,0 +1,130 @@
+"""A loopback stand-in for api.anthropic.com, enough for `claude -p` to get its answer.
+
+``POST /v1/messages`` answers with a one-text-block message (streamed as server-sent events
+when the request asks for ``stream``); every request is recorded whole (headers and body) in
+``FakeApi.requests`` so a test can see which key reached the API and what else claude asked.
+Anything else gets a 404 in the API's error shape. Serve it with ``fakeapi.start(HOSTS, dir,
+Handler)`` (a subclass setting ``tool_command`` makes claude run a command, see ``reply_for``).
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import secrets
+
+from tests.integration.fakeapi import FakeApi
+
+HOSTS = ["api.anthropic.com"]
+REAL_KEY = "sk-ant-api03-" + secrets.token_urlsafe(70)  # the host's ANTHROPIC_API_KEY in a test
+ANSWER = "pong from the fake Anthropic API"
+
+
+def _sse(events: list[dict]) -> bytes:
+    return b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events)
+
+
+def reply_for(request: dict, tool_command: str | None) -> tuple[list[dict], str]:
+    """The content blocks and stop reason of the answer.
+
+    With ``tool_command`` set, a request offering the Bash tool whose conversation holds no
+    tool result yet is answered by a Bash call running that command; everything else (the
+    follow-up carrying the result, claude's side requests) gets the text ``ANSWER``.
+    """
+    tools = {t.get("name") for t in request.get("tools") or [] if isinstance(t, dict)}
+    answered = any(
+        isinstance(block, dict) and block.get("type") == "tool_result"
+        for m in request.get("messages") or []
+        if isinstance(m, dict) and isinstance(m.get("content"), list)
+        for block in m["content"]
+    )
+    if tool_command and "Bash" in tools and not answered:
+        call = {"command": tool_command, "description": "probe the cell"}
+        block = {"type": "tool_use", "id": "toolu_" + secrets.token_hex(12), "name": "Bash"}
+        return [{**block, "input": call}], "tool_use"
+    return [{"type": "text", "text": ANSWER}], "end_turn"
+
+
+def message(model: str, blocks: list[dict], stop: str) -> dict:
+    return {
+        "id": "msg_" + secrets.token_hex(12),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": blocks,
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 3, "output_tokens": 7},
+    }
+
+
+def stream(model: str, blocks: list[dict], stop: str) -> bytes:
+    start = {**message(model, [], stop), "stop_reason": None}
+    events: list[dict] = [{"type": "message_start", "message": start}]
+    for i, block in enumerate(blocks):
+        if block["type"] == "text":
+            empty, delta = {**block, "text": ""}, {"type": "text_delta", "text": block["text"]}
+        else:
+            empty = {**block, "input": {}}
+            delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
+        events += [
+            {"type": "content_block_start", "index": i, "content_block": empty},
+            {"type": "content_block_delta", "index": i, "delta": delta},
+            {"type": "content_block_stop", "index": i},
+        ]
+    events += [
+        {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
+         "usage": {"output_tokens": 7}},
+        {"type": "message_stop"},
+    ]  # fmt: skip
+    return _sse(events)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    api: FakeApi
+    tool_command: str | None = None  # see reply_for
+
+    def do_GET(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.api.requests.append(
+            {
+                "method": self.command,
+                "path": self.path,
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "body": body.decode(errors="replace"),
+            }
+        )
+        key = self.headers.get("x-api-key") or self.headers.get("Authorization")
+        self.api.seen.append((self.headers.get("Host", ""), self.command, self.path, key))
+        path = self.path.split("?", 1)[0]
+        if self.command == "POST" and path == "/v1/messages":
+            try:
+                request = json.loads(body or b"{}")
+            except ValueError:
+                request = {}
+            model = str(request.get("model", "claude-fake"))
+            blocks, stop = reply_for(request, self.tool_command)
+            if request.get("stream"):
+                self._reply(200, stream(model, blocks, stop), "text/event-stream")
+            else:
+                answer = json.dumps(message(model, blocks, stop)).encode()
+                self._reply(200, answer, "application/json")
+            return
+        error = {"type": "error", "error": {"type": "not_found_error", "message": path}}
+        self._reply(404, json.dumps(error).encode(), "application/json")
+
+    do_HEAD = do_POST = do_GET
+
+    def _reply(self, status: int, body: bytes, ctype: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("request-id", "req_" + secrets.token_hex(8))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
