@@ -99,6 +99,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         key = self.headers.get("x-api-key") or self.headers.get("Authorization")
         self.api.seen.append((self.headers.get("Host", ""), self.command, self.path, key))
         path = self.path.split("?", 1)[0]
+        if path == "/api/hello":  # the connectivity check of claude's first (onboarding) run
+            self._reply(200, b'{"message":"hello"}', "application/json")
+            return
         if self.command == "POST" and path == "/v1/messages":
             try:
                 request = json.loads(body or b"{}")

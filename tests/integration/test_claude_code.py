@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
+import pexpect
 import pytest
-from tests.conftest import cli
+from tests.conftest import NIXCELL, cli
 from tests.integration import fakeanthropic, fakeapi
 
 from nixcell.nix.offline import elf, recipe
@@ -73,21 +76,34 @@ def api(tmp_path):
     server.stop()
 
 
+@pytest.fixture
+def text_api(tmp_path):
+    """The fake API answering text only (no tool call)."""
+    server = fakeapi.start(fakeanthropic.HOSTS, tmp_path, fakeanthropic.Handler)
+    yield server
+    server.stop()
+
+
 def version_of(store_path: str) -> str:
     return Path(store_path).name.split("-claude-code-", 1)[1]
+
+
+def run_args(api: fakeapi.FakeApi, tmp_path: Path, policy: str = POLICY) -> list[str]:
+    """`nixcell run` holding claude-code, with the fake API and the anthropic credential."""
+    policy_file = tmp_path / "anthropic.toml"
+    policy_file.write_text(policy)
+    args = ["run", "-p", "claude-code", "-p", "bash", "-p", "coreutils"]
+    args += ["--policy", str(policy_file), "--credential", "anthropic"]
+    args += ["--audit", str(tmp_path / "audit.jsonl"), *api.flags(fakeanthropic.HOSTS)]
+    return args + [f"-e{k}={v}" for k, v in QUIET.items()]
 
 
 def claude_run(
     api: fakeapi.FakeApi, tmp_path: Path, command: str, *flags: str
 ) -> subprocess.CompletedProcess[bytes]:
-    """`nixcell run` of ``bash -c command`` holding claude-code, with the API and credential."""
-    policy = tmp_path / "anthropic.toml"
-    policy.write_text(POLICY)
-    args = ["run", "-p", "claude-code", "-p", "bash", "-p", "coreutils", "--policy", str(policy)]
-    args += ["--credential", "anthropic", "--audit", str(tmp_path / "audit.jsonl")]
-    args += [*api.flags(fakeanthropic.HOSTS), *(f"-e{k}={v}" for k, v in QUIET.items())]
+    """`nixcell run` of ``bash -c command`` (see ``run_args``); the real key is never printed."""
     env = {"ANTHROPIC_API_KEY": fakeanthropic.REAL_KEY}
-    proc = cli(*args, *flags, "--", "bash", "-c", command, env=env)
+    proc = cli(*run_args(api, tmp_path), *flags, "--", "bash", "-c", command, env=env)
     out = proc.stdout + proc.stderr
     assert fakeanthropic.REAL_KEY.encode() not in out, "the real key was printed"
     return proc
@@ -202,3 +218,52 @@ def test_a_fixed_layout_binary_needing_more_than_glibc_is_refused(offline_set, t
     stager.fixed_layout(program, "libexec/x/x")
     with pytest.raises(SourceMissing, match="beyond glibc"):
         stager.finish()
+
+
+def screen_text(raw: str) -> str:
+    """Terminal output without escape sequences and blanks (claude moves the cursor for them)."""
+    raw = re.sub(r"\x1b\[[0-9;?<>=]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\\\)|\x1b.", "", raw)
+    return re.sub(r"\s+", "", raw)
+
+
+def test_interactive_claude_answers_without_a_key_prompt(claude, text_api, tmp_path):
+    """The preset's interactive set-up (docs/project.md): onboarding done in ~/.claude.json, the
+    dummy in CELL_ANTHROPIC_KEY read by an apiKeyHelper, so claude never asks to approve a key
+    (the dummy differs on every run); typed prompt -> the fake API's answer on the screen."""
+    state = tmp_path / "claude.json"
+    state.write_text(json.dumps({"hasCompletedOnboarding": True,
+                                 "projects": {"/workspace": {"hasTrustDialogAccepted": True}}}))
+    policy = POLICY.replace('env = "ANTHROPIC_API_KEY"', 'env = "CELL_ANTHROPIC_KEY"')
+    helper = json.dumps({"apiKeyHelper": "printenv CELL_ANTHROPIC_KEY"})
+    args = [*run_args(text_api, tmp_path, policy), f"--bind={state}:/home/cell/.claude.json"]
+    args += ["-eTERM=xterm-256color", "--", "claude", "--settings", helper]
+    env = {**os.environ, "ANTHROPIC_API_KEY": fakeanthropic.REAL_KEY}
+    child = pexpect.spawn(NIXCELL, args, env=env, encoding="utf-8", codec_errors="replace",
+                          dimensions=(40, 120), timeout=5)  # fmt: skip
+    seen = ""
+
+    def until(text: str, limit: float = 90) -> bool:
+        nonlocal seen
+        deadline = time.monotonic() + limit  # a bound on waiting, not a timing assertion
+        while text not in screen_text(seen) and time.monotonic() < deadline:
+            try:
+                seen += child.read_nonblocking(65536, timeout=1)
+            except pexpect.TIMEOUT:
+                continue
+            except pexpect.EOF:
+                break
+        return text in screen_text(seen)
+
+    try:
+        assert until(f"ClaudeCodev{version_of(claude)}"), screen_text(seen)[-2000:]
+        child.send("hi")
+        child.send("\r")
+        assert until(fakeanthropic.ANSWER.replace(" ", "")), screen_text(seen)[-2000:]
+    finally:
+        child.terminate(force=True)
+    assert "APIkey" not in screen_text(seen), "claude asked about the key"
+    assert fakeanthropic.REAL_KEY not in seen
+    messages = [r for r in text_api.requests if r["path"].startswith("/v1/messages")]
+    assert messages and all(
+        r["headers"].get("x-api-key") == fakeanthropic.REAL_KEY for r in messages
+    )
