@@ -227,14 +227,14 @@ def screen_text(raw: str) -> str:
 
 
 def test_interactive_claude_answers_without_a_key_prompt(claude, text_api, tmp_path):
-    """The preset's interactive set-up (docs/project.md): onboarding done in ~/.claude.json, the
-    dummy in CELL_ANTHROPIC_KEY read by an apiKeyHelper, so claude never asks to approve a key
-    (the dummy differs on every run); typed prompt -> the fake API's answer on the screen."""
+    """The preset's interactive set-up (docs/project.md): onboarding done in ~/.claude.json,
+    the dummy in NIXCELL_ANTHROPIC_API_KEY read by an apiKeyHelper, so claude never asks to
+    approve a key (the dummy differs on every run); a typed prompt gets the fake API's answer."""
     state = tmp_path / "claude.json"
     state.write_text(json.dumps({"hasCompletedOnboarding": True,
                                  "projects": {"/workspace": {"hasTrustDialogAccepted": True}}}))
-    policy = POLICY.replace('env = "ANTHROPIC_API_KEY"', 'env = "CELL_ANTHROPIC_KEY"')
-    helper = json.dumps({"apiKeyHelper": "printenv CELL_ANTHROPIC_KEY"})
+    policy = POLICY.replace('env = "ANTHROPIC_API_KEY"', 'env = "NIXCELL_ANTHROPIC_API_KEY"')
+    helper = json.dumps({"apiKeyHelper": "printenv NIXCELL_ANTHROPIC_API_KEY"})
     args = [*run_args(text_api, tmp_path, policy), f"--bind={state}:/home/cell/.claude.json"]
     args += ["-eTERM=xterm-256color", "--", "claude", "--settings", helper]
     env = {**os.environ, "ANTHROPIC_API_KEY": fakeanthropic.REAL_KEY}
@@ -267,3 +267,5 @@ def test_interactive_claude_answers_without_a_key_prompt(claude, text_api, tmp_p
     assert messages and all(
         r["headers"].get("x-api-key") == fakeanthropic.REAL_KEY for r in messages
     )
+    bearers = {r["headers"].get("authorization") for r in text_api.requests} - {None}
+    assert bearers <= {f"Bearer {fakeanthropic.REAL_KEY}"}  # the helper's key goes here too
