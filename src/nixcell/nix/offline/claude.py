@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from nixcell.nix.offline.stage import SourceMissing, Stager
 
 MAJOR = "2"
 _PLATFORMS = {"x86_64": "linux-x64", "aarch64": "linux-arm64"}
+_VERSION = re.compile(r"[0-9][0-9A-Za-z.+-]*")  # semver's characters: safe in a store name
 
 
 def npm_package() -> str | None:
@@ -43,7 +45,7 @@ def version(prefix: Path) -> str | None:
         found = json.loads((pkg / "package.json").read_text()).get("version") if pkg else None
     except (OSError, ValueError, AttributeError):
         return None
-    return found if isinstance(found, str) and found[:1].isdigit() else None
+    return found if isinstance(found, str) and _VERSION.fullmatch(found) else None
 
 
 def stage(s: Stager, prefix: Path) -> None:
