@@ -1,10 +1,12 @@
 """A loopback stand-in for api.anthropic.com, enough for `claude -p` to get its answer.
 
-``POST /v1/messages`` answers with a one-text-block message (streamed as server-sent events
-when the request asks for ``stream``); every request is recorded whole (headers and body) in
-``FakeApi.requests`` so a test can see which key reached the API and what else claude asked.
-Anything else gets a 404 in the API's error shape. Serve it with ``fakeapi.start(HOSTS, dir,
-Handler)`` (a subclass setting ``tool_command`` makes claude run a command, see ``reply_for``).
+``POST /v1/messages`` with the real key (``REAL_KEY``; else a 401, as the API gives) answers
+with a one-text-block message (streamed as server-sent events when the request asks for
+``stream``); ``/api/hello`` answers 200 (claude's connectivity check); anything else gets a 404
+in the API's error shape. Every request is recorded whole (headers and body) in
+``FakeApi.requests``, so a test can see which key reached the API and what else claude asked.
+Serve it with ``fakeapi.start(HOSTS, dir, Handler)`` (a subclass setting ``tool_command`` makes
+claude run a command, see ``reply_for``).
 """
 
 from __future__ import annotations
@@ -102,6 +104,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if path == "/api/hello":  # the connectivity check of claude's first (onboarding) run
             self._reply(200, b'{"message":"hello"}', "application/json")
             return
+        if self.command == "POST" and path == "/v1/messages" and not self._authorised():
+            error = {"type": "authentication_error", "message": "invalid x-api-key"}
+            body = json.dumps({"type": "error", "error": error}).encode()
+            self._reply(401, body, "application/json")
+            return
         if self.command == "POST" and path == "/v1/messages":
             try:
                 request = json.loads(body or b"{}")
@@ -119,6 +126,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._reply(404, json.dumps(error).encode(), "application/json")
 
     do_HEAD = do_POST = do_GET
+
+    def _authorised(self) -> bool:
+        """Like the real API: the real key in x-api-key (or as a bearer token), else 401."""
+        bearer = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        return REAL_KEY in (self.headers.get("x-api-key"), bearer)
 
     def _reply(self, status: int, body: bytes, ctype: str) -> None:
         self.send_response(status)

@@ -269,3 +269,5 @@ def test_interactive_claude_answers_without_a_key_prompt(claude, text_api, tmp_p
     )
     bearers = {r["headers"].get("authorization") for r in text_api.requests} - {None}
     assert bearers <= {f"Bearer {fakeanthropic.REAL_KEY}"}  # the helper's key goes here too
+    audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert {a["host"] for a in audit if a["action"] == "allow"} == {"api.anthropic.com"}
