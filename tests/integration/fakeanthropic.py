@@ -5,8 +5,8 @@ with a one-text-block message (streamed as server-sent events when the request a
 ``stream``); ``/api/hello`` answers 200 (claude's connectivity check); anything else gets a 404
 in the API's error shape. Every request is recorded whole (headers and body) in
 ``FakeApi.requests``, so a test can see which key reached the API and what else claude asked.
-Serve it with ``fakeapi.start(HOSTS, dir, Handler)`` (a subclass setting ``tool_command`` makes
-claude run a command, see ``reply_for``).
+Serve it with ``fakeapi.start(HOSTS, dir, Handler)`` (a subclass setting ``tool`` makes claude
+call one of its tools, see ``reply_for``).
 """
 
 from __future__ import annotations
@@ -26,12 +26,15 @@ def _sse(events: list[dict]) -> bytes:
     return b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events)
 
 
-def reply_for(request: dict, tool_command: str | None) -> tuple[list[dict], str]:
+Tool = tuple[str, dict]  # a tool's name and input, e.g. ("Bash", {"command": "ls"})
+
+
+def reply_for(request: dict, tool: Tool | None) -> tuple[list[dict], str]:
     """The content blocks and stop reason of the answer.
 
-    With ``tool_command`` set, a request offering the Bash tool whose conversation holds no
-    tool result yet is answered by a Bash call running that command; everything else (the
-    follow-up carrying the result, claude's side requests) gets the text ``ANSWER``.
+    With ``tool`` set, a request offering that tool whose conversation holds no tool result
+    yet is answered by a call of it; everything else (the follow-up carrying the result,
+    claude's side requests) gets the text ``ANSWER``.
     """
     tools = {t.get("name") for t in request.get("tools") or [] if isinstance(t, dict)}
     answered = any(
@@ -40,10 +43,9 @@ def reply_for(request: dict, tool_command: str | None) -> tuple[list[dict], str]
         if isinstance(m, dict) and isinstance(m.get("content"), list)
         for block in m["content"]
     )
-    if tool_command and "Bash" in tools and not answered:
-        call = {"command": tool_command, "description": "probe the cell"}
-        block = {"type": "tool_use", "id": "toolu_" + secrets.token_hex(12), "name": "Bash"}
-        return [{**block, "input": call}], "tool_use"
+    if tool and tool[0] in tools and not answered:
+        block = {"type": "tool_use", "id": "toolu_" + secrets.token_hex(12), "name": tool[0]}
+        return [{**block, "input": tool[1]}], "tool_use"
     return [{"type": "text", "text": ANSWER}], "end_turn"
 
 
@@ -85,7 +87,7 @@ def stream(model: str, blocks: list[dict], stop: str) -> bytes:
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     api: FakeApi
-    tool_command: str | None = None  # see reply_for
+    tool: Tool | None = None  # see reply_for
 
     def do_GET(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -115,7 +117,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             except ValueError:
                 request = {}
             model = str(request.get("model", "claude-fake"))
-            blocks, stop = reply_for(request, self.tool_command)
+            blocks, stop = reply_for(request, self.tool)
             if request.get("stream"):
                 self._reply(200, stream(model, blocks, stop), "text/event-stream")
             else:

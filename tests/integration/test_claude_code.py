@@ -50,10 +50,17 @@ format = "{token}"
 env = "ANTHROPIC_API_KEY"
 """
 PROBE = "printenv ANTHROPIC_API_KEY LD_LIBRARY_PATH; ls -d /nix/store"
+NEEDLE = "nixcell-needle"
 
 
 class ProbingHandler(fakeanthropic.Handler):
-    tool_command = PROBE
+    tool = ("Bash", {"command": PROBE, "description": "probe the cell"})
+
+
+class GrepHandler(fakeanthropic.Handler):
+    """claude's Grep tool: its embedded ripgrep, run by the real binary, not the launcher."""
+
+    tool = ("Grep", {"pattern": NEEDLE, "path": "/tmp/g", "output_mode": "content"})
 
 
 @pytest.fixture(scope="module")
@@ -151,10 +158,8 @@ def test_a_real_request_carries_the_real_key_the_cell_holds_a_dummy(claude, api,
     assert {(a["host"], a["action"]) for a in audit} == {("api.anthropic.com", "allow")}
 
 
-def test_programs_claude_starts_see_the_dummy_and_work(claude, glibc, api, tmp_path):
-    """claude's Bash tool runs a set program: LD_LIBRARY_PATH (G's lib) is harmless there."""
-    proc = claude_run(api, tmp_path, "claude -p 'run the probe' --allowedTools Bash")
-    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+def tool_result(api: fakeapi.FakeApi) -> str:
+    """The text of the one tool result claude sent back to the API."""
     results = [
         block
         for r in api.requests
@@ -166,10 +171,27 @@ def test_programs_claude_starts_see_the_dummy_and_work(claude, glibc, api, tmp_p
     ]
     assert len(results) == 1 and not results[0].get("is_error"), results
     content = results[0]["content"]
-    text = content if isinstance(content, str) else "".join(c.get("text", "") for c in content)
-    key, library_path, store = text.splitlines()
+    return content if isinstance(content, str) else "".join(c.get("text", "") for c in content)
+
+
+def test_programs_claude_starts_see_the_dummy_and_work(claude, glibc, api, tmp_path):
+    """claude's Bash tool runs a set program: LD_LIBRARY_PATH (G's lib) is harmless there."""
+    proc = claude_run(api, tmp_path, "claude -p 'run the probe' --allowedTools Bash")
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    key, library_path, store = tool_result(api).splitlines()
     assert key.startswith("sk-ant-api03-") and key != fakeanthropic.REAL_KEY
     assert library_path == f"{glibc}/lib" and store == "/nix/store"
+
+
+def test_claudes_grep_tool_works_in_the_cell(claude, tmp_path):
+    api = fakeapi.start(fakeanthropic.HOSTS, tmp_path, GrepHandler)
+    try:
+        make = f"mkdir /tmp/g && echo 'a {NEEDLE} here' > /tmp/g/f.txt && echo nothing > /tmp/g/o"
+        proc = claude_run(api, tmp_path, f"{make}; claude -p 'grep it' --allowedTools Grep")
+    finally:
+        api.stop()
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert tool_result(api) == f"/tmp/g/f.txt:1:a {NEEDLE} here"
 
 
 def test_state_kept_in_a_bound_claude_dir(claude, api, tmp_path):

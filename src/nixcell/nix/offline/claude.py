@@ -6,7 +6,7 @@ beyond glibc. Rewriting its dynamic section breaks Bun's embedded payload, so th
 its layout with only the interpreter pointed at glibc G (``Stager.fixed_layout``), and the
 launcher ``bin/claude`` sets ``LD_LIBRARY_PATH=G/lib`` so that the loader finds G's libraries.
 Programs claude starts inherit that variable: the set's own programs use the same G, so it
-changes nothing for them, and claude's re-executions of itself (its embedded ripgrep) need it.
+changes nothing for them (a user's own LD_LIBRARY_PATH is replaced, not extended).
 """
 
 from __future__ import annotations
