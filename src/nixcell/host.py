@@ -30,6 +30,14 @@ class HostFacts:
     # (role, host path, kind) the plan was made for: "bind" sources and "hide" paths with
     # "dir" | "file" | "missing"; a cached plan is stale when one differs (plancheck.py)
     checked: tuple[tuple[str, str, str], ...] = ()
+    # store modes (planstore.py): the copy's directory bound at /nix/store and its manifest's
+    # stamp; whether the Nix daemon's socket is there (shared)
+    store_root: str | None = None
+    store_stamp: str | None = None
+    daemon_socket: bool = False
+    # the host network: the host's resolver config and CA bundle (real paths), when present
+    resolv_conf: str | None = None
+    host_ca: str | None = None
 
 
 def _kind(path: str) -> str | None:
@@ -53,10 +61,20 @@ def _no_symlink(path: str, flag: str) -> None:
         )
 
 
-def gather(spec, volumes: tuple[str, ...] = ()) -> HostFacts:
-    """Check the host paths the spec names and collect what ``plan()`` needs."""
+def gather(spec, volumes: tuple[str, ...] = (), store=None) -> HostFacts:
+    """Check the host paths the spec names and collect what ``plan()`` needs.
+
+    ``store``: the copy of a copy store mode (``nix/storecopy.StoreCopy``), made already."""
     kinds: dict[str, str] = {}
     checked: list[tuple[str, str, str]] = []
+    if store is not None:
+        _no_symlink(store.root, "--store-dir")
+        kinds[store.root] = "dir"
+        checked.append(("bind", store.root, "dir"))
+    daemon = spec.store == "shared" and _daemon_socket()
+    if daemon:
+        kinds[daemon] = "file"
+        checked.append(("daemon", daemon, "file"))
     if spec.workdir is not None:
         if _kind(spec.workdir) != "dir":
             raise SpecError(f"--workdir {spec.workdir}: no such directory")
@@ -98,7 +116,37 @@ def gather(spec, volumes: tuple[str, ...] = ()) -> HostFacts:
         volumes=volumes,
         scratch_dir=holder.scratch_dir(),
         checked=tuple(checked),
+        store_root=store.root if store is not None else None,
+        store_stamp=store.stamp if store is not None else None,
+        daemon_socket=bool(daemon),
+        resolv_conf=_real_file("/etc/resolv.conf") if spec.host_network else None,
+        host_ca=_real_file(_CA_BUNDLE) if spec.host_network else None,
     )
+
+
+_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def _daemon_socket() -> str:
+    """The Nix daemon's socket for store mode "shared"; without it, a one-line error (the mode
+    is refused, never run as "readonly")."""
+    from nixcell.plancheck import connect_error
+    from nixcell.planstore import DAEMON_SOCKET
+
+    why = connect_error(DAEMON_SOCKET)  # (a socket file outlives its daemon: it must answer)
+    if why is not None:
+        hint = "join the nix-users group" if "denied" in why else "start nix-daemon"
+        raise SpecError(
+            f"store mode 'shared' needs the Nix daemon, and {DAEMON_SOCKET} does not answer "
+            f"({why}): {hint}, or use store mode 'readonly'"
+        )
+    return DAEMON_SOCKET
+
+
+def _real_file(path: str) -> str | None:
+    """The real path of a host configuration file, or None when there is none."""
+    real = os.path.realpath(path)
+    return real if os.path.isfile(real) else None
 
 
 def host_path_of(spec, cell_path: str) -> str | None:

@@ -14,6 +14,7 @@ import posixpath
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
+from nixcell.planstore import host_network_mounts, store_binds, store_env, store_mounts
 from nixcell.planview import PLAN_FORMAT, STAGE_DIR, staged_source
 from nixcell.shellcmd import command_for
 
@@ -155,6 +156,12 @@ class Plan:
     tty: str = "never"
     # the host paths the plan was made for, as HostFacts.checked: (role, path, kind)
     checked: tuple[tuple[str, str, str], ...] = ()
+    # what the cell sees of /nix/store (planstore.py); copy modes: the copy's directory and its
+    # manifest's stamp (a cached plan made for another copy is stale: plancheck.py)
+    store: str = "closure"
+    store_dir: str | None = None
+    store_stamp: str | None = None
+    host_network: bool = False  # the host's network namespace: no "net" in namespaces
 
     def host_source(self, op: MountOp) -> str | None:
         """The host path behind a bind op (a root-run cell's binds come through the stage)."""
@@ -254,14 +261,10 @@ def plan(
 
     ``proxied_cidrs``: the networks the compiled policy's allow rules grant (policy files
     included, which plan() does not read); the flags' ``--allow-cidr`` are added here."""
-    if spec.store != "closure" or spec.host_network:  # (being built: refused, never weakened)
-        from nixcell.errors import SpecError
-
-        raise SpecError("store modes other than 'closure' and the host network are not built yet")
     disk = spec.limits.disk
     profiles = tuple(spec.hardening_profiles)
     _check_disk_bounds(spec, host.volumes)
-    mounts: list[MountOp] = [MountOp("ro-bind", p, src=p) for p in sorted(closure.paths)]
+    mounts: list[MountOp] = store_mounts(spec, closure)
     mounts.append(MountOp("proc", "/proc"))
     if "nested-sandbox" not in profiles:  # a covered /proc stops a nested sandbox's own /proc
         mounts += _proc_covers(host)
@@ -276,7 +279,7 @@ def plan(
     # and /dev/pts are mounts of their own)
     mounts.append(MountOp("remount-ro", "/dev"))
     identity = "subordinate" if host.uid == 0 else "invoker"
-    binds: list[tuple[str, str, bool]] = []  # (dest, host source, writable)
+    binds = store_binds(spec, host)  # (dest, host source, writable): a store's own first
     if spec.workdir is None:
         pass
     else:
@@ -318,9 +321,14 @@ def plan(
         env["SHELL"] = login_shell
     if closure.site_packages:  # a buildEnv's python3 links to its own prefix, not the env's
         env["PYTHONPATH"] = ":".join(closure.site_packages)
+    env.update(store_env(spec))
     network = None
     namespaces = NAMESPACES
-    if spec.network is not None:
+    if spec.host_network:  # asked for: the host's namespace, no proxy, nothing in between
+        namespaces = tuple(ns for ns in NAMESPACES if ns != "net")
+        user_ca = any(_within(CA_BUNDLE, m.target) for m in spec.mounts)
+        mounts[-1:-1] = host_network_mounts(host, None if user_ca else CA_BUNDLE)
+    elif spec.network is not None:
         network = {"port": PROXY_PORT, **spec.network.model_dump()}
         namespaces = tuple(ns for ns in NAMESPACES if ns != "net")  # the executor's netns
         from nixcell.net.policy import policy_from_flags
@@ -356,6 +364,10 @@ def plan(
         scratch=disk,
         tty=spec.tty,
         checked=host.checked,
+        store=spec.store,
+        store_dir=spec.store_dir,
+        store_stamp=host.store_stamp,
+        host_network=spec.host_network,
     ).with_command(spec.command)
 
 

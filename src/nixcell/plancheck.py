@@ -21,12 +21,18 @@ if TYPE_CHECKING:
 
 def stale_reason(plan: Plan) -> str | None:
     """Why ``plan`` must not run as cached (a short phrase for the debug log), or None."""
-    if not plan.path_dirs or not os.path.isdir(plan.path_dirs[0]):
+    if plan.store_dir is not None:  # a copy store mode: the copy, not the host store, holds it
+        reason = _copy_stale(plan)
+        if reason is not None:
+            return reason
+    elif not plan.path_dirs or not os.path.isdir(plan.path_dirs[0]):
         return "its closure is gone from the store"
     for role, path, kind in plan.checked:
         now = path_kind(path)
         if now != kind:
             return f"{role} path {path} was {kind} and is {now} now"
+        if role == "daemon" and connect_error(path) is not None:
+            return f"the Nix daemon does not answer at {path}"
         if role == "bind" and first_link(path) is not None:
             return f"bind source {path} is reached through a symbolic link now"
     from nixcell.preflight import made_by_nixcell
@@ -37,6 +43,36 @@ def stale_reason(plan: Plan) -> str | None:
         src = plan.host_source(op)
         if src and not src.startswith("/nix/store/") and not os.path.exists(src):
             return f"mount source {src} is gone"
+    return None
+
+
+def _copy_stale(plan: Plan) -> str | None:
+    """A copy store mode's plan runs only on the copy it was made for: the manifest written
+    with it (each refresh renames a new one in) and every closure entry still there (what the
+    normal path's refresh would copy again)."""
+    from nixcell.nix.storestamp import manifest_stamp, missing_entry
+
+    if manifest_stamp(plan.store_dir) != plan.store_stamp:
+        return f"the store copy in {plan.store_dir} changed"
+    missing = missing_entry(plan.store_dir, plan.closure)
+    if missing is not None:
+        return f"the store copy in {plan.store_dir} lacks {missing}"
+    return None
+
+
+def connect_error(path: str) -> str | None:
+    """Why a Unix socket accepts no connection (a socket file outlives its daemon), or None;
+    with the built-in ``_socket``, not ``socket`` (enum, selectors): this runs on the warm
+    path."""
+    import _socket
+
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    finally:
+        probe.close()
     return None
 
 

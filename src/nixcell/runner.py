@@ -83,8 +83,16 @@ def prepare(
             upstream_context(spec.network.upstream_ca)
     packages = spec.closure_packages()
     tools = spec.closure_tools()
+    frozen = None
+    if spec.store_dir is not None:  # a copy store mode: an isolated copy needs no nix
+        from nixcell.nix import storecopy
+
+        frozen = storecopy.frozen_for(spec, packages, tools)
     try:
-        closure = resolve(packages, spec.nixpkgs, progress=progress, tools=tools)
+        if frozen is not None:
+            closure = frozen
+        else:
+            closure = resolve(packages, spec.nixpkgs, progress=progress, tools=tools)
     except UnknownPackageError as exc:
         added = [p for p in packages[len(spec.packages) :] if p == SH_PACKAGE]
         added += [p for p in tools.values() if p == ENV_TOOL]
@@ -97,7 +105,10 @@ def prepare(
                 detail=f"{exc.message}\n{exc.detail or ''}",
             ) from None
         raise
-    facts = host.gather(spec, volumes)
+    copy = None
+    if spec.store_dir is not None:
+        copy = storecopy.made_for(spec, packages, tools, closure, frozen, progress)
+    facts = host.gather(spec, volumes, copy)
     return plan(spec, closure, facts, proxied), closure
 
 
@@ -176,9 +187,11 @@ def _finish(
     )
 
 
-def _with_no_network(result: RunResult, cell: CellProcess, session: object | None) -> RunResult:
+def _with_no_network(
+    plan: Plan, result: RunResult, cell: CellProcess, session: object | None
+) -> RunResult:
     """The failed command's attempt at the network, if it made one (sandbox/nonet.py)."""
-    if result.exit_code == 0:
+    if result.exit_code == 0 or plan.host_network:  # (on the host's network: nothing to hint)
         return result
     from nixcell.sandbox import nonet
 
@@ -260,7 +273,7 @@ def execute(
             proxy.stop()
             session.release()
             result = attach.with_outcome(result, session)
-        return _with_no_network(result, cell, session)
+        return _with_no_network(plan, result, cell, session)
     except BaseException:
         if cell is not None:
             cell.kill()
@@ -366,7 +379,7 @@ async def execute_async(
         if session is not None:
             await session.close()
             result = attach.with_outcome(result, session)
-        result = _with_no_network(result, cell, session)
+        result = _with_no_network(plan, result, cell, session)
         if on_exit is not None:
             on_exit(result)
         return result

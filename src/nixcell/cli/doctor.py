@@ -25,6 +25,14 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
         return None
 
 
+def check_platform() -> Check:
+    from nixcell import platforms
+
+    if platforms.is_macos():
+        return Check("platform", False, platforms.MACOS_REFUSAL)
+    return Check("platform", True, "Linux (cells run with bubblewrap)")
+
+
 def check_nix() -> Check:
     path = shutil.which("nix-build")
     if path is None:
@@ -142,6 +150,7 @@ def run_doctor() -> int:
 
     checks = []
     checks_run = (
+        check_platform,
         check_nix,
         check_bwrap,
         check_userns,

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 _NOT_CACHED = {
     "--dry-run",
     "--json",
+    "--sbpl",
     "--pass-env",
     "-h",
     "--help",
@@ -145,6 +146,10 @@ def try_fast_run(args: list[str]) -> int | None:
     global _pending
     split = _split(args)
     if split is None:
+        return None
+    from nixcell.platforms import is_macos
+
+    if is_macos():  # the normal path says why no cell runs here
         return None
     options, command = split
     key_file = _key_file(options)

@@ -155,6 +155,23 @@ def run_options(f):
             is_flag=True,
             help="Do not add dash for /bin/sh (it then exists only if the packages bring a sh).",
         ),
+        click.option(
+            "--store",
+            type=click.Choice(["closure", "readonly", "shared", "copy", "isolated"]),
+            help="What the cell sees of /nix/store: its closure only (default), the whole store "
+            "read-only, that plus the Nix daemon (shared), or a copy of the closure in "
+            "--store-dir (copy: refreshed each run; isolated: copied once, then frozen).",
+        ),
+        click.option(
+            "--store-dir",
+            metavar="DIR",
+            help="Host dir holding the copy of --store copy/isolated.",
+        ),
+        click.option(
+            "--host-network",
+            is_flag=True,
+            help="Share the host's network namespace: no proxy, no policy (only when asked).",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -216,6 +233,11 @@ def spec_from_flags(command: tuple[str, ...], **o: object):
         network=network_from_flags(o),
         tty="always" if o["interactive"] else "never" if o["no_tty"] else "auto",
         sh=not o.get("no_sh"),
+        store=o.get("store") or "closure",
+        store_dir=os.path.abspath(os.path.expanduser(str(o["store_dir"])))
+        if o.get("store_dir")
+        else None,
+        host_network=bool(o.get("host_network")),
     )
 
 
@@ -224,23 +246,46 @@ def spec_from_flags(command: tuple[str, ...], **o: object):
 @network_options
 @click.option("--dry-run", is_flag=True, help="Print the plan instead of running it.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
+@click.option(
+    "--sbpl",
+    is_flag=True,
+    help="With --dry-run: the macOS sandbox-exec profile of the plan (docs/security.md, macOS).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(command: tuple[str, ...], dry_run: bool, as_json: bool, **flags: object) -> int:
+def run(command: tuple[str, ...], dry_run: bool, as_json: bool, sbpl: bool, **flags: object) -> int:
     """Run COMMAND in a fresh cell (put it after `--`)."""
     from nixcell.fsio import open_output_dir
+    from nixcell.platforms import refuse_cells
 
     if as_json and not dry_run:
         raise click.UsageError("--json needs --dry-run: it prints the plan as JSON, not a run")
+    if sbpl and (not dry_run or as_json):
+        raise click.UsageError("--sbpl needs --dry-run and no --json: it prints a profile")
+    if not dry_run:
+        refuse_cells()  # before anything slow: no cell can run on this system
     spec = spec_from_flags(command, **flags)
     learn_to = flags.get("learn_output")
     # Checked and opened before anything slow runs, and before the cell can touch it: a
     # learned policy is never lost to a bad path (fsio.open_output_dir).
     learn_dir = open_output_dir(str(learn_to)) if learn_to and not dry_run else None
     try:
+        if sbpl:
+            return _print_profile(spec)
         return _run(spec, dry_run, as_json, learn_dir, bool(flags.get("learn")))
     finally:
         if learn_dir is not None:
             os.close(learn_dir[0])
+
+
+def _print_profile(spec) -> int:
+    from nixcell.cli import progress
+    from nixcell.runner import prepare
+    from nixcell.sandbox.macos import profile
+
+    with progress.reporter() as report:
+        plan, _closure = prepare(spec, progress=report)
+    click.echo(profile(plan), nl=False)
+    return 0
 
 
 def _run(spec, dry_run: bool, as_json: bool, learn_dir: tuple[int, str] | None, learn: bool):
@@ -387,6 +432,9 @@ def gc() -> int:
 def mcp(stdio: bool, **options: object) -> int:
     """Serve the MCP `run` tool: code runs in cells (stdio, or HTTP on loopback)."""
     from nixcell import leftovers
+    from nixcell.platforms import refuse_cells
+
+    refuse_cells()  # its tools run cells
     from nixcell.mcp.server import serve  # imports the MCP SDK (~0.5 s): only here
 
     if stdio:

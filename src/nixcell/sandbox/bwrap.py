@@ -135,8 +135,10 @@ def spawn(
     """
     if plan.network is not None and not launcher:
         raise SandboxError("internal: a cell with a network needs its namespace launcher")
-    if "net" not in plan.namespaces and plan.network is None:
+    if "net" not in plan.namespaces and plan.network is None and not plan.host_network:
         raise SandboxError("internal: a cell without a network must unshare the network")
+    if plan.host_network and ("net" in plan.namespaces or plan.network is not None):
+        raise SandboxError("internal: a host-network cell has no network namespace of its own")
     switches = bool(launcher) and "--setuid" in launcher  # type: ignore[operator]
     if plan.identity == "subordinate" and user is None and not switches:
         raise SandboxError("internal: a root-run cell needs its own uid")

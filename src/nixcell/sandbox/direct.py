@@ -103,7 +103,7 @@ def _outcome(plan: PlanView, cell: _Cell, timed_out: bool) -> Outcome:
     lim = plan.limits
     code, message = verdict(exit_code_of(cell.status), timed_out, oom, lim.timeout, lim.memory)
     outcome = Outcome(code, message, cell.cell_id, timed_out=timed_out, oom_killed=oom)
-    if code != 0:
+    if code != 0 and not plan.host_network:  # (on the host's network: nothing to hint)
         from nixcell.sandbox.nonet import detect
 
         outcome.no_network = detect(code, cell.probe)
@@ -132,7 +132,7 @@ class _Cell:
         user: tuple[int, int] | None,
     ) -> None:
         """Start bwrap and read its pid-1 (the cell runs inside its cgroups from the start)."""
-        if "net" not in plan.namespaces:  # (as bwrap.spawn: never the host's network)
+        if "net" not in plan.namespaces and not plan.host_network:  # (as bwrap.spawn)
             raise SandboxError("internal: a cell without a network must unshare the network")
         if plan.identity == "subordinate" and user is None and not launcher:
             raise SandboxError("internal: a root-run cell needs its own uid")

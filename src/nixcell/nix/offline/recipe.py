@@ -119,6 +119,21 @@ def _git(s: Stager, _ctx: Context) -> None:
         s.wrapper(f"bin/{helper}", ["@/libexec/git-core/git", helper.removeprefix("git-")], env)
 
 
+# nix-bin's programs: one binary that acts by the name it was started under (argv[0])
+_NIX_NAMES = ("nix-build", "nix-channel", "nix-collect-garbage", "nix-copy-closure", "nix-env",
+              "nix-hash", "nix-instantiate", "nix-prefetch-url", "nix-shell",
+              "nix-store")  # fmt: skip
+
+
+def _nix(s: Stager, _ctx: Context) -> None:
+    """Debian's nix-bin, a client of the host's daemon (store mode "shared": NIX_REMOTE=daemon);
+    its libnix*.so come from /usr/lib/nix (its RUNPATH) into lib/ like any other library.
+    No nix-daemon: a cell serves no store."""
+    s.file(s.need("/usr/bin/nix"), "bin/nix")
+    for name in _NIX_NAMES:
+        s.symlink(f"bin/{name}", "nix")
+
+
 def _which(s: Stager, ctx: Context) -> None:
     """Debian's `which` is a /bin/sh script; busybox's applet needs nothing but itself."""
     s.symlink("bin/which", f"{ctx.busybox}/bin/busybox")
@@ -185,6 +200,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe("gnutar", "tar", "apt install tar", _bins("tar")),
         Recipe("gzip", "gzip", "apt install gzip", _gzip),
         Recipe("which", None, "busybox-static", _which, version=_busybox_version),
+        Recipe("nix", "nix-bin", "apt install nix-bin", _nix),
         Recipe("python3Packages.pyyaml", "python3-yaml", "apt install python3-yaml",
                python_package("python3-yaml"), aliases=("python311Packages.pyyaml",),
                pname=lambda: _python_pname("pyyaml")),
