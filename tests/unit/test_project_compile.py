@@ -37,7 +37,9 @@ BASE = '[nix]\npackages = ["bash"]\n'
 
 def test_flags_win_and_lists_add(tmp_path):
     root = tmp_path / "p"
-    text = BASE + """
+    text = (
+        BASE
+        + """
 nixpkgs = "offline"
 [sandbox.network]
 allow_hosts = ["a.test"]
@@ -48,6 +50,7 @@ pids = 64
 env = { A = "config", B = "config" }
 passthrough_env = ["LANG"]
 """
+    )
     flags = {
         "packages": ("coreutils",),
         "memory": "256M",
@@ -91,8 +94,11 @@ def test_network_mode(tmp_path, text, flag, expected):
 
 def test_open_mode_is_every_host_through_the_proxy_audited_outside_the_project(tmp_path):
     root = tmp_path / "p"
-    spec = _spec(root, BASE + "[sandbox.network]\ndeny_hosts = ['x.test']\n",
-                 {"net": {"allow_hosts": ["y.test"]}})
+    spec = _spec(
+        root,
+        BASE + "[sandbox.network]\ndeny_hosts = ['x.test']\n",
+        {"net": {"allow_hosts": ["y.test"]}},
+    )
     assert spec.network is not None and spec.network.allow_hosts[0] == "*"
     assert "y.test" in spec.network.allow_hosts and spec.network.deny_hosts == ["x.test"]
     assert spec.network.audit == os.path.join(audit_dir(str(root)), "audit.jsonl")
@@ -109,8 +115,9 @@ def test_host_mode_is_the_host_network_and_takes_no_network_flags(tmp_path):
 
 
 def test_none_with_added_hosts_becomes_a_proxy(tmp_path):
-    spec = _spec(tmp_path / "p", BASE + "[sandbox]\nlevel = 'strict'\n",
-                 {"net": {"allow_hosts": ["a.test"]}})
+    spec = _spec(
+        tmp_path / "p", BASE + "[sandbox]\nlevel = 'strict'\n", {"net": {"allow_hosts": ["a.test"]}}
+    )
     assert spec.network is not None and spec.network.allow_hosts == ["a.test"]
 
 
@@ -174,11 +181,14 @@ def test_config_binds_map_home_and_skip_missing(tmp_path, monkeypatch):
     (home / ".claude").mkdir(parents=True)
     monkeypatch.setenv("HOME", str(home))
     root = tmp_path / "p"
-    text = BASE + """
+    text = (
+        BASE
+        + """
 [sandbox.filesystem]
 rw_bind = ["~/.claude", "~/.claude.json"]
 ro_bind = ["/etc/hostname:~/hn"]
 """
+    )
     project = _project(root, text)
     mounts = _mounts(compile_spec(project, ["true"], {}, str(root)))
     assert mounts[f"{CELL_HOME}/.claude"] == (str(home / ".claude"), True)

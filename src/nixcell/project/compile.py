@@ -155,8 +155,9 @@ def _flag_binds(flags: Mapping[str, object]) -> list[dict[str, object]]:
         for value in flags.get(key) or ():  # type: ignore[attr-defined]
             src, sep, dst = str(value).partition(":")
             src = os.path.abspath(os.path.expanduser(src))
-            mounts.append({"source": src, "target": dst if sep and dst else src,
-                           "writable": writable})
+            mounts.append(
+                {"source": src, "target": dst if sep and dst else src, "writable": writable}
+            )
     return mounts
 
 
@@ -185,8 +186,10 @@ def compile_spec(
         )
     d = draft(project, cwd)
     network, host_network = _network(project, flags)
-    limits = {k: flags.get(k) if flags.get(k) is not None else getattr(config, k)
-              for k in ("memory", "cpus", "pids", "timeout", "disk")}
+    limits = {
+        k: flags.get(k) if flags.get(k) is not None else getattr(config, k)
+        for k in ("memory", "cpus", "pids", "timeout", "disk")
+    }
     env = {**d.env, **config.env, **_flag_env(flags)}
     hides = [os.path.abspath(os.path.expanduser(str(h))) for h in flags.get("hide") or ()]  # type: ignore[attr-defined]
     store_dir = None

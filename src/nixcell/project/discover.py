@@ -68,9 +68,7 @@ def check_trusted(path: str) -> os.stat_result:
         raise _error(f"{path} is not a regular file")
     me = os.getuid()
     if st.st_uid not in (me, 0):
-        raise _error(
-            f"{path} is owned by uid {st.st_uid}, not by you (uid {me}) or root: not used"
-        )
+        raise _error(f"{path} is owned by uid {st.st_uid}, not by you (uid {me}) or root: not used")
     if st.st_mode & 0o022:
         raise _error(
             f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o}): "

@@ -204,8 +204,9 @@ def _config(reader: _Reader, values: dict, found: Found) -> Config:
             raise reader.fail(table, key, f"cannot expand {value!r}")
         return os.path.normpath(os.path.join(found.root, path))
 
-    policy = tuple(root_path("sandbox.network", "policy", p) for p in get("sandbox.network",
-                                                                          "policy", ()))
+    policy = tuple(
+        root_path("sandbox.network", "policy", p) for p in get("sandbox.network", "policy", ())
+    )
     audit = get("sandbox.network", "audit")
     packages = get("nix", "packages")
     if packages is None and found.kind == "nixcage":
