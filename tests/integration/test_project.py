@@ -142,9 +142,26 @@ def test_project_flags_dir_form_and_no_project(offline_set, tmp_path):
     assert run_in(elsewhere, "--project", str(root)).stdout == b"default-command\n"
     assert run_in(elsewhere, str(root), "--").stdout == b"default-command\n"
     assert run_in(elsewhere, str(root), "--", "bash", "-c", "pwd").stdout == f"{root}\n".encode()
+    # after `--` a directory is the command (as outside project mode), never a project
+    as_command = run_in(elsewhere, "-p", "bash", "--", str(root), "--", "x")
+    assert as_command.returncode == 127 and b"does not exist in the cell" in as_command.stderr
+    assert "--network MODE is for projects" in one_line_error(run_in(elsewhere, "--network", "open", "-p", "bash", "--", "true"))
     plain = run_in(root, "--no-project", "-p", "bash", "--", "bash", "-c", "pwd")
     assert plain.stdout == b"/workspace\n", plain
     assert "no packages" in one_line_error(run_in(root, "--no-project", "--", "true"))
+    (elsewhere / "nixcell.toml").write_text("")
+    empty = one_line_error(run_in(elsewhere, "--", "true"))
+    assert "nixcell.toml: [nix] packages is empty: a cell holds only the packages named" in empty
+
+
+def test_flags_win_and_lists_add_on_the_command_line(offline_set, tmp_path):
+    root = make(tmp_path / "proj", "[sandbox.resources]\nmemory = '1G'\npids = 99\n[cage]\nenv = { A = 'config', B = 'config' }\n")
+    args = ("--memory", "256M", "-e", "B=flag", "-p", "jq", "--network", "none", "--dry-run", "--json", "--", "true")
+    plan = json.loads(run_in(root, *args).stdout)
+    assert plan["limits"]["memory"] == 256 << 20 and plan["limits"]["pids"] == 99
+    assert plan["env"]["A"] == "config" and plan["env"]["B"] == "flag"
+    assert any("-jq-" in path for path in plan["closure"]) and any("-curl-" in p for p in plan["closure"])
+    assert plan["network"] is None
 
 
 @pytest.mark.parametrize(

@@ -262,12 +262,24 @@ def project_options(f):
     return f
 
 
-def _project_and_command(command: tuple[str, ...], flags: dict[str, object]):
+class _RunCommand(click.Command):
+    """``run``: notes the word before the first ``--`` (``run DIR -- CMD`` names a project; in
+    ``run -- DIR -- CMD`` DIR is the command, and click's parsing alone cannot tell them apart)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        cut = args.index("--") if "--" in args else -1
+        ctx.meta["before_dashes"] = args[cut - 1] if cut > 0 else None
+        return super().parse_args(ctx, args)
+
+
+def _project_and_command(command: tuple[str, ...], flags: dict[str, object], ctx=None):
     """(the project or None, the command): ``run DIR -- CMD`` names the project by its dir."""
     from nixcell.project.discover import find
 
     explicit = flags.get("project_dir")
-    if len(command) >= 2 and command[1] == "--" and os.path.isdir(command[0]):
+    before = ctx.meta.get("before_dashes") if ctx is not None else None
+    dir_form = len(command) >= 2 and command[1] == "--" and before == command[0]
+    if dir_form and os.path.isdir(command[0]):
         if explicit is not None:
             raise click.UsageError("give the project once: --project DIR or DIR -- CMD")
         explicit, command = command[0], command[2:]
@@ -301,7 +313,8 @@ def project_spec_checked(found, command: tuple[str, ...], flags: dict[str, objec
     for line in made.skipped:
         (warn or _warn)(line)
     if not project.config.packages and not flags.get("packages"):
-        raise _no_packages(tuple(command) or project.config.command)
+        hint = str(_no_packages(tuple(command) or project.config.command))
+        raise UsageError(f"{found.path}: [nix] packages is empty: {hint.split(': ', 1)[1]}")
     net = network_from_flags(flags)
     spec = compile_spec(project, command, {**flags, "net": net}, os.getcwd())
     checked = tuple(("project", p, path_kind(p)) for p in dict.fromkeys(made.considered))
@@ -312,7 +325,7 @@ def _warn(line: str) -> None:
     click.echo(f"nixcell: warning: {line}", err=True)
 
 
-@cli.command(context_settings={"allow_interspersed_args": False})
+@cli.command(cls=_RunCommand, context_settings={"allow_interspersed_args": False})
 @run_options
 @network_options
 @project_options
@@ -331,7 +344,7 @@ def run(
 
     if as_json and not dry_run:
         raise click.UsageError("--json needs --dry-run: it prints the plan as JSON, not a run")
-    found, command = _project_and_command(command, flags)
+    found, command = _project_and_command(command, flags, ctx)
     if found is None:
         if not command:
             raise click.UsageError("Missing argument 'COMMAND...'.")
