@@ -239,3 +239,26 @@ def test_ensure_state_makes_the_dirs(tmp_path):
         assert (root / ".nixcell" / "local" / name).is_dir()
     assert (root / ".nixcell" / ".gitignore").read_text() == "local/\nstore/\n"
     assert (root / ".git" / "hooks").is_dir()
+
+
+def test_relaxed_hides_nothing_under_a_state_bind(tmp_path, monkeypatch):
+    """nixcell's own state dir under a read-only home is covered by the project's state bind:
+    hiding it there would make a mount point inside the project's state dir on the host."""
+    home = tmp_path / "home"
+    (home / ".local" / "state" / "nixcell").mkdir(parents=True)
+    (home / ".ssh").mkdir()
+    monkeypatch.delenv("NIXCELL_HOME", raising=False)
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    spec = _spec(tmp_path / "p", BASE + "[sandbox]\nlevel = 'relaxed'\n")
+    assert str(home / ".local" / "state" / "nixcell") not in spec.hide
+    assert str(home / ".ssh") in spec.hide
+    assert _mounts(spec)[f"{CELL_HOME}/.local/state"][0].endswith("local/state")
+
+
+def test_a_worktree_git_file_is_read_only(tmp_path):
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / ".git").write_text("gitdir: /elsewhere/.git/worktrees/p\n")
+    mounts = _mounts(_spec(root, BASE))
+    assert mounts[str(root / ".git")] == (str(root / ".git"), False)
