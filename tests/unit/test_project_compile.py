@@ -262,3 +262,14 @@ def test_a_worktree_git_file_is_read_only(tmp_path):
     (root / ".git").write_text("gitdir: /elsewhere/.git/worktrees/p\n")
     mounts = _mounts(_spec(root, BASE))
     assert mounts[str(root / ".git")] == (str(root / ".git"), False)
+
+
+def test_store_and_host_network_flags_win(tmp_path):
+    root = tmp_path / "p"
+    spec = _spec(root, BASE + "store_mode = 'readonly'\n", {"store": "copy"})
+    assert spec.store == "copy" and spec.store_dir == str(root / ".nixcell" / "store")
+    spec = _spec(root, BASE, {"store": "isolated", "store_dir": str(tmp_path / "s")})
+    assert spec.store_dir == str(tmp_path / "s")
+    assert _spec(root, BASE, {"host_network": True}).host_network
+    with pytest.raises(UsageError, match="contradict"):
+        _spec(root, BASE, {"host_network": True, "network": "open"})

@@ -6,7 +6,9 @@ Merge rules (docs/project.md): flags win, lists add. ``-p`` adds packages, ``--r
 open), ``--memory/--cpus/--pids/--timeout/--disk/--nixpkgs`` override, ``--network MODE``
 overrides the mode. ``flags`` holds the click option values of ``nixcell run`` (missing, None,
 empty or False = not given), with the network flags already parsed as ``flags["net"]`` (what
-``cli.netflags.network_from_flags`` returns) and ``flags["network"]`` the ``--network`` mode.
+``cli.netflags.network_from_flags`` returns) and ``flags["network"]`` the ``--network`` mode;
+``--store``/``--store-dir`` override ``store_mode`` (and ``.nixcell/store``), ``--host-network``
+is ``--network host``.
 """
 
 from __future__ import annotations
@@ -80,7 +82,11 @@ def network_mode(project: Project, flags: Mapping[str, object]) -> str:
     else proxy when hosts or a policy are named, else the level's default."""
     config = project.config
     if flags.get("network"):
+        if flags.get("host_network") and flags["network"] != "host":
+            raise UsageError(f"--host-network and --network {flags['network']} contradict")
         return str(flags["network"])
+    if flags.get("host_network"):
+        return "host"
     if config.mode is not None:
         return config.mode
     if config.allow is not None:
@@ -192,8 +198,11 @@ def compile_spec(
     }
     env = {**d.env, **config.env, **_flag_env(flags)}
     hides = [os.path.abspath(os.path.expanduser(str(h))) for h in flags.get("hide") or ()]  # type: ignore[attr-defined]
+    store = str(flags.get("store") or config.store_mode)
     store_dir = None
-    if config.store_mode in ("copy", "isolated"):
+    if flags.get("store_dir"):
+        store_dir = os.path.abspath(os.path.expanduser(str(flags["store_dir"])))
+    elif store in ("copy", "isolated"):
         store_dir = os.path.join(project.root, ".nixcell", "store")
     workdir = flags.get("workdir")
     tty = "always" if flags.get("interactive") else "never" if flags.get("no_tty") else "auto"
@@ -213,7 +222,7 @@ def compile_spec(
         network=network,
         tty=tty,
         sh=not flags.get("no_sh"),
-        store=config.store_mode,
+        store=store,
         store_dir=store_dir,
         host_network=host_network,
     )
