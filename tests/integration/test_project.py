@@ -180,6 +180,7 @@ def test_malformed_config_is_a_one_line_cli_error(offline_set, tmp_path, text, e
 
 
 def test_open_network_goes_through_the_proxy_with_the_guard_on(offline_set, tmp_path, tls):
+    tls.seen.clear()
     root = make(tmp_path / "proj", "[sandbox.network]\ndeny_hosts = ['other.test']\n")
     pins = ["--resolve=up.test:127.0.0.1", "--resolve=other.test:127.0.0.1", f"--upstream-ca={tls.ca_file}"]
     curl = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} "]
@@ -199,6 +200,7 @@ def test_open_network_goes_through_the_proxy_with_the_guard_on(offline_set, tmp_
 
 
 def test_host_network_mode_shares_the_host_namespace(offline_set, tmp_path, plain):
+    plain.seen.clear()
     root = make(tmp_path / "proj", "[sandbox.network]\nmode = 'host'\n")
     result = run_in(root, "--", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{plain.port}/h")
     assert result.stdout == b"200" and plain.paths() == ["/h"], result
@@ -388,3 +390,25 @@ def test_the_warm_path_in_a_project_imports_almost_nothing(offline_set, tmp_path
     assert "nixcell.sandbox.direct" in loaded and "nixcell.project.discover" in loaded
     assert sorted(loaded.intersection(WARM_PATH_NEVER)) == []
     assert not any(m.startswith("nixcell.project.") and m != "nixcell.project.discover" for m in loaded)
+
+
+def test_project_policy_and_credentials_keep_the_real_token_outside(offline_set, tmp_path, tls):
+    """[sandbox.network] policy (relative to the root, in .nixcell/) and credentials: the cell
+    holds a dummy, the loopback upstream standing in for the API receives the real token."""
+    from tests.integration.test_net_credentials import write_policy
+
+    tls.seen.clear()
+    real = "ghp_" + "R" * 36
+    root = make(tmp_path / "proj", "[sandbox.network]\npolicy = '.nixcell/policy.toml'\ncredentials = ['github']\nallow_cidrs = ['127.0.0.1/32']\n")
+    (root / ".nixcell").mkdir()
+    write_policy(root / ".nixcell" / "policy.toml", tls.port, source="env:PROJECT_TEST_GH")
+    pins = ["--resolve=up.test:127.0.0.1", f"--upstream-ca={tls.ca_file}"]
+    script = f'printf "%s\\n" "$GITHUB_TOKEN"; curl -s -H "Authorization: Bearer $GITHUB_TOKEN" {tls.url("/echo-auth")}'
+    result = run_in(root, *pins, "--", "bash", "-c", script, env={"PROJECT_TEST_GH": real})
+    assert result.returncode == 0, result
+    dummy = result.stdout.decode().splitlines()[0]
+    assert dummy.startswith("ghp_") and dummy != real and real.encode() not in result.stdout + result.stderr
+    assert [(s.path, s.headers.get("Authorization") or s.headers.get("authorization")) for s in tls.seen] == [("/echo-auth", f"Bearer {real}")]
+    # the policy is read-only inside: the cell cannot add hosts for the credential
+    grow = run_in(root, "--", "bash", "-c", f"echo evil >> {root}/.nixcell/policy.toml 2>/dev/null && echo WROTE; true", env={"PROJECT_TEST_GH": real})
+    assert grow.stdout == b"", grow
