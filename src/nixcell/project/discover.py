@@ -98,7 +98,8 @@ def find(start: str, explicit: str | None = None, ignore: bool = False) -> Found
     if ignore:
         return None
     if explicit is not None:
-        root = os.path.abspath(os.path.expanduser(explicit))
+        # the user's own word: a link in it is theirs (the binds then name the real path)
+        root = os.path.realpath(os.path.expanduser(explicit))
         if not os.path.isdir(root):
             raise _error(f"--project {explicit}: no such directory")
         present = _present(root)
