@@ -273,3 +273,9 @@ def test_store_and_host_network_flags_win(tmp_path):
     assert _spec(root, BASE, {"host_network": True}).host_network
     with pytest.raises(UsageError, match="contradict"):
         _spec(root, BASE, {"host_network": True, "network": "open"})
+
+
+def test_relaxed_with_home_at_the_root_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", "/")
+    with pytest.raises(UsageError, match=r"\$HOME is /"):
+        _spec(tmp_path / "p", BASE + "[sandbox]\nlevel = 'relaxed'\n")

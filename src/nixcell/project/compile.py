@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 from nixcell.errors import UsageError
 from nixcell.plan import CELL_HOME
-from nixcell.project.levels import LAST, LEVELS, Draft
+from nixcell.project.levels import LAST, LEVELS, Draft, default_network
 from nixcell.project.load import Project
 from nixcell.specmessages import CLI_NAMES
 
@@ -93,7 +93,7 @@ def network_mode(project: Project, flags: Mapping[str, object]) -> str:
         return "open" if config.allow else "none"
     if config.allow_hosts or config.allow_cidrs or config.policy:
         return "proxy"
-    return "none" if project.level == "strict" else "open"
+    return default_network(project.level)
 
 
 def _network(project: Project, flags: Mapping[str, object]) -> tuple[dict | None, bool]:

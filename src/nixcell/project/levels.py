@@ -117,6 +117,8 @@ def tmpfs_home(d: Draft) -> None:
 
 def readonly_home(d: Draft) -> None:
     """The host home, read-only, at the cell's home."""
+    if os.path.normpath(d.home) == "/":
+        raise UsageError("level 'relaxed' shows your home read-only, and $HOME is /: refused")
     if os.path.isdir(d.home):
         d.bind(d.home, CELL_HOME, False)
         d.home_mode = "readonly"
@@ -201,3 +203,13 @@ LEVELS: dict[str, tuple[Callable[[Draft], None], ...]] = {
 }
 # after the config's own binds, so that they cannot cover these
 LAST = (state_binds, protect_project_files)
+
+
+def default_network(level: str) -> str:
+    """The network mode a level's pieces choose (none unless a piece opens it)."""
+    d = Draft.__new__(Draft)
+    d.network = "none"
+    for piece in LEVELS[level]:
+        if piece in (no_network, open_network):
+            piece(d)
+    return d.network
