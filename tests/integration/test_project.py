@@ -170,7 +170,7 @@ def test_flags_win_and_lists_add_on_the_command_line(offline_set, tmp_path):
         ("[sandbox.resources]\nmemory = '4X'\n", "nixcell.toml:5: [sandbox.resources] memory: invalid memory"),
         ("[sandbox]\nlevel = 'paranoid'\n", "nixcell.toml:5: [sandbox] level:"),
         ("[sandbox]\nlevel = 'strict'\nbogus = 1\n", "nixcell.toml:6: [sandbox] bogus: unknown key"),
-        ("[sandbox\n", "nixcell.toml: not valid TOML"),
+        ("[sandbox\n", "nixcell.toml:4: not valid TOML"),
     ],
 )
 def test_malformed_config_is_a_one_line_cli_error(offline_set, tmp_path, text, expected):
