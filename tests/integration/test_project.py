@@ -412,3 +412,13 @@ def test_project_policy_and_credentials_keep_the_real_token_outside(offline_set,
     # the policy is read-only inside: the cell cannot add hosts for the credential
     grow = run_in(root, "--", "bash", "-c", f"echo evil >> {root}/.nixcell/policy.toml 2>/dev/null && echo WROTE; true", env={"PROJECT_TEST_GH": real})
     assert grow.stdout == b"", grow
+
+
+def test_copy_store_mode_keeps_the_copy_in_dot_nixcell_read_only(offline_set, tmp_path):
+    root = make(tmp_path / "proj", "store_mode = 'copy'\n[sandbox.network]\nmode = 'none'\n")
+    result = run_in(root, "--", "bash", "-c", f"ls /nix/store; touch {root}/.nixcell/store/x 2>/dev/null && echo WROTE; true")
+    assert result.returncode == 0 and b"WROTE" not in result.stdout, result
+    seen = set(result.stdout.decode().split())
+    copied = set(os.listdir(root / ".nixcell" / "store" / "paths"))
+    assert seen and seen <= copied, (seen, copied)
+    assert "store/" in (root / ".nixcell" / ".gitignore").read_text()
