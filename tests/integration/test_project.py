@@ -302,10 +302,12 @@ touch /nix/store/x 2>/dev/null || echo store-ro
     plan = json.loads(run_in(root, "--dry-run", "--json", "--", "true").stdout)
     assert plan["limits"]["cpus"] == 4 and plan["limits"]["memory"] == 4 << 30
     assert plan["network"]["allow_hosts"] == ["*"] and plan["store"] == "readonly"
-    # allow = false (nixcage's other documented network value): no network at all
-    (root / "nixcage.toml").write_text(text.replace("allow = true", "allow = false"))
-    off = run_in(root, *tools, "--", "bash", "-c", "echo ${HTTPS_PROXY:-none}")
-    assert off.stdout == b"none\n", off
+    # allow = false (nixcage's other documented network value): no network at all; and
+    # [cage] env (a nixcage key the README's example leaves out)
+    text = text.replace("allow = true", "allow = false") + 'env = { FOO = "bar" }\n'
+    (root / "nixcage.toml").write_text(text)
+    off = run_in(root, *tools, "--", "bash", "-c", "echo ${HTTPS_PROXY:-none} $FOO")
+    assert off.stdout == b"none bar\n", off
     # no command and an empty [cage] command: a one-line error naming the key (shell is
     # `nixcell shell`)
     bare = run_in(root)

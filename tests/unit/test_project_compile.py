@@ -279,3 +279,18 @@ def test_relaxed_with_home_at_the_root_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", "/")
     with pytest.raises(UsageError, match=r"\$HOME is /"):
         _spec(tmp_path / "p", BASE + "[sandbox]\nlevel = 'relaxed'\n")
+
+
+def test_blacklist_expands_tilde_and_hides_only_what_the_cell_sees(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / "notes").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    root = tmp_path / "p"
+    (root / "secrets").mkdir(parents=True)
+    text = BASE + "[sandbox.filesystem]\nblacklist = ['~/notes', 'secrets', '~/absent']\n"
+    standard = _spec(root, text)
+    assert standard.hide == [str(root / "secrets")]  # ~/notes: the home is a tmpfs anyway
+    relaxed = _spec(root, text.replace("[sandbox.filesystem]", "[sandbox]\nlevel = 'relaxed'\n"
+                                       "[sandbox.filesystem]"))
+    assert str(home / "notes") in relaxed.hide and str(root / "secrets") in relaxed.hide
+    assert str(home / "absent") not in relaxed.hide
