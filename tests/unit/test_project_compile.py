@@ -294,3 +294,18 @@ def test_blacklist_expands_tilde_and_hides_only_what_the_cell_sees(tmp_path, mon
                                        "[sandbox.filesystem]"))
     assert str(home / "notes") in relaxed.hide and str(root / "secrets") in relaxed.hide
     assert str(home / "absent") not in relaxed.hide
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"bind": (":/x",)}, "--bind needs SRC"),
+        ({"ro_bind": (":/x",)}, "--ro-bind needs SRC"),
+        ({"env": ("NOEQUALS",)}, "-e needs K=V"),
+        ({"interactive": True, "no_tty": True}, "exclude each other"),
+        ({"network": "none", "net": {"allow_hosts": ["a.test"]}}, "--network none takes no"),
+    ],
+)
+def test_bad_flags_in_a_project_are_one_line_errors(tmp_path, flags, message):
+    with pytest.raises(UsageError, match=message):
+        _spec(tmp_path / "p", BASE, flags)

@@ -160,6 +160,9 @@ def _flag_binds(flags: Mapping[str, object]) -> list[dict[str, object]]:
     for key, writable in (("ro_bind", False), ("bind", True)):
         for value in flags.get(key) or ():  # type: ignore[attr-defined]
             src, sep, dst = str(value).partition(":")
+            if not src:
+                flag = "--ro-bind" if key == "ro_bind" else "--bind"
+                raise UsageError(f"{flag} needs SRC[:DST], got {value!r}")
             src = os.path.abspath(os.path.expanduser(src))
             mounts.append(
                 {"source": src, "target": dst if sep and dst else src, "writable": writable}
@@ -205,6 +208,8 @@ def compile_spec(
     elif store in ("copy", "isolated"):
         store_dir = os.path.join(project.root, ".nixcell", "store")
     workdir = flags.get("workdir")
+    if flags.get("interactive") and flags.get("no_tty"):
+        raise UsageError("-i/--interactive and -T/--no-tty exclude each other")
     tty = "always" if flags.get("interactive") else "never" if flags.get("no_tty") else "auto"
     return make_spec(
         names=spec_names(project),
