@@ -290,8 +290,10 @@ def test_blacklist_expands_tilde_and_hides_only_what_the_cell_sees(tmp_path, mon
     text = BASE + "[sandbox.filesystem]\nblacklist = ['~/notes', 'secrets', '~/absent']\n"
     standard = _spec(root, text)
     assert standard.hide == [str(root / "secrets")]  # ~/notes: the home is a tmpfs anyway
-    relaxed = _spec(root, text.replace("[sandbox.filesystem]", "[sandbox]\nlevel = 'relaxed'\n"
-                                       "[sandbox.filesystem]"))
+    relaxed = _spec(
+        root,
+        text.replace("[sandbox.filesystem]", "[sandbox]\nlevel = 'relaxed'\n[sandbox.filesystem]"),
+    )
     assert str(home / "notes") in relaxed.hide and str(root / "secrets") in relaxed.hide
     assert str(home / "absent") not in relaxed.hide
 
@@ -309,3 +311,23 @@ def test_blacklist_expands_tilde_and_hides_only_what_the_cell_sees(tmp_path, mon
 def test_bad_flags_in_a_project_are_one_line_errors(tmp_path, flags, message):
     with pytest.raises(UsageError, match=message):
         _spec(tmp_path / "p", BASE, flags)
+
+
+@pytest.mark.parametrize(
+    ("level", "target"),
+    [("standard", "{root}/mnt"), ("relaxed", "~/mnt"), ("relaxed", "{root}/mnt")],
+)
+def test_a_bind_target_bwrap_would_make_on_the_host_is_refused(
+    tmp_path, monkeypatch, level, target
+):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    root = tmp_path / "p"
+    dst = target.format(root=root)
+    text = BASE + f"[sandbox]\nlevel = '{level}'\n[sandbox.filesystem]\nro_bind = ['/etc:{dst}']\n"
+    with pytest.raises(UsageError, match=r"ro_bind: /etc:.* does not exist in the cell"):
+        _spec(root, text)
+    (root / "mnt").mkdir()
+    (home / "mnt").mkdir()
+    assert any(m.source == "/etc" for m in _spec(root, text).mounts)

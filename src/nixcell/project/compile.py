@@ -46,7 +46,25 @@ def _config_binds(d: Draft) -> None:
                 target = CELL_HOME + dst[1:] if dst.startswith("~") else dst
             else:
                 target = d.cell_path(source)
-            d.bind(source, os.path.normpath(target), writable)
+            target = os.path.normpath(target)
+            _target_can_be_made(d, key, value, target)
+            d.bind(source, target, writable)
+
+
+def _target_can_be_made(d: Draft, key: str, value: str, target: str) -> None:
+    """A missing target inside the mounted project would be made by bwrap on the host, and one
+    under a read-only home cannot be made at all: refused, naming the key."""
+    if d.project_mounted and _within(target, d.project.root):
+        host = target
+    elif d.home_mode == "readonly" and _within(target, CELL_HOME):
+        host = d.home + target[len(CELL_HOME) :]
+    else:
+        return
+    if d.kind(host) is None:
+        raise UsageError(
+            f"{d.project.where('sandbox.filesystem', key)}: {value}: {target} does not exist "
+            "in the cell and cannot be made there without writing the host: create it first"
+        )
 
 
 def _visible(d: Draft, path: str) -> bool:
