@@ -93,10 +93,11 @@ cat ~/.gitconfig | head -1
 echo x >> ~/.gitconfig 2>/dev/null && echo WROTE-HOME
 ls -A ~/.ssh | wc -l; cat ~/.ssh/id_ed25519 2>/dev/null; cat ~/.netrc 2>/dev/null; echo .
 echo ok > {root}/w && cat {root}/w
+echo ${{HTTPS_PROXY:+proxied}}
 """
     result = run_in(root, "--", "bash", "-c", script, env={"HOME": str(home)})
     assert result.returncode == 0, result
-    assert result.stdout.decode().splitlines() == ["[user]", "0", ".", "ok"], result
+    assert result.stdout.decode().splitlines() == ["[user]", "0", ".", "ok", "proxied"], result
     assert (home / ".gitconfig").read_text() == "[user]\n\tname = me\n"
 
 
