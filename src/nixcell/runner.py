@@ -25,6 +25,7 @@ TYPE_CHECKING = False  # not `import typing`: it costs CLI start-up time
 if TYPE_CHECKING:
     from typing import IO
 
+    from nixcell.debugtrace import Summary
     from nixcell.nix.closure import Closure
     from nixcell.plan import Plan
     from nixcell.sandbox.bwrap import CellProcess
@@ -50,6 +51,7 @@ class RunResult:
     network_summary: str | None = None  # "3 requests denied: …" when the proxy refused any
     learned_policy: str | None = None  # --learn: a policy TOML allowing what the cell used
     no_network: NoNetwork | None = None  # the command failed after trying the network
+    access: Summary | None = None  # --debug: the failed file and network calls (debugtrace.py)
 
 
 def new_cell_id() -> str:
@@ -84,13 +86,15 @@ def prepare(
     packages = spec.closure_packages()
     tools = spec.closure_tools()
     frozen = None
-    if spec.store == "isolated":  # copied once, then frozen: no nix once it is there
+    if spec.store_dir is not None:  # a copy store mode: an isolated copy needs no nix
         from nixcell.nix import storecopy
 
-        key = storecopy.key_of(packages, tools, spec.nixpkgs)
-        frozen = storecopy.frozen_closure(spec.store_dir, key)  # type: ignore[arg-type]
+        frozen = storecopy.frozen_for(spec, packages, tools)
     try:
-        closure = frozen or resolve(packages, spec.nixpkgs, progress=progress, tools=tools)
+        if frozen is not None:
+            closure = frozen
+        else:
+            closure = resolve(packages, spec.nixpkgs, progress=progress, tools=tools)
     except UnknownPackageError as exc:
         added = [p for p in packages[len(spec.packages) :] if p == SH_PACKAGE]
         added += [p for p in tools.values() if p == ENV_TOOL]
@@ -104,15 +108,8 @@ def prepare(
             ) from None
         raise
     copy = None
-    if spec.store in ("copy", "isolated"):
-        from nixcell.nix import storecopy
-
-        store_dir: str = spec.store_dir  # type: ignore[assignment]
-        if frozen is not None:
-            copy = storecopy.current(store_dir)
-        else:
-            key = storecopy.key_of(packages, tools, spec.nixpkgs)
-            copy = storecopy.sync(store_dir, closure, spec.store, key, progress)
+    if spec.store_dir is not None:
+        copy = storecopy.made_for(spec, packages, tools, closure, frozen, progress)
     facts = host.gather(spec, volumes, copy)
     return plan(spec, closure, facts, proxied), closure
 
@@ -218,10 +215,18 @@ def execute(
     stdin: int | IO[bytes] | None = None,
     stdout: int | IO[bytes] | None = None,
     stderr: int | IO[bytes] | None = None,
+    trace: bool = False,
 ) -> RunResult:
-    """Run a planned cell to completion (blocking)."""
+    """Run a planned cell to completion (blocking). ``trace``: under strace from outside, the
+    failed calls summarised in ``access`` (``sandbox/tracer.py``; refused without strace)."""
     from nixcell.sandbox import bwrap, stdio
 
+    if trace:
+        from nixcell.sandbox.tracer import CellTracer
+
+        tracer = CellTracer(plan)
+    else:
+        tracer = None
     check_command(plan)
     program = seccomp_program(plan.seccomp_profiles)
     cell_id = new_cell_id()
@@ -257,7 +262,7 @@ def execute(
         term = stdio.wire(plan, (stdin, stdout, stderr), launch, input)
         io = term.streams if term is not None else (stdin, stdout, stderr)
         cell = _spawn(plan, cell_id, program, cgroup, launch, io, ctty_path=term and term.ctty_path)
-        bwrap.finish_start(cell)
+        bwrap.finish_start(cell, tracer.attach if tracer is not None else None)
         timed_out = False
         out = err = None
         try:
@@ -278,6 +283,8 @@ def execute(
             proxy.stop()
             session.release()
             result = attach.with_outcome(result, session)
+        if tracer is not None:
+            result = dataclasses.replace(result, access=tracer.finish())
         return _with_no_network(plan, result, cell, session)
     except BaseException:
         if cell is not None:
@@ -288,6 +295,8 @@ def execute(
     finally:
         if term is not None:  # the host terminal's modes are back before anything is printed
             term.close()
+        if tracer is not None:
+            tracer.close()
         if cell is not None:
             cell.close_fds()
             cell.close_probe()

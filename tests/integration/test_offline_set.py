@@ -104,6 +104,7 @@ SMOKE = [
     ("bc", ["bc"], "1024", "2^10\n"),
     ("gnutar", ["tar", "--version"], "GNU tar", None),
     ("which", ["which", "which"], "/bin/which", None),
+    ("nix", ["nix-build", "--version"], "nix-build (Nix)", None),  # (argv[0] picks the tool)
 ]
 
 

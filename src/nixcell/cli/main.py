@@ -254,19 +254,43 @@ def spec_from_flags(command: tuple[str, ...], **o: object):
 @project_options
 @click.option("--dry-run", is_flag=True, help="Print the plan instead of running it.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
+@click.option(
+    "--sbpl",
+    is_flag=True,
+    help="With --dry-run: the macOS sandbox-exec profile of the plan (docs/security.md, macOS).",
+)
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Trace the cell with strace (from outside); then list what it was denied.",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run(
-    ctx: click.Context, command: tuple[str, ...], dry_run: bool, as_json: bool, **flags: object
+    ctx: click.Context,
+    command: tuple[str, ...],
+    dry_run: bool,
+    as_json: bool,
+    sbpl: bool,
+    **flags: object,
 ) -> int:
     """Run COMMAND in a fresh cell (put it after `--`).
 
     In a project (a nixcell.toml or nixcage.toml above): its config, merged with the flags
     (flags win, lists add); no COMMAND runs its [cage] command; `run DIR -- CMD` names it."""
     from nixcell.fsio import open_output_dir
+    from nixcell.platforms import refuse_cells
 
     if as_json and not dry_run:
         raise click.UsageError("--json needs --dry-run: it prints the plan as JSON, not a run")
+    if sbpl and (not dry_run or as_json):
+        raise click.UsageError("--sbpl needs --dry-run and no --json: it prints a profile")
+    if not dry_run:
+        refuse_cells()  # before anything slow: no cell can run on this system
+    if flags.get("debug") and not dry_run:  # before anything runs: no run without its trace
+        from nixcell.sandbox.tracer import strace_path
+
+        strace_path()
     found, command = project_and_command(command, flags, ctx)
     if found is None:
         if not command:
@@ -281,10 +305,24 @@ def run(
     # learned policy is never lost to a bad path (fsio.open_output_dir).
     learn_dir = open_output_dir(str(learn_to)) if learn_to and not dry_run else None
     try:
-        return _run(spec, dry_run, as_json, learn_dir, bool(flags.get("learn")), checked)
+        if sbpl:
+            return _print_profile(spec)
+        learn = bool(flags.get("learn"))
+        return _run(spec, dry_run, as_json, learn_dir, learn, bool(flags.get("debug")), checked)
     finally:
         if learn_dir is not None:
             os.close(learn_dir[0])
+
+
+def _print_profile(spec) -> int:
+    from nixcell.cli import progress
+    from nixcell.runner import prepare
+    from nixcell.sandbox.macos import profile
+
+    with progress.reporter() as report:
+        plan, _closure = prepare(spec, progress=report)
+    click.echo(profile(plan), nl=False)
+    return 0
 
 
 def _run(
@@ -293,6 +331,7 @@ def _run(
     as_json: bool,
     learn_dir: tuple[int, str] | None,
     learn: bool,
+    debug: bool = False,
     checked: tuple[tuple[str, str, str], ...] = (),
 ):
     import dataclasses
@@ -318,7 +357,7 @@ def _run(
     # --learn prints the policy on stdout: the cell's own stdout goes to stderr then.
     stdout = 2 if learn and learn_dir is None else None
     with leftovers.RunMarker():
-        result = execute(plan, stdout=stdout)
+        result = execute(plan, stdout=stdout, trace=debug)
     return report(result, learn_dir)
 
 
@@ -442,6 +481,9 @@ def gc() -> int:
 def mcp(stdio: bool, **options: object) -> int:
     """Serve the MCP `run` tool: code runs in cells (stdio, or HTTP on loopback)."""
     from nixcell import leftovers
+    from nixcell.platforms import refuse_cells
+
+    refuse_cells()  # its tools run cells
     from nixcell.mcp.server import serve  # imports the MCP SDK (~0.5 s): only here
 
     if stdio:

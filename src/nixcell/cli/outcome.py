@@ -15,10 +15,19 @@ if TYPE_CHECKING:
 
 def report(result: RunResult, learn_output: tuple[int, str] | None = None) -> int:
     """Print the run's messages; ``learn_output``: (directory fd opened before the run, name)."""
-    if result.network_summary:
-        sys.stderr.write(f"nixcell: {result.network_summary}\n")
+    from nixcell.cli.entry import one_line
+
+    access = getattr(result, "access", None)  # --debug: the network line joins its block
+    if result.network_summary and access is None:  # hosts and paths the cell sent: escaped
+        sys.stderr.write(f"nixcell: {one_line(result.network_summary)}\n")
     if result.message:
         sys.stderr.write(f"nixcell: {result.message}\n")
+    if access is not None:
+        from nixcell.debugtrace import report_lines
+
+        lines = report_lines(access, result.network_summary)
+        sys.stderr.write("".join(f"{line}\n" for line in lines))
+        sys.stderr.flush()
     if result.learned_policy is not None:
         if learn_output:
             from nixcell.errors import NixcellError

@@ -46,7 +46,7 @@ def _error(message: str) -> Exception:
     return UsageError(message)
 
 
-def _present(directory: str) -> list[tuple[str, str]]:
+def configs_in(directory: str) -> list[tuple[str, str]]:
     """(path, kind) of the config names that exist (as anything) in ``directory``."""
     out = []
     for name, kind in NAMES:
@@ -102,13 +102,13 @@ def find(start: str, explicit: str | None = None, ignore: bool = False) -> Found
         root = os.path.realpath(os.path.expanduser(explicit))
         if not os.path.isdir(root):
             raise _error(f"--project {explicit}: no such directory")
-        present = _present(root)
+        present = configs_in(root)
         if not present:
             raise _error(f"--project {explicit}: no nixcell.toml or nixcage.toml in {root}")
         return _pick(root, present, explicit=True)
     here = os.path.abspath(start)
     while True:
-        present = _present(here)
+        present = configs_in(here)
         if present:
             found = _pick(here, present, explicit=False)
             _not_nested(found)
@@ -123,7 +123,7 @@ def _not_nested(found: Found) -> None:
     """A config inside another project's tree is refused (see the module docstring)."""
     here = os.path.dirname(found.root)
     while True:
-        outer = _present(here)
+        outer = configs_in(here)
         if outer:
             raise _error(
                 f"{found.path} is inside the project at {here} ({os.path.basename(outer[0][0])}):"

@@ -34,6 +34,7 @@ __all__ = ["CellProcess", "bwrap_path", "exit_code_of", "finish_start", "parse_i
 TYPE_CHECKING = False  # not `import typing`: it costs CLI start-up time
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import IO
 
     _Stream = int | IO[bytes] | None
@@ -237,14 +238,18 @@ def _drop(user: tuple[int, int]) -> list[str]:
     return [nsenter_path(), "--setuid", str(user[0]), "--setgid", str(user[1]), "--"]
 
 
-def release(cell: CellProcess, info: bytes) -> None:
+def release(cell: CellProcess, info: bytes, before: Callable[[int], None] | None = None) -> None:
     """Record pid-1 (the cell already runs inside its cgroups: the launcher joined them), open
-    its network counters, then let its command run (closing the block fd)."""
+    its network counters, then let its command run (closing the block fd). ``before(pid-1)``
+    runs while the command still waits (``--debug`` attaches strace); if it fails, the cell is
+    killed before its command ever ran."""
     cell.child_pid = parse_info(info)
     try:
         if cell.child_pid is None:
             raise CellFailedError("bubblewrap failed before the cell started")
         cell.probe = NetProbe.open(cell.child_pid)
+        if before is not None:
+            before(cell.child_pid)
     except BaseException:
         cell.kill()
         raise
@@ -252,9 +257,9 @@ def release(cell: CellProcess, info: bytes) -> None:
         cell.close_fds()
 
 
-def finish_start(cell: CellProcess) -> None:
+def finish_start(cell: CellProcess, before: Callable[[int], None] | None = None) -> None:
     """Blocking variant: read bwrap's info (its pid-1), then release the cell."""
     chunks = []
     while chunk := os.read(cell._fds[0], 4096):
         chunks.append(chunk)
-    release(cell, b"".join(chunks))
+    release(cell, b"".join(chunks), before)
