@@ -30,6 +30,8 @@ class HostFacts:
     # (role, host path, kind) the plan was made for: "bind" sources and "hide" paths with
     # "dir" | "file" | "missing"; a cached plan is stale when one differs (plancheck.py)
     checked: tuple[tuple[str, str, str], ...] = ()
+    # (path, mtime_ns, size, inode) of the policy files: what the plan read of them (cidrs)
+    stamps: tuple[tuple[str, int, int, int], ...] = ()
     # store modes (planstore.py): the copy's directory bound at /nix/store and its manifest's
     # stamp; whether the Nix daemon's socket is there (shared)
     store_root: str | None = None
@@ -38,6 +40,15 @@ class HostFacts:
     # the host network: the host's resolver config and CA bundle (real paths), when present
     resolv_conf: str | None = None
     host_ca: str | None = None
+
+
+def stamp_of(path: str) -> tuple[str, int, int, int] | None:
+    """A file's version, as cached plans compare it (None: it is not there)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (path, st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def _kind(path: str) -> str | None:
@@ -97,7 +108,9 @@ def gather(spec, volumes: tuple[str, ...] = (), store=None) -> HostFacts:
             checked.append(("hide", host_path, kind or "missing"))
     passed = {name: os.environ[name] for name in spec.pass_env if name in os.environ}
     ca_pem = None
+    stamps: list[tuple[str, int, int, int]] = []
     if spec.network is not None:
+        stamps = [s for p in spec.network.policy_files if (s := stamp_of(p)) is not None]
         from nixcell.net.tls import CertificateAuthority
 
         ca_pem = CertificateAuthority.load_or_create().cert_pem.decode()
@@ -116,6 +129,7 @@ def gather(spec, volumes: tuple[str, ...] = (), store=None) -> HostFacts:
         volumes=volumes,
         scratch_dir=holder.scratch_dir(),
         checked=tuple(checked),
+        stamps=tuple(stamps),
         store_root=store.root if store is not None else None,
         store_stamp=store.stamp if store is not None else None,
         daemon_socket=bool(daemon),

@@ -156,6 +156,13 @@ class Plan:
     tty: str = "never"
     # the host paths the plan was made for, as HostFacts.checked: (role, path, kind)
     checked: tuple[tuple[str, str, str], ...] = ()
+    # the host variables passed through (--pass-env, a project's passthrough_env), each with
+    # whether the host had it: their values are in ``env``, so a cached plan is stale when the
+    # host's differ (plancheck.py)
+    passed_env: tuple[tuple[str, bool], ...] = ()
+    # (path, mtime_ns, size, inode) of the files whose contents shaped the plan (policy files:
+    # their cidr rules set NO_PROXY), as HostFacts.stamps; a cached plan is stale when one changed
+    stamps: tuple[tuple[str, int, int, int], ...] = ()
     # what the cell sees of /nix/store (planstore.py); copy modes: the copy's directory and its
     # manifest's stamp (a cached plan made for another copy is stale: plancheck.py)
     store: str = "closure"
@@ -218,6 +225,8 @@ class Plan:
         fields["limits"] = PlanLimits(**fields["limits"])  # type: ignore[arg-type]
         fields["stage"] = tuple(StageOp(**s) for s in fields.get("stage") or ())  # type: ignore[union-attr]
         fields["checked"] = tuple(tuple(c) for c in fields.get("checked") or ())  # type: ignore[union-attr]
+        fields["passed_env"] = tuple(tuple(c) for c in fields.get("passed_env") or ())  # type: ignore[union-attr]
+        fields["stamps"] = tuple(tuple(c) for c in fields.get("stamps") or ())  # type: ignore[union-attr]
         tuples = (
             "command",
             "seccomp_profiles",
@@ -364,6 +373,8 @@ def plan(
         scratch=disk,
         tty=spec.tty,
         checked=host.checked,
+        passed_env=tuple((n, n in host.passed_env) for n in spec.pass_env if n not in spec.env),
+        stamps=host.stamps,
         store=spec.store,
         store_dir=spec.store_dir,
         store_stamp=host.store_stamp,

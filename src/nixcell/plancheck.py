@@ -35,6 +35,17 @@ def stale_reason(plan: Plan) -> str | None:
             return f"the Nix daemon does not answer at {path}"
         if role == "bind" and first_link(path) is not None:
             return f"bind source {path} is reached through a symbolic link now"
+    for name, present in plan.passed_env:  # their values were baked into env when planned
+        now = os.environ.get(name)
+        if (now is not None) != present or (present and now != plan.env.get(name)):
+            return f"passed variable {name} changed"
+    for path, mtime, size, ino in plan.stamps:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return f"{path} is gone"
+        if (st.st_mtime_ns, st.st_size, st.st_ino) != (mtime, size, ino):
+            return f"{path} changed"
     from nixcell.preflight import made_by_nixcell
 
     for op in plan.mounts:  # every other bind source the executor will open

@@ -63,6 +63,7 @@ def _key_file(options: list[str]) -> str | None:
     stamps = _file_stamps(options)
     if stamps is None:
         return None
+    stamps.append(_project_stamps(options))
     # The planner's own source: a changed planner (a checkout being worked on) plans again.
     stamps.append(_stamp(os.path.join(os.path.dirname(nixcell.__file__), "plan.py")))
     stamps.append(_stamp(os.path.join(paths.offline_root(), "set.json")))
@@ -109,6 +110,28 @@ def _file_stamps(options: list[str]) -> list[object] | None:
         except OSError:
             return None  # a missing file: the normal path reports it (or makes the CA)
     return stamps
+
+
+def _project_stamps(options: list[str]) -> list[object]:
+    """The project configs this run may use, with their versions (``project.discover``): the
+    one found from here, and each directory the options name (``--project DIR``, ``DIR --``).
+    A refusal is key material too: the normal path then reports it."""
+    from nixcell.project.discover import configs_in, find, stamp
+
+    if "--no-project" in options:
+        return ["no-project"]
+    named = [v for f, v in itertools.pairwise(options) if f == "--project"]
+    named += [o.split("=", 1)[1] for o in options if o.startswith("--project=")]
+    # a bare word may be `run DIR -- CMD`'s project, or any flag's value (--store-dir DIR):
+    # only one holding a config can change what runs
+    named += [o for o in options if not o.startswith("-") and configs_in(o)]
+    out: list[object] = []
+    for explicit in (None, *named):
+        try:
+            out.append(stamp(find(os.getcwd(), explicit=explicit)))
+        except Exception as exc:  # any refusal (UsageError): its words are the key
+            out.append(("refused", explicit, str(exc)))
+    return out
 
 
 def _split(args: list[str]) -> tuple[list[str], list[str]] | None:

@@ -10,6 +10,13 @@ import click
 
 from nixcell import __version__
 from nixcell.cli.netflags import network_from_flags, network_options, policy
+from nixcell.cli.projectrun import (  # (project_spec: the commands that run a project's cell)
+    RunCommand,
+    project_and_command,
+    project_options,
+    project_spec,  # noqa: F401 - re-exported: `nixcell shell` and friends call main.project_spec
+    project_spec_checked,
+)
 from nixcell.errors import UsageError
 
 HARDENING_HELP = (
@@ -241,9 +248,10 @@ def spec_from_flags(command: tuple[str, ...], **o: object):
     )
 
 
-@cli.command(context_settings={"allow_interspersed_args": False})
+@cli.command(cls=RunCommand, context_settings={"allow_interspersed_args": False})
 @run_options
 @network_options
+@project_options
 @click.option("--dry-run", is_flag=True, help="Print the plan instead of running it.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
 @click.option(
@@ -256,9 +264,20 @@ def spec_from_flags(command: tuple[str, ...], **o: object):
     is_flag=True,
     help="Trace the cell with strace (from outside); then list what it was denied.",
 )
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(command: tuple[str, ...], dry_run: bool, as_json: bool, sbpl: bool, **flags: object) -> int:
-    """Run COMMAND in a fresh cell (put it after `--`)."""
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def run(
+    ctx: click.Context,
+    command: tuple[str, ...],
+    dry_run: bool,
+    as_json: bool,
+    sbpl: bool,
+    **flags: object,
+) -> int:
+    """Run COMMAND in a fresh cell (put it after `--`).
+
+    In a project (a nixcell.toml or nixcage.toml above): its config, merged with the flags
+    (flags win, lists add); no COMMAND runs its [cage] command; `run DIR -- CMD` names it."""
     from nixcell.fsio import open_output_dir
     from nixcell.platforms import refuse_cells
 
@@ -272,7 +291,15 @@ def run(command: tuple[str, ...], dry_run: bool, as_json: bool, sbpl: bool, **fl
         from nixcell.sandbox.tracer import strace_path
 
         strace_path()
-    spec = spec_from_flags(command, **flags)
+    found, command = project_and_command(command, flags, ctx)
+    if found is None:
+        if not command:
+            raise click.UsageError("Missing argument 'COMMAND...'.")
+        spec, checked = spec_from_flags(command, **flags), ()
+    else:
+        if ctx.get_parameter_source("cwd") is click.core.ParameterSource.DEFAULT:
+            flags["cwd"] = None
+        spec, checked = project_spec_checked(found, command, flags)
     learn_to = flags.get("learn_output")
     # Checked and opened before anything slow runs, and before the cell can touch it: a
     # learned policy is never lost to a bad path (fsio.open_output_dir).
@@ -281,7 +308,7 @@ def run(command: tuple[str, ...], dry_run: bool, as_json: bool, sbpl: bool, **fl
         if sbpl:
             return _print_profile(spec)
         learn = bool(flags.get("learn"))
-        return _run(spec, dry_run, as_json, learn_dir, learn, bool(flags.get("debug")))
+        return _run(spec, dry_run, as_json, learn_dir, learn, bool(flags.get("debug")), checked)
     finally:
         if learn_dir is not None:
             os.close(learn_dir[0])
@@ -305,12 +332,17 @@ def _run(
     learn_dir: tuple[int, str] | None,
     learn: bool,
     debug: bool = False,
+    checked: tuple[tuple[str, str, str], ...] = (),
 ):
+    import dataclasses
+
     from nixcell.cli import fast, progress
     from nixcell.runner import execute, prepare
 
     with progress.reporter() as report:
         plan, _closure = prepare(spec, progress=report)
+    if checked:  # the project's paths: a cached plan is stale when one changes
+        plan = dataclasses.replace(plan, checked=(*plan.checked, *checked))
     if dry_run:
         from nixcell.cli.show import show_plan
 
