@@ -26,7 +26,7 @@ TOP = 20
 MAX_LINE = 64 * 1024  # strace prints paths up to -s 4096 bytes, escaped: a line is far shorter
 MAX_LINES = 2_000_000  # failure lines summarised; the rest are counted only
 MAX_UNIQUE = 10_000  # distinct (errno, syscall, path) rows kept
-MAX_PENDING = 4096  # calls split by another thread's event, waiting for their end
+MAX_PENDING = 4096  # processes whose split call or cwd is kept
 
 # fmt: off
 _ERRNOS = frozenset({  # "not there" or "not allowed", for a file, a limit or the network
@@ -37,9 +37,12 @@ _ERRNOS = frozenset({  # "not there" or "not allowed", for a file, a limit or th
 # fmt: on
 _HIDDEN_TREES = ("/proc", "/sys", "/dev")
 # glibc's and coreutils' fixed probes, missing in every cell and harmless
-_NOISE = frozenset(
-    ["/etc/ld.so.preload", "/etc/ld.so.cache", "/etc/selinux/config", "/selinux", "/sys/fs/selinux"]
-)
+# fmt: off
+_NOISE = frozenset([
+    "/etc/ld.so.preload", "/etc/ld.so.cache", "/etc/selinux/config", "/selinux",
+    "/var/run/nscd/socket", "/run/nscd/socket",
+])
+# fmt: on
 _NOISE_TREES = ("/usr/lib/locale", "/usr/share/locale", "/usr/lib/gconv", "/etc/selinux")
 _NET_CALLS = frozenset(
     ["connect", "bind", "sendto", "sendmsg", "sendmmsg", "socket", "accept", "accept4", "listen"]
@@ -50,6 +53,7 @@ _LAST_PATH = frozenset(["symlink", "symlinkat"])  # the first string is the link
 
 _PID = re.compile(r"(\d+)\s")
 _RESUMED = re.compile(r"(\d+)\s+<\.\.\. [a-z_0-9]+ resumed>(.*)", re.DOTALL)
+_GONE = re.compile(r"(\d+)\s+\+\+\+ (?:exited|killed) ")
 _HEAD = re.compile(r"(\d+)\s+([a-z_0-9]+)\(")
 _RESULT = re.compile(r"\)\s+= -1 ([A-Z0-9]+) \(")
 _FD = re.compile(r"(?:\d+|AT_FDCWD)<(.*)>")
@@ -246,9 +250,15 @@ class Summary:
         pid = int(head.group(1)) if head else 0
         if pid in self.skip_pids:
             return
-        cwd = _CWD.search(line) if head is not None else None
-        if cwd is not None:  # the cwd strace showed, for a later mkdir("rel") of this process
-            self._cwd[pid] = unescape(cwd.group(1))
+        if head is None:
+            gone = _GONE.match(line)
+            if gone is not None:  # its cwd and split call go with it: bounded by live processes
+                self._cwd.pop(int(gone.group(1)), None)
+                self._pending.pop(int(gone.group(1)), None)
+            return
+        cwd = _CWD.search(line)
+        if cwd is not None and (pid in self._cwd or len(self._cwd) < MAX_PENDING):
+            self._cwd[pid] = unescape(cwd.group(1))  # for a later mkdir("rel") of this process
         failure = parse_line(line, self._cwd.get(pid))
         if failure is None or failure.errno not in _ERRNOS:
             return
@@ -307,11 +317,12 @@ def report_lines(summary: Summary, network: str | None, top: int = TOP) -> list[
     if not summary.counts and not summary.overflow and not network and not summary.unread:
         return ["Sandbox access failures: none (no file or network access failed, the proxy "
                 "denied nothing)"]  # fmt: skip
-    unique = len(summary.counts) + (1 if summary.overflow else 0)
-    out = [f"Sandbox access failures ({unique} unique, {summary.total} total):"]
+    unique = f"{len(summary.counts)}{'+' if summary.overflow else ''}"
     rows = summary.rows(top)
-    if not rows:
-        out.append("  none in the file system")
+    if rows:
+        out = [f"Sandbox access failures ({unique} unique, {summary.total} total):"]
+    else:
+        out = ["Sandbox access failures: none"]
     e_width = max((len(r[1]) for r in rows), default=0)
     s_width = max((len(r[2]) for r in rows), default=0)
     for count, errno, syscall, path in rows:
@@ -323,6 +334,7 @@ def report_lines(summary: Summary, network: str | None, top: int = TOP) -> list[
         out.append(f"  ({summary.overflow} failures at paths beyond the first {MAX_UNIQUE})")
     if summary.unread:
         out.append(f"  (trace cut: {summary.unread} lines not read, too many or too long)")
-    if network:
-        out.append(f"Network: {show(network.encode())}")
+    if network:  # the proxy's summary ("2 requests denied: GET x.test/a (no rule), ...")
+        said = network.replace(" denied: ", " denied by the proxy: ", 1)
+        out.append(f"Network: {show(said.encode())}")
     return out

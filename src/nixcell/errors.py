@@ -87,3 +87,7 @@ class StateError(NixcellError):
     Raised when a directory is writable by others or owned by someone else, or when an output
     path is a symlink, hard link, FIFO or device: nixcell refuses instead of writing through it.
     """
+
+
+class PlatformError(SandboxError):
+    """This operating system has no backend that runs cells (macOS, today)."""

@@ -144,18 +144,15 @@ _CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 def _daemon_socket() -> str:
     """The Nix daemon's socket for store mode "shared"; without it, a one-line error (the mode
     is refused, never run as "readonly")."""
-    import stat
-
+    from nixcell.plancheck import connect_error
     from nixcell.planstore import DAEMON_SOCKET
 
-    try:
-        is_socket = stat.S_ISSOCK(os.stat(DAEMON_SOCKET).st_mode)
-    except OSError:
-        is_socket = False
-    if not is_socket:
+    why = connect_error(DAEMON_SOCKET)  # (a socket file outlives its daemon: it must answer)
+    if why is not None:
+        hint = "join the nix-users group" if "denied" in why else "start nix-daemon"
         raise SpecError(
-            f"store mode 'shared' needs the Nix daemon, and {DAEMON_SOCKET} is not its socket: "
-            "start nix-daemon, or use store mode 'readonly'"
+            f"store mode 'shared' needs the Nix daemon, and {DAEMON_SOCKET} does not answer "
+            f"({why}): {hint}, or use store mode 'readonly'"
         )
     return DAEMON_SOCKET
 

@@ -31,6 +31,8 @@ def stale_reason(plan: Plan) -> str | None:
         now = path_kind(path)
         if now != kind:
             return f"{role} path {path} was {kind} and is {now} now"
+        if role == "daemon" and connect_error(path) is not None:
+            return f"the Nix daemon does not answer at {path}"
         if role == "bind" and first_link(path) is not None:
             return f"bind source {path} is reached through a symbolic link now"
     for name, present in plan.passed_env:  # their values were baked into env when planned
@@ -66,6 +68,22 @@ def _copy_stale(plan: Plan) -> str | None:
     missing = missing_entry(plan.store_dir, plan.closure)
     if missing is not None:
         return f"the store copy in {plan.store_dir} lacks {missing}"
+    return None
+
+
+def connect_error(path: str) -> str | None:
+    """Why a Unix socket accepts no connection (a socket file outlives its daemon), or None;
+    with the built-in ``_socket``, not ``socket`` (enum, selectors): this runs on the warm
+    path."""
+    import _socket
+
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    finally:
+        probe.close()
     return None
 
 

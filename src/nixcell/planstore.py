@@ -50,29 +50,12 @@ def store_binds(spec: CellSpec, host: HostFacts) -> list[tuple[str, str, bool]]:
     if spec.store not in COPY_MODES:
         return []
 
-    # a copy the cell could write would let it change what its next run executes
     if host.store_root is None:
         raise SpecError(f"store mode {spec.store!r}: internal: the copy was not made")
-    writable = _writable_bind(spec, host.store_root)
-    if writable is not None:
-        raise SpecError(
-            f"store dir {spec.store_dir} is inside {writable}, which the cell may write: "
-            "put it elsewhere, or bind that part read-only"
-        )
+    from nixcell.nix.storecopy import check_store_dir
+
+    check_store_dir(spec)  # (refused before the copy was made; and here, where it is bound)
     return [(STORE, host.store_root, False)]
-
-
-def _writable_bind(spec: CellSpec, path: str) -> str | None:
-    """The source of the innermost bind holding ``path``, if the cell may write it."""
-    binds = [(m.source, m.writable) for m in spec.mounts]
-    if spec.workdir is not None:
-        binds.append((spec.workdir, True))
-    inside = path.startswith
-    holding = [(src, w) for src, w in binds if path == src or inside(src.rstrip("/") + "/")]
-    if not holding:
-        return None
-    source, writable = max(holding, key=lambda b: len(b[0]))
-    return source if writable else None
 
 
 def store_env(spec: CellSpec) -> dict[str, str]:

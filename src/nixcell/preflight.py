@@ -28,7 +28,11 @@ _MAX_LINKS = 40  # like the kernel's ELOOP limit
 
 
 def check(plan: Plan) -> None:
-    """Raise a one-line error when the command or the working directory does not exist."""
+    """Raise a one-line error when the command or the working directory does not exist (or
+    when no cell can run on this system at all: every executor checks here first)."""
+    from nixcell.platforms import refuse_cells
+
+    refuse_cells()
     if not plan.command or not plan.command[0]:
         raise UsageError("no command given: put the program and its arguments after `--`")
     cwd_kind = lookup(plan, plan.cwd)

@@ -86,13 +86,15 @@ def prepare(
     packages = spec.closure_packages()
     tools = spec.closure_tools()
     frozen = None
-    if spec.store == "isolated":  # copied once, then frozen: no nix once it is there
+    if spec.store_dir is not None:  # a copy store mode: an isolated copy needs no nix
         from nixcell.nix import storecopy
 
-        key = storecopy.key_of(packages, tools, spec.nixpkgs)
-        frozen = storecopy.frozen_closure(spec.store_dir, key)  # type: ignore[arg-type]
+        frozen = storecopy.frozen_for(spec, packages, tools)
     try:
-        closure = frozen or resolve(packages, spec.nixpkgs, progress=progress, tools=tools)
+        if frozen is not None:
+            closure = frozen
+        else:
+            closure = resolve(packages, spec.nixpkgs, progress=progress, tools=tools)
     except UnknownPackageError as exc:
         added = [p for p in packages[len(spec.packages) :] if p == SH_PACKAGE]
         added += [p for p in tools.values() if p == ENV_TOOL]
@@ -106,15 +108,8 @@ def prepare(
             ) from None
         raise
     copy = None
-    if spec.store in ("copy", "isolated"):
-        from nixcell.nix import storecopy
-
-        store_dir: str = spec.store_dir  # type: ignore[assignment]
-        if frozen is not None:
-            copy = storecopy.current(store_dir)
-        else:
-            key = storecopy.key_of(packages, tools, spec.nixpkgs)
-            copy = storecopy.sync(store_dir, closure, spec.store, key, progress)
+    if spec.store_dir is not None:
+        copy = storecopy.made_for(spec, packages, tools, closure, frozen, progress)
     facts = host.gather(spec, volumes, copy)
     return plan(spec, closure, facts, proxied), closure
 

@@ -30,6 +30,7 @@ class FakeApi:
     address: str
     ca_file: Path
     seen: list[tuple[str, str, str, str | None]] = field(default_factory=list)  # host, method..
+    requests: list[dict] = field(default_factory=list)  # what richer handlers record in full
     server: http.server.ThreadingHTTPServer | None = None
 
     def flags(self, hosts: list[str]) -> list[str]:
@@ -81,8 +82,13 @@ class _Server(http.server.ThreadingHTTPServer):
     address_family = socket.AF_INET
 
 
-def start(hosts: list[str], directory: Path) -> FakeApi:
-    """Serve HTTPS for ``hosts`` on port 443 of a free 127.x.y.z address (needs root)."""
+def start(
+    hosts: list[str], directory: Path, handler: type[http.server.BaseHTTPRequestHandler] = _Handler
+) -> FakeApi:
+    """Serve HTTPS for ``hosts`` on port 443 of a free 127.x.y.z address (needs root).
+
+    ``handler`` answers the requests; it finds the ``FakeApi`` as its ``api`` attribute.
+    """
     ca = trustme.CA()
     chain = directory / "fakeapi.pem"
     ca.issue_cert(*hosts).private_key_and_cert_chain_pem.write_to_path(str(chain))
@@ -93,9 +99,9 @@ def start(hosts: list[str], directory: Path) -> FakeApi:
     for _ in range(20):
         address = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
         api = FakeApi(address, ca_file)
-        handler = type("Handler", (_Handler,), {"api": api})
+        bound = type("Handler", (handler,), {"api": api})
         try:
-            server = _Server((address, 443), handler)
+            server = _Server((address, 443), bound)
         except OSError:
             continue
         server.socket = ctx.wrap_socket(server.socket, server_side=True)

@@ -95,6 +95,10 @@ def _flag_sets(tmp: Path) -> dict[str, list[str]]:
         ],
         "debugger profile": ["--hardening-profile", "debugger"],
         "disk": ["--disk", "64M"],
+        "host network": ["--host-network"],
+        "whole store": ["--store", "readonly"],
+        "store copy": ["--store", "copy", "--store-dir", str(tmp / "store")],
+        "frozen store copy": ["--store", "isolated", "--store-dir", str(tmp / "store")],
     }  # fmt: skip
 
 
@@ -321,7 +325,10 @@ WARM_PATH_NEVER = (
 )  # fmt: skip
 
 
-@pytest.mark.parametrize("flags", [[], ["--timeout", "30s"], ["-e", "A=1", "--cwd", "/tmp"]])
+# (a store copy of a root-run cell comes through the idmapped stage, as --workdir does: the
+# namespace helper, sandbox/holder.py, is then loaded; an ordinary user's binds it directly)
+@pytest.mark.parametrize("flags", [[], ["--timeout", "30s"], ["-e", "A=1", "--cwd", "/tmp"],
+                                   ["--store", "readonly"], ["--host-network"]])  # fmt: skip
 def test_the_warm_path_imports_almost_nothing(offline_set, tmp_path, flags):
     """The modules a warm run loads, as ``python -X importtime`` lists them (not a timing)."""
     from nixcell.cli import launcher

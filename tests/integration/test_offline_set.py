@@ -17,6 +17,7 @@ import pytest
 
 from nixcell.nix import offline
 from nixcell.nix.offline import elf
+from nixcell.nix.offline.stage import GLIBC_SONAMES
 from nixcell.nix.offline.store import NO_SUBSTITUTERS
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
@@ -28,6 +29,9 @@ REQUIRED = [
 ]
 # The only packages allowed a reference beyond themselves and glibc.
 EXTRA_REFS = {"which": {"busybox"}}
+# Executables staged with their layout kept (Stager.fixed_layout): no RUNPATH, glibc only, found
+# through their launcher's LD_LIBRARY_PATH.
+FIXED_LAYOUT = {"claude-code": {"libexec/claude-code/claude"}}
 
 
 @pytest.fixture(scope="session")
@@ -104,6 +108,8 @@ SMOKE = [
     ("bc", ["bc"], "1024", "2^10\n"),
     ("gnutar", ["tar", "--version"], "GNU tar", None),
     ("which", ["which", "which"], "/bin/which", None),
+    ("nix", ["nix-build", "--version"], "nix-build (Nix)", None),  # (argv[0] picks the tool)
+    ("claude-code", ["claude", "--version"], "(Claude Code)", None),
 ]
 
 
@@ -210,6 +216,8 @@ def test_closures_are_only_self_and_glibc(built):
 
 def test_no_loader_path_outside_the_store(built):
     problems = []
+    fixed = {f"{built.packages[n]}/{rel}" for n, rels in FIXED_LAYOUT.items() if n in built.packages
+             for rel in rels}  # fmt: skip
     for path in sorted(set(built.packages.values())):
         for dirpath, _dirs, files in os.walk(path):
             for f in files:
@@ -225,7 +233,10 @@ def test_no_loader_path_outside_the_store(built):
                         problems.append(f"{p}: RUNPATH entry {entry}")
                 # glibc's own objects find each other through the loader; all else needs one
                 own_glibc = path == built.packages["glibc"]
-                if info.dynamic and not own_glibc and info.search_path is None:
+                if str(p) in fixed:
+                    if info.search_path is not None or not set(info.needed) <= GLIBC_SONAMES:
+                        problems.append(f"{p}: fixed layout but RUNPATH or non-glibc libraries")
+                elif info.dynamic and not own_glibc and info.search_path is None:
                     problems.append(f"{p}: dynamic object without RUNPATH")
     assert not problems, "\n".join(problems[:20])
 

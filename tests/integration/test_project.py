@@ -93,10 +93,11 @@ cat ~/.gitconfig | head -1
 echo x >> ~/.gitconfig 2>/dev/null && echo WROTE-HOME
 ls -A ~/.ssh | wc -l; cat ~/.ssh/id_ed25519 2>/dev/null; cat ~/.netrc 2>/dev/null; echo .
 echo ok > {root}/w && cat {root}/w
+echo ${{HTTPS_PROXY:+proxied}}
 """
     result = run_in(root, "--", "bash", "-c", script, env={"HOME": str(home)})
     assert result.returncode == 0, result
-    assert result.stdout.decode().splitlines() == ["[user]", "0", ".", "ok"], result
+    assert result.stdout.decode().splitlines() == ["[user]", "0", ".", "ok", "proxied"], result
     assert (home / ".gitconfig").read_text() == "[user]\n\tname = me\n"
 
 
@@ -142,9 +143,26 @@ def test_project_flags_dir_form_and_no_project(offline_set, tmp_path):
     assert run_in(elsewhere, "--project", str(root)).stdout == b"default-command\n"
     assert run_in(elsewhere, str(root), "--").stdout == b"default-command\n"
     assert run_in(elsewhere, str(root), "--", "bash", "-c", "pwd").stdout == f"{root}\n".encode()
+    # after `--` a directory is the command (as outside project mode), never a project
+    as_command = run_in(elsewhere, "-p", "bash", "--", str(root), "--", "x")
+    assert as_command.returncode == 127 and b"does not exist in the cell" in as_command.stderr
+    assert "--network MODE is for projects" in one_line_error(run_in(elsewhere, "--network", "open", "-p", "bash", "--", "true"))
     plain = run_in(root, "--no-project", "-p", "bash", "--", "bash", "-c", "pwd")
     assert plain.stdout == b"/workspace\n", plain
     assert "no packages" in one_line_error(run_in(root, "--no-project", "--", "true"))
+    (elsewhere / "nixcell.toml").write_text("")
+    empty = one_line_error(run_in(elsewhere, "--", "true"))
+    assert "nixcell.toml: [nix] packages is empty: a cell holds only the packages named" in empty
+
+
+def test_flags_win_and_lists_add_on_the_command_line(offline_set, tmp_path):
+    root = make(tmp_path / "proj", "[sandbox.resources]\nmemory = '1G'\npids = 99\n[cage]\nenv = { A = 'config', B = 'config' }\n")
+    args = ("--memory", "256M", "-e", "B=flag", "-p", "jq", "--network", "none", "--dry-run", "--json", "--", "true")
+    plan = json.loads(run_in(root, *args).stdout)
+    assert plan["limits"]["memory"] == 256 << 20 and plan["limits"]["pids"] == 99
+    assert plan["env"]["A"] == "config" and plan["env"]["B"] == "flag"
+    assert any("-jq-" in path for path in plan["closure"]) and any("-curl-" in p for p in plan["closure"])
+    assert plan["network"] is None
 
 
 @pytest.mark.parametrize(
@@ -153,7 +171,7 @@ def test_project_flags_dir_form_and_no_project(offline_set, tmp_path):
         ("[sandbox.resources]\nmemory = '4X'\n", "nixcell.toml:5: [sandbox.resources] memory: invalid memory"),
         ("[sandbox]\nlevel = 'paranoid'\n", "nixcell.toml:5: [sandbox] level:"),
         ("[sandbox]\nlevel = 'strict'\nbogus = 1\n", "nixcell.toml:6: [sandbox] bogus: unknown key"),
-        ("[sandbox\n", "nixcell.toml: not valid TOML"),
+        ("[sandbox\n", "nixcell.toml:4: not valid TOML"),
     ],
 )
 def test_malformed_config_is_a_one_line_cli_error(offline_set, tmp_path, text, expected):
@@ -163,6 +181,7 @@ def test_malformed_config_is_a_one_line_cli_error(offline_set, tmp_path, text, e
 
 
 def test_open_network_goes_through_the_proxy_with_the_guard_on(offline_set, tmp_path, tls):
+    tls.seen.clear()
     root = make(tmp_path / "proj", "[sandbox.network]\ndeny_hosts = ['other.test']\n")
     pins = ["--resolve=up.test:127.0.0.1", "--resolve=other.test:127.0.0.1", f"--upstream-ca={tls.ca_file}"]
     curl = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} "]
@@ -182,6 +201,7 @@ def test_open_network_goes_through_the_proxy_with_the_guard_on(offline_set, tmp_
 
 
 def test_host_network_mode_shares_the_host_namespace(offline_set, tmp_path, plain):
+    plain.seen.clear()
     root = make(tmp_path / "proj", "[sandbox.network]\nmode = 'host'\n")
     result = run_in(root, "--", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{plain.port}/h")
     assert result.stdout == b"200" and plain.paths() == ["/h"], result
@@ -283,10 +303,12 @@ touch /nix/store/x 2>/dev/null || echo store-ro
     plan = json.loads(run_in(root, "--dry-run", "--json", "--", "true").stdout)
     assert plan["limits"]["cpus"] == 4 and plan["limits"]["memory"] == 4 << 30
     assert plan["network"]["allow_hosts"] == ["*"] and plan["store"] == "readonly"
-    # allow = false (nixcage's other documented network value): no network at all
-    (root / "nixcage.toml").write_text(text.replace("allow = true", "allow = false"))
-    off = run_in(root, *tools, "--", "bash", "-c", "echo ${HTTPS_PROXY:-none}")
-    assert off.stdout == b"none\n", off
+    # allow = false (nixcage's other documented network value): no network at all; and
+    # [cage] env (a nixcage key the README's example leaves out)
+    text = text.replace("allow = true", "allow = false") + 'env = { FOO = "bar" }\n'
+    (root / "nixcage.toml").write_text(text)
+    off = run_in(root, *tools, "--", "bash", "-c", "echo ${HTTPS_PROXY:-none} $FOO")
+    assert off.stdout == b"none bar\n", off
     # no command and an empty [cage] command: a one-line error naming the key (shell is
     # `nixcell shell`)
     bare = run_in(root)
@@ -371,3 +393,35 @@ def test_the_warm_path_in_a_project_imports_almost_nothing(offline_set, tmp_path
     assert "nixcell.sandbox.direct" in loaded and "nixcell.project.discover" in loaded
     assert sorted(loaded.intersection(WARM_PATH_NEVER)) == []
     assert not any(m.startswith("nixcell.project.") and m != "nixcell.project.discover" for m in loaded)
+
+
+def test_project_policy_and_credentials_keep_the_real_token_outside(offline_set, tmp_path, tls):
+    """[sandbox.network] policy (relative to the root, in .nixcell/) and credentials: the cell
+    holds a dummy, the loopback upstream standing in for the API receives the real token."""
+    from tests.integration.test_net_credentials import write_policy
+
+    tls.seen.clear()
+    real = "ghp_" + "R" * 36
+    root = make(tmp_path / "proj", "[sandbox.network]\npolicy = '.nixcell/policy.toml'\ncredentials = ['github']\nallow_cidrs = ['127.0.0.1/32']\n")
+    (root / ".nixcell").mkdir()
+    write_policy(root / ".nixcell" / "policy.toml", tls.port, source="env:PROJECT_TEST_GH")
+    pins = ["--resolve=up.test:127.0.0.1", f"--upstream-ca={tls.ca_file}"]
+    script = f'printf "%s\\n" "$GITHUB_TOKEN"; curl -s -H "Authorization: Bearer $GITHUB_TOKEN" {tls.url("/echo-auth")}'
+    result = run_in(root, *pins, "--", "bash", "-c", script, env={"PROJECT_TEST_GH": real})
+    assert result.returncode == 0, result
+    dummy = result.stdout.decode().splitlines()[0]
+    assert dummy.startswith("ghp_") and dummy != real and real.encode() not in result.stdout + result.stderr
+    assert [(s.path, s.headers.get("Authorization") or s.headers.get("authorization")) for s in tls.seen] == [("/echo-auth", f"Bearer {real}")]
+    # the policy is read-only inside: the cell cannot add hosts for the credential
+    grow = run_in(root, "--", "bash", "-c", f"echo evil >> {root}/.nixcell/policy.toml 2>/dev/null && echo WROTE; true", env={"PROJECT_TEST_GH": real})
+    assert grow.stdout == b"", grow
+
+
+def test_copy_store_mode_keeps_the_copy_in_dot_nixcell_read_only(offline_set, tmp_path):
+    root = make(tmp_path / "proj", "store_mode = 'copy'\n[sandbox.network]\nmode = 'none'\n")
+    result = run_in(root, "--", "bash", "-c", f"ls /nix/store; touch {root}/.nixcell/store/x 2>/dev/null && echo WROTE; true")
+    assert result.returncode == 0 and b"WROTE" not in result.stdout, result
+    seen = set(result.stdout.decode().split())
+    copied = set(os.listdir(root / ".nixcell" / "store" / "paths"))
+    assert seen and seen <= copied, (seen, copied)
+    assert "store/" in (root / ".nixcell" / ".gitignore").read_text()

@@ -126,7 +126,11 @@ def test_claude_code_preset_compiles_to_its_promises(tmp_path: Path, monkeypatch
     monkeypatch.setenv("HOME", str(home))
     root = _init(tmp_path / "proj", "claude-code")
     _, spec = _spec(root)
-    assert spec.command == ["claude"]
+    assert spec.command[0] == "claude"
+    assert spec.command[1:] == [
+        "--settings",
+        '{"apiKeyHelper": "printenv NIXCELL_ANTHROPIC_API_KEY"}',
+    ]
     assert spec.network.allow_hosts == ["api.anthropic.com"]
     assert spec.network.credentials == ["anthropic"]
     assert spec.network.policy_files == [str(root / ".nixcell/policy.toml")]
@@ -134,7 +138,9 @@ def test_claude_code_preset_compiles_to_its_promises(tmp_path: Path, monkeypatch
     assert binds[str(home / ".claude")] == ("/home/cell/.claude", True)
     assert binds[str(home / ".claude.json")] == ("/home/cell/.claude.json", True)
     assert not [s for s in binds if s.startswith(str(home / ".ssh"))]
-    assert spec.env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
+    for name in ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "DISABLE_TELEMETRY",
+                 "DISABLE_ERROR_REPORTING", "DISABLE_AUTOUPDATER"):  # fmt: skip
+        assert spec.env[name] == "1"
     assert "ANTHROPIC_API_KEY" not in spec.env and "ANTHROPIC_API_KEY" not in spec.pass_env
 
 
@@ -169,7 +175,7 @@ def test_claude_code_preset_injects_the_key_the_cell_never_holds(
     _without_claude(root, offline_set)
     real = _anthropic_key()
     url = tls.url("/v1/messages", host="api.anthropic.com")
-    script = f'printf "%s\\n" "$ANTHROPIC_API_KEY"; curl -sS -o /dev/null -w "%{{http_code}}\\n" -H "x-api-key: $ANTHROPIC_API_KEY" {url}'
+    script = f'printf "%s\\n" "${{ANTHROPIC_API_KEY-unset}}" "$NIXCELL_ANTHROPIC_API_KEY"; curl -sS -o /dev/null -w "%{{http_code}}\\n" -H "x-api-key: $(printenv NIXCELL_ANTHROPIC_API_KEY)" {url}'
     proc = _in(
         root, "run", "-p", "curl",
         f"--allow-host=api.anthropic.com:{tls.port}", "--allow-cidr=127.0.0.1/32",
@@ -178,7 +184,8 @@ def test_claude_code_preset_injects_the_key_the_cell_never_holds(
         env={"ANTHROPIC_API_KEY": real},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    dummy = proc.stdout.decode().splitlines()[0]
+    unset, dummy = proc.stdout.decode().splitlines()[:2]
+    assert unset == "unset"  # the real variable's name is not in the cell at all
     assert dummy != real and len(dummy) == len(real) and dummy.startswith("sk-ant-")
     assert [s.headers.get("x-api-key") for s in tls.seen] == [real], (proc.stdout, proc.stderr)
     assert real.encode() not in proc.stdout + proc.stderr

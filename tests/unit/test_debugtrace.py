@@ -85,6 +85,20 @@ def test_split_calls_are_joined():
     assert rows == [(1, "ENOENT", "openat", "/w/a"), (1, "EACCES", "openat", "/w/b")]
 
 
+def test_state_of_exited_processes_is_dropped():
+    summary = summarise(
+        [
+            '3 openat(AT_FDCWD</d>, "a", O_RDONLY) = -1 ENOENT (x)',
+            '4 openat(AT_FDCWD</e>, "b", O_RDONLY <unfinished ...>',
+            "3 +++ exited with 0 +++",
+            "4 +++ killed by SIGKILL +++",
+            '3 mkdir("rel", 0777) = -1 ENOENT (x)',  # a new process 3 (pid reused): cwd unknown
+        ]
+    )
+    assert not summary._cwd and not summary._pending
+    assert [r[3] for r in summary.rows()] == ["/d/a", "rel"]
+
+
 def test_bwraps_own_pid_is_skipped():
     line = '7 openat(AT_FDCWD</>, "/etc/x", O_RDONLY) = -1 ENOENT (No such file or directory)'
     assert summarise([line], skip_pids={7}).total == 0
@@ -104,6 +118,7 @@ def test_bwraps_own_pid_is_skipped():
         ("/usr/lib/localex", True),
         ("/etc/ld.so.preload", False),
         ("/etc/ld.so.preloadx", True),
+        ("/var/run/nscd/socket", False),
         ("/nix/store/zqa1mdqrzgxdl4sjqcnramzwa0icnn25-python3-3.11.2/lib/x.so", False),
         ("/nix/store/zqa1mdqrzgxdl4sjqcnramzwa0icnn25-python3-3.11.2/../../../etc/x", True),
         ("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-other/bin/sh", True),
@@ -249,7 +264,7 @@ def test_bounds_unique_rows_and_lines(monkeypatch):
     summary = summarise(lines)
     assert len(summary.counts) == 5 and summary.overflow == 25 and summary.unread == 10
     text = dt.report_lines(summary, None)
-    assert text[0] == "Sandbox access failures (6 unique, 30 total):"
+    assert text[0] == "Sandbox access failures (5+ unique, 30 total):"
     assert any("beyond the first 5" in t for t in text)
     assert any("10 lines not read" in t for t in text)
 
@@ -276,4 +291,5 @@ def test_report_nothing_and_network_only():
         "Sandbox access failures: none (no file or network access failed, the proxy denied nothing)"
     ]
     text = dt.report_lines(dt.Summary(), "1 request denied: GET evil\x1b[2J.test/x (no rule)")
-    assert text[-1] == "Network: 1 request denied: GET evil\\x1b[2J.test/x (no rule)"
+    assert text[0] == "Sandbox access failures: none" and len(text) == 2
+    assert text[-1] == "Network: 1 request denied by the proxy: GET evil\\x1b[2J.test/x (no rule)"

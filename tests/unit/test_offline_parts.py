@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nixcell.errors import UnknownPackageError
-from nixcell.nix.offline import elf, recipe, setfile
+from nixcell.nix.offline import claude, elf, recipe, setfile
 from nixcell.nix.offline.build import wanted
 from nixcell.nix.offline.python import compile_pycs
 from nixcell.nix.offline.stage import Stager, _ldd
@@ -208,3 +208,40 @@ def test_pycs_become_unchecked_hash_pycs(tmp_path):
     assert head[8:16] == importlib.util.source_hash(mod.read_bytes())
     assert not orphan.exists()
     assert Path(importlib.util.cache_from_source(str(fresh))).exists()
+
+
+@pytest.mark.parametrize(
+    ("package_json", "expected"),
+    [
+        (None, None),  # not fetched
+        ('{"version": "2.1.333"}', "2.1.333"),
+        ('{"version": "2.1.0-beta.1"}', "2.1.0-beta.1"),
+        ('{"version": "latest"}', None),  # not a version: no store name from it
+        ('{"version": "2.1/../x"}', None),
+        ('{"version": "2.1 x"}', None),
+        ('{"version": 2}', None),
+        ('["version"]', None),
+        ("{not json", None),
+        ('{"name": "x"}', None),
+    ],
+)
+def test_claude_code_version_from_its_package_json(tmp_path, package_json, expected):
+    pkg = claude.package_dir(tmp_path)
+    if pkg is None:
+        pytest.skip("no claude-code build for this machine")
+    if package_json is not None:
+        pkg.mkdir(parents=True)
+        (pkg / "package.json").write_text(package_json)
+    assert claude.version(tmp_path) == expected
+
+
+def test_claude_code_is_a_recipe_with_an_npm_version(tmp_path):
+    r = recipe.RECIPES["claude-code"]
+    assert recipe.canonical("claude-code") == "claude-code"
+    pkg = claude.package_dir(tmp_path)
+    if pkg is None:
+        pytest.skip("no claude-code build for this machine")
+    pkg.mkdir(parents=True)
+    (pkg / "package.json").write_text('{"version": "2.0.1"}')
+    ctx = recipe.Context(busybox="/nix/store/x", node_prefix=tmp_path, claude_prefix=tmp_path)
+    assert recipe.store_name(r, ctx) == "claude-code-2.0.1"

@@ -101,3 +101,45 @@ def test_checked_paths_survive_the_plan_cache_format(tmp_path):
     plan = make_plan(tmp_path, [("hide", "/a", "dir"), ("bind", "/b", "file")])
     again = Plan.from_json(plan.to_json())
     assert again.checked == plan.checked and again == plan
+
+
+@pytest.mark.parametrize(
+    ("planned", "now", "stale"),
+    [
+        ({"A": "1"}, {"A": "1"}, False),
+        ({"A": "1"}, {"A": "2"}, True),
+        ({"A": "1"}, {}, True),
+        ({}, {"A": "1"}, True),  # unset when planned, set now
+        ({}, {}, False),
+    ],
+)
+def test_passed_variables_are_part_of_the_plan(tmp_path, monkeypatch, planned, now, stale):
+    import dataclasses
+
+    plan = dataclasses.replace(
+        make_plan(tmp_path, ()), env=dict(planned), passed_env=(("A", "A" in planned),)
+    )
+    monkeypatch.delenv("A", raising=False)
+    for key, value in now.items():
+        monkeypatch.setenv(key, value)
+    reason = stale_reason(plan)
+    assert (reason is not None) == stale, reason
+    if stale:
+        assert "1" not in (reason or "") and "2" not in (reason or "")  # names, never values
+
+
+def test_a_changed_policy_file_makes_the_plan_stale(tmp_path):
+    import dataclasses
+
+    from nixcell.host import stamp_of
+
+    policy = tmp_path / "p.toml"
+    policy.write_text("[[rules]]\n")
+    plan = dataclasses.replace(make_plan(tmp_path, ()), stamps=(stamp_of(str(policy)),))
+    assert stale_reason(plan) is None
+    replaced = tmp_path / "new"
+    replaced.write_text("[[rules]]\naction = 'allow'\n")
+    replaced.rename(policy)
+    assert stale_reason(plan) == f"{policy} changed"
+    policy.unlink()
+    assert stale_reason(plan) == f"{policy} is gone"

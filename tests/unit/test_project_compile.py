@@ -37,7 +37,9 @@ BASE = '[nix]\npackages = ["bash"]\n'
 
 def test_flags_win_and_lists_add(tmp_path):
     root = tmp_path / "p"
-    text = BASE + """
+    text = (
+        BASE
+        + """
 nixpkgs = "offline"
 [sandbox.network]
 allow_hosts = ["a.test"]
@@ -48,6 +50,7 @@ pids = 64
 env = { A = "config", B = "config" }
 passthrough_env = ["LANG"]
 """
+    )
     flags = {
         "packages": ("coreutils",),
         "memory": "256M",
@@ -91,8 +94,11 @@ def test_network_mode(tmp_path, text, flag, expected):
 
 def test_open_mode_is_every_host_through_the_proxy_audited_outside_the_project(tmp_path):
     root = tmp_path / "p"
-    spec = _spec(root, BASE + "[sandbox.network]\ndeny_hosts = ['x.test']\n",
-                 {"net": {"allow_hosts": ["y.test"]}})
+    spec = _spec(
+        root,
+        BASE + "[sandbox.network]\ndeny_hosts = ['x.test']\n",
+        {"net": {"allow_hosts": ["y.test"]}},
+    )
     assert spec.network is not None and spec.network.allow_hosts[0] == "*"
     assert "y.test" in spec.network.allow_hosts and spec.network.deny_hosts == ["x.test"]
     assert spec.network.audit == os.path.join(audit_dir(str(root)), "audit.jsonl")
@@ -109,8 +115,9 @@ def test_host_mode_is_the_host_network_and_takes_no_network_flags(tmp_path):
 
 
 def test_none_with_added_hosts_becomes_a_proxy(tmp_path):
-    spec = _spec(tmp_path / "p", BASE + "[sandbox]\nlevel = 'strict'\n",
-                 {"net": {"allow_hosts": ["a.test"]}})
+    spec = _spec(
+        tmp_path / "p", BASE + "[sandbox]\nlevel = 'strict'\n", {"net": {"allow_hosts": ["a.test"]}}
+    )
     assert spec.network is not None and spec.network.allow_hosts == ["a.test"]
 
 
@@ -174,11 +181,14 @@ def test_config_binds_map_home_and_skip_missing(tmp_path, monkeypatch):
     (home / ".claude").mkdir(parents=True)
     monkeypatch.setenv("HOME", str(home))
     root = tmp_path / "p"
-    text = BASE + """
+    text = (
+        BASE
+        + """
 [sandbox.filesystem]
 rw_bind = ["~/.claude", "~/.claude.json"]
 ro_bind = ["/etc/hostname:~/hn"]
 """
+    )
     project = _project(root, text)
     mounts = _mounts(compile_spec(project, ["true"], {}, str(root)))
     assert mounts[f"{CELL_HOME}/.claude"] == (str(home / ".claude"), True)
@@ -229,3 +239,95 @@ def test_ensure_state_makes_the_dirs(tmp_path):
         assert (root / ".nixcell" / "local" / name).is_dir()
     assert (root / ".nixcell" / ".gitignore").read_text() == "local/\nstore/\n"
     assert (root / ".git" / "hooks").is_dir()
+
+
+def test_relaxed_hides_nothing_under_a_state_bind(tmp_path, monkeypatch):
+    """nixcell's own state dir under a read-only home is covered by the project's state bind:
+    hiding it there would make a mount point inside the project's state dir on the host."""
+    home = tmp_path / "home"
+    (home / ".local" / "state" / "nixcell").mkdir(parents=True)
+    (home / ".ssh").mkdir()
+    monkeypatch.delenv("NIXCELL_HOME", raising=False)
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    spec = _spec(tmp_path / "p", BASE + "[sandbox]\nlevel = 'relaxed'\n")
+    assert str(home / ".local" / "state" / "nixcell") not in spec.hide
+    assert str(home / ".ssh") in spec.hide
+    assert _mounts(spec)[f"{CELL_HOME}/.local/state"][0].endswith("local/state")
+
+
+def test_a_worktree_git_file_is_read_only(tmp_path):
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / ".git").write_text("gitdir: /elsewhere/.git/worktrees/p\n")
+    mounts = _mounts(_spec(root, BASE))
+    assert mounts[str(root / ".git")] == (str(root / ".git"), False)
+
+
+def test_store_and_host_network_flags_win(tmp_path):
+    root = tmp_path / "p"
+    spec = _spec(root, BASE + "store_mode = 'readonly'\n", {"store": "copy"})
+    assert spec.store == "copy" and spec.store_dir == str(root / ".nixcell" / "store")
+    spec = _spec(root, BASE, {"store": "isolated", "store_dir": str(tmp_path / "s")})
+    assert spec.store_dir == str(tmp_path / "s")
+    assert _spec(root, BASE, {"host_network": True}).host_network
+    with pytest.raises(UsageError, match="contradict"):
+        _spec(root, BASE, {"host_network": True, "network": "open"})
+
+
+def test_relaxed_with_home_at_the_root_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", "/")
+    with pytest.raises(UsageError, match=r"\$HOME is /"):
+        _spec(tmp_path / "p", BASE + "[sandbox]\nlevel = 'relaxed'\n")
+
+
+def test_blacklist_expands_tilde_and_hides_only_what_the_cell_sees(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / "notes").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    root = tmp_path / "p"
+    (root / "secrets").mkdir(parents=True)
+    text = BASE + "[sandbox.filesystem]\nblacklist = ['~/notes', 'secrets', '~/absent']\n"
+    standard = _spec(root, text)
+    assert standard.hide == [str(root / "secrets")]  # ~/notes: the home is a tmpfs anyway
+    relaxed = _spec(
+        root,
+        text.replace("[sandbox.filesystem]", "[sandbox]\nlevel = 'relaxed'\n[sandbox.filesystem]"),
+    )
+    assert str(home / "notes") in relaxed.hide and str(root / "secrets") in relaxed.hide
+    assert str(home / "absent") not in relaxed.hide
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"bind": (":/x",)}, "--bind needs SRC"),
+        ({"ro_bind": (":/x",)}, "--ro-bind needs SRC"),
+        ({"env": ("NOEQUALS",)}, "-e needs K=V"),
+        ({"interactive": True, "no_tty": True}, "exclude each other"),
+        ({"network": "none", "net": {"allow_hosts": ["a.test"]}}, "--network none takes no"),
+    ],
+)
+def test_bad_flags_in_a_project_are_one_line_errors(tmp_path, flags, message):
+    with pytest.raises(UsageError, match=message):
+        _spec(tmp_path / "p", BASE, flags)
+
+
+@pytest.mark.parametrize(
+    ("level", "target"),
+    [("standard", "{root}/mnt"), ("relaxed", "~/mnt"), ("relaxed", "{root}/mnt")],
+)
+def test_a_bind_target_bwrap_would_make_on_the_host_is_refused(
+    tmp_path, monkeypatch, level, target
+):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    root = tmp_path / "p"
+    dst = target.format(root=root)
+    text = BASE + f"[sandbox]\nlevel = '{level}'\n[sandbox.filesystem]\nro_bind = ['/etc:{dst}']\n"
+    with pytest.raises(UsageError, match=r"ro_bind: /etc:.* does not exist in the cell"):
+        _spec(root, text)
+    (root / "mnt").mkdir()
+    (home / "mnt").mkdir()
+    assert any(m.source == "/etc" for m in _spec(root, text).mounts)

@@ -116,3 +116,9 @@ def test_stamp_changes_when_the_config_is_rewritten(tree):
     tmp.write_text("[sandbox]\nlevel = 'strict'\n")
     tmp.rename(path)
     assert stamp(found) != before and stamp(None) is None
+
+
+def test_project_flag_through_a_symlink_names_the_real_root(tree):
+    (tree / "link").symlink_to(tree / "proj")
+    found = find("/", explicit=str(tree / "link"))
+    assert found is not None and found.root == str(tree / "proj")

@@ -29,11 +29,17 @@ def test_claude_code_credential() -> None:
     assert cred.name == "anthropic"
     assert cred.source == "env:ANTHROPIC_API_KEY"
     assert [h.text for h in cred.hosts] == ["api.anthropic.com"]
-    assert (cred.header, cred.format, cred.env) == ("x-api-key", "{token}", "ANTHROPIC_API_KEY")
+    assert (cred.header, cred.format, cred.env) == (
+        "x-api-key",
+        "{token}",
+        "NIXCELL_ANTHROPIC_API_KEY",
+    )
     assert not cred.allow_plaintext
     net = tomllib.loads(presets.CLAUDE_CODE.config)["sandbox"]["network"]
     assert net["mode"] == "proxy" and net["allow_hosts"] == ["api.anthropic.com"]
     assert net["credentials"] == [cred.name]
+    command = tomllib.loads(presets.CLAUDE_CODE.config)["cage"]["command"]
+    assert command[:2] == ["claude", "--settings"] and f"printenv {cred.env}" in command[2]
 
 
 def test_unknown_preset_names_the_known_ones() -> None:

@@ -25,6 +25,14 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
         return None
 
 
+def check_platform() -> Check:
+    from nixcell import platforms
+
+    if platforms.is_macos():
+        return Check("platform", False, platforms.MACOS_REFUSAL)
+    return Check("platform", True, "Linux (cells run with bubblewrap)")
+
+
 def check_nix() -> Check:
     path = shutil.which("nix-build")
     if path is None:
@@ -109,6 +117,21 @@ def check_identity() -> Check:
     return Check("cell identity", True, f"each cell its own uid of {rng.base}-{end} ({where})")
 
 
+def check_strace() -> Check:
+    """``--debug`` traces cells with the host's strace, found the same way (on PATH)."""
+    from nixcell.sandbox.bwrapio import which
+
+    path = which("strace")
+    if path is None:
+        return Check(
+            "strace (--debug)", False, "not found on PATH: install with `apt install strace`",
+            required=False,
+        )  # fmt: skip
+    proc = _run([path, "-V"])
+    version = proc.stdout.splitlines()[0].strip() if proc and proc.stdout else "unknown version"
+    return Check("strace (--debug)", True, f"{version} ({path})", required=False)
+
+
 def check_packages() -> Check:
     from nixcell.nix.offline import find_set
     from nixcell.nix.pins import host_has_nixpkgs
@@ -142,12 +165,14 @@ def run_doctor() -> int:
 
     checks = []
     checks_run = (
+        check_platform,
         check_nix,
         check_bwrap,
         check_userns,
         check_seccomp,
         check_identity,
         check_cgroups,
+        check_strace,
         check_packages,
     )
     for fn in checks_run:

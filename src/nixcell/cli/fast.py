@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 _NOT_CACHED = {
     "--dry-run",
     "--json",
+    "--sbpl",
     "--pass-env",
     "-h",
     "--help",
@@ -115,13 +116,15 @@ def _project_stamps(options: list[str]) -> list[object]:
     """The project configs this run may use, with their versions (``project.discover``): the
     one found from here, and each directory the options name (``--project DIR``, ``DIR --``).
     A refusal is key material too: the normal path then reports it."""
-    from nixcell.project.discover import find, stamp
+    from nixcell.project.discover import configs_in, find, stamp
 
     if "--no-project" in options:
         return ["no-project"]
     named = [v for f, v in itertools.pairwise(options) if f == "--project"]
     named += [o.split("=", 1)[1] for o in options if o.startswith("--project=")]
-    named += [o for o in options if not o.startswith("-") and os.path.isdir(o)]
+    # a bare word may be `run DIR -- CMD`'s project, or any flag's value (--store-dir DIR):
+    # only one holding a config can change what runs
+    named += [o for o in options if not o.startswith("-") and configs_in(o)]
     out: list[object] = []
     for explicit in (None, *named):
         try:
@@ -167,6 +170,10 @@ def try_fast_run(args: list[str]) -> int | None:
     global _pending
     split = _split(args)
     if split is None:
+        return None
+    from nixcell.platforms import is_macos
+
+    if is_macos():  # the normal path says why no cell runs here
         return None
     options, command = split
     key_file = _key_file(options)

@@ -11,6 +11,13 @@ import click
 from nixcell import __version__
 from nixcell.cli.netflags import network_from_flags, network_options, policy
 from nixcell.cli.project_cmd import register as register_project_commands
+from nixcell.cli.projectrun import (  # (project_spec: the commands that run a project's cell)
+    RunCommand,
+    project_and_command,
+    project_options,
+    project_spec,  # noqa: F401 - re-exported: `nixcell shell` and friends call main.project_spec
+    project_spec_checked,
+)
 from nixcell.errors import UsageError
 
 HARDENING_HELP = (
@@ -242,83 +249,17 @@ def spec_from_flags(command: tuple[str, ...], **o: object):
     )
 
 
-def project_options(f):
-    opts = [
-        click.option(
-            "--project",
-            "project_dir",
-            metavar="DIR",
-            help="The project root (its nixcell.toml or nixcage.toml); default: the nearest "
-            "one above the current directory.",
-        ),
-        click.option("--no-project", is_flag=True, help="Ignore project configs."),
-        click.option(
-            "--network",
-            type=click.Choice(["none", "proxy", "open", "host"]),
-            help="In a project: override the network mode.",
-        ),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
-
-
-def _project_and_command(command: tuple[str, ...], flags: dict[str, object]):
-    """(the project or None, the command): ``run DIR -- CMD`` names the project by its dir."""
-    from nixcell.project.discover import find
-
-    explicit = flags.get("project_dir")
-    if len(command) >= 2 and command[1] == "--" and os.path.isdir(command[0]):
-        if explicit is not None:
-            raise click.UsageError("give the project once: --project DIR or DIR -- CMD")
-        explicit, command = command[0], command[2:]
-    if flags.get("no_project") and explicit is not None:
-        raise click.UsageError("--no-project and a project directory exclude each other")
-    found = find(os.getcwd(), explicit=explicit, ignore=bool(flags.get("no_project")))
-    if found is None and flags.get("network"):
-        raise click.UsageError("--network MODE is for projects (outside one: --allow-host ...)")
-    return found, command
-
-
-def project_spec(found, command: tuple[str, ...], flags: dict[str, object], warn=None):
-    """The spec of a project's cell: the project loaded, its state dirs made, its config
-    compiled with the flags (the commands that run a project's cell share this)."""
-    return project_spec_checked(found, command, flags, warn)[0]
-
-
-def project_spec_checked(found, command: tuple[str, ...], flags: dict[str, object], warn=None):
-    """``project_spec`` and the host paths the spec was made for, as plan ``checked`` entries:
-    give them to ``_run`` when the plan may be cached (it is stale when one changes)."""
-    from nixcell.plancheck import path_kind
-    from nixcell.project.compile import compile_spec, draft
-    from nixcell.project.load import load
-    from nixcell.project.state import ensure_state
-
-    project = load(found)
-    for line in project.warnings:
-        (warn or _warn)(line)
-    ensure_state(project)
-    made = draft(project, os.getcwd())
-    for line in made.skipped:
-        (warn or _warn)(line)
-    if not project.config.packages and not flags.get("packages"):
-        raise _no_packages(tuple(command) or project.config.command)
-    net = network_from_flags(flags)
-    spec = compile_spec(project, command, {**flags, "net": net}, os.getcwd())
-    checked = tuple(("project", p, path_kind(p)) for p in dict.fromkeys(made.considered))
-    return spec, checked
-
-
-def _warn(line: str) -> None:
-    click.echo(f"nixcell: warning: {line}", err=True)
-
-
-@cli.command(context_settings={"allow_interspersed_args": False})
+@cli.command(cls=RunCommand, context_settings={"allow_interspersed_args": False})
 @run_options
 @network_options
 @project_options
 @click.option("--dry-run", is_flag=True, help="Print the plan instead of running it.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
+@click.option(
+    "--sbpl",
+    is_flag=True,
+    help="With --dry-run: the macOS sandbox-exec profile of the plan (docs/security.md, macOS).",
+)
 @click.option(
     "--debug",
     is_flag=True,
@@ -327,21 +268,31 @@ def _warn(line: str) -> None:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run(
-    ctx: click.Context, command: tuple[str, ...], dry_run: bool, as_json: bool, **flags: object
+    ctx: click.Context,
+    command: tuple[str, ...],
+    dry_run: bool,
+    as_json: bool,
+    sbpl: bool,
+    **flags: object,
 ) -> int:
     """Run COMMAND in a fresh cell (put it after `--`).
 
     In a project (a nixcell.toml or nixcage.toml above): its config, merged with the flags
     (flags win, lists add); no COMMAND runs its [cage] command; `run DIR -- CMD` names it."""
     from nixcell.fsio import open_output_dir
+    from nixcell.platforms import refuse_cells
 
     if as_json and not dry_run:
         raise click.UsageError("--json needs --dry-run: it prints the plan as JSON, not a run")
+    if sbpl and (not dry_run or as_json):
+        raise click.UsageError("--sbpl needs --dry-run and no --json: it prints a profile")
+    if not dry_run:
+        refuse_cells()  # before anything slow: no cell can run on this system
     if flags.get("debug") and not dry_run:  # before anything runs: no run without its trace
         from nixcell.sandbox.tracer import strace_path
 
         strace_path()
-    found, command = _project_and_command(command, flags)
+    found, command = project_and_command(command, flags, ctx)
     if found is None:
         if not command:
             raise click.UsageError("Missing argument 'COMMAND...'.")
@@ -355,11 +306,24 @@ def run(
     # learned policy is never lost to a bad path (fsio.open_output_dir).
     learn_dir = open_output_dir(str(learn_to)) if learn_to and not dry_run else None
     try:
-        learn, debug = bool(flags.get("learn")), bool(flags.get("debug"))
-        return _run(spec, dry_run, as_json, learn_dir, learn, checked, debug)
+        if sbpl:
+            return _print_profile(spec)
+        learn = bool(flags.get("learn"))
+        return _run(spec, dry_run, as_json, learn_dir, learn, bool(flags.get("debug")), checked)
     finally:
         if learn_dir is not None:
             os.close(learn_dir[0])
+
+
+def _print_profile(spec) -> int:
+    from nixcell.cli import progress
+    from nixcell.runner import prepare
+    from nixcell.sandbox.macos import profile
+
+    with progress.reporter() as report:
+        plan, _closure = prepare(spec, progress=report)
+    click.echo(profile(plan), nl=False)
+    return 0
 
 
 def _run(
@@ -368,8 +332,8 @@ def _run(
     as_json: bool,
     learn_dir: tuple[int, str] | None,
     learn: bool,
-    checked: tuple[tuple[str, str, str], ...] = (),
     debug: bool = False,
+    checked: tuple[tuple[str, str, str], ...] = (),
 ):
     import dataclasses
 
@@ -518,6 +482,9 @@ def gc() -> int:
 def mcp(stdio: bool, **options: object) -> int:
     """Serve the MCP `run` tool: code runs in cells (stdio, or HTTP on loopback)."""
     from nixcell import leftovers
+    from nixcell.platforms import refuse_cells
+
+    refuse_cells()  # its tools run cells
     from nixcell.mcp.server import serve  # imports the MCP SDK (~0.5 s): only here
 
     if stdio:

@@ -33,7 +33,16 @@ def offline() -> None:
     default=None,
     help="Where the set lives (default: $NIXCELL_OFFLINE_DIR or ~/.local/share/nixcell/offline).",
 )
-def build_cmd(only: tuple[str, ...], fetch_node: bool, dest: Path | None) -> int:
+@click.option(
+    "--fetch-claude-code",
+    "fetch_claude",
+    is_flag=True,
+    help="First `npm install` claude-code's native build (~190 MB, kept for re-runs); "
+    "without the registry the set is built without it.",
+)
+def build_cmd(
+    only: tuple[str, ...], fetch_node: bool, fetch_claude: bool, dest: Path | None
+) -> int:
     """Build or update the set; quick when nothing changed on the host."""
     from nixcell import paths
     from nixcell.nix import offline as off
@@ -42,6 +51,8 @@ def build_cmd(only: tuple[str, ...], fetch_node: bool, dest: Path | None) -> int
     log = lambda line: click.echo(line, err=True)  # noqa: E731
     if fetch_node:
         off.fetch_node(off.node_prefix(dest), log)
+    if fetch_claude:
+        off.fetch_claude_code(off.claude_prefix(dest), log)
     result = off.build(dest, only=list(only) or None, log=log)
     click.echo(f"offline set: {len(result.packages)} attributes in {result.nix_file}")
     return 0

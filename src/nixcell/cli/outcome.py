@@ -15,9 +15,11 @@ if TYPE_CHECKING:
 
 def report(result: RunResult, learn_output: tuple[int, str] | None = None) -> int:
     """Print the run's messages; ``learn_output``: (directory fd opened before the run, name)."""
+    from nixcell.cli.entry import one_line
+
     access = getattr(result, "access", None)  # --debug: the network line joins its block
-    if result.network_summary and access is None:
-        sys.stderr.write(f"nixcell: {result.network_summary}\n")
+    if result.network_summary and access is None:  # hosts and paths the cell sent: escaped
+        sys.stderr.write(f"nixcell: {one_line(result.network_summary)}\n")
     if result.message:
         sys.stderr.write(f"nixcell: {result.message}\n")
     if access is not None:

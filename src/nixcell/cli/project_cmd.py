@@ -288,6 +288,9 @@ def _shell_command(main) -> click.Command:
             raise click.UsageError("-T/--no-tty: a shell always gets a terminal (use run)")
         if flags.get("no_project"):
             raise click.UsageError("--no-project: shell opens a project's cell (use run)")
+        from nixcell.platforms import refuse_cells
+
+        refuse_cells()  # before anything slow: no cell can run on this system
         if debug:  # before anything runs: no shell without its trace
             from nixcell.sandbox.tracer import strace_path
 
@@ -305,7 +308,7 @@ def _shell_command(main) -> click.Command:
         spec, checked = main.project_spec_checked(found, command, flags)
         if "PS1" in spec.env:
             spec = spec.model_copy(update={"command": ["/bin/sh", "-c", shell_script(True)]})
-        return main._run(spec, False, False, None, False, checked, debug)
+        return main._run(spec, False, False, None, False, debug, checked)
 
     return shell
 

@@ -19,6 +19,16 @@ def show_plan(plan: Plan, *, as_json: bool) -> None:
     console = Console()
     console.print(f"[bold]command[/] {shlex.join(plan.command)}  [dim](cwd {plan.cwd})[/]")
     console.print(f"[bold]packages[/] from {plan.source}: {len(plan.closure)} store paths")
+    store = {
+        "closure": "the closure only",
+        "readonly": "the whole host store, read-only",
+        "shared": "the whole host store, read-only, and the Nix daemon (builds run on the host)",
+        "copy": f"a copy of the closure in {plan.store_dir} (refreshed each run)",
+        "isolated": f"a frozen copy of the closure in {plan.store_dir}",
+    }
+    console.print(f"[bold]store[/] {store.get(plan.store, plan.store)}")
+    if plan.host_network:
+        console.print("[bold]network[/] the host's own (no proxy, no policy)")
     table = Table("mount", "cell path", "source", box=None)
     for op in plan.mounts:
         table.add_row(op.kind, op.dest, op.src or ("(generated)" if op.data else ""))

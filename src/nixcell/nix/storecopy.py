@@ -32,6 +32,10 @@ from nixcell.errors import StateError
 from nixcell.nix.closure import STORE_DIR, Closure
 from nixcell.nix.storestamp import MANIFEST, PATHS, manifest_stamp, missing_entry
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nixcell.spec import CellSpec
+
 FORMAT = 1
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -48,6 +52,69 @@ class StoreCopy:
 def key_of(packages: list[str], tools: dict[str, str], nixpkgs: str | None) -> dict[str, object]:
     """What an isolated copy is frozen for: the packages asked for and where they come from."""
     return {"packages": list(packages), "tools": dict(sorted(tools.items())), "nixpkgs": nixpkgs}
+
+
+def frozen_for(spec: CellSpec, packages: list[str], tools: dict[str, str]) -> Closure | None:
+    """For a copy mode's spec, before resolving: refuse a store dir the cell could write, and
+    return an isolated copy's recorded closure (None: resolve, then ``made_for``)."""
+    check_store_dir(spec)  # before anything is copied there
+    if spec.store != "isolated":
+        return None
+    return frozen_closure(spec.store_dir, key_of(packages, tools, spec.nixpkgs))  # type: ignore[arg-type]
+
+
+def made_for(
+    spec: CellSpec,
+    packages: list[str],
+    tools: dict[str, str],
+    closure: Closure,
+    frozen: Closure | None,
+    progress=None,
+) -> StoreCopy:
+    """The copy for a copy mode's spec: made now, or the frozen one as it is (StoreCopy)."""
+    store_dir: str = spec.store_dir  # type: ignore[assignment]
+    if frozen is not None:
+        return current(store_dir)
+    return sync(store_dir, closure, spec.store, key_of(packages, tools, spec.nixpkgs), progress)
+
+
+def check_store_dir(spec: CellSpec) -> None:
+    """Refuse a copy the cell could write: it would change what its next run executes (called
+    before the copy is made, and by the plan)."""
+    from nixcell.errors import SpecError
+
+    writable = _writable_bind(spec, spec.store_dir) if spec.store_dir is not None else None
+    if writable is not None:
+        raise SpecError(
+            f"store dir {spec.store_dir} is inside {writable}, which the cell may write: "
+            "put it elsewhere, or bind that part read-only"
+        )
+
+
+def _writable_bind(spec: CellSpec, path: str) -> str | None:
+    """The source of a writable bind through which the cell could write ``path`` or anything
+    under it: one exposing it (or a part) at a cell path that no later bind covers. (bwrap
+    mounts in order, the workdir first: the last bind whose target holds a cell path is the one
+    seen there.)"""
+    binds = [(spec.workdir, "/workspace", True)] if spec.workdir is not None else []
+    binds += [(m.source, m.target, m.writable) for m in spec.mounts]
+    for index, (source, target, writable) in enumerate(binds):
+        if not writable:
+            continue
+        if _under(path, source):  # the whole store dir, at this cell path
+            cell = target.rstrip("/") + path[len(source.rstrip("/")) :]
+        elif _under(source, path):  # a part of it
+            cell = target
+        else:
+            continue
+        seen = [i for i, (_, t, _) in enumerate(binds) if _under(cell, t)]
+        if seen and seen[-1] == index:
+            return source
+    return None
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 def frozen_closure(store_dir: str, key: dict[str, object]) -> Closure | None:
@@ -172,7 +239,11 @@ def _refused(store_dir: str, exc: OSError) -> StateError:
     import errno
 
     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-        return StateError(f"store dir {store_dir}: a symbolic link or not a directory on the way")
+        real = os.path.realpath(store_dir)
+        hint = f"; name the real path, {real}" if real != store_dir else ""
+        return StateError(
+            f"store dir {store_dir}: a symbolic link or not a directory on the way{hint}"
+        )
     return StateError(f"store dir {store_dir}: {exc.strerror}")
 
 
@@ -232,18 +303,28 @@ def _copy_entry(source: str, name: str, tfd: int, pfd: int) -> None:
     temp = f"{name}.{os.getpid()}.{os.urandom(4).hex()}"
     sfd = os.open(STORE_DIR, _DIR)
     try:
-        _copy_node(sfd, name, tfd, temp)
+        mode = _copy_node(sfd, name, tfd, temp, top=True)
+        # a directory moves to another parent only while writable (its ".." changes): its
+        # store mode comes after the rename, on the entry reached by fd
+        os.rename(temp, name, src_dir_fd=tfd, dst_dir_fd=pfd)
+        if mode is not None:
+            fd = os.open(name, _DIR, dir_fd=pfd)
+            try:
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
     except OSError as exc:
-        _remove(tfd, temp)
+        with contextlib.suppress(OSError, StateError):
+            _remove(tfd, temp)
         raise StateError(f"cannot copy {source} into the store dir: {exc.strerror}") from None
     finally:
         os.close(sfd)
-    os.rename(temp, name, src_dir_fd=tfd, dst_dir_fd=pfd)
 
 
-def _copy_node(sdir: int, sname: str, ddir: int, dname: str) -> None:
+def _copy_node(sdir: int, sname: str, ddir: int, dname: str, top: bool = False) -> int | None:
     """Copy one file, symlink or directory (recursively) from ``sdir`` to ``ddir``; never
-    follows a link on either side, and the target names are created here (O_EXCL)."""
+    follows a link on either side, and the target names are created here (O_EXCL). ``top``: a
+    directory keeps its write bit; its store mode is returned for the caller to set."""
     st = os.stat(sname, dir_fd=sdir, follow_symlinks=False)
     if stat.S_ISLNK(st.st_mode):
         os.symlink(os.readlink(sname, dir_fd=sdir), dname, dir_fd=ddir)
@@ -254,7 +335,10 @@ def _copy_node(sdir: int, sname: str, ddir: int, dname: str) -> None:
         try:
             for child in sorted(os.listdir(src)):
                 _copy_node(src, child, dst, child)
-            os.fchmod(dst, stat.S_IMODE(st.st_mode) & 0o555 | 0o500)
+            mode = stat.S_IMODE(st.st_mode) & 0o555 | 0o500
+            if top:
+                return mode
+            os.fchmod(dst, mode)
         finally:
             os.close(src)
             os.close(dst)
@@ -276,6 +360,7 @@ def _copy_node(sdir: int, sname: str, ddir: int, dname: str) -> None:
         finally:
             os.close(src)
     # (a store path holds nothing else: no devices, FIFOs or sockets are copied)
+    return None
 
 
 def _same_kind(pfd: int, name: str) -> bool:

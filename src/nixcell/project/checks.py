@@ -45,8 +45,11 @@ def _network(config: Config, reader: _Reader) -> None:
             raise reader.fail(table, key, str(exc)) from None
     narrowed = config.allow_hosts or config.policy or config.allow_cidrs
     if config.mode in ("none", "host") and (narrowed or config.deny_hosts or config.credentials):
-        key = next(k for k in ("allow_hosts", "policy", "allow_cidrs", "deny_hosts", "credentials")
-                   if getattr(config, k))
+        key = next(
+            k
+            for k in ("allow_hosts", "policy", "allow_cidrs", "deny_hosts", "credentials")
+            if getattr(config, k)
+        )
         raise reader.fail(
             table, key, f"has no effect with mode = {config.mode!r} (no proxy, no policy)"
         )
@@ -61,15 +64,19 @@ def _network(config: Config, reader: _Reader) -> None:
         if not os.path.isfile(path):
             raise reader.fail(table, "policy", f"{path}: no such file")
         inside = path.startswith(root.rstrip("/") + "/")
-        if inside and os.path.dirname(path) != root and not path.startswith(
-            os.path.join(root, ".nixcell") + "/"
+        if (
+            inside
+            and os.path.dirname(path) != root
+            and not path.startswith(os.path.join(root, ".nixcell") + "/")
         ):
             # bound read-only, yet a cell could rename the directory above it and leave a
             # policy of its own (credentials for any host) for the next run: only the root
             # (a mount point cannot be moved) and .nixcell/ (read-only as a whole) are safe
             raise reader.fail(
-                table, "policy", f"{path}: inside the project, a policy file belongs in "
-                ".nixcell/ or the project root (a cell could replace the directory above it)"
+                table,
+                "policy",
+                f"{path}: inside the project, a policy file belongs in "
+                ".nixcell/ or the project root (a cell could replace the directory above it)",
             )
 
 

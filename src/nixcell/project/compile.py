@@ -6,7 +6,9 @@ Merge rules (docs/project.md): flags win, lists add. ``-p`` adds packages, ``--r
 open), ``--memory/--cpus/--pids/--timeout/--disk/--nixpkgs`` override, ``--network MODE``
 overrides the mode. ``flags`` holds the click option values of ``nixcell run`` (missing, None,
 empty or False = not given), with the network flags already parsed as ``flags["net"]`` (what
-``cli.netflags.network_from_flags`` returns) and ``flags["network"]`` the ``--network`` mode.
+``cli.netflags.network_from_flags`` returns) and ``flags["network"]`` the ``--network`` mode;
+``--store``/``--store-dir`` override ``store_mode`` (and ``.nixcell/store``), ``--host-network``
+is ``--network host``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Mapping
 
 from nixcell.errors import UsageError
 from nixcell.plan import CELL_HOME
-from nixcell.project.levels import LAST, LEVELS, Draft
+from nixcell.project.levels import LAST, LEVELS, Draft, default_network
 from nixcell.project.load import Project
 from nixcell.specmessages import CLI_NAMES
 
@@ -44,7 +46,25 @@ def _config_binds(d: Draft) -> None:
                 target = CELL_HOME + dst[1:] if dst.startswith("~") else dst
             else:
                 target = d.cell_path(source)
-            d.bind(source, os.path.normpath(target), writable)
+            target = os.path.normpath(target)
+            _target_can_be_made(d, key, value, target)
+            d.bind(source, target, writable)
+
+
+def _target_can_be_made(d: Draft, key: str, value: str, target: str) -> None:
+    """A missing target inside the mounted project would be made by bwrap on the host, and one
+    under a read-only home cannot be made at all: refused, naming the key."""
+    if d.project_mounted and _within(target, d.project.root):
+        host = target
+    elif d.home_mode == "readonly" and _within(target, CELL_HOME):
+        host = d.home + target[len(CELL_HOME) :]
+    else:
+        return
+    if d.kind(host) is None:
+        raise UsageError(
+            f"{d.project.where('sandbox.filesystem', key)}: {value}: {target} does not exist "
+            "in the cell and cannot be made there without writing the host: create it first"
+        )
 
 
 def _visible(d: Draft, path: str) -> bool:
@@ -80,14 +100,18 @@ def network_mode(project: Project, flags: Mapping[str, object]) -> str:
     else proxy when hosts or a policy are named, else the level's default."""
     config = project.config
     if flags.get("network"):
+        if flags.get("host_network") and flags["network"] != "host":
+            raise UsageError(f"--host-network and --network {flags['network']} contradict")
         return str(flags["network"])
+    if flags.get("host_network"):
+        return "host"
     if config.mode is not None:
         return config.mode
     if config.allow is not None:
         return "open" if config.allow else "none"
     if config.allow_hosts or config.allow_cidrs or config.policy:
         return "proxy"
-    return "none" if project.level == "strict" else "open"
+    return default_network(project.level)
 
 
 def _network(project: Project, flags: Mapping[str, object]) -> tuple[dict | None, bool]:
@@ -154,9 +178,13 @@ def _flag_binds(flags: Mapping[str, object]) -> list[dict[str, object]]:
     for key, writable in (("ro_bind", False), ("bind", True)):
         for value in flags.get(key) or ():  # type: ignore[attr-defined]
             src, sep, dst = str(value).partition(":")
+            if not src:
+                flag = "--ro-bind" if key == "ro_bind" else "--bind"
+                raise UsageError(f"{flag} needs SRC[:DST], got {value!r}")
             src = os.path.abspath(os.path.expanduser(src))
-            mounts.append({"source": src, "target": dst if sep and dst else src,
-                           "writable": writable})
+            mounts.append(
+                {"source": src, "target": dst if sep and dst else src, "writable": writable}
+            )
     return mounts
 
 
@@ -185,14 +213,21 @@ def compile_spec(
         )
     d = draft(project, cwd)
     network, host_network = _network(project, flags)
-    limits = {k: flags.get(k) if flags.get(k) is not None else getattr(config, k)
-              for k in ("memory", "cpus", "pids", "timeout", "disk")}
+    limits = {
+        k: flags.get(k) if flags.get(k) is not None else getattr(config, k)
+        for k in ("memory", "cpus", "pids", "timeout", "disk")
+    }
     env = {**d.env, **config.env, **_flag_env(flags)}
     hides = [os.path.abspath(os.path.expanduser(str(h))) for h in flags.get("hide") or ()]  # type: ignore[attr-defined]
+    store = str(flags.get("store") or config.store_mode)
     store_dir = None
-    if config.store_mode in ("copy", "isolated"):
+    if flags.get("store_dir"):
+        store_dir = os.path.abspath(os.path.expanduser(str(flags["store_dir"])))
+    elif store in ("copy", "isolated"):
         store_dir = os.path.join(project.root, ".nixcell", "store")
     workdir = flags.get("workdir")
+    if flags.get("interactive") and flags.get("no_tty"):
+        raise UsageError("-i/--interactive and -T/--no-tty exclude each other")
     tty = "always" if flags.get("interactive") else "never" if flags.get("no_tty") else "auto"
     return make_spec(
         names=spec_names(project),
@@ -210,7 +245,7 @@ def compile_spec(
         network=network,
         tty=tty,
         sh=not flags.get("no_sh"),
-        store=config.store_mode,
+        store=store,
         store_dir=store_dir,
         host_network=host_network,
     )

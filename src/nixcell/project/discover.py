@@ -46,7 +46,7 @@ def _error(message: str) -> Exception:
     return UsageError(message)
 
 
-def _present(directory: str) -> list[tuple[str, str]]:
+def configs_in(directory: str) -> list[tuple[str, str]]:
     """(path, kind) of the config names that exist (as anything) in ``directory``."""
     out = []
     for name, kind in NAMES:
@@ -68,9 +68,7 @@ def check_trusted(path: str) -> os.stat_result:
         raise _error(f"{path} is not a regular file")
     me = os.getuid()
     if st.st_uid not in (me, 0):
-        raise _error(
-            f"{path} is owned by uid {st.st_uid}, not by you (uid {me}) or root: not used"
-        )
+        raise _error(f"{path} is owned by uid {st.st_uid}, not by you (uid {me}) or root: not used")
     if st.st_mode & 0o022:
         raise _error(
             f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o}): "
@@ -100,16 +98,17 @@ def find(start: str, explicit: str | None = None, ignore: bool = False) -> Found
     if ignore:
         return None
     if explicit is not None:
-        root = os.path.abspath(os.path.expanduser(explicit))
+        # the user's own word: a link in it is theirs (the binds then name the real path)
+        root = os.path.realpath(os.path.expanduser(explicit))
         if not os.path.isdir(root):
             raise _error(f"--project {explicit}: no such directory")
-        present = _present(root)
+        present = configs_in(root)
         if not present:
             raise _error(f"--project {explicit}: no nixcell.toml or nixcage.toml in {root}")
         return _pick(root, present, explicit=True)
     here = os.path.abspath(start)
     while True:
-        present = _present(here)
+        present = configs_in(here)
         if present:
             found = _pick(here, present, explicit=False)
             _not_nested(found)
@@ -124,7 +123,7 @@ def _not_nested(found: Found) -> None:
     """A config inside another project's tree is refused (see the module docstring)."""
     here = os.path.dirname(found.root)
     while True:
-        outer = _present(here)
+        outer = configs_in(here)
         if outer:
             raise _error(
                 f"{found.path} is inside the project at {here} ({os.path.basename(outer[0][0])}):"

@@ -117,6 +117,8 @@ def tmpfs_home(d: Draft) -> None:
 
 def readonly_home(d: Draft) -> None:
     """The host home, read-only, at the cell's home."""
+    if os.path.normpath(d.home) == "/":
+        raise UsageError("level 'relaxed' shows your home read-only, and $HOME is /: refused")
     if os.path.isdir(d.home):
         d.bind(d.home, CELL_HOME, False)
         d.home_mode = "readonly"
@@ -155,8 +157,11 @@ def protect_project_files(d: Draft) -> None:
     names = [os.path.relpath(d.project.found.path, root), *PROTECTED]
     names += [os.path.relpath(p, root) for p in d.project.config.policy if _within(p, root)]
     git = os.path.join(root, ".git")
-    if d.kind(git) == "dir":
+    git_kind = d.kind(git)
+    if git_kind == "dir":
         d.bind(git, git, True)
+    elif git_kind == "file":  # a worktree's "gitdir: PATH": where host git finds hooks
+        names.append(".git")
     for name in dict.fromkeys(names):
         path = os.path.join(root, name)
         kind = d.kind(path)
@@ -186,6 +191,9 @@ def state_binds(d: Draft) -> None:
             target = os.path.join(BESIDE_HOME, name)
         d.bind(source, target, True)
         d.env[var] = target
+        # what this bind covers of the home needs no hiding, and a hide there would make its
+        # mount point inside the project's state dir (on the host)
+        d.hide = [h for h in d.hide if not _within(d.cell_path(h), target)]
 
 
 LEVELS: dict[str, tuple[Callable[[Draft], None], ...]] = {
@@ -195,3 +203,13 @@ LEVELS: dict[str, tuple[Callable[[Draft], None], ...]] = {
 }
 # after the config's own binds, so that they cannot cover these
 LAST = (state_binds, protect_project_files)
+
+
+def default_network(level: str) -> str:
+    """The network mode a level's pieces choose (none unless a piece opens it)."""
+    d = Draft.__new__(Draft)
+    d.network = "none"
+    for piece in LEVELS[level]:
+        if piece in (no_network, open_network):
+            piece(d)
+    return d.network

@@ -21,6 +21,7 @@ from nixcell.project import schema
 from nixcell.project.discover import Found, check_trusted
 
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
+_TOML_AT = re.compile(r"\s*\(at line (\d+), column \d+\)")  # tomllib's place, in its message
 MAX_CONFIG = 1 << 20  # a config is a few hundred bytes: a bigger file is not one
 # nixcage's own defaults (its spec, §4.2), used for nixcage.toml only
 NIXCAGE_PACKAGES = ("nodejs_22",)
@@ -125,8 +126,8 @@ class _Reader:
         self.warnings: list[str] = []
 
     def where(self, table: str, key: str | None = None) -> str:
-        path = [*table.split("."), *([key] if key else [])]
-        label = f"[{table}] {key}" if key else f"[{table}]"
+        path = [*(table.split(".") if table else []), *([key] if key else [])]
+        label = f"[{table}]" if not key else f"[{table}] {key}" if table else key
         return f"{self.name}:{self.lines.line(*path)}: {label}"
 
     def fail(self, table: str, key: str | None, message: str) -> UsageError:
@@ -152,9 +153,10 @@ class _Reader:
                 self._walk(value, name, out)
                 continue
             if not prefix:
-                self.unknown(name, None, "table") if isinstance(value, dict) else self.unknown(
-                    "", name, "key outside any table"
-                )
+                if isinstance(value, dict):
+                    self.unknown(name, None, "table")
+                else:
+                    self.unknown("", name, "key outside any table")
                 continue
             spec = schema.KEYS.get((prefix, key))
             if spec is None or (not self.strict and not spec[1]):
@@ -174,7 +176,10 @@ def load(found: Found) -> Project:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{reader.name}: not valid TOML: {exc}") from None
+        where = _TOML_AT.search(str(exc))
+        line = f":{where.group(1)}" if where else ""
+        reason = _TOML_AT.sub("", str(exc)).strip()
+        raise UsageError(f"{reader.name}{line}: not valid TOML: {reason}") from None
     values = reader.values(doc)
     config = _config(reader, values, found)
     from nixcell.project.checks import check_config
@@ -204,8 +209,9 @@ def _config(reader: _Reader, values: dict, found: Found) -> Config:
             raise reader.fail(table, key, f"cannot expand {value!r}")
         return os.path.normpath(os.path.join(found.root, path))
 
-    policy = tuple(root_path("sandbox.network", "policy", p) for p in get("sandbox.network",
-                                                                          "policy", ()))
+    policy = tuple(
+        root_path("sandbox.network", "policy", p) for p in get("sandbox.network", "policy", ())
+    )
     audit = get("sandbox.network", "audit")
     packages = get("nix", "packages")
     if packages is None and found.kind == "nixcage":

@@ -8,12 +8,12 @@ file it writes.
 
 Choices (docs/project.md, "Presets"):
 
-- ``claude-code``: Claude Code needs only ``api.anthropic.com`` once its non-essential traffic
-  (telemetry to statsig.anthropic.com, error reports to sentry.io, the auto-updater) is switched
-  off with ``CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1``; so the network is the proxy with that
-  one host, and no third party (sentry.io) ever sees the project. ``ANTHROPIC_API_KEY`` is a
-  credential of ``.nixcell/policy.toml``: the cell's variable holds a same-shape dummy and the
-  proxy puts the real key into the ``x-api-key`` header Claude Code (the Anthropic SDK) sends.
+- ``claude-code``: what docs/project.md "claude-code" found with real cells: only
+  ``api.anthropic.com``, with telemetry, error reports and the self-updater switched off; the
+  host's ``ANTHROPIC_API_KEY`` a credential of ``.nixcell/policy.toml`` whose same-shape dummy
+  the cell holds as ``NIXCELL_ANTHROPIC_API_KEY`` and claude reads through an ``apiKeyHelper``
+  (a dummy in ``ANTHROPIC_API_KEY`` would make interactive claude ask about it on every run);
+  the proxy swaps the real key into the ``x-api-key`` header, towards that host only.
 - ``python-dev`` / ``node-dev``: the proxy limited to the language's package registry.
 - ``shell``: no network at all; the project's files and the usual tools.
 """
@@ -40,7 +40,7 @@ _HEADER = """\
 
 CLAUDE_CODE = Preset(
     "claude-code",
-    "Claude Code (nodejs + claude-code): ~/.claude read-write, only api.anthropic.com, "
+    "Claude Code (claude-code + nodejs): ~/.claude read-write, only api.anthropic.com, "
     "ANTHROPIC_API_KEY injected by the proxy",
     _HEADER.format(preset="claude-code")
     + """
@@ -55,30 +55,37 @@ rw_bind = ["~/.claude", "~/.claude.json"]   # Claude Code's settings and session
 mode = "proxy"                              # only the hosts below, through nixcell's proxy
 allow_hosts = ["api.anthropic.com"]
 policy = ".nixcell/policy.toml"
-credentials = ["anthropic"]                 # the cell holds a dummy ANTHROPIC_API_KEY
+credentials = ["anthropic"]                 # the cell holds a dummy of the key
 
 [nix]
-packages = ["nodejs", "claude-code", "bash", "coreutils", "git", "gnugrep", "gnused",
+packages = ["claude-code", "nodejs", "bash", "coreutils", "git", "gnugrep", "gnused",
             "findutils", "diffutils", "which"]
 
 [cage]
-command = ["claude"]
+# The dummy key comes through an apiKeyHelper: a key in ANTHROPIC_API_KEY makes interactive
+# claude ask whether to use it on every run (the dummy is new each time). printenv: coreutils.
+command = ["claude", "--settings", '{"apiKeyHelper": "printenv NIXCELL_ANTHROPIC_API_KEY"}']
 passthrough_env = ["TERM", "LANG", "COLORTERM"]
-# no telemetry (statsig), no error reports (sentry.io), no self-update: api.anthropic.com only
-env = { CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = "1", DISABLE_AUTOUPDATER = "1" }
+
+[cage.env]                # no telemetry, no error reports, no self-update: api.anthropic.com only
+DISABLE_AUTOUPDATER = "1"
+DISABLE_TELEMETRY = "1"
+DISABLE_ERROR_REPORTING = "1"
+CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = "1"
 """,
     """\
 # Credentials of this project's cell (nix-jail policy format plus [[credentials]]).
-# The real ANTHROPIC_API_KEY stays in the host's environment: the cell's variable holds a dummy
-# of the same shape, and nixcell's proxy swaps the real key into the x-api-key header of
-# requests to api.anthropic.com only (responses are scrubbed of it).
+# The real ANTHROPIC_API_KEY stays in the host's environment: the cell's NIXCELL_ANTHROPIC_API_KEY
+# holds a dummy of the same shape (claude reads it through its apiKeyHelper), and nixcell's
+# proxy swaps the real key in wherever claude puts it (x-api-key, Authorization) on requests to
+# api.anthropic.com only (responses are scrubbed of it).
 [[credentials]]
 name = "anthropic"
 source = "env:ANTHROPIC_API_KEY"
 hosts = ["api.anthropic.com"]
 header = "x-api-key"
 format = "{token}"
-env = "ANTHROPIC_API_KEY"
+env = "NIXCELL_ANTHROPIC_API_KEY"
 """,
 )
 

@@ -101,9 +101,11 @@ def ensure_state(project: Project) -> None:
         fds.append(local)
         for name in STATE_NAMES:
             fds.append(_subdir(local, name, f"{root}/.nixcell/local/{name}", 0o700))
-        git = _subdir(rfd, ".git", f"{root}/.git", 0o755, create=False) if _kind_at(
-            rfd, ".git"
-        ) in ("dir", "link") else None
+        git = (
+            _subdir(rfd, ".git", f"{root}/.git", 0o755, create=False)
+            if _kind_at(rfd, ".git") in ("dir", "link")
+            else None
+        )
         if git is not None:
             fds.append(git)
             fds.append(_subdir(git, "hooks", f"{root}/.git/hooks", 0o755))

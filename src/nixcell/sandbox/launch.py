@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 class CellLaunch:
     def __init__(self, plan: Plan, parent: CellNamespaces | None = None) -> None:
+        from nixcell.platforms import refuse_cells
+
+        refuse_cells()  # every cell starts here: none on a system without a backend
         self.plan = plan
         self.parent = parent
         self.identity: ids.CellIdentity | None = None

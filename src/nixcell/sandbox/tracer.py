@@ -53,9 +53,11 @@ class CellTracer:
     def __init__(self, plan: Plan) -> None:
         self.strace = strace_path()
         self.summary = Summary(closure=frozenset(p.encode() for p in plan.closure))
+        self._own_init = "pid" in plan.namespaces  # else pid-1 would be the command itself
         self.proc: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
         self._fds: list[int] = []  # [trace, messages]: read ends
+        self._trace_fd = -1
         self._attached = threading.Event()
         self._wanted = b""
         self.messages: list[str] = []  # strace's own lines ("strace: ..."), for the log
@@ -64,11 +66,12 @@ class CellTracer:
         """Trace ``pid`` (bwrap's pid-1 of the cell, blocked) and its future children. The
         trace goes to its own pipe (``-o``: every line then starts with its pid), strace's
         messages to its stderr; one thread reads both."""
-        self.summary.skip_pids.add(pid)  # bwrap's init: its calls are bwrap's, not the command's
+        if self._own_init:  # bwrap's init: its calls are bwrap's, not the command's
+            self.summary.skip_pids.add(pid)
         self._wanted = f"strace: Process {pid} attached".encode()
         trace_r, trace_w = os.pipe2(os.O_CLOEXEC)
         msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
-        self._fds = [trace_r, msg_r]
+        self._fds, self._trace_fd = [trace_r, msg_r], trace_r
         try:
             self.proc = subprocess.Popen(
                 ["strace", *ARGS, "-o", f"/proc/self/fd/{trace_w}", "-p", str(pid)],
@@ -118,12 +121,12 @@ class CellTracer:
                     else:
                         self._line(fd, line)
                 if len(bufs[fd]) > MAX_LINE:
-                    if not skipping[fd] and fd == self._fds[0]:
+                    if not skipping[fd] and fd == self._trace_fd:
                         self.summary.unread += 1
                     skipping[fd], bufs[fd] = True, b""
 
     def _line(self, fd: int, line: bytes) -> None:
-        if fd == self._fds[0]:
+        if fd == self._trace_fd:
             self.summary.feed(line.decode("ascii", "replace"))
         elif line.strip() == self._wanted:
             self._attached.set()

@@ -17,7 +17,7 @@ def main() -> None:
     line_of = tracer.CellTracer._line
 
     def _line(self, fd, line):
-        if fd == self._fds[0]:
+        if fd == self._trace_fd:
             out.write(line.decode("ascii", "replace") + "\n")
         line_of(self, fd, line)
 

