@@ -387,3 +387,40 @@ def test_shell_debug_lists_what_the_cell_was_denied(tmp_path: Path, offline_set)
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 2
+
+
+@pytest.fixture
+def fake_anthropic(tmp_path):
+    """tests/integration/fakeanthropic.py's stand-in API on a loopback address, port 443."""
+    from tests.integration import fakeanthropic, fakeapi
+
+    if os.getuid() != 0:
+        pytest.skip("the stand-in API listens on port 443 (needs root)")
+    server = fakeapi.start(fakeanthropic.HOSTS, tmp_path, fakeanthropic.Handler)
+    yield server
+    server.stop()
+
+
+def test_claude_p_with_the_presets_own_command(tmp_path: Path, offline_set, fake_anthropic):
+    """The preset's [cage] command as written (the apiKeyHelper reading the dummy), `-p hi`
+    added: the stand-in API gets only the real key, the cell never holds it."""
+    import tomllib
+
+    from tests.integration import fakeanthropic
+
+    if "claude-code" not in offline_set.packages:
+        pytest.skip("the offline set has no claude-code yet (./setup with the npm registry)")
+    root = _init(tmp_path / "proj", "claude-code")
+    command = tomllib.loads((root / "nixcell.toml").read_text())["cage"]["command"]
+    proc = _in(
+        root, "run", *fake_anthropic.flags(fakeanthropic.HOSTS), "--", *command, "-p", "hi",
+        env={"ANTHROPIC_API_KEY": fakeanthropic.REAL_KEY, "HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert fakeanthropic.REAL_KEY.encode() not in out
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert proc.stdout.decode().rstrip().endswith(fakeanthropic.ANSWER)
+    requests = fake_anthropic.requests
+    assert any(r["path"].startswith("/v1/messages") for r in requests)
+    keys = {r["headers"].get("x-api-key") for r in requests}
+    assert keys == {fakeanthropic.REAL_KEY}
