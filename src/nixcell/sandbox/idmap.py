@@ -16,7 +16,7 @@ import ctypes
 import os
 import stat
 import struct
-import threading
+from _thread import allocate_lock  # (not threading: milliseconds on the warm path)
 
 from nixcell.errors import SandboxError
 
@@ -52,7 +52,7 @@ def _call(index: int, *args: object) -> int:
 
 
 _MAPS: dict[tuple[int, int, int, int], int] = {}  # (from, to, gfrom, gto) -> namespace fd
-_MAPS_LOCK = threading.Lock()
+_MAPS_LOCK = allocate_lock()
 _MAPS_MAX = 256
 
 

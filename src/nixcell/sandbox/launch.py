@@ -19,8 +19,11 @@ from nixcell.sandbox import identity as ids
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from nixcell.plan import Plan
     from nixcell.sandbox.holder import CellNamespaces
+    from nixcell.sandbox.stage import StagedTree
 
 
 class CellLaunch:
@@ -46,18 +49,7 @@ class CellLaunch:
 
     def holder_args(self) -> dict[str, object]:
         """What the namespace helper must do for this cell beyond its network."""
-        from nixcell.sandbox import idmap
-        from nixcell.sandbox.holder import StagedTree  # (not imported by cells without a stage)
-
-        trees = []
-        for op in self.plan.stage:  # a volume's path means something only in its namespaces
-            fd = None if op.source in self.plan.volumes else idmap.open_nofollow(op.source)
-            if fd is not None:
-                self._fds.append(fd)
-            trees.append(StagedTree(op.source, op.index, op.readonly, op.is_dir, fd))
-        if trees and self.identity is not None and self._idmap_userns is None:
-            uid, gid = self.identity.uid, self.identity.gid
-            self._idmap_userns = idmap.mapping_fd(os.getuid(), uid, os.getgid(), gid)
+        trees = self._trees()
         scratch = None
         if self.plan.scratch is not None:  # owned by the cell's host uid: its home is its own
             uid = self.identity.uid if self.identity else os.getuid()
@@ -69,6 +61,39 @@ class CellLaunch:
             "parent": self.parent,
             "scratch": scratch,
         }
+
+    def _trees(self) -> list[StagedTree]:
+        """The plan's stage, each host source opened without following links, and the user
+        namespace that idmaps them (made once per process: ``idmap.mapping_fd``)."""
+        from nixcell.sandbox import idmap
+        from nixcell.sandbox.stage import StagedTree  # (not imported by cells without a stage)
+
+        trees = []
+        for op in self.plan.stage:  # a volume's path means something only in its namespaces
+            fd = None if op.source in self.plan.volumes else idmap.open_nofollow(op.source)
+            if fd is not None:
+                self._fds.append(fd)
+            trees.append(StagedTree(op.source, op.index, op.readonly, op.is_dir, fd))
+        if trees and self.identity is not None and self._idmap_userns is None:
+            uid, gid = self.identity.uid, self.identity.gid
+            self._idmap_userns = idmap.mapping_fd(os.getuid(), uid, os.getgid(), gid)
+        return trees
+
+    def stage_in_child(self) -> Callable[[], None] | None:
+        """For an executor that forks the process becoming bwrap (``direct.py``): when the
+        cell needs only its stage (no network, parent or scratch), a function that builds it
+        in that child (``stage.build_here``: its own mount namespace, before it drops root), in
+        place of the namespace helper and the ``nsenter`` launcher. Else None: ``hold_own``."""
+        plan = self.plan
+        if not plan.stage or plan.scratch is not None or self.parent or self.identity is None:
+            return None
+        from nixcell.sandbox import stage
+
+        trees = self._trees()
+        userns = self._idmap_userns
+        assert userns is not None
+        stage.ensure_stage()
+        return lambda: stage.build_here(trees, userns)
 
     def use(self, namespaces: CellNamespaces | None) -> None:
         """The namespaces the cell starts in (made with ``holder_args``)."""
