@@ -7,18 +7,19 @@ on disk by whoever ran nixcell. An idmapped mount (Linux 5.12+, ``mount_setattr`
 uid ``U`` and files ``U`` creates are written as ``I``. Nothing on the host is chowned, nothing
 is left behind: the mount exists only inside the cell's own mount namespace (``holder.py``).
 
-The kernel calls go through ctypes (Python has no wrappers for the new mount API).
+The kernel calls go through ``libc.py`` (Python has no wrappers for the new mount API, and the
+``ctypes`` package costs the warm path milliseconds).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import stat
-import struct
+import sys
 from _thread import allocate_lock  # (not threading: milliseconds on the warm path)
 
 from nixcell.errors import SandboxError
+from nixcell.sandbox import libc
 
 _NR = {"x86_64": (428, 429, 442), "aarch64": (428, 429, 442)}  # open_tree, move_mount, setattr
 AT_FDCWD = -100
@@ -32,10 +33,6 @@ MOUNT_ATTR_NODEV = 0x4
 MOUNT_ATTR_IDMAP = 0x00100000
 CLONE_NEWUSER = 0x10000000
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
 def _nr(index: int) -> int:
     machine = os.uname().machine
     if machine not in _NR:
@@ -43,12 +40,8 @@ def _nr(index: int) -> int:
     return _NR[machine][index]
 
 
-def _call(index: int, *args: object) -> int:
-    result = _libc.syscall(_nr(index), *args)
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return int(result)
+def _call(index: int, *args: int | bytes) -> int:
+    return libc.call("syscall", _nr(index), *args, returns_long=True)
 
 
 _MAPS: dict[tuple[int, int, int, int], int] = {}  # (from, to, gfrom, gto) -> namespace fd
@@ -77,7 +70,9 @@ def userns_fd(uid_from: int, uid_to: int, gid_from: int, gid_to: int) -> int:
     if pid == 0:  # pragma: no cover - the short-lived child only holds the namespace
         try:
             os.close(w)
-            if _libc.unshare(CLONE_NEWUSER) != 0:
+            try:
+                libc.call("unshare", CLONE_NEWUSER)
+            except OSError:
                 os._exit(1)
             os.read(r, 1)
         finally:
@@ -143,7 +138,8 @@ def idmapped_tree(
     attrs = MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
     if readonly:
         attrs |= MOUNT_ATTR_RDONLY
-    attr = ctypes.create_string_buffer(struct.pack("QQQQ", attrs, 0, 0, userns))
+    # struct mount_attr: attr_set, attr_clr, propagation, userns_fd, four native-endian __u64
+    attr = b"".join(v.to_bytes(8, sys.byteorder) for v in (attrs, 0, 0, userns))
     try:
         _call(2, tree, b"", AT_EMPTY_PATH | AT_RECURSIVE, attr, 32)
     except OSError as e:
@@ -164,18 +160,21 @@ def mount(
     source: str | None, target: str, fstype: str | None, flags: int, data: str | None
 ) -> None:
     enc = lambda s: None if s is None else s.encode()  # noqa: E731
-    if _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {target}: {os.strerror(err)}")
+    try:
+        libc.call("mount", enc(source), enc(target), enc(fstype), flags, enc(data))
+    except OSError as e:
+        raise OSError(e.errno, f"mount {target}: {e.strerror}") from None
 
 
 def setns(fd: int, nstype: int) -> None:
-    if _libc.setns(fd, nstype) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
+    try:
+        libc.call("setns", fd, nstype)
+    except OSError as e:
+        raise OSError(e.errno, f"setns: {e.strerror}") from None
 
 
 def unshare(flags: int) -> None:
-    if _libc.unshare(flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"unshare: {os.strerror(err)}")
+    try:
+        libc.call("unshare", flags)
+    except OSError as e:
+        raise OSError(e.errno, f"unshare: {e.strerror}") from None
