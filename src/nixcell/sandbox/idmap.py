@@ -64,39 +64,47 @@ def mapping_fd(uid_from: int, uid_to: int, gid_from: int, gid_to: int) -> int:
 
 
 def userns_fd(uid_from: int, uid_to: int, gid_from: int, gid_to: int) -> int:
-    """An fd of a new user namespace mapping ``uid_from -> uid_to`` (and the gids); root only."""
-    r, w = os.pipe2(os.O_CLOEXEC)
+    """An fd of a new user namespace mapping ``uid_from -> uid_to`` (and the gids); root only.
+
+    A forked child unshares it and says so on a pipe (a blocking read: on a busy machine a
+    parent polling for the child's namespace would spin while the child waits for a CPU), then
+    holds it until its maps are written and the fd is open."""
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    hold_r, hold_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the short-lived child only holds the namespace
         try:
-            os.close(w)
-            try:
-                libc.call("unshare", CLONE_NEWUSER)
-            except OSError:
-                os._exit(1)
-            os.read(r, 1)
+            os.close(ready_r)
+            os.close(hold_w)
+            libc.call("unshare", CLONE_NEWUSER)
+            os.write(ready_w, b"1")
+            os.read(hold_r, 1)
         finally:
             os._exit(0)
-    os.close(r)
+    os.close(ready_w)
+    os.close(hold_r)
     try:
-        own = os.stat("/proc/self/ns/user").st_ino
-        for _ in range(100000):  # the child's unshare takes microseconds
-            if os.stat(f"/proc/{pid}/ns/user").st_ino != own:
-                break
-        else:
+        if os.read(ready_r, 1) != b"1":  # it died before its namespace was made
             raise SandboxError("cannot create the idmap user namespace")
-        with open(f"/proc/{pid}/uid_map", "w") as f:
-            f.write(f"{uid_from} {uid_to} 1\n")
-        with open(f"/proc/{pid}/setgroups", "w") as f:
-            f.write("deny")
-        with open(f"/proc/{pid}/gid_map", "w") as f:
-            f.write(f"{gid_from} {gid_to} 1\n")
+        _write(f"/proc/{pid}/uid_map", f"{uid_from} {uid_to} 1\n")
+        _write(f"/proc/{pid}/setgroups", "deny")
+        _write(f"/proc/{pid}/gid_map", f"{gid_from} {gid_to} 1\n")
         return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise SandboxError(f"cannot create the idmap user namespace: {e.strerror}") from None
     finally:
-        os.close(w)
+        os.close(ready_r)
+        os.close(hold_w)
         os.waitpid(pid, 0)
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        if os.write(fd, text.encode()) != len(text):
+            raise OSError(0, f"short write to {path}")
+    finally:
+        os.close(fd)
 
 
 def open_nofollow(path: str) -> int:
