@@ -46,30 +46,17 @@ def project(root: Path) -> Path:
     return root
 
 
-def nobody_env(nixcell: str, base: Path) -> dict[str, str] | None:
-    """An environment in which uid 65534 runs nixcell from a cache root resolved (as
-    tests/integration/test_ordinary_user.py prepares it); None when that is not possible."""
+def as_nobody(nixcell: str, home: Path, *args: str) -> tuple[list[str], dict[str, str]] | None:
+    """(argv, env) running ``nixcell args`` as uid 65534 from a cache root resolved under
+    ``home`` (the integration tests' own preparation); None when root cannot switch to it."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         return None
-    state = base / "nobody-home"
-    env = {**os.environ, "NIXCELL_HOME": str(state)}
-    subprocess.run([nixcell, "run", "-p", "bash", "--", "true"], env=env, check=True)
-    offline = state / "offline"
-    offline.mkdir()
-    for name in ("set.nix", "set.json"):
-        shutil.copy2(Path(os.environ["NIXCELL_OFFLINE_DIR"], name), offline / name)
-    for root, dirs, files in os.walk(base):
-        for name in [*dirs, *files]:
-            os.lchown(os.path.join(root, name), NOBODY, NOBODY)
-    os.chown(base, NOBODY, NOBODY)
-    base.chmod(0o755)
-    return {
-        "PATH": os.environ["PATH"],
-        "HOME": str(base),
-        "NIXCELL_HOME": str(state),
-        "NIXCELL_OFFLINE_DIR": str(offline),
-        "LANG": "C.UTF-8",
-    }
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.conftest import NIXCELL
+    from tests.integration.test_ordinary_user import as_nobody as prepared
+
+    argv, env = prepared(home, *args, spawn=True)
+    return [nixcell if a == NIXCELL else a for a in argv], env
 
 
 def report(samples: dict[str, list[float]], base: str) -> None:
@@ -114,16 +101,14 @@ def main() -> None:
         report(interleaved(rows, args.runs), "run -p bash -- true")
         user = base / "user"
         user.mkdir()
-        env = nobody_env(nc, user)
-        if env is not None:
+        plain_user = as_nobody(nc, user, "run", "-p", "bash", "--", "true")
+        bind_user = as_nobody(nc, user, "run", "-p", "bash", "--bind", "dir", "--", "true")
+        if plain_user is not None and bind_user is not None:
             (user / "dir").mkdir()
             os.chown(user / "dir", NOBODY, NOBODY)
-            who = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
             rows = {
-                "nobody: run -p bash -- true": runner([*who, *plain, "--", "true"], user, env),
-                "nobody: run -p bash --bind DIR -- true": runner(
-                    [*who, *plain, "--bind", "dir", "--", "true"], user, env
-                ),
+                "nobody: run -p bash -- true": runner(plain_user[0], user, plain_user[1]),
+                "nobody: run -p bash --bind DIR -- true": runner(bind_user[0], user, bind_user[1]),
             }
             report(interleaved(rows, args.runs), "nobody: run -p bash -- true")
         if args.network:
