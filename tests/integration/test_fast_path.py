@@ -328,12 +328,13 @@ WARM_PATH_NEVER = (
 )  # fmt: skip
 
 
-# (as root, binds, --workdir and a store copy come through the idmapped stage; an ordinary
-# user's binds go to bwrap directly)
+# (as root, binds, --workdir and a store copy come through the idmapped stage, and --disk's
+# tmpfs is mounted by the same child; an ordinary user's binds go to bwrap directly)
 @pytest.mark.parametrize("flags", [[], ["--timeout", "30s"], ["-e", "A=1", "--cwd", "/tmp"],
                                    ["--store", "readonly"], ["--host-network"],
                                    ["--bind", "{tmp}:/w", "--ro-bind", "{tmp}/f:/f"],
-                                   ["--workdir", "{tmp}"]])  # fmt: skip
+                                   ["--workdir", "{tmp}"], ["--disk", "64M"],
+                                   ["--disk", "64M", "--ro-bind", "{tmp}:/w"]])  # fmt: skip
 def test_the_warm_path_imports_almost_nothing(offline_set, tmp_path, flags):
     """The modules a warm run loads, as ``python -X importtime`` lists them (not a timing)."""
     from nixcell.cli import launcher

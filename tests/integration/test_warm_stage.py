@@ -23,6 +23,7 @@ from nixcell.sandbox.identity import subordinate_range
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the idmapped stage is root-run only")
 PACKAGES = ("-p", "bash", "-p", "coreutils")
+STAGE, SCRATCH = "/run/nixcell/stage", "/run/nixcell/scratch"
 
 
 def _warm(home: Path, flags: list[str], command: list[str]) -> subprocess.CompletedProcess[bytes]:
@@ -69,14 +70,25 @@ def test_warm_binds_are_owned_by_the_cell_and_written_as_the_invoker(offline_set
     assert not (ro / "g").exists()
 
 
-def test_warm_stage_lives_only_in_bwraps_namespace_and_nothing_holds_root(offline_set, tmp_path):
+@pytest.mark.parametrize(
+    ("flags", "mounted"),
+    [
+        (["--bind", "{data}:/data"], [STAGE]),
+        (["--disk", "16M"], [SCRATCH]),
+        (["--disk", "16M", "--ro-bind", "{data}:/data"], [STAGE, SCRATCH]),
+    ],
+    ids=["stage", "scratch", "both"],
+)
+def test_warm_stage_lives_only_in_bwraps_namespace_and_nothing_holds_root(
+    offline_set, tmp_path, flags, mounted
+):
     """Seen from the host while a warm cell runs: bwrap and the cell's pid-1 run as the cell's
-    host uid with no capability; the stage is mounted in bwrap's mount namespace, not the
-    host's; and the namespace is gone with the cell."""
+    host uid with no capability; the stage and the --disk tmpfs are mounted in bwrap's mount
+    namespace, not the host's; and the namespace is gone with the cell."""
     data = tmp_path / "data"
     data.mkdir()
     home = tmp_path / "home"
-    flags = ["--bind", f"{data}:/data"]
+    flags = [f.format(data=data) for f in flags]
     env = {**os.environ, "NIXCELL_HOME": str(home)}
     assert cli("run", *PACKAGES, *flags, "--", "true", env=env).returncode == 0
     argv = [NIXCELL, "run", *PACKAGES, *flags, "--", "bash", "-c", "echo ready; read -r _"]
@@ -88,8 +100,9 @@ def test_warm_stage_lives_only_in_bwraps_namespace_and_nothing_holds_root(offlin
             (bwrap,) = (p for p in _children(proc.pid) if _status(p)["Name"] == "bwrap")
             host_ns = os.readlink("/proc/self/ns/mnt")
             assert os.readlink(f"/proc/{bwrap}/ns/mnt") != host_ns
-            assert " /run/nixcell/stage " in Path(f"/proc/{bwrap}/mountinfo").read_text()
-            assert "/run/nixcell/stage" not in Path("/proc/self/mountinfo").read_text()
+            for point in mounted:
+                assert f" {point} " in Path(f"/proc/{bwrap}/mountinfo").read_text()
+                assert point not in Path("/proc/self/mountinfo").read_text()
             rng = subordinate_range()
             for pid in (bwrap, *_children(bwrap)):
                 status = _status(pid)
@@ -162,3 +175,14 @@ def test_warm_stage_refusals_are_one_line(offline_set, tmp_path, source, change,
         assert done.returncode in (1, 2) and len(err) == 1, done.stderr
         assert words in err[0] and "Traceback" not in err[0]
         assert done.stdout == b""  # the cell never ran: nothing of /etc was listed
+
+
+def test_warm_disk_bounds_every_writable_area_together(offline_set, tmp_path):
+    script = (
+        "head -c 6M /dev/zero > /tmp/a && echo tmp; head -c 6M /dev/zero > /dev/shm/b && echo shm;"
+        " head -c 6M /dev/zero > ~/c 2>/dev/null && echo home; stat -c %u /tmp /dev/shm ~; id -u"
+    )
+    done = _warm(tmp_path / "home", ["--disk", "16M"], ["bash", "-c", script])
+    lines = done.stdout.decode().split()
+    assert lines[:2] == ["tmp", "shm"] and "home" not in lines, done.stdout  # 18M > 16M
+    assert lines[-4:] == [lines[-1]] * 4  # the areas belong to the cell's own uid

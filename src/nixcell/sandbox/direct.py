@@ -145,7 +145,7 @@ class _Cell:
             raise SandboxError("internal: a cell without a network must unshare the network")
         if plan.identity == "subordinate" and user is None and not launcher:
             raise SandboxError("internal: a root-run cell needs its own uid")
-        if (plan.stage and not (launcher or setup)) or (plan.scratch is not None and not launcher):
+        if (plan.stage or plan.scratch is not None) and not (launcher or setup):
             raise SandboxError("internal: a cell with staged mounts needs its mount namespace")
         fds = {name: memfd("nixcell-data", data) for name, data in plan.files()}
         fds["seccomp"] = memfd("nixcell-seccomp", program)
@@ -315,7 +315,7 @@ def _spawn(
     if why:
         os.waitpid(pid, 0)
         code, _, text = why.decode(errors="replace").partition(" ")
-        if int(code) == _STAGE_FAILED:  # (SandboxError's own words: "cannot bind X ...")
+        if code == str(_STAGE_FAILED):  # (SandboxError's own words: "cannot bind X ...")
             raise SandboxError(text)
         raise SandboxError(f"cannot start bubblewrap: {text}")
     return pid

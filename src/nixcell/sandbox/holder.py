@@ -20,15 +20,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from nixcell.errors import SandboxError
-from nixcell.sandbox.rundir import root_dir
 from nixcell.sandbox.stage import (
     MS_REC,
     MS_SLAVE,
-    STAGE,
     StagedTree,
     clone_opened,
+    ensure_root_mount_point,
     ensure_stage,
+    mount_scratch,
     populate,
+    root_mount_point,
 )
 
 CLONE_NEWNS = 0x00020000
@@ -187,17 +188,16 @@ def _child(
 def _mount_point(name: str) -> str:
     """An empty host directory that tmpfs mounts cover inside a cell's own namespaces."""
     if os.geteuid() == 0:
-        return f"{os.path.dirname(STAGE)}/{name}"
+        return root_mount_point(name)
     from nixcell import paths
 
     return str(paths.mount_dir() / name)
 
 
 def _ensure_mount_point(name: str) -> str:
-    path = _mount_point(name)
     if os.geteuid() == 0:
-        os.makedirs("/run", mode=0o755, exist_ok=True)
-        return root_dir(path, 0o755)
+        return ensure_root_mount_point(name)
+    path = _mount_point(name)
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path
 
@@ -212,19 +212,7 @@ def ensure_scratch_dir() -> str:
 
 
 def _scratch(size: int, owner: tuple[int, int]) -> None:
-    """One tmpfs for all writable areas: --disk bounds their bytes together, and their inodes."""
-    from nixcell.plan import SCRATCH_AREAS
-    from nixcell.sandbox import idmap
-
-    idmap.mount(None, "/", None, MS_REC | MS_SLAVE, None)
-    inodes = max(1024, size // 4096)
-    top = scratch_dir()
-    idmap.mount("tmpfs", top, "tmpfs", 0, f"mode=0755,size={size},nr_inodes={inodes}")
-    for name, _, mode in SCRATCH_AREAS:
-        path = f"{top}/{name}"
-        os.mkdir(path)
-        os.chown(path, *owner)
-        os.chmod(path, mode)
+    mount_scratch(scratch_dir(), size, owner)
 
 
 def volume_dir() -> str:

@@ -80,20 +80,28 @@ class CellLaunch:
         return trees
 
     def stage_in_child(self) -> Callable[[], None] | None:
-        """For an executor that forks the process becoming bwrap (``direct.py``): when the
-        cell needs only its stage (no network, parent or scratch), a function that builds it
-        in that child (``stage.build_here``: its own mount namespace, before it drops root), in
-        place of the namespace helper and the ``nsenter`` launcher. Else None: ``hold_own``."""
+        """For an executor that forks the process becoming bwrap (``direct.py``): when a
+        root-run cell's own mount namespace holds only its stage and --disk scratch (no
+        network, no parent), a function that builds it in that child (``stage.build_here``,
+        before the child drops root), in place of the namespace helper and the ``nsenter``
+        launcher. Else None: ``hold_own``. (An ordinary user's scratch needs a user namespace
+        of its own: the helper's.)"""
         plan = self.plan
-        if not plan.stage or plan.scratch is not None or self.parent or self.identity is None:
+        if self.identity is None or self.parent is not None or plan.volumes:
+            return None
+        if not plan.stage and plan.scratch is None:
             return None
         from nixcell.sandbox import stage
 
         trees = self._trees()
         userns = self._idmap_userns
-        assert userns is not None
-        stage.ensure_stage()
-        return lambda: stage.build_here(trees, userns)
+        if trees:
+            stage.ensure_stage()
+        scratch = None
+        if plan.scratch is not None:
+            stage.ensure_root_mount_point("scratch")
+            scratch = (plan.scratch, self.identity.uid, self.identity.gid)
+        return lambda: stage.build_here(trees, userns, scratch)
 
     def use(self, namespaces: CellNamespaces | None) -> None:
         """The namespaces the cell starts in (made with ``holder_args``)."""

@@ -44,12 +44,23 @@ class StagedTree:
         return f"StagedTree({self.source!r}, {self.index}, ro={self.readonly}, dir={self.is_dir})"
 
 
-def ensure_stage() -> None:
-    """The host side of the stage: an empty root-owned directory nobody else can write."""
+def root_mount_point(name: str) -> str:
+    """A root-run cell's empty host directory (``/run/nixcell/NAME``) that a tmpfs covers inside
+    its own mount namespace: the stage, the --disk scratch, a session's volume."""
+    return f"{os.path.dirname(STAGE)}/{name}"
+
+
+def ensure_root_mount_point(name: str) -> str:
+    """Make it: an empty root-owned directory nobody else can write."""
     from nixcell.sandbox.rundir import root_dir
 
     os.makedirs("/run", mode=0o755, exist_ok=True)
-    root_dir(STAGE, 0o755)
+    return root_dir(root_mount_point(name), 0o755)
+
+
+def ensure_stage() -> None:
+    """The host side of the stage."""
+    ensure_root_mount_point(os.path.basename(STAGE))
 
 
 def clone_opened(trees: Sequence[StagedTree], userns: int | None) -> dict[int, int]:
@@ -95,11 +106,36 @@ def populate(trees: Sequence[StagedTree], userns: int, cloned: dict[int, int]) -
             os.close(fd)
 
 
-def build_here(trees: Sequence[StagedTree], userns: int) -> None:
+def mount_scratch(top: str, size: int, owner: tuple[int, int]) -> None:
+    """One tmpfs for all writable areas at ``top``: --disk bounds their bytes together, and
+    their inodes (in the cell's fresh mount namespace, made a slave of the host's first)."""
+    from nixcell.planview import SCRATCH_AREAS
+    from nixcell.sandbox import idmap
+
+    idmap.mount(None, "/", None, MS_REC | MS_SLAVE, None)
+    inodes = max(1024, size // 4096)
+    idmap.mount("tmpfs", top, "tmpfs", 0, f"mode=0755,size={size},nr_inodes={inodes}")
+    for name, _, mode in SCRATCH_AREAS:
+        path = f"{top}/{name}"
+        os.mkdir(path)
+        os.chown(path, *owner)
+        os.chmod(path, mode)
+
+
+def build_here(
+    trees: Sequence[StagedTree],
+    userns: int | None,
+    scratch: tuple[int, int, int] | None = None,
+) -> None:
     """Give the calling process (about to become bwrap) its own mount namespace holding the
-    stage. Run in the forked child before it drops root; the namespace dies with bwrap."""
+    stage and the ``scratch`` tmpfs (size, owner uid, gid). Run in the forked child of a
+    root-run cell before it drops root; the namespace dies with bwrap."""
     from nixcell.sandbox import idmap
 
     cloned = clone_opened(trees, userns)
     idmap.unshare(CLONE_NEWNS)
-    populate(trees, userns, cloned)
+    if trees:
+        assert userns is not None
+        populate(trees, userns, cloned)
+    if scratch is not None:
+        mount_scratch(root_mount_point("scratch"), scratch[0], (scratch[1], scratch[2]))
