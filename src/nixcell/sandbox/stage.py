@@ -1,10 +1,10 @@
-"""The idmapped stage of a root-run cell: host trees cloned, idmapped and attached under STAGE.
+"""A root-run cell's own mount namespace: its idmapped stage under STAGE, its --disk scratch.
 
-Apart from ``holder.py`` so that the warm path (``direct.py``) can build the stage in the very
-process that becomes bwrap, importing no more than ``os`` and ``idmap``: no helper fork, no
-``nsenter`` exec, no ``socket`` or ``dataclasses`` (those imports alone were ~12 ms of a
-root-run ``--bind``). ``holder.py`` builds the same stage in its helper when the cell also
-needs a network, a parent's namespaces or a scratch disk.
+Apart from ``holder.py`` so that the warm path (``direct.py``) can build them in the very
+process that becomes bwrap, importing no more than ``os``, ``idmap`` and ``libc``: no helper
+fork, no ``nsenter`` exec, no ``socket`` or ``dataclasses`` (those imports alone were ~12 ms of
+a root-run ``--bind``). ``holder.py`` builds the same in its helper when the cell also needs a
+network or a parent's namespaces, or runs as an ordinary user (who needs a user namespace).
 """
 
 from __future__ import annotations
