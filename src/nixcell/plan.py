@@ -15,7 +15,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from nixcell.planstore import host_network_mounts, store_binds, store_env, store_mounts
-from nixcell.planview import PLAN_FORMAT, STAGE_DIR, staged_source
+from nixcell.planview import (  # (the cell's home and writable areas, for the warm path too)
+    CELL_HOME,
+    PLAN_FORMAT,
+    SCRATCH_AREAS,
+    STAGE_DIR,
+    staged_source,
+)
 from nixcell.shellcmd import command_for
 
 TYPE_CHECKING = False  # not `import typing`: it costs CLI start-up time
@@ -28,7 +34,6 @@ if TYPE_CHECKING:
 CELL_USER = "cell"
 CELL_UID = 1000
 CELL_GID = 1000
-CELL_HOME = "/home/cell"
 HOSTNAME = "cell"
 NAMESPACES = ("user", "pid", "ipc", "uts", "net", "cgroup")
 
@@ -38,13 +43,6 @@ NAMESPACES = ("user", "pid", "ipc", "uts", "net", "cgroup")
 _NSSWITCH = "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
 PROXY_PORT = 3128  # inside the cell's own network namespace, so any fixed port is free
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-# The cell's writable areas: (name in the scratch tmpfs, where the cell sees it, mode).
-SCRATCH_AREAS = (
-    ("shm", "/dev/shm", 0o1777),
-    ("tmp", "/tmp", 0o1777),
-    ("home", CELL_HOME, 0o700),
-    ("workspace", "/workspace", 0o755),
-)
 
 # What runc and Docker cover in /proc (runc's config.json defaults, Docker's oci/defaults.go),
 # plus kernel-wide files of the same kind: read-only, or masked (unreadable) altogether.

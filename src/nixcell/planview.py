@@ -20,7 +20,16 @@ if TYPE_CHECKING:
 
 PLAN_FORMAT = 8  # a cached plan of another format is made again, never run (plan.py's)
 FORMAT = (1, PLAN_FORMAT)  # the layout of a cache entry, and of the plan in it
-STAGE_DIR = "/run/nixcell/stage"  # sandbox/holder.py STAGE: where idmapped binds wait
+STAGE_DIR = "/run/nixcell/stage"  # sandbox/stage.py STAGE: where idmapped binds wait
+CELL_HOME = "/home/cell"
+# The cell's writable areas: (name in the scratch tmpfs, where the cell sees it, mode); here,
+# not in plan.py, for the warm path's stage (sandbox/stage.py mounts the --disk scratch).
+SCRATCH_AREAS = (
+    ("shm", "/dev/shm", 0o1777),
+    ("tmp", "/tmp", 0o1777),
+    ("home", CELL_HOME, 0o700),
+    ("workspace", "/workspace", 0o755),
+)
 
 
 def staged_source(stage: tuple, src: str | None) -> str | None:

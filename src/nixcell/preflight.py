@@ -154,7 +154,7 @@ def made_by_nixcell(plan: Plan, op: MountOp) -> str | None:
     fresh --disk scratch areas, UNKNOWN for a volume (its files are the session's); None for a
     bind of a host path."""
     if plan.scratch is not None:
-        from nixcell.plan import SCRATCH_AREAS  # (not on the CLI's warm path without --disk)
+        from nixcell.planview import SCRATCH_AREAS  # (plan.py's json and dataclasses: not here)
 
         areas = SCRATCH_AREAS
         if any(op.dest == dest and str(op.src).endswith(f"/{name}") for name, dest, _ in areas):

@@ -319,16 +319,22 @@ def test_a_cached_network_plan_runs_through_the_normal_executor(offline_set, tmp
 
 # What the warm path must never import: each is milliseconds of a ~15 ms run (issue 9 §7), and
 # each came back once by accident (a stray import of nixcell.runner in preflight cost 10 ms).
+# (the namespace helper, sandbox/holder.py, with socket and dataclasses, cost a root-run
+# --bind ~12 ms: the warm path builds the stage in bwrap's own process, sandbox/stage.py)
 WARM_PATH_NEVER = (
     "nixcell.runner", "click", "pydantic", "json", "dataclasses", "subprocess", "contextlib",
     "inspect", "logging", "pathlib", "typing", "nixcell.cli.main", "mcp",
+    "nixcell.sandbox.holder", "socket", "threading", "collections",
 )  # fmt: skip
 
 
-# (a store copy of a root-run cell comes through the idmapped stage, as --workdir does: the
-# namespace helper, sandbox/holder.py, is then loaded; an ordinary user's binds it directly)
+# (as root, binds, --workdir and a store copy come through the idmapped stage, and --disk's
+# tmpfs is mounted by the same child; an ordinary user's binds go to bwrap directly)
 @pytest.mark.parametrize("flags", [[], ["--timeout", "30s"], ["-e", "A=1", "--cwd", "/tmp"],
-                                   ["--store", "readonly"], ["--host-network"]])  # fmt: skip
+                                   ["--store", "readonly"], ["--host-network"],
+                                   ["--bind", "{tmp}:/w", "--ro-bind", "{tmp}/f:/f"],
+                                   ["--workdir", "{tmp}"], ["--disk", "64M"],
+                                   ["--disk", "64M", "--ro-bind", "{tmp}:/w"]])  # fmt: skip
 def test_the_warm_path_imports_almost_nothing(offline_set, tmp_path, flags):
     """The modules a warm run loads, as ``python -X importtime`` lists them (not a timing)."""
     from nixcell.cli import launcher
@@ -336,7 +342,9 @@ def test_the_warm_path_imports_almost_nothing(offline_set, tmp_path, flags):
     path = tmp_path / "nixcell"
     launcher.install(str(path))
     env = {**os.environ, "NIXCELL_HOME": str(tmp_path / "home")}
-    argv = ["run", *PACKAGES, *flags, "--", "true"]
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "f").write_text("")
+    argv = ["run", *PACKAGES, *(f.format(tmp=tmp_path / "w") for f in flags), "--", "true"]
     for _ in range(2):  # the first run plans and caches; later sweeps are not due for a while
         assert subprocess.run([str(path), *argv], env=env, capture_output=True).returncode == 0
     out = subprocess.run(

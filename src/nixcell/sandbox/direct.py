@@ -31,11 +31,14 @@ from nixcell.sandbox.nonet import NetProbe, block_pipe
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from nixcell.planview import PlanView
     from nixcell.sandbox.cgroups import CellCgroup
 
 _SIGKILL, _SIGPIPE, _SIGXFSZ, _SIG_DFL = 9, 13, 25, 0
 _SPAWN_FAILED = 127  # the child's exit status when it could not become bwrap
+_STAGE_FAILED = 124  # ... when it could not build the cell's stage
 
 
 class Outcome:
@@ -69,7 +72,9 @@ def execute(plan: PlanView) -> Outcome:
     cell_id = f"{os.getpid()}-{os.urandom(5).hex()}"
     launch = CellLaunch(plan)  # type: ignore[arg-type]
     try:
-        launch.hold_own()
+        setup = launch.stage_in_child()  # a root-run cell's binds: staged by bwrap's own process
+        if setup is None:
+            launch.hold_own()
     except BaseException:
         launch.close()
         raise
@@ -81,7 +86,9 @@ def execute(plan: PlanView) -> Outcome:
             lim = plan.limits
             limits = CgroupLimits(memory=lim.memory, pids=lim.pids, cpus=lim.cpus)
             cell.cgroup = create_cell_cgroup(cell_id, limits)
-        cell.start(plan, program, launch.launcher(), launch.user())
+        cell.start(plan, program, launch.launcher(), launch.user(), setup)
+        if setup is not None:  # the child holds the stage now: the bind sources' fds can go
+            launch.use(None)
         timed_out = not cell.wait(plan.limits.timeout)
         if timed_out:
             cell.kill()
@@ -130,13 +137,15 @@ class _Cell:
         program: bytes,
         launcher: list[str] | None,
         user: tuple[int, int] | None,
+        setup: Callable[[], None] | None = None,
     ) -> None:
-        """Start bwrap and read its pid-1 (the cell runs inside its cgroups from the start)."""
+        """Start bwrap and read its pid-1 (the cell runs inside its cgroups from the start).
+        ``setup``: run in the forked child as root before it switches to ``user`` (the stage)."""
         if "net" not in plan.namespaces and not plan.host_network:  # (as bwrap.spawn)
             raise SandboxError("internal: a cell without a network must unshare the network")
         if plan.identity == "subordinate" and user is None and not launcher:
             raise SandboxError("internal: a root-run cell needs its own uid")
-        if (plan.stage or plan.scratch is not None) and not launcher:
+        if (plan.stage or plan.scratch is not None) and not (launcher or setup):
             raise SandboxError("internal: a cell with staged mounts needs its mount namespace")
         fds = {name: memfd("nixcell-data", data) for name, data in plan.files()}
         fds["seccomp"] = memfd("nixcell-seccomp", program)
@@ -149,7 +158,7 @@ class _Cell:
         argv = [*(launcher or ()), bwrap_path(), "--args", str(args_fd), *args[cut:]]
         procs = [str(p) for p in self.cgroup.procs_files()] if self.cgroup is not None else []
         try:
-            self.pid = _spawn(argv, [*fds.values(), info_w, block_r, args_fd], procs, user)
+            self.pid = _spawn(argv, [*fds.values(), info_w, block_r, args_fd], procs, user, setup)
         except BaseException:
             os.close(block_w)
             raise
@@ -237,10 +246,17 @@ class _Cell:
             self.cgroup.remove()
 
 
-def _spawn(argv: list[str], pass_fds: list[int], procs: list[str], user: tuple | None) -> int:
+def _spawn(
+    argv: list[str],
+    pass_fds: list[int],
+    procs: list[str],
+    user: tuple | None,
+    setup: Callable[[], None] | None = None,
+) -> int:
     """fork and exec ``argv`` in its own process group, with an empty environment, in ``/``,
     with only stdio and ``pass_fds``: after joining the cgroups ``procs`` (as the invoking
-    user, root included) and switching to ``user`` (uid, gid; no supplementary groups)."""
+    user, root included), running ``setup`` (still as that user) and switching to ``user``
+    (uid, gid; no supplementary groups)."""
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     keep = sorted({*pass_fds, err_w})
     try:
@@ -259,6 +275,10 @@ def _spawn(argv: list[str], pass_fds: list[int], procs: list[str], user: tuple |
                 os.write(fd, b"0\n")
                 os.close(fd)
             code = _SPAWN_FAILED
+            if setup is not None:  # a failure ends here, before bwrap: nothing half-staged runs
+                code = _STAGE_FAILED
+                setup()
+                code = _SPAWN_FAILED
             if user is not None:
                 os.setgroups([])
                 os.setgid(user[1])
@@ -277,9 +297,9 @@ def _spawn(argv: list[str], pass_fds: list[int], procs: list[str], user: tuple |
                 _signal.signal(signum, _SIG_DFL)
             os.execve(argv[0], argv, {})
         except BaseException as exc:
-            if code == _SPAWN_FAILED:
+            if code in (_SPAWN_FAILED, _STAGE_FAILED):
                 with suppress(BaseException):
-                    os.write(err_w, str(exc).encode(errors="replace")[:400])
+                    os.write(err_w, b"%d %s" % (code, str(exc).encode(errors="replace")[:400]))
         finally:
             os._exit(code)
     os.close(err_w)
@@ -294,5 +314,8 @@ def _spawn(argv: list[str], pass_fds: list[int], procs: list[str], user: tuple |
         os.close(err_r)
     if why:
         os.waitpid(pid, 0)
-        raise SandboxError(f"cannot start bubblewrap: {why.decode(errors='replace')}")
+        code, _, text = why.decode(errors="replace").partition(" ")
+        if code == str(_STAGE_FAILED):  # (SandboxError's own words: "cannot bind X ...")
+            raise SandboxError(text)
+        raise SandboxError(f"cannot start bubblewrap: {text}")
     return pid

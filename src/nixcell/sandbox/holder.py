@@ -20,32 +20,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from nixcell.errors import SandboxError
-from nixcell.sandbox.rundir import root_dir
+from nixcell.sandbox.stage import (
+    MS_REC,
+    MS_SLAVE,
+    StagedTree,
+    clone_opened,
+    ensure_root_mount_point,
+    ensure_stage,
+    mount_scratch,
+    populate,
+    root_mount_point,
+)
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
-MS_REC = 0x4000
-MS_SLAVE = 1 << 19
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
-STAGE = "/run/nixcell/stage"  # an empty directory on the host; a tmpfs in each cell's namespace
-
-
-@dataclass(frozen=True)
-class StagedTree:
-    """A host path to clone, idmap and attach at ``STAGE/<index>`` in the cell's namespace.
-
-    The clone is made inside the helper, after it entered any parent namespaces, so a path that
-    exists only there (a session's workspace volume) is found too.
-    """
-
-    source: str
-    index: int
-    readonly: bool
-    is_dir: bool
-    fd: int | None = None  # the source opened without following links (idmap.open_nofollow)
 
 
 @dataclass
@@ -104,12 +96,6 @@ def nsenter_path() -> str:
     return found
 
 
-def ensure_stage() -> None:
-    """The host side of the stage: an empty root-owned directory nobody else can write."""
-    os.makedirs("/run", mode=0o755, exist_ok=True)
-    root_dir(STAGE, 0o755)
-
-
 def _bring_lo_up() -> None:
     import fcntl
 
@@ -117,27 +103,6 @@ def _bring_lo_up() -> None:
         ifreq = struct.pack("16sH14x", b"lo", 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, ifreq))[1]
         fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
-
-
-def _stage(trees: Sequence[StagedTree], userns: int, cloned: dict[int, int]) -> None:
-    """Attach the trees at STAGE/<index>: ``cloned`` ones were cloned from their fds before the
-    helper left the host's mount namespace (the kernel clones a mount only from the caller's
-    own namespace); the others (a volume's path) are cloned here, where they exist."""
-    from nixcell.sandbox import idmap
-
-    idmap.mount(None, "/", None, MS_REC | MS_SLAVE, None)  # nothing of ours reaches the host
-    idmap.mount("tmpfs", STAGE, "tmpfs", 0, "mode=0755,size=64k,nr_inodes=4096")
-    for tree in trees:
-        target = f"{STAGE}/{tree.index}"
-        if tree.is_dir:
-            os.mkdir(target, 0o755)
-        else:
-            os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-        fd = cloned.get(tree.index)
-        if fd is None:
-            fd = idmap.idmapped_tree(tree.source, userns, readonly=tree.readonly)
-        idmap.attach(fd, target)
-        os.close(fd)
 
 
 def _enter(parent: CellNamespaces | None) -> None:
@@ -168,14 +133,7 @@ def _child(
     try:
         privileged = os.geteuid() == 0
         uid, gid = os.geteuid(), os.getegid()
-        cloned = {}  # clones of the host paths, made while still in the host's namespace
-        for tree in trees:
-            if tree.fd is not None:
-                assert idmap_userns is not None
-                mapped = idmap.idmapped_tree(
-                    tree.source, idmap_userns, readonly=tree.readonly, fd=tree.fd
-                )
-                cloned[tree.index] = mapped
+        cloned = clone_opened(trees, idmap_userns)  # (still in the host's mount namespace)
         _enter(parent)
         owned = parent is not None and parent.userns_fd is not None  # already in our userns
         flags = (CLONE_NEWNET if port is not None else 0) | (CLONE_NEWNS if trees else 0)
@@ -193,7 +151,7 @@ def _child(
                 f.write(f"{gid} {gid} 1")
         if trees:
             assert idmap_userns is not None
-            _stage(trees, idmap_userns, cloned)
+            populate(trees, idmap_userns, cloned)
         if scratch is not None:
             _scratch(scratch[0], (scratch[1], scratch[2]))
         if volume is not None:
@@ -230,17 +188,16 @@ def _child(
 def _mount_point(name: str) -> str:
     """An empty host directory that tmpfs mounts cover inside a cell's own namespaces."""
     if os.geteuid() == 0:
-        return f"{os.path.dirname(STAGE)}/{name}"
+        return root_mount_point(name)
     from nixcell import paths
 
     return str(paths.mount_dir() / name)
 
 
 def _ensure_mount_point(name: str) -> str:
-    path = _mount_point(name)
     if os.geteuid() == 0:
-        os.makedirs("/run", mode=0o755, exist_ok=True)
-        return root_dir(path, 0o755)
+        return ensure_root_mount_point(name)
+    path = _mount_point(name)
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path
 
@@ -255,19 +212,7 @@ def ensure_scratch_dir() -> str:
 
 
 def _scratch(size: int, owner: tuple[int, int]) -> None:
-    """One tmpfs for all writable areas: --disk bounds their bytes together, and their inodes."""
-    from nixcell.plan import SCRATCH_AREAS
-    from nixcell.sandbox import idmap
-
-    idmap.mount(None, "/", None, MS_REC | MS_SLAVE, None)
-    inodes = max(1024, size // 4096)
-    top = scratch_dir()
-    idmap.mount("tmpfs", top, "tmpfs", 0, f"mode=0755,size={size},nr_inodes={inodes}")
-    for name, _, mode in SCRATCH_AREAS:
-        path = f"{top}/{name}"
-        os.mkdir(path)
-        os.chown(path, *owner)
-        os.chmod(path, mode)
+    mount_scratch(scratch_dir(), size, owner)
 
 
 def volume_dir() -> str:

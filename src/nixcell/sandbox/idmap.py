@@ -7,18 +7,19 @@ on disk by whoever ran nixcell. An idmapped mount (Linux 5.12+, ``mount_setattr`
 uid ``U`` and files ``U`` creates are written as ``I``. Nothing on the host is chowned, nothing
 is left behind: the mount exists only inside the cell's own mount namespace (``holder.py``).
 
-The kernel calls go through ctypes (Python has no wrappers for the new mount API).
+The kernel calls go through ``libc.py`` (Python has no wrappers for the new mount API, and the
+``ctypes`` package costs the warm path milliseconds).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import stat
-import struct
-import threading
+import sys
+from _thread import allocate_lock  # (not threading: milliseconds on the warm path)
 
 from nixcell.errors import SandboxError
+from nixcell.sandbox import libc
 
 _NR = {"x86_64": (428, 429, 442), "aarch64": (428, 429, 442)}  # open_tree, move_mount, setattr
 AT_FDCWD = -100
@@ -32,10 +33,6 @@ MOUNT_ATTR_NODEV = 0x4
 MOUNT_ATTR_IDMAP = 0x00100000
 CLONE_NEWUSER = 0x10000000
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
 def _nr(index: int) -> int:
     machine = os.uname().machine
     if machine not in _NR:
@@ -43,16 +40,12 @@ def _nr(index: int) -> int:
     return _NR[machine][index]
 
 
-def _call(index: int, *args: object) -> int:
-    result = _libc.syscall(_nr(index), *args)
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return int(result)
+def _call(index: int, *args: int | bytes) -> int:
+    return libc.call("syscall", _nr(index), *args, returns_long=True)
 
 
 _MAPS: dict[tuple[int, int, int, int], int] = {}  # (from, to, gfrom, gto) -> namespace fd
-_MAPS_LOCK = threading.Lock()
+_MAPS_LOCK = allocate_lock()
 _MAPS_MAX = 256
 
 
@@ -71,37 +64,47 @@ def mapping_fd(uid_from: int, uid_to: int, gid_from: int, gid_to: int) -> int:
 
 
 def userns_fd(uid_from: int, uid_to: int, gid_from: int, gid_to: int) -> int:
-    """An fd of a new user namespace mapping ``uid_from -> uid_to`` (and the gids); root only."""
-    r, w = os.pipe2(os.O_CLOEXEC)
+    """An fd of a new user namespace mapping ``uid_from -> uid_to`` (and the gids); root only.
+
+    A forked child unshares it and says so on a pipe (a blocking read: on a busy machine a
+    parent polling for the child's namespace would spin while the child waits for a CPU), then
+    holds it until its maps are written and the fd is open."""
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    hold_r, hold_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the short-lived child only holds the namespace
         try:
-            os.close(w)
-            if _libc.unshare(CLONE_NEWUSER) != 0:
-                os._exit(1)
-            os.read(r, 1)
+            os.close(ready_r)
+            os.close(hold_w)
+            libc.call("unshare", CLONE_NEWUSER)
+            os.write(ready_w, b"1")
+            os.read(hold_r, 1)
         finally:
             os._exit(0)
-    os.close(r)
+    os.close(ready_w)
+    os.close(hold_r)
     try:
-        own = os.stat("/proc/self/ns/user").st_ino
-        for _ in range(100000):  # the child's unshare takes microseconds
-            if os.stat(f"/proc/{pid}/ns/user").st_ino != own:
-                break
-        else:
+        if os.read(ready_r, 1) != b"1":  # it died before its namespace was made
             raise SandboxError("cannot create the idmap user namespace")
-        with open(f"/proc/{pid}/uid_map", "w") as f:
-            f.write(f"{uid_from} {uid_to} 1\n")
-        with open(f"/proc/{pid}/setgroups", "w") as f:
-            f.write("deny")
-        with open(f"/proc/{pid}/gid_map", "w") as f:
-            f.write(f"{gid_from} {gid_to} 1\n")
+        _write(f"/proc/{pid}/uid_map", f"{uid_from} {uid_to} 1\n")
+        _write(f"/proc/{pid}/setgroups", "deny")
+        _write(f"/proc/{pid}/gid_map", f"{gid_from} {gid_to} 1\n")
         return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise SandboxError(f"cannot create the idmap user namespace: {e.strerror}") from None
     finally:
-        os.close(w)
+        os.close(ready_r)
+        os.close(hold_w)
         os.waitpid(pid, 0)
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        if os.write(fd, text.encode()) != len(text):
+            raise OSError(0, f"short write to {path}")
+    finally:
+        os.close(fd)
 
 
 def open_nofollow(path: str) -> int:
@@ -143,7 +146,8 @@ def idmapped_tree(
     attrs = MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
     if readonly:
         attrs |= MOUNT_ATTR_RDONLY
-    attr = ctypes.create_string_buffer(struct.pack("QQQQ", attrs, 0, 0, userns))
+    # struct mount_attr: attr_set, attr_clr, propagation, userns_fd, four native-endian __u64
+    attr = b"".join(v.to_bytes(8, sys.byteorder) for v in (attrs, 0, 0, userns))
     try:
         _call(2, tree, b"", AT_EMPTY_PATH | AT_RECURSIVE, attr, 32)
     except OSError as e:
@@ -164,18 +168,21 @@ def mount(
     source: str | None, target: str, fstype: str | None, flags: int, data: str | None
 ) -> None:
     enc = lambda s: None if s is None else s.encode()  # noqa: E731
-    if _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {target}: {os.strerror(err)}")
+    try:
+        libc.call("mount", enc(source), enc(target), enc(fstype), flags, enc(data))
+    except OSError as e:
+        raise OSError(e.errno, f"mount {target}: {e.strerror}") from None
 
 
 def setns(fd: int, nstype: int) -> None:
-    if _libc.setns(fd, nstype) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
+    try:
+        libc.call("setns", fd, nstype)
+    except OSError as e:
+        raise OSError(e.errno, f"setns: {e.strerror}") from None
 
 
 def unshare(flags: int) -> None:
-    if _libc.unshare(flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"unshare: {os.strerror(err)}")
+    try:
+        libc.call("unshare", flags)
+    except OSError as e:
+        raise OSError(e.errno, f"unshare: {e.strerror}") from None

@@ -19,8 +19,11 @@ from nixcell.sandbox import identity as ids
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from nixcell.plan import Plan
     from nixcell.sandbox.holder import CellNamespaces
+    from nixcell.sandbox.stage import StagedTree
 
 
 class CellLaunch:
@@ -46,18 +49,7 @@ class CellLaunch:
 
     def holder_args(self) -> dict[str, object]:
         """What the namespace helper must do for this cell beyond its network."""
-        from nixcell.sandbox import idmap
-        from nixcell.sandbox.holder import StagedTree  # (not imported by cells without a stage)
-
-        trees = []
-        for op in self.plan.stage:  # a volume's path means something only in its namespaces
-            fd = None if op.source in self.plan.volumes else idmap.open_nofollow(op.source)
-            if fd is not None:
-                self._fds.append(fd)
-            trees.append(StagedTree(op.source, op.index, op.readonly, op.is_dir, fd))
-        if trees and self.identity is not None and self._idmap_userns is None:
-            uid, gid = self.identity.uid, self.identity.gid
-            self._idmap_userns = idmap.mapping_fd(os.getuid(), uid, os.getgid(), gid)
+        trees = self._trees()
         scratch = None
         if self.plan.scratch is not None:  # owned by the cell's host uid: its home is its own
             uid = self.identity.uid if self.identity else os.getuid()
@@ -69,6 +61,47 @@ class CellLaunch:
             "parent": self.parent,
             "scratch": scratch,
         }
+
+    def _trees(self) -> list[StagedTree]:
+        """The plan's stage, each host source opened without following links, and the user
+        namespace that idmaps them (made once per process: ``idmap.mapping_fd``)."""
+        from nixcell.sandbox import idmap
+        from nixcell.sandbox.stage import StagedTree  # (not imported by cells without a stage)
+
+        trees = []
+        for op in self.plan.stage:  # a volume's path means something only in its namespaces
+            fd = None if op.source in self.plan.volumes else idmap.open_nofollow(op.source)
+            if fd is not None:
+                self._fds.append(fd)
+            trees.append(StagedTree(op.source, op.index, op.readonly, op.is_dir, fd))
+        if trees and self.identity is not None and self._idmap_userns is None:
+            uid, gid = self.identity.uid, self.identity.gid
+            self._idmap_userns = idmap.mapping_fd(os.getuid(), uid, os.getgid(), gid)
+        return trees
+
+    def stage_in_child(self) -> Callable[[], None] | None:
+        """For an executor that forks the process becoming bwrap (``direct.py``): when a
+        root-run cell's own mount namespace holds only its stage and --disk scratch (no
+        network, no parent), a function that builds it in that child (``stage.build_here``,
+        before the child drops root), in place of the namespace helper and the ``nsenter``
+        launcher. Else None: ``hold_own``. (An ordinary user's scratch needs a user namespace
+        of its own: the helper's.)"""
+        plan = self.plan
+        if self.identity is None or self.parent is not None or plan.volumes:
+            return None
+        if not plan.stage and plan.scratch is None:
+            return None
+        from nixcell.sandbox import stage
+
+        trees = self._trees()
+        userns = self._idmap_userns
+        if trees:
+            stage.ensure_stage()
+        scratch = None
+        if plan.scratch is not None:
+            stage.ensure_root_mount_point("scratch")
+            scratch = (plan.scratch, self.identity.uid, self.identity.gid)
+        return lambda: stage.build_here(trees, userns, scratch)
 
     def use(self, namespaces: CellNamespaces | None) -> None:
         """The namespaces the cell starts in (made with ``holder_args``)."""

@@ -31,28 +31,10 @@ def become_subreaper() -> bool:
 
 
 def _prctl(option: int, arg: int) -> int:
-    """prctl(2) through ``_ctypes``, the C half of ``ctypes``: importing ``ctypes`` itself costs
-    the CLI's warm run ~2 ms; its one libc call here does not need it (nor do the ``ctypes``
-    types it would build). Any surprise in ``_ctypes`` falls back to ``ctypes``."""
-    try:
-        import _ctypes
+    """prctl(2) through ``libc.py`` (not ``ctypes``: ~2 ms of the CLI's warm run)."""
+    from nixcell.sandbox import libc
 
-        class _Int(_ctypes._SimpleCData):
-            _type_ = "i"
-
-        class _Function(_ctypes.CFuncPtr):
-            _flags_ = _ctypes.FUNCFLAG_CDECL
-            _restype_ = _Int
-
-        class _Libc:
-            _handle = _ctypes.dlopen(None, os.RTLD_NOW)
-
-        prctl = _Function(("prctl", _Libc()))
-    except (ImportError, AttributeError, TypeError, OSError):
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return prctl(option, arg, 0, 0, 0)
+    return libc.call("prctl", option, arg, 0, 0, 0)
 
 
 def reap(pid: int | None, timeout: float = 2.0) -> None:
