@@ -44,8 +44,11 @@ STATE_PLACES = {
     "state": (".local/state", "XDG_STATE_HOME"),
 }
 BESIDE_HOME = "/var/lib/cell"  # state dirs whose place under a read-only home is missing
-# read-only inside the cell, when they exist: what configures the cell or runs on the host
-PROTECTED = (".envrc", ".nixcell", ".git/hooks", ".git/config")
+# read-only inside the cell, when they exist: what configures the cell or runs on the host.
+# All of .git, not only hooks/ and config: git also takes its config and hooks from a
+# "commondir" file, from modules/*/ (submodules, reached from an index the cell could write)
+# and worktrees/*/, any of which a cell writing .git could plant (docs/project.md).
+PROTECTED = (".envrc", ".nixcell", ".git")
 
 
 @dataclass
@@ -147,21 +150,15 @@ def open_network(d: Draft) -> None:
 
 
 def protect_project_files(d: Draft) -> None:
-    """The config, .envrc, .nixcell/, .git/hooks and .git/config read-only inside: code in the
-    cell must not rewrite its own sandbox, nor what host tools run on their own. ``.git`` is
-    bound onto itself first: a mount point cannot be renamed, so a cell cannot move it aside
-    and put a ``.git`` of its own there."""
+    """The config, .envrc, .nixcell/ and .git read-only inside: code in the cell must not
+    rewrite its own sandbox, nor what host tools run on their own. ``.git`` (a directory, or a
+    worktree's "gitdir: PATH" file) is a mount point then, which cannot be renamed: a cell
+    cannot move it aside and put a ``.git`` of its own there."""
     root = d.project.root
     if not d.project_mounted:
         return
     names = [os.path.relpath(d.project.found.path, root), *PROTECTED]
     names += [os.path.relpath(p, root) for p in d.project.config.policy if _within(p, root)]
-    git = os.path.join(root, ".git")
-    git_kind = d.kind(git)
-    if git_kind == "dir":
-        d.bind(git, git, True)
-    elif git_kind == "file":  # a worktree's "gitdir: PATH": where host git finds hooks
-        names.append(".git")
     for name in dict.fromkeys(names):
         path = os.path.join(root, name)
         kind = d.kind(path)
