@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import ctypes
 import os
-import stat
 import struct
 import threading
 
 from nixcell.errors import SandboxError
+from nixcell.sandbox.bwrapio import open_nofollow  # noqa: F401 - its home was here
 
 _NR = {"x86_64": (428, 429, 442), "aarch64": (428, 429, 442)}  # open_tree, move_mount, setattr
 AT_FDCWD = -100
@@ -102,26 +102,6 @@ def userns_fd(uid_from: int, uid_to: int, gid_from: int, gid_to: int) -> int:
     finally:
         os.close(w)
         os.waitpid(pid, 0)
-
-
-def open_nofollow(path: str) -> int:
-    """An O_PATH fd of ``path``, reached without following any symbolic link (SandboxError
-    otherwise): what is bound is what was checked, even if a cell swaps a link in meanwhile."""
-    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in [p for p in os.path.normpath(path).split("/") if p]:
-            try:
-                nxt = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            except OSError as e:
-                raise SandboxError(f"cannot bind {path} into the cell: {e.strerror}") from None
-            os.close(fd)
-            fd = nxt
-            if stat.S_ISLNK(os.fstat(fd).st_mode):
-                raise SandboxError(f"cannot bind {path} into the cell: it goes through a symlink")
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def idmapped_tree(
