@@ -308,8 +308,8 @@ def plan(
             stage.append(op)
             source = f"{STAGE_DIR}/{op.index}"
         # an ordinary user's binds by fd (a root-run cell's come through the idmapped stage,
-        # opened the same way)
-        by_fd = identity == "invoker"
+        # opened the same way); a volume's path means something only in the cell's namespaces
+        by_fd = identity == "invoker" and source not in host.volumes
         mounts.append(MountOp("bind" if writable else "ro-bind", dest, source, by_fd=by_fd))
     mounts += _hides(spec, host)
     has_bin_sh = any(closure.has_program(name) for name in _SH_PROGRAMS)
