@@ -80,6 +80,9 @@ class MountOp:
 
     kind: ro-bind | bind | tmpfs | proc | dev | dir | symlink | data | remount-ro
     ``data`` ops carry file contents that reach bwrap through a memfd (``--ro-bind-data``).
+    ``by_fd`` binds reach bwrap as an O_PATH fd the executor opens without following links
+    (``--bind-fd``): bwrap would resolve a path itself, after the checks, and a cell sharing the
+    directory (a concurrent run of the same project) could swap in a link meanwhile.
     """
 
     kind: str
@@ -88,6 +91,7 @@ class MountOp:
     size: int | None = None
     perms: str | None = None
     data: str | None = None
+    by_fd: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,7 +186,8 @@ class Plan:
     def fd_names(self) -> list[str]:
         """Names of the file descriptors the executor must supply, in argv order."""
         names = [f"data:{op.dest}" for op in self.mounts if op.kind == "data"]
-        return [*names, "seccomp"]
+        paths = dict.fromkeys(f"path:{op.src}" for op in self.mounts if op.by_fd)
+        return [*names, *paths, "seccomp"]
 
     def bwrap_args(self, fds: Mapping[str, int] | None = None) -> list[str]:
         """The exact bwrap arguments (after ``bwrap``); without ``fds`` they show as <fd:NAME>."""
@@ -247,6 +252,8 @@ def _render_mount(op: MountOp, fd) -> list[str]:
     if op.size is not None:
         pre += ["--size", str(op.size)]
     match op.kind:
+        case "ro-bind" | "bind" if op.by_fd:
+            return [*pre, f"--{op.kind}-fd", fd(f"path:{op.src}"), op.dest]
         case "ro-bind" | "bind":
             return [*pre, f"--{op.kind}", str(op.src), op.dest]
         case "tmpfs" | "proc" | "dev" | "dir" | "remount-ro":
@@ -298,7 +305,10 @@ def plan(
             op = StageOp(len(stage), source, not writable, host.kinds.get(source) != "file")
             stage.append(op)
             source = f"{STAGE_DIR}/{op.index}"
-        mounts.append(MountOp("bind" if writable else "ro-bind", dest, source))
+        # an ordinary user's binds by fd (a root-run cell's come through the idmapped stage,
+        # opened the same way); a volume's path means something only in the cell's namespaces
+        by_fd = identity == "invoker" and source not in host.volumes
+        mounts.append(MountOp("bind" if writable else "ro-bind", dest, source, by_fd=by_fd))
     mounts += _hides(spec, host)
     has_bin_sh = any(closure.has_program(name) for name in _SH_PROGRAMS)
     login_shell = f"{closure.env}/bin/bash" if closure.has_program("bash") else "/bin/sh"

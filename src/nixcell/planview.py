@@ -18,7 +18,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from nixcell.plan import Plan
 
-PLAN_FORMAT = 8  # a cached plan of another format is made again, never run (plan.py's)
+PLAN_FORMAT = 9  # a cached plan of another format is made again, never run (plan.py's)
 FORMAT = (1, PLAN_FORMAT)  # the layout of a cache entry, and of the plan in it
 STAGE_DIR = "/run/nixcell/stage"  # sandbox/stage.py STAGE: where idmapped binds wait
 CELL_HOME = "/home/cell"
@@ -69,6 +69,10 @@ class PlanView:
             args[position] = str(fds[name])
         return [*args, "--", *self.command]
 
+    def paths(self) -> list[tuple[str, str]]:
+        """(fd name, host path) of the bind sources bwrap gets as fds (``MountOp.by_fd``)."""
+        return self.record["paths"]
+
     def files(self) -> list[tuple[str, bytes]]:
         """(fd name, contents) of the generated files bwrap reads from memfds, in order."""
         return self.record["files"]
@@ -106,6 +110,7 @@ def compile_plan(plan: Plan) -> bytes:
         "args": one[:-1],
         "slots": slots,
         "files": files,
+        "paths": [(f"path:{p}", p) for p in dict.fromkeys(m.src for m in base.mounts if m.by_fd)],
     }
     return marshal.dumps(record)
 

@@ -221,6 +221,23 @@ def test_a_path_needing_quotes_through_real_direnv(tmp_path: Path, denv, name: s
     assert not Path("PWNED").exists()
 
 
+@needs_direnv
+@pytest.mark.parametrize("name", ["a:b", ":lead", "trail:", "x::y"])
+def test_a_path_with_a_colon_never_splits_path(tmp_path: Path, denv, name: str) -> None:
+    """``PATH_add /t/a:b/.nixcell/bin`` would put ``/t/a`` and a relative ``b/.nixcell/bin`` on
+    PATH; neither is the project's (a relative entry runs whatever the current directory has)."""
+    root = _project(tmp_path / name)
+    (tmp_path / name.split(":")[0]).mkdir(exist_ok=True)
+    assert denv("allow", str(root)).returncode == 0
+    proc = denv("exec", str(root), "env", "-0")
+    env = _env_of(proc)
+    assert env["NIXCELL_ROOT"] == str(root)
+    entries = env["PATH"].split(":")
+    outside = [p for p in entries if p.startswith(str(tmp_path)) or not p.startswith("/")]
+    assert outside == [], env["PATH"]
+    assert "':'" in proc.stderr.decode()
+
+
 _STUBS = r"""
 PATH_add() { printf 'PATH_add\0%s\0' "$1"; }
 watch_file() { printf 'watch_file\0%s\0' "$1"; }
@@ -256,9 +273,12 @@ def test_hook_code_keeps_any_path_as_data(tmp_path: Path, name: str, level: str)
     pairs = dict(zip(out[::2], out[1::2], strict=True))
     assert pairs["ROOT"] == root
     assert pairs["LEVEL"] == level
-    assert pairs["PATH_add"] == os.path.join(root, ".nixcell/bin")
+    if ":" in root:  # PATH would split it into other directories: never on PATH
+        assert "PATH_add" not in pairs and "':'" in pairs["log_error"]
+    else:
+        assert pairs["PATH_add"] == os.path.join(root, ".nixcell/bin")
+        assert "\n" not in pairs["log_status"] and "\x1b" not in pairs["log_status"]
     assert pairs["watch_file"] == config
-    assert "\n" not in pairs["log_status"] and "\x1b" not in pairs["log_status"]
     assert list(tmp_path.iterdir()) == []  # nothing ran: no file appeared
 
 

@@ -51,7 +51,9 @@ def _same(p, command) -> None:
     data = [op for op in want.mounts if op.kind == "data"]
     files = [(f"data:{op.dest}", (op.data or "").encode()) for op in data]
     assert view.files() == files
-    assert [n for n, _ in view.files()] + ["seccomp"] == want.fd_names()
+    paths = [(f"path:{op.src}", op.src) for op in want.mounts if op.by_fd]
+    assert view.paths() == list(dict.fromkeys(paths))  # an ordinary user's binds: by fd
+    assert [n for n, _ in [*view.files(), *view.paths()]] + ["seccomp"] == want.fd_names()
     assert view.limits.needs_cgroup == want.limits.needs_cgroup
     for op_view, op in zip(view.mounts, want.mounts, strict=True):
         assert (op_view.kind, op_view.dest, op_view.src) == (op.kind, op.dest, op.src)

@@ -67,10 +67,6 @@ def _target_can_be_made(d: Draft, key: str, value: str, target: str) -> None:
         )
 
 
-def _visible(d: Draft, path: str) -> bool:
-    return any(_within(path, str(m["source"])) for m in d.mounts)
-
-
 def _within(path: str, ancestor: str) -> bool:
     return path == ancestor or path.startswith(ancestor.rstrip("/") + "/")
 
@@ -78,9 +74,9 @@ def _within(path: str, ancestor: str) -> bool:
 def _blacklist(d: Draft) -> None:
     """Hidden when it exists and a mount shows it (otherwise the cell cannot see it anyway)."""
     for value in d.project.config.blacklist:
-        path = _host_path(d.project, value)
-        if d.kind(path) is not None and _visible(d, path) and path not in d.hide:
-            d.hide.append(path)
+        hidden = d.to_hide(_host_path(d.project, value))
+        if hidden is not None and hidden not in d.hide:
+            d.hide.append(hidden)
 
 
 def draft(project: Project, cwd: str) -> Draft:

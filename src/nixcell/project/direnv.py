@@ -106,6 +106,8 @@ def project_hook(root: str, config: str, level: str, kind: str, bin_issue: str |
         f"nixcell: project {root} ({os.path.basename(config)}, level {level}): "
         "`cell` opens its shell, `cellrun CMD` runs CMD in its cell"
     )
+    if bin_issue is None and ":" in bindir:  # PATH would split it: "/x/a" and "b/.nixcell/bin"
+        bin_issue = "its path holds ':', which would split PATH into other directories"
     if bin_issue is None:
         lines.append(_call("PATH_add", bindir))
     else:

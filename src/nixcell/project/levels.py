@@ -24,17 +24,46 @@ if TYPE_CHECKING:
 
     from nixcell.project.load import Project
 
-# relaxed: the host home is visible read-only, except these (when they exist)
+# relaxed: the host home is visible read-only, except these (when they exist): keys, the
+# credential files of common tools, shell and REPL histories (typed secrets). ~/.config and
+# ~/.local/share are covered by the state binds anyway.
 SENSITIVE = (
     ".ssh",
     ".gnupg",
     ".aws",
+    ".azure",
+    ".oci",
     ".kube",
     ".docker",
     ".netrc",
     ".git-credentials",
     ".config/gcloud",
     ".password-store",
+    ".npmrc",
+    ".yarnrc.yml",
+    ".pypirc",
+    ".cargo/credentials",
+    ".cargo/credentials.toml",
+    ".gem/credentials",
+    ".m2/settings.xml",
+    ".m2/settings-security.xml",
+    ".gradle/gradle.properties",
+    ".vault-token",
+    ".terraform.d/credentials.tfrc.json",
+    ".terraformrc",
+    ".s3cfg",
+    ".boto",
+    ".pgpass",
+    ".my.cnf",
+    ".claude/.credentials.json",
+    ".codex/auth.json",
+    ".bash_history",
+    ".zsh_history",
+    ".python_history",
+    ".node_repl_history",
+    ".psql_history",
+    ".mysql_history",
+    ".sqlite_history",
 )
 # where each state dir is seen in the cell, and the XDG variable naming it
 STATE_PLACES = {
@@ -44,8 +73,11 @@ STATE_PLACES = {
     "state": (".local/state", "XDG_STATE_HOME"),
 }
 BESIDE_HOME = "/var/lib/cell"  # state dirs whose place under a read-only home is missing
-# read-only inside the cell, when they exist: what configures the cell or runs on the host
-PROTECTED = (".envrc", ".nixcell", ".git/hooks", ".git/config")
+# read-only inside the cell, when they exist: what configures the cell or runs on the host.
+# All of .git, not only hooks/ and config: git also takes its config and hooks from a
+# "commondir" file, from modules/*/ (submodules, reached from an index the cell could write)
+# and worktrees/*/, any of which a cell writing .git could plant (docs/project.md).
+PROTECTED = (".envrc", ".nixcell", ".git")
 
 
 @dataclass
@@ -80,6 +112,25 @@ class Draft:
 
     def bind(self, source: str, target: str, writable: bool) -> None:
         self.mounts.append({"source": source, "target": target, "writable": writable})
+
+    def to_hide(self, path: str) -> str | None:
+        """What hiding ``path`` means: itself, or, for a symlink (a dotfile manager's
+        ``~/.ssh -> dotfiles/ssh``), the place it leads to, since that is what the cell would
+        read through it (and bwrap, following the link inside the cell, would fail or hide
+        something else); None when the cell cannot see it anyway."""
+        kind = self.kind(path)
+        if kind == "link":
+            real = os.path.realpath(path)
+            self.considered.append(real)
+            for m in self.mounts:
+                source = str(m["source"])
+                top = os.path.realpath(source)
+                if _within(real, top) and _lkind(real) is not None:
+                    return os.path.normpath(source + real[len(top) :])
+            return None
+        if kind is None or not any(_within(path, str(m["source"])) for m in self.mounts):
+            return None
+        return path
 
 
 def _within(path: str, ancestor: str) -> bool:
@@ -133,8 +184,11 @@ def hide_sensitive(d: Draft) -> None:
     own = (paths.state_root(), paths.cache_root(), str(paths.data_dir()), paths.offline_root())
     for path in (*(os.path.join(d.home, p) for p in SENSITIVE), *own):
         path = os.path.normpath(path)
-        if _within(path, d.home) and d.kind(path) is not None and path not in d.hide:
-            d.hide.append(path)
+        if not _within(path, d.home):
+            continue
+        hidden = d.to_hide(path)
+        if hidden is not None and hidden not in d.hide:
+            d.hide.append(hidden)
 
 
 def no_network(d: Draft) -> None:
@@ -147,21 +201,15 @@ def open_network(d: Draft) -> None:
 
 
 def protect_project_files(d: Draft) -> None:
-    """The config, .envrc, .nixcell/, .git/hooks and .git/config read-only inside: code in the
-    cell must not rewrite its own sandbox, nor what host tools run on their own. ``.git`` is
-    bound onto itself first: a mount point cannot be renamed, so a cell cannot move it aside
-    and put a ``.git`` of its own there."""
+    """The config, .envrc, .nixcell/ and .git read-only inside: code in the cell must not
+    rewrite its own sandbox, nor what host tools run on their own. ``.git`` (a directory, or a
+    worktree's "gitdir: PATH" file) is a mount point then, which cannot be renamed: a cell
+    cannot move it aside and put a ``.git`` of its own there."""
     root = d.project.root
     if not d.project_mounted:
         return
     names = [os.path.relpath(d.project.found.path, root), *PROTECTED]
     names += [os.path.relpath(p, root) for p in d.project.config.policy if _within(p, root)]
-    git = os.path.join(root, ".git")
-    git_kind = d.kind(git)
-    if git_kind == "dir":
-        d.bind(git, git, True)
-    elif git_kind == "file":  # a worktree's "gitdir: PATH": where host git finds hooks
-        names.append(".git")
     for name in dict.fromkeys(names):
         path = os.path.join(root, name)
         kind = d.kind(path)

@@ -23,6 +23,7 @@ from nixcell.sandbox.bwrapio import (
     end_watch,
     exit_code_of,
     memfd,
+    open_nofollow,
     parse_info,
     switched_to,
     which,
@@ -94,7 +95,14 @@ def prepare_fds(plan: Plan, seccomp_program: bytes) -> tuple[int, list[int]]:
     for op in plan.mounts:
         if op.kind == "data":
             fds[f"data:{op.dest}"] = memfd("nixcell-data", (op.data or "").encode())
-    fds["seccomp"] = memfd("nixcell-seccomp", seccomp_program)
+    try:
+        for src in dict.fromkeys(op.src for op in plan.mounts if op.by_fd):
+            fds[f"path:{src}"] = open_nofollow(str(src))
+        fds["seccomp"] = memfd("nixcell-seccomp", seccomp_program)
+    except BaseException:
+        for fd in fds.values():
+            os.close(fd)
+        raise
     return fds, list(fds.values())  # type: ignore[return-value]
 
 

@@ -7,6 +7,7 @@ must not import ``json``, ``shutil`` or ``subprocess`` for them.
 from __future__ import annotations
 
 import os
+import stat
 
 from nixcell.errors import SandboxError
 
@@ -79,3 +80,23 @@ def end_watch(cell: object) -> None:
         from nixcell.sandbox.stdioowner import give_back
 
         give_back(lent)
+
+
+def open_nofollow(path: str) -> int:
+    """An O_PATH fd of ``path``, reached without following any symbolic link (SandboxError
+    otherwise): what is bound is what was checked, even if a cell swaps a link in meanwhile."""
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in [p for p in os.path.normpath(path).split("/") if p]:
+            try:
+                nxt = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as e:
+                raise SandboxError(f"cannot bind {path} into the cell: {e.strerror}") from None
+            os.close(fd)
+            fd = nxt
+            if stat.S_ISLNK(os.fstat(fd).st_mode):
+                raise SandboxError(f"cannot bind {path} into the cell: it goes through a symlink")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise

@@ -24,6 +24,7 @@ from nixcell.sandbox.bwrapio import (
     end_watch,
     exit_code_of,
     memfd,
+    open_nofollow,
     parse_info,
     switched_to,
 )
@@ -148,6 +149,13 @@ class _Cell:
         if (plan.stage or plan.scratch is not None) and not (launcher or setup):
             raise SandboxError("internal: a cell with staged mounts needs its mount namespace")
         fds = {name: memfd("nixcell-data", data) for name, data in plan.files()}
+        try:  # bind sources opened without following links (plan.MountOp.by_fd)
+            for name, src in plan.paths():
+                fds[name] = open_nofollow(src)
+        except BaseException:
+            for fd in fds.values():
+                os.close(fd)
+            raise
         fds["seccomp"] = memfd("nixcell-seccomp", program)
         info_r, info_w = os.pipe2(os.O_CLOEXEC)
         # the command waits until the cell's network counters are open (as bwrap.release)

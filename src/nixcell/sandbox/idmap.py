@@ -14,12 +14,12 @@ The kernel calls go through ``libc.py`` (Python has no wrappers for the new moun
 from __future__ import annotations
 
 import os
-import stat
 import sys
 from _thread import allocate_lock  # (not threading: milliseconds on the warm path)
 
 from nixcell.errors import SandboxError
 from nixcell.sandbox import libc
+from nixcell.sandbox.bwrapio import open_nofollow  # noqa: F401 - its home was here
 
 _NR = {"x86_64": (428, 429, 442), "aarch64": (428, 429, 442)}  # open_tree, move_mount, setattr
 AT_FDCWD = -100
@@ -105,26 +105,6 @@ def _write(path: str, text: str) -> None:
             raise OSError(0, f"short write to {path}")
     finally:
         os.close(fd)
-
-
-def open_nofollow(path: str) -> int:
-    """An O_PATH fd of ``path``, reached without following any symbolic link (SandboxError
-    otherwise): what is bound is what was checked, even if a cell swaps a link in meanwhile."""
-    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in [p for p in os.path.normpath(path).split("/") if p]:
-            try:
-                nxt = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            except OSError as e:
-                raise SandboxError(f"cannot bind {path} into the cell: {e.strerror}") from None
-            os.close(fd)
-            fd = nxt
-            if stat.S_ISLNK(os.fstat(fd).st_mode):
-                raise SandboxError(f"cannot bind {path} into the cell: it goes through a symlink")
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def idmapped_tree(
