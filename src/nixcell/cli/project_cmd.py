@@ -250,14 +250,18 @@ def _hosts(net: dict) -> str:
 
 
 # bash when the packages have it, else the sh every cell has, with a prompt that says where
-# you are (dash sets a PS1 of its own even when not interactive: the choice is made here, and
-# a PS1 from the config's [cage] env or -e is kept). Starting through sh costs one exec of dash.
+# you are, or the config's (-e's) PS1. The prompt is written into the script as a quoted literal:
+# bash drops an inherited PS1 when it starts non-interactive (as /bin/sh -c here), and dash sets
+# one of its own. Starting through sh costs one exec of dash.
 _PICK = "if command -v bash >/dev/null 2>&1; then {bash}exec bash -i; fi; {sh}exec sh -i"
 
 
-def shell_script(own_prompt: bool) -> str:
-    if own_prompt:
-        return _PICK.format(bash="", sh="")
+def shell_script(prompt: str | None) -> str:
+    import shlex
+
+    if prompt is not None:
+        own = f"PS1={shlex.quote(prompt)}; export PS1; "
+        return _PICK.format(bash=own, sh=own)
     return _PICK.format(
         bash="PS1='(cell) \\w\\$ '; export PS1; ", sh="PS1='(cell) $ '; export PS1; "
     )
@@ -304,10 +308,11 @@ def _shell_command(main) -> click.Command:
         flags["interactive"] = True
         if ctx.get_parameter_source("cwd") is click.core.ParameterSource.DEFAULT:
             flags["cwd"] = None  # where the user stands, as the level says
-        command = ("/bin/sh", "-c", shell_script(False))
+        command = ("/bin/sh", "-c", shell_script(None))
         spec, checked = main.project_spec_checked(found, command, flags)
         if "PS1" in spec.env:
-            spec = spec.model_copy(update={"command": ["/bin/sh", "-c", shell_script(True)]})
+            script = shell_script(spec.env["PS1"])
+            spec = spec.model_copy(update={"command": ["/bin/sh", "-c", script]})
         return main._run(spec, False, False, None, False, debug, checked)
 
     return shell
