@@ -40,6 +40,14 @@ def with_network(plan: Plan, session: object) -> Plan:
         plan = dataclasses.replace(plan, env={**plan.env, **env})
     exposed = [*plan.env.keys(), *plan.env.values(), *plan.command]
     exposed += [op.data for op in plan.mounts if op.data]
+    for source in (plan.network or {}).get("policy_files", ()):  # type: ignore[union-attr]
+        where = writable_in_cell(plan, str(source))
+        if where:
+            raise NetworkError(
+                f"policy file {source}: the cell could rewrite or replace it at {where} (the "
+                "next run would obey its rules and credentials); keep it outside what the "
+                "cell can write (a project's .nixcell/ or root); refusing to run"
+            )
     creds = getattr(session, "credentials", None)
     if creds is None:
         return plan
@@ -59,8 +67,49 @@ def with_network(plan: Plan, session: object) -> Plan:
     return plan
 
 
-def _inside(path: str, directory: str) -> bool:
-    path, directory = os.path.realpath(path), os.path.realpath(directory)
+_MOUNTS = ("bind", "ro-bind", "tmpfs", "proc", "dev", "data")
+
+
+def writable_in_cell(plan: Plan, host_path: str) -> str | None:
+    """The cell path at which code in the cell could change what ``host_path`` (a file the host
+    reads before each run) holds: a writable mount shows it, or a directory above its read-only
+    mount point can be renamed (a policy of its own put in its place). None when neither."""
+    real = os.path.realpath(host_path)
+    ops = list(plan.mounts)
+    dests = {op.dest for op in ops if op.kind in _MOUNTS}
+
+    def writable(cell: str) -> tuple[bool, str]:
+        """(host-writable, the governing mount's dest) of a cell path: the last mount above it."""
+        found = None
+        for op in ops:
+            if op.kind in _MOUNTS and _inside(cell, op.dest, real=False):
+                found = op
+            elif op.kind == "remount-ro" and found is not None and op.dest == found.dest:
+                return False, found.dest
+        if found is None:  # bwrap's root: read-only once set up
+            return False, "/"
+        return found.kind == "bind", found.dest  # writable and the host's (not a tmpfs)
+
+    for op in ops:
+        host = plan.host_source(op) if op.kind in ("bind", "ro-bind") else None
+        if not host or not _inside(real, host):
+            continue
+        rel = os.path.relpath(real, os.path.realpath(host))
+        cell = os.path.normpath(os.path.join(op.dest, rel))
+        rw, top = writable(cell)
+        if rw:
+            return cell
+        while top != "/":  # a directory above a read-only mount point can be renamed
+            parent = os.path.dirname(top)
+            if top not in dests and writable(parent)[0]:
+                return top
+            top = parent
+    return None
+
+
+def _inside(path: str, directory: str, real: bool = True) -> bool:
+    if real:
+        path, directory = os.path.realpath(path), os.path.realpath(directory)
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
