@@ -1,8 +1,10 @@
-"""A policy file the cell can rewrite or replace is refused (outside review of issue 10).
+"""A policy or audit file the cell can change is refused (outside review of issue 10).
 
 The host reads a policy before each run; a cell that can write it (a writable mount shows it,
-or a directory above its read-only mount point can be renamed) would choose the next run's
-rules and where its credentials go. Each case is a real run; no cell talks to any address.
+or a directory on its path, or a link there, can be replaced) would choose the next run's
+rules and where its credentials go. An audit file's path likewise: a link planted on it would
+make the host create and append to a file elsewhere. Each case is a real run; no cell talks
+to any address.
 """
 
 from __future__ import annotations
@@ -32,12 +34,17 @@ def _layout(tmp: Path) -> dict[str, Path]:
         f.write_text(POLICY)
     os.symlink(proj, tmp / "proj-link")
     os.symlink(proj / "conf", tmp / "conf-link")
+    os.symlink(data / "sub", proj / "lnk")  # a link in the project, to a dir no cell sees
     return {"proj": proj, "data": data}
 
 
 def _config(proj: Path, level: str = "standard", policy: str | None = None) -> None:
     text = f'[sandbox]\nlevel = "{level}"\n[nix]\npackages = ["coreutils"]\n'
-    if policy:
+    if policy and policy.startswith("audit:"):
+        text += f'[sandbox.network]\nmode = "open"\naudit = "{policy[6:]}"\n'
+    elif policy == "open":
+        text += '[sandbox.network]\nmode = "open"\n'
+    elif policy:
         text += f'[sandbox.network]\nmode = "proxy"\npolicy = "{policy}"\n'
     (proj / "nixcell.toml").write_text(text)
 
@@ -50,13 +57,29 @@ REFUSED = [
     ("config policy via a linked root", ("standard", "{t}/proj-link/p.toml"), []),
     ("config policy via a linked subdir", ("standard", "{t}/conf-link/p.toml"), []),
     ("relaxed, flag policy at the root", ("relaxed", None), ["--policy", "p.toml"]),
+    ("flag policy through a link in the project", ("standard", None), ["--policy", "lnk/p.toml"]),
+    ("config policy through a link in the project", ("standard", "lnk/p.toml"), []),
+    ("config audit in a project subdir", ("standard", "audit:conf/audit.jsonl"), []),
+    ("config audit through a link in the project", ("standard", "audit:lnk/audit.jsonl"), []),
+    ("flag audit at the project root", ("standard", "open"), ["--audit", "audit.jsonl"]),
+    (
+        "audit in the workdir",
+        None,
+        ["--workdir", "{t}/data", "--allow-host", "a.test", "--audit", "{t}/data/audit.jsonl"],
+    ),
     ("workdir", None, ["--workdir", "{t}/data", "--policy", "{t}/data/sub/p.toml"]),
     ("rw bind", None, ["--bind", "{t}/data:/d", "--policy", "{t}/data/pol/p.toml"]),
     (
         "ro bind of the file, its dir renamable",
         None,
-        ["--bind", "{t}/data:/d", "--ro-bind", "{t}/data/sub/p.toml:/d/sub/p.toml",
-         "--policy", "{t}/data/sub/p.toml"],
+        [
+            "--bind",
+            "{t}/data:/d",
+            "--ro-bind",
+            "{t}/data/sub/p.toml:/d/sub/p.toml",
+            "--policy",
+            "{t}/data/sub/p.toml",
+        ],
     ),
 ]
 ALLOWED = [
@@ -66,6 +89,13 @@ ALLOWED = [
     ("strict: the project is not mounted", ("strict", None), ["--policy", "p.toml"]),
     ("outside every mount", ("standard", None), ["--policy", "{t}/outside.toml"]),
     ("ro bind of the dir", None, ["--ro-bind", "{t}/data:/d", "--policy", "{t}/data/pol/p.toml"]),
+    ("open mode's own audit file", ("standard", "open"), []),
+    ("audit outside every mount", ("standard", "open"), ["--audit", "{t}/audit.jsonl"]),
+    (
+        "audit beside a ro bind",
+        None,
+        ["--ro-bind", "{t}/data:/d", "--allow-host", "a.test", "--audit", "{t}/data/audit.jsonl"],
+    ),
 ]
 
 
@@ -87,17 +117,20 @@ def _run(tmp_path: Path, project, flags: list[str]) -> tuple[subprocess.Complete
 
 
 @pytest.mark.parametrize("name,project,flags", REFUSED, ids=[c[0] for c in REFUSED])
-def test_a_policy_the_cell_could_change_is_refused(offline_set, tmp_path, name, project, flags):
+def test_a_file_the_cell_could_change_is_refused(offline_set, tmp_path, name, project, flags):
     proc, ran = _run(tmp_path, project, flags)
     err = proc.stderr.decode()
     last = err.strip().splitlines()[-1]
-    assert proc.returncode != 0 and "policy file" in last and "refusing to run" in last, err
+    assert proc.returncode != 0, err
+    if "could replace the directory above it" not in last:  # the loader's own check
+        assert "refusing to run" in last, err
+        assert ("policy file" in last) != ("audit file" in last), err
     assert "Traceback" not in err
     assert not ran.exists()
 
 
 @pytest.mark.parametrize("name,project,flags", ALLOWED, ids=[c[0] for c in ALLOWED])
-def test_a_policy_the_cell_cannot_change_is_used(offline_set, tmp_path, name, project, flags):
+def test_a_file_the_cell_cannot_change_is_used(offline_set, tmp_path, name, project, flags):
     proc, ran = _run(tmp_path, project, flags)
     assert proc.returncode == 0, proc.stderr.decode()
     assert ran.exists()
