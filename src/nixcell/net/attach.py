@@ -44,7 +44,8 @@ def refuse_cell_writable(plan: Plan) -> None:
             raise NetworkError(
                 f"policy file {source}: the cell could rewrite or replace it at {where} (the "
                 "next run would obey its rules and credentials); keep it outside what the "
-                "cell can write (a project's .nixcell/ or root); refusing to run"
+                "cell can write (in a project: .nixcell/, or name it in the config's policy "
+                "key); refusing to run"
             )
     audit = network.get("audit")
     where = writable_in_cell(plan, str(audit)) if audit else None
