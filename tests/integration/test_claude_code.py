@@ -195,7 +195,7 @@ def test_claudes_grep_tool_works_in_the_cell(claude, tmp_path):
 
 
 def test_state_kept_in_a_bound_claude_dir(claude, api, tmp_path):
-    """A read-write ~/.claude (the preset's rw_bind) receives claude's session files."""
+    """A read-write ~/.claude receives claude's session files."""
     state = tmp_path / "dot-claude"
     state.mkdir()
     proc = claude_run(api, tmp_path, "claude -p hi", f"--bind={state}:/home/cell/.claude")

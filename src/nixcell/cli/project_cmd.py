@@ -190,6 +190,7 @@ def status(as_json: bool, directory: str | None) -> int:
 
 
 def _print_status(info: dict) -> None:
+    """The status as rows; every line escaped (names, paths and hosts come from files)."""
     net = info["network"]
     rows = [
         ("project", info["root"]),
@@ -217,24 +218,36 @@ def _print_status(info: dict) -> None:
     if cell["hidden"]:
         rows.append(("hidden", " ".join(cell["hidden"])))
     for key, value in rows:
-        click.echo(f"{key:<9} {value}")
+        _echo(f"{key:<9} {value}")
     for cred in info["network"]["credential_sources"]:
         if cred.get("set") is False:
-            click.secho(
+            _echo(
                 f"warning: credential {cred['name']}: {cred['source'][4:]} is not set here "
                 "(runs will refuse to start)",
                 fg="yellow",
                 err=True,
             )
     for problem in info["problems"]:
-        click.secho(f"error: {problem}", fg="red", err=True)
+        _echo(f"error: {problem}", fg="red", err=True)
     for alert in info["alerts"]:
-        click.secho(f"WARNING: {alert}", fg="red", bold=True, err=True)
+        _echo(f"WARNING: {alert}", fg="red", bold=True, err=True)
     for warning in info["warnings"]:
-        click.secho(f"warning: {warning}", fg="yellow", err=True)
+        _echo(f"warning: {warning}", fg="yellow", err=True)
     for dep in info["dependencies"]:
         mark = "ok" if dep["ok"] else ("MISSING" if dep["required"] else "missing")
-        click.echo(f"  {mark:<7} {dep['name']}: {dep['detail']}")
+        _echo(f"  {mark:<7} {dep['name']}: {dep['detail']}")
+
+
+def _echo(text: str, **style: object) -> None:
+    """One line on stdout (or ``err=True``), its control characters written as escapes: an
+    escape sequence or a newline in a config value never reaches the terminal as such."""
+    from nixcell.cli.entry import one_line
+
+    err = bool(style.pop("err", False))
+    if style:
+        click.secho(one_line(text), err=err, **style)  # type: ignore[arg-type]
+    else:
+        click.echo(one_line(text), err=err)
 
 
 def _hosts(net: dict) -> str:

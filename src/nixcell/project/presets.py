@@ -40,7 +40,7 @@ _HEADER = """\
 
 CLAUDE_CODE = Preset(
     "claude-code",
-    "Claude Code (claude-code + nodejs): ~/.claude read-write, only api.anthropic.com, "
+    "Claude Code (claude-code + nodejs): its state kept in the project, only api.anthropic.com, "
     "ANTHROPIC_API_KEY injected by the proxy",
     _HEADER.format(preset="claude-code")
     + """
@@ -49,7 +49,9 @@ level = "standard"        # the project read-write, a fresh home, the network be
 
 [sandbox.filesystem]
 ro_bind = ["~/.gitconfig"]                  # missing ones are skipped (nixcell status lists them)
-rw_bind = ["~/.claude", "~/.claude.json"]   # Claude Code's settings and sessions
+# Not the host's ~/.claude or ~/.claude.json: the cell could read a login kept there and plant
+# commands (hooks, apiKeyHelper, mcpServers) that claude on the host would run. Claude keeps its
+# state in .nixcell/local/config/claude instead (CLAUDE_CONFIG_DIR below), per project.
 
 [sandbox.network]
 mode = "proxy"                              # only the hosts below, through nixcell's proxy
@@ -68,6 +70,7 @@ command = ["claude", "--settings", '{"apiKeyHelper": "printenv NIXCELL_ANTHROPIC
 passthrough_env = ["TERM", "LANG", "COLORTERM"]
 
 [cage.env]                # no telemetry, no error reports, no self-update: api.anthropic.com only
+CLAUDE_CONFIG_DIR = "/home/cell/.config/claude"   # settings, sessions, .claude.json: the project's
 DISABLE_AUTOUPDATER = "1"
 DISABLE_TELEMETRY = "1"
 DISABLE_ERROR_REPORTING = "1"
