@@ -355,3 +355,28 @@ def test_the_warm_path_imports_almost_nothing(offline_set, tmp_path, flags):
     loaded = {ln.rsplit("|", 1)[-1].strip() for ln in out.stderr.splitlines() if "|" in ln}
     assert "nixcell.sandbox.direct" in loaded  # it was the warm path
     assert sorted(loaded.intersection(WARM_PATH_NEVER)) == []
+
+
+# With cgroup limits the cgroup code loads too (sandbox/cgroups.py): its records are
+# quiet.Frozen, not dataclasses (with inspect, ~4 ms), and it uses quiet.suppress, not
+# contextlib. It still imports pathlib (and, through functools, collections): ~3 ms left.
+@pytest.mark.parametrize("flags", [["--memory", "256M"], ["--memory", "256M", "--pids", "64",
+                                                          "--cpus", "1"]])  # fmt: skip
+def test_the_warm_path_with_cgroup_limits_imports_no_dataclasses(offline_set, tmp_path, flags):
+    from nixcell.cli import launcher
+
+    path = tmp_path / "nixcell"
+    launcher.install(str(path))
+    env = {**os.environ, "NIXCELL_HOME": str(tmp_path / "home")}
+    argv = ["run", *PACKAGES, *flags, "--", "true"]
+    for _ in range(2):
+        assert subprocess.run([str(path), *argv], env=env, capture_output=True).returncode == 0
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-X", "importtime", str(path), *argv],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    loaded = {ln.rsplit("|", 1)[-1].strip() for ln in out.stderr.splitlines() if "|" in ln}
+    assert {"nixcell.sandbox.direct", "nixcell.sandbox.cgroups"} <= loaded
+    never = set(WARM_PATH_NEVER) - {"pathlib", "collections"}
+    assert sorted(loaded & never) == []

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from nixcell.errors import LimitUnavailableError, UsageError
+from nixcell.quiet import Frozen
 from nixcell.sandbox.cgroupfs import CgroupHost, describe_host
 from nixcell.units import format_size
 
@@ -23,15 +23,19 @@ MIN_CPU_QUOTA_US = 1_000  # the kernel's floor for cfs_quota_us / cpu.max
 _CELL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-@dataclass(frozen=True)
-class CgroupLimits:
+class CgroupLimits(Frozen):
     """What a cell may use; ``None`` means unlimited. Validated on construction."""
 
-    memory: int | None = None  # bytes; swap beyond it is forbidden too
-    pids: int | None = None
-    cpus: float | None = None  # CFS quota in CPUs (1.5 = one and a half CPUs' time)
+    _fields = ("memory", "pids", "cpus")
+    __slots__ = _fields
+    memory: int | None  # bytes; swap beyond it is forbidden too
+    pids: int | None
+    cpus: float | None  # CFS quota in CPUs (1.5 = one and a half CPUs' time)
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self, memory: int | None = None, pids: int | None = None, cpus: float | None = None
+    ) -> None:
+        self._set(memory=memory, pids=pids, cpus=cpus)
         if self.memory is not None and (isinstance(self.memory, bool) or self.memory < MIN_MEMORY):
             shown = format_size(self.memory) if self.memory > 0 else str(self.memory)
             raise UsageError(f"--memory {shown} is too small: at least {format_size(MIN_MEMORY)}")
@@ -48,13 +52,17 @@ class CgroupLimits:
         return bool(self.controllers())
 
 
-@dataclass(frozen=True)
-class CgroupDir:
+class CgroupDir(Frozen):
     """One directory of a cell in one hierarchy (several controllers when co-mounted or v2)."""
 
+    _fields = ("path", "version", "controllers")
+    __slots__ = _fields
     path: Path
     version: str  # "v1" | "v2"
     controllers: tuple[str, ...]
+
+    def __init__(self, path: Path, version: str, controllers: tuple[str, ...]) -> None:
+        self._set(path=path, version=version, controllers=controllers)
 
 
 def cpu_quota(cpus: float) -> tuple[int, int]:
