@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import time
 from pathlib import Path
 from types import TracebackType
@@ -61,6 +60,7 @@ __all__ = [
 log = LazyLogger(__name__)  # (logging is imported only when something is logged)
 
 _POLL = 0.01
+_SIGKILL = 9  # not `signal.SIGKILL`: nothing else on the warm path imports `signal`
 
 
 class CellCgroup:
@@ -206,7 +206,7 @@ class CellCgroup:
                 pids = self.pids()
                 for pid in pids:
                     with suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+                        os.kill(pid, _SIGKILL)
                 if not pids or frozen:  # a frozen cgroup cannot fork: that list was complete
                     break
                 time.sleep(_POLL)
@@ -349,6 +349,6 @@ def _kill_orphaned(path: Path) -> None:
             return
         for pid in pids:
             with suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, _SIGKILL)
         time.sleep(_POLL)
     log.warning("cgroup %s: processes %s survive SIGKILL", path, read_pids(path))
