@@ -27,7 +27,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import re
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -44,7 +43,7 @@ _DELEGATE_HINT = (
     "run under `systemd-run --user --scope -p Delegate=yes nixcell …` "
     f"or set {ROOT_ENV} to a delegated cgroup"
 )
-_OCTAL = re.compile(r"\\([0-7]{3})")
+_OCTAL = frozenset("01234567")
 
 
 class Mount(Frozen):
@@ -102,7 +101,16 @@ class CgroupHost(Frozen):
 
 
 def _unescape(text: str) -> str:
-    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), text)
+    """mountinfo's ``\\ooo`` escapes (space, tab, newline, backslash) decoded; without ``re``,
+    which the warm path does not otherwise import (~4 ms)."""
+    first, *rest = text.split("\\")
+    out = [first]
+    for part in rest:
+        if len(part) >= 3 and _OCTAL.issuperset(part[:3]):
+            out.append(chr(int(part[:3], 8)) + part[3:])
+        else:
+            out.append("\\" + part)
+    return "".join(out)
 
 
 def parse_mountinfo(text: str) -> list[Mount]:
