@@ -44,8 +44,8 @@ class Frozen:
     ``inspect`` (with ``ast``, ``dis``, ``tokenize``: ~4 ms of a cgroup-limited warm run).
 
     A subclass names its fields in ``_fields`` (in order; ``__slots__ = _fields``) and sets them
-    in ``__init__`` with ``_set``; equality, hashing and ``repr`` go by those fields, as a frozen
-    dataclass's do."""
+    in ``__init__`` (which takes them in that order) with ``_set``; equality, hashing, ``repr``,
+    copy and pickle go by those fields, as a frozen dataclass's do."""
 
     __slots__ = ()
     _fields: tuple[str, ...] = ()
@@ -70,6 +70,10 @@ class Frozen:
 
     def __hash__(self) -> int:
         return hash(self._values())
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        """copy and pickle: rebuilt through ``__init__`` (which takes the fields in order)."""
+        return type(self), self._values()
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._fields)

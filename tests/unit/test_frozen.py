@@ -2,6 +2,8 @@
 built on it must behave as the frozen dataclasses they replaced (equal by value, hashable,
 immutable, readable reprs), or plans and ``doctor`` comparisons would silently change."""
 
+import copy
+import pickle
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,8 @@ def test_a_frozen_record_is_a_value(record, same, other):
             delattr(record, name)
     with pytest.raises(AttributeError):
         record.unknown = 1  # (slots: no stray attributes either)
+    for copied in (copy.copy(record), copy.deepcopy(record), pickle.loads(pickle.dumps(record))):
+        assert copied == record and type(copied) is type(record)
 
 
 def test_limits_are_still_validated_on_construction():
