@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -44,11 +45,14 @@ def split(stderr: bytes) -> tuple[str, tuple[int, bool, int], list[list[str]], l
     return text[: found.start()], head, rows, rest
 
 
-def shared_dir() -> Path:
-    """A directory the cell's own uid may write through a bind (tmp_path is under a 0700 dir)."""
+@pytest.fixture
+def shared_dir():
+    """A directory the cell's own uid may write through a bind (tmp_path is under a 0700 dir),
+    removed after the test."""
     path = Path(tempfile.mkdtemp(prefix="nixcell-debug-", dir="/tmp"))
     path.chmod(0o777)
-    return path
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_missing_and_forbidden_paths_counted_after_the_cells_output(tmp_path):
@@ -128,8 +132,8 @@ def _path_without_strace(farm: Path) -> str:
     return str(farm)
 
 
-def test_without_strace_on_path_nothing_runs(tmp_path):
-    out = shared_dir()
+def test_without_strace_on_path_nothing_runs(tmp_path, shared_dir):
+    out = shared_dir
     args = ("-p", "coreutils", "--bind", f"{out}:/out", "--", "touch", "/out/ran")
     refused = debug_run(*args, env={"PATH": _path_without_strace(tmp_path / "bin")})
     err = refused.stderr.decode()
