@@ -133,9 +133,9 @@ def test_claude_code_preset_compiles_to_its_promises(tmp_path: Path, monkeypatch
     assert spec.network.credentials == ["anthropic"]
     assert spec.network.policy_files == [str(root / ".nixcell/policy.toml")]
     binds = {m.source: (m.target, m.writable) for m in spec.mounts}
-    assert binds[str(home / ".claude")] == ("/home/cell/.claude", True)
-    assert binds[str(home / ".claude.json")] == ("/home/cell/.claude.json", True)
-    assert not [s for s in binds if s.startswith(str(home / ".ssh"))]
+    # the host's Claude state is not the cell's: hooks planted there would run on the host
+    assert not [s for s in binds if s.startswith((str(home / ".ssh"), str(home / ".claude")))]
+    assert spec.env["CLAUDE_CONFIG_DIR"] == "/home/cell/.config/claude"
     for name in ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "DISABLE_TELEMETRY",
                  "DISABLE_ERROR_REPORTING", "DISABLE_AUTOUPDATER"):  # fmt: skip
         assert spec.env[name] == "1"
@@ -238,8 +238,6 @@ def test_status_json(tmp_path: Path, monkeypatch) -> None:
     assert info["cell"] == {"project_mounted": True, "home": "tmpfs", "hidden": []}
     assert [s.split(":")[0] for s in info["filesystem"]["skipped"]] == [
         "ro_bind ~/.gitconfig",
-        "rw_bind ~/.claude",
-        "rw_bind ~/.claude.json",
     ]
     assert info["alerts"] == [] and info["problems"] == []
     deps = {d["name"]: d for d in info["dependencies"]}
@@ -298,18 +296,6 @@ def test_status_reports_a_swapped_state_dir(tmp_path: Path) -> None:
     problems = json.loads(proc.stdout)["problems"]
     assert problems and "cache" in problems[0]
     assert _in(root, "status").returncode == 1
-
-
-@pytest.fixture
-def fake_anthropic(tmp_path):
-    """tests/integration/fakeanthropic.py's stand-in API on a loopback address, port 443."""
-    from tests.integration import fakeanthropic, fakeapi
-
-    if os.getuid() != 0:
-        pytest.skip("the stand-in API listens on port 443 (needs root)")
-    server = fakeapi.start(fakeanthropic.HOSTS, tmp_path, fakeanthropic.Handler)
-    yield server
-    server.stop()
 
 
 def test_claude_p_with_the_presets_own_command(tmp_path: Path, offline_set, fake_anthropic):

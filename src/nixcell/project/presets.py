@@ -14,6 +14,9 @@ Choices (docs/project.md, "Presets"):
   the cell holds as ``NIXCELL_ANTHROPIC_API_KEY`` and claude reads through an ``apiKeyHelper``
   (a dummy in ``ANTHROPIC_API_KEY`` would make interactive claude ask about it on every run);
   the proxy swaps the real key into the ``x-api-key`` header, towards that host only.
+  Claude's state (settings, sessions, ``.claude.json``) lives in ``CLAUDE_CONFIG_DIR``, the
+  project's ``.nixcell/local/config/claude``, never the host's ``~/.claude``: a cell that could
+  write there could plant hooks or MCP servers for the host's claude to run.
 - ``python-dev`` / ``node-dev``: the proxy limited to the language's package registry.
 - ``shell``: no network at all; the project's files and the usual tools.
 """
@@ -40,8 +43,8 @@ _HEADER = """\
 
 CLAUDE_CODE = Preset(
     "claude-code",
-    "Claude Code (claude-code + nodejs): ~/.claude read-write, only api.anthropic.com, "
-    "ANTHROPIC_API_KEY injected by the proxy",
+    "Claude Code (claude-code + nodejs): its state kept in the project, only "
+    "api.anthropic.com, ANTHROPIC_API_KEY injected by the proxy",
     _HEADER.format(preset="claude-code")
     + """
 [sandbox]
@@ -49,7 +52,10 @@ level = "standard"        # the project read-write, a fresh home, the network be
 
 [sandbox.filesystem]
 ro_bind = ["~/.gitconfig"]                  # missing ones are skipped (nixcell status lists them)
-rw_bind = ["~/.claude", "~/.claude.json"]   # Claude Code's settings and sessions
+# Claude's settings and sessions stay in this project (CLAUDE_CONFIG_DIR below). Sharing the
+# host's instead (and deleting CLAUDE_CONFIG_DIR) lets the cell write hooks and MCP servers that
+# the host's claude then runs outside any cell:
+# rw_bind = ["~/.claude", "~/.claude.json"]
 
 [sandbox.network]
 mode = "proxy"                              # only the hosts below, through nixcell's proxy
@@ -68,6 +74,9 @@ command = ["claude", "--settings", '{"apiKeyHelper": "printenv NIXCELL_ANTHROPIC
 passthrough_env = ["TERM", "LANG", "COLORTERM"]
 
 [cage.env]                # no telemetry, no error reports, no self-update: api.anthropic.com only
+# The project's own Claude state: the cell's ~/.config is .nixcell/local/config on the host,
+# which the host's claude never reads.
+CLAUDE_CONFIG_DIR = "/home/cell/.config/claude"
 DISABLE_AUTOUPDATER = "1"
 DISABLE_TELEMETRY = "1"
 DISABLE_ERROR_REPORTING = "1"
