@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
-import time
 from pathlib import Path
 
 import pexpect
 import pytest
 from tests.conftest import NIXCELL, cli
 from tests.integration import fakeanthropic
+from tests.integration.screen import Screen
 
 HOOK = (
     '{"hooks": {"SessionStart": [{"hooks": [{"type": "command", "command": "touch /tmp/pwned"}]}]}}'
@@ -109,11 +108,6 @@ def _preset_command(root: Path) -> list[str]:
     return tomllib.loads((root / "nixcell.toml").read_text())["cage"]["command"]
 
 
-def _screen(raw: str) -> str:
-    raw = re.sub(r"\x1b\[[0-9;?<>=]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\\\)|\x1b.", "", raw)
-    return re.sub(r"\s+", "", raw)
-
-
 def test_interactive_claude_in_the_preset_layout(tmp_path: Path, claude, fake_anthropic) -> None:
     """`nixcell run` with no command (the preset's claude), the onboarding and folder trust
     answered in the project's own .claude.json: no onboarding, no key prompt, an answer."""
@@ -127,28 +121,15 @@ def test_interactive_claude_in_the_preset_layout(tmp_path: Path, claude, fake_an
     child = pexpect.spawn(NIXCELL, args, cwd=str(root), env={**env, "TERM": "xterm-256color"},
                           encoding="utf-8", codec_errors="replace", dimensions=(40, 120),
                           timeout=5)  # fmt: skip
-    seen = ""
-
-    def until(text: str, limit: float = 90) -> bool:
-        nonlocal seen
-        deadline = time.monotonic() + limit  # a bound on waiting, not a timing assertion
-        while text not in _screen(seen) and time.monotonic() < deadline:
-            try:
-                seen += child.read_nonblocking(65536, timeout=1)
-            except pexpect.TIMEOUT:
-                continue
-            except pexpect.EOF:
-                break
-        return text in _screen(seen)
-
+    screen = Screen(child)
     try:
-        assert until("ClaudeCodev"), _screen(seen)[-2000:]
+        assert screen.until("ClaudeCodev"), screen.text[-2000:]
         child.send("hi")
         child.send("\r")
-        assert until(fakeanthropic.ANSWER.replace(" ", "")), _screen(seen)[-2000:]
+        assert screen.until(fakeanthropic.ANSWER.replace(" ", "")), screen.text[-2000:]
     finally:
         child.terminate(force=True)
-    text = _screen(seen)
+    text, seen = screen.text, screen.seen
     assert "APIkey" not in text and "Choosethetext" not in text, "onboarding or key prompt"
     assert fakeanthropic.REAL_KEY not in seen
     assert any(r["path"].startswith("/v1/messages") for r in fake_anthropic.requests)
