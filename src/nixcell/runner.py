@@ -242,6 +242,7 @@ def execute(
             from nixcell.net import attach
             from nixcell.net.session import LazyProxy, prepare_cell_network
 
+            attach.refuse_cell_writable(plan)
             session = prepare_cell_network(plan.network, cell_id, launch.holder_args())
             launch.use(session.net)
             plan = attach.with_network(plan, session)
@@ -358,6 +359,7 @@ async def execute_async(
     launch = CellLaunch(plan, namespaces)
     try:
         if plan.network is not None:
+            attach.refuse_cell_writable(plan)
             plan, session = await attach.open_network(plan, cell_id, launch.holder_args())
             launch.use(session.net)  # type: ignore[attr-defined]
         else:

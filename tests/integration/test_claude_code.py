@@ -194,8 +194,7 @@ def test_claudes_grep_tool_works_in_the_cell(claude, tmp_path):
 
 
 def test_state_kept_in_a_bound_claude_dir(claude, api, tmp_path):
-    """A read-write ~/.claude bound by hand receives claude's session files (the preset keeps
-    its state in CLAUDE_CONFIG_DIR instead: test_project_claude_state.py)."""
+    """A read-write ~/.claude receives claude's session files."""
     state = tmp_path / "dot-claude"
     state.mkdir()
     proc = claude_run(api, tmp_path, "claude -p hi", f"--bind={state}:/home/cell/.claude")

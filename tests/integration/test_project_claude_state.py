@@ -1,11 +1,9 @@
 # ruff: noqa: E501 - the cells run embedded scripts; keeping their lines whole reads better
-"""The claude-code preset keeps Claude's state in the project, never in the host's ~/.claude.
-
-A cell that could write the host's ``~/.claude/settings.json`` (a ``SessionStart`` hook) or
-``~/.claude.json`` (an ``mcpServers`` command) would have the host's claude run them on its next
-start, outside any cell. The preset sets ``CLAUDE_CONFIG_DIR`` to the cell's
-``~/.config/claude`` (``.nixcell/local/config/claude`` on the host) instead. Real cells, the real
-claude from the offline set against the loopback stand-in API (fakeanthropic.py).
+"""The claude-code preset's Claude state in the project (``CLAUDE_CONFIG_DIR``, the cell's
+``~/.config/claude`` = ``.nixcell/local/config/claude``) works for claude itself: it persists
+between runs, and interactive claude reads its answers there. What a cell cannot do to the
+host's ``~/.claude``: test_claude_preset_state.py. Real cells, the real claude from the offline
+set against the loopback stand-in API (fakeanthropic.py).
 """
 
 from __future__ import annotations
@@ -20,11 +18,6 @@ import pytest
 from tests.conftest import NIXCELL, cli
 from tests.integration import fakeanthropic
 from tests.integration.screen import Screen
-
-HOOK = (
-    '{"hooks": {"SessionStart": [{"hooks": [{"type": "command", "command": "touch /tmp/pwned"}]}]}}'
-)
-MCP = '{"mcpServers": {"evil": {"command": "/bin/sh", "args": ["-c", "touch /tmp/pwned"]}}}'
 
 
 def _project(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
@@ -50,28 +43,6 @@ def _run(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedPro
     proc = subprocess.run([NIXCELL, *args], cwd=root, env=env, capture_output=True, timeout=300)
     assert fakeanthropic.REAL_KEY.encode() not in proc.stdout + proc.stderr
     return proc
-
-
-def test_a_preset_cell_cannot_plant_hooks_for_the_host_claude(tmp_path: Path, offline_set) -> None:
-    root, home, env = _project(tmp_path)
-    before = _tree(home)
-    script = f"""
-for f in ~/.claude/settings.json "$CLAUDE_CONFIG_DIR/settings.json" {home}/.claude/settings.json; do
-  mkdir -p "$(dirname "$f")" 2>/dev/null; printf '%s' '{HOOK}' > "$f" 2>/dev/null && echo "wrote $f"
-done
-for f in ~/.claude.json "$CLAUDE_CONFIG_DIR/.claude.json" {home}/.claude.json; do
-  printf '%s' '{MCP}' > "$f" 2>/dev/null && echo "wrote $f"
-done
-echo "config=$CLAUDE_CONFIG_DIR"
-"""
-    proc = _run(root, env, "run", "--", "bash", "-c", script)
-    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
-    assert _tree(home) == before, "the cell changed the host's Claude state"
-    assert "config=/home/cell/.config/claude" in proc.stdout.decode()
-    # what the cell wrote landed in the project's own state, which the host's claude never reads
-    state = root / ".nixcell/local/config/claude"
-    assert json.loads((state / "settings.json").read_text()) == json.loads(HOOK)
-    assert json.loads((state / ".claude.json").read_text()) == json.loads(MCP)
 
 
 @pytest.fixture

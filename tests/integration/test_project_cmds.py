@@ -133,9 +133,10 @@ def test_claude_code_preset_compiles_to_its_promises(tmp_path: Path, monkeypatch
     assert spec.network.credentials == ["anthropic"]
     assert spec.network.policy_files == [str(root / ".nixcell/policy.toml")]
     binds = {m.source: (m.target, m.writable) for m in spec.mounts}
-    # the host's Claude state is not the cell's: hooks planted there would run on the host
-    assert not [s for s in binds if s.startswith((str(home / ".ssh"), str(home / ".claude")))]
-    assert spec.env["CLAUDE_CONFIG_DIR"] == "/home/cell/.config/claude"
+    assert not [s for s in binds if s.startswith(str(home / ".claude"))]  # the host's: never
+    assert spec.env["CLAUDE_CONFIG_DIR"] == "/home/cell/.config/claude"  # the project's state
+    assert binds[str(root / ".nixcell/local/config")] == ("/home/cell/.config", True)
+    assert not [s for s in binds if s.startswith(str(home / ".ssh"))]
     for name in ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "DISABLE_TELEMETRY",
                  "DISABLE_ERROR_REPORTING", "DISABLE_AUTOUPDATER"):  # fmt: skip
         assert spec.env[name] == "1"
@@ -236,9 +237,7 @@ def test_status_json(tmp_path: Path, monkeypatch) -> None:
     assert info["network"]["allow_hosts"] == ["api.anthropic.com"]
     assert info["network"]["credentials"] == ["anthropic"]
     assert info["cell"] == {"project_mounted": True, "home": "tmpfs", "hidden": []}
-    assert [s.split(":")[0] for s in info["filesystem"]["skipped"]] == [
-        "ro_bind ~/.gitconfig",
-    ]
+    assert [s.split(":")[0] for s in info["filesystem"]["skipped"]] == ["ro_bind ~/.gitconfig"]
     assert info["alerts"] == [] and info["problems"] == []
     deps = {d["name"]: d for d in info["dependencies"]}
     assert deps["bubblewrap"]["ok"] and deps["bubblewrap"]["required"]

@@ -52,6 +52,24 @@ def test_shell_of_a_named_directory_with_sh_only(tmp_path: Path, offline_set) ->
     assert child.exitstatus == 0
 
 
+@pytest.mark.parametrize("packages", ['"bash"', '"coreutils"'])
+@pytest.mark.parametrize("prompt", ["READY> ", "it's {a} ; echo no > "])
+def test_shell_keeps_the_configs_prompt(tmp_path: Path, offline_set, packages, prompt) -> None:
+    """A PS1 in [cage] env is the prompt, with bash (which drops an inherited PS1 when it starts
+    non-interactive, as /bin/sh -c) and with sh; quotes, braces and ';' in it stay text."""
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "nixcell.toml").write_text(
+        f'[nix]\npackages = [{packages}]\n[cage]\nenv = {{ PS1 = "{prompt}" }}\n'
+    )
+    child = _shell(root)
+    child.expect_exact(prompt)
+    child.sendline("exit 5")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 5
+
+
 def test_shell_first_prompt_warm(tmp_path: Path, offline_set) -> None:
     """The warm time to the first prompt, printed for docs/benchmarks.md (not asserted)."""
     root = _init(tmp_path / "proj", "shell")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nixcell.errors import UsageError
 from nixcell.sandbox.cgroupfs import (
     Mount,
+    _unescape,
     cgroup_dir,
     oom_kills_v1,
     oom_kills_v2,
@@ -16,7 +20,13 @@ from nixcell.sandbox.cgroupfs import (
     parse_mountinfo,
     parse_proc_cgroup,
 )
-from nixcell.sandbox.cgrouplimits import CgroupLimits, cpu_quota, limit_writes
+from nixcell.sandbox.cgrouplimits import (
+    CgroupLimits,
+    cpu_quota,
+    limit_writes,
+    plan_cell_cgroup,
+    valid_cell_id,
+)
 
 # /proc/self/mountinfo of this development machine (v1 controllers + an empty cgroup2).
 HYBRID_MOUNTINFO = """\
@@ -176,3 +186,39 @@ def test_oom_kill_counters():
     assert oom_kills_v2(events) == 2
     assert oom_kills_v2("low 0\n") == 0
     assert parse_keyed("populated 1\nfrozen 0\n") == {"populated": 1, "frozen": 0}
+
+
+# The warm path decodes mountinfo and checks cell ids without `re`; the regular expressions they
+# replaced are the oracles here (the id one as a full match: `$` also let a trailing newline in).
+_OCTAL_RE = re.compile(r"\\([0-7]{3})")
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_MOUNT_CHARS = st.text(alphabet="\\0123789 /ab\n\t-", max_size=24)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_MOUNT_CHARS)
+def test_mountinfo_unescape_matches_the_octal_regex(text):
+    assert _unescape(text) == _OCTAL_RE.sub(lambda m: chr(int(m.group(1), 8)), text)
+
+
+@pytest.mark.parametrize(("field", "path"), [
+    (r"/sys/fs/cgroup/my\040dir", "/sys/fs/cgroup/my dir"), (r"/a\134b", "/a\\b"),
+    (r"/a\\134", "/a\\\\"), (r"/t\011\012", "/t\t\n"), (r"/x\08", r"/x\08"), ("/x\\", "/x\\"),
+])  # fmt: skip
+def test_mountinfo_unescape_examples(field, path):
+    assert _unescape(field) == path
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.text(alphabet="aZ09_.-/\n \x00é", max_size=70), st.text(max_size=70)))
+def test_cell_id_check_matches_the_regex_and_refuses_path_tricks(cell_id):
+    assert valid_cell_id(cell_id) == bool(_ID_RE.fullmatch(cell_id))
+    if valid_cell_id(cell_id):
+        assert "/" not in cell_id and "\n" not in cell_id and not cell_id.startswith(".")
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "../x", "a/b", "-a", "_a", "a\n", "a" * 65, "é"])
+def test_a_bad_cell_id_gets_no_cgroup(bad):
+    with pytest.raises(ValueError, match="invalid cell id"):
+        plan_cell_cgroup(bad, CgroupLimits(pids=1))
+    assert valid_cell_id("a" * 64) and valid_cell_id("1-a.b_c")

@@ -213,6 +213,8 @@ def spec_from_flags(command: tuple[str, ...], **o: object):
         for value in o[flag]:  # type: ignore[attr-defined]
             src, dst = _split_mount(str(value), f"--{flag.replace('_', '-')}")
             mounts.append({"source": src, "target": dst, "writable": writable})
+    # parents first (a stable sort): --bind D after --ro-bind D/sub would leave D/sub writable
+    mounts.sort(key=lambda m: os.path.normpath(m["target"]).count("/"))
     workdir = o["workdir"]
     hides = [
         os.path.abspath(os.path.expanduser(str(h))) if not str(h).startswith("/") else str(h)

@@ -198,6 +198,7 @@ def status(as_json: bool, directory: str | None) -> int:
 
 
 def _print_status(info: dict) -> None:
+    """The status as rows; every line escaped (names, paths and hosts come from files)."""
     net = info["network"]
     rows = [
         ("project", info["root"]),
@@ -225,24 +226,36 @@ def _print_status(info: dict) -> None:
     if cell["hidden"]:
         rows.append(("hidden", " ".join(cell["hidden"])))
     for key, value in rows:
-        click.echo(f"{key:<9} {value}")
+        _echo(f"{key:<9} {value}")
     for cred in info["network"]["credential_sources"]:
         if cred.get("set") is False:
-            click.secho(
+            _echo(
                 f"warning: credential {cred['name']}: {cred['source'][4:]} is not set here "
                 "(runs will refuse to start)",
                 fg="yellow",
                 err=True,
             )
     for problem in info["problems"]:
-        click.secho(f"error: {problem}", fg="red", err=True)
+        _echo(f"error: {problem}", fg="red", err=True)
     for alert in info["alerts"]:
-        click.secho(f"WARNING: {alert}", fg="red", bold=True, err=True)
+        _echo(f"WARNING: {alert}", fg="red", bold=True, err=True)
     for warning in info["warnings"]:
-        click.secho(f"warning: {warning}", fg="yellow", err=True)
+        _echo(f"warning: {warning}", fg="yellow", err=True)
     for dep in info["dependencies"]:
         mark = "ok" if dep["ok"] else ("MISSING" if dep["required"] else "missing")
-        click.echo(f"  {mark:<7} {dep['name']}: {dep['detail']}")
+        _echo(f"  {mark:<7} {dep['name']}: {dep['detail']}")
+
+
+def _echo(text: str, **style: object) -> None:
+    """One line on stdout (or ``err=True``), its control characters written as escapes: an
+    escape sequence or a newline in a config value never reaches the terminal as such."""
+    from nixcell.cli.entry import one_line
+
+    err = bool(style.pop("err", False))
+    if style:
+        click.secho(one_line(text), err=err, **style)  # type: ignore[arg-type]
+    else:
+        click.echo(one_line(text), err=err)
 
 
 def _hosts(net: dict) -> str:
@@ -258,14 +271,18 @@ def _hosts(net: dict) -> str:
 
 
 # bash when the packages have it, else the sh every cell has, with a prompt that says where
-# you are (dash sets a PS1 of its own even when not interactive: the choice is made here, and
-# a PS1 from the config's [cage] env or -e is kept). Starting through sh costs one exec of dash.
+# you are, or the config's (-e's) PS1. The prompt is written into the script as a quoted literal:
+# bash drops an inherited PS1 when it starts non-interactive (as /bin/sh -c here), and dash sets
+# one of its own. Starting through sh costs one exec of dash.
 _PICK = "if command -v bash >/dev/null 2>&1; then {bash}exec bash -i; fi; {sh}exec sh -i"
 
 
-def shell_script(own_prompt: bool) -> str:
-    if own_prompt:
-        return _PICK.format(bash="", sh="")
+def shell_script(prompt: str | None) -> str:
+    import shlex
+
+    if prompt is not None:
+        own = f"PS1={shlex.quote(prompt)}; export PS1; "
+        return _PICK.format(bash=own, sh=own)
     return _PICK.format(
         bash="PS1='(cell) \\w\\$ '; export PS1; ", sh="PS1='(cell) $ '; export PS1; "
     )
@@ -312,10 +329,11 @@ def _shell_command(main) -> click.Command:
         flags["interactive"] = True
         if ctx.get_parameter_source("cwd") is click.core.ParameterSource.DEFAULT:
             flags["cwd"] = None  # where the user stands, as the level says
-        command = ("/bin/sh", "-c", shell_script(False))
+        command = ("/bin/sh", "-c", shell_script(None))
         spec, checked = main.project_spec_checked(found, command, flags)
         if "PS1" in spec.env:
-            spec = spec.model_copy(update={"command": ["/bin/sh", "-c", shell_script(True)]})
+            script = shell_script(spec.env["PS1"])
+            spec = spec.model_copy(update={"command": ["/bin/sh", "-c", script]})
         return main._run(spec, False, False, None, False, debug, checked)
 
     return shell

@@ -95,4 +95,6 @@ def project_spec_checked(found, command: tuple[str, ...], flags: dict[str, objec
 
 
 def _warn(line: str) -> None:
-    click.echo(f"nixcell: warning: {line}", err=True)
+    from nixcell.cli.entry import one_line
+
+    click.echo(f"nixcell: warning: {one_line(line)}", err=True)  # config values: escaped

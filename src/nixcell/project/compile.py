@@ -35,6 +35,7 @@ def _host_path(project: Project, value: str) -> str:
 def _config_binds(d: Draft) -> None:
     """``ro_bind``/``rw_bind``: a missing source is skipped (nixcage does), and listed."""
     config = d.project.config
+    binds = []
     for key, writable in (("ro_bind", False), ("rw_bind", True)):
         for value in getattr(config, key):
             src, sep, dst = value.partition(":")
@@ -48,7 +49,16 @@ def _config_binds(d: Draft) -> None:
                 target = d.cell_path(source)
             target = os.path.normpath(target)
             _target_can_be_made(d, key, value, target)
-            d.bind(source, target, writable)
+            binds.append((source, target, writable))
+    for source, target, writable in binds:
+        d.bind(source, target, writable)  # compile_spec orders all mounts, parents first
+
+
+def mount_depth(target: str) -> int:
+    """How deep a mount target is: binds go in this order (a stable sort), so that a parent
+    mounted after its child does not cover it (``ro_bind ~/x/s`` with ``rw_bind ~/x`` would
+    otherwise leave ``~/x/s`` writable)."""
+    return os.path.normpath(target).count("/")
 
 
 def _target_can_be_made(d: Draft, key: str, value: str, target: str) -> None:
@@ -234,7 +244,9 @@ def compile_spec(
         pass_env=list(dict.fromkeys([*config.passthrough_env, *(flags.get("pass_env") or ())])),  # type: ignore[misc]
         workdir=os.path.abspath(os.path.expanduser(str(workdir))) if workdir else None,
         cwd=flags.get("cwd") or d.cwd,
-        mounts=[*d.mounts, *_flag_binds(flags)],
+        # parents first, the protections after any parent a flag binds (`--bind ..` would
+        # otherwise cover the project's read-only config, .nixcell/, .git/hooks)
+        mounts=sorted([*d.mounts, *_flag_binds(flags)], key=lambda m: mount_depth(m["target"])),
         hide=[*d.hide, *hides],
         limits=limits,
         hardening_profiles=list(flags.get("profiles") or ()),  # type: ignore[call-overload]

@@ -43,8 +43,8 @@ _HEADER = """\
 
 CLAUDE_CODE = Preset(
     "claude-code",
-    "Claude Code (claude-code + nodejs): its state kept in the project, only "
-    "api.anthropic.com, ANTHROPIC_API_KEY injected by the proxy",
+    "Claude Code (claude-code + nodejs): its state kept in the project, only api.anthropic.com, "
+    "ANTHROPIC_API_KEY injected by the proxy",
     _HEADER.format(preset="claude-code")
     + """
 [sandbox]
@@ -52,9 +52,11 @@ level = "standard"        # the project read-write, a fresh home, the network be
 
 [sandbox.filesystem]
 ro_bind = ["~/.gitconfig"]                  # missing ones are skipped (nixcell status lists them)
-# Claude's settings and sessions stay in this project (CLAUDE_CONFIG_DIR below). Sharing the
-# host's instead (and deleting CLAUDE_CONFIG_DIR) lets the cell write hooks and MCP servers that
-# the host's claude then runs outside any cell:
+# Not the host's ~/.claude or ~/.claude.json: the cell could read a login kept there and plant
+# commands (hooks, apiKeyHelper, mcpServers) that claude on the host would run. Claude keeps its
+# state in .nixcell/local/config/claude instead (CLAUDE_CONFIG_DIR below), per project.
+# To share the host's anyway (delete CLAUDE_CONFIG_DIR too), knowing the cell can then plant
+# what the host's claude runs outside any cell:
 # rw_bind = ["~/.claude", "~/.claude.json"]
 
 [sandbox.network]
@@ -74,9 +76,7 @@ command = ["claude", "--settings", '{"apiKeyHelper": "printenv NIXCELL_ANTHROPIC
 passthrough_env = ["TERM", "LANG", "COLORTERM"]
 
 [cage.env]                # no telemetry, no error reports, no self-update: api.anthropic.com only
-# The project's own Claude state: the cell's ~/.config is .nixcell/local/config on the host,
-# which the host's claude never reads.
-CLAUDE_CONFIG_DIR = "/home/cell/.config/claude"
+CLAUDE_CONFIG_DIR = "/home/cell/.config/claude"   # settings, sessions, .claude.json: the project's
 DISABLE_AUTOUPDATER = "1"
 DISABLE_TELEMETRY = "1"
 DISABLE_ERROR_REPORTING = "1"

@@ -6,33 +6,38 @@ so ``--dry-run`` and the unit tests see exactly what ``cgroups.CellCgroup`` will
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from nixcell.errors import LimitUnavailableError, UsageError
+from nixcell.quiet import Frozen
 from nixcell.sandbox.cgroupfs import CgroupHost, describe_host
-from nixcell.units import format_size
 
 MONITOR_PROCESSES = 1
 FLAGS = {"memory": "--memory", "pids": "--pids", "cpu": "--cpus"}
 MIN_MEMORY = 4 << 20
 CPU_PERIOD_US = 100_000
 MIN_CPU_QUOTA_US = 1_000  # the kernel's floor for cfs_quota_us / cpu.max
-_CELL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ID_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_ID_REST = _ID_FIRST | frozenset("_.-")
 
 
-@dataclass(frozen=True)
-class CgroupLimits:
+class CgroupLimits(Frozen):
     """What a cell may use; ``None`` means unlimited. Validated on construction."""
 
-    memory: int | None = None  # bytes; swap beyond it is forbidden too
-    pids: int | None = None
-    cpus: float | None = None  # CFS quota in CPUs (1.5 = one and a half CPUs' time)
+    _fields = ("memory", "pids", "cpus")
+    __slots__ = _fields
+    memory: int | None  # bytes; swap beyond it is forbidden too
+    pids: int | None
+    cpus: float | None  # CFS quota in CPUs (1.5 = one and a half CPUs' time)
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self, memory: int | None = None, pids: int | None = None, cpus: float | None = None
+    ) -> None:
+        self._set(memory=memory, pids=pids, cpus=cpus)
         if self.memory is not None and (isinstance(self.memory, bool) or self.memory < MIN_MEMORY):
+            from nixcell.units import format_size  # (it imports `re`: only for this message)
+
             shown = format_size(self.memory) if self.memory > 0 else str(self.memory)
             raise UsageError(f"--memory {shown} is too small: at least {format_size(MIN_MEMORY)}")
         if self.pids is not None and (isinstance(self.pids, bool) or self.pids < 1):
@@ -48,13 +53,17 @@ class CgroupLimits:
         return bool(self.controllers())
 
 
-@dataclass(frozen=True)
-class CgroupDir:
+class CgroupDir(Frozen):
     """One directory of a cell in one hierarchy (several controllers when co-mounted or v2)."""
 
+    _fields = ("path", "version", "controllers")
+    __slots__ = _fields
     path: Path
     version: str  # "v1" | "v2"
     controllers: tuple[str, ...]
+
+    def __init__(self, path: Path, version: str, controllers: tuple[str, ...]) -> None:
+        self._set(path=path, version=version, controllers=controllers)
 
 
 def cpu_quota(cpus: float) -> tuple[int, int]:
@@ -100,11 +109,22 @@ def limit_writes(
     return []
 
 
+def valid_cell_id(cell_id: str) -> bool:
+    """A cgroup directory name: an ASCII letter or digit, then up to 63 of those or ``_.-``
+    (no ``/``, no ``..``, no newline; tested from every side in test_cgroups_formats.py)."""
+    return (
+        isinstance(cell_id, str)
+        and 1 <= len(cell_id) <= 64
+        and cell_id[0] in _ID_FIRST
+        and _ID_REST.issuperset(cell_id)
+    )
+
+
 def plan_cell_cgroup(
     cell_id: str, limits: CgroupLimits, host: CgroupHost | None = None
 ) -> list[CgroupDir]:
     """The directories a cell will get (no writes): for ``--dry-run`` and ``create``."""
-    if not _CELL_ID.match(cell_id):
+    if not valid_cell_id(cell_id):
         raise ValueError(f"invalid cell id for a cgroup name: {cell_id!r}")
     host = host or describe_host()
     dirs: dict[Path, CgroupDir] = {}

@@ -13,16 +13,14 @@ created but not yet filled. On v1 a freezer cgroup is added when the freezer is 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import signal
 import time
 from pathlib import Path
 from types import TracebackType
 
 from nixcell.errors import LimitUnavailableError, SandboxError
-from nixcell.quiet import LazyLogger
+from nixcell.quiet import LazyLogger, suppress
 from nixcell.sandbox.cgroupfs import (
     LEAF,
     V2_PREFIX,
@@ -62,6 +60,7 @@ __all__ = [
 log = LazyLogger(__name__)  # (logging is imported only when something is logged)
 
 _POLL = 0.01
+_SIGKILL = 9  # not `signal.SIGKILL`: nothing else on the warm path imports `signal`
 
 
 class CellCgroup:
@@ -206,14 +205,14 @@ class CellCgroup:
             for _ in range(200):  # without a freezer, repeat to catch processes forked meanwhile
                 pids = self.pids()
                 for pid in pids:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, _SIGKILL)
                 if not pids or frozen:  # a frozen cgroup cannot fork: that list was complete
                     break
                 time.sleep(_POLL)
         finally:
             if fz is not None:
-                with contextlib.suppress(OSError):
+                with suppress(OSError):
                     freeze(fz.path, fz.version, False)
 
     @staticmethod
@@ -342,14 +341,14 @@ def sweep_stale() -> list[str]:
 
 def _kill_orphaned(path: Path) -> None:
     """SIGKILL what is left in an orphaned cell cgroup (``cgroup.kill`` where v2 has it)."""
-    with contextlib.suppress(OSError):
+    with suppress(OSError):
         write_value(path / "cgroup.kill", "1")
     for _ in range(100):
         pids = read_pids(path)
         if not pids:
             return
         for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, _SIGKILL)
         time.sleep(_POLL)
     log.warning("cgroup %s: processes %s survive SIGKILL", path, read_pids(path))
