@@ -58,3 +58,15 @@ def plain():
     server = up.start(None)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def fake_anthropic(tmp_path):
+    """tests/integration/fakeanthropic.py's stand-in API on a loopback address, port 443."""
+    from tests.integration import fakeanthropic, fakeapi
+
+    if os.getuid() != 0:
+        pytest.skip("the stand-in API listens on port 443 (needs root)")
+    server = fakeapi.start(fakeanthropic.HOSTS, tmp_path, fakeanthropic.Handler)
+    yield server
+    server.stop()

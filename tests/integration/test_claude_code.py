@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pexpect
 import pytest
 from tests.conftest import NIXCELL, cli
 from tests.integration import fakeanthropic, fakeapi
+from tests.integration.screen import Screen, screen_text
 
 from nixcell.nix.offline import elf, recipe
 from nixcell.nix.offline.stage import GLIBC_SONAMES, Glibc, SourceMissing, Stager
@@ -242,14 +241,9 @@ def test_a_fixed_layout_binary_needing_more_than_glibc_is_refused(offline_set, t
         stager.finish()
 
 
-def screen_text(raw: str) -> str:
-    """Terminal output without escape sequences and blanks (claude moves the cursor for them)."""
-    raw = re.sub(r"\x1b\[[0-9;?<>=]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\\\)|\x1b.", "", raw)
-    return re.sub(r"\s+", "", raw)
-
-
 def test_interactive_claude_answers_without_a_key_prompt(claude, text_api, tmp_path):
-    """The preset's interactive set-up (docs/project.md): onboarding done in ~/.claude.json,
+    """The preset's interactive set-up (docs/project.md): onboarding done in ~/.claude.json
+    (the preset's own layout, CLAUDE_CONFIG_DIR: test_project_claude_state.py),
     the dummy in NIXCELL_ANTHROPIC_API_KEY read by an apiKeyHelper, so claude never asks to
     approve a key (the dummy differs on every run); a typed prompt gets the fake API's answer."""
     state = tmp_path / "claude.json"
@@ -262,27 +256,15 @@ def test_interactive_claude_answers_without_a_key_prompt(claude, text_api, tmp_p
     env = {**os.environ, "ANTHROPIC_API_KEY": fakeanthropic.REAL_KEY}
     child = pexpect.spawn(NIXCELL, args, env=env, encoding="utf-8", codec_errors="replace",
                           dimensions=(40, 120), timeout=5)  # fmt: skip
-    seen = ""
-
-    def until(text: str, limit: float = 90) -> bool:
-        nonlocal seen
-        deadline = time.monotonic() + limit  # a bound on waiting, not a timing assertion
-        while text not in screen_text(seen) and time.monotonic() < deadline:
-            try:
-                seen += child.read_nonblocking(65536, timeout=1)
-            except pexpect.TIMEOUT:
-                continue
-            except pexpect.EOF:
-                break
-        return text in screen_text(seen)
-
+    screen = Screen(child)
     try:
-        assert until(f"ClaudeCodev{version_of(claude)}"), screen_text(seen)[-2000:]
+        assert screen.until(f"ClaudeCodev{version_of(claude)}"), screen.text[-2000:]
         child.send("hi")
         child.send("\r")
-        assert until(fakeanthropic.ANSWER.replace(" ", "")), screen_text(seen)[-2000:]
+        assert screen.until(fakeanthropic.ANSWER.replace(" ", "")), screen.text[-2000:]
     finally:
         child.terminate(force=True)
+    seen = screen.seen
     assert "APIkey" not in screen_text(seen), "claude asked about the key"
     assert fakeanthropic.REAL_KEY not in seen
     messages = [r for r in text_api.requests if r["path"].startswith("/v1/messages")]

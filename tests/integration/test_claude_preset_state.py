@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from tests.integration.test_project_cmds import _in, _init, fake_anthropic  # noqa: F401
+from tests.integration.test_project_cmds import _in, _init
 
 LOGIN = "sk-ant-oat01-HOSTLOGIN"
 # what a hostile cell tries against the host's claude files, one shell line each
@@ -50,7 +50,7 @@ def test_the_cell_cannot_reach_the_hosts_claude_files(tmp_path, offline_set, att
     assert (home / ".claude.json").read_text() == "{}"
 
 
-def test_claude_keeps_its_state_in_the_project(tmp_path: Path, offline_set, fake_anthropic):  # noqa: F811
+def test_claude_keeps_its_state_in_the_project(tmp_path: Path, offline_set, fake_anthropic):
     import tomllib
 
     from tests.integration import fakeanthropic

@@ -297,18 +297,6 @@ def test_status_reports_a_swapped_state_dir(tmp_path: Path) -> None:
     assert _in(root, "status").returncode == 1
 
 
-@pytest.fixture
-def fake_anthropic(tmp_path):
-    """tests/integration/fakeanthropic.py's stand-in API on a loopback address, port 443."""
-    from tests.integration import fakeanthropic, fakeapi
-
-    if os.getuid() != 0:
-        pytest.skip("the stand-in API listens on port 443 (needs root)")
-    server = fakeapi.start(fakeanthropic.HOSTS, tmp_path, fakeanthropic.Handler)
-    yield server
-    server.stop()
-
-
 def test_claude_p_with_the_presets_own_command(tmp_path: Path, offline_set, fake_anthropic):
     """The preset's [cage] command as written (the apiKeyHelper reading the dummy), `-p hi`
     added: the stand-in API gets only the real key, the cell never holds it."""

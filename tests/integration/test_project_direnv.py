@@ -134,6 +134,45 @@ def test_a_nixcage_project_gets_the_nixcage_names_too(tmp_path: Path, denv) -> N
 
 
 @needs_direnv
+def test_a_nested_project_through_direnv(tmp_path: Path, denv) -> None:
+    """init names a project inside another in its .envrc (`--project .`): direnv then loads
+    the inner project, which the plain hook refuses as nested; the outer one is unchanged."""
+    outer = _project(tmp_path / "outer")
+    inner = _project(outer / "sub" / "inner", preset="python-dev")
+    assert (inner / ".envrc").read_text() == files.ENVRC_NESTED
+    assert (outer / ".envrc").read_text() == files.ENVRC
+    (inner / "deep").mkdir()
+    for root in (outer, inner):
+        assert denv("allow", str(root)).returncode == 0
+    proc = denv("exec", str(inner / "deep"), "env", "-0")
+    env = _env_of(proc)
+    assert env["NIXCELL_ROOT"] == str(inner), proc.stderr
+    assert env["PATH"].split(":")[0] == str(inner / ".nixcell/bin")
+    assert "inside the project" not in proc.stderr.decode()
+    assert _env_of(denv("exec", str(outer / "sub"), "env", "-0"))["NIXCELL_ROOT"] == str(outer)
+    # cell and cellrun there name their project too (where they lie): inner's cell, cwd kept
+    assert (inner / ".nixcell/bin/cellrun").read_text() == files.SCRIPTS_NESTED["cellrun"]
+    script = 'echo "$PWD"; echo "$PIP_DISABLE_PIP_VERSION_CHECK"'
+    ran = denv("exec", str(inner / "deep"), "cellrun", "sh", "-c", script, cwd=inner / "deep")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.decode().splitlines() == [str(inner / "deep"), "1"]  # python-dev's env
+    # the plain hook there refuses it (one log_error line, nothing exported): what --project fixes
+    (inner / ".envrc").write_text(files.ENVRC)
+    assert denv("allow", str(inner)).returncode == 0
+    proc = denv("exec", str(inner), "env", "-0")
+    assert "NIXCELL_ROOT" not in _env_of(proc)  # direnv loads the nearest .envrc only
+    assert f"use --project {inner}" in proc.stderr.decode()
+    # --project naming a directory without a config: a message, direnv not broken
+    (inner / ".envrc").write_text(files.ENVRC_NESTED.replace("--project .", "--project ./deep"))
+    assert denv("allow", str(inner)).returncode == 0
+    proc = denv("exec", str(inner), "env", "-0")
+    assert proc.returncode == 0 and "--project ./deep: no nixcell.toml" in proc.stderr.decode()
+    # destroy knows the nested .envrc as init's own
+    (inner / ".envrc").write_text(files.ENVRC_NESTED)
+    assert cli("destroy", "--yes", str(inner)).stdout.decode().count("removed .envrc") == 1
+
+
+@needs_direnv
 def test_outside_a_project_the_hook_only_says_so(tmp_path: Path, denv) -> None:
     lone = tmp_path / "lone"
     lone.mkdir()

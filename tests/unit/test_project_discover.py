@@ -122,3 +122,76 @@ def test_project_flag_through_a_symlink_names_the_real_root(tree):
     (tree / "link").symlink_to(tree / "proj")
     found = find("/", explicit=str(tree / "link"))
     assert found is not None and found.root == str(tree / "proj")
+
+
+NOBODY = 65534
+
+
+@pytest.mark.parametrize(
+    "owner, dir_mode, links, protected, explicit, expect",
+    [
+        (NOBODY, 0o1777, 1, True, False, "ignored"),  # a stranger's file in a /tmp-like dir
+        (NOBODY, 0o1777, 1, True, True, "refused"),  # --project naming it still refuses
+        (NOBODY, 0o0777, 1, True, False, "refused"),  # world-writable, not sticky: as before
+        (NOBODY, 0o1755, 1, True, False, "refused"),  # sticky, only its owner writes: as before
+        (NOBODY, 0o0755, 1, True, False, "refused"),
+        (0, 0o1777, 1, True, False, "used"),  # ours (root's) there: used as before
+        (0, 0o1777, 2, True, False, "used"),  # links protected: a link is no stranger's
+        (0, 0o1777, 2, False, False, "ignored"),  # anyone could have linked it there
+        (0, 0o1777, 2, False, True, "refused"),
+        (0, 0o0755, 2, False, False, "refused"),  # not shared: refused, not skipped
+        (0, 0o0755, 2, True, False, "used"),
+        (0, 0o0755, 1, False, False, "used"),
+    ],
+)
+def test_configs_in_shared_sticky_directories(
+    tmp_path, monkeypatch, capfd, owner, dir_mode, links, protected, explicit, expect
+):
+    if os.getuid() != 0:
+        pytest.skip("chown to another uid needs root")
+    knob = tmp_path / "protected_hardlinks"
+    knob.write_text("1\n" if protected else "0\n")
+    monkeypatch.setattr("nixcell.project.discover.PROTECTED_HARDLINKS", str(knob))
+    shared = tmp_path / "shared"
+    (shared / "sub").mkdir(parents=True)
+    config = shared / "nixcell.toml"
+    config.write_text("[sandbox]\n")
+    config.chmod(0o644)
+    os.chown(config, owner, owner)
+    for i in range(links - 1):
+        os.link(config, tmp_path / f"link{i}")
+    shared.chmod(dir_mode)
+    start = str(shared / "sub")
+    if expect == "refused":
+        with pytest.raises(UsageError, match=r"nixcell\.toml (is owned by uid|has 2 hard links)"):
+            find(start, explicit=str(shared) if explicit else None)
+        return
+    found = find(start, explicit=str(shared) if explicit else None)
+    err = capfd.readouterr().err
+    if expect == "used":
+        assert found is not None and found.path == str(config) and err == ""
+    else:
+        assert found is None
+        assert err.count("\n") == 1 and err.startswith(f"nixcell: warning: {config} ignored: ")
+        assert f"in the shared directory {shared}" in err
+
+
+def test_an_ignored_config_neither_hides_nor_nests_the_projects_around_it(tmp_path):
+    if os.getuid() != 0:
+        pytest.skip("chown to another uid needs root")
+    (tmp_path / "nixcell.toml").write_text("")  # our project, above the shared directory
+    shared = tmp_path / "shared"
+    (shared / "mine").mkdir(parents=True)
+    (shared / "nixcell.toml").write_text("")
+    os.chown(shared / "nixcell.toml", NOBODY, NOBODY)
+    shared.chmod(0o1777)
+    (shared / "mine" / "nixcell.toml").write_text("")
+    # the walk goes on past the stranger's file to our outer project
+    (shared / "elsewhere").mkdir()
+    assert find(str(shared / "elsewhere")).root == str(tmp_path)  # type: ignore[union-attr]
+    # a project of ours inside the shared dir is nested only in our outer one, still refused:
+    with pytest.raises(UsageError, match=f"inside the project at {tmp_path} "):
+        find(str(shared / "mine"))
+    (tmp_path / "nixcell.toml").unlink()
+    # without it, the stranger's config does not make ours nested
+    assert find(str(shared / "mine")).root == str(shared / "mine")  # type: ignore[union-attr]

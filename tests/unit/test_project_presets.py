@@ -45,3 +45,17 @@ def test_claude_code_credential() -> None:
 def test_unknown_preset_names_the_known_ones() -> None:
     with pytest.raises(UsageError, match="claude-code, python-dev, node-dev, shell"):
         presets.get("nope")
+
+
+def test_claude_code_shares_the_hosts_claude_state_only_when_uncommented() -> None:
+    """The host's ~/.claude is a commented-out opt-in (the cell could plant what host claude
+    runs); uncommented, with CLAUDE_CONFIG_DIR deleted as it says, it is valid and binds them."""
+    text = presets.CLAUDE_CODE.config
+    doc = tomllib.loads(text)
+    assert "rw_bind" not in doc["sandbox"]["filesystem"]
+    assert doc["cage"]["env"]["CLAUDE_CONFIG_DIR"] == "/home/cell/.config/claude"
+    opted = text.replace('# rw_bind = ["~/.claude"', 'rw_bind = ["~/.claude"')
+    opted = "\n".join(line for line in opted.splitlines() if "CLAUDE_CONFIG_DIR =" not in line)
+    doc = tomllib.loads(opted)
+    assert doc["sandbox"]["filesystem"]["rw_bind"] == ["~/.claude", "~/.claude.json"]
+    assert "CLAUDE_CONFIG_DIR" not in doc["cage"]["env"]

@@ -50,13 +50,14 @@ def init(preset: str, directory: str | None) -> int:
     from nixcell.project import files, presets
 
     root = _target(directory)
-    outcome = files.write_project(root, presets.get(preset))
-    _report(outcome, "wrote")
     outer = _outer_project(root)
+    outcome = files.write_project(root, presets.get(preset), nested=outer is not None)
+    _report(outcome, "wrote")
     if outer:
         click.echo(
             f"note: {root} is inside the project {outer}: nixcell uses this config only when "
-            f"named (`--project {root}`, `nixcell shell {root}`)",
+            f"named (`--project {root}`, `nixcell shell {root}`; its .envrc runs "
+            "`nixcell hook direnv --project .`)",
             err=True,
         )
     if ".envrc" in outcome.written:
@@ -74,7 +75,8 @@ def reinit(preset: str, directory: str | None) -> int:
     from nixcell.project import files, presets
 
     root = _target(directory)
-    outcome = files.write_project(root, presets.get(preset), reinit=True)
+    nested = _outer_project(root) is not None
+    outcome = files.write_project(root, presets.get(preset), reinit=True, nested=nested)
     _report(outcome, "wrote")
     return 0
 
@@ -149,11 +151,17 @@ def hook() -> None:
 
 
 @hook.command("direnv")
-def hook_direnv() -> int:
+@click.option(
+    "--project",
+    "directory",
+    metavar="DIR",
+    help="The project's root (a project inside another is used only when named).",
+)
+def hook_direnv(directory: str | None) -> int:
     """Print the code a project's .envrc evaluates: eval "$(nixcell hook direnv)"."""
     from nixcell.project.direnv import hook as make_hook
 
-    click.echo(make_hook(os.getcwd()), nl=False)
+    click.echo(make_hook(os.getcwd(), directory), nl=False)
     return 0
 
 

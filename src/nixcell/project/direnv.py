@@ -48,16 +48,16 @@ def _platform() -> str:
     return "macos" if sys.platform == "darwin" else "linux"
 
 
-def bin_problem(root: str) -> str | None:
+def bin_problem(root: str, nested: bool = False) -> str | None:
     """Why ``.nixcell/bin`` must not go on PATH (None: it holds exactly our scripts, which are
-    written first when missing)."""
+    written first when missing: the ones naming their project when ``nested``)."""
     me = os.getuid()
     rfd = files.open_root(root)
     try:
         sfd = files.open_subdir(rfd, files.STATE_DIR, files.STATE_DIR, create=True)
         assert sfd is not None
         try:
-            files.write_scripts(sfd, files.Outcome(), only_missing=True)
+            files.write_scripts(sfd, files.Outcome(), only_missing=True, nested=nested)
             bfd = files.open_subdir(sfd, files.BIN_DIR, "", create=False)
             assert bfd is not None
             try:
@@ -70,8 +70,9 @@ def bin_problem(root: str) -> str | None:
                     return f"{files.STATE_DIR}/bin also holds {', '.join(extra)}"
                 for name, text in files.SCRIPTS.items():
                     st = os.stat(name, dir_fd=bfd, follow_symlinks=False)
+                    ours = (text.encode(), files.SCRIPTS_NESTED[name].encode())
                     if (
-                        files.read_file(bfd, name) != text.encode()
+                        files.read_file(bfd, name) not in ours
                         or st.st_uid not in (me, 0)
                         or st.st_mode & 0o022
                     ):
@@ -145,7 +146,7 @@ def hook(cwd: str, explicit: str | None = None) -> str:
         code = _call("watch_file", found.path) + "\n"
         return code + message_hook(f"nixcell: {exc.message}", error=True)
     try:
-        issue = bin_problem(found.root)
+        issue = bin_problem(found.root, nested=explicit is not None)
     except (NixcellError, OSError) as exc:
         issue = getattr(exc, "message", None) or str(exc)
     return project_hook(found.root, found.path, level, found.kind, issue)

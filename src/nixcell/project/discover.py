@@ -9,6 +9,12 @@ a regular file, not a symlink, owned by us or root, not group/other-writable), a
 can write its project could plant ``sub/nixcell.toml`` for the day the user stands in ``sub``,
 or a ``nixcell.toml`` beside the project's ``nixcage.toml`` (it would win). Both are refused
 unless ``--project DIR`` names that directory: the user's explicit word, never a cell's.
+
+A shared sticky world-writable directory (``/tmp``) is different: anyone may create names there,
+so a config in it owned by someone else is not a mistake of ours but a stranger's file. Refusing
+it would let any local user break every run below ``/tmp``; it is ignored instead (one warning
+line) and the walk goes on upward. On a host with ``fs.protected_hardlinks=0`` anyone can also
+hard-link a file of ours or root's there, so a config with more than one link is not trusted.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import os
 import stat
 
 NAMES = (("nixcell.toml", "nixcell"), ("nixcage.toml", "nixcage"))
+PROTECTED_HARDLINKS = "/proc/sys/fs/protected_hardlinks"
+_warned: set[str] = set()
 
 
 class Found:
@@ -56,6 +64,49 @@ def configs_in(directory: str) -> list[tuple[str, str]]:
     return out
 
 
+def links_protected() -> bool:
+    """Whether the kernel refuses hard links to files the linker does not own (the default);
+    unreadable counts as not protected (fail closed)."""
+    try:
+        with open(PROTECTED_HARDLINKS, "rb") as f:
+            return f.read().strip() not in (b"0", b"")
+    except OSError:
+        return False
+
+
+def _warn(message: str) -> None:
+    """One stderr line per config and process (the warm path may look twice)."""
+    if message not in _warned:
+        _warned.add(message)
+        os.write(2, f"nixcell: warning: {message}\n".encode(errors="replace"))
+
+
+def _strangers(directory: str, present: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``present`` without the configs a stranger may have put in a sticky world-writable
+    ``directory`` (someone else's file, or a hard link when links are not protected)."""
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return present
+    if not (st.st_mode & stat.S_ISVTX and st.st_mode & 0o002):
+        return present
+    kept = []
+    for path, kind in present:
+        try:
+            cst = os.lstat(path)
+        except OSError:
+            continue
+        if cst.st_uid not in (os.getuid(), 0):
+            why = f"owned by uid {cst.st_uid}"
+        elif cst.st_nlink > 1 and stat.S_ISREG(cst.st_mode) and not links_protected():
+            why = f"a file with {cst.st_nlink} hard links (fs.protected_hardlinks=0)"
+        else:
+            kept.append((path, kind))
+            continue
+        _warn(f"{path} ignored: {why} in the shared directory {directory}")
+    return kept
+
+
 def check_trusted(path: str) -> os.stat_result:
     """The config's stat, or a one-line error when someone else could have written it."""
     try:
@@ -73,6 +124,11 @@ def check_trusted(path: str) -> os.stat_result:
         raise _error(
             f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o}): "
             f"not used; `chmod go-w {path}` if it is yours"
+        )
+    if st.st_nlink > 1 and not links_protected():
+        raise _error(
+            f"{path} has {st.st_nlink} hard links and this host lets anyone link files "
+            "(fs.protected_hardlinks=0): not used; copy it to a file of its own"
         )
     return st
 
@@ -108,7 +164,7 @@ def find(start: str, explicit: str | None = None, ignore: bool = False) -> Found
         return _pick(root, present, explicit=True)
     here = os.path.abspath(start)
     while True:
-        present = configs_in(here)
+        present = _strangers(here, configs_in(here))
         if present:
             found = _pick(here, present, explicit=False)
             _not_nested(found)
@@ -123,7 +179,7 @@ def _not_nested(found: Found) -> None:
     """A config inside another project's tree is refused (see the module docstring)."""
     here = os.path.dirname(found.root)
     while True:
-        outer = configs_in(here)
+        outer = _strangers(here, configs_in(here))
         if outer:
             raise _error(
                 f"{found.path} is inside the project at {here} ({os.path.basename(outer[0][0])}):"

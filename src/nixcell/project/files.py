@@ -43,6 +43,13 @@ else
   log_error "nixcell is not on PATH: this project's cell (nixcell run, shell) is not available"
 fi
 """
+# A project inside another one: discovery uses its config only when named, and direnv runs
+# .envrc in the project's own directory, so `--project .` names it (and survives a move).
+ENVRC_NESTED = ENVRC.replace(
+    "prints the code.\n",
+    "prints the code.\n# Inside another project: `--project .` names this one.\n",
+).replace('hook direnv)"', 'hook direnv --project .)"')
+OUR_ENVRCS = (ENVRC.encode(), ENVRC_NESTED.encode())
 GITIGNORE = """\
 # nixcell: per-machine state of the project's cell (XDG dirs, copied store)
 local/
@@ -55,6 +62,18 @@ SCRIPTS = {
     "cellrun": (
         "#!/bin/sh\n# nixcell: `cellrun CMD...` = `nixcell run -- CMD...` in this project\n"
         'exec nixcell run -- "$@"\n'
+    ),
+}
+# a nested project's: discovery needs its name, which is where the script lies ($0 is the full
+# path when found on PATH, which the hook set): .nixcell/bin/../..
+SCRIPTS_NESTED = {
+    "cell": (
+        "#!/bin/sh\n# nixcell: `cell` = `nixcell shell` in this project (inside another)\n"
+        'exec nixcell shell --project "${0%/*}/../.." "$@"\n'
+    ),
+    "cellrun": (
+        "#!/bin/sh\n# nixcell: `cellrun CMD...` = `nixcell run -- CMD...` in this project "
+        '(inside another)\nexec nixcell run --project "${0%/*}/../.." -- "$@"\n'
     ),
 }
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -151,8 +170,11 @@ def existing_config(dfd: int) -> str | None:
     return next((name for name in CONFIGS if exists(dfd, name)), None)
 
 
-def write_project(root: str, preset: Preset, *, reinit: bool = False) -> Outcome:
-    """``init`` (refusing an existing config) or ``reinit`` (its old config kept as .bak)."""
+def write_project(
+    root: str, preset: Preset, *, reinit: bool = False, nested: bool = False
+) -> Outcome:
+    """``init`` (refusing an existing config) or ``reinit`` (its old config kept as .bak);
+    ``nested``: the project is inside another one (its ``.envrc`` names it)."""
     out = Outcome()
     dfd = open_root(root)
     try:
@@ -164,33 +186,36 @@ def write_project(root: str, preset: Preset, *, reinit: bool = False) -> Outcome
             )
         if reinit and found == "nixcage.toml" and not exists(dfd, CONFIG):
             out.kept.append("nixcage.toml (nixcage's file: nixcell.toml now takes precedence)")
-        _write_state_dir(dfd, preset, out)
-        _write_envrc(dfd, out)
+        _write_state_dir(dfd, preset, out, nested)
+        _write_envrc(dfd, out, nested)
         replace_file(dfd, CONFIG, preset.config, 0o644, out, CONFIG)  # last: see module doc
     finally:
         os.close(dfd)
     return out
 
 
-def _write_state_dir(dfd: int, preset: Preset, out: Outcome) -> None:
+def _write_state_dir(dfd: int, preset: Preset, out: Outcome, nested: bool) -> None:
     sfd = open_subdir(dfd, STATE_DIR, STATE_DIR, create=True)
     assert sfd is not None
     try:
         replace_file(sfd, ".gitignore", GITIGNORE, 0o644, out, f"{STATE_DIR}/.gitignore")
         if preset.policy is not None:
             replace_file(sfd, POLICY, preset.policy, 0o644, out, f"{STATE_DIR}/{POLICY}")
-        write_scripts(sfd, out)
+        write_scripts(sfd, out, nested=nested)
     finally:
         os.close(sfd)
 
 
-def write_scripts(sfd: int, out: Outcome, *, only_missing: bool = False) -> None:
-    """``.nixcell/bin/cell`` and ``cellrun`` (direnv cannot export functions: scripts on PATH)."""
+def write_scripts(
+    sfd: int, out: Outcome, *, only_missing: bool = False, nested: bool = False
+) -> None:
+    """``.nixcell/bin/cell`` and ``cellrun`` (direnv cannot export functions: scripts on PATH);
+    ``nested``: the ones naming their project (``SCRIPTS_NESTED``)."""
     shown = f"{STATE_DIR}/{BIN_DIR}"
     bfd = open_subdir(sfd, BIN_DIR, shown, create=True)
     assert bfd is not None
     try:
-        for name, text in SCRIPTS.items():
+        for name, text in (SCRIPTS_NESTED if nested else SCRIPTS).items():
             if only_missing and exists(bfd, name):
                 continue
             replace_file(bfd, name, text, 0o755, out, f"{shown}/{name}")
@@ -198,16 +223,17 @@ def write_scripts(sfd: int, out: Outcome, *, only_missing: bool = False) -> None
         os.close(bfd)
 
 
-def _write_envrc(dfd: int, out: Outcome) -> None:
+def _write_envrc(dfd: int, out: Outcome, nested: bool = False) -> None:
     """Ours, unless the user has their own: a regular ``.envrc`` that is not ours is kept (and
     the CLI does not suggest `direnv allow` for it). Anything else at the name (a symlink a
     cell planted, pointing at a file it can write) is moved to ``.envrc.bak`` and replaced:
     telling the user to allow it would run what it points to."""
     old = read_file(dfd, ".envrc")
-    if old is not None and old != ENVRC.encode():
-        out.kept.append('.envrc (yours: review it and add `eval "$(nixcell hook direnv)"`)')
+    hook = "nixcell hook direnv --project ." if nested else "nixcell hook direnv"
+    if old is not None and old not in OUR_ENVRCS:
+        out.kept.append(f'.envrc (yours: review it and add `eval "$({hook})"`)')
         return
-    replace_file(dfd, ".envrc", ENVRC, 0o644, out, ".envrc")
+    replace_file(dfd, ".envrc", ENVRC_NESTED if nested else ENVRC, 0o644, out, ".envrc")
 
 
 def planned_removal(root: str) -> Outcome:
@@ -220,7 +246,7 @@ def planned_removal(root: str) -> Outcome:
         if exists(dfd, STATE_DIR):
             out.removed.append(f"{STATE_DIR}/")
         envrc = read_file(dfd, ".envrc")
-        if envrc == ENVRC.encode():
+        if envrc in OUR_ENVRCS:
             out.removed.append(".envrc")
         elif exists(dfd, ".envrc"):
             out.kept.append(".envrc (changed since nixcell init wrote it, or not ours)")
@@ -242,7 +268,7 @@ def remove_project(root: str, plan: Outcome) -> Outcome:
         for name in plan.removed:
             if name == f"{STATE_DIR}/":
                 remove_tree(os.path.join(root, STATE_DIR))
-            elif name == ".envrc" and read_file(dfd, ".envrc") != ENVRC.encode():
+            elif name == ".envrc" and read_file(dfd, ".envrc") not in OUR_ENVRCS:
                 done.kept.append(".envrc (changed meanwhile)")
                 continue
             else:

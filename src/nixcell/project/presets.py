@@ -14,6 +14,9 @@ Choices (docs/project.md, "Presets"):
   the cell holds as ``NIXCELL_ANTHROPIC_API_KEY`` and claude reads through an ``apiKeyHelper``
   (a dummy in ``ANTHROPIC_API_KEY`` would make interactive claude ask about it on every run);
   the proxy swaps the real key into the ``x-api-key`` header, towards that host only.
+  Claude's state (settings, sessions, ``.claude.json``) lives in ``CLAUDE_CONFIG_DIR``, the
+  project's ``.nixcell/local/config/claude``, never the host's ``~/.claude``: a cell that could
+  write there could plant hooks or MCP servers for the host's claude to run.
 - ``python-dev`` / ``node-dev``: the proxy limited to the language's package registry.
 - ``shell``: no network at all; the project's files and the usual tools.
 """
@@ -52,6 +55,9 @@ ro_bind = ["~/.gitconfig"]                  # missing ones are skipped (nixcell 
 # Not the host's ~/.claude or ~/.claude.json: the cell could read a login kept there and plant
 # commands (hooks, apiKeyHelper, mcpServers) that claude on the host would run. Claude keeps its
 # state in .nixcell/local/config/claude instead (CLAUDE_CONFIG_DIR below), per project.
+# To share the host's anyway (delete CLAUDE_CONFIG_DIR too), knowing the cell can then plant
+# what the host's claude runs outside any cell:
+# rw_bind = ["~/.claude", "~/.claude.json"]
 
 [sandbox.network]
 mode = "proxy"                              # only the hosts below, through nixcell's proxy
