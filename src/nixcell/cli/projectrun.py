@@ -84,7 +84,7 @@ def project_spec_checked(found, command: tuple[str, ...], flags: dict[str, objec
     for line in made.skipped:
         (warn or _warn)(line)
     if not project.config.packages and not flags.get("packages"):
-        from nixcell.cli.main import _no_packages
+        from nixcell.cli.runflags import _no_packages
 
         hint = str(_no_packages(tuple(command) or project.config.command))
         raise UsageError(f"{found.path}: [nix] packages is empty: {hint.split(': ', 1)[1]}")
