@@ -409,3 +409,25 @@ def test_summary_says_failed_for_502_and_guard_and_denied_only_for_rules(
     assert f"GET guarded.test:{p}/g (403: " in failed and "127.0.0.2" in failed
     assert f"GET down.test:{closed}/d (502: " in failed
     assert "guarded" not in denied and "down.test" not in denied
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\x1f\x8b\x08\x00binary\n", b"{ x = \xff; }\n", b"\xc3(\nsecond\n", b"a\n\x00\x01\n"],
+)
+@pytest.mark.parametrize("as_dir", [False, True])
+def test_nix_output_that_is_not_utf8_is_one_line(offline_set, tmp_path, content, as_dir):
+    """nix echoes a pin's own bytes in its errors (found by test_flag_messages with
+    /proc/config.gz; nix shows the line with the error when the file has a newline): they are
+    read with replacement, never a UnicodeDecodeError."""
+    pin = tmp_path / "pin"
+    if as_dir:
+        pin.mkdir()
+        pin = pin / "default.nix"
+    pin.write_bytes(content)
+    target = pin.parent if as_dir else pin
+    result = cli("run", "-p", "bash", "--nixpkgs", str(target), "--dry-run", "--", "true")
+    err = result.stderr.decode(errors="replace")
+    assert result.returncode == 1, result
+    assert err.count("\n") == 1 and err.startswith("nixcell: "), err
+    assert "internal error" not in err and "Traceback" not in err

@@ -108,7 +108,11 @@ def _closure(path: str, fail: Fail) -> frozenset[str]:
 
     try:
         proc = subprocess.run(
-            [nix_tool("nix-store"), "-qR", path], capture_output=True, text=True, timeout=120
+            [nix_tool("nix-store"), "-qR", path],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=120,
         )
     except subprocess.TimeoutExpired:
         raise fail("nix-store -qR did not answer in 120 s") from None

@@ -73,7 +73,13 @@ def build(ref: str, cwd: str, roots: Path, impure: bool = False) -> str:
     env = impure_env(os.environ) if impure else None
     try:
         proc = subprocess.run(
-            argv, capture_output=True, text=True, cwd=cwd, timeout=BUILD_TIMEOUT, env=env
+            argv,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            cwd=cwd,
+            timeout=BUILD_TIMEOUT,
+            env=env,
         )
     except subprocess.TimeoutExpired:
         raise ConfigError(f"{VARIABLE}: building {ref} took over {BUILD_TIMEOUT:g} s") from None

@@ -117,9 +117,7 @@ def _flake_stamp(ref: str) -> str:
     return ",".join(stamps)
 
 
-def build_expression(
-    source: PackageSource, exprs: Sequence[str], tools: Sequence[str] = ()
-) -> str:
+def build_expression(source: PackageSource, exprs: Sequence[str], tools: Sequence[str] = ()) -> str:
     """One buildEnv of all packages (every name the set lacks is reported at once); with
     ``tools`` (package attrs), a list: the env, then one ``nixcell-tools`` env of those packages
     (a derivation even where the set's packages are plain store paths, so nix-build builds the
@@ -275,6 +273,7 @@ def verify_in_store(closure: Closure) -> None:
         [nix_tool("nix-store"), "--check-validity", *closure.paths],
         capture_output=True,
         text=True,
+        errors="replace",
     )
     if proc.returncode != 0:
         raise NixError("the resolved closure has paths nix does not know", detail=proc.stderr)
@@ -299,7 +298,9 @@ def _nix_build(
         argv += FLAKE_FEATURES
     argv += ["-E", expr]
     log.debug("nix-build expression:\n%s", expr)
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace"
+    )
     lines: list[str] = []
     assert proc.stderr is not None and proc.stdout is not None
     for line in proc.stderr:
@@ -362,6 +363,7 @@ def _known_names(source: PackageSource) -> list[str]:
             ],
             capture_output=True,
             text=True,
+            errors="replace",
             timeout=120,
             check=True,
         ).stdout
@@ -371,7 +373,9 @@ def _known_names(source: PackageSource) -> list[str]:
 
 
 def _query_closure(env_path: str) -> tuple[str, ...]:
-    proc = subprocess.run([nix_tool("nix-store"), "-qR", env_path], capture_output=True, text=True)
+    proc = subprocess.run(
+        [nix_tool("nix-store"), "-qR", env_path], capture_output=True, text=True, errors="replace"
+    )
     if proc.returncode != 0:
         raise NixError(f"cannot query the closure of {env_path}", detail=proc.stderr)
     return tuple(sorted(proc.stdout.split()))
