@@ -186,8 +186,13 @@ class Plan:
     def fd_names(self) -> list[str]:
         """Names of the file descriptors the executor must supply, in argv order."""
         names = [f"data:{op.dest}" for op in self.mounts if op.kind == "data"]
-        paths = dict.fromkeys(f"path:{op.src}" for op in self.mounts if op.by_fd)
-        return [*names, *paths, "seccomp"]
+        return [*names, *(name for name, _ in self.paths()), "seccomp"]
+
+    def paths(self) -> list[tuple[str, str]]:
+        """(fd name, host path) of the bind sources bwrap gets as fds (``MountOp.by_fd``), each
+        source once: the executor opens them without following links."""
+        sources = dict.fromkeys(str(op.src) for op in self.mounts if op.by_fd)
+        return [(f"path:{src}", src) for src in sources]
 
     def bwrap_args(self, fds: Mapping[str, int] | None = None) -> list[str]:
         """The exact bwrap arguments (after ``bwrap``); without ``fds`` they show as <fd:NAME>."""

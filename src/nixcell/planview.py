@@ -110,7 +110,7 @@ def compile_plan(plan: Plan) -> bytes:
         "args": one[:-1],
         "slots": slots,
         "files": files,
-        "paths": [(f"path:{p}", p) for p in dict.fromkeys(m.src for m in base.mounts if m.by_fd)],
+        "paths": base.paths(),
     }
     return marshal.dumps(record)
 

@@ -96,8 +96,8 @@ def prepare_fds(plan: Plan, seccomp_program: bytes) -> tuple[int, list[int]]:
         if op.kind == "data":
             fds[f"data:{op.dest}"] = memfd("nixcell-data", (op.data or "").encode())
     try:
-        for src in dict.fromkeys(op.src for op in plan.mounts if op.by_fd):
-            fds[f"path:{src}"] = open_nofollow(str(src))
+        for name, src in plan.paths():
+            fds[name] = open_nofollow(src)
         fds["seccomp"] = memfd("nixcell-seccomp", seccomp_program)
     except BaseException:
         for fd in fds.values():
