@@ -70,9 +70,7 @@ class JobRequest(BaseModel):
     def shown(self) -> dict[str, Any]:
         """The request as the API shows it: secret env values replaced."""
         data = self.model_dump()
-        data["env"] = {
-            k: ("<secret>" if k in self.secret_env else v) for k, v in self.env.items()
-        }
+        data["env"] = {k: ("<secret>" if k in self.secret_env else v) for k, v in self.env.items()}
         return data
 
 
