@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from nixcell.errors import StateError
-from nixcell.jobs.sqlite import SCHEMA_VERSION, SqliteStore
+from nixcell.jobs.dbfile import SCHEMA_VERSION
+from nixcell.jobs.sqlite import SqliteStore
 
 
 def test_a_new_file_is_private_and_at_the_current_schema(tmp_path: Path) -> None:
