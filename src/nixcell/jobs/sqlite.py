@@ -24,7 +24,7 @@ from typing import Any
 
 from nixcell.errors import StateError
 from nixcell.jobs import dbfile, sealing
-from nixcell.jobs.model import STATES, STREAMS, TERMINAL, Event, Job, LogLine
+from nixcell.jobs.model import ACTIVE, STATES, STREAMS, TERMINAL, Event, Job, LogLine
 from nixcell.jobs.store import TRUNCATED
 
 log = logging.getLogger(__name__)
@@ -158,27 +158,22 @@ class SqliteStore:
         if before is not None:
             where.append("id < ?")
             args.append(before)
-        sql = f"SELECT {_JOB_COLUMNS} FROM jobs{_where(where)} ORDER BY id DESC LIMIT ?"
-        return self._jobs(sql, [*args, _count(limit, "limit")])
+        return self._select(where, args, "id DESC LIMIT ?", _count(limit, "limit"))
 
     def queued(self) -> list[Job]:
-        return self._jobs(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'queued' ORDER BY id", [])
+        return self._select(*_filters(states=["queued"]), "id")
 
     def unfinished(self) -> list[Job]:
-        return self._jobs(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ('preparing', 'running') ORDER BY id",
-            [],
-        )
+        return self._select(*_filters(states=ACTIVE), "id")
 
     def expired(self, finished_before: float) -> list[Job]:
         where, args = _filters(states=TERMINAL)
-        where.append("finished < ?")
-        args.append(finished_before)
-        return self._jobs(f"SELECT {_JOB_COLUMNS} FROM jobs{_where(where)} ORDER BY id", args)
+        return self._select([*where, "finished < ?"], [*args, finished_before], "id")
 
-    def _jobs(self, sql: str, args: Sequence[Any]) -> list[Job]:
+    def _select(self, where: list[str], args: list[Any], order: str, *more: Any) -> list[Job]:
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs{_where(where)} ORDER BY {order}"
         with self._conn() as conn:
-            return [self._job(row) for row in conn.execute(sql, args)]
+            return [self._job(row) for row in conn.execute(sql, [*args, *more])]
 
     def transition(
         self,
