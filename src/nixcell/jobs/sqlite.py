@@ -76,6 +76,7 @@ class SqliteStore:
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA secure_delete=ON")  # deleted jobs' lines leave no residue
         except sqlite3.DatabaseError as exc:
             raise StateError(f"cannot open job store {self.path}: {exc}") from None
         return conn
@@ -121,7 +122,10 @@ class SqliteStore:
 
     def create(self, owner: str, owner_name: str, request: dict[str, Any]) -> Job:
         now = time.time()
-        body = json.dumps(self._sealer.seal(request), sort_keys=True)
+        try:  # strict JSON (no NaN): what PostgreSQL's json type takes too
+            body = json.dumps(self._sealer.seal(request), sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise StateError(f"job request cannot be stored: {exc}") from None
         with self._tx() as conn:
             cur = conn.execute(
                 "INSERT INTO jobs (owner, owner_name, request, state, created, event_seq) "
