@@ -158,7 +158,7 @@ def test_symlinks_and_others_files_are_refused(pdir, tmp_path):
         load_profiles(str(pdir))
     (pdir / "py.toml").chmod(0o644)
     pdir.chmod(0o777)
-    with pytest.raises(UsageError, match="not writable by group or others"):
+    with pytest.raises(UsageError, match=r"profile dir .*writable by group or others"):
         load_profiles(str(pdir))
     pdir.chmod(0o755)
     link = tmp_path / "dirlink"
