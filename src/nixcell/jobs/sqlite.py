@@ -13,18 +13,17 @@ of the scale-out issue can behave the same.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from nixcell.errors import StateError
+from nixcell.jobs import dbfile, sealing
 from nixcell.jobs.model import STATES, STREAMS, TERMINAL, Event, Job, LogLine
 from nixcell.jobs.store import TRUNCATED
 
@@ -33,50 +32,6 @@ log = logging.getLogger(__name__)
 CUT = " [cut]"  # the visible end of a line cut at ``line_limit`` bytes
 _IDLE = 8  # pooled connections kept open
 
-# Schema migrations: entry N takes user_version N to N+1. Append only; never edit a shipped one.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE jobs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        owner TEXT NOT NULL,
-        owner_name TEXT NOT NULL,
-        request TEXT NOT NULL,
-        state TEXT NOT NULL,
-        created REAL NOT NULL,
-        started REAL,
-        finished REAL,
-        exit_code INTEGER,
-        reason TEXT,
-        host TEXT,
-        cell_id TEXT,
-        log_seq INTEGER NOT NULL DEFAULT 0,
-        log_dropped INTEGER NOT NULL DEFAULT 0,
-        event_seq INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX jobs_state ON jobs (state, id);
-    CREATE INDEX jobs_owner ON jobs (owner, id);
-    CREATE INDEX jobs_finished ON jobs (finished);
-    CREATE TABLE events (
-        job_id INTEGER NOT NULL,
-        seq INTEGER NOT NULL,
-        time REAL NOT NULL,
-        kind TEXT NOT NULL,
-        state TEXT,
-        detail TEXT,
-        PRIMARY KEY (job_id, seq)
-    );
-    CREATE TABLE logs (
-        job_id INTEGER NOT NULL,
-        seq INTEGER NOT NULL,
-        time REAL NOT NULL,
-        stream TEXT NOT NULL,
-        text TEXT NOT NULL,
-        PRIMARY KEY (job_id, seq)
-    );
-    """,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
 _JOB_COLUMNS = (
     "id, owner, owner_name, request, state, created, started, finished, exit_code, reason, "
     "host, cell_id, log_seq, log_dropped"
@@ -84,7 +39,9 @@ _JOB_COLUMNS = (
 
 
 class SqliteStore:
-    """``JobStore`` in one SQLite file (created 0600; a symlink at the path is refused)."""
+    """``JobStore`` in one SQLite file (created 0600; a symlink at the path is refused). Secret
+    env values are sealed with the key in ``PATH.key`` and dropped when a job ends
+    (``sealing.py``): ``Job.request`` has them while the job may still run, then ``<secret>``."""
 
     def __init__(self, path: str, *, log_limit: int = 100_000, line_limit: int = 16384) -> None:
         if log_limit < 0:
@@ -98,11 +55,13 @@ class SqliteStore:
         self._pool_lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
-        inode = _prepare_file(self.path)
+        inode = dbfile.prepare(self.path)
+        self._sealer = sealing.Sealer(dbfile.load_key(self.path + ".key"))
         conn = self._connect()
         try:
-            _check_same_file(self.path, inode)
-            self._migrate(conn)
+            dbfile.check_same(self.path, inode)
+            with self._write:
+                dbfile.migrate(conn, self.path)
         except BaseException:
             conn.close()
             raise
@@ -151,27 +110,6 @@ class SqliteStore:
                 raise
             conn.execute("COMMIT")
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        with self._write:
-            conn.execute("BEGIN IMMEDIATE")  # two daemons opening a new file: one migrates
-            try:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise StateError(
-                        f"job store {self.path} has schema version {version}; this nixcell "
-                        f"knows versions up to {SCHEMA_VERSION} (use a newer nixcell)"
-                    )
-                for n in range(version, SCHEMA_VERSION):
-                    for statement in MIGRATIONS[n].split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    log.info("job store %s: schema version %d", self.path, n + 1)
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-
     def close(self) -> None:
         with self._pool_lock:
             self._closed = True
@@ -183,7 +121,7 @@ class SqliteStore:
 
     def create(self, owner: str, owner_name: str, request: dict[str, Any]) -> Job:
         now = time.time()
-        body = json.dumps(request, sort_keys=True)
+        body = json.dumps(self._sealer.seal(request), sort_keys=True)
         with self._tx() as conn:
             cur = conn.execute(
                 "INSERT INTO jobs (owner, owner_name, request, state, created, event_seq) "
@@ -206,7 +144,7 @@ class SqliteStore:
 
     def _get(self, conn: sqlite3.Connection, job_id: int) -> Job | None:
         row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _job(row) if row else None
+        return self._job(row) if row else None
 
     def list(
         self,
@@ -240,7 +178,7 @@ class SqliteStore:
 
     def _jobs(self, sql: str, args: Sequence[Any]) -> list[Job]:
         with self._conn() as conn:
-            return [_job(row) for row in conn.execute(sql, args)]
+            return [self._job(row) for row in conn.execute(sql, args)]
 
     def transition(
         self,
@@ -277,7 +215,13 @@ class SqliteStore:
             )
             if cur.rowcount != 1:
                 return None
-            (seq,) = conn.execute("SELECT event_seq FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            seq, body = conn.execute(
+                "SELECT event_seq, request FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            if state in TERMINAL:  # it will not run again: its secrets go, even sealed
+                hidden = json.dumps(sealing.hide(json.loads(body)), sort_keys=True)
+                if hidden != body:
+                    conn.execute("UPDATE jobs SET request = ? WHERE id = ?", (hidden, job_id))
             conn.execute(
                 "INSERT INTO events (job_id, seq, time, kind, state, detail) "
                 "VALUES (?, ?, ?, 'state', ?, ?)",
@@ -411,18 +355,21 @@ class SqliteStore:
         with self._conn() as conn:
             return [LogLine(*row) for row in conn.execute(sql, args)]
 
+    def _job(self, row: Sequence[Any]) -> Job:
+        return _job(row, self._sealer.unseal(json.loads(row[3]), row[0]))
+
 
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _job(row: Sequence[Any]) -> Job:
-    (job_id, owner, owner_name, request, state, created, started, finished, exit_code, reason,
+def _job(row: Sequence[Any], request: dict[str, Any]) -> Job:
+    (job_id, owner, owner_name, _, state, created, started, finished, exit_code, reason,
      host, cell_id, log_seq, log_dropped) = row  # fmt: skip
     return Job(
         id=job_id,
         owner=owner,
         owner_name=owner_name,
-        request=json.loads(request),
+        request=request,
         state=state,
         created=created,
         started=started,
@@ -474,55 +421,3 @@ def _count(value: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise StateError(f"{what} must be a whole number, 0 or more, not {value!r}")
     return value
-
-
-def _prepare_file(path: str) -> tuple[int, int]:
-    """Create the DB file 0600 (or check the one there) without following a symlink; its
-    (device, inode). SQLite's ``-wal``/``-shm`` files get its mode; planted ones are refused."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        try:
-            fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as exc:
-            raise StateError(f"cannot open job store {path}: {exc.strerror}") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise StateError(f"refusing to open job store {path}: it is a symbolic link") from None
-        raise StateError(f"cannot open job store {path}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        _check_plain(path, st)
-        if stat.S_IMODE(st.st_mode) & 0o077:
-            os.chmod(f"/proc/self/fd/{fd}", 0o600)  # ours but readable by others: tighten
-    finally:
-        os.close(fd)
-    for suffix in ("-wal", "-shm", "-journal"):
-        try:
-            side = os.lstat(path + suffix)
-        except FileNotFoundError:
-            continue
-        _check_plain(path + suffix, side)
-    return st.st_dev, st.st_ino
-
-
-def _check_plain(path: str, st: os.stat_result) -> None:
-    if stat.S_ISLNK(st.st_mode):
-        raise StateError(f"refusing to open job store {path}: it is a symbolic link")
-    if not stat.S_ISREG(st.st_mode):
-        raise StateError(f"refusing to open job store {path}: it is not a regular file")
-    if st.st_nlink != 1:
-        raise StateError(f"refusing to open job store {path}: it has {st.st_nlink} hard links")
-    if st.st_uid != os.geteuid():
-        raise StateError(f"refusing to open job store {path}: owned by uid {st.st_uid}, not you")
-
-
-def _check_same_file(path: str, inode: tuple[int, int]) -> None:
-    """SQLite opened the path by name: it must still be the file checked a moment ago."""
-    try:
-        st = os.lstat(path)
-    except OSError as exc:
-        raise StateError(f"cannot open job store {path}: {exc.strerror}") from None
-    if (st.st_dev, st.st_ino) != inode or not stat.S_ISREG(st.st_mode):
-        raise StateError(f"refusing to open job store {path}: it changed while being opened")
