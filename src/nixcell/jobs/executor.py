@@ -115,6 +115,8 @@ class JobRun:
             if result.no_network is not None:
                 self.sink.add("system", result.no_network.line())
         self.cancellable = False
+        if reason is not None:  # no host path of the server's in an answer or a log line
+            reason = reason.replace(self.ctx.config.state_dir, "<state dir>")
         return await self._finish(state, exit_code, reason, tail, watcher)
 
     async def _finish(

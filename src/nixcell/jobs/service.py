@@ -304,7 +304,7 @@ class JobService:
     def events(self, caller: Caller, job_id: int | None = None) -> AsyncIterator[Event]:
         if job_id is not None:
             self.get(caller, job_id)
-        return job_events(self.store, self.hub, caller, job_id)
+        return job_events(self.store, self.hub.subscribe(caller.may_see), job_id)
 
     def audit(self, caller: Caller, job_id: int) -> list[dict[str, Any]]:
         job = self.get(caller, job_id)
