@@ -49,7 +49,7 @@ class JobService:
         self.profiles: dict[str, Any] = {}
         self.credential_policy: str | None = None
         self.accepting = False
-        self.decisions: dict[str, int] = {}  # proxy decisions since start (metrics)
+        self.decisions = {"allow": 0, "deny": 0}  # proxy decisions since start (metrics)
         self._runs: dict[int, JobRun] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
