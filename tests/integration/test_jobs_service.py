@@ -264,3 +264,23 @@ def test_live_events_only_of_visible_jobs(tmp_path) -> None:
     assert {j for j, _ in got["admin"]} == {a, b}
     assert [s for j, s in got["admin"] if j == b] == ["queued", "preparing", "running", "failed"]
     assert got["one"][-1] == (a, "succeeded")
+
+
+def test_cancel_at_every_moment_of_the_claim(tmp_path) -> None:
+    """Cancels landing before, during and after the scheduler claims a job (the claim's
+    durable write runs in a thread): each job ends cancelled exactly once, none runs on."""
+
+    async def body(svc):
+        ended = []
+        for k in range(16):
+            job = await svc.submit(ALICE, script("sleep 987681"))
+            for _ in range(k % 8):
+                await asyncio.sleep(0 if k < 8 else 0.01)
+            ended.append(await svc.cancel(ALICE, job.id))
+        return ended, [svc.store.events(j.id) for j in ended]
+
+    ended, events = serve(tmp_path, body, concurrency=4)
+    for job, evs in zip(ended, events, strict=True):
+        assert (job.state, job.reason) == ("cancelled", "cancelled by alice")
+        assert [e.state for e in evs].count("cancelled") == 1 and evs[-1].state == "cancelled"
+    assert not processes_with("987681")
