@@ -284,3 +284,28 @@ def test_cancel_at_every_moment_of_the_claim(tmp_path) -> None:
         assert (job.state, job.reason) == ("cancelled", "cancelled by alice")
         assert [e.state for e in evs].count("cancelled") == 1 and evs[-1].state == "cancelled"
     assert not processes_with("987681")
+
+
+def test_out_of_memory_is_failed_with_the_reason(tmp_path) -> None:
+    async def body(svc):
+        hog = 'x=$(head -c 400000000 /dev/zero | tr "\\0" a); echo "${#x}"'
+        job = await svc.submit(ALICE, script(hog, memory="64M"))
+        return await settle(svc, job.id), svc.logs(ALICE, job.id, streams=["system"])
+
+    job, lines = serve(tmp_path, body)
+    assert job.state == "failed" and job.exit_code != 0
+    assert job.reason and "memory" in job.reason and "\n" not in job.reason
+    assert job.reason in [x.text for x in lines]
+
+
+def test_log_bound_keeps_the_marker_last_and_follow_ends(tmp_path) -> None:
+    async def body(svc):
+        job = await svc.submit(ALICE, script("seq 1 1000"))
+        items = await collect(svc, ALICE, job.id)
+        return svc.get(ALICE, job.id), items
+
+    job, items = serve(tmp_path, body, log_limit=100)
+    lines = [x for x in items if isinstance(x, LogLine)]
+    assert job.state == "succeeded" and job.log_truncated
+    assert len(lines) <= 101 and lines[-1].text.startswith("[nixcell: log truncated:")
+    assert isinstance(items[-1], Event) and items[-1].exit_code == 0
