@@ -290,6 +290,9 @@ class _Git:
             interval = min(interval * 2, 1.0)
 
     def scrub(self, text: str) -> str:
+        """git's output without the secret and without the server's own paths."""
+        state = os.path.dirname(self.home)
+        text = text.replace(state, "<state>")
         if not self.secret:
             return text
         from urllib.parse import quote
@@ -325,6 +328,10 @@ def _one_line(text: str) -> str:
 
 
 def _reason(stderr: str) -> str:
+    if "askpass" in stderr or "could not read Username" in stderr:
+        return "the repository wants credentials (name a server one: workspace.git_credential)"
+    if "Authentication failed" in stderr:
+        return "authentication failed (the credential was refused)"
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     first = next((ln for ln in lines if ln.startswith(("fatal:", "error:"))), None)
     text = (first or (lines[-1] if lines else "no message")).split(":", 1)[-1].strip()
