@@ -181,7 +181,8 @@ def devshell_packages(
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(1 << 20), err.read(1 << 16).decode(errors="replace")
-    if proc.returncode != 0:
+    if proc.returncode != 0:  # nix names paths: the cell's view, not the server's dirs
+        stderr = stderr.replace(workspace, "/workspace").replace(state_dir, "<state>")
         raise JobError(f"flake.nix: cannot use its devShell here: {_reason(stderr)}")
     try:
         names = json.loads(stdout)
