@@ -81,7 +81,9 @@ def prepare(ws: Workspaces, tmp_path: Path, **workspace) -> Prepared:
 
 
 def workspaces(tmp_path: Path, **config) -> Workspaces:
-    return Workspaces(SimpleNamespace(state_dir=str(tmp_path / "state"), **config))
+    from nixcell.jobs.config import ServerConfig  # the server's real config object
+
+    return Workspaces(ServerConfig(state_dir=str(tmp_path / "state"), **config))
 
 
 @pytest.mark.parametrize(
@@ -275,3 +277,38 @@ def test_wrong_token_fails_in_one_line_without_showing_it(
     assert "authentication failed" in str(info.value)
     assert "\n" not in str(info.value) and str(tmp_path) not in str(info.value)
     assert_nowhere(wrong, str(info.value), caplog.text, tree_bytes(tmp_path))
+
+
+def test_a_cloned_workspace_compiles_and_runs_in_its_start_dir(origin, tmp_path, offline_set):
+    """Prepared -> compile_request -> a real cell: it starts in ``workspace.path``, reads the
+    clone, writes its workspace; the planted link points at the cell's own (absent) file."""
+    from nixcell import run
+    from nixcell.jobs.compile import compile_request
+
+    ws = workspaces(tmp_path)
+    fields = {"repo": origin.url, "ref": "main", "path": "sub"}
+    got = prepare(ws, tmp_path, **fields)
+    request = JobRequest(
+        packages=["bash", "coreutils"],
+        script="pwd; cat inner/file.txt; echo made > ../made.txt; cat ../evil || echo no-shadow",
+        workspace=fields,
+    )
+    job_dir = tmp_path / "jobs" / "1"
+    compiled = compile_request(
+        request,
+        ws.config,  # type: ignore[arg-type]
+        job_dir=str(job_dir),
+        workspace=got.path,
+        cwd=got.cwd,
+        credential_policy=None,
+        audit=None,
+    )
+    for name, data in compiled.files.items():
+        (job_dir / name).write_bytes(data)
+        (job_dir / name).chmod(0o644)
+    result = run(compiled.spec, capture_output=True)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert lines[:2] == ["/workspace/sub", MARKER]
+    assert lines[-1] == "no-shadow"
+    assert (Path(got.path) / "made.txt").read_text() == "made\n"
