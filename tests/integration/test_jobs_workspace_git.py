@@ -312,3 +312,48 @@ def test_a_cloned_workspace_compiles_and_runs_in_its_start_dir(origin, tmp_path,
     assert lines[:2] == ["/workspace/sub", MARKER]
     assert lines[-1] == "no-shadow"
     assert (Path(got.path) / "made.txt").read_text() == "made\n"
+
+
+def test_a_clone_over_the_size_cap_is_refused_and_leaves_nothing(tmp_path):
+    work = tmp_path / "big"
+    work.mkdir()
+    git("init", "-q", "-b", "main", cwd=work)
+    (work / "blob").write_bytes(os.urandom(200_000))  # incompressible
+    git("add", "-A", cwd=work)
+    git("commit", "-qm", "big", cwd=work)
+    ws = Workspaces(SimpleNamespace(state_dir=str(tmp_path / "state"), clone_limit=50_000))
+    with pytest.raises(JobError) as info:
+        prepare(ws, tmp_path, repo=f"file://{work}")
+    assert str(info.value) == f"the clone of file://{work} is over 50000 bytes"
+    assert os.listdir(tmp_path / "state" / "clones") == []
+
+
+def test_a_redirect_never_carries_the_token_elsewhere(origin, tmp_path, server, monkeypatch):
+    """The repo's host answers 301 to another host name: git must not follow (its askpass
+    would answer that host's prompt with the secret)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    class Redirect(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(301)
+            self.send_header("Location", f"http://localhost:{server.port}{self.path}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("NIXCELL_TEST_GIT_TOKEN", TOKEN)
+        ws = workspaces(tmp_path, credentials=(credential(),))
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/repo.git"
+        with pytest.raises(JobError) as info:
+            prepare(ws, tmp_path, repo=url, git_credential="gittok")
+        assert "\n" not in str(info.value)
+        assert server.requests == []  # nothing reached the redirect's target
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -261,6 +261,8 @@ class _Git:
                 log.info("git %s %s: %s", what or args[0], self.url.url, _one_line(stderr))
             if failure:
                 raise JobError(failure)
+            if proc.returncode == -signal.SIGXFSZ or "died of signal 25" in stderr:
+                raise JobError(f"the clone of {self.url.url} is over {self.max_bytes} bytes")
             if proc.returncode != 0:
                 why = _reason(stderr)
                 raise JobError(f"git {what or args[-1]} of {self.url.url} failed: {why}")
