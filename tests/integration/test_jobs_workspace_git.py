@@ -357,3 +357,19 @@ def test_a_redirect_never_carries_the_token_elsewhere(origin, tmp_path, server, 
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_server_that_never_answers_times_out(tmp_path):
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # accepts (in the backlog) and never says a word
+    try:
+        port = listener.getsockname()[1]
+        ws = Workspaces(SimpleNamespace(state_dir=str(tmp_path / "state"), clone_timeout=1))
+        with pytest.raises(JobError) as info:
+            prepare(ws, tmp_path, repo=f"http://127.0.0.1:{port}/repo.git")
+        assert str(info.value) == f"git took over 1 s for http://127.0.0.1:{port}/repo.git"
+    finally:
+        listener.close()

@@ -76,7 +76,12 @@ class Workspaces:
         sub = _check_shape(ws)
         if not (ws.repo or ws.upload) and _disk_limited(request, self.config):
             return Prepared(None, None)
-        return await asyncio.to_thread(self._prepare, job.owner, request, job_dir, sub)
+        try:
+            return await asyncio.to_thread(self._prepare, job.owner, request, job_dir, sub)
+        except OSError as exc:  # the server's own trouble (disk full...): one line, no path
+            raise JobError(
+                f"cannot make the workspace: {exc.strerror or exc}", status=500
+            ) from None
 
     def _prepare(
         self, owner: str, request: JobRequest, job_dir: str, sub: tuple[str, ...]
