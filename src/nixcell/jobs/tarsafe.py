@@ -142,12 +142,7 @@ class _Unpacker:
         if not isinstance(name, str):
             raise refuse("a member name is not text")
         what = shown(name)
-        if len(os.fsencode(name)) > self.limits.max_path:
-            raise refuse(f"member name {what} is longer than {self.limits.max_path} bytes")
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-            raise refuse(f"member name {what} holds NUL or control characters")
-        if name.startswith("/"):
-            raise refuse(f"member {what} has an absolute name")
+        self.check_path(name, f"member name {what}", f"member {what} has an absolute name")
         parts = tuple(p for p in name.split("/") if p not in ("", "."))
         if ".." in parts:
             raise refuse(f"member {what} leaves the upload ('..')")
@@ -178,12 +173,18 @@ class _Unpacker:
     def check_target(self, target: object, what: str) -> None:
         if not isinstance(target, str) or not target:
             raise refuse(f"symlink {what} has no target")
-        if len(os.fsencode(target)) > self.limits.max_path:
-            raise refuse(f"symlink {what} has a target over {self.limits.max_path} bytes")
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in target):
-            raise refuse(f"symlink {what} has NUL or control characters in its target")
-        if target.startswith("/"):
-            raise refuse(f"symlink {what} points to an absolute path")
+        self.check_path(
+            target, f"symlink {what}'s target", f"symlink {what} points to an absolute path"
+        )
+
+    def check_path(self, text: str, label: str, absolute: str) -> None:
+        """Length, control characters, absoluteness: the same for names and link targets."""
+        if len(os.fsencode(text)) > self.limits.max_path:
+            raise refuse(f"{label} is longer than {self.limits.max_path} bytes")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+            raise refuse(f"{label} holds NUL or control characters")
+        if text.startswith("/"):
+            raise refuse(absolute)
 
     def descend(self, parts: tuple[str, ...], what: str) -> int:
         """An fd of the directory ``parts`` (made when missing), never through a link."""
