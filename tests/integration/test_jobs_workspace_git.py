@@ -373,3 +373,18 @@ def test_a_server_that_never_answers_times_out(tmp_path):
         assert str(info.value) == f"git took over 1 s for http://127.0.0.1:{port}/repo.git"
     finally:
         listener.close()
+
+
+def test_file_urls_never_name_the_servers_state(origin, tmp_path):
+    """Another job's workspace is a repo its cell wrote (``.git/config`` included): never
+    cloned, however it is spelled (directly, through a symlink, the state dir's parent)."""
+    from nixcell.jobs.config import ServerConfig
+
+    ws = Workspaces(ServerConfig(state_dir=str(tmp_path)))  # jobs/ inside, as the service has it
+    first = prepare(ws, tmp_path, repo=origin.url, ref="main")  # jobs/1/workspace has a .git
+    os.symlink(tmp_path, tmp_path.parent / f"{tmp_path.name}-alias")
+    alias = f"{tmp_path.parent}/{tmp_path.name}-alias/jobs/1/workspace"
+    for path in (first.path, alias, str(tmp_path.parent)):
+        with pytest.raises(JobError, match="may not be in the server's state"):
+            prepare(ws, tmp_path, repo=f"file://{path}")
+    os.unlink(tmp_path.parent / f"{tmp_path.name}-alias")

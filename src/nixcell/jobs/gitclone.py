@@ -77,6 +77,8 @@ class Cloner:
         """The cached clone of ``repo`` at ``ref`` (made now when missing)."""
         url = check_url(repo, self.schemes)
         ref = check_ref(ref)
+        if url.scheme == "file":
+            self._not_ours(url)
         secret = self._secret(credential, url) if credential else None
         git = _Git(self._askpass(), url, secret, self.timeout, self.max_bytes)
         commit = ref if ref is not None and COMMIT.fullmatch(ref) else git.resolve(ref)
@@ -100,6 +102,16 @@ class Cloner:
             with suppress(Exception):
                 remove_tree(tmp)
             raise
+
+    def _not_ours(self, url: RepoUrl) -> None:
+        """``file://`` never names the server's state: other jobs' workspaces (their cells
+        wrote ``.git/config`` there, and root's upload-pack would read it), uploads, clones."""
+        from urllib.parse import urlsplit
+
+        real = os.path.realpath(urlsplit(url.url).path)
+        state = os.path.realpath(self.state_dir)
+        if real == state or real.startswith(state + "/") or state.startswith(real + "/"):
+            raise JobError("workspace.repo: a file:// repository may not be in the server's state")
 
     def _entry(self, url: RepoUrl, commit: str) -> str:
         key = hashlib.sha256(f"{url.url}\0{commit}".encode()).hexdigest()
