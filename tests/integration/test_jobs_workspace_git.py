@@ -213,7 +213,23 @@ def test_http_clone_with_a_token_that_never_leaks(origin, tmp_path, server, monk
         prepare(ws, tmp_path, repo=url, ref="main")
     assert "wants credentials" in str(info.value)
     assert "\n" not in str(info.value) and str(tmp_path) not in str(info.value)
+    launched: list[tuple[list[str], dict[str, str]]] = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(argv, *args, **kwargs):  # the real git runs; we only look at it
+        if list(argv)[:1] == ["git"]:  # (the test server's http-backend runs through here too)
+            launched.append((list(argv), dict(kwargs.get("env") or {})))
+        return real_popen(argv, *args, **kwargs)
+
+    monkeypatch.setattr("nixcell.jobs.gitclone.subprocess.Popen", recording_popen)
     got = prepare(ws, tmp_path, repo=url, ref="main", git_credential="gittok", path="sub")
+    assert len(launched) >= 3  # ls-remote, init, fetch, ...
+    for argv, env in launched:  # the secret only in the variable askpass reads, never argv
+        assert_nowhere(TOKEN, " ".join(argv))
+        holders = [k for k, v in env.items() if TOKEN in v]
+        talks = "ls-remote" in argv or "fetch" in argv  # only those talk to the remote
+        assert holders == (["NIXCELL_GIT_PASSWORD"] if talks else [])
+        assert not any(k.startswith(("HTTP_PROXY", "http_proxy", "GIT_DIR")) for k in env)
     assert (Path(got.path) / "sub/inner/file.txt").read_text() == f"{MARKER}\n"
     assert any(ok for _, _, ok in server.requests)
     assert_nowhere(TOKEN, caplog.text, tree_bytes(tmp_path))  # logs, clone, .git/config, state

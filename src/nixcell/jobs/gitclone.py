@@ -192,9 +192,10 @@ class _Git:
             "GIT_NO_REPLACE_OBJECTS": "1",
             "GIT_LFS_SKIP_SMUDGE": "1",
         }
+        self.auth_env = dict(self.env)  # only the commands that talk to the remote get it
         if secret is not None:
-            self.env["NIXCELL_GIT_USERNAME"] = USERNAME
-            self.env["NIXCELL_GIT_PASSWORD"] = secret
+            self.auth_env["NIXCELL_GIT_USERNAME"] = USERNAME
+            self.auth_env["NIXCELL_GIT_PASSWORD"] = secret
         self.config = [
             "protocol.allow=never",
             f"protocol.{url.scheme}.allow=always",
@@ -258,7 +259,7 @@ class _Git:
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=err,
-                    env=self.env,
+                    env=self.auth_env if what in ("ls-remote", "fetch") else self.env,
                     cwd=self.home,
                     start_new_session=True,
                 )
