@@ -133,3 +133,19 @@ def test_refused_before_git_runs(tmp_path: Path):
         cloner.clone("file:///nonexistent", f"--upload-pack=touch {marker}", None)
     assert not marker.exists()
     assert not (tmp_path / "state").exists() or not any((tmp_path / "state").rglob("*.git"))
+
+
+@given(st.text(max_size=200))
+def test_what_git_or_its_server_says_becomes_one_printable_line(text):
+    from nixcell.jobs.gitclone import _one_line, _reason
+
+    for out in (_one_line(text), _reason(text), _reason("fatal: " + text)):
+        assert "\n" not in out and "\r" not in out
+        assert all(c.isprintable() for c in out), repr(out)
+
+
+def test_terminal_escapes_from_a_server_are_neutralised():
+    from nixcell.jobs.gitclone import _reason
+
+    said = "remote: \x1b[2J\x1b]0;pwned\x07 hello\u202e\nfatal: bad \x1b[31mthing"
+    assert _reason(said) == "bad \\x1b[31mthing"

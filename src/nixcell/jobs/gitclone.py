@@ -33,7 +33,7 @@ from typing import Any
 from nixcell.errors import CredentialError, PolicyError
 from nixcell.fsio import private_dir, remove_tree, write_atomic
 from nixcell.jobs.contract import JobError
-from nixcell.jobs.gitrefs import COMMIT, RepoUrl, check_ref, check_url
+from nixcell.jobs.gitrefs import COMMIT, RepoUrl, check_ref, check_url, printable
 from nixcell.jobs.treewalk import DIR_FLAGS, tree_size
 from nixcell.quiet import suppress
 
@@ -339,7 +339,7 @@ def _commit_or_none(sha: str | None) -> str | None:
 def _one_line(text: str) -> str:
     """git's (or a hostile server's) output for one log line: no forged lines, no escapes."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return " | ".join(lines).encode("unicode_escape", "replace").decode("ascii")[:2000]
+    return printable(" | ".join(lines))[:2000]
 
 
 def _reason(stderr: str) -> str:
