@@ -114,6 +114,8 @@ def _network_host(url: str, parts: SplitResult) -> str:
             raise JobError(f"workspace.repo {shown(url)}: invalid user name in the URL")
     if not netloc or "%" in netloc:
         raise JobError(f"workspace.repo {shown(url)}: needs a plain host name")
+    if not netloc.isascii():  # curl's IDNA mapping need not be ours: no second opinion
+        raise JobError(f"workspace.repo {shown(url)}: write a non-ASCII host in punycode (xn--)")
     host, port = netloc, ""
     if netloc.startswith("["):
         end = netloc.find("]")
