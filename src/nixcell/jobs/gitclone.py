@@ -83,13 +83,13 @@ class Cloner:
         git = _Git(self._askpass(), url, secret, self.timeout, self.max_bytes)
         commit = ref if ref is not None and COMMIT.fullmatch(ref) else git.resolve(ref)
         if commit is not None:
-            cached = self._entry(url, commit)
+            cached = self._entry(url, commit, credential)
             if os.path.isdir(cached) and not os.path.islink(cached):
                 return Clone(cached, commit)
         tmp = tempfile.mkdtemp(prefix=".tmp-", dir=self.clones_dir)
         try:
             fetched = git.fetch(tmp, ref)
-            final = self._entry(url, fetched)
+            final = self._entry(url, fetched, credential)
             os.chmod(tmp, 0o755)
             try:
                 os.rename(tmp, final)
@@ -113,8 +113,11 @@ class Cloner:
         if real == state or real.startswith(state + "/") or state.startswith(real + "/"):
             raise JobError("workspace.repo: a file:// repository may not be in the server's state")
 
-    def _entry(self, url: RepoUrl, commit: str) -> str:
-        key = hashlib.sha256(f"{url.url}\0{commit}".encode()).hexdigest()
+    def _entry(self, url: RepoUrl, commit: str, credential: str | None) -> str:
+        """The cache entry: by URL, commit *and* credential — a private repository fetched
+        with a credential is never handed to a request without it (a known commit id would
+        otherwise skip git, and so the server's access check, entirely)."""
+        key = hashlib.sha256(f"{url.url}\0{commit}\0{credential or ''}".encode()).hexdigest()
         return os.path.join(self.clones_dir, key)
 
     def _secret(self, name: str, url: RepoUrl) -> str:
