@@ -273,7 +273,9 @@ def _kernel_inside(root: Path, links: dict[str, str], path: str) -> bool:
 PART = st.sampled_from(["..", ".", "a", "b", "d", "a/b", "d/.."])
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     st.dictionaries(
         st.sampled_from(["a", "b", "d/x", "d/y", "a2"]),

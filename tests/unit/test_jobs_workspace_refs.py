@@ -7,7 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nixcell.jobs.contract import JobError
@@ -96,6 +96,7 @@ def test_plain_refs_pass(ref):
     assert check_ref(ref) == ref
 
 
+@settings(deadline=None)  # no timing: a loaded CI machine is slow, not wrong
 @given(st.text(min_size=1, max_size=40))
 def test_any_ref_that_passes_cannot_be_an_option_or_refspec(ref):
     try:
@@ -137,6 +138,7 @@ def test_refused_before_git_runs(tmp_path: Path):
     assert not (tmp_path / "state").exists() or not any((tmp_path / "state").rglob("*.git"))
 
 
+@settings(deadline=None)  # no timing: a loaded CI machine is slow, not wrong
 @given(st.text(max_size=200))
 def test_what_git_or_its_server_says_becomes_one_printable_line(text):
     from nixcell.jobs.gitclone import _one_line, _reason
@@ -159,6 +161,7 @@ URL_PART = st.sampled_from(
 )  # fmt: skip
 
 
+@settings(deadline=None)  # no timing: a loaded CI machine is slow, not wrong
 @given(st.sampled_from(["https://", "http://"]), st.lists(URL_PART, max_size=6).map("".join))
 def test_the_host_a_credential_is_matched_against_is_the_one_urllib_sees(scheme, rest):
     """No parser differential: a URL that passes names, for urllib (and so for curl, which
