@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tests.conftest import NIXCELL
 
 READY_WAIT = 120.0  # a bound on start-up, not a timing assertion
@@ -110,7 +109,7 @@ class Daemon:
         self._log.flush()
         return (self.root / "daemon.log").read_text(errors="replace")
 
-    def signal(self, signum: int) -> None:
+    def send_signal(self, signum: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(signum)
 
@@ -158,7 +157,11 @@ class Daemon:
         try:
             conn.request(method, path, body=body, headers=sent)
             response = conn.getresponse()
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+            return (
+                response.status,
+                {k.lower(): v for k, v in response.getheaders()},
+                response.read(),
+            )
         finally:
             conn.close()
 

@@ -19,11 +19,12 @@ import pytest
 
 uvicorn = pytest.importorskip("uvicorn")
 
+from tests.unit.jobs_malformed import MALFORMED  # noqa: E402
+
 from nixcell.jobs.api import create_app  # noqa: E402
 from nixcell.jobs.auth import PeerProtocol  # noqa: E402
 from nixcell.jobs.contract import Conflict, NotFound  # noqa: E402
 from nixcell.jobs.model import Caller, Event, Job, JobRequest, LogLine  # noqa: E402
-from tests.unit.jobs_malformed import MALFORMED  # noqa: E402
 
 
 class Double:
@@ -39,8 +40,15 @@ class Double:
 
     async def submit(self, caller: Caller, request: JobRequest) -> Job:
         ident = len(self.jobs) + 1
-        job = Job(ident, caller.key, caller.name, request.model_dump(), "succeeded", time.time(),
-                  exit_code=0)  # fmt: skip
+        job = Job(
+            ident,
+            caller.key,
+            caller.name,
+            request.model_dump(),
+            "succeeded",
+            time.time(),
+            exit_code=0,
+        )
         self.jobs[ident] = job
         return job
 
@@ -54,8 +62,14 @@ class Double:
         return [j for j in self.jobs.values() if caller.may_see(j.owner)][:limit]
 
     def shown(self, caller: Caller, job: Job) -> dict:
-        return {"id": job.id, "state": job.state, "owner": job.owner_name, "created": job.created,
-                "exit_code": job.exit_code, "request": JobRequest.model_validate(job.request).shown()}  # fmt: skip
+        return {
+            "id": job.id,
+            "state": job.state,
+            "owner": job.owner_name,
+            "created": job.created,
+            "exit_code": job.exit_code,
+            "request": JobRequest.model_validate(job.request).shown(),
+        }
 
     async def cancel(self, caller: Caller, job_id: int) -> Job:
         self.get(caller, job_id)
@@ -147,10 +161,12 @@ def test_malformed_requests_are_4xx_json(served, method, url, body, headers, sta
 
 
 def test_submit_show_logs_and_follow_shape(served):
-    body = json.dumps({"command": ["true"], "packages": ["bash"], "env": {"K": "v"},
-                       "secret_env": ["K"]}).encode()  # fmt: skip
-    status, _, raw = _request(served, "POST", "/api/v1/jobs", body,
-                              {"Content-Type": "application/json"})  # fmt: skip
+    body = json.dumps(
+        {"command": ["true"], "packages": ["bash"], "env": {"K": "v"}, "secret_env": ["K"]}
+    ).encode()
+    status, _, raw = _request(
+        served, "POST", "/api/v1/jobs", body, {"Content-Type": "application/json"}
+    )
     assert status == 201, raw
     job = json.loads(raw)["job"]
     assert job["request"]["env"] == {"K": "<secret>"}
@@ -158,13 +174,17 @@ def test_submit_show_logs_and_follow_shape(served):
     assert shown["events"][0]["exit_code"] == 0  # the terminal event carries the job's code
     lines = json.loads(_request(served, "GET", f"/api/v1/jobs/{job['id']}/logs?tail=2")[2])
     assert [x["seq"] for x in lines["lines"]] == [2, 3]
-    status, ctype, raw = _request(served, "GET", f"/api/v1/jobs/{job['id']}/logs?follow=1",
-                                  headers={"Last-Event-ID": "1"})  # fmt: skip
+    status, ctype, raw = _request(
+        served, "GET", f"/api/v1/jobs/{job['id']}/logs?follow=1", headers={"Last-Event-ID": "1"}
+    )
     assert ctype.startswith("text/event-stream")
     frames = raw.decode().split("\n\n")
     assert frames[0].startswith("id: 2\nevent: log\ndata: ")
     assert json.loads(frames[0].split("data: ", 1)[1])["text"] == "line 2\x1b[31m"
     assert frames[2].startswith("event: state\n")
     who = json.loads(_request(served, "GET", "/api/v1/whoami")[2])
-    assert who == {"caller": "root" if os.getuid() == 0 else who["caller"],
-                   "key": f"uid:{os.getuid()}", "admin": os.getuid() == 0}  # fmt: skip
+    assert who == {
+        "caller": "root" if os.getuid() == 0 else who["caller"],
+        "key": f"uid:{os.getuid()}",
+        "admin": os.getuid() == 0,
+    }

@@ -126,8 +126,15 @@ def _no_constant(name: str) -> None:
 
 
 async def json_body(request: Request) -> dict[str, Any]:
+    return parse_json(await raw_json(request))
+
+
+async def raw_json(request: Request) -> bytes:
     _content_type(request, "application/json")
-    raw = b"".join([chunk async for chunk in _body(request, JSON_LIMIT)])
+    return b"".join([chunk async for chunk in _body(request, JSON_LIMIT)])
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
     try:
         data = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
@@ -138,13 +145,15 @@ async def json_body(request: Request) -> dict[str, Any]:
     return data
 
 
-def job_request(data: dict[str, Any]) -> Any:
+def job_request(raw: bytes) -> Any:
+    """The body as a ``JobRequest``, strictly (JSON types as they are: no "yes" for true)."""
     from pydantic import ValidationError
 
     from nixcell.jobs.model import JobRequest
 
+    parse_json(raw)  # syntax, an object, no NaN: one-line errors of its own
     try:
-        return JobRequest.model_validate(data)
+        return JobRequest.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
         first = errors[0]
@@ -198,7 +207,7 @@ class Api:
     async def submit(self, request: Request) -> Response:
         caller = caller_of(request)
         _query(request, set())
-        job = await self.service.submit(caller, job_request(await json_body(request)))
+        job = await self.service.submit(caller, job_request(await raw_json(request)))
         return JSONResponse({"job": self.shown(caller, job)}, status_code=201)
 
     async def list(self, request: Request) -> Response:
@@ -299,7 +308,7 @@ class Api:
         token = data.get("token")
         if set(data) != {"token"} or not isinstance(token, str):
             raise JobError('the body must be {"token": "..."}')
-        caller = auth.token_caller(getattr(self.config(), "tokens", ()), token)
+        caller = auth.token_caller(self.config(), token)
         if caller is None:
             raise JobError("a token is required", status=401)
         response = JSONResponse({"caller": caller.name, "key": caller.key, "admin": caller.admin})
