@@ -29,6 +29,7 @@ PACKAGES = ["bash", "coreutils"]
 
 
 def config(tmp_path: Path, **fields: Any) -> ServerConfig:
+    fields.setdefault("repo_schemes", ("https", "http", "file"))  # tests clone file:// origins
     return ServerConfig(state_dir=str(tmp_path / "state"), **fields)
 
 

@@ -83,6 +83,7 @@ def prepare(ws: Workspaces, tmp_path: Path, **workspace) -> Prepared:
 def workspaces(tmp_path: Path, **config) -> Workspaces:
     from nixcell.jobs.config import ServerConfig  # the server's real config object
 
+    config.setdefault("repo_schemes", ("https", "http", "file"))  # file:// is off by default
     return Workspaces(ServerConfig(state_dir=str(tmp_path / "state"), **config))
 
 
@@ -337,7 +338,11 @@ def test_a_clone_over_the_size_cap_is_refused_and_leaves_nothing(tmp_path):
     (work / "blob").write_bytes(os.urandom(200_000))  # incompressible
     git("add", "-A", cwd=work)
     git("commit", "-qm", "big", cwd=work)
-    ws = Workspaces(SimpleNamespace(state_dir=str(tmp_path / "state"), clone_limit=50_000))
+    ws = Workspaces(
+        SimpleNamespace(
+            state_dir=str(tmp_path / "state"), clone_limit=50_000, repo_schemes=("file",)
+        )
+    )
     with pytest.raises(JobError) as info:
         prepare(ws, tmp_path, repo=f"file://{work}")
     assert str(info.value) == f"the clone of file://{work} is over 50000 bytes"
@@ -383,7 +388,11 @@ def test_a_server_that_never_answers_times_out(tmp_path):
     listener.listen(8)  # accepts (in the backlog) and never says a word
     try:
         port = listener.getsockname()[1]
-        ws = Workspaces(SimpleNamespace(state_dir=str(tmp_path / "state"), clone_timeout=1))
+        ws = Workspaces(
+            SimpleNamespace(
+                state_dir=str(tmp_path / "state"), clone_timeout=1, repo_schemes=("http",)
+            )
+        )
         with pytest.raises(JobError) as info:
             prepare(ws, tmp_path, repo=f"http://127.0.0.1:{port}/repo.git")
         assert str(info.value) == f"git took over 1 s for http://127.0.0.1:{port}/repo.git"
@@ -396,7 +405,9 @@ def test_file_urls_never_name_the_servers_state(origin, tmp_path):
     cloned, however it is spelled (directly, through a symlink, the state dir's parent)."""
     from nixcell.jobs.config import ServerConfig
 
-    ws = Workspaces(ServerConfig(state_dir=str(tmp_path)))  # jobs/ inside, as the service has it
+    ws = Workspaces(  # jobs/ inside, as the service has it
+        ServerConfig(state_dir=str(tmp_path), repo_schemes=("file",))
+    )
     first = prepare(ws, tmp_path, repo=origin.url, ref="main")  # jobs/1/workspace has a .git
     os.symlink(tmp_path, tmp_path.parent / f"{tmp_path.name}-alias")
     alias = f"{tmp_path.parent}/{tmp_path.name}-alias/jobs/1/workspace"

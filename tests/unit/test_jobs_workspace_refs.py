@@ -46,6 +46,9 @@ BAD_URLS = [
     ("https://github.com:08/x", "port"),
     ("https://github.com:x/x", "port"),
     ("https://[::1/x", "IPv6"),
+    ("https://:::1/repo.git", "brackets"),  # found by the urllib-agrees property
+    ("http://::1:80/x", "brackets"),
+    ("https://a:b:443/x", "brackets"),
     ("https://a..b/x", "invalid host"),
     ("https://\uff47ithub.com/x", "punycode"),
     ("https://github\u3002com/x", "punycode"),

@@ -24,7 +24,9 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 HASH = re.compile(r"sha256:[0-9a-f]{64}")
 GROUP = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?")
 BACKENDS = ("bwrap",)  # the engine's backends that a job can run on today
-SCHEMES = ("https", "http", "file")
+SCHEMES = ("https", "http", "file")  # what repo_schemes may list
+# file:// off by default: a root daemon would clone any repository it can read for any client
+DEFAULT_SCHEMES = ("https", "http")
 SHUTDOWN = ("cancel", "finish")
 DEFAULT_HARDENING = ("debugger", "jit-runtime")  # nested-sandbox only when the admin adds it
 
@@ -107,7 +109,7 @@ class ServerConfig:
     tokens: tuple[Token, ...] = ()
     shutdown: str = "cancel"  # what SIGTERM does to running jobs: "cancel" | "finish"
     shutdown_grace: float = 30.0  # "finish" waits this long, then cancels
-    repo_schemes: tuple[str, ...] = SCHEMES
+    repo_schemes: tuple[str, ...] = DEFAULT_SCHEMES
     nixpkgs: str | None = None  # the pin of requests that name none
     hardening: tuple[str, ...] = DEFAULT_HARDENING  # hardening profiles clients may ask for
     source: str | None = None  # the file this came from

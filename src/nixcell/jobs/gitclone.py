@@ -63,7 +63,7 @@ class Cloner:
 
     def __init__(self, config: Any) -> None:
         self.state_dir = str(config.state_dir)
-        self.schemes = tuple(getattr(config, "repo_schemes", ("https", "http", "file")))
+        self.schemes = tuple(getattr(config, "repo_schemes", ("https", "http")))
         self.timeout = float(getattr(config, "clone_timeout", TIMEOUT))
         self.max_bytes = int(getattr(config, "clone_limit", MAX_BYTES))
         self._credentials = tuple(getattr(config, "credentials", ()) or ())

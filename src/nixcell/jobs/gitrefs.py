@@ -125,12 +125,18 @@ def _network_host(url: str, parts: SplitResult) -> str:
         port = port[1:]
     elif ":" in netloc:
         host, _, port = netloc.rpartition(":")
+        if ":" in host:  # "::1" unbracketed: urllib, curl and we would each split it another way
+            raise JobError(f"workspace.repo {shown(url)}: an IPv6 host needs brackets")
     if port and (not port.isdigit() or not 0 < int(port) < 65536 or port.startswith("0")):
         raise JobError(f"workspace.repo {shown(url)}: invalid port {shown(port, 10)}")
     try:
-        return normalize_host(host)
+        name = normalize_host(host)
+        seen = normalize_host(parts.hostname) if parts.hostname else None
     except BadHost as exc:
         raise JobError(f"workspace.repo: {exc}") from None
+    if seen != name:  # one host for every parser, or none at all
+        raise JobError(f"workspace.repo {shown(url)}: the host is ambiguous")
+    return name
 
 
 def check_ref(ref: object) -> str | None:
