@@ -1,0 +1,287 @@
+"""The web page in a real browser: Debian's headless Chromium (driven by Playwright, no browser
+download) against a real ``nixcell serve`` on 127.0.0.1 running real cells.
+
+Every test also checks that each request the browser made went to the daemon's own address.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import shutil
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from jobsd import TcpDaemon, tcp_daemon  # noqa: F401  (the module-scoped daemon fixture)
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-default-apps", "--disable-extensions", "--no-default-browser-check",
+    "--disable-features=Translate,OptimizationHints,MediaRouter,AutofillServerCommunication",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",  # a safety net, not the check
+]  # fmt: skip
+WAIT = 90_000  # ms: an upper bound for real cells on a loaded machine, not a timing assertion
+TERMINAL = ("succeeded", "failed", "cancelled", "timed_out", "error")
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser_context(tmp_path_factory: pytest.TempPathFactory, tcp_daemon: TcpDaemon) -> Iterator:
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("needs Debian's chromium: run ./setup")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("needs the playwright Python package: pip install -e '.[dev]'")
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            str(profile), executable_path=exe, headless=True, args=CHROMIUM_FLAGS
+        )
+        ctx.set_default_timeout(WAIT)
+        ctx.requests = []  # type: ignore[attr-defined]
+        ctx.on("request", lambda r: ctx.requests.append(r.url))  # type: ignore[attr-defined]
+        try:
+            yield ctx
+        finally:
+            ctx.close()
+
+
+def _only_loopback(ctx: Any, base: str, allowed: tuple[str, ...] = ()) -> None:
+    ours = urllib.parse.urlsplit(base).netloc
+    foreign = [
+        url
+        for url in ctx.requests
+        if urllib.parse.urlsplit(url).netloc not in (ours, *allowed)
+        and not url.startswith(("about:", "data:"))
+    ]
+    assert foreign == [], f"the browser asked elsewhere: {foreign[:5]}"
+    assert ctx.requests, "no request was recorded at all"
+
+
+@pytest.fixture
+def page(browser_context: Any, tcp_daemon: TcpDaemon) -> Iterator[Any]:
+    """A signed-in page (the first use signs in through the form)."""
+    page = browser_context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(tcp_daemon.url + "/")
+    page.wait_for_selector("#main:not([hidden]), #login:not([hidden])")
+    if page.is_visible("#login"):
+        page.fill("#token", tcp_daemon.token)
+        page.click("#login-submit")
+        page.wait_for_selector("#main:not([hidden])")
+    page.errors = errors
+    yield page
+    page.close()
+    assert errors == [], f"uncaught errors in the page: {errors}"
+    _only_loopback(browser_context, tcp_daemon.url, getattr(page, "also_allowed", ()))
+
+
+def _line_script(n: int, text: str = "line") -> str:
+    return f'for i in $(seq 1 {n}); do echo "{text} $i"; sleep 0.2; done\n'
+
+
+def _submit(d: TcpDaemon, **request: Any) -> int:
+    request.setdefault("packages", ["bash", "coreutils"])
+    status, body = d.call("POST", "/api/v1/jobs", request)
+    assert status == 201, body
+    return int(body["job"]["id"])
+
+
+def _state(d: TcpDaemon, job_id: int) -> str:
+    status, body = d.call("GET", f"/api/v1/jobs/{job_id}")
+    assert status == 200, body
+    return str(body["job"]["state"])
+
+
+# Records, in the page, every state a row or the job page's state field ever showed and how many
+# log lines were there at each change, so a test can tell "grew while running" from the history
+# instead of from timing.
+_WATCH = """() => {
+  window.__seen = [];
+  const note = () => {
+    const st = document.querySelector('#state');
+    window.__seen.push({state: st ? st.textContent : null,
+                        lines: document.querySelectorAll('#log .line').length,
+                        rows: [...document.querySelectorAll('#jobs tr')].map(
+                                 r => r.dataset.id + ':' + r.dataset.state)});
+  };
+  new MutationObserver(note).observe(document.body,
+      {subtree: true, childList: true, characterData: true, attributes: true});
+  note();
+}"""
+
+
+def test_sign_in_uses_an_httponly_cookie(browser_context: Any, tcp_daemon: TcpDaemon) -> None:
+    browser_context.clear_cookies()
+    page = browser_context.new_page()
+    page.goto(tcp_daemon.url + "/")
+    page.wait_for_selector("#login:not([hidden])")
+    assert page.is_hidden("#main")
+    page.fill("#token", "not-the-token")
+    page.click("#login-submit")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "token" in page.text_content("#error")
+    assert page.is_hidden("#main")
+    page.fill("#token", tcp_daemon.token)
+    page.click("#login-submit")
+    page.wait_for_selector("#main:not([hidden])")
+    cookies = browser_context.cookies(tcp_daemon.url)
+    assert cookies and all(c["httpOnly"] and c["sameSite"] == "Strict" for c in cookies)
+    assert page.evaluate("document.cookie") == ""  # scripts cannot read the session
+    assert tcp_daemon.token not in page.url
+    assert tcp_daemon.token not in page.content()
+    page.close()
+    _only_loopback(browser_context, tcp_daemon.url)
+
+
+def test_list_shows_a_new_job_and_updates_when_it_finishes(
+    page: Any, tcp_daemon: TcpDaemon
+) -> None:
+    page.evaluate(_WATCH)
+    job_id = _submit(tcp_daemon, script=_line_script(15, "tick"), name="web-list-job")
+    row = f"#jobs tr[data-id='{job_id}']"
+    page.wait_for_selector(row)  # appeared without a reload
+    assert "web-list-job" in page.text_content(row)
+    page.wait_for_selector(f"{row}[data-state='succeeded']")
+    assert _state(tcp_daemon, job_id) == "succeeded"
+    seen = [s for entry in page.evaluate("window.__seen") for s in entry["rows"]]
+    states = [s.split(":", 1)[1] for s in seen if s.startswith(f"{job_id}:")]
+    assert any(s not in TERMINAL for s in states), states  # it was shown before it finished
+    assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+
+
+def test_logs_stream_live(page: Any, tcp_daemon: TcpDaemon) -> None:
+    job_id = _submit(tcp_daemon, script=_line_script(30), name="web-log-job")
+    page.goto(f"{tcp_daemon.url}/jobs/{job_id}")
+    page.wait_for_selector("#main:not([hidden])")
+    page.evaluate(_WATCH)
+    page.wait_for_selector("#state:text-is('succeeded')")
+    texts = page.eval_on_selector_all("#log .line .text", "els => els.map(e => e.textContent)")
+    assert texts == [f"line {i}" for i in range(1, 31)]  # every line, once, in order
+    seen = page.evaluate("window.__seen")
+    running = {e["lines"] for e in seen if e["state"] == "running"}
+    assert len(running) >= 2, f"no growth seen while running: {sorted(running)}"
+
+
+def test_cancel_from_the_page(page: Any, tcp_daemon: TcpDaemon) -> None:
+    job_id = _submit(tcp_daemon, script="echo started; sleep 600\n", name="web-cancel-job")
+    page.goto(f"{tcp_daemon.url}/jobs/{job_id}")
+    page.wait_for_selector("#log .line .text:text-is('started')")
+    page.click("#cancel")
+    page.wait_for_selector("#state:text-is('cancelled')")
+    assert page.is_hidden("#cancel")
+    assert _state(tcp_daemon, job_id) == "cancelled"
+    page.goto(tcp_daemon.url + "/")
+    page.wait_for_selector(f"#jobs tr[data-id='{job_id}'][data-state='cancelled']")
+
+
+HOSTILE_LINES = [
+    "<script>window.PWNED=1</script>",
+    "<img src=x onerror=window.PWNED=2>",
+    '<svg onload="window.PWNED=3"></svg>',
+    '"><iframe src="javascript:window.PWNED=4"></iframe>',
+    "</div><b>bold</b>&amp;&lt;",
+]
+
+
+def test_hostile_output_is_shown_as_text(page: Any, tcp_daemon: TcpDaemon) -> None:
+    lines = "".join(f"printf '%s\\n' {json.dumps(s)}\n" for s in HOSTILE_LINES)
+    script = lines + "printf 'esc \\033[31mred\\rforged line\\n'\n"
+    job_id = _submit(
+        tcp_daemon,
+        script=script,
+        name="<img src=x onerror=window.PWNED=5>",
+        env={"API_KEY": "sk-web-secret-value"},
+        secret_env=["API_KEY"],
+    )
+    page.wait_for_selector(f"#jobs tr[data-id='{job_id}'][data-state='succeeded']")
+    assert page.text_content(f"#jobs tr[data-id='{job_id}'] .cmd") == (
+        "<img src=x onerror=window.PWNED=5>"
+    )
+    page.goto(f"{tcp_daemon.url}/jobs/{job_id}")
+    page.wait_for_selector("#state:text-is('succeeded')")
+    page.wait_for_selector(f"#log .line:nth-child({len(HOSTILE_LINES) + 1})")
+    texts = page.eval_on_selector_all("#log .line .text", "els => els.map(e => e.textContent)")
+    assert texts[: len(HOSTILE_LINES)] == HOSTILE_LINES
+    assert texts[len(HOSTILE_LINES)] == "esc \\x1b[31mred\\x0dforged line"
+    assert page.evaluate("typeof window.PWNED") == "undefined"
+    for tag in ("img", "script", "svg", "iframe", "b"):
+        assert page.eval_on_selector_all(f"main {tag}", "els => els.length") == 0, tag
+    assert "sk-web-secret-value" not in page.content()
+    assert page.text_content("dd[data-field='env']") == "API_KEY=<secret>"
+
+
+class _Attacker(http.server.BaseHTTPRequestHandler):
+    """Another loopback web server: same site as the daemon (ports do not count), other origin."""
+
+    target = ""
+
+    def do_GET(self) -> None:  # noqa: N802
+        body = f"""<!doctype html><form id=f method=post action="{self.target}"
+          enctype="text/plain"><input name=x value=1></form>
+          <script>
+          const t = {json.dumps(self.target)};
+          fetch(t, {{method: 'POST', credentials: 'include', headers: {{'X-Nixcell': '1'}}}})
+            .catch(() => null)
+            .then(() => fetch(t, {{method: 'POST', mode: 'no-cors', credentials: 'include'}}))
+            .catch(() => null)
+            .finally(() => document.getElementById('f').submit());
+          </script>""".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_cross_site_page_cannot_cancel(page: Any, tcp_daemon: TcpDaemon) -> None:
+    job_id = _submit(tcp_daemon, script="echo started; sleep 600\n", name="web-csrf-job")
+    page.goto(f"{tcp_daemon.url}/jobs/{job_id}")
+    page.wait_for_selector("#log .line .text:text-is('started')")
+    handler = type("H", (_Attacker,), {"target": f"{tcp_daemon.url}/api/v1/jobs/{job_id}/cancel"})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    evil = f"127.0.0.1:{server.server_address[1]}"
+    page.also_allowed = (evil,)
+    try:
+        attack = page.context.new_page()
+        with attack.expect_response(lambda r: r.request.method == "POST" and r.url.endswith(
+            f"/api/v1/jobs/{job_id}/cancel") and r.request.resource_type == "document"
+        ) as answer:
+            attack.goto(f"http://{evil}/")
+        assert answer.value.status == 403
+        attack.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _state(tcp_daemon, job_id) == "running"
+    status, body = tcp_daemon.call("POST", f"/api/v1/jobs/{job_id}/cancel")
+    assert status == 200, body
+
+
+def test_pages_carry_the_security_headers(page: Any, tcp_daemon: TcpDaemon) -> None:
+    from nixcell.jobs.web import SECURITY_HEADERS
+
+    for path in ("/", "/jobs/1", "/static/app.js"):
+        response = page.goto(tcp_daemon.url + path)
+        headers = response.headers
+        for key, value in SECURITY_HEADERS.items():
+            assert headers.get(key.lower()) == value, (path, key)
