@@ -9,14 +9,15 @@ from __future__ import annotations
 import http.server
 import json
 import shutil
+import tempfile
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-
-from jobsd import TcpDaemon, tcp_daemon  # noqa: F401  (the module-scoped daemon fixture)
+from tests.integration.jobsd import Daemon as TcpDaemon
 
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -35,6 +36,28 @@ def _chromium() -> str | None:
         if found:
             return found
     return None
+
+
+@pytest.fixture(scope="module")
+def tcp_daemon(offline_set: Any) -> Iterator[TcpDaemon]:
+    """One real daemon for the module, on a unix socket and 127.0.0.1 (token: ``d.token``)."""
+    root = Path(tempfile.mkdtemp(prefix="nixcell-web-", dir="/tmp"))
+    root.chmod(0o755)
+    daemon = TcpDaemon(root, "", tcp=True)
+    try:
+        yield daemon.start()
+    finally:
+        daemon.stop()
+        daemon._log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _api(d: TcpDaemon, method: str, path: str, data: Any = None) -> tuple[int, Any]:
+    """JSON over TCP with the daemon's admin token, as the page's own caller."""
+    body = None if data is None else json.dumps(data).encode()
+    headers = {"Content-Type": "application/json"} if data is not None else {}
+    status, _, raw = d.request(method, path, body, headers, tcp=True, token=d.token)
+    return status, json.loads(raw)
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +120,13 @@ def _line_script(n: int, text: str = "line") -> str:
 
 def _submit(d: TcpDaemon, **request: Any) -> int:
     request.setdefault("packages", ["bash", "coreutils"])
-    status, body = d.call("POST", "/api/v1/jobs", request)
+    status, body = _api(d, "POST", "/api/v1/jobs", request)
     assert status == 201, body
     return int(body["job"]["id"])
 
 
 def _state(d: TcpDaemon, job_id: int) -> str:
-    status, body = d.call("GET", f"/api/v1/jobs/{job_id}")
+    status, body = _api(d, "GET", f"/api/v1/jobs/{job_id}")
     assert status == 200, body
     return str(body["job"]["state"])
 
@@ -231,7 +254,7 @@ class _Attacker(http.server.BaseHTTPRequestHandler):
 
     target = ""
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         body = f"""<!doctype html><form id=f method=post action="{self.target}"
           enctype="text/plain"><input name=x value=1></form>
           <script>
@@ -263,8 +286,12 @@ def test_a_cross_site_page_cannot_cancel(page: Any, tcp_daemon: TcpDaemon) -> No
     page.also_allowed = (evil,)
     try:
         attack = page.context.new_page()
-        with attack.expect_response(lambda r: r.request.method == "POST" and r.url.endswith(
-            f"/api/v1/jobs/{job_id}/cancel") and r.request.resource_type == "document"
+        with attack.expect_response(
+            lambda r: (
+                r.request.method == "POST"
+                and r.url.endswith(f"/api/v1/jobs/{job_id}/cancel")
+                and r.request.resource_type == "document"
+            )
         ) as answer:
             attack.goto(f"http://{evil}/")
         assert answer.value.status == 403
@@ -273,7 +300,7 @@ def test_a_cross_site_page_cannot_cancel(page: Any, tcp_daemon: TcpDaemon) -> No
         server.shutdown()
         server.server_close()
     assert _state(tcp_daemon, job_id) == "running"
-    status, body = tcp_daemon.call("POST", f"/api/v1/jobs/{job_id}/cancel")
+    status, body = _api(tcp_daemon, "POST", f"/api/v1/jobs/{job_id}/cancel")
     assert status == 200, body
 
 
