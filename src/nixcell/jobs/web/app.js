@@ -151,7 +151,20 @@ function liveStream(url, handlers, onReopen) {
     if (opened && onReopen) onReopen();
     opened = true;
   });
-  source.addEventListener("error", () => {
+  source.addEventListener("error", (event) => {
+    if (typeof event.data === "string") {
+      // The server's own last frame ("event: error"): a refusal, not a dropped connection.
+      let message = "the live stream failed";
+      try {
+        message = JSON.parse(event.data).error || message;
+      } catch (_) {
+        /* keep the generic message */
+      }
+      source.close();
+      showError(message);
+      if (handlers.closed) handlers.closed();
+      return;
+    }
     if (source.readyState === EventSource.CLOSED) {
       if (handlers.closed) handlers.closed();
     } else {
@@ -309,7 +322,20 @@ async function startList() {
         message: onListEvent,
         closed: () => {
           setLive("live updates stopped; retrying in 5 s");
-          setTimeout(() => loadList().then(open, (err) => showError(err.message)), 5000);
+          const retry = () =>
+            setTimeout(() => {
+              loadList().then(
+                () => {
+                  showError("");
+                  open();
+                },
+                (err) => {
+                  showError(err.message);
+                  retry();
+                },
+              );
+            }, 5000);
+          retry();
         },
       },
       () => loadList().catch((err) => showError(err.message)),
