@@ -76,6 +76,7 @@ def browser_context(tmp_path_factory: pytest.TempPathFactory, tcp_daemon: TcpDae
         )
         ctx.set_default_timeout(WAIT)
         ctx.requests = []  # type: ignore[attr-defined]
+        ctx.allowed = set()  # type: ignore[attr-defined]  # netlocs a test served itself
         ctx.on("request", lambda r: ctx.requests.append(r.url))  # type: ignore[attr-defined]
         try:
             yield ctx
@@ -83,8 +84,9 @@ def browser_context(tmp_path_factory: pytest.TempPathFactory, tcp_daemon: TcpDae
             ctx.close()
 
 
-def _only_loopback(ctx: Any, base: str, allowed: tuple[str, ...] = ()) -> None:
+def _only_loopback(ctx: Any, base: str) -> None:
     ours = urllib.parse.urlsplit(base).netloc
+    allowed = tuple(ctx.allowed)
     foreign = [
         url
         for url in ctx.requests
@@ -92,6 +94,8 @@ def _only_loopback(ctx: Any, base: str, allowed: tuple[str, ...] = ()) -> None:
         and not url.startswith(("about:", "data:"))
     ]
     assert foreign == [], f"the browser asked elsewhere: {foreign[:5]}"
+    hosts = {urllib.parse.urlsplit(u).hostname for u in ctx.requests if u.startswith("http")}
+    assert hosts == {"127.0.0.1"}, hosts
     assert ctx.requests, "no request was recorded at all"
 
 
@@ -111,7 +115,7 @@ def page(browser_context: Any, tcp_daemon: TcpDaemon) -> Iterator[Any]:
     yield page
     page.close()
     assert errors == [], f"uncaught errors in the page: {errors}"
-    _only_loopback(browser_context, tcp_daemon.url, getattr(page, "also_allowed", ()))
+    _only_loopback(browser_context, tcp_daemon.url)
 
 
 def _line_script(n: int, text: str = "line") -> str:
@@ -129,6 +133,12 @@ def _state(d: TcpDaemon, job_id: int) -> str:
     status, body = _api(d, "GET", f"/api/v1/jobs/{job_id}")
     assert status == 200, body
     return str(body["job"]["state"])
+
+
+def _texts(page: Any, stream: str) -> list[str]:
+    return page.eval_on_selector_all(
+        f"#log .line.stream-{stream} .text", "els => els.map(e => e.textContent)"
+    )
 
 
 # Records, in the page, every state a row or the job page's state field ever showed and how many
@@ -194,7 +204,7 @@ def test_logs_stream_live(page: Any, tcp_daemon: TcpDaemon) -> None:
     page.wait_for_selector("#main:not([hidden])")
     page.evaluate(_WATCH)
     page.wait_for_selector("#state:text-is('succeeded')")
-    texts = page.eval_on_selector_all("#log .line .text", "els => els.map(e => e.textContent)")
+    texts = _texts(page, "stdout")
     assert texts == [f"line {i}" for i in range(1, 31)]  # every line, once, in order
     seen = page.evaluate("window.__seen")
     running = {e["lines"] for e in seen if e["state"] == "running"}
@@ -238,8 +248,7 @@ def test_hostile_output_is_shown_as_text(page: Any, tcp_daemon: TcpDaemon) -> No
     )
     page.goto(f"{tcp_daemon.url}/jobs/{job_id}")
     page.wait_for_selector("#state:text-is('succeeded')")
-    page.wait_for_selector(f"#log .line:nth-child({len(HOSTILE_LINES) + 1})")
-    texts = page.eval_on_selector_all("#log .line .text", "els => els.map(e => e.textContent)")
+    texts = _texts(page, "stdout")
     assert texts[: len(HOSTILE_LINES)] == HOSTILE_LINES
     assert texts[len(HOSTILE_LINES)] == "esc \\x1b[31mred\\x0dforged line"
     assert page.evaluate("typeof window.PWNED") == "undefined"
@@ -283,7 +292,7 @@ def test_a_cross_site_page_cannot_cancel(page: Any, tcp_daemon: TcpDaemon) -> No
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     evil = f"127.0.0.1:{server.server_address[1]}"
-    page.also_allowed = (evil,)
+    page.context.allowed.add(evil)  # loopback too: the one other server the browser may see
     try:
         attack = page.context.new_page()
         with attack.expect_response(
@@ -295,6 +304,7 @@ def test_a_cross_site_page_cannot_cancel(page: Any, tcp_daemon: TcpDaemon) -> No
         ) as answer:
             attack.goto(f"http://{evil}/")
         assert answer.value.status == 403
+        attack.wait_for_url(f"**/api/v1/jobs/{job_id}/cancel")  # the refusal page has loaded
         attack.close()
     finally:
         server.shutdown()
