@@ -258,6 +258,28 @@ def test_hostile_output_is_shown_as_text(page: Any, tcp_daemon: TcpDaemon) -> No
     assert page.text_content("dd[data-field='env']") == "API_KEY=<secret>"
 
 
+def test_policy_decisions_are_shown(page: Any, tcp_daemon: TcpDaemon) -> None:
+    # .invalid never resolves: the proxy denies by name and nothing leaves the machine.
+    script = (
+        "curl -sS -o /dev/null http://blocked.invalid/x-path\n"
+        "curl -sS -o /dev/null https://blocked.invalid/\n"
+    )
+    job_id = _submit(
+        tcp_daemon, packages=["bash", "curl"], allow_hosts=["allowed.invalid"], script=script
+    )
+    page.goto(f"{tcp_daemon.url}/jobs/{job_id}")
+    page.wait_for_selector("#state:text-is('failed')")
+    page.wait_for_selector("#audit tr:nth-child(2)")
+    rows = page.eval_on_selector_all(
+        "#audit tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+    )
+    shown = {(r[1], r[2], r[3], r[4]) for r in rows}
+    assert ("deny", "GET", "blocked.invalid", "/x-path") in shown, rows
+    assert ("deny", "CONNECT", "blocked.invalid", "") in shown, rows
+    assert all(r[0] and "Invalid" not in r[0] for r in rows), rows  # the time was understood
+    assert page.is_hidden("#audit-empty")
+
+
 class _Attacker(http.server.BaseHTTPRequestHandler):
     """Another loopback web server: same site as the daemon (ports do not count), other origin."""
 

@@ -85,7 +85,7 @@ function formatDuration(seconds) {
 
 function formatTime(t) {
   if (t === null || t === undefined) return "";
-  const d = new Date(t * 1000);
+  const d = typeof t === "number" ? new Date(t * 1000) : new Date(String(t)); // unix or ISO
   return isNaN(d.getTime()) ? String(t) : d.toLocaleString();
 }
 
