@@ -213,6 +213,14 @@ def test_logs_stream_live(page: Any, tcp_daemon: TcpDaemon) -> None:
 
 def test_cancel_from_the_page(page: Any, tcp_daemon: TcpDaemon) -> None:
     job_id = _submit(tcp_daemon, script="echo started; sleep 600\n", name="web-cancel-job")
+    cell = f"#jobs tr[data-id='{job_id}'][data-state='running'] .duration"
+    page.wait_for_selector(cell)
+    first = page.text_content(cell)
+    page.wait_for_function(  # the running job's duration ticks without any new data
+        "([sel, first]) => { const c = document.querySelector(sel);"
+        " return c && c.textContent !== '' && c.textContent !== first; }",
+        arg=[cell, first],
+    )
     page.goto(f"{tcp_daemon.url}/jobs/{job_id}")
     page.wait_for_selector("#log .line .text:text-is('started')")
     page.click("#cancel")
