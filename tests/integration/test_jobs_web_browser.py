@@ -106,11 +106,11 @@ def page(browser_context: Any, tcp_daemon: TcpDaemon) -> Iterator[Any]:
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(tcp_daemon.url + "/")
-    page.wait_for_selector("#main:not([hidden]), #login:not([hidden])")
+    page.wait_for_selector("#list-view:not([hidden]), #login:not([hidden])")
     if page.is_visible("#login"):
         page.fill("#token", tcp_daemon.token)
         page.click("#login-submit")
-        page.wait_for_selector("#main:not([hidden])")
+        page.wait_for_selector("#list-view:not([hidden])")
     page.errors = errors
     yield page
     page.close()
@@ -164,15 +164,15 @@ def test_sign_in_uses_an_httponly_cookie(browser_context: Any, tcp_daemon: TcpDa
     page = browser_context.new_page()
     page.goto(tcp_daemon.url + "/")
     page.wait_for_selector("#login:not([hidden])")
-    assert page.is_hidden("#main")
+    assert page.is_hidden("#list-view")
     page.fill("#token", "not-the-token")
     page.click("#login-submit")
     page.wait_for_selector("#error:not([hidden])")
     assert "token" in page.text_content("#error")
-    assert page.is_hidden("#main")
+    assert page.is_hidden("#list-view")
     page.fill("#token", tcp_daemon.token)
     page.click("#login-submit")
-    page.wait_for_selector("#main:not([hidden])")
+    page.wait_for_selector("#list-view:not([hidden])")
     cookies = browser_context.cookies(tcp_daemon.url)
     assert cookies and all(c["httpOnly"] and c["sameSite"] == "Strict" for c in cookies)
     assert page.evaluate("document.cookie") == ""  # scripts cannot read the session
@@ -201,7 +201,7 @@ def test_list_shows_a_new_job_and_updates_when_it_finishes(
 def test_logs_stream_live(page: Any, tcp_daemon: TcpDaemon) -> None:
     job_id = _submit(tcp_daemon, script=_line_script(30), name="web-log-job")
     page.goto(f"{tcp_daemon.url}/jobs/{job_id}")
-    page.wait_for_selector("#main:not([hidden])")
+    page.wait_for_selector("#job-view:not([hidden])")
     page.evaluate(_WATCH)
     page.wait_for_selector("#state:text-is('succeeded')")
     texts = _texts(page, "stdout")

@@ -48,10 +48,9 @@ def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str],
 
 PAGES = [
     ("/", "index.html", "text/html"),
-    ("/jobs/1", "job.html", "text/html"),
-    ("/jobs/99999999999999999999", "job.html", "text/html"),
+    ("/jobs/1", "index.html", "text/html"),
+    ("/jobs/99999999999999999999", "index.html", "text/html"),
     ("/static/index.html", "index.html", "text/html"),
-    ("/static/job.html", "job.html", "text/html"),
     ("/static/app.js", "app.js", "text/javascript"),
     ("/static/style.css", "style.css", "text/css"),
 ]
@@ -86,8 +85,8 @@ HOSTILE = [
     "/static/app.js%00.css", "/static/app.js/", "/static/app.js.", "/static/.app.js",
     "/static/", "/static", "/static/.", "/static/..", "/static/%2fetc%2fpasswd",
     "/static//etc/passwd", "/static/~/.ssh", "/static/app.js;x", "/static/app%2ejs%2f..",
-    "/static/__init__.py", "/static/contract.py", "/jobs/abc", "/jobs/-1", "/jobs/1/../../web.py",
-    "/jobs/", "/jobs/1.0", "/static/app.js?../../pyproject.toml#",
+    "/static/__init__.py", "/static/contract.py", "/static/job.html", "/jobs/abc", "/jobs/-1",
+    "/jobs/1/../../web.py", "/jobs/", "/jobs/1.0", "/static/app.js?../../pyproject.toml#",
 ]  # fmt: skip
 
 

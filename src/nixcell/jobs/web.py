@@ -44,8 +44,7 @@ SECURITY_HEADERS: dict[str, str] = {
 
 # name -> content type: the only files there are (a name not here is a 404, whatever its path).
 STATIC: dict[str, str] = {
-    "index.html": "text/html; charset=utf-8",
-    "job.html": "text/html; charset=utf-8",
+    "index.html": "text/html; charset=utf-8",  # both views: the list and one job (app.js)
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
@@ -69,12 +68,9 @@ def not_found() -> Response:
 
 
 async def _index(request: Request) -> Response:
+    # /jobs/ID too: the id only selects the view; the API answers 404 for a job the caller
+    # may not see, so the page confirms nothing.
     return page_response("index.html")
-
-
-async def _job(request: Request) -> Response:
-    # The id only selects the page; the API answers 404 for a job the caller may not see.
-    return page_response("job.html")
 
 
 async def _static(request: Request) -> Response:
@@ -89,6 +85,6 @@ def web_routes() -> list[BaseRoute]:
     the page shows its token form when the API answers 401)."""
     return [
         Route("/", _index, methods=["GET", "HEAD"]),
-        Route("/jobs/{job_id:int}", _job, methods=["GET", "HEAD"]),
+        Route("/jobs/{job_id:int}", _index, methods=["GET", "HEAD"]),
         Route("/static/{name}", _static, methods=["GET", "HEAD"]),
     ]

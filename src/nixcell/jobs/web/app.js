@@ -370,12 +370,19 @@ function field(list, name, value) {
   list.append(dt, dd);
 }
 
+// The request fields the job view shows, in order (label, JobRequest key).
+const REQUEST_FIELDS = [
+  ["command", "command"], ["script", "script"], ["packages", "packages"],
+  ["allowed hosts", "allow_hosts"], ["denied hosts", "deny_hosts"], ["policies", "policies"],
+  ["credentials", "credentials"], ["env", "env"], ["profiles", "profiles"], ["backend", "backend"],
+];
+
 function renderJob() {
   const job = jobView.entry.job;
   const req = job.request || {};
   const list = $("fields");
   list.replaceChildren();
-  $("title").textContent = visible(`#${job.id}${job.name ? " " + job.name : ""}`);
+  $("title").textContent = visible(` / #${job.id}${job.name ? " " + job.name : ""}`);
   document.title = `nixcell job ${job.id}`;
   const state = el("dd", `state state-${job.state}`, job.state);
   state.id = "state";
@@ -383,16 +390,7 @@ function renderJob() {
   field(list, "reason", job.reason);
   field(list, "exit code", job.exit_code);
   field(list, "owner", job.owner);
-  field(list, "command", req.command);
-  field(list, "script", req.script);
-  field(list, "packages", req.packages);
-  field(list, "allowed hosts", req.allow_hosts);
-  field(list, "denied hosts", req.deny_hosts);
-  field(list, "policies", req.policies);
-  field(list, "credentials", req.credentials);
-  field(list, "env", req.env);
-  field(list, "profiles", req.profiles);
-  field(list, "backend", req.backend);
+  for (const [label, key] of REQUEST_FIELDS) field(list, label, req[key]);
   const ws = req.workspace || {};
   field(list, "repository", ws.repo ? `${ws.repo}${ws.ref ? " @ " + ws.ref : ""}${ws.path ? " : " + ws.path : ""}` : null);
   field(list, "created", formatTime(job.created));
@@ -506,10 +504,8 @@ async function cancelJob() {
   }
 }
 
-async function startJob() {
-  const match = /^\/jobs\/([0-9]{1,18})$/.exec(location.pathname);
-  if (!match) throw new Error("not a job page");
-  jobView.id = Number(match[1]);
+async function startJob(id) {
+  jobView.id = id;
   await reloadJob();
   for (const stream of STREAMS) {
     $(`show-${stream}`).addEventListener("change", (e) => $("log").classList.toggle(`hide-${stream}`, !e.target.checked));
@@ -530,11 +526,15 @@ async function startJob() {
 
 // ---- start -----------------------------------------------------------------------------------
 
+// One page, two views: /jobs/ID shows a job, anything else the list.
+const JOB_PATH = /^\/jobs\/([0-9]{1,18})$/;
+
 async function main() {
   const who = await signIn();
   showCaller(who);
-  $("main").hidden = false;
-  if (document.body.dataset.page === "job") await startJob();
+  const match = JOB_PATH.exec(location.pathname);
+  $(match ? "job-view" : "list-view").hidden = false;
+  if (match) await startJob(Number(match[1]));
   else await startList();
 }
 
