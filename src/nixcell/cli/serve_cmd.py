@@ -33,18 +33,9 @@ def serve(config_path, listens, state_dir, new_token, token_name) -> int:
 
 
 def _print_token(name: str) -> int:
-    import json
-    import re
-    import secrets
+    from nixcell.jobs.config import new_token
 
-    from nixcell.jobs.auth import token_hash
-
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
-        raise click.UsageError("--token-name: letters, digits, '_', '.', '-' (at most 64)")
-    token = secrets.token_urlsafe(32)
+    token, table = new_token(name)
     click.echo(token)
-    click.echo(
-        f"\n# in server.toml (the token itself is not stored):\n[[tokens]]\n"
-        f'name = {json.dumps(name)}\nhash = "{token_hash(token)}"\nadmin = false'
-    )
+    click.echo(f"\n# in server.toml (only the hash is kept):\n{table}")
     return 0

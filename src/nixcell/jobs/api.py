@@ -28,13 +28,13 @@ from nixcell.jobs import auth
 from nixcell.jobs.contract import JobError, NotFound, Service
 from nixcell.jobs.gate import CALLER, Gate, one_line
 from nixcell.jobs.model import STATES, STREAMS, TERMINAL, Caller, Event
+from nixcell.jobs.openapi import MAX_ID as _MAX_ID
 from nixcell.jobs.sse import event_json, event_stream, line_json
 
 log = logging.getLogger("nixcell.jobs.api")
 JSON_LIMIT = 4 << 20  # a request body (a script rides in it)
 DEFAULT_UPLOAD_LIMIT = 256 << 20
 _ID = re.compile(r"[1-9][0-9]{0,18}")
-_MAX_ID = 2**63 - 1
 _SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
@@ -87,9 +87,9 @@ def _flag(query: dict[str, list[str]], key: str) -> bool | None:
     text = _one(query, key)
     if text is None:
         return None
-    if text not in ("0", "1", "true", "false"):
+    if text not in ("0", "1"):
         raise JobError(f"{key} must be 0 or 1, got {one_line(text[:40])!r}")
-    return text in ("1", "true")
+    return text == "1"
 
 
 def _choices(query: dict[str, list[str]], key: str, known: tuple[str, ...]) -> list[str] | None:
@@ -102,10 +102,15 @@ def _choices(query: dict[str, list[str]], key: str, known: tuple[str, ...]) -> l
     return list(dict.fromkeys(values))
 
 
-async def _body(request: Request, limit: int) -> AsyncIterator[bytes]:
+def _body(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The body's chunks, at most ``limit`` bytes (a Content-Length over it: refused now)."""
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > limit):
         raise JobError(f"request body over the limit of {limit} bytes", status=413)
+    return _chunks(request, limit)
+
+
+async def _chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -126,8 +131,15 @@ def _no_constant(name: str) -> None:
 
 
 async def json_body(request: Request) -> dict[str, Any]:
+    return parse_json(await raw_json(request))
+
+
+async def raw_json(request: Request) -> bytes:
     _content_type(request, "application/json")
-    raw = b"".join([chunk async for chunk in _body(request, JSON_LIMIT)])
+    return b"".join([chunk async for chunk in _body(request, JSON_LIMIT)])
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
     try:
         data = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
@@ -138,13 +150,15 @@ async def json_body(request: Request) -> dict[str, Any]:
     return data
 
 
-def job_request(data: dict[str, Any]) -> Any:
+def job_request(raw: bytes) -> Any:
+    """The body as a ``JobRequest``, strictly (JSON types as they are: no "yes" for true)."""
     from pydantic import ValidationError
 
     from nixcell.jobs.model import JobRequest
 
+    parse_json(raw)  # syntax, an object, no NaN: one-line errors of its own
     try:
-        return JobRequest.model_validate(data)
+        return JobRequest.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
         first = errors[0]
@@ -195,10 +209,13 @@ class Api:
         upload_id = await self.service.upload(caller, _body(request, limit))
         return JSONResponse({"upload": upload_id}, status_code=201)
 
+    async def jobs(self, request: Request) -> Response:
+        return await (self.submit if request.method == "POST" else self.list)(request)
+
     async def submit(self, request: Request) -> Response:
         caller = caller_of(request)
         _query(request, set())
-        job = await self.service.submit(caller, job_request(await json_body(request)))
+        job = await self.service.submit(caller, job_request(await raw_json(request)))
         return JSONResponse({"job": self.shown(caller, job)}, status_code=201)
 
     async def list(self, request: Request) -> Response:
@@ -299,7 +316,7 @@ class Api:
         token = data.get("token")
         if set(data) != {"token"} or not isinstance(token, str):
             raise JobError('the body must be {"token": "..."}')
-        caller = auth.token_caller(getattr(self.config(), "tokens", ()), token)
+        caller = auth.token_caller(self.config(), token)
         if caller is None:
             raise JobError("a token is required", status=401)
         response = JSONResponse({"caller": caller.name, "key": caller.key, "admin": caller.admin})
@@ -320,8 +337,7 @@ class Api:
             Route(f"{v1}/openapi.json", self.openapi, methods=["GET"]),
             Route(f"{v1}/whoami", self.whoami, methods=["GET"]),
             Route(f"{v1}/uploads", self.upload, methods=["POST"]),
-            Route(f"{v1}/jobs", self.submit, methods=["POST"]),
-            Route(f"{v1}/jobs", self.list, methods=["GET"]),
+            Route(f"{v1}/jobs", self.jobs, methods=["GET", "POST"]),  # one route: one Allow
             Route(f"{v1}/jobs/{{id}}", self.show, methods=["GET"]),
             Route(f"{v1}/jobs/{{id}}/cancel", self.cancel, methods=["POST"]),
             Route(f"{v1}/jobs/{{id}}/logs", self.logs, methods=["GET"]),
@@ -364,7 +380,7 @@ async def _error(request: Request, exc: Exception) -> Response:
             message = f"{request.method} is not allowed on {one_line(request.url.path[:200])}"
         else:
             message = one_line(str(exc.detail))
-        return JSONResponse({"error": message}, status_code=exc.status_code)
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
     log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"error": "internal error"}, status_code=500)
 

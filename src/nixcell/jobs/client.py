@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from nixcell.errors import NixcellError
+from nixcell.jobs.config import default_socket  # stdlib only: the client stays cheap
 
 
 class ClientError(NixcellError):
@@ -24,13 +25,6 @@ class ClientError(NixcellError):
 
 class UsageRefused(ClientError):
     exit_code = 2  # the daemon said the request was malformed (4xx)
-
-
-def default_socket() -> str:
-    if os.geteuid() == 0:
-        return "/run/nixcell/nixcell.sock"
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.geteuid()}"
-    return os.path.join(runtime, "nixcell", "nixcell.sock")
 
 
 class _UnixConnection(http.client.HTTPConnection):

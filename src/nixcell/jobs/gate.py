@@ -86,7 +86,7 @@ class Gate:
     def _tcp_caller(self, headers: dict[str, str]) -> tuple[Caller | None, bool]:
         token = auth.bearer(headers.get("authorization"))
         if token is not None:
-            caller = auth.token_caller(getattr(self.config(), "tokens", ()), token)
+            caller = auth.token_caller(self.config(), token)
             if caller is None:
                 raise Refused(401, "a token is required")  # same answer: wrong == missing
             return caller, False

@@ -25,7 +25,7 @@ import uvicorn
 from nixcell.errors import UsageError
 from nixcell.jobs.api import create_app
 from nixcell.jobs.auth import PeerProtocol, is_loopback
-from nixcell.jobs.client import default_socket
+from nixcell.jobs.config import default_socket
 
 log = logging.getLogger("nixcell.serve")
 
