@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.server
 import json
 import shutil
+import socketserver
 import tempfile
 import threading
 import urllib.parse
@@ -23,14 +24,24 @@ CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--disable-default-apps", "--disable-extensions", "--no-default-browser-check",
-    "--disable-features=Translate,OptimizationHints,MediaRouter,AutofillServerCommunication",
+    "--disable-client-side-phishing-detection", "--disable-domain-reliability", "--no-pings",
+    "--disable-features=Translate,OptimizationHints,MediaRouter,AutofillServerCommunication,"
+    "NetworkTimeServiceQuerying,OptimizationGuideModelDownloading,CertificateTransparencyComponentUpdater",
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",  # a safety net, not the check
+    # Chromium's own services (component updates, Google sign-in) pointed at a dead loopback
+    # port; with them quiet, the recorder below must see nothing at all.
+    "--component-updater=url-source=http://127.0.0.1:9/", "--google-base-url=http://127.0.0.1:9/",
+    "--gaia-url=http://127.0.0.1:9/", "--lso-url=http://127.0.0.1:9/",
 ]  # fmt: skip
 WAIT = 90_000  # ms: an upper bound for real cells on a loaded machine, not a timing assertion
 TERMINAL = ("succeeded", "failed", "cancelled", "timed_out", "error")
 
 
 def _chromium() -> str | None:
+    # Debian's binary itself: its /usr/bin/chromium wrapper exports Google API keys and adds
+    # extension flags, which wake up sign-in and update traffic.
+    if Path("/usr/lib/chromium/chromium").is_file():
+        return "/usr/lib/chromium/chromium"
     for name in ("chromium", "chromium-browser"):
         found = shutil.which(name)
         if found:
@@ -60,8 +71,39 @@ def _api(d: TcpDaemon, method: str, path: str, data: Any = None) -> tuple[int, A
     return status, json.loads(raw)
 
 
+class _Recorder(socketserver.ThreadingTCPServer):
+    """The browser's proxy for everything that is not loopback: it records each request line
+    (the browser's own background traffic included, which page events never show), answers 403
+    and connects nowhere."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(inner) -> None:
+                line = inner.rfile.readline(4096).decode("latin-1").strip()
+                self.lines.append(line)
+                inner.wfile.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
 @pytest.fixture(scope="module")
-def browser_context(tmp_path_factory: pytest.TempPathFactory, tcp_daemon: TcpDaemon) -> Iterator:
+def recorder() -> Iterator[_Recorder]:
+    server = _Recorder()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser_context(
+    tmp_path_factory: pytest.TempPathFactory, tcp_daemon: TcpDaemon, recorder: _Recorder
+) -> Iterator:
     exe = _chromium()
     if exe is None:
         pytest.skip("needs Debian's chromium: run ./setup")
@@ -72,8 +114,15 @@ def browser_context(tmp_path_factory: pytest.TempPathFactory, tcp_daemon: TcpDae
     profile = tmp_path_factory.mktemp("chromium-profile")
     with sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(
-            str(profile), executable_path=exe, headless=True, args=CHROMIUM_FLAGS
+            str(profile),
+            executable_path=exe,
+            headless=True,
+            args=[
+                *CHROMIUM_FLAGS,
+                f"--proxy-server=http://127.0.0.1:{recorder.server_address[1]}",
+            ],
         )
+        ctx.recorder = recorder  # type: ignore[attr-defined]
         ctx.set_default_timeout(WAIT)
         ctx.requests = []  # type: ignore[attr-defined]
         ctx.allowed = set()  # type: ignore[attr-defined]  # netlocs a test served itself
@@ -96,6 +145,7 @@ def _only_loopback(ctx: Any, base: str) -> None:
     assert foreign == [], f"the browser asked elsewhere: {foreign[:5]}"
     hosts = {urllib.parse.urlsplit(u).hostname for u in ctx.requests if u.startswith("http")}
     assert hosts == {"127.0.0.1"}, hosts
+    assert ctx.recorder.lines == [], f"the browser tried to leave loopback: {ctx.recorder.lines}"
     assert ctx.requests, "no request was recorded at all"
 
 
@@ -352,3 +402,16 @@ def test_pages_carry_the_security_headers(page: Any, tcp_daemon: TcpDaemon) -> N
         headers = response.headers
         for key, value in SECURITY_HEADERS.items():
             assert headers.get(key.lower()) == value, (path, key)
+
+
+def test_the_recorder_sees_what_would_leave(browser_context: Any) -> None:
+    """The control for the recorder: a request to another host does reach it (and no further)."""
+    page = browser_context.new_page()
+    from playwright.sync_api import Error
+
+    with pytest.raises(Error, match="ERR_"):  # the recorder's 403 (it connects nowhere)
+        page.goto("http://web-test.invalid/probe")
+    page.close()
+    assert browser_context.recorder.lines == ["GET http://web-test.invalid/probe HTTP/1.1"]
+    browser_context.recorder.lines.clear()
+    browser_context.requests.clear()
