@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.server
 import json
 import shutil
-import socketserver
 import tempfile
 import threading
 import urllib.parse
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 from tests.integration.jobsd import Daemon as TcpDaemon
+from tests.integration.webrig import Attacker, Recorder, chromium
 
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -35,18 +35,6 @@ CHROMIUM_FLAGS = [
 ]  # fmt: skip
 WAIT = 90_000  # ms: an upper bound for real cells on a loaded machine, not a timing assertion
 TERMINAL = ("succeeded", "failed", "cancelled", "timed_out", "error")
-
-
-def _chromium() -> str | None:
-    # Debian's binary itself: its /usr/bin/chromium wrapper exports Google API keys and adds
-    # extension flags, which wake up sign-in and update traffic.
-    if Path("/usr/lib/chromium/chromium").is_file():
-        return "/usr/lib/chromium/chromium"
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -71,29 +59,9 @@ def _api(d: TcpDaemon, method: str, path: str, data: Any = None) -> tuple[int, A
     return status, json.loads(raw)
 
 
-class _Recorder(socketserver.ThreadingTCPServer):
-    """The browser's proxy for everything that is not loopback: it records each request line
-    (the browser's own background traffic included, which page events never show), answers 403
-    and connects nowhere."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-        class Handler(socketserver.StreamRequestHandler):
-            def handle(inner) -> None:
-                line = inner.rfile.readline(4096).decode("latin-1").strip()
-                self.lines.append(line)
-                inner.wfile.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
-
-        super().__init__(("127.0.0.1", 0), Handler)
-
-
 @pytest.fixture(scope="module")
-def recorder() -> Iterator[_Recorder]:
-    server = _Recorder()
+def recorder() -> Iterator[Recorder]:
+    server = Recorder()
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server
     server.shutdown()
@@ -102,9 +70,9 @@ def recorder() -> Iterator[_Recorder]:
 
 @pytest.fixture(scope="module")
 def browser_context(
-    tmp_path_factory: pytest.TempPathFactory, tcp_daemon: TcpDaemon, recorder: _Recorder
+    tmp_path_factory: pytest.TempPathFactory, tcp_daemon: TcpDaemon, recorder: Recorder
 ) -> Iterator:
-    exe = _chromium()
+    exe = chromium()
     if exe is None:
         pytest.skip("needs Debian's chromium: run ./setup")
     try:
@@ -338,37 +306,11 @@ def test_policy_decisions_are_shown(page: Any, tcp_daemon: TcpDaemon) -> None:
     assert page.is_hidden("#audit-empty")
 
 
-class _Attacker(http.server.BaseHTTPRequestHandler):
-    """Another loopback web server: same site as the daemon (ports do not count), other origin."""
-
-    target = ""
-
-    def do_GET(self) -> None:
-        body = f"""<!doctype html><form id=f method=post action="{self.target}"
-          enctype="text/plain"><input name=x value=1></form>
-          <script>
-          const t = {json.dumps(self.target)};
-          fetch(t, {{method: 'POST', credentials: 'include', headers: {{'X-Nixcell': '1'}}}})
-            .catch(() => null)
-            .then(() => fetch(t, {{method: 'POST', mode: 'no-cors', credentials: 'include'}}))
-            .catch(() => null)
-            .finally(() => document.getElementById('f').submit());
-          </script>""".encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 def test_a_cross_site_page_cannot_cancel(page: Any, tcp_daemon: TcpDaemon) -> None:
     job_id = _submit(tcp_daemon, script="echo started; sleep 600\n", name="web-csrf-job")
     page.goto(f"{tcp_daemon.url}/jobs/{job_id}")
     page.wait_for_selector("#log .line .text:text-is('started')")
-    handler = type("H", (_Attacker,), {"target": f"{tcp_daemon.url}/api/v1/jobs/{job_id}/cancel"})
+    handler = type("H", (Attacker,), {"target": f"{tcp_daemon.url}/api/v1/jobs/{job_id}/cancel"})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     evil = f"127.0.0.1:{server.server_address[1]}"

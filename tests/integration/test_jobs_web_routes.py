@@ -52,6 +52,9 @@ PAGES = [
     ("/jobs/99999999999999999999", "index.html", "text/html"),
     ("/static/index.html", "index.html", "text/html"),
     ("/static/app.js", "app.js", "text/javascript"),
+    ("/static/util.js", "util.js", "text/javascript"),
+    ("/static/list.js", "list.js", "text/javascript"),
+    ("/static/job.js", "job.js", "text/javascript"),
     ("/static/style.css", "style.css", "text/css"),
 ]
 
@@ -94,7 +97,9 @@ HOSTILE = [
 def test_no_path_reaches_another_file(port: int, path: str) -> None:
     status, _, body = get(port, path)
     if path.startswith("/static/app.js?"):  # a query is not part of the name
-        assert status == 200 and body.startswith(b"// nixcell jobs web page")
+        assert (
+            status == 200 and body == (Path(web.__file__).with_name("web") / "app.js").read_bytes()
+        )
         return
     assert status in (404, 405, 307), (path, status)
     for marker in SECRET_MARKERS:

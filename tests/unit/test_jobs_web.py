@@ -81,15 +81,25 @@ SINKS = [
 ]  # fmt: skip
 
 
+SCRIPTS = sorted(n for n in web.STATIC if n.endswith(".js"))
+
+
 @pytest.mark.parametrize("pattern", SINKS)
-def test_script_uses_no_markup_or_code_sink(pattern: str) -> None:
-    source = (WEB_DIR / "app.js").read_text()
+def test_scripts_use_no_markup_or_code_sink(pattern: str) -> None:
     hits = [
-        f"app.js:{n}: {line.strip()}"
-        for n, line in enumerate(source.splitlines(), 1)
+        f"{name}:{n}: {line.strip()}"
+        for name in SCRIPTS
+        for n, line in enumerate((WEB_DIR / name).read_text().splitlines(), 1)
         if re.search(pattern, line) and not line.lstrip().startswith("//")
     ]
     assert hits == []
+
+
+def test_the_page_loads_every_script_in_order() -> None:
+    html = (WEB_DIR / "index.html").read_text()
+    loaded = re.findall(r'<script src="/static/([^"]+)" defer></script>', html)
+    assert loaded == [n for n in web.STATIC if n.endswith(".js")]
+    assert loaded[-1] == "app.js"  # the one that starts the page, after what it calls
 
 
 @pytest.mark.parametrize("name", sorted(web.STATIC))

@@ -45,6 +45,9 @@ SECURITY_HEADERS: dict[str, str] = {
 # name -> content type: the only files there are (a name not here is a 404, whatever its path).
 STATIC: dict[str, str] = {
     "index.html": "text/html; charset=utf-8",  # both views: the list and one job (app.js)
+    "util.js": "text/javascript; charset=utf-8",  # the scripts, in their loading order
+    "list.js": "text/javascript; charset=utf-8",
+    "job.js": "text/javascript; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
