@@ -227,6 +227,20 @@ def test_logs_stream_live(page: Any, tcp_daemon: TcpDaemon) -> None:
     seen = page.evaluate("window.__seen")
     running = {e["lines"] for e in seen if e["state"] == "running"}
     assert len(running) >= 2, f"no growth seen while running: {sorted(running)}"
+    # streams are coloured apart and can be hidden; the text filter narrows what is left
+    colour = "el => getComputedStyle(el).color"
+    stdout_colour = page.eval_on_selector("#log .line.stream-stdout .text", colour)
+    assert page.eval_on_selector("#log .line.stream-system .text", colour) != stdout_colour
+    page.uncheck("#show-stdout")
+    assert page.is_hidden("#log .line.stream-stdout") and page.is_visible(
+        "#log .line.stream-system"
+    )
+    page.check("#show-stdout")
+    page.fill("#log-search", "line 3")
+    shown = page.eval_on_selector_all(
+        "#log .line:not([hidden]) .text", "els => els.map(e => e.textContent)"
+    )
+    assert shown == ["line 3", "line 30"]
 
 
 def test_cancel_from_the_page(page: Any, tcp_daemon: TcpDaemon) -> None:
