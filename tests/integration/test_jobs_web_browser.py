@@ -69,21 +69,32 @@ def recorder() -> Iterator[Recorder]:
 
 
 @pytest.fixture(scope="module")
-def browser_context(
-    tmp_path_factory: pytest.TempPathFactory, tcp_daemon: TcpDaemon, recorder: Recorder
-) -> Iterator:
+def browser_exe() -> str:
+    """Chromium's path; skips (before any daemon starts) where it or Playwright is missing."""
     exe = chromium()
     if exe is None:
         pytest.skip("needs Debian's chromium: run ./setup")
     try:
-        from playwright.sync_api import sync_playwright
+        import playwright.sync_api  # noqa: F401
     except ImportError:
         pytest.skip("needs the playwright Python package: pip install -e '.[dev]'")
+    return exe
+
+
+@pytest.fixture(scope="module")
+def browser_context(
+    browser_exe: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    tcp_daemon: TcpDaemon,
+    recorder: Recorder,
+) -> Iterator:
+    from playwright.sync_api import sync_playwright
+
     profile = tmp_path_factory.mktemp("chromium-profile")
     with sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(
             str(profile),
-            executable_path=exe,
+            executable_path=browser_exe,
             headless=True,
             args=[
                 *CHROMIUM_FLAGS,
