@@ -164,7 +164,13 @@ def _state(d: TcpDaemon, job_id: int) -> str:
     return str(body["job"]["state"])
 
 
-def _texts(page: Any, stream: str) -> list[str]:
+def _texts(page: Any, stream: str, count: int) -> list[str]:
+    """The texts of a stream's lines once ``count`` of them are shown (the state field can say
+    "succeeded" from the first GET, before the log stream has delivered anything)."""
+    page.wait_for_function(
+        "([sel, n]) => document.querySelectorAll(sel).length >= n",
+        arg=[f"#log .line.stream-{stream}", count],
+    )
     return page.eval_on_selector_all(
         f"#log .line.stream-{stream} .text", "els => els.map(e => e.textContent)"
     )
@@ -215,6 +221,7 @@ def test_list_shows_a_new_job_and_updates_when_it_finishes(
     page: Any, tcp_daemon: TcpDaemon
 ) -> None:
     page.evaluate(_WATCH)
+    # 3 s of output: the row appears on the job's first event, long before it ends
     job_id = _submit(tcp_daemon, script=_line_script(15, "tick"), name="web-list-job")
     row = f"#jobs tr[data-id='{job_id}']"
     page.wait_for_selector(row)  # appeared without a reload
@@ -233,7 +240,7 @@ def test_logs_stream_live(page: Any, tcp_daemon: TcpDaemon) -> None:
     page.wait_for_selector("#job-view:not([hidden])")
     page.evaluate(_WATCH)
     page.wait_for_selector("#state:text-is('succeeded')")
-    texts = _texts(page, "stdout")
+    texts = _texts(page, "stdout", 30)
     assert texts == [f"line {i}" for i in range(1, 31)]  # every line, once, in order
     seen = page.evaluate("window.__seen")
     running = {e["lines"] for e in seen if e["state"] == "running"}
@@ -299,7 +306,7 @@ def test_hostile_output_is_shown_as_text(page: Any, tcp_daemon: TcpDaemon) -> No
     )
     page.goto(f"{tcp_daemon.url}/jobs/{job_id}")
     page.wait_for_selector("#state:text-is('succeeded')")
-    texts = _texts(page, "stdout")
+    texts = _texts(page, "stdout", len(HOSTILE_LINES) + 1)
     assert texts[: len(HOSTILE_LINES)] == HOSTILE_LINES
     assert texts[len(HOSTILE_LINES)] == "esc \\x1b[31mred\\x0dforged line"
     assert page.evaluate("typeof window.PWNED") == "undefined"
