@@ -121,6 +121,7 @@ class Event:
     kind: str  # "state" | "attach" | ...
     state: str | None = None
     detail: str | None = None
+    exit_code: int | None = None  # a terminal state's event as the service shows it (not stored)
 
 
 @dataclass(frozen=True)
