@@ -15,8 +15,15 @@ JobState = Literal[
     "queued", "preparing", "running", "succeeded", "failed", "cancelled", "timed_out", "error"
 ]
 STATES: tuple[str, ...] = (
-    "queued", "preparing", "running", "succeeded", "failed", "cancelled", "timed_out", "error"
-)  # fmt: skip
+    "queued",
+    "preparing",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "timed_out",
+    "error",
+)
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "error"})
 ACTIVE = frozenset({"preparing", "running"})  # a cell is being made or runs
 
