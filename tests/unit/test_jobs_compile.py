@@ -310,3 +310,58 @@ def test_any_cwd_is_refused_or_inside_the_cell_tree_without_dotdot(cwd):
         return
     assert spec.cwd.startswith("/") and ".." not in spec.cwd.split("/")
     assert not any(ord(c) < 32 for c in spec.cwd)
+
+
+SURROGATE = "\ud800"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"script": SURROGATE},
+        {"env": {"A": SURROGATE}},
+        {"command": ["echo", SURROGATE]},
+        {"cwd": SURROGATE},
+        {"allow_hosts": [SURROGATE + ".com"]},
+        {"name": SURROGATE},
+        {"workspace": {"repo": "https://x/" + SURROGATE}},
+    ],
+)
+def test_lone_surrogates_anywhere_are_one_line(fields):
+    assert "surrogate" in refused(**fields)
+
+
+HOSTILE_CHARS = ["\ud800", "\udcff", "\x00", "\n", "\r", "\x1b", "\x7f", "=", "/", ".", "a", "-"]
+any_text = st.one_of(st.text(max_size=12), st.text(st.sampled_from(HOSTILE_CHARS), max_size=8))
+
+
+@SETTINGS
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "script": any_text,
+            "command": st.lists(any_text, max_size=3),
+            "env": st.dictionaries(any_text, any_text, max_size=3),
+            "cwd": any_text,
+            "allow_hosts": st.lists(any_text, max_size=2),
+            "deny_hosts": st.lists(any_text, max_size=2),
+            "policies": st.lists(any_text, max_size=2),
+            "credentials": st.lists(any_text, max_size=2),
+            "nixpkgs": any_text,
+            "backend": any_text,
+            "name": any_text,
+        },
+    )
+)
+def test_any_request_text_is_refused_in_one_line_or_compiles(fields):
+    """Every text field at once, any code point (surrogates and controls included): a
+    JobError of one line or a contained spec (``compiled`` checks it) — never another error."""
+    fields.setdefault("command", ["true"])
+    if "script" in fields:
+        fields["command"] = []
+    try:
+        request(**fields)
+    except ValidationError:
+        return
+    outcome(**fields)
