@@ -51,6 +51,7 @@ class JobService:
         self.accepting = False
         self.decisions = {"allow": 0, "deny": 0}  # proxy decisions since start (metrics)
         self._runs: dict[int, JobRun] = {}
+        self._claims: dict[int, tuple[str, asyncio.Future[None]]] = {}  # being claimed
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -85,6 +86,7 @@ class JobService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await asyncio.gather(*(claim for _, claim in self._claims.values()))
         runs = [run.task for run in self._runs.values() if run.task is not None]
         if mode == "finish" and runs:
             await asyncio.wait(runs, timeout=self.config.shutdown_grace)
@@ -125,19 +127,37 @@ class JobService:
                 log.exception("the scheduler could not start a job")
 
     def _start_some(self) -> None:
-        while self.accepting and len(self._runs) < self.config.concurrency:
+        """Reserve slots for the jobs the rule picks; each is claimed in a worker thread (a
+        durable transition must not stall the loop) and then run."""
+        while self.accepting and len(self._runs) + len(self._claims) < self.config.concurrency:
             running = Counter(run.job.owner for run in self._runs.values())
+            running.update(owner for owner, _ in self._claims.values())
             job_id = self.queue.pick(running, self.config.per_user)
             if job_id is None:
                 return
+            owner = self.queue.owner(job_id) or ""
             self.queue.remove(job_id)
-            job = self.store.transition(job_id, "preparing", expect=("queued",))
-            if job is None:  # cancelled meanwhile
-                continue
-            self._publish(job)
-            run = JobRun(job, self._context())
-            self._runs[job.id] = run
-            run.start().add_done_callback(lambda task, i=job.id: self._ended(i, task))
+            self._claims[job_id] = (owner, asyncio.ensure_future(self._claim(job_id, owner)))
+
+    async def _claim(self, job_id: int, owner: str) -> None:
+        try:
+            job = await self._move(job_id, "preparing", expect=("queued",))
+        except Exception:  # the store failed: the job stays queued, for the next wake
+            log.exception("job %d: could not be claimed", job_id)
+            self._claims.pop(job_id, None)
+            self.queue.push(job_id, owner)
+            return
+        self._claims.pop(job_id, None)
+        self._wake.set()
+        if job is None:  # cancelled meanwhile
+            return
+        if not self.accepting:  # stop began meanwhile: it stays queued for the next start
+            back = await self._move(job_id, "queued", expect=("preparing",))
+            if back is not None:
+                return
+        run = JobRun(job, self._context())
+        self._runs[job.id] = run
+        run.start().add_done_callback(lambda task, i=job.id: self._ended(i, task))
 
     def _context(self) -> Context:
         return Context(
@@ -189,9 +209,7 @@ class JobService:
 
         cutoff = time.time() - self.config.retention
         jobs = dirs = 0
-        for job in self.store.expired(cutoff):
-            if job.id in self._runs:
-                continue
+        for job in self.store.expired(cutoff):  # terminal: no cell uses its dir any more
             if remove_job_dir(job_dir(self.config, job.id), self.workspaces):
                 dirs += 1
             self.store.delete(job.id)
@@ -259,12 +277,14 @@ class JobService:
         if job.terminal:
             raise Conflict(f"job {job_id} has already finished ({job.state})")
         reason = f"cancelled by {caller.name}"
-        if job.state == "queued" or job_id in self.queue:
-            self.queue.remove(job_id)
-            done = self.store.transition(job_id, "cancelled", expect=("queued",), reason=reason)
+        if job_id not in self._claims and (job.state == "queued" or job_id in self.queue):
+            self.queue.remove(job_id)  # the scheduler cannot pick it now
+            done = await self._move(job_id, "cancelled", expect=("queued",), reason=reason)
             if done is not None:
-                self._publish(done)
                 return done
+        claim = self._claims.get(job_id)
+        if claim is not None:  # a slot was just given to it: let the claim settle first
+            await asyncio.wait({claim[1]})
         run = self._runs.get(job_id)
         if run is not None and run.task is not None:
             run.cancel(reason)
