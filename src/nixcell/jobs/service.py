@@ -23,7 +23,9 @@ from nixcell.jobs import jobaudit, recovery
 from nixcell.jobs.contract import Conflict, JobError, NotFound, Terminal, Unavailable
 from nixcell.jobs.executor import Context, JobRun, job_dir, one_line, remove_job_dir
 from nixcell.jobs.hub import Hub
-from nixcell.jobs.model import ACTIVE, STATES, STREAMS, Caller, Event, Job, JobRequest, LogLine
+from nixcell.jobs.jobview import among_states, among_streams, shown
+from nixcell.jobs.model import ACTIVE, Caller, Event, Job, JobRequest, LogLine
+from nixcell.jobs.requestcheck import shown as shown_value
 from nixcell.jobs.scheduler import FairQueue
 from nixcell.jobs.store import JobStore
 from nixcell.jobs.streams import IteratorIO, follow_job, job_events, terminal_event
@@ -250,9 +252,9 @@ class JobService:
             raise Unavailable("the server is not accepting jobs (it is stopping)")
 
     def get(self, caller: Caller, job_id: int) -> Job:
-        job = self.store.get(job_id) if isinstance(job_id, int) and job_id > 0 else None
+        job = self.store.get(job_id) if _count(job_id) and job_id > 0 else None
         if job is None or not caller.may_see(job.owner):
-            raise NotFound(f"no job {job_id}")
+            raise NotFound(f"no job {shown_value(job_id) if not _count(job_id) else job_id}")
         return job
 
     def list(
@@ -263,8 +265,8 @@ class JobService:
         limit: int = 100,
         all_users: bool = True,
     ) -> list[Job]:
-        wanted = _states(states)
-        if not 1 <= limit <= MAX_LIST:
+        wanted = among_states(states)
+        if not _count(limit) or not 1 <= limit <= MAX_LIST:
             raise JobError(f"limit must be between 1 and {MAX_LIST}")
         owner = None if caller.admin and all_users else caller.key
         return self.store.list(owner=owner, states=wanted, limit=limit)
@@ -308,18 +310,18 @@ class JobService:
         streams: Iterable[str] | None = None,
     ) -> list[LogLine]:
         self.get(caller, job_id)
-        wanted = _streams(streams)
-        if after < 0 or (tail is not None and tail < 0):
-            raise JobError("after and tail must not be negative")
+        wanted = among_streams(streams)
+        if not _count(after) or (tail is not None and not _count(tail)):
+            raise JobError("after and tail must be whole numbers, not negative")
         return self.store.logs(job_id, after=after, streams=wanted, tail=tail)
 
     def follow(
         self, caller: Caller, job_id: int, *, after: int = 0, streams: Iterable[str] | None = None
     ) -> AsyncIterator[LogLine | Event]:
         self.get(caller, job_id)  # now, not at the first item: the HTTP layer answers 404
-        if after < 0:
-            raise JobError("after must not be negative")
-        return follow_job(self.store, self.hub, job_id, after=after, streams=_streams(streams))
+        if not _count(after):
+            raise JobError("after must be a whole number, not negative")
+        return follow_job(self.store, self.hub, job_id, after=after, streams=among_streams(streams))
 
     def events(self, caller: Caller, job_id: int | None = None) -> AsyncIterator[Event]:
         if job_id is not None:
@@ -367,50 +369,6 @@ class JobService:
         )
 
 
-def shown(job: Job, state_dir: str) -> dict[str, Any]:
-    """The job as the API shows it (API.md): secrets hidden, no host path, no cell id."""
-    import time
-
-    try:
-        request = JobRequest.model_validate(job.request).shown()
-    except ValueError:  # stored by another version: show no env value at all
-        request = {**job.request, "env": {k: "<secret>" for k in job.request.get("env") or {}}}
-    end = job.finished if job.finished is not None else time.time()
-    reason = job.reason.replace(state_dir, "<state dir>") if job.reason else job.reason
-    return {
-        "id": job.id,
-        "state": job.state,
-        "owner": job.owner_name,
-        "name": job.request.get("name"),
-        "created": job.created,
-        "started": job.started,
-        "finished": job.finished,
-        "duration": None if job.started is None else max(0.0, end - job.started),
-        "exit_code": job.exit_code,
-        "reason": reason,
-        "host": job.host,
-        "interactive": bool(job.request.get("interactive")),
-        "log_lines": job.log_lines,
-        "log_truncated": job.log_truncated,
-        "request": request,
-    }
-
-
-def _states(states: Iterable[str] | None) -> list[str] | None:
-    if states is None:
-        return None
-    wanted = list(states)
-    for state in wanted:
-        if state not in STATES:
-            raise JobError(f"unknown state {state!r}: one of {', '.join(STATES)}")
-    return wanted or None
-
-
-def _streams(streams: Iterable[str] | None) -> list[str] | None:
-    if streams is None:
-        return None
-    wanted = list(streams)
-    for stream in wanted:
-        if stream not in STREAMS:
-            raise JobError(f"unknown stream {stream!r}: one of {', '.join(STREAMS)}")
-    return wanted or None
+def _count(value: object) -> bool:
+    """A whole number a database column holds (no bool, nothing negative, below 2**63)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63
