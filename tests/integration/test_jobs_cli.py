@@ -50,6 +50,8 @@ def test_streams_listing_and_detach(jobsd):  # noqa: F811
     assert "e1" in err and any(x.startswith("[nixcell] ") for x in err)
     out = d.cli("logs", job, "--tail", "1", "--stream", "stdout")
     assert out.stdout.decode().splitlines() == ["\x1b[31mred"] and not out.stderr
+    out = d.cli("logs", job, "-f", "--tail", "1", "--stream", "stdout")
+    assert out.returncode == 0 and out.stdout.decode().splitlines() == ["\x1b[31mred"]
     out = d.cli("logs", job, "--stream", "stderr")
     assert out.stderr.decode().splitlines() == ["e1"] and not out.stdout
     listed = json.loads(d.cli("jobs", "--json").stdout)

@@ -78,6 +78,13 @@ HOSTILE = [
     ),
     ("is not nix", "{ this is not nix", "syntax error"),
     (
+        "names a package with terminal escapes",
+        "{ outputs = { self, nixpkgs }: { devShells.x86_64-linux.default = "
+        "nixpkgs.legacyPackages.x86_64-linux.mkShell "
+        '{ packages = [ nixpkgs.legacyPackages.x86_64-linux."\x1b[31mred\u202e" ]; }; }; }',
+        "missing",
+    ),
+    (
         "reads a missing file",
         "{ outputs = { self, nixpkgs }: throw (builtins.readFile ./missing); }",
         "/workspace/missing",
@@ -128,6 +135,7 @@ def test_hostile_flakes_are_refused_and_read_nothing(
     assert "\n" not in message and len(message) < 400
     assert SECRET not in message
     assert str(tmp_path) not in message
+    assert all(c.isprintable() for c in message), message
 
 
 def test_a_link_to_a_host_file_is_not_read(offline_set, tmp_path):

@@ -404,3 +404,18 @@ def test_file_urls_never_name_the_servers_state(origin, tmp_path):
         with pytest.raises(JobError, match="may not be in the server's state"):
             prepare(ws, tmp_path, repo=f"file://{path}")
     os.unlink(tmp_path.parent / f"{tmp_path.name}-alias")
+
+
+def test_a_private_clone_in_the_cache_is_not_given_without_its_credential(
+    origin, tmp_path, server, monkeypatch
+):
+    """Fetched with the token, cached; the same URL and commit id without the credential must
+    still ask the server (and be refused), not be served from the cache."""
+    monkeypatch.setenv("NIXCELL_TEST_GIT_TOKEN", TOKEN)
+    ws = workspaces(tmp_path, credentials=(credential(),))
+    url = server.url("repo.git")
+    prepare(ws, tmp_path, repo=url, ref=origin.second, git_credential="gittok")
+    with pytest.raises(JobError, match="wants credentials"):
+        prepare(ws, tmp_path, repo=url, ref=origin.second)
+    again = prepare(ws, tmp_path, repo=url, ref=origin.second, git_credential="gittok")
+    assert (Path(again.path) / "README").read_text() == "second\n"

@@ -47,6 +47,8 @@ BAD_URLS = [
     ("https://github.com:x/x", "port"),
     ("https://[::1/x", "IPv6"),
     ("https://a..b/x", "invalid host"),
+    ("https://\uff47ithub.com/x", "punycode"),
+    ("https://github\u3002com/x", "punycode"),
     ("file://otherhost/srv/repo", "name no host"),
     ("file:///srv/../etc/repo", "'..'"),
     ("file://relative/path", "name no host"),
@@ -133,3 +135,44 @@ def test_refused_before_git_runs(tmp_path: Path):
         cloner.clone("file:///nonexistent", f"--upload-pack=touch {marker}", None)
     assert not marker.exists()
     assert not (tmp_path / "state").exists() or not any((tmp_path / "state").rglob("*.git"))
+
+
+@given(st.text(max_size=200))
+def test_what_git_or_its_server_says_becomes_one_printable_line(text):
+    from nixcell.jobs.gitclone import _one_line, _reason
+
+    for out in (_one_line(text), _reason(text), _reason("fatal: " + text)):
+        assert "\n" not in out and "\r" not in out
+        assert all(c.isprintable() for c in out), repr(out)
+
+
+def test_terminal_escapes_from_a_server_are_neutralised():
+    from nixcell.jobs.gitclone import _reason
+
+    said = "remote: \x1b[2J\x1b]0;pwned\x07 hello\u202e\nfatal: bad \x1b[31mthing"
+    assert _reason(said) == "bad \\x1b[31mthing"
+
+
+URL_PART = st.sampled_from(
+    ["github.com", "evil.com", "@", ":", "443", "[", "]", "::1", "%40", "#", "?", "\\", "/", ".",
+     "user", "x", "127.0.0.1", "0x7f.1", "GITHUB.COM.", "\u3002", "\uff47ithub.com"]
+)  # fmt: skip
+
+
+@given(st.sampled_from(["https://", "http://"]), st.lists(URL_PART, max_size=6).map("".join))
+def test_the_host_a_credential_is_matched_against_is_the_one_urllib_sees(scheme, rest):
+    """No parser differential: a URL that passes names, for urllib (and so for curl, which
+    agrees on every spelling that passes: no '\\', '%', '#', '?', passwords), the same host."""
+    from urllib.parse import urlsplit
+
+    from nixcell.net.hosts import normalize_host
+
+    url = scheme + rest + "/repo.git"
+    try:
+        checked = check_url(url, ALL)
+    except JobError as exc:
+        assert "\n" not in str(exc)
+        return
+    hostname = urlsplit(url).hostname
+    assert hostname is not None
+    assert normalize_host(hostname) == checked.host

@@ -29,7 +29,7 @@ from typing import Any
 
 from nixcell.fsio import private_dir, write_atomic
 from nixcell.jobs.contract import JobError
-from nixcell.jobs.gitrefs import shown
+from nixcell.jobs.gitrefs import printable, shown
 from nixcell.quiet import suppress
 
 TIMEOUT = 60.0
@@ -183,7 +183,8 @@ def devshell_packages(
         stdout, stderr = out.read(1 << 20), err.read(1 << 16).decode(errors="replace")
     if proc.returncode != 0:  # nix names paths: the cell's view, not the server's dirs
         stderr = stderr.replace(workspace, "/workspace").replace(state_dir, "<state>")
-        raise JobError(f"flake.nix: cannot use its devShell here: {_reason(stderr)}")
+        why = printable(_reason(stderr))
+        raise JobError(f"flake.nix: cannot use its devShell here: {why}")
     try:
         names = json.loads(stdout)
     except ValueError:

@@ -33,7 +33,7 @@ from typing import Any
 from nixcell.errors import CredentialError, PolicyError
 from nixcell.fsio import private_dir, remove_tree, write_atomic
 from nixcell.jobs.contract import JobError
-from nixcell.jobs.gitrefs import COMMIT, RepoUrl, check_ref, check_url
+from nixcell.jobs.gitrefs import COMMIT, RepoUrl, check_ref, check_url, printable
 from nixcell.jobs.treewalk import DIR_FLAGS, tree_size
 from nixcell.quiet import suppress
 
@@ -83,13 +83,13 @@ class Cloner:
         git = _Git(self._askpass(), url, secret, self.timeout, self.max_bytes)
         commit = ref if ref is not None and COMMIT.fullmatch(ref) else git.resolve(ref)
         if commit is not None:
-            cached = self._entry(url, commit)
+            cached = self._entry(url, commit, credential)
             if os.path.isdir(cached) and not os.path.islink(cached):
                 return Clone(cached, commit)
         tmp = tempfile.mkdtemp(prefix=".tmp-", dir=self.clones_dir)
         try:
             fetched = git.fetch(tmp, ref)
-            final = self._entry(url, fetched)
+            final = self._entry(url, fetched, credential)
             os.chmod(tmp, 0o755)
             try:
                 os.rename(tmp, final)
@@ -113,8 +113,11 @@ class Cloner:
         if real == state or real.startswith(state + "/") or state.startswith(real + "/"):
             raise JobError("workspace.repo: a file:// repository may not be in the server's state")
 
-    def _entry(self, url: RepoUrl, commit: str) -> str:
-        key = hashlib.sha256(f"{url.url}\0{commit}".encode()).hexdigest()
+    def _entry(self, url: RepoUrl, commit: str, credential: str | None) -> str:
+        """The cache entry: by URL, commit *and* credential — a private repository fetched
+        with a credential is never handed to a request without it (a known commit id would
+        otherwise skip git, and so the server's access check, entirely)."""
+        key = hashlib.sha256(f"{url.url}\0{commit}\0{credential or ''}".encode()).hexdigest()
         return os.path.join(self.clones_dir, key)
 
     def _secret(self, name: str, url: RepoUrl) -> str:
@@ -339,7 +342,7 @@ def _commit_or_none(sha: str | None) -> str | None:
 def _one_line(text: str) -> str:
     """git's (or a hostile server's) output for one log line: no forged lines, no escapes."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return " | ".join(lines).encode("unicode_escape", "replace").decode("ascii")[:2000]
+    return printable(" | ".join(lines))[:2000]
 
 
 def _reason(stderr: str) -> str:

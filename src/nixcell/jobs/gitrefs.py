@@ -40,6 +40,12 @@ def _printable(text: str) -> bool:
     return not any(ord(c) < 0x21 or ord(c) == 0x7F for c in text)
 
 
+def printable(text: str) -> str:
+    """``text`` with control and format characters (C0, DEL, C1, bidi overrides) escaped: one
+    line, nothing a terminal or a log reader would act on (output of git, nix, a server)."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 def shown(text: str, limit: int = 80) -> str:
     """``text`` for a one-line message: escaped, cut."""
     out = repr(text[:limit])
@@ -108,6 +114,8 @@ def _network_host(url: str, parts: SplitResult) -> str:
             raise JobError(f"workspace.repo {shown(url)}: invalid user name in the URL")
     if not netloc or "%" in netloc:
         raise JobError(f"workspace.repo {shown(url)}: needs a plain host name")
+    if not netloc.isascii():  # curl's IDNA mapping need not be ours: no second opinion
+        raise JobError(f"workspace.repo {shown(url)}: write a non-ASCII host in punycode (xn--)")
     host, port = netloc, ""
     if netloc.startswith("["):
         end = netloc.find("]")
