@@ -15,6 +15,7 @@ from typing import Any
 from nixcell.jobs.model import Event, LogLine
 
 PING = 15.0
+BATCH = 500  # items sent in one write at most
 _DONE = object()
 
 
@@ -45,9 +46,10 @@ def frame(kind: str, data: dict[str, Any], ident: int | None = None) -> str:
 
 async def pumped(
     source: AsyncIterator[Any], closing: asyncio.Event, ping: float = PING
-) -> AsyncIterator[Any]:
-    """Items of ``source``; ``None`` for each ``ping`` seconds without one; ends at the source's
-    end or when ``closing`` is set (the daemon shuts down)."""
+) -> AsyncIterator[list[Any]]:
+    """Batches of ``source``'s items: every item already waiting (at most ``BATCH``), so a
+    fast log goes out in few writes; ``[]`` for each ``ping`` seconds without one; ends at
+    the source's end or when ``closing`` is set (the daemon shuts down)."""
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=256)  # a slow reader holds up the pump
 
     async def pump() -> None:
@@ -63,22 +65,32 @@ async def pumped(
     closer = asyncio.create_task(closing.wait())
     try:
         while True:
-            getter = asyncio.create_task(queue.get())
-            done, _ = await asyncio.wait(
-                {getter, closer}, timeout=ping, return_when="FIRST_COMPLETED"
-            )
-            if getter not in done:
-                getter.cancel()
-                if closer in done:
-                    return
-                yield None
-                continue
-            item = getter.result()
-            if item is _DONE:
+            if queue.empty():
+                getter = asyncio.create_task(queue.get())
+                done, _ = await asyncio.wait(
+                    {getter, closer}, timeout=ping, return_when="FIRST_COMPLETED"
+                )
+                if getter not in done:
+                    getter.cancel()
+                    if closer in done:
+                        return
+                    yield []
+                    continue
+                batch = [getter.result()]
+            elif closer.done():
                 return
-            if isinstance(item, Exception):
-                raise item
-            yield item
+            else:
+                batch = [queue.get_nowait()]
+            while len(batch) < BATCH and not queue.empty():
+                batch.append(queue.get_nowait())
+            for i, item in enumerate(batch):
+                if item is _DONE or isinstance(item, Exception):
+                    if i:
+                        yield batch[:i]
+                    if item is _DONE:
+                        return
+                    raise item
+            yield batch
     finally:
         for t in (task, closer):
             t.cancel()
@@ -96,13 +108,17 @@ async def event_stream(
 ) -> AsyncIterator[str]:
     """The SSE text of a follow (log lines and events) or an event feed."""
     try:
-        async for item in pumped(items, closing):
-            if item is None:
+        async for batch in pumped(items, closing):
+            if not batch:
                 yield ": ping\n\n"
-            elif isinstance(item, LogLine):
-                yield frame("log", line_json(item), item.seq)
-            elif isinstance(item, Event):
-                yield frame(item.kind, event_json(item, exit_code(item)))
+                continue
+            frames = []
+            for item in batch:
+                if isinstance(item, LogLine):
+                    frames.append(frame("log", line_json(item), item.seq))
+                elif isinstance(item, Event):
+                    frames.append(frame(item.kind, event_json(item, exit_code(item))))
+            yield "".join(frames)
     except Exception as exc:  # the stream has started: the error is its last frame
         from nixcell.jobs.contract import JobError
 

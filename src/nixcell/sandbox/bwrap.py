@@ -173,14 +173,14 @@ def spawn(
     args_fd = memfd("nixcell-args", b"\0".join(a.encode() for a in args) + b"\0")
     pass_fds.append(args_fd)
     argv = [*(launcher or ()), bwrap_path(), "--args", str(args_fd), *command]
-    switch: dict[str, object] = {}
+    if user is not None:
+        # nsenter drops to the cell's uid (after the cgroup join, which needs root), not
+        # Popen(user=): that forbids vfork, and a full fork costs a large process (the job
+        # daemon) 10-30 ms per cell, spent holding the GIL on its event loop.
+        argv = [*_drop(user), *argv]
     if cgroup is not None:
-        if user is not None:  # the shell joins as root, then drops to the cell's uid
-            argv = [*_drop(user), *argv]
         procs = [str(p) for p in cgroup.procs_files()]
         argv = [_shell(), "-c", _JOIN, "nixcell-join", *procs, "--", *argv]
-    elif user is not None:
-        switch = {"user": user[0], "group": user[1], "extra_groups": []}
     try:
         proc = subprocess.Popen(
             argv,
@@ -191,7 +191,6 @@ def spawn(
             env={},
             cwd="/",
             process_group=0,
-            **switch,  # type: ignore[arg-type]
         )
     except OSError as exc:
         for fd in (*fds, info_r, info_w, block_r, block_w, args_fd):
