@@ -9,6 +9,8 @@ import sys
 import click
 
 from nixcell import __version__
+from nixcell.cli.jobs_cmd import register as register_job_commands
+from nixcell.cli.jobs_cmd import server_options
 from nixcell.cli.mcp_cmd import mcp
 from nixcell.cli.netflags import network_options, policy
 from nixcell.cli.project_cmd import register as register_project_commands
@@ -24,6 +26,7 @@ from nixcell.cli.runflags import (  # noqa: F401 - re-exported: project_cmd and 
     run_options,
     spec_from_flags,
 )
+from nixcell.cli.serve_cmd import serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -159,14 +162,22 @@ def doctor() -> int:
 
 
 @cli.command()
-def gc() -> int:
+@click.option("--jobs", "jobs", is_flag=True, help="Ask the job daemon to apply retention now.")
+@server_options
+def gc(jobs: bool, server: str | None, token_file: str | None) -> int:
     """Clear every cache and remove what killed nixcell runs left behind.
+
+    With --jobs: ask the job daemon (admins) to remove expired jobs, uploads, workspaces, clones.
 
     Caches: resolutions, cached plans, seccomp programs, the key that seals them (a new one
     is made on the next run), and the package names shell completion offers (made again on
     the next TAB). Leftovers: cell cgroups whose owning nixcell is dead. GC roots of
     resolutions stay (the store keeps those packages).
     """
+    if jobs:
+        from nixcell.cli.jobs_more import gc_jobs
+
+        return gc_jobs(server, token_file)
     from nixcell import leftovers, paths, sealed
     from nixcell.fsio import remove_tree
 
@@ -212,6 +223,8 @@ def completion(shell: str) -> int:
 _register_offline()
 cli.add_command(policy)
 cli.add_command(mcp)
+cli.add_command(serve)
+register_job_commands(cli)
 register_project_commands(cli)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,8 +15,15 @@ JobState = Literal[
     "queued", "preparing", "running", "succeeded", "failed", "cancelled", "timed_out", "error"
 ]
 STATES: tuple[str, ...] = (
-    "queued", "preparing", "running", "succeeded", "failed", "cancelled", "timed_out", "error"
-)  # fmt: skip
+    "queued",
+    "preparing",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "timed_out",
+    "error",
+)
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "error"})
 ACTIVE = frozenset({"preparing", "running"})  # a cell is being made or runs
 
@@ -121,6 +128,7 @@ class Event:
     kind: str  # "state" | "attach" | ...
     state: str | None = None
     detail: str | None = None
+    exit_code: int | None = None  # a terminal state's event as the service shows it (not stored)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,162 @@
+"""Who is calling: unix peers by SO_PEERCRED, TCP callers by bearer token or web session.
+
+uvicorn does not put a connection's peer credentials in the ASGI scope, so ``PeerProtocol``
+(uvicorn's h11 protocol, one instance per connection) reads them from the accepted socket once,
+when the connection is made, and hands every request of that connection (WebSocket upgrades
+included) a scope with ``scope["nixcell.peer"]`` set. Nothing a client sends can set it.
+"""
+
+from __future__ import annotations
+
+import grp
+import ipaddress
+import pwd
+import secrets
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from nixcell.jobs.model import Caller
+
+PEER = "nixcell.peer"  # the scope key
+COOKIE = "nixcell_session"
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The connection a request came on: a unix peer's uid, or the TCP address it reached."""
+
+    family: str  # "unix" | "tcp"
+    uid: int | None = None
+    gid: int | None = None
+    local: tuple[str, int] | None = None  # TCP: the listener's address the client connected to
+
+
+def peer_of(sock: Any) -> Peer:
+    """Read the peer of an accepted socket (the kernel's answer, not the client's)."""
+    if sock is not None and sock.family == socket.AF_UNIX:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, gid = struct.unpack("3i", raw)
+        return Peer("unix", uid=uid, gid=gid)
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        host, port = sock.getsockname()[:2]
+        return Peer("tcp", local=(host, port))
+    return Peer("none")  # never authenticated
+
+
+def _with_peer(app: Any, peer: Peer) -> Any:
+    async def wrapped(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope = {**scope, PEER: peer}
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+class PeerProtocol(H11Protocol):
+    """uvicorn's h11 protocol that knows its connection's peer (see the module docstring)."""
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        peer = peer_of(transport.get_extra_info("socket"))
+        self.app = _with_peer(self.app, peer)
+        ws_class = self.ws_protocol_class
+        if ws_class is not None:
+
+            def make_ws(**kwargs: Any) -> Any:
+                proto = ws_class(**kwargs)
+                proto.app = _with_peer(proto.app, peer)
+                return proto
+
+            self.ws_protocol_class = make_ws  # type: ignore[assignment]
+
+
+def unix_caller(uid: int, gid: int | None, admin_group: str | None) -> Caller:
+    """``uid:N``, named from pwd; admin = root or a member of ``admin_group``."""
+    try:
+        entry = pwd.getpwuid(uid)
+        name, primary = entry.pw_name, entry.pw_gid
+    except KeyError:
+        name, primary = str(uid), gid
+    admin = uid == 0
+    if not admin and admin_group:
+        try:
+            group = grp.getgrnam(admin_group)
+        except KeyError:
+            group = None
+        if group is not None:
+            groups = set(_groups(name, primary)) if name != str(uid) else {primary}
+            admin = group.gr_gid in groups or name in group.gr_mem
+    return Caller(key=f"uid:{uid}", name=name, admin=admin)
+
+
+def _groups(name: str, primary: int | None) -> list[int]:
+    import os
+
+    try:
+        return os.getgrouplist(name, primary if primary is not None else -1)
+    except OSError:
+        return [primary] if primary is not None else []
+
+
+def token_caller(config: Any, presented: str) -> Caller | None:
+    """The caller of a bearer token (``ServerConfig.token``: every hash compared in constant
+    time, no early exit)."""
+    found = config.token(presented) if hasattr(config, "token") else None
+    if found is None:
+        return None
+    return Caller(key=f"token:{found.name}", name=f"token {found.name}", admin=bool(found.admin))
+
+
+def bearer(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+class Sessions:
+    """Web logins: random cookie values mapped to callers, in memory (a restart logs out)."""
+
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self._by_cookie: dict[str, Caller] = {}
+
+    def create(self, caller: Caller) -> str:
+        if len(self._by_cookie) >= self.LIMIT:  # bounded: drop the oldest
+            self._by_cookie.pop(next(iter(self._by_cookie)))
+        value = secrets.token_urlsafe(32)
+        self._by_cookie[value] = caller
+        return value
+
+    def get(self, value: str | None) -> Caller | None:
+        return self._by_cookie.get(value) if value else None
+
+
+def allowed_hosts(local: tuple[str, int]) -> frozenset[str]:
+    """Host header values a TCP listener answers (DNS rebinding: only its own address, and the
+    localhost names when it is on loopback)."""
+    host, port = local
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    shown = f"[{host}]" if address is not None and address.version == 6 else host
+    names = {shown}
+    if address is not None and address.is_loopback:
+        names.update(_LOOPBACK_NAMES)
+    return frozenset(f"{name}:{port}".lower() for name in names)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"

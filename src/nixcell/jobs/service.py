@@ -1,0 +1,390 @@
+"""``JobService``: the job service's engine behind the HTTP layer (``contract.Service``).
+
+One asyncio loop owns it. Submits are stored durably before they are queued; a scheduler task
+starts queued jobs (``scheduler.FairQueue``: FIFO per owner, fair between owners) while fewer
+than ``concurrency`` run, each as a ``JobRun`` task (``executor.py``). Claiming a job and
+cancelling a queued one are compare-and-set transitions made on the loop's thread, so the two
+cannot interleave. Every state change is published on the hub (``hub.py``): log followers and
+the web list wake on it. ``start`` recovers what a dead daemon left (``recovery.py``); ``stop``
+ends or finishes every cell and leaves the queue for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from typing import IO, Any
+
+from nixcell.jobs import jobaudit, recovery
+from nixcell.jobs.contract import Conflict, JobError, NotFound, Terminal, Unavailable
+from nixcell.jobs.executor import Context, JobRun, job_dir, remove_job_dir
+from nixcell.jobs.hub import Hub
+from nixcell.jobs.model import ACTIVE, STATES, STREAMS, Caller, Event, Job, JobRequest, LogLine
+from nixcell.jobs.scheduler import FairQueue
+from nixcell.jobs.store import JobStore
+from nixcell.jobs.streams import IteratorIO, follow_job, job_events, terminal_event
+from nixcell.jobs.workspace import Workspaces
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nixcell.jobs.config import ServerConfig
+
+log = logging.getLogger(__name__)
+
+STOPPING = "cancelled: the server stopped"
+MAX_LIST = 1000
+
+
+class JobService:
+    def __init__(self, config: ServerConfig, store: JobStore) -> None:
+        self.config = config
+        self.store = store
+        self.hub = Hub()
+        self.queue = FairQueue()
+        self.workspaces = Workspaces(config)
+        self.profiles: dict[str, Any] = {}
+        self.credential_policy: str | None = None
+        self.accepting = False
+        self.decisions: dict[str, int] = {}  # proxy decisions since start (metrics)
+        self._runs: dict[int, JobRun] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recovery, then the queue as stored, then the scheduler and retention tasks."""
+        from nixcell.fsio import private_dir
+
+        private_dir(os.path.join(self.config.state_dir, "jobs"))
+        self._load(self.config)
+        marked = await asyncio.to_thread(recovery.recover, self.store, self.workspaces, self.config)
+        for job in marked:
+            self._publish(job)
+        for job in await asyncio.to_thread(self.store.queued):
+            self.queue.push(job.id, job.owner)
+        self.accepting = True
+        self._tasks = [
+            asyncio.ensure_future(self._schedule()),
+            asyncio.ensure_future(self._retain()),
+        ]
+        self._wake.set()
+
+    async def stop(self, mode: str | None = None) -> None:
+        """Stop accepting; cancel running jobs, or let them finish for at most
+        ``shutdown_grace`` s (``mode`` "finish"); queued jobs stay queued for the next start."""
+        mode = mode or self.config.shutdown
+        if mode not in ("cancel", "finish"):
+            raise JobError(f"unknown shutdown mode {mode!r}: cancel or finish")
+        self.accepting = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        runs = [run.task for run in self._runs.values() if run.task is not None]
+        if mode == "finish" and runs:
+            await asyncio.wait(runs, timeout=self.config.shutdown_grace)
+        for run in list(self._runs.values()):
+            run.cancel(STOPPING)
+        await asyncio.gather(*runs, return_exceptions=True)
+        self.hub.close()
+
+    def reload(self, config: ServerConfig) -> None:
+        """SIGHUP: new limits, profiles and credentials for jobs not yet started. A bad
+        profile dir raises and leaves the running configuration as it was."""
+        if config.state_dir != self.config.state_dir:
+            raise JobError("state_dir cannot change on reload: restart the server")
+        self._load(config)
+        self.config = config
+        self.workspaces = Workspaces(config)
+        self._wake.set()
+
+    def _load(self, config: ServerConfig) -> None:
+        from nixcell.fsio import private_dir
+        from nixcell.jobs.config import credential_policy
+        from nixcell.jobs.profiles import load_profiles
+
+        profiles = load_profiles(config.profile_dir) if config.profile_dir else {}
+        private = private_dir(os.path.join(config.state_dir, "private"))
+        self.credential_policy = credential_policy(config, private)
+        self.profiles = profiles
+
+    # -- scheduling ------------------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                self._start_some()
+            except Exception:  # the store failed: try again at the next wake
+                log.exception("the scheduler could not start a job")
+
+    def _start_some(self) -> None:
+        while self.accepting and len(self._runs) < self.config.concurrency:
+            running = Counter(run.job.owner for run in self._runs.values())
+            job_id = self.queue.pick(running, self.config.per_user)
+            if job_id is None:
+                return
+            self.queue.remove(job_id)
+            job = self.store.transition(job_id, "preparing", expect=("queued",))
+            if job is None:  # cancelled meanwhile
+                continue
+            self._publish(job)
+            run = JobRun(job, self._context())
+            self._runs[job.id] = run
+            run.start().add_done_callback(lambda task, i=job.id: self._ended(i, task))
+
+    def _context(self) -> Context:
+        return Context(
+            config=self.config,
+            store=self.store,
+            hub=self.hub,
+            workspaces=self.workspaces,
+            profiles=self.profiles,
+            credential_policy=self.credential_policy,
+            move=self._move,
+            decisions=self.decisions,
+        )
+
+    def _ended(self, job_id: int, task: asyncio.Task[Job | None]) -> None:
+        self._runs.pop(job_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job %d: its run failed", job_id, exc_info=task.exception())
+        self._wake.set()
+
+    async def _move(
+        self, job_id: int, state: str, *, expect: Iterable[str], **kw: Any
+    ) -> Job | None:
+        job = await asyncio.to_thread(
+            self.store.transition, job_id, state, expect=tuple(expect), **kw
+        )
+        if job is not None:
+            self._publish(job)
+        return job
+
+    def _publish(self, job: Job) -> None:
+        events = self.store.events(job.id)
+        if events:
+            event = events[-1]
+            if job.terminal and event.kind == "state":
+                event = terminal_event(event, job)
+            self.hub.publish(event, job.owner)
+
+    async def _retain(self) -> None:
+        every = max(60.0, min(3600.0, self.config.retention / 10))
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await asyncio.to_thread(self._collect)
+            except Exception:
+                log.exception("retention failed")
+
+    def _collect(self) -> dict[str, int]:
+        import time
+
+        cutoff = time.time() - self.config.retention
+        jobs = dirs = 0
+        for job in self.store.expired(cutoff):
+            if job.id in self._runs:
+                continue
+            if remove_job_dir(job_dir(self.config, job.id), self.workspaces):
+                dirs += 1
+            self.store.delete(job.id)
+            jobs += 1
+        found = self.workspaces.gc(older_than=cutoff)
+        return {"jobs": jobs, "workspaces": dirs, **found}
+
+    # -- the contract ----------------------------------------------------------------------
+
+    async def upload(self, caller: Caller, body: AsyncIterator[bytes]) -> str:
+        self._accept()
+        return await self.workspaces.store_upload(caller, body)
+
+    async def submit(self, caller: Caller, request: JobRequest) -> Job:
+        from nixcell.jobs.compile import check_request
+
+        self._accept()
+        if len(self.queue) >= self.config.queue_limit:
+            raise Unavailable(f"the queue is full ({len(self.queue)} jobs): try again later")
+        check_request(request, self.config, self.profiles)
+        if request.workspace.upload:
+            self.workspaces.check_upload(caller, request.workspace.upload)
+        job = await asyncio.to_thread(
+            self.store.create, caller.key, caller.name, request.model_dump()
+        )
+        self.queue.push(job.id, job.owner)
+        self._publish(job)
+        self._wake.set()
+        return job
+
+    def _accept(self) -> None:
+        if not self.accepting:
+            raise Unavailable("the server is not accepting jobs (it is stopping)")
+
+    def get(self, caller: Caller, job_id: int) -> Job:
+        job = self.store.get(job_id) if isinstance(job_id, int) and job_id > 0 else None
+        if job is None or not caller.may_see(job.owner):
+            raise NotFound(f"no job {job_id}")
+        return job
+
+    def list(
+        self,
+        caller: Caller,
+        *,
+        states: Iterable[str] | None = None,
+        limit: int = 100,
+        all_users: bool = True,
+    ) -> list[Job]:
+        wanted = _states(states)
+        if not 1 <= limit <= MAX_LIST:
+            raise JobError(f"limit must be between 1 and {MAX_LIST}")
+        owner = None if caller.admin and all_users else caller.key
+        return self.store.list(owner=owner, states=wanted, limit=limit)
+
+    def shown(self, caller: Caller, job: Job) -> dict[str, Any]:
+        return shown(job, self.config.state_dir)
+
+    async def cancel(self, caller: Caller, job_id: int) -> Job:
+        job = self.get(caller, job_id)
+        if job.terminal:
+            raise Conflict(f"job {job_id} has already finished ({job.state})")
+        reason = f"cancelled by {caller.name}"
+        if job.state == "queued" or job_id in self.queue:
+            self.queue.remove(job_id)
+            done = self.store.transition(job_id, "cancelled", expect=("queued",), reason=reason)
+            if done is not None:
+                self._publish(done)
+                return done
+        run = self._runs.get(job_id)
+        if run is not None and run.task is not None:
+            run.cancel(reason)
+            await asyncio.wait({run.task})  # the cell is gone when this returns
+        elif run is None:  # active in the store, run by no one here: end it in the store
+            done = await self._move(job_id, "cancelled", expect=ACTIVE, reason=reason)
+            if done is not None:
+                return done
+        job = self.get(caller, job_id)
+        if job.state != "cancelled":
+            raise Conflict(f"job {job_id} has already finished ({job.state})")
+        return job
+
+    def logs(
+        self,
+        caller: Caller,
+        job_id: int,
+        *,
+        after: int = 0,
+        tail: int | None = None,
+        streams: Iterable[str] | None = None,
+    ) -> list[LogLine]:
+        self.get(caller, job_id)
+        wanted = _streams(streams)
+        if after < 0 or (tail is not None and tail < 0):
+            raise JobError("after and tail must not be negative")
+        return self.store.logs(job_id, after=after, streams=wanted, tail=tail)
+
+    def follow(
+        self, caller: Caller, job_id: int, *, after: int = 0, streams: Iterable[str] | None = None
+    ) -> AsyncIterator[LogLine | Event]:
+        self.get(caller, job_id)  # now, not at the first item: the HTTP layer answers 404
+        if after < 0:
+            raise JobError("after must not be negative")
+        return follow_job(self.store, self.hub, job_id, after=after, streams=_streams(streams))
+
+    def events(self, caller: Caller, job_id: int | None = None) -> AsyncIterator[Event]:
+        if job_id is not None:
+            self.get(caller, job_id)
+        return job_events(self.store, self.hub, caller, job_id)
+
+    def audit(self, caller: Caller, job_id: int) -> list[dict[str, Any]]:
+        job = self.get(caller, job_id)
+        path = os.path.join(job_dir(self.config, job.id), jobaudit.AUDIT)
+        try:
+            return [jobaudit.shown(r) for r in jobaudit.records(path)]
+        except OSError:
+            return []
+
+    def artifacts(self, caller: Caller, job_id: int) -> IO[bytes]:
+        job = self.get(caller, job_id)
+        if not job.terminal:
+            raise Conflict(f"job {job_id} has not finished")
+        return IteratorIO(self.workspaces.artifacts(job_dir(self.config, job.id)))
+
+    async def terminal(self, caller: Caller, job_id: int) -> Terminal:
+        from nixcell.jobs import terminal
+
+        job = self.get(caller, job_id)
+        if not job.request.get("interactive"):
+            raise Conflict(f"job {job_id} is not interactive")
+        if job.state != "running":
+            raise Conflict(f"job {job_id} is {job.state}, not running")
+        return terminal.attach(job_id)
+
+    async def gc(self, caller: Caller) -> dict[str, int]:
+        if not caller.admin:
+            raise JobError("only an admin may collect garbage", status=403)
+        return await asyncio.to_thread(self._collect)
+
+    def metrics(self) -> str:
+        from nixcell.jobs.metrics import render
+
+        return render(
+            self.store.counts(),
+            len(self.queue),
+            self.store.durations(),
+            dict(self.decisions),
+            len(self._runs),
+        )
+
+
+def shown(job: Job, state_dir: str) -> dict[str, Any]:
+    """The job as the API shows it (API.md): secrets hidden, no host path, no cell id."""
+    import time
+
+    try:
+        request = JobRequest.model_validate(job.request).shown()
+    except ValueError:  # stored by another version: show no env value at all
+        request = {**job.request, "env": {k: "<secret>" for k in job.request.get("env") or {}}}
+    end = job.finished if job.finished is not None else time.time()
+    reason = job.reason.replace(state_dir, "<state dir>") if job.reason else job.reason
+    return {
+        "id": job.id,
+        "state": job.state,
+        "owner": job.owner_name,
+        "name": job.request.get("name"),
+        "created": job.created,
+        "started": job.started,
+        "finished": job.finished,
+        "duration": None if job.started is None else max(0.0, end - job.started),
+        "exit_code": job.exit_code,
+        "reason": reason,
+        "host": job.host,
+        "interactive": bool(job.request.get("interactive")),
+        "log_lines": job.log_lines,
+        "log_truncated": job.log_truncated,
+        "request": request,
+    }
+
+
+def _states(states: Iterable[str] | None) -> list[str] | None:
+    if states is None:
+        return None
+    wanted = list(states)
+    for state in wanted:
+        if state not in STATES:
+            raise JobError(f"unknown state {state!r}: one of {', '.join(STATES)}")
+    return wanted or None
+
+
+def _streams(streams: Iterable[str] | None) -> list[str] | None:
+    if streams is None:
+        return None
+    wanted = list(streams)
+    for stream in wanted:
+        if stream not in STREAMS:
+            raise JobError(f"unknown stream {stream!r}: one of {', '.join(STREAMS)}")
+    return wanted or None
