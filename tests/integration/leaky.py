@@ -145,9 +145,7 @@ class _Handler(up._Handler):
         path, _, query = self.path.partition("?")
         token = self.upstream.stored
         if path == "/store":
-            self.upstream.stored = (self.headers.get("Authorization") or "").removeprefix(
-                "Bearer "
-            )
+            self.upstream.stored = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
             self._reply(200, b"stored\n")
         elif path.startswith("/republish/"):
             spell = SPELLINGS[path.split("/")[2]][0]
@@ -172,14 +170,19 @@ class _Handler(up._Handler):
         elif path == "/chunks":
             self._chunks(token, int(query or "1"))
         elif path == "/trailer":
-            self._raw(b"Transfer-Encoding: chunked\r\nTrailer: X-Leak", b"2\r\nok\r\n0\r\n"
-                      + b"X-Leak: " + token.encode() + b"\r\n\r\n")
+            self._raw(
+                b"Transfer-Encoding: chunked\r\nTrailer: X-Leak",
+                b"2\r\nok\r\n0\r\n" + b"X-Leak: " + token.encode() + b"\r\n\r\n",
+            )
         elif path.startswith("/packed/"):  # the stored value inside a file the cell fetches
             self._reply(200, packed(path.split("/")[2], token.encode()), "application/gzip")
         elif path == "/hop-ce":  # Content-Encoding "hop-by-hop": the decoder would not see it
             body = gzip.compress(b"leak=" + token.encode())
-            self._raw(b"Content-Encoding: gzip\r\nConnection: content-encoding\r\n"
-                      + b"Content-Length: %d" % len(body), body)
+            self._raw(
+                b"Content-Encoding: gzip\r\nConnection: content-encoding\r\n"
+                + b"Content-Length: %d" % len(body),
+                body,
+            )
         elif path.startswith("/p/"):  # a service that stores what the path names
             self.upstream.stored = path[3:]
             self._reply(201, b"created\n")
@@ -199,8 +202,11 @@ class _Handler(up._Handler):
     def _coded(self, case: str, token: bytes) -> None:
         body = b"leak=" + token + b"\n"
         if case == "two-headers":  # identity, then gzip: both count
-            self._raw(b"Content-Encoding: identity\r\nContent-Encoding: gzip\r\n"
-                      + b"Content-Length: %d" % len(gz := gzip.compress(body)), gz)
+            self._raw(
+                b"Content-Encoding: identity\r\nContent-Encoding: gzip\r\n"
+                + b"Content-Length: %d" % len(gz := gzip.compress(body)),
+                gz,
+            )
         elif case == "stacked":
             data = zlib.compress(gzip.compress(body))
             self._raw(b"Content-Encoding: GZIP , Deflate\r\nContent-Length: %d" % len(data), data)
@@ -208,11 +214,14 @@ class _Handler(up._Handler):
             self._raw(b"Content-Encoding: br\r\nContent-Length: %d" % len(body), body)
         elif case == "te-gzip":
             data = gzip.compress(body)
-            self._raw(b"Transfer-Encoding: gzip, chunked",
-                      b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
+            self._raw(
+                b"Transfer-Encoding: gzip, chunked", b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data)
+            )
         elif case == "cl-te":
-            self._raw(b"Content-Length: 3\r\nTransfer-Encoding: chunked",
-                      b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+            self._raw(
+                b"Content-Length: 3\r\nTransfer-Encoding: chunked",
+                b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body),
+            )
 
     def _chunks(self, token: str, step: int) -> None:
         """Every spelling, each cut across a chunk boundary ``step`` characters in."""

@@ -247,8 +247,14 @@ def test_interactive_claude_answers_without_a_key_prompt(claude, text_api, tmp_p
     the dummy in NIXCELL_ANTHROPIC_API_KEY read by an apiKeyHelper, so claude never asks to
     approve a key (the dummy differs on every run); a typed prompt gets the fake API's answer."""
     state = tmp_path / "claude.json"
-    state.write_text(json.dumps({"hasCompletedOnboarding": True,
-                                 "projects": {"/workspace": {"hasTrustDialogAccepted": True}}}))
+    state.write_text(
+        json.dumps(
+            {
+                "hasCompletedOnboarding": True,
+                "projects": {"/workspace": {"hasTrustDialogAccepted": True}},
+            }
+        )
+    )
     policy = POLICY.replace('env = "ANTHROPIC_API_KEY"', 'env = "NIXCELL_ANTHROPIC_API_KEY"')
     helper = json.dumps({"apiKeyHelper": "printenv NIXCELL_ANTHROPIC_API_KEY"})
     args = [*run_args(text_api, tmp_path, policy), f"--bind={state}:/home/cell/.claude.json"]

@@ -231,6 +231,7 @@ def test_http_request_without_mcp_session_has_no_sessions(project):
         ("list_sessions", {}),
         ("run", {"code": "print(5)", "env": "python"}),
     ]
+
     async def offered(url: str, mode: str) -> set[str]:
         async with Client(url, mode=mode) as client:
             return {t.name for t in (await client.list_tools()).tools}
@@ -315,7 +316,10 @@ def test_an_idle_expired_mcp_session_closes_its_cells(project, monkeypatch):
 
     async def main() -> None:
         app = App(
-            load_config(None, None), max_sessions=4, idle_timeout=300, max_lifetime=3600,
+            load_config(None, None),
+            max_sessions=4,
+            idle_timeout=300,
+            max_lifetime=3600,
             transport="http",
         )
         app.envs.start()

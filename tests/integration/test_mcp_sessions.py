@@ -499,9 +499,7 @@ def test_clients_are_separate_and_evict_only_their_own(tmp_path: Path):
         seen["c_now"] = await manager.call("x", PY, "print('c')", 30, client="c")
         return seen
 
-    seen = with_manager(
-        body, max_sessions=4, max_client_sessions=2, workspace_root=str(tmp_path)
-    )
+    seen = with_manager(body, max_sessions=4, max_client_sessions=2, workspace_root=str(tmp_path))
     assert seen["b_fresh"].stdout == "None\n"
     assert seen["lists"] == [["s", "t"], ["s"]]
     assert seen["b_closes_a"] is False

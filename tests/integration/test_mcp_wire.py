@@ -33,22 +33,42 @@ MALFORMED: list[tuple[str, bytes, int, Any]] = [
     ("truncated JSON", b'{"jsonrpc": "2.0", "id": 7,', PARSE, None),
     ("not JSON at all", b"hello", PARSE, None),
     ("empty message", b"", PARSE, None),
-    ("invalid UTF-8", b'{"jsonrpc":"2.0","id":7,"method":"ping","params":{"a":"\xc3\x28"}}', PARSE,
-     None),
-    ("latin-1 bytes", "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"pïng\"}".encode("latin-1"), PARSE,
-     None),
+    (
+        "invalid UTF-8",
+        b'{"jsonrpc":"2.0","id":7,"method":"ping","params":{"a":"\xc3\x28"}}',
+        PARSE,
+        None,
+    ),
+    ("latin-1 bytes", '{"jsonrpc":"2.0","id":7,"method":"pïng"}'.encode("latin-1"), PARSE, None),
     ("UTF-8 BOM", b"\xef\xbb\xbf" + _m(**PING), PARSE, None),
     ("lone high surrogate", _m(id=7, method="ping").replace(b'"ping"', b'"\\ud800"'), PARSE, None),
-    ("lone low surrogate in params", b'{"jsonrpc":"2.0","id":7,"method":"tools/call",'
-     b'"params":{"name":"run","arguments":{"code":"\\udc00","env":"python"}}}', PARSE, None),
-    ("reversed surrogate pair", b'{"jsonrpc":"2.0","id":7,"method":"ping",'
-     b'"params":{"\\udc00\\ud800":1}}', PARSE, None),
+    (
+        "lone low surrogate in params",
+        b'{"jsonrpc":"2.0","id":7,"method":"tools/call",'
+        b'"params":{"name":"run","arguments":{"code":"\\udc00","env":"python"}}}',
+        PARSE,
+        None,
+    ),
+    (
+        "reversed surrogate pair",
+        b'{"jsonrpc":"2.0","id":7,"method":"ping","params":{"\\udc00\\ud800":1}}',
+        PARSE,
+        None,
+    ),
     ("duplicate id", b'{"jsonrpc":"2.0","id":7,"id":8,"method":"ping"}', PARSE, None),
-    ("duplicate method", b'{"jsonrpc":"2.0","id":7,"method":"ping","method":"tools/list"}', PARSE,
-     None),
+    (
+        "duplicate method",
+        b'{"jsonrpc":"2.0","id":7,"method":"ping","method":"tools/list"}',
+        PARSE,
+        None,
+    ),
     ("NaN", b'{"jsonrpc":"2.0","id":7,"method":"ping","params":{"x":NaN}}', PARSE, None),
-    ("infinite number", b'{"jsonrpc":"2.0","id":7,"method":"ping","params":{"x":1e999}}', PARSE,
-     None),
+    (
+        "infinite number",
+        b'{"jsonrpc":"2.0","id":7,"method":"ping","params":{"x":1e999}}',
+        PARSE,
+        None,
+    ),
     ("NUL after the message", _m(**PING) + b"\x00", PARSE, None),
     ("NUL inside a string", _m(**PING).replace(b"ping", b"pi\x00ng"), PARSE, None),
     ("deep nesting", b"[" * 100_000 + b"]" * 100_000, PARSE, None),
@@ -165,8 +185,11 @@ def test_end_of_input_exits_zero(project, tmp_path, stdin):
     malformed content is still answered."""
     if stdin == "closed":  # `nixcell mcp <&-`: fd 0 not open at all
         proc = subprocess.run(
-            ["sh", "-c", f"exec {NIXCELL} mcp <&-"], cwd=project, env=server_env(project),
-            capture_output=True, timeout=30,
+            ["sh", "-c", f"exec {NIXCELL} mcp <&-"],
+            cwd=project,
+            env=server_env(project),
+            capture_output=True,
+            timeout=30,
         )
         assert proc.returncode == 0, proc.stderr.decode()
         assert proc.stdout == b"" and b"Traceback" not in proc.stderr
@@ -179,8 +202,12 @@ def test_end_of_input_exits_zero(project, tmp_path, stdin):
         source = os.open(path, os.O_RDONLY)
     try:
         proc = subprocess.run(
-            [NIXCELL, "mcp"], cwd=project, env=server_env(project), stdin=source,
-            capture_output=True, timeout=30,
+            [NIXCELL, "mcp"],
+            cwd=project,
+            env=server_env(project),
+            stdin=source,
+            capture_output=True,
+            timeout=30,
         )
     finally:
         os.close(source)
@@ -283,5 +310,6 @@ def test_an_ordinary_user_gets_the_same_answers_and_exit(user_home, stdin):
     assert b"Traceback" not in proc.stderr
     answers = [json.loads(line) for line in proc.stdout.splitlines()]
     codes = [(a["id"], a["error"]["code"]) for a in answers]
-    assert codes == ([] if not stdin else [(None, PARSE), (None, PARSE), (None, INVALID),
-                                          (5, INVALID)])
+    assert codes == (
+        [] if not stdin else [(None, PARSE), (None, PARSE), (None, INVALID), (5, INVALID)]
+    )

@@ -85,15 +85,28 @@ def send(port: int, raw: RawUpstream, template: bytes, tunnel: bool) -> list[byt
 H = b"Host: {H}\r\n"
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: {H}\r\n\r\n"
 ATTACKS = {
-    "CL.TE": b"POST {T} HTTP/1.1\r\n" + H + b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLED,
-    "TE.CL": b"POST {T} HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\n" + SMUGGLED,
+    "CL.TE": b"POST {T} HTTP/1.1\r\n"
+    + H
+    + b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    + SMUGGLED,
+    "TE.CL": b"POST {T} HTTP/1.1\r\n"
+    + H
+    + b"Transfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\n"
+    + SMUGGLED,
     "TE case": b"POST {T} HTTP/1.1\r\n" + H + b"Transfer-Encoding: Chunked\r\n\r\n0\r\n\r\n",
     "TE tab": b"POST {T} HTTP/1.1\r\n" + H + b"Transfer-Encoding:\tchunked\r\n\r\n0\r\n\r\n",
-    "TE list": b"POST {T} HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+    "TE list": b"POST {T} HTTP/1.1\r\n"
+    + H
+    + b"Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
     "TE gzip": b"POST {T} HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
-    "TE twice": b"POST {T} HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n",
+    "TE twice": b"POST {T} HTTP/1.1\r\n"
+    + H
+    + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n",
     "TE on 1.0": b"POST {T} HTTP/1.0\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    "CL twice": b"POST {T} HTTP/1.1\r\n" + H + b"Content-Length: 0\r\nContent-Length: 40\r\n\r\n" + SMUGGLED,
+    "CL twice": b"POST {T} HTTP/1.1\r\n"
+    + H
+    + b"Content-Length: 0\r\nContent-Length: 40\r\n\r\n"
+    + SMUGGLED,
     "CL list": b"POST {T} HTTP/1.1\r\n" + H + b"Content-Length: 1, 1\r\n\r\nx",
     "CL sign": b"POST {T} HTTP/1.1\r\n" + H + b"Content-Length: +1\r\n\r\nx",
     "CL wraps": b"POST {T} HTTP/1.1\r\n" + H + b"Content-Length: 4294967297\r\n\r\nx",
@@ -103,16 +116,30 @@ ATTACKS = {
     "bare CR": b"GET {T} HTTP/1.1\r\n" + H + b"X: a\rTransfer-Encoding: chunked\r\n\r\n",
     "NUL": b"GET {T} HTTP/1.1\r\n" + H + b"X: a\x00b\r\n\r\n",
     "control": b"GET {T} HTTP/1.1\r\n" + H + b"X: a\x01b\r\n\r\n",
-    "space before colon": b"POST {T} HTTP/1.1\r\n" + H + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+    "space before colon": b"POST {T} HTTP/1.1\r\n"
+    + H
+    + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
     "HTTP/2 preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-    "h2c": b"GET {T} HTTP/1.1\r\n" + H + b"Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABk\r\n\r\n",
-    "Expect": b"POST {T} HTTP/1.1\r\n" + H + b"Expect: 100-continue, x\r\nContent-Length: 1\r\n\r\nx",
+    "h2c": b"GET {T} HTTP/1.1\r\n"
+    + H
+    + b"Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABk\r\n\r\n",
+    "Expect": b"POST {T} HTTP/1.1\r\n"
+    + H
+    + b"Expect: 100-continue, x\r\nContent-Length: 1\r\n\r\nx",
     "two Hosts": b"GET {T} HTTP/1.1\r\n" + H + b"Host: evil.test\r\n\r\n",
     "Host elsewhere": b"GET {T} HTTP/1.1\r\nHost: evil.test\r\n\r\n",
-    "chunk 0x": b"POST {T} HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n",
-    "chunk ext": b"POST {T} HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n3;\x01\r\nabc\r\n0\r\n\r\n",
-    "chunk no CRLF": b"POST {T} HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcX0\r\n\r\n",
-    "chunk overflow": b"POST {T} HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n10000000000000003\r\nabc\r\n0\r\n\r\n",
+    "chunk 0x": b"POST {T} HTTP/1.1\r\n"
+    + H
+    + b"Transfer-Encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n",
+    "chunk ext": b"POST {T} HTTP/1.1\r\n"
+    + H
+    + b"Transfer-Encoding: chunked\r\n\r\n3;\x01\r\nabc\r\n0\r\n\r\n",
+    "chunk no CRLF": b"POST {T} HTTP/1.1\r\n"
+    + H
+    + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcX0\r\n\r\n",
+    "chunk overflow": b"POST {T} HTTP/1.1\r\n"
+    + H
+    + b"Transfer-Encoding: chunked\r\n\r\n10000000000000003\r\nabc\r\n0\r\n\r\n",
 }
 
 
@@ -124,9 +151,7 @@ def test_ambiguous_requests_are_refused_and_reach_no_upstream(rig, uppers, name,
     statuses = send(port, raw, ATTACKS[name], tunnel)
     assert statuses in ([b"400"], [b"417"]), (name, statuses)
     assert raw.requests == [], name  # not even the first, checked part
-    assert [r["status"] for r in audit_lines(audit) if r["action"] == "deny"] == [
-        int(statuses[0])
-    ]
+    assert [r["status"] for r in audit_lines(audit) if r["action"] == "deny"] == [int(statuses[0])]
     assert not any(r["action"] == "allow" for r in audit_lines(audit))
 
 
@@ -150,8 +175,18 @@ BODY = b"GET /smuggled HTTP/1.1\r\nHost: up.test\r\n\r\n"
     [
         (b"Content-Length: %d\r\n" % len(BODY), BODY, b"content-length", BODY),
         (b"content-length:%d\r\n" % len(BODY), BODY, b"content-length", BODY),
-        (b"Transfer-Encoding: chunked\r\n", b"%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY), b"transfer-encoding", BODY),
-        (b"Transfer-Encoding: chunked\r\n", b"5;a=b\r\nGET /\r\n0\r\nX-T: 1\r\n\r\n", b"transfer-encoding", b"GET /"),
+        (
+            b"Transfer-Encoding: chunked\r\n",
+            b"%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY),
+            b"transfer-encoding",
+            BODY,
+        ),
+        (
+            b"Transfer-Encoding: chunked\r\n",
+            b"5;a=b\r\nGET /\r\n0\r\nX-T: 1\r\n\r\n",
+            b"transfer-encoding",
+            b"GET /",
+        ),
         (b"Content-Length: 0\r\n", b"", b"content-length", b""),
     ],
 )

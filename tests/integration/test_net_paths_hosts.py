@@ -221,15 +221,36 @@ def test_allow_encoded_is_the_explicit_opt_in(offline_set, tls, tmp_path):
         "/api/admin%2Fx",
         "/api/projects/g%00/mr",  # control bytes: never, opt-in or not
     ]
-    statuses = run_client([["tunnel", [f"up.test:{p}", path]] for path in paths], up.loopback_network(tls, policy_files=[policy]))
+    statuses = run_client(
+        [["tunnel", [f"up.test:{p}", path]] for path in paths],
+        up.loopback_network(tls, policy_files=[policy]),
+    )
     assert statuses == ["200", "403", "403", "403", "403"], statuses
     assert tls.paths() == ["/api/projects/g%2Fp/mr"]  # forwarded as matched
 
 
 # --- hosts -------------------------------------------------------------------------------------
 
-LOOPBACK = ["0x7f000001", "0x7f.0.0.1", "2130706433", "0177.0.0.1", "127.1", "0X7F.1", "127.0.0.01", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]"]
-REFUSED_HOSTS = ["127.0.0.1.", "0x7f.1.", "1.2.3.4.5", "[fe80::1%25lo]", "%31%32%37.0.0.1", "127.0.0.1%00", "08.0.0.1"]
+LOOPBACK = [
+    "0x7f000001",
+    "0x7f.0.0.1",
+    "2130706433",
+    "0177.0.0.1",
+    "127.1",
+    "0X7F.1",
+    "127.0.0.01",
+    "[::ffff:127.0.0.1]",
+    "[::ffff:7f00:1]",
+]
+REFUSED_HOSTS = [
+    "127.0.0.1.",
+    "0x7f.1.",
+    "1.2.3.4.5",
+    "[fe80::1%25lo]",
+    "%31%32%37.0.0.1",
+    "127.0.0.1%00",
+    "08.0.0.1",
+]
 
 
 def _host_probes(tls, plain, hosts: list[str]) -> list:
@@ -245,7 +266,11 @@ def test_every_spelling_of_an_address_meets_the_same_rules(offline_set, tls, pla
     probes = _host_probes(tls, plain, ["127.0.0.1", *LOOPBACK])
     ca = [str(tls.ca_file)]
     # 1. a host rule and a cidr rule for 127.0.0.1 allow every spelling of it
-    allowed = {"allow_hosts": [f"127.0.0.1:{tls.port}", f"127.0.0.1:{plain.port}"], "allow_cidrs": ["127.0.0.0/8"], "upstream_ca": ca}
+    allowed = {
+        "allow_hosts": [f"127.0.0.1:{tls.port}", f"127.0.0.1:{plain.port}"],
+        "allow_cidrs": ["127.0.0.0/8"],
+        "upstream_ca": ca,
+    }
     assert run_client(probes, allowed) == ["200"] * len(probes)
     assert len(tls.seen) == len(plain.seen) == len(LOOPBACK) + 1
     assert {s.host for s in tls.seen} == {f"127.0.0.1:{tls.port}"}  # sent in canonical form
@@ -262,9 +287,15 @@ def test_every_spelling_of_an_address_meets_the_same_rules(offline_set, tls, pla
 
 def test_ambiguous_hosts_are_refused_end_to_end(offline_set, tls, plain):
     probes = _host_probes(tls, plain, REFUSED_HOSTS)
-    net = {"allow_hosts": ["*", f"*:{tls.port}", f"*:{plain.port}"], "allow_cidrs": ["0.0.0.0/0", "::/0"], "upstream_ca": [str(tls.ca_file)]}
+    net = {
+        "allow_hosts": ["*", f"*:{tls.port}", f"*:{plain.port}"],
+        "allow_cidrs": ["0.0.0.0/0", "::/0"],
+        "upstream_ca": [str(tls.ca_file)],
+    }
     statuses = run_client(probes, net)
-    assert set(statuses) <= {"connect-400", "connect-403", "400", "403"}, dict(zip([p[1][0] for p in probes], statuses, strict=True))
+    assert set(statuses) <= {"connect-400", "connect-403", "400", "403"}, dict(
+        zip([p[1][0] for p in probes], statuses, strict=True)
+    )
     assert tls.seen == [] and plain.seen == []
 
 
@@ -275,7 +306,9 @@ def test_full_width_and_idna_names_meet_the_rules_for_their_ascii_form(offline_s
     ascii_names = ["up.test", "UP.TEST.", "evil.test", "EVIL.test."]
     wire_names = ["ｕｐ．ｔｅｓｔ", "up。test"]
     probes = [["tunnel", [f"{n}:{p}", "/n", f"{n}:{p}", None]] for n in ascii_names + wire_names]
-    net = up.loopback_network(tls, allow_hosts=[f"ｕｐ。ｔｅｓｔ:{p}", f"*.test:{p}"], deny_hosts=["ＥＶＩＬ．test"])
+    net = up.loopback_network(
+        tls, allow_hosts=[f"ｕｐ。ｔｅｓｔ:{p}", f"*.test:{p}"], deny_hosts=["ＥＶＩＬ．test"]
+    )
     statuses = run_client(probes, net)
     assert statuses[:2] == ["200"] * 2, statuses
     assert statuses[2:4] == ["connect-403"] * 2, statuses
@@ -295,7 +328,9 @@ def test_deny_host_without_port_denies_every_port(offline_set, tls, plain):
         ["tunnel", [f"up.test:{tp}", "/u"]],
         ["plain", [f"http://up.test:{pp}/u", f"up.test:{pp}"]],
     ]
-    net = up.loopback_network(tls, allow_hosts=[f"*.test:{tp}", f"*.test:{pp}"], deny_hosts=["evil.test"])
+    net = up.loopback_network(
+        tls, allow_hosts=[f"*.test:{tp}", f"*.test:{pp}"], deny_hosts=["evil.test"]
+    )
     assert run_client(probes, net) == ["connect-403", "403", "connect-403", "200", "200"]
     assert tls.paths() == ["/u"] and plain.paths() == ["/u"]
 
@@ -307,12 +342,18 @@ def test_allow_host_takes_patterns_not_regexes(offline_set, tls):
         lines = result.stderr.decode().strip().splitlines()
         assert len(lines) == 1 and "re:" in lines[0] and "Traceback" not in lines[0], lines
     p = tls.port
-    probes = [["tunnel", [f"up.test:{p}", "/r"]], ["tunnel", [f"evil.test:{p}", "/r"]], ["tunnel", [f"xup.test:{p}", "/r"]]]
+    probes = [
+        ["tunnel", [f"up.test:{p}", "/r"]],
+        ["tunnel", [f"evil.test:{p}", "/r"]],
+        ["tunnel", [f"xup.test:{p}", "/r"]],
+    ]
     net = up.loopback_network(tls, allow_hosts=[rf"re:up\.test:{p}"])
     assert run_client(probes, net) == ["200", "connect-403", "connect-403"]
 
 
-def test_policy_file_cidr_for_loopback_routes_loopback_through_the_proxy(offline_set, plain, tmp_path):
+def test_policy_file_cidr_for_loopback_routes_loopback_through_the_proxy(
+    offline_set, plain, tmp_path
+):
     policy = policy_file(
         tmp_path,
         f"""
@@ -333,7 +374,9 @@ import os, urllib.request
 print(repr(os.environ.get("NO_PROXY")))
 print(urllib.request.urlopen("http://127.0.0.1:{plain.port}/via-proxy", timeout=20).status)
 """
-    spec = CellSpec(command=["python3", "-c", code], packages=["python3"], network={"policy_files": [policy]})
+    spec = CellSpec(
+        command=["python3", "-c", code], packages=["python3"], network={"policy_files": [policy]}
+    )
     result = nixcell.run(spec, capture_output=True)
     assert result.stdout.decode().split() == ["''", "200"], result
     assert plain.paths() == ["/via-proxy"]
@@ -341,8 +384,13 @@ print(urllib.request.urlopen("http://127.0.0.1:{plain.port}/via-proxy", timeout=
 
 def test_deny_of_an_address_covers_names_resolving_to_it(offline_set, tls, plain):
     tp, pp = tls.port, plain.port
-    probes = [["tunnel", [f"up.test:{tp}", "/d"]], ["plain", [f"http://up.test:{pp}/d", f"up.test:{pp}"]]]
+    probes = [
+        ["tunnel", [f"up.test:{tp}", "/d"]],
+        ["plain", [f"http://up.test:{pp}/d", f"up.test:{pp}"]],
+    ]
     for deny in ("127.0.0.1", "0x7f000001", "::ffff:127.0.0.1"):
-        net = up.loopback_network(tls, allow_hosts=[f"up.test:{tp}", f"up.test:{pp}"], deny_hosts=[deny])
+        net = up.loopback_network(
+            tls, allow_hosts=[f"up.test:{tp}", f"up.test:{pp}"], deny_hosts=[deny]
+        )
         assert run_client(probes, net) == ["403", "403"], deny
     assert tls.seen == [] and plain.seen == []

@@ -139,7 +139,9 @@ def run(request, offline_set, upstream, tmp_path, monkeypatch):
     policy = write_policy(tmp_path / "p.toml", upstream.port)
     names = ",".join(leaky.SPELLINGS)
     code = RAW_CLIENT.replace("sys.argv[1]", str(upstream.port)).replace("sys.argv[2]", repr(names))
-    code = code.replace("in PACKED:", f"in {leaky.PACKED + tuple('clean-' + k for k in leaky.PACKED)!r}:")
+    code = code.replace(
+        "in PACKED:", f"in {leaky.PACKED + tuple('clean-' + k for k in leaky.PACKED)!r}:"
+    )
     result = py(code, network(upstream, policy))
     assert result.exit_code == 0, (result.stderr or b"").decode()[-3000:]
     out = json.loads(result.stdout.decode().splitlines()[-1])
@@ -257,7 +259,9 @@ print(json.dumps({"dummy": token, "raw": base64.b64encode(data).decode()}))
 """
 
 
-def test_websocket_cell_frames_carry_the_real_value_to_its_host_only(offline_set, upstream, tmp_path, monkeypatch):
+def test_websocket_cell_frames_carry_the_real_value_to_its_host_only(
+    offline_set, upstream, tmp_path, monkeypatch
+):
     """``body = true``: the cell's masked frames get the dummy swapped for the real value
     toward the credential's host (split across fragments); the server's echo comes back
     scrubbed to the dummy."""
@@ -301,7 +305,9 @@ print(json.dumps(out))
 
 
 @pytest.mark.parametrize("allow", [False, True])
-def test_cleartext_http_gets_no_real_value_unless_allowed(offline_set, tls, plain, tmp_path, monkeypatch, allow):
+def test_cleartext_http_gets_no_real_value_unless_allowed(
+    offline_set, tls, plain, tmp_path, monkeypatch, allow
+):
     """Header, ``?access_token=`` target and (``body = true``) form body: over http:// each
     is refused with a 403 naming the credential, and the upstream never sees the real value;
     ``allow_plaintext = true`` lets all three through, swapped."""
@@ -352,7 +358,7 @@ def _unpacked(body: bytes) -> bytes:
     while at >= 0:
         start = at + 30 + int.from_bytes(body[at + 26 : at + 28], "little")
         start += int.from_bytes(body[at + 28 : at + 30], "little")
-        out += body[at : start]
+        out += body[at:start]
         try:
             out += zlib.decompressobj(-15).decompress(body[start:])
         except Exception:
@@ -402,4 +408,3 @@ def test_a_denied_head_request_gets_its_refusal(run):
     _, _, received, _ = run
     status, _headers, body = split_http(received["head-denied"])
     assert status == 403 and body == b"", (status, body)
-

@@ -106,8 +106,11 @@ def test_env_shebang_scripts_run_under_python_and_node(offline_set, tmp_path):
     mod = tmp_path / "node_modules"
     _write(mod / "hello/package.json", json.dumps({"name": "hello", "version": "1.0.0",
                                                    "bin": {"hello": "bin/hello.js"}}))  # fmt: skip
-    _write(mod / "hello/bin/hello.js",
-           "#!/usr/bin/env node\nconsole.log('npx', process.argv.slice(2).join(' '))\n", 0o755)
+    _write(
+        mod / "hello/bin/hello.js",
+        "#!/usr/bin/env node\nconsole.log('npx', process.argv.slice(2).join(' '))\n",
+        0o755,
+    )
     (mod / ".bin").mkdir()
     os.symlink("../hello/bin/hello.js", mod / ".bin/hello")
     _write(tmp_path / "package.json", json.dumps({"name": "w", "version": "1.0.0",
@@ -150,7 +153,7 @@ def test_git_hooks_and_make_style_shell(offline_set):
         "printf '#!/usr/bin/env sh\\necho post-commit-ran\\n' > .git/hooks/post-commit;"
         "chmod +x .git/hooks/pre-commit .git/hooks/post-commit;"
         "git -c user.name=a -c user.email=a@b.test commit -q --allow-empty -m m 2>&1;"
-        '"$SHELL" -c \'echo make-style $((2 + 3))\''
+        "\"$SHELL\" -c 'echo make-style $((2 + 3))'"
     )
     result = cli("run", "-T", "-p", "git", "-p", "coreutils", "--", "sh", "-c", script)
     assert result.returncode == 0, result.stderr.decode()
@@ -208,8 +211,10 @@ def test_bin_bash_scripts_run_with_bash_and_say_what_is_missing_without(offline_
     _write(tmp_path / "e.sh", "#!/usr/bin/env bash\necho env-bash\n", 0o755)
     ok = cli("run", "-T", "--workdir", str(tmp_path), "-p", "bash", "--", "./b.sh")
     assert (ok.returncode, ok.stdout) == (0, b"bash 5\n"), ok.stderr
-    for script, why in (("./b.sh", "#!/bin/bash, which does not exist in the cell"),
-                        ("./e.sh", "#!/usr/bin/env bash, and 'bash' is not on the cell's PATH")):
+    for script, why in (
+        ("./b.sh", "#!/bin/bash, which does not exist in the cell"),
+        ("./e.sh", "#!/usr/bin/env bash, and 'bash' is not on the cell's PATH"),
+    ):
         bad = cli("run", "-T", "--workdir", str(tmp_path), "-p", "python3", "--", script)
         assert bad.returncode == 127
         assert bad.stderr.decode().splitlines() == [

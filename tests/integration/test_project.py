@@ -77,7 +77,13 @@ def test_strict_level_mounts_nothing_and_has_no_network(offline_set, tmp_path):
     root = make(tmp_path / "proj", "[sandbox]\nlevel = 'strict'\n")
     script = f"pwd; ls {root} 2>/dev/null || echo not-mounted; touch ~/x && ls -A ~; echo proxy=${{HTTPS_PROXY:-none}}; curl -s -m 5 http://127.0.0.1:9/ || echo no-network"
     result = run_in(root / "sub", "--", "bash", "-c", script)
-    assert result.stdout.decode().splitlines() == ["/workspace", "not-mounted", "x", "proxy=none", "no-network"], result
+    assert result.stdout.decode().splitlines() == [
+        "/workspace",
+        "not-mounted",
+        "x",
+        "proxy=none",
+        "no-network",
+    ], result
     assert not (root / ".nixcell").exists()  # strict: no state dirs in the project either
 
 
@@ -103,7 +109,9 @@ echo ${{HTTPS_PROXY:+proxied}}
 
 def test_state_is_kept_between_two_runs(offline_set, tmp_path):
     root = make(tmp_path / "proj")
-    first = run_in(root, "--", "bash", "-c", 'echo kept > "$XDG_CACHE_HOME/c"; echo 2 > ~/.local/state/s')
+    first = run_in(
+        root, "--", "bash", "-c", 'echo kept > "$XDG_CACHE_HOME/c"; echo 2 > ~/.local/state/s'
+    )
     assert first.returncode == 0, first
     second = run_in(root / "sub", "--", "bash", "-c", 'cat "$XDG_CACHE_HOME/c" ~/.local/state/s')
     assert second.stdout == b"kept\n2\n", second
@@ -112,7 +120,7 @@ def test_state_is_kept_between_two_runs(offline_set, tmp_path):
 
 def test_a_config_planted_by_a_cell_is_refused_on_the_next_run(offline_set, tmp_path):
     root = make(tmp_path / "proj")
-    plant = f"printf '[sandbox]\\nlevel = \"relaxed\"\\n[sandbox.network]\\nmode = \"host\"\\n' > {root}/sub/nixcell.toml"
+    plant = f'printf \'[sandbox]\\nlevel = "relaxed"\\n[sandbox.network]\\nmode = "host"\\n\' > {root}/sub/nixcell.toml'
     assert run_in(root, "--", "bash", "-c", plant).returncode == 0
     assert (root / "sub" / "nixcell.toml").exists()  # the cell could write it...
     err = one_line_error(run_in(root / "sub", "--", "true"))
@@ -146,7 +154,9 @@ def test_project_flags_dir_form_and_no_project(offline_set, tmp_path):
     # after `--` a directory is the command (as outside project mode), never a project
     as_command = run_in(elsewhere, "-p", "bash", "--", str(root), "--", "x")
     assert as_command.returncode == 127 and b"does not exist in the cell" in as_command.stderr
-    assert "--network MODE is for projects" in one_line_error(run_in(elsewhere, "--network", "open", "-p", "bash", "--", "true"))
+    assert "--network MODE is for projects" in one_line_error(
+        run_in(elsewhere, "--network", "open", "-p", "bash", "--", "true")
+    )
     plain = run_in(root, "--no-project", "-p", "bash", "--", "bash", "-c", "pwd")
     assert plain.stdout == b"/workspace\n", plain
     assert "no packages" in one_line_error(run_in(root, "--no-project", "--", "true"))
@@ -156,21 +166,45 @@ def test_project_flags_dir_form_and_no_project(offline_set, tmp_path):
 
 
 def test_flags_win_and_lists_add_on_the_command_line(offline_set, tmp_path):
-    root = make(tmp_path / "proj", "[sandbox.resources]\nmemory = '1G'\npids = 99\n[cage]\nenv = { A = 'config', B = 'config' }\n")
-    args = ("--memory", "256M", "-e", "B=flag", "-p", "jq", "--network", "none", "--dry-run", "--json", "--", "true")
+    root = make(
+        tmp_path / "proj",
+        "[sandbox.resources]\nmemory = '1G'\npids = 99\n[cage]\nenv = { A = 'config', B = 'config' }\n",
+    )
+    args = (
+        "--memory",
+        "256M",
+        "-e",
+        "B=flag",
+        "-p",
+        "jq",
+        "--network",
+        "none",
+        "--dry-run",
+        "--json",
+        "--",
+        "true",
+    )
     plan = json.loads(run_in(root, *args).stdout)
     assert plan["limits"]["memory"] == 256 << 20 and plan["limits"]["pids"] == 99
     assert plan["env"]["A"] == "config" and plan["env"]["B"] == "flag"
-    assert any("-jq-" in path for path in plan["closure"]) and any("-curl-" in p for p in plan["closure"])
+    assert any("-jq-" in path for path in plan["closure"]) and any(
+        "-curl-" in p for p in plan["closure"]
+    )
     assert plan["network"] is None
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("[sandbox.resources]\nmemory = '4X'\n", "nixcell.toml:5: [sandbox.resources] memory: invalid memory"),
+        (
+            "[sandbox.resources]\nmemory = '4X'\n",
+            "nixcell.toml:5: [sandbox.resources] memory: invalid memory",
+        ),
         ("[sandbox]\nlevel = 'paranoid'\n", "nixcell.toml:5: [sandbox] level:"),
-        ("[sandbox]\nlevel = 'strict'\nbogus = 1\n", "nixcell.toml:6: [sandbox] bogus: unknown key"),
+        (
+            "[sandbox]\nlevel = 'strict'\nbogus = 1\n",
+            "nixcell.toml:6: [sandbox] bogus: unknown key",
+        ),
         ("[sandbox\n", "nixcell.toml:4: not valid TOML"),
     ],
 )
@@ -183,13 +217,19 @@ def test_malformed_config_is_a_one_line_cli_error(offline_set, tmp_path, text, e
 def test_open_network_goes_through_the_proxy_with_the_guard_on(offline_set, tmp_path, tls):
     tls.seen.clear()
     root = make(tmp_path / "proj", "[sandbox.network]\ndeny_hosts = ['other.test']\n")
-    pins = ["--resolve=up.test:127.0.0.1", "--resolve=other.test:127.0.0.1", f"--upstream-ca={tls.ca_file}"]
+    pins = [
+        "--resolve=up.test:127.0.0.1",
+        "--resolve=other.test:127.0.0.1",
+        f"--upstream-ca={tls.ca_file}",
+    ]
     curl = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} "]
     # open mode: every host on 80/443, but loopback only with a cidr rule (the address guard)
     guarded = run_in(root, *pins, "--", *curl, tls.url("/guarded"))
     assert guarded.stdout == b"000 " and tls.paths() == [], guarded
     allowed = [f"--allow-host=up.test:{tls.port}", "--allow-cidr=127.0.0.1/32"]
-    result = run_in(root, *pins, *allowed, "--", *curl, tls.url("/a"), tls.url("/b", host="other.test"))
+    result = run_in(
+        root, *pins, *allowed, "--", *curl, tls.url("/a"), tls.url("/b", host="other.test")
+    )
     assert result.stdout == b"200 000 ", result  # the config's deny still holds
     assert tls.paths() == ["/a"]
     audit = os.path.join(audit_dir(str(root)), "audit.jsonl")
@@ -203,12 +243,25 @@ def test_open_network_goes_through_the_proxy_with_the_guard_on(offline_set, tmp_
 def test_host_network_mode_shares_the_host_namespace(offline_set, tmp_path, plain):
     plain.seen.clear()
     root = make(tmp_path / "proj", "[sandbox.network]\nmode = 'host'\n")
-    result = run_in(root, "--", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{plain.port}/h")
+    result = run_in(
+        root,
+        "--",
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        f"http://127.0.0.1:{plain.port}/h",
+    )
     assert result.stdout == b"200" and plain.paths() == ["/h"], result
 
 
 def test_cached_plans_follow_the_config_and_passed_variables(offline_set, tmp_path):
-    root = make(tmp_path / "proj", "[sandbox.network]\nmode = 'none'\n[cage]\nenv = { FOO = 'one' }\npassthrough_env = ['PASSED']\n")
+    root = make(
+        tmp_path / "proj",
+        "[sandbox.network]\nmode = 'none'\n[cage]\nenv = { FOO = 'one' }\npassthrough_env = ['PASSED']\n",
+    )
     show = ["--", "bash", "-c", 'echo "$FOO ${PASSED:-unset}"']
     assert run_in(root, *show, env={"PASSED": "a"}).stdout == b"one a\n"
     assert run_in(root, *show, env={"PASSED": "a"}).stdout == b"one a\n"  # (from the cache)
@@ -229,7 +282,14 @@ def test_cached_plans_follow_the_config_and_passed_variables(offline_set, tmp_pa
     (root / "nixcell.toml").write_text(text)
     assert run_in(root, *show, env={"PASSED": "b"}).stdout == b"two b\n"
     (root / ".envrc").write_text("")  # a new protected file: the next plan binds it read-only
-    probe = run_in(root, "--", "bash", "-c", f"echo x >> {root}/.envrc 2>/dev/null && echo WROTE; true", env={"PASSED": "b"})
+    probe = run_in(
+        root,
+        "--",
+        "bash",
+        "-c",
+        f"echo x >> {root}/.envrc 2>/dev/null && echo WROTE; true",
+        env={"PASSED": "b"},
+    )
     assert probe.stdout == b"" and (root / ".envrc").read_text() == "", probe
 
 
@@ -294,8 +354,14 @@ touch /nix/store/x 2>/dev/null || echo store-ro
     assert result.returncode == 0, result
     assert result.stdout.decode().splitlines() == [
         "v22" + result.stdout.decode().split("v22", 1)[1].split("\n", 1)[0],
-        "project-rw", "weights", "shared-rw", "0", "C.UTF-8 sk-ant-test clean", "open",
-        "whole-store", "store-ro",
+        "project-rw",
+        "weights",
+        "shared-rw",
+        "0",
+        "C.UTF-8 sk-ant-test clean",
+        "open",
+        "whole-store",
+        "store-ro",
     ], result
     assert (shared / "s").read_text() == "s\n" and (models / "m.bin").read_text() == "weights\n"
     # a secret passed through is obeyed, and warned about (credentials keep it outside)
@@ -322,7 +388,9 @@ def test_ordinary_user_project(user_home):
 
     root = user_home / "proj"
     root.mkdir()
-    (root / "nixcell.toml").write_text('[nix]\npackages = ["bash", "coreutils"]\n[sandbox.network]\nmode = "none"\n')
+    (root / "nixcell.toml").write_text(
+        '[nix]\npackages = ["bash", "coreutils"]\n[sandbox.network]\nmode = "none"\n'
+    )
     script = f"echo ok > {root}/w && cat {root}/w; echo x >> {root}/nixcell.toml 2>/dev/null && echo WROTE; echo k > $XDG_CACHE_HOME/k; true"
     root.chmod(0o755)
     os.chown(root, NOBODY, NOBODY)
@@ -342,7 +410,11 @@ def test_warm_and_normal_paths_make_the_same_project_cell(offline_set, tmp_path,
     from tests.integration.test_fast_path import PROBE, _entry, _normalised
 
     home = tmp_path / "home"
-    root = make(tmp_path / "proj", f"[sandbox]\nlevel = '{level}'\n[sandbox.network]\nmode = 'none'\n", git=True)
+    root = make(
+        tmp_path / "proj",
+        f"[sandbox]\nlevel = '{level}'\n[sandbox.network]\nmode = 'none'\n",
+        git=True,
+    )
     env = {"NIXCELL_HOME": str(home)}
     normal = run_in(root / "sub", "--", "bash", "-c", PROBE, env=env)
     before = _entry(home)
@@ -360,7 +432,9 @@ def test_warm_and_normal_paths_make_the_same_project_cell(offline_set, tmp_path,
 def test_a_hidden_path_made_since_the_plan_is_hidden_on_the_warm_path(offline_set, tmp_path):
     home = tmp_path / "home"
     (home / ".cache").mkdir(parents=True)
-    root = make(tmp_path / "proj", "[sandbox]\nlevel = 'relaxed'\n[sandbox.network]\nmode = 'none'\n")
+    root = make(
+        tmp_path / "proj", "[sandbox]\nlevel = 'relaxed'\n[sandbox.network]\nmode = 'none'\n"
+    )
     env = {"HOME": str(home), "NIXCELL_HOME": str(tmp_path / "state")}
     probe = ("--", "bash", "-c", "cat ~/.ssh/id 2>/dev/null || echo hidden")
     assert run_in(root, *probe, env=env).stdout == b"hidden\n"  # no ~/.ssh yet
@@ -383,7 +457,12 @@ def test_the_warm_path_in_a_project_imports_almost_nothing(offline_set, tmp_path
     env = {**os.environ, "NIXCELL_HOME": str(tmp_path / "home")}
     argv = ["run", "--", "true"]
     for _ in range(2):
-        assert subprocess.run([str(path), *argv], env=env, cwd=root / "sub", capture_output=True).returncode == 0
+        assert (
+            subprocess.run(
+                [str(path), *argv], env=env, cwd=root / "sub", capture_output=True
+            ).returncode
+            == 0
+        )
     out = subprocess.run(
         [sys.executable, "-I", "-S", "-X", "importtime", str(path), *argv],
         env=env, cwd=root / "sub", capture_output=True, text=True, timeout=60,
@@ -392,7 +471,9 @@ def test_the_warm_path_in_a_project_imports_almost_nothing(offline_set, tmp_path
     loaded = {ln.rsplit("|", 1)[-1].strip() for ln in out.stderr.splitlines() if "|" in ln}
     assert "nixcell.sandbox.direct" in loaded and "nixcell.project.discover" in loaded
     assert sorted(loaded.intersection(WARM_PATH_NEVER)) == []
-    assert not any(m.startswith("nixcell.project.") and m != "nixcell.project.discover" for m in loaded)
+    assert not any(
+        m.startswith("nixcell.project.") and m != "nixcell.project.discover" for m in loaded
+    )
 
 
 def test_project_policy_and_credentials_keep_the_real_token_outside(offline_set, tmp_path, tls):
@@ -402,7 +483,10 @@ def test_project_policy_and_credentials_keep_the_real_token_outside(offline_set,
 
     tls.seen.clear()
     real = "ghp_" + "R" * 36
-    root = make(tmp_path / "proj", "[sandbox.network]\npolicy = '.nixcell/policy.toml'\ncredentials = ['github']\nallow_cidrs = ['127.0.0.1/32']\n")
+    root = make(
+        tmp_path / "proj",
+        "[sandbox.network]\npolicy = '.nixcell/policy.toml'\ncredentials = ['github']\nallow_cidrs = ['127.0.0.1/32']\n",
+    )
     (root / ".nixcell").mkdir()
     write_policy(root / ".nixcell" / "policy.toml", tls.port, source="env:PROJECT_TEST_GH")
     pins = ["--resolve=up.test:127.0.0.1", f"--upstream-ca={tls.ca_file}"]
@@ -410,16 +494,35 @@ def test_project_policy_and_credentials_keep_the_real_token_outside(offline_set,
     result = run_in(root, *pins, "--", "bash", "-c", script, env={"PROJECT_TEST_GH": real})
     assert result.returncode == 0, result
     dummy = result.stdout.decode().splitlines()[0]
-    assert dummy.startswith("ghp_") and dummy != real and real.encode() not in result.stdout + result.stderr
-    assert [(s.path, s.headers.get("Authorization") or s.headers.get("authorization")) for s in tls.seen] == [("/echo-auth", f"Bearer {real}")]
+    assert (
+        dummy.startswith("ghp_")
+        and dummy != real
+        and real.encode() not in result.stdout + result.stderr
+    )
+    assert [
+        (s.path, s.headers.get("Authorization") or s.headers.get("authorization")) for s in tls.seen
+    ] == [("/echo-auth", f"Bearer {real}")]
     # the policy is read-only inside: the cell cannot add hosts for the credential
-    grow = run_in(root, "--", "bash", "-c", f"echo evil >> {root}/.nixcell/policy.toml 2>/dev/null && echo WROTE; true", env={"PROJECT_TEST_GH": real})
+    grow = run_in(
+        root,
+        "--",
+        "bash",
+        "-c",
+        f"echo evil >> {root}/.nixcell/policy.toml 2>/dev/null && echo WROTE; true",
+        env={"PROJECT_TEST_GH": real},
+    )
     assert grow.stdout == b"", grow
 
 
 def test_copy_store_mode_keeps_the_copy_in_dot_nixcell_read_only(offline_set, tmp_path):
     root = make(tmp_path / "proj", "store_mode = 'copy'\n[sandbox.network]\nmode = 'none'\n")
-    result = run_in(root, "--", "bash", "-c", f"ls /nix/store; touch {root}/.nixcell/store/x 2>/dev/null && echo WROTE; true")
+    result = run_in(
+        root,
+        "--",
+        "bash",
+        "-c",
+        f"ls /nix/store; touch {root}/.nixcell/store/x 2>/dev/null && echo WROTE; true",
+    )
     assert result.returncode == 0 and b"WROTE" not in result.stdout, result
     seen = set(result.stdout.decode().split())
     copied = set(os.listdir(root / ".nixcell" / "store" / "paths"))

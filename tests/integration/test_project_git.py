@@ -13,7 +13,9 @@ import pytest
 from tests.integration.test_project import run_in
 
 # each plant ends by making host git run `touch $MARK` through a core.fsmonitor it controls
-EVIL = 'printf "[core]\\n\\trepositoryformatversion = 0\\n\\tfsmonitor = \\"touch $MARK; false\\"\\n"'
+EVIL = (
+    'printf "[core]\\n\\trepositoryformatversion = 0\\n\\tfsmonitor = \\"touch $MARK; false\\"\\n"'
+)
 PLANTS = {
     "commondir": f"mkdir -p .g && cp -r .git/objects .git/refs .git/HEAD .g/ && {EVIL} > .g/config && echo $PWD/.g > .git/commondir",
     "config": f"{EVIL} >> .git/config",
@@ -35,11 +37,26 @@ def test_a_cell_cannot_make_host_git_run_its_code(offline_set, tmp_path, name):
     root = tmp_path / "proj"
     root.mkdir()
     git("init", "-q", ".", cwd=root)
-    git("-c", "user.name=a", "-c", "user.email=a@b", "commit", "-q", "--allow-empty", "-m", "i", cwd=root)
-    (root / "nixcell.toml").write_text('[nix]\npackages = ["bash", "coreutils", "git"]\nnixpkgs = "offline"\n')
+    git(
+        "-c",
+        "user.name=a",
+        "-c",
+        "user.email=a@b",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "i",
+        cwd=root,
+    )
+    (root / "nixcell.toml").write_text(
+        '[nix]\npackages = ["bash", "coreutils", "git"]\nnixpkgs = "offline"\n'
+    )
     before = sorted(p.relative_to(root) for p in (root / ".git").rglob("*"))
     mark = tmp_path / "ran"
-    result = run_in(root, "--", "bash", "-c", f"MARK={mark}; {PLANTS[name]}; git log --oneline | wc -l")
+    result = run_in(
+        root, "--", "bash", "-c", f"MARK={mark}; {PLANTS[name]}; git log --oneline | wc -l"
+    )
     assert result.stdout.decode().split()[-1:] == ["1"], result  # the cell's git still reads
     assert sorted(p.relative_to(root) for p in (root / ".git").rglob("*")) == before
     git("status", cwd=root)

@@ -74,5 +74,12 @@ MALFORMED: list[tuple[str, str, bytes | None, dict[str, str], int]] = [
     ("POST", "/api/v1/jobs", b" " * (5 << 20), J, 413),
     ("POST", "/api/v1/jobs", b"{}", {**J, "Content-Length": "99999999999"}, 413),
     ("POST", "/api/v1/uploads", b"x", {"Content-Type": "application/json"}, 415),
+    (
+        "POST",
+        "/api/v1/uploads",
+        b"",
+        {"Content-Type": "application/x-tar", "Content-Length": str(1 << 40)},
+        413,
+    ),
     ("POST", "/api/v1/session", _body({"token": "x"}), J, 400),  # unix: no web sessions
 ]

@@ -33,8 +33,13 @@ def _label(job: dict[str, Any]) -> str:
         or " ".join(request.get("command") or [])
         or ("script" if request.get("script") else "")
     )
-    text = "".join(c if c.isprintable() else "?" for c in str(text))
+    text = _printable(text)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _printable(value: object) -> str:
+    """Job-derived text for a terminal: control characters (escape sequences) as '?'."""
+    return "".join(c if c.isprintable() else "?" for c in str(value))
 
 
 @click.command("jobs")
@@ -53,10 +58,12 @@ def jobs(states: tuple[str, ...], limit: int, as_json: bool, server, token_file)
         click.echo(json.dumps(found, indent=2))
         return 0
     rows = [("ID", "STATE", "OWNER", "DURATION", "NAME/COMMAND")]
-    rows += [(str(j["id"]), j["state"], str(j["owner"]), _duration(j), _label(j)) for j in found]
+    rows += [
+        (str(j["id"]), j["state"], _printable(j["owner"]), _duration(j), _label(j)) for j in found
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + row[4])
+        click.echo("".join(c.ljust(w + 2) for c, w in zip(row, widths, strict=False)) + row[4])
     return 0
 
 
@@ -73,14 +80,16 @@ def show(job_id: str, as_json: bool, server, token_file) -> int:
         click.echo(json.dumps(answer, indent=2))
         return 0
     job = answer["job"]
+    job = {**job, "duration": _duration(job) if job.get("duration") is not None else None}
     for key in ("id", "state", "owner", "name", "exit_code", "reason", "duration", "log_lines"):
         if job.get(key) is not None:
-            click.echo(f"{key:10} {job[key]}")
+            click.echo(f"{key:10} {_printable(job[key])}")
     click.echo(f"{'command':10} {_label(job)}")
     for event in answer.get("events", []):
         stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
         what = event.get("state") or event.get("kind")
-        click.echo(f"  {stamp} {what}" + (f" ({event['detail']})" if event.get("detail") else ""))
+        detail = f" ({_printable(event['detail'])})" if event.get("detail") else ""
+        click.echo(f"  {stamp} {_printable(what)}{detail}")
     return 0
 
 

@@ -102,10 +102,15 @@ def _choices(query: dict[str, list[str]], key: str, known: tuple[str, ...]) -> l
     return list(dict.fromkeys(values))
 
 
-async def _body(request: Request, limit: int) -> AsyncIterator[bytes]:
+def _body(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The body's chunks, at most ``limit`` bytes (a Content-Length over it: refused now)."""
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > limit):
         raise JobError(f"request body over the limit of {limit} bytes", status=413)
+    return _chunks(request, limit)
+
+
+async def _chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
     size = 0
     async for chunk in request.stream():
         size += len(chunk)

@@ -23,6 +23,7 @@ from nixcell.jobs.requestcheck import (
     check_cidrs,
     check_env,
     check_limits,
+    one_line,
     shown,
 )
 
@@ -40,6 +41,8 @@ MAX_PACKAGES = 256
 MAX_ARGS = 4096
 MAX_SCRIPT = 1 << 20
 MAX_CWD = 1024
+MAX_RULES = 1000
+MAX_HOST = 300  # a DNS name is at most 253, plus a port or brackets
 _ATTR_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_'+-]*(\.[A-Za-z0-9_][A-Za-z0-9_'+-]*)*")
 _SHELLS = ("bash", "bashInteractive")
 # How spec errors name fields: the request's own JSON names, never a field of CellSpec's.
@@ -116,7 +119,7 @@ def compile_request(
             tty="always" if request.interactive else "never",
         )
     except NixcellError as exc:
-        raise JobError(shown_line(str(exc))) from None
+        raise JobError(one_line(str(exc))) from None
     return Compiled(spec, files)
 
 
@@ -133,10 +136,6 @@ def check_request(
     return compile_request(
         merged, config, job_dir=placeholder, workspace=None, credential_policy=policy, audit=None
     )
-
-
-def shown_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _check_name(name: str | None) -> None:
@@ -209,7 +208,7 @@ def _credentials(request: JobRequest, config: ServerConfig) -> list[dict[str, An
 def _backend(request: JobRequest, config: ServerConfig) -> str:
     from nixcell.jobs.config import BACKENDS
 
-    backend = request.backend or config.default_backend
+    backend = config.default_backend if request.backend is None else request.backend
     if backend not in config.backends or backend not in BACKENDS:
         offered = ", ".join(config.backends)
         raise JobError(f"backend: {shown(backend)} is not offered here (backends: {offered})")
@@ -223,7 +222,7 @@ def _hardening(names: list[str], config: ServerConfig) -> list[str]:
     try:
         wanted = list(check_profiles(names))
     except NixcellError as exc:
-        raise JobError(f"hardening: {shown_line(str(exc))}") from None
+        raise JobError(f"hardening: {one_line(str(exc))}") from None
     refused = [n for n in wanted if n not in config.hardening]
     if refused:
         allowed = ", ".join(config.hardening) or "none"
@@ -258,6 +257,10 @@ def _network(
         if credential_policy is None:
             raise JobError("internal: the server's credential policy was not written", status=500)
         files.append(credential_policy)
+    for key in ("allow_hosts", "deny_hosts", "allow_cidrs"):
+        values = getattr(request, key)
+        if len(values) > MAX_RULES or any(len(v) > MAX_HOST for v in values):
+            raise JobError(f"{key}: at most {MAX_RULES} entries of {MAX_HOST} characters")
     check_cidrs(request.allow_cidrs)
     return {
         "allow_hosts": list(request.allow_hosts),
@@ -272,7 +275,7 @@ def _network(
 def pin_problem(pin: str, *, local: bool = False) -> str | None:
     """Why ``pin`` cannot be a job's ``nixpkgs`` (None: it can). A client names a channel, a
     commit or ``offline``; a path on the server only the admin may name (``local``)."""
-    if len(pin) > 300 or any(ord(c) < 33 or ord(c) == 127 for c in pin):
+    if not pin or len(pin) > 300 or any(ord(c) < 33 or ord(c) == 127 for c in pin):
         return "a pin is a channel (nixos-24.11), a 40-hex commit or 'offline'"
     base = pin.partition("#")[0]
     if (base.startswith(("/", ".", "~")) or "/" in base) and not local:
@@ -282,7 +285,7 @@ def pin_problem(pin: str, *, local: bool = False) -> str | None:
     try:
         source = source_for(pin)
     except NixcellError as exc:
-        return shown_line(str(exc))
+        return one_line(str(exc))
     if source.kind not in ("offline", "channel", "commit", *(("path",) if local else ())):
         return "a pin is a channel (nixos-24.11), a 40-hex commit or 'offline'"
     return None

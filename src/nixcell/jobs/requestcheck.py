@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from nixcell.errors import NixcellError
 from nixcell.jobs.contract import JobError
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -27,6 +28,12 @@ def shown(value: object) -> str:
     """A client's value in a message: repr (so one line), cut short."""
     text = repr(value)
     return text if len(text) <= 66 else text[:63] + "..."
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """One line, and short: the engine's messages may quote a client's value more than once."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def reserved_env() -> frozenset[str]:
@@ -97,7 +104,9 @@ def check_limits(request: Any, config: Any) -> dict[str, int | float]:
                 value = getattr(Limits(**{key: raw}), key)
             except ValidationError as exc:
                 message = describe_validation_error(exc, {f"{key}": key})
-                raise JobError(f"{key}: {shown(raw)}: {message}") from None
+                raise JobError(one_line(f"{key}: {shown(raw)}: {message}")) from None
+            except NixcellError as exc:  # units.py's UsageError passes through pydantic
+                raise JobError(one_line(f"{key}: {shown(raw)}: {exc}")) from None
             top = config.maxima.get(key)
             if top is not None and value > top:
                 raise JobError(

@@ -18,9 +18,10 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from typing import IO, Any
 
+from nixcell.errors import NixcellError
 from nixcell.jobs import jobaudit, recovery
 from nixcell.jobs.contract import Conflict, JobError, NotFound, Terminal, Unavailable
-from nixcell.jobs.executor import Context, JobRun, job_dir, remove_job_dir
+from nixcell.jobs.executor import Context, JobRun, job_dir, one_line, remove_job_dir
 from nixcell.jobs.hub import Hub
 from nixcell.jobs.model import ACTIVE, STATES, STREAMS, Caller, Event, Job, JobRequest, LogLine
 from nixcell.jobs.scheduler import FairQueue
@@ -210,7 +211,12 @@ class JobService:
         self._accept()
         if len(self.queue) >= self.config.queue_limit:
             raise Unavailable(f"the queue is full ({len(self.queue)} jobs): try again later")
-        check_request(request, self.config, self.profiles)
+        try:
+            check_request(request, self.config, self.profiles)
+        except JobError:
+            raise
+        except NixcellError as exc:  # a check below compile's that spoke a CLI error
+            raise JobError(one_line(exc.message)) from None
         if request.workspace.upload:
             self.workspaces.check_upload(caller, request.workspace.upload)
         job = await asyncio.to_thread(
