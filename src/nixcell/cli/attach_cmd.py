@@ -177,11 +177,11 @@ def attach_job(client: Any, job_id: int) -> int:
     from nixcell.cli.entry import error
     from nixcell.jobs.attach_client import connect
 
-    ws = connect(client, job_id)
-    session = Attached(ws, job_id)
     try:
-        with _user_terminal(session.stdin, session._resized):
-            session.run()
+        with connect(client, job_id) as ws:
+            session = Attached(ws, job_id)
+            with _user_terminal(session.stdin, session._resized):
+                session.run()
     except _Ended as exc:
         error(f"job {job_id} goes on (`nixcell attach {job_id}` to come back)")
         return exc.code

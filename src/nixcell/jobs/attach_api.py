@@ -64,7 +64,8 @@ class Attach:
         try:
             caller, ident = caller_of(self.ws), job_id(self.ws)
             term = await self._terminal(caller, ident)
-            await self._relay(term)
+            if term is not None:
+                await self._relay(term)
             await self._exit(caller, ident)
         except Closed:
             pass
@@ -117,13 +118,17 @@ class Attach:
         self._control(message.get("text") or "")
         return None
 
-    async def _terminal(self, caller: Caller, ident: int) -> Terminal:
-        """The job's terminal once it runs; the client's messages meanwhile kept."""
+    async def _terminal(self, caller: Caller, ident: int) -> Terminal | None:
+        """The job's terminal once it runs, the client's messages meanwhile kept; None when
+        the job ended while this waited (it failed to start: the exit frame says why)."""
+        waited = False
         while True:
             job = self.service.get(caller, ident)  # NotFound for another user's job
             if not job.request.get("interactive"):
                 raise Conflict(f"job {ident} is not interactive")
             if job.terminal:
+                if waited:
+                    return None
                 raise Conflict(f"job {ident} has finished ({job.state})")
             if job.state == "running":
                 try:
@@ -137,6 +142,7 @@ class Attach:
                         await term.write(bytes(self.early))
                         self.early.clear()
                     return term
+            waited = True
             message = await self._next(POLL)
             if message is not None:
                 keys = self._take(message)
