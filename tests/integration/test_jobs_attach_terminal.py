@@ -139,6 +139,25 @@ def test_a_reader_far_behind_is_dropped_the_job_goes_on(shell_plan):
     asyncio.run(main())
 
 
+def test_keys_a_cell_does_not_read_never_hold_the_daemon(shell_plan):
+    async def main():
+        job = Job(shell_plan, 9005)
+        await asyncio.wait_for(job.started.wait(), 60)
+        att = terminal.attach(9005)
+        await att.write(b"echo sleeping-$((1+1)); sleep 300\n")
+        await until(att, b"sleeping-2\r\n")
+        for _ in range(64):  # 4 MiB for a cell that reads none: each write returns at once
+            await asyncio.wait_for(att.write(b"x" * 65536), 5)
+        assert not job.task.done()
+        job.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job.result()
+        while await asyncio.wait_for(att.read(), 10):  # (the echo of what the pty took)
+            pass
+
+    asyncio.run(main())
+
+
 def test_unknown_and_repeated_job_ids(shell_plan):
     with pytest.raises(Conflict, match="no terminal"):
         terminal.attach(12345)

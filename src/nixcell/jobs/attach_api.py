@@ -30,6 +30,7 @@ POLL = 0.2  # s between looks at a job that is not running yet / not stored as e
 END_WAIT = 60.0  # s the service may take to store the state of a job whose cell ended
 EARLY_INPUT = 64 * 1024  # bytes typed before the job's terminal exists that are kept
 CONTROL_LIMIT = 1024  # a text frame is a small JSON control
+INBOX = 64  # client messages taken ahead of the relay
 
 
 def websocket_route(service: Service) -> WebSocketRoute:
@@ -51,7 +52,9 @@ class Attach:
     def __init__(self, service: Service, ws: WebSocket) -> None:
         self.service = service
         self.ws = ws
-        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # bounded: a client sending faster than this relays is held back (uvicorn then stops
+        # reading its socket), never buffered here without end
+        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(INBOX)
         self.early = bytearray()  # keys typed before the terminal exists
         self.size: tuple[int, int] | None = None  # the latest resize asked for
 
@@ -144,10 +147,11 @@ class Attach:
                     return term
             waited = True
             message = await self._next(POLL)
-            if message is not None:
+            while message is not None:  # all that came meanwhile, then look at the job again
                 keys = self._take(message)
                 if keys:
                     self.early += keys[: max(0, EARLY_INPUT - len(self.early))]
+                message = await self._next(0) if not self.inbox.empty() else None
 
     async def _relay(self, term: Terminal) -> None:
         """Output to the client and its keys to the terminal, until the job's output ends."""

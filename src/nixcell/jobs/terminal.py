@@ -7,8 +7,9 @@ writes goes to ``output`` (the service stores it as the job's stdout lines), int
 scrollback (the last ``SCROLLBACK`` bytes, replayed to each new attachment) and to every
 attachment. Input and window size: the latest attachment is the *writer* (the earlier ones
 watch; their keys are dropped); when it detaches, the one attached before it writes again and
-its size is applied. The job never waits for a client: an attachment more than ``BEHIND`` bytes
-behind is dropped (its ``read`` raises). Cancel and timeout are the engine's: cancelling the
+its size is applied. Nothing waits on anyone: keys the cell does not read wait here up to
+``INPUT_LIMIT`` bytes (more are dropped), and an attachment more than ``BEHIND`` bytes behind
+the output is dropped (its ``read`` raises). Cancel and timeout are the engine's: cancelling the
 task that runs ``run_interactive`` kills the cell, and every attachment then reads b"".
 """
 
@@ -34,6 +35,7 @@ SCROLLBACK = 64 * 1024  # bytes of output replayed to a new attachment
 BEHIND = 1024 * 1024  # an attachment this far behind the output is dropped
 MAX_SIZE = 4096  # rows or columns a client may ask for
 CHUNK = 65536
+INPUT_LIMIT = 64 * 1024  # bytes typed that wait for a cell not reading its terminal
 
 log = logging.getLogger(__name__)
 _sessions: dict[int, Session] = {}  # job id -> its live terminal (this process's jobs)
@@ -114,7 +116,8 @@ class Session:
         self._output = output
         self._scrollback = bytearray()
         self._attached: list[Attachment] = []  # oldest first: the last one writes
-        self._write_lock = asyncio.Lock()
+        self._input = bytearray()  # typed, not yet taken by the pty
+        self._flushing = False  # the loop watches the master for room
         self._loop = asyncio.get_running_loop()
         self.ended = False
         os.set_blocking(master, False)
@@ -164,24 +167,27 @@ class Session:
             attached._push(data)
 
     async def write(self, data: bytes) -> None:
-        """Into the pty, waiting for room (a cell not reading its input holds the writer)."""
-        async with self._write_lock:
-            view = memoryview(data)
-            while view and not self.ended:
-                try:
-                    view = view[os.write(self.master, view) :]
-                except BlockingIOError:
-                    await self._writable()
-                except OSError:  # the cell is gone: its input is dropped
-                    return
+        """Into the pty; never waits: what the cell has not read yet waits here, and keys
+        past ``INPUT_LIMIT`` of those are dropped (as a terminal's full input queue does)."""
+        if self.ended:
+            return
+        self._input += data[: max(0, INPUT_LIMIT - len(self._input))]
+        self._flush()
 
-    async def _writable(self) -> None:
-        ready: asyncio.Future[None] = self._loop.create_future()
-        self._loop.add_writer(self.master, lambda: ready.done() or ready.set_result(None))
-        try:
-            await ready
-        finally:
+    def _flush(self) -> None:
+        while self._input and not self.ended:
+            try:
+                del self._input[: os.write(self.master, self._input)]
+            except BlockingIOError:
+                break
+            except OSError:  # the cell is gone: its input is dropped
+                self._input.clear()
+        waiting = bool(self._input) and not self.ended
+        if waiting and not self._flushing:
+            self._loop.add_writer(self.master, self._flush)
+        elif not waiting and self._flushing:
             self._loop.remove_writer(self.master)
+        self._flushing = waiting
 
     def resize(self, size: tuple[int, int]) -> None:
         """The cell's window size (the kernel signals its foreground process group)."""
@@ -194,6 +200,8 @@ class Session:
     def end(self) -> None:
         """The cell is gone: what the master still holds goes out, then every reader ends."""
         self._loop.remove_reader(self.master)
+        if self._flushing:
+            self._loop.remove_writer(self.master)
         while not self.ended:
             try:
                 data = os.read(self.master, CHUNK)
