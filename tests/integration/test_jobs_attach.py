@@ -147,6 +147,22 @@ def test_refusals_are_one_line(jobsd):  # noqa: F811
     assert "Traceback" not in d.log()
 
 
+def test_sigterm_and_timeout_give_the_terminal_back(jobsd):  # noqa: F811
+    import signal
+
+    d = jobsd()
+    outer, ident = _submit_i(d)
+    os.kill(outer.nixcell_pid(), signal.SIGTERM)
+    outer.child.expect(f"job {ident} goes on")
+    assert outer.finish() == 128 + signal.SIGTERM
+    assert d.call("GET", f"/api/v1/jobs/{ident}")["job"]["state"] == "running"
+    d.cli("cancel", str(ident))
+    outer, ident = _submit_i(d, "--timeout", "3s")  # bash waits at its prompt until killed
+    outer.child.expect(f"job {ident} timed_out")
+    assert outer.finish() == 124
+    assert d.call("GET", f"/api/v1/jobs/{ident}")["job"]["state"] == "timed_out"
+
+
 def test_a_queued_interactive_job_is_waited_for(jobsd):  # noqa: F811
     d = jobsd(config="[server]\nconcurrency = 1\n")
     blocker = int(d.cli("submit", "--detach", "-p", "coreutils", "--", "sleep", "600").stdout)
@@ -167,6 +183,23 @@ def test_a_queued_interactive_job_is_waited_for(jobsd):  # noqa: F811
 
 
 # -- the WebSocket itself: hostile frames, TCP, slow readers -------------------------------
+
+
+HOSTILE_IDS = [
+    ("abc", 4400), ("0", 4400), ("-1", 4400), ("1.0", 4400), ("0x1", 4400), ("+1", 4400),
+    ("%20", 4400), ("1%00", 4400), ("%31", 4404),  # decoded first, as every other path
+    ("99999999999999999999", 4400), ("9223372036854775807", 4404), ("424242", 4404),
+]  # fmt: skip
+
+
+def test_hostile_job_ids_on_the_attach_path(jobsd):  # noqa: F811
+    d = jobsd()
+    for ident, code in HOSTILE_IDS:
+        with _ws(d, ident) as ws:  # type: ignore[arg-type]
+            _to_the_end(ws)
+        assert ws.close_code == code, (ident, ws.close_code, ws.close_reason)
+        assert ws.close_reason.isprintable(), ident
+    assert "Traceback" not in d.log()
 
 
 def _ws(d, ident: int, *, tcp: bool = False, token: str | None = None, **kw):
