@@ -143,6 +143,11 @@ def test_refusals_are_one_line(jobsd):  # noqa: F811
         err = out.stderr.decode()
         assert out.returncode == code and message in err, (args, out)
         assert "Traceback" not in err and err.count("\n") <= 3
+    # a job that fails to start (or ends) before submit -i attaches: shown as --follow does
+    bad = d.cli("submit", "-i", "-p", "no-such-package", "--", "bash")
+    assert bad.returncode == 1 and b"job error: unknown package" in bad.stderr, bad
+    quick = d.cli("submit", "-i", "-p", "coreutils", "--", "sh", "-c", "exit 4")
+    assert quick.returncode == 4, quick
     d.cli("cancel", str(ident))
     assert "Traceback" not in d.log()
 

@@ -172,6 +172,20 @@ def _user_terminal(fd: int, on_resize: Any):
             signal.signal(signum, handler)
 
 
+def submitted(client: Any, job_id: int) -> int:
+    """``submit -i``: attach to the job just submitted. One that ended before the client got
+    there (it failed to start, or was quick) is shown as ``--follow`` shows it: its logs,
+    then its exit code."""
+    try:
+        return attach_job(client, job_id)
+    except Finished:
+        return jobs_cmd.follow(client, job_id, streams=None, after=0, tail=None)
+
+
+class Finished(Exception):
+    """The job had ended when the client came to attach (close code 4409)."""
+
+
 def attach_job(client: Any, job_id: int) -> int:
     """Attach this process's terminal to the job; its exit code (see the module docstring)."""
     from nixcell.cli.entry import error
@@ -194,6 +208,8 @@ def attach_job(client: Any, job_id: int) -> int:
         return 0
     refusal = outcome.error()
     if refusal is not None:
+        if outcome.code == 4409 and "has finished" in outcome.reason:
+            raise Finished() from refusal
         raise refusal
     end = outcome.exit or {}
     state, code, reason = end.get("state"), end.get("exit_code"), end.get("reason")
@@ -210,11 +226,14 @@ def attach(job_id: str, server: str | None, token_file: str | None) -> int:
     from nixcell.cli.jobs_more import _id
 
     ident = _id(job_id)
-    return attach_job(jobs_cmd._client(server, token_file), ident)
+    try:
+        return attach_job(jobs_cmd._client(server, token_file), ident)
+    except Finished as exc:
+        raise exc.__cause__ from None  # type: ignore[misc]
 
 
 def register(cli: click.Group) -> None:
-    jobs_cmd.INTERACTIVE_HOOK = attach_job
+    jobs_cmd.INTERACTIVE_HOOK = submitted
     cli.add_command(attach)
 
 
