@@ -263,6 +263,51 @@ BAD_CONTROLS = [
 ]
 
 
+def _oversized_frame(d, ident: int) -> int:
+    """Announce a 2 MiB binary frame (its header only) on a raw socket: the close code."""
+    import base64
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(30)
+        sock.connect(d.socket)
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(
+            f"GET /api/v1/jobs/{ident}/attach HTTP/1.1\r\nHost: localhost\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        rest = head.split(b"\r\n\r\n", 1)[1]
+        sock.sendall(struct.pack("!BBQ", 0x82, 0x80 | 127, 2 << 20) + os.urandom(4))
+        data = rest
+        while True:  # frames from the server (the scrollback first), up to its close frame
+            while len(data) < 2 or len(data) < _frame_len(data):
+                chunk = sock.recv(65536)
+                assert chunk, "closed without a close frame"
+                data += chunk
+            size = _frame_len(data)
+            frame, data = data[:size], data[size:]
+            if frame[0] & 0x0F == 0x8:  # a close frame: 2 header bytes, then its code
+                return struct.unpack("!H", frame[2:4])[0]
+
+
+def _frame_len(data: bytes) -> int:
+    """The length of the unmasked server frame at the start of ``data`` (header included)."""
+    import struct
+
+    n = data[1] & 0x7F
+    if n == 126:
+        return 4 + struct.unpack("!H", data[2:4])[0] if len(data) >= 4 else 1 << 62
+    if n == 127:
+        return 10 + struct.unpack("!Q", data[2:10])[0] if len(data) >= 10 else 1 << 62
+    return 2 + n
+
+
 def test_hostile_frames_close_that_client_only(jobsd):  # noqa: F811
     d = jobsd()
     ident = int(d.cli("submit", "-i", "--detach", *SHELL).stdout)
@@ -273,6 +318,7 @@ def test_hostile_frames_close_that_client_only(jobsd):  # noqa: F811
             _to_the_end(ws)
         assert ws.close_code == 4400, (text, ws.close_code, ws.close_reason)
         assert ws.close_reason.isprintable() and ws.close_reason, text
+    assert _oversized_frame(d, ident) == 1009  # a frame over the limit: closed at its header
     with _ws(d, ident) as ws:  # terminal bytes are just bytes: any of them reach the shell
         ws.send(bytes(range(1, 32)).replace(b"\x03", b"").replace(b"\x04", b"") + b"\x15")
         ws.send(json.dumps({"resize": [12, 34]}))

@@ -30,7 +30,7 @@ POLL = 0.2  # s between looks at a job that is not running yet / not stored as e
 END_WAIT = 60.0  # s the service may take to store the state of a job whose cell ended
 EARLY_INPUT = 64 * 1024  # bytes typed before the job's terminal exists that are kept
 CONTROL_LIMIT = 1024  # a text frame is a small JSON control
-INBOX = 64  # client messages taken ahead of the relay
+INBOX = 4  # client messages taken ahead of the relay (each at most uvicorn's ws_max_size)
 
 
 def websocket_route(service: Service) -> WebSocketRoute:
