@@ -79,14 +79,19 @@ def test_shell_detach_reattach_scrollback_and_exit_code(jobsd):  # noqa: F811
 def test_cancel_while_attached_ends_the_client(jobsd):  # noqa: F811
     d = jobsd()
     outer, ident = _submit_i(d)
-    outer.child.sendline("echo pid=$$; sleep 300 &")
+    outer.child.sendline("echo pid=$$; sleep 3011 &")
     outer.child.expect(PROMPT)
+    assert _sleeping(), "the job's background sleep is not running"
     cancel = d.cli("cancel", str(ident))
     assert cancel.returncode == 0, cancel.stderr
     outer.child.expect(f"job {ident} cancelled")
     assert outer.finish() == 130
     assert d.call("GET", f"/api/v1/jobs/{ident}")["job"]["state"] == "cancelled"
-    assert not [p for p in os.listdir("/proc") if p.isdigit() and _cmd(p) == "sleep300"]
+    assert not _sleeping(), "a process of the cancelled job is still running"
+
+
+def _sleeping() -> list[str]:
+    return [p for p in os.listdir("/proc") if p.isdigit() and _cmd(p) == "sleep3011"]
 
 
 def _cmd(pid: str) -> str:

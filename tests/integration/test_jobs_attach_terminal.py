@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
-import subprocess
 import sys
 
 import pytest
@@ -39,25 +39,53 @@ async def until(att: terminal.Attachment, pattern: bytes | re.Pattern[bytes]) ->
 
 
 class Job:
-    """``run_interactive`` as the service runs it: a task, the output collected as its log."""
+    """``run_interactive`` as the service runs it: a task, the output collected as its log;
+    ``pidns``: the cell's pid namespace (every process of the cell is in it)."""
 
     def __init__(self, plan, job_id: int) -> None:
         self.log = bytearray()
         self.started = asyncio.Event()
+        self.pidns = ""
         self.task = asyncio.ensure_future(
-            terminal.run_interactive(
-                plan, job_id, self.log.extend, on_start=lambda c, n: self.started.set()
-            )
+            terminal.run_interactive(plan, job_id, self.log.extend, on_start=self._started)
         )
+
+    def _started(self, cell, _network) -> None:
+        self.pidns = os.readlink(f"/proc/{cell.child_pid}/ns/pid")
+        self.started.set()
+
+    @classmethod
+    async def start(cls, plan, job_id: int) -> Job:
+        job = cls(plan, job_id)
+        await asyncio.wait_for(job.started.wait(), 60)
+        return job
 
     async def result(self):
         return await asyncio.wait_for(self.task, 60)
 
+    async def cancel(self) -> None:
+        self.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await self.result()
+
+    def processes(self) -> list[str]:
+        """Host pids still in the cell's pid namespace."""
+        left = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/ns/pid") == self.pidns:
+                    left.append(pid)
+        return left
+
+
+async def to_the_end(att: terminal.Attachment) -> None:
+    while await asyncio.wait_for(att.read(), 60):
+        pass
+
 
 def test_shell_relay_scrollback_writer_resize_exit(shell_plan):
     async def main():
-        job = Job(shell_plan, 9001)
-        await asyncio.wait_for(job.started.wait(), 60)
+        job = await Job.start(shell_plan, 9001)
         first = terminal.attach(9001)
         await until(first, PROMPT)
         await first.write(b"echo $((6*7))\n")
@@ -87,8 +115,7 @@ def test_shell_relay_scrollback_writer_resize_exit(shell_plan):
         third = terminal.attach(9001)
         assert b"FROM-FIRST-AGAIN" in await third.read()
         await third.write(b"exit 3\n")
-        while await asyncio.wait_for(third.read(), 60):
-            pass
+        await to_the_end(third)
         result = await job.result()
         assert result.exit_code == 3
         assert b"42\r\n" in job.log and b"FROM-FIRST-AGAIN" in job.log
@@ -102,28 +129,24 @@ def test_shell_relay_scrollback_writer_resize_exit(shell_plan):
 
 def test_cancel_kills_the_cell_and_ends_readers(shell_plan):
     async def main():
-        job = Job(shell_plan, 9002)
-        await asyncio.wait_for(job.started.wait(), 60)
+        job = await Job.start(shell_plan, 9002)
         att = terminal.attach(9002)
         await att.write(b"echo pid=$$; sleep 300\n")
         seen = await until(att, re.compile(rb"pid=\d+\r\n"))
         assert b"pid=" in seen
-        job.task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await job.result()
+        assert len(job.processes()) >= 3  # bwrap's init, bash, sleep
+        await job.cancel()
         assert await asyncio.wait_for(att.read(), 10) == b""
         with pytest.raises(Conflict):
             terminal.attach(9002)
-        out = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True)
-        assert out.stdout.strip() == "", "a process of the cancelled job is still running"
+        assert job.processes() == [], "a process of the cancelled job is still running"
 
     asyncio.run(main())
 
 
 def test_a_reader_far_behind_is_dropped_the_job_goes_on(shell_plan):
     async def main():
-        job = Job(shell_plan, 9003)
-        await asyncio.wait_for(job.started.wait(), 60)
+        job = await Job.start(shell_plan, 9003)
         slow = terminal.attach(9003)
         fast = terminal.attach(9003)
         await fast.write(b"head -c 3000000 /dev/zero | tr '\\0' x; echo BIG-$((1+1))\n")
@@ -131,8 +154,7 @@ def test_a_reader_far_behind_is_dropped_the_job_goes_on(shell_plan):
         with pytest.raises(Conflict, match="behind"):
             await asyncio.wait_for(slow.read(), 10)
         await fast.write(b"exit 0\n")
-        while await asyncio.wait_for(fast.read(), 60):
-            pass
+        await to_the_end(fast)
         assert (await job.result()).exit_code == 0
         assert len(job.log) > 3000000  # the log got everything
 
@@ -141,19 +163,15 @@ def test_a_reader_far_behind_is_dropped_the_job_goes_on(shell_plan):
 
 def test_keys_a_cell_does_not_read_never_hold_the_daemon(shell_plan):
     async def main():
-        job = Job(shell_plan, 9005)
-        await asyncio.wait_for(job.started.wait(), 60)
+        job = await Job.start(shell_plan, 9005)
         att = terminal.attach(9005)
         await att.write(b"echo sleeping-$((1+1)); sleep 300\n")
         await until(att, b"sleeping-2\r\n")
         for _ in range(64):  # 4 MiB for a cell that reads none: each write returns at once
             await asyncio.wait_for(att.write(b"x" * 65536), 5)
         assert not job.task.done()
-        job.task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await job.result()
-        while await asyncio.wait_for(att.read(), 10):  # (the echo of what the pty took)
-            pass
+        await job.cancel()
+        await to_the_end(att)  # (the echo of what the pty took first)
 
     asyncio.run(main())
 
@@ -163,13 +181,10 @@ def test_unknown_and_repeated_job_ids(shell_plan):
         terminal.attach(12345)
 
     async def main():
-        job = Job(shell_plan, 9004)
-        await asyncio.wait_for(job.started.wait(), 60)
+        job = await Job.start(shell_plan, 9004)
         with pytest.raises(Conflict, match="already"):
             await terminal.run_interactive(shell_plan, 9004, lambda b: None)
-        job.task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await job.result()
+        await job.cancel()
 
     asyncio.run(main())
 

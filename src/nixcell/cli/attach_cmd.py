@@ -15,7 +15,6 @@ import contextlib
 import os
 import select
 import signal
-import struct
 import sys
 import threading
 from typing import Any
@@ -26,17 +25,6 @@ from nixcell.cli import jobs_cmd
 from nixcell.cli.jobs_cmd import server_options
 
 DETACH_HINT = "detached from job {id}; it goes on (`nixcell attach {id}` to come back)"
-
-
-def window_size(fd: int) -> tuple[int, int] | None:
-    import fcntl
-    import termios
-
-    try:
-        rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, bytes(8)))
-    except OSError:
-        return None
-    return (rows, cols) if rows and cols else None
 
 
 class _Ended(Exception):
@@ -88,6 +76,8 @@ class Attached:
 
     def _send_size(self) -> None:
         import json
+
+        from nixcell.sandbox.pty import window_size
 
         size = window_size(self.stdin) or window_size(self.stdout)
         if size is not None:
