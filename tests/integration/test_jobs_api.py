@@ -5,10 +5,12 @@ no traceback in the daemon's log; the OpenAPI document matches the real answers.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.integration.jobsd import jobsd  # noqa: F401 - the fixture
 from tests.unit.jobs_malformed import MALFORMED
 
 pytestmark = pytest.mark.integration
@@ -177,3 +179,32 @@ def test_openapi_matches_the_real_answers(daemon):
     check("/api/v1/jobs", "post", status, json.loads(raw))
     metrics = daemon.request("GET", "/metrics")
     assert metrics[0] == 200 and b"nixcell_jobs" in metrics[2]
+
+
+def test_event_feed_and_streams_end_at_sigterm(jobsd):  # noqa: F811
+    from nixcell.jobs.client import _UnixConnection
+
+    d = jobsd()
+    conn = _UnixConnection(d.socket, 120)
+    conn.request("GET", "/api/v1/events")
+    feed = conn.getresponse()
+    assert feed.status == 200 and feed.getheader("content-type").startswith("text/event-stream")
+    job = _submit(d, "echo hi")
+    seen = []
+    while "succeeded" not in seen:
+        line = feed.readline()
+        assert line, "the feed ended early"
+        if line.startswith(b"data: "):
+            event = json.loads(line[6:])
+            if event["job"] == job["id"]:
+                seen.append(event["state"])
+    assert seen[-1] == "succeeded" and "running" in seen
+    follower = _UnixConnection(d.socket, 120)  # a follow of a job that never ends by itself
+    running = _submit(d, "sleep 600")
+    follower.request("GET", f"/api/v1/jobs/{running['id']}/logs?follow=1")
+    stream = follower.getresponse()
+    d.wait_state(running["id"], {"running"})
+    assert d.stop() == 0, d.log()
+    assert b'"state":"cancelled"' in stream.read()  # the follower saw the end, then EOF
+    feed.read()  # the feed ended too (no hang)
+    assert not os.path.lexists(d.socket) and "Traceback" not in d.log()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import sys
@@ -152,18 +153,22 @@ def artifacts(job_id: str, output: str | None, server, token_file) -> int:
         if target
         else sys.stdout.buffer.fileno()
     )
+    done = False
     try:
         while chunk := response.read(1 << 16):
             view = memoryview(chunk)
             while view:
                 view = view[os.write(fd, view) :]
-    except OSError as exc:
-        raise ClientError(f"the tar broke off: {exc.strerror or exc}") from None
+        done = True
+    except (OSError, http.client.HTTPException) as exc:
+        raise ClientError(f"the tar broke off: {getattr(exc, 'strerror', None) or exc}") from None
     finally:
         if target:
             os.close(fd)
-    if output and target:
-        os.replace(target, output)
+            if done:
+                os.replace(target, str(output))
+            else:
+                os.unlink(target)  # never a partial tar under the asked name
     return 0
 
 

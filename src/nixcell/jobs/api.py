@@ -28,13 +28,13 @@ from nixcell.jobs import auth
 from nixcell.jobs.contract import JobError, NotFound, Service
 from nixcell.jobs.gate import CALLER, Gate, one_line
 from nixcell.jobs.model import STATES, STREAMS, TERMINAL, Caller, Event
+from nixcell.jobs.openapi import MAX_ID as _MAX_ID
 from nixcell.jobs.sse import event_json, event_stream, line_json
 
 log = logging.getLogger("nixcell.jobs.api")
 JSON_LIMIT = 4 << 20  # a request body (a script rides in it)
 DEFAULT_UPLOAD_LIMIT = 256 << 20
 _ID = re.compile(r"[1-9][0-9]{0,18}")
-_MAX_ID = 2**63 - 1
 _SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
@@ -87,9 +87,9 @@ def _flag(query: dict[str, list[str]], key: str) -> bool | None:
     text = _one(query, key)
     if text is None:
         return None
-    if text not in ("0", "1", "true", "false"):
+    if text not in ("0", "1"):
         raise JobError(f"{key} must be 0 or 1, got {one_line(text[:40])!r}")
-    return text in ("1", "true")
+    return text == "1"
 
 
 def _choices(query: dict[str, list[str]], key: str, known: tuple[str, ...]) -> list[str] | None:
@@ -208,6 +208,9 @@ class Api:
         limit = int(getattr(self.config(), "upload_limit", None) or DEFAULT_UPLOAD_LIMIT)
         upload_id = await self.service.upload(caller, _body(request, limit))
         return JSONResponse({"upload": upload_id}, status_code=201)
+
+    async def jobs(self, request: Request) -> Response:
+        return await (self.submit if request.method == "POST" else self.list)(request)
 
     async def submit(self, request: Request) -> Response:
         caller = caller_of(request)
@@ -334,8 +337,7 @@ class Api:
             Route(f"{v1}/openapi.json", self.openapi, methods=["GET"]),
             Route(f"{v1}/whoami", self.whoami, methods=["GET"]),
             Route(f"{v1}/uploads", self.upload, methods=["POST"]),
-            Route(f"{v1}/jobs", self.submit, methods=["POST"]),
-            Route(f"{v1}/jobs", self.list, methods=["GET"]),
+            Route(f"{v1}/jobs", self.jobs, methods=["GET", "POST"]),  # one route: one Allow
             Route(f"{v1}/jobs/{{id}}", self.show, methods=["GET"]),
             Route(f"{v1}/jobs/{{id}}/cancel", self.cancel, methods=["POST"]),
             Route(f"{v1}/jobs/{{id}}/logs", self.logs, methods=["GET"]),
@@ -378,7 +380,7 @@ async def _error(request: Request, exc: Exception) -> Response:
             message = f"{request.method} is not allowed on {one_line(request.url.path[:200])}"
         else:
             message = one_line(str(exc.detail))
-        return JSONResponse({"error": message}, status_code=exc.status_code)
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
     log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"error": "internal error"}, status_code=500)
 

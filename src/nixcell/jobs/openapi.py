@@ -38,7 +38,14 @@ _ERRORS = {
     for code, text in (
         (400, "a malformed request"),
         (401, "a token is required"),
+        (403, "refused: cross-origin, or admins only"),
         (404, "no such job (or not the caller's)"),
+        (405, "method not allowed"),
+        (409, "the job is not in a state for this"),
+        (413, "the body is over the limit"),
+        (415, "wrong Content-Type"),
+        (421, "wrong Host for this listener (DNS rebinding)"),
+        (503, "shutting down, or the queue is full"),
     )
 }
 
@@ -55,7 +62,8 @@ def _param(name: str, schema: dict, where: str = "query", **more: Any) -> dict:
     return {"name": name, "in": where, "schema": schema, **more}
 
 
-_ID = _param("id", {"type": "integer", "minimum": 1}, "path", required=True)
+MAX_ID = 2**63 - 1
+_ID = _param("id", {"type": "integer", "minimum": 1, "maximum": MAX_ID}, "path", required=True)
 
 
 def _schemas() -> dict[str, Any]:
@@ -122,7 +130,8 @@ def _paths() -> dict[str, Any]:
     body = {"required": True, "content": {"application/json": {"schema": _ref("JobRequest")}}}
     states = _param("state", {"type": "array", "items": {"enum": list(STATES)}}, explode=True)
     streams = _param("stream", {"type": "array", "items": {"enum": list(STREAMS)}}, explode=True)
-    count = {"type": "integer", "minimum": 0}
+    after = {"type": "integer", "minimum": 0, "maximum": MAX_ID}
+    tail = {"type": "integer", "minimum": 0, "maximum": 1_000_000}
     logs = _json(
         _obj({"lines": {"type": "array", "items": _ref("Line")}, "truncated": {"type": "boolean"}})
     )
@@ -167,8 +176,8 @@ def _paths() -> dict[str, Any]:
                 logs,
                 params=[
                     _ID,
-                    _param("after", count),
-                    _param("tail", count),
+                    _param("after", after),
+                    _param("tail", tail),
                     streams,
                     _param("follow", {"enum": ["0", "1"]}),
                 ],
