@@ -234,3 +234,33 @@ def test_queue_limit_and_stopping_refuse_submits(tmp_path) -> None:
     first, second = serve(tmp_path, body, concurrency=1, queue_limit=1)
     assert first.state == "cancelled" and second.state == "queued"
     assert not processes_with("987653")
+
+
+def test_live_events_only_of_visible_jobs(tmp_path) -> None:
+    async def body(svc):
+        got: dict[str, list[tuple[int, str]]] = {"alice": [], "admin": [], "one": []}
+
+        async def watch(name, stream, until):
+            async for event in stream:
+                got[name].append((event.job_id, event.state))
+                if until(got[name]):
+                    return
+
+        def ended(n):
+            return lambda seen: sum(s in ("succeeded", "failed") for _, s in seen) >= n
+
+        watchers = [  # subscribed when asked, before the jobs exist
+            asyncio.ensure_future(watch("alice", svc.events(ALICE), ended(1))),
+            asyncio.ensure_future(watch("admin", svc.events(ADMIN), ended(2))),
+        ]
+        a = await svc.submit(ALICE, script("true"))
+        b = await svc.submit(BOB, script("exit 1"))
+        await watch("one", svc.events(ALICE, a.id), lambda seen: False)  # ends by itself
+        await asyncio.gather(*watchers)
+        return a.id, b.id, got
+
+    a, b, got = serve(tmp_path, body)
+    assert {j for j, _ in got["alice"]} == {a}
+    assert {j for j, _ in got["admin"]} == {a, b}
+    assert [s for j, s in got["admin"] if j == b] == ["queued", "preparing", "running", "failed"]
+    assert got["one"][-1] == (a, "succeeded")

@@ -325,3 +325,33 @@ def test_jobs_survive_reopening(tmp_path: Path) -> None:
     assert store.get(job.id).request == REQUEST
     assert [ln.text for ln in store.logs(job.id)] == ["kept"]
     store.close()
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [{"x": float("nan")}, {"x": float("inf")}, {"x": object()}, {1: "a", "b": 2}, {"x": b"raw"}],
+    ids=["NaN", "infinity", "an object", "mixed key types", "bytes"],
+)
+def test_a_request_that_is_not_plain_json_is_refused(store: SqliteStore, request_) -> None:
+    with pytest.raises(StateError, match="cannot be stored") as err:
+        store.create("u", "u", request_)
+    assert "\n" not in str(err.value) and store.list() == []
+
+
+def test_a_deleted_job_leaves_no_residue_in_the_file(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "jobs.db"
+    store = SqliteStore(str(path))
+    job = store.create("u", "u", {"name": "REQUEST-RESIDUE"})
+    store.append_logs(job.id, [("stdout", f"LOG-RESIDUE-{n}") for n in range(200)])
+    store.transition(job.id, "succeeded", expect=["queued"])
+    with sqlite3.connect(path) as conn:  # the lines reach the DB file itself
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert b"LOG-RESIDUE" in path.read_bytes()
+    store.delete(job.id)
+    store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert b"LOG-RESIDUE" not in data and b"REQUEST-RESIDUE" not in data

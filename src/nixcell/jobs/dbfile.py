@@ -129,9 +129,7 @@ def load_key(path: str) -> bytes:
             _make_key(path)
             continue
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise StateError(f"refusing to use key {path}: it is a symbolic link") from None
-            raise StateError(f"cannot read key {path}: {exc.strerror}") from None
+            raise _open_error(exc, "key", path) from None
         try:
             st = os.fstat(fd)
             if st.st_nlink == 2 and stat.S_ISREG(st.st_mode) and attempt < 4:
@@ -181,22 +179,31 @@ def _open_nofollow(path: str, mode: int, what: str) -> int:
     except FileExistsError:
         pass
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise StateError(f"refusing to open {what} {path}: it is a symbolic link") from None
-        raise StateError(f"cannot open {what} {path}: {exc.strerror}") from None
+        raise _open_error(exc, what, path) from None
     try:
         return os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        raise StateError(f"cannot open {what} {path}: {exc.strerror}") from None
+        raise _open_error(exc, what, path) from None
+
+
+def _open_error(exc: OSError, what: str, path: str) -> StateError:
+    if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
+        return StateError(f"refusing to open {what} {path}: it is a symbolic link")
+    return StateError(f"cannot open {what} {path}: {exc.strerror}")
 
 
 def check_plain(path: str, st: os.stat_result, what: str) -> None:
     """A regular file of ours with one link, or a one-line StateError saying what it is."""
-    if stat.S_ISLNK(st.st_mode):
-        raise StateError(f"refusing to open {what} {path}: it is a symbolic link")
-    if not stat.S_ISREG(st.st_mode):
-        raise StateError(f"refusing to open {what} {path}: it is not a regular file")
-    if st.st_nlink != 1:
-        raise StateError(f"refusing to open {what} {path}: it has {st.st_nlink} hard links")
-    if st.st_uid != os.geteuid():
-        raise StateError(f"refusing to open {what} {path}: owned by uid {st.st_uid}, not you")
+    problem = (
+        "it is a symbolic link"
+        if stat.S_ISLNK(st.st_mode)
+        else "it is not a regular file"
+        if not stat.S_ISREG(st.st_mode)
+        else f"it has {st.st_nlink} hard links"
+        if st.st_nlink != 1
+        else f"owned by uid {st.st_uid}, not you"
+        if st.st_uid != os.geteuid()
+        else None
+    )
+    if problem:
+        raise StateError(f"refusing to open {what} {path}: {problem}")

@@ -115,6 +115,8 @@ class JobRun:
             if result.no_network is not None:
                 self.sink.add("system", result.no_network.line())
         self.cancellable = False
+        if reason is not None:  # no host path of the server's in an answer or a log line
+            reason = reason.replace(self.ctx.config.state_dir, "<state dir>")
         return await self._finish(state, exit_code, reason, tail, watcher)
 
     async def _finish(
@@ -182,10 +184,11 @@ class JobRun:
         if request.interactive:
             from nixcell.jobs.logpipe import Lines
 
-            lines = Lines("stdout", self.sink)
-            self._on_start_interactive()
+            lines = Lines("stdout", self.sink)  # the pty's output is the job's log
             try:
-                return await terminal.run_interactive(plan, self.job.id, lines.feed)
+                return await terminal.run_interactive(
+                    plan, self.job.id, lines.feed, on_start=self._on_start
+                )
             finally:
                 lines.end()
         out_r, out_w = os.pipe()
@@ -210,9 +213,6 @@ class JobRun:
     def _on_start(self, cell: Any, session: object | None) -> None:
         self._close_fds()  # bwrap holds its copies; ours would keep the readers from EOF
         self._mark_running(getattr(cell, "cell_id", None))
-
-    def _on_start_interactive(self) -> None:
-        self._mark_running(None)
 
     def _mark_running(self, cell_id: str | None) -> None:
         self.sink.add("system", "cell started")

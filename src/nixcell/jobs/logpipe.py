@@ -57,7 +57,12 @@ class LogSink:
         self._task = asyncio.ensure_future(self._flusher())
 
     def add(self, stream: str, text: str) -> None:
-        """Queue one line (called on the loop's thread)."""
+        """Queue one line (called on the loop's thread). Text with line breaks (nixcell's own
+        messages) becomes several lines: a stored line never holds a newline."""
+        if "\n" in text:
+            for part in text.splitlines():
+                self.add(stream, part)
+            return
         if self.redact is not None:
             text = self.redact(text)
         self._pending.append((stream, text))

@@ -49,7 +49,7 @@ class JobService:
         self.profiles: dict[str, Any] = {}
         self.credential_policy: str | None = None
         self.accepting = False
-        self.decisions: dict[str, int] = {}  # proxy decisions since start (metrics)
+        self.decisions = {"allow": 0, "deny": 0}  # proxy decisions since start (metrics)
         self._runs: dict[int, JobRun] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -304,7 +304,7 @@ class JobService:
     def events(self, caller: Caller, job_id: int | None = None) -> AsyncIterator[Event]:
         if job_id is not None:
             self.get(caller, job_id)
-        return job_events(self.store, self.hub, caller, job_id)
+        return job_events(self.store, self.hub.subscribe(caller.may_see), job_id)
 
     def audit(self, caller: Caller, job_id: int) -> list[dict[str, Any]]:
         job = self.get(caller, job_id)

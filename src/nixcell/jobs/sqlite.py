@@ -24,7 +24,7 @@ from typing import Any
 
 from nixcell.errors import StateError
 from nixcell.jobs import dbfile, sealing
-from nixcell.jobs.model import STATES, STREAMS, TERMINAL, Event, Job, LogLine
+from nixcell.jobs.model import ACTIVE, STATES, STREAMS, TERMINAL, Event, Job, LogLine
 from nixcell.jobs.store import TRUNCATED
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class SqliteStore:
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA secure_delete=ON")  # deleted jobs' lines leave no residue
         except sqlite3.DatabaseError as exc:
             raise StateError(f"cannot open job store {self.path}: {exc}") from None
         return conn
@@ -121,7 +122,10 @@ class SqliteStore:
 
     def create(self, owner: str, owner_name: str, request: dict[str, Any]) -> Job:
         now = time.time()
-        body = json.dumps(self._sealer.seal(request), sort_keys=True)
+        try:  # strict JSON (no NaN): what PostgreSQL's json type takes too
+            body = json.dumps(self._sealer.seal(request), sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise StateError(f"job request cannot be stored: {exc}") from None
         with self._tx() as conn:
             cur = conn.execute(
                 "INSERT INTO jobs (owner, owner_name, request, state, created, event_seq) "
@@ -158,27 +162,22 @@ class SqliteStore:
         if before is not None:
             where.append("id < ?")
             args.append(before)
-        sql = f"SELECT {_JOB_COLUMNS} FROM jobs{_where(where)} ORDER BY id DESC LIMIT ?"
-        return self._jobs(sql, [*args, _count(limit, "limit")])
+        return self._select(where, args, "id DESC LIMIT ?", _count(limit, "limit"))
 
     def queued(self) -> list[Job]:
-        return self._jobs(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'queued' ORDER BY id", [])
+        return self._select(*_filters(states=["queued"]), "id")
 
     def unfinished(self) -> list[Job]:
-        return self._jobs(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ('preparing', 'running') ORDER BY id",
-            [],
-        )
+        return self._select(*_filters(states=ACTIVE), "id")
 
     def expired(self, finished_before: float) -> list[Job]:
         where, args = _filters(states=TERMINAL)
-        where.append("finished < ?")
-        args.append(finished_before)
-        return self._jobs(f"SELECT {_JOB_COLUMNS} FROM jobs{_where(where)} ORDER BY id", args)
+        return self._select([*where, "finished < ?"], [*args, finished_before], "id")
 
-    def _jobs(self, sql: str, args: Sequence[Any]) -> list[Job]:
+    def _select(self, where: list[str], args: list[Any], order: str, *more: Any) -> list[Job]:
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs{_where(where)} ORDER BY {order}"
         with self._conn() as conn:
-            return [self._job(row) for row in conn.execute(sql, args)]
+            return [self._job(row) for row in conn.execute(sql, [*args, *more])]
 
     def transition(
         self,

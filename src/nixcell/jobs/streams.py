@@ -12,8 +12,8 @@ import asyncio
 import io
 from collections.abc import AsyncIterator, Iterable, Iterator
 
-from nixcell.jobs.hub import Hub
-from nixcell.jobs.model import TERMINAL, Caller, Event, Job, LogLine
+from nixcell.jobs.hub import Hub, Subscription
+from nixcell.jobs.model import TERMINAL, Event, Job, LogLine
 from nixcell.jobs.store import JobStore
 
 BATCH = 1000  # lines per store read
@@ -65,10 +65,10 @@ async def follow_job(
 
 
 async def job_events(
-    store: JobStore, hub: Hub, caller: Caller, job_id: int | None = None
+    store: JobStore, sub: Subscription, job_id: int | None = None
 ) -> AsyncIterator[Event]:
-    """Live events of every job ``caller`` may see, or of one job until its terminal state."""
-    sub = hub.subscribe(caller.may_see)
+    """Live events of ``sub`` (made when the caller asked: nothing published since is
+    missed), or of one job until its terminal state."""
     try:
         if job_id is not None:
             job = store.get(job_id)

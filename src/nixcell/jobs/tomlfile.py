@@ -73,8 +73,11 @@ class TomlFile:
             self.doc: dict[str, Any] = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             found = _TOML_AT.search(str(exc))
-            line = f":{found.group(1)}" if found else ""
-            reason = " ".join(_TOML_AT.sub("", str(exc)).split())
+            at_end = "(at end of document)" in str(exc)
+            line = f":{found.group(1)}" if found else f":{self.lines.last_line}" if at_end else ""
+            reason = " ".join(
+                _TOML_AT.sub("", str(exc)).replace("(at end of document)", "").split()
+            )
             raise UsageError(f"{path}{line}: not valid TOML: {reason}") from None
 
     def where(self, at: At) -> str:
@@ -155,5 +158,7 @@ class TomlFile:
                 parsed = getattr(Limits(**{key: raw}), key)
             except ValidationError as exc:
                 self.fail((*at, key), describe_validation_error(exc, {}))
+            except NixcellError as exc:  # units.py's UsageError passes through pydantic
+                self.fail((*at, key), str(exc))
             out[key] = parsed
         return out
