@@ -68,6 +68,7 @@ class Attach:
             caller, ident = caller_of(self.ws), job_id(self.ws)
             term = await self._terminal(caller, ident)
             if term is not None:
+                log.info("job %d: %s attached", ident, caller.name)
                 await self._relay(term)
             await self._exit(caller, ident)
         except Closed:
@@ -80,6 +81,7 @@ class Attach:
         finally:
             if term is not None:
                 term.detach()
+                log.info("job %d: %s detached", ident, caller.name)
             receiver.cancel()
             with contextlib.suppress(BaseException):
                 await receiver
