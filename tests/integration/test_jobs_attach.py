@@ -157,7 +157,7 @@ def test_refusals_are_one_line(jobsd):  # noqa: F811
     assert "Traceback" not in d.log()
 
 
-def test_sigterm_and_timeout_give_the_terminal_back(jobsd):  # noqa: F811
+def test_sigterm_timeout_and_shutdown_give_the_terminal_back(jobsd):  # noqa: F811
     import signal
 
     d = jobsd()
@@ -168,9 +168,13 @@ def test_sigterm_and_timeout_give_the_terminal_back(jobsd):  # noqa: F811
     assert d.call("GET", f"/api/v1/jobs/{ident}")["job"]["state"] == "running"
     d.cli("cancel", str(ident))
     outer, ident = _submit_i(d, "--timeout", "3s")  # bash waits at its prompt until killed
-    outer.child.expect(f"job {ident} timed_out")
+    outer.child.expect(f"job {ident} timed[_ ]out")
     assert outer.finish() == 124
     assert d.call("GET", f"/api/v1/jobs/{ident}")["job"]["state"] == "timed_out"
+    outer, ident = _submit_i(d)  # the daemon stops (SIGTERM: its jobs are cancelled)
+    assert d.stop() == 0
+    outer.child.expect(f"job {ident} cancelled")
+    assert outer.finish() == 130
 
 
 def test_a_queued_interactive_job_is_waited_for(jobsd):  # noqa: F811

@@ -44,6 +44,8 @@ def test_only_an_exit_object_is_an_exit(frames, expected):
         (4400, "", UsageRefused, "the daemon refused to attach (code 4400)"),
         (4404, "no job 7\r\n[fake] line\x1b[2J", ClientError, "no job 7??[fake] line?[2J"),
         (1011, "", ClientError, "internal error"),
+        (1012, "", ClientError, "the daemon shut down"),
+        (1001, "", ClientError, "the daemon shut down"),
         (1000, "", ClientError, "broke off"),  # closed with no exit frame
         (1006, "", ClientError, "broke off"),
         (None, "", ClientError, "broke off"),

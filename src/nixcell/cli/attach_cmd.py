@@ -204,7 +204,8 @@ def attach_job(client: Any, job_id: int) -> int:
     end = outcome.exit or {}
     state, code, reason = end.get("state"), end.get("exit_code"), end.get("reason")
     if state in ("cancelled", "timed_out") and reason:
-        error(f"job {job_id} {state}: {reason}")
+        said = reason.split(":")[0].split(" ")[0] in ("cancelled", "timed")  # "cancelled by …"
+        error(f"job {job_id} {reason}" if said else f"job {job_id} {state}: {reason}")
     return jobs_cmd.exit_code(state, code, reason)
 
 

@@ -188,8 +188,10 @@ class Attach:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + END_WAIT
         job = self.service.get(caller, ident)
+        delay = 0.005  # the state follows the cell's end closely (a shutdown closes us soon)
         while job.state not in TERMINAL and loop.time() < deadline:
-            await self._next(POLL)  # (keys typed now have no cell to go to)
+            await self._next(delay)  # (keys typed now have no cell to go to)
+            delay = min(delay * 2, POLL)
             job = self.service.get(caller, ident)
         if job.state not in TERMINAL:
             raise JobError(f"job {ident} ended but its state was not stored", status=500)

@@ -88,4 +88,6 @@ class Outcome:
             return cls(text or f"the daemon refused to attach (code {self.code})")
         if self.code == 1011:
             return ClientError("the daemon failed on this attachment (internal error)")
+        if self.code in (1001, 1012):  # going away, service restart: uvicorn's shutdown
+            return ClientError("the daemon shut down while attached (`nixcell show` tells more)")
         return ClientError("the connection to the daemon broke off; the job goes on")
