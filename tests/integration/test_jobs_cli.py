@@ -50,6 +50,8 @@ def test_streams_listing_and_detach(jobsd):  # noqa: F811
     assert "e1" in err and any(x.startswith("[nixcell] ") for x in err)
     out = d.cli("logs", job, "--tail", "1", "--stream", "stdout")
     assert out.stdout.decode().splitlines() == ["\x1b[31mred"] and not out.stderr
+    out = d.cli("logs", job, "-f", "--tail", "1", "--stream", "stdout")
+    assert out.returncode == 0 and out.stdout.decode().splitlines() == ["\x1b[31mred"]
     out = d.cli("logs", job, "--stream", "stderr")
     assert out.stderr.decode().splitlines() == ["e1"] and not out.stdout
     listed = json.loads(d.cli("jobs", "--json").stdout)
@@ -200,3 +202,35 @@ def test_the_client_imports_no_server_stack(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert out.stdout.decode().strip().splitlines()[-1] == "[]", out
     assert b"cannot reach the daemon" in out.stderr
+
+
+def test_upload_then_artifacts(jobsd, tmp_path):  # noqa: F811
+    import tarfile
+
+    d = jobsd()
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "in.txt").write_text("from the client\n")
+    os.symlink("/etc/shadow", src / "sub" / "link")  # sent as a link (never read): refused
+    out = d.cli("submit", "--upload", str(src), *RUN, "true")
+    assert out.returncode == 2 and b"sub/link" in out.stderr and out.stderr.count(b"\n") == 1
+    (src / "sub" / "link").unlink()
+    os.symlink("../in.txt", src / "sub" / "link")
+    script = "cat in.txt; readlink sub/link; echo made > out.txt"
+    out = d.cli("submit", "--upload", str(src), "--follow", *RUN, "bash", "-c", script)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.decode().splitlines() == ["from the client", "../in.txt"]
+    job = json.loads(d.cli("jobs", "--json", "--limit", "1").stdout)[0]["id"]
+    target = tmp_path / "out.tar"
+    got = d.cli("artifacts", str(job), "-o", str(target))
+    assert got.returncode == 0, got.stderr
+    with tarfile.open(target) as tar:
+        names = {m.name.removeprefix("./"): m for m in tar.getmembers()}
+        made = [n for n in names if n.endswith("out.txt")]
+        assert made and tar.extractfile(names[made[0]]).read() == b"made\n"  # type: ignore[union-attr]
+    assert not (tmp_path / "out.tar.part").exists()
+    piped = d.cli("artifacts", str(job))  # stdout is a pipe here: the tar goes there
+    assert piped.returncode == 0 and piped.stdout[257:262] == b"ustar"
+    missing = d.cli("artifacts", "424242", "-o", str(tmp_path / "none.tar"))
+    assert missing.returncode == 1 and not (tmp_path / "none.tar").exists()
+    assert not (tmp_path / "none.tar.part").exists()

@@ -50,13 +50,15 @@ def test_a_script_job_runs_with_its_env_and_cannot_touch_its_script(offline_set,
     script = (
         'printf "%s|%s|%s\\n" "$GREETING" "$(pwd)" "$0"\n'
         "echo changed > /nixcell-job/script 2>/dev/null && echo WROTE\n"
-        "test -e /nixcell-job/audit.jsonl && echo SEES-JOB-DIR\n"
+        "ls -A /nixcell-job\n"
         "exit 3\n"
     )
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "audit.jsonl").write_text("the server's, not the cell's\n")
     request = JobRequest(packages=["bash", "coreutils"], script=script, env={"GREETING": "a b"})
     result, job_dir = compile_and_run(request, config, tmp_path)
     assert result.exit_code == 3, result
-    assert result.stdout.decode() == "a b|/workspace|/nixcell-job/script\n"
+    assert result.stdout.decode() == "a b|/workspace|/nixcell-job/script\nscript\n"
     assert (job_dir / "script").read_text() == script
 
 

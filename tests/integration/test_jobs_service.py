@@ -264,3 +264,48 @@ def test_live_events_only_of_visible_jobs(tmp_path) -> None:
     assert {j for j, _ in got["admin"]} == {a, b}
     assert [s for j, s in got["admin"] if j == b] == ["queued", "preparing", "running", "failed"]
     assert got["one"][-1] == (a, "succeeded")
+
+
+def test_cancel_at_every_moment_of_the_claim(tmp_path) -> None:
+    """Cancels landing before, during and after the scheduler claims a job (the claim's
+    durable write runs in a thread): each job ends cancelled exactly once, none runs on."""
+
+    async def body(svc):
+        ended = []
+        for k in range(16):
+            job = await svc.submit(ALICE, script("sleep 987681"))
+            for _ in range(k % 8):
+                await asyncio.sleep(0 if k < 8 else 0.01)
+            ended.append(await svc.cancel(ALICE, job.id))
+        return ended, [svc.store.events(j.id) for j in ended]
+
+    ended, events = serve(tmp_path, body, concurrency=4)
+    for job, evs in zip(ended, events, strict=True):
+        assert (job.state, job.reason) == ("cancelled", "cancelled by alice")
+        assert [e.state for e in evs].count("cancelled") == 1 and evs[-1].state == "cancelled"
+    assert not processes_with("987681")
+
+
+def test_out_of_memory_is_failed_with_the_reason(tmp_path) -> None:
+    async def body(svc):
+        hog = 'x=$(head -c 400000000 /dev/zero | tr "\\0" a); echo "${#x}"'
+        job = await svc.submit(ALICE, script(hog, memory="64M"))
+        return await settle(svc, job.id), svc.logs(ALICE, job.id, streams=["system"])
+
+    job, lines = serve(tmp_path, body)
+    assert job.state == "failed" and job.exit_code != 0
+    assert job.reason and "memory" in job.reason and "\n" not in job.reason
+    assert job.reason in [x.text for x in lines]
+
+
+def test_log_bound_keeps_the_marker_last_and_follow_ends(tmp_path) -> None:
+    async def body(svc):
+        job = await svc.submit(ALICE, script("seq 1 1000"))
+        items = await collect(svc, ALICE, job.id)
+        return svc.get(ALICE, job.id), items
+
+    job, items = serve(tmp_path, body, log_limit=100)
+    lines = [x for x in items if isinstance(x, LogLine)]
+    assert job.state == "succeeded" and job.log_truncated
+    assert len(lines) <= 101 and lines[-1].text.startswith("[nixcell: log truncated:")
+    assert isinstance(items[-1], Event) and items[-1].exit_code == 0

@@ -71,6 +71,15 @@ def refused(config: ServerConfig = CONFIG, **fields) -> str:
     return message
 
 
+def outcome(**fields):
+    """The spec, or None when refused (then with one line, checked here)."""
+    try:
+        return compiled(**fields).spec
+    except JobError as exc:
+        assert "\n" not in str(exc) and len(str(exc)) < 400
+        return None
+
+
 def assert_contained(spec, config: ServerConfig, workspace: str | None) -> None:
     """What no request can change: the server decides binds, store, host network, pass-env."""
     assert spec.pass_env == []
@@ -263,12 +272,8 @@ def test_secret_env_names_must_be_in_env():
 @SETTINGS
 @given(st.dictionaries(st.text(max_size=12), st.text(max_size=40), max_size=6))
 def test_any_env_is_refused_or_kept_exactly(env):
-    try:
-        spec = compiled(env=env).spec
-    except JobError as exc:
-        assert "\n" not in str(exc)
-        return
-    assert spec.env == env
+    spec = outcome(env=env)
+    assert spec is None or spec.env == env
 
 
 # -- cwd ----------------------------------------------------------------------------------------
@@ -300,10 +305,63 @@ def test_hostile_cwd_is_refused(cwd):
 @SETTINGS
 @given(st.text(max_size=30))
 def test_any_cwd_is_refused_or_inside_the_cell_tree_without_dotdot(cwd):
-    try:
-        spec = compiled(cwd=cwd).spec
-    except JobError as exc:
-        assert "\n" not in str(exc)
+    spec = outcome(cwd=cwd)
+    if spec is None:
         return
     assert spec.cwd.startswith("/") and ".." not in spec.cwd.split("/")
     assert not any(ord(c) < 32 for c in spec.cwd)
+
+
+SURROGATE = "\ud800"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"script": SURROGATE},
+        {"env": {"A": SURROGATE}},
+        {"command": ["echo", SURROGATE]},
+        {"cwd": SURROGATE},
+        {"allow_hosts": [SURROGATE + ".com"]},
+        {"name": SURROGATE},
+        {"workspace": {"repo": "https://x/" + SURROGATE}},
+    ],
+)
+def test_lone_surrogates_anywhere_are_one_line(fields):
+    assert "surrogate" in refused(**fields)
+
+
+HOSTILE_CHARS = ["\ud800", "\udcff", "\x00", "\n", "\r", "\x1b", "\x7f", "=", "/", ".", "a", "-"]
+any_text = st.one_of(st.text(max_size=12), st.text(st.sampled_from(HOSTILE_CHARS), max_size=8))
+
+
+@SETTINGS
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "script": any_text,
+            "command": st.lists(any_text, max_size=3),
+            "env": st.dictionaries(any_text, any_text, max_size=3),
+            "cwd": any_text,
+            "allow_hosts": st.lists(any_text, max_size=2),
+            "deny_hosts": st.lists(any_text, max_size=2),
+            "policies": st.lists(any_text, max_size=2),
+            "credentials": st.lists(any_text, max_size=2),
+            "nixpkgs": any_text,
+            "backend": any_text,
+            "name": any_text,
+        },
+    )
+)
+def test_any_request_text_is_refused_in_one_line_or_compiles(fields):
+    """Every text field at once, any code point (surrogates and controls included): a
+    JobError of one line or a contained spec (``compiled`` checks it) — never another error."""
+    fields.setdefault("command", ["true"])
+    if "script" in fields:
+        fields["command"] = []
+    try:
+        request(**fields)
+    except ValidationError:
+        return
+    outcome(**fields)

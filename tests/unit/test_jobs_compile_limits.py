@@ -14,6 +14,7 @@ from tests.unit.test_jobs_compile import (
     JOB_DIR,
     SETTINGS,
     compiled,
+    outcome,
     refused,
 )
 
@@ -44,12 +45,8 @@ def test_every_host_spelling_is_refused_or_kept_exactly(field, host):
     fields = {field: [host]}
     if field == "deny_hosts":
         fields["allow_hosts"] = ["example.org"]
-    try:
-        spec = compiled(**fields).spec
-    except JobError as exc:
-        assert "\n" not in str(exc) and len(str(exc)) < 400
-        return
-    assert getattr(spec.network, field) == [host]
+    spec = outcome(**fields)
+    assert spec is None or getattr(spec.network, field) == [host]
 
 
 @pytest.mark.parametrize(
@@ -166,10 +163,8 @@ def test_any_limit_is_refused_or_within_the_maxima(key, value):
         JobRequest(command=["true"], **{key: value})
     except ValueError:
         return  # the model refuses the type: 400 before compile
-    try:
-        spec = compiled(**{key: value}).spec
-    except JobError as exc:
-        assert "\n" not in str(exc)
+    spec = outcome(**{key: value})
+    if spec is None:
         return
     got = getattr(spec.limits, key)
     assert got is not None and math.isfinite(got) and got > 0

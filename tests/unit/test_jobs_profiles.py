@@ -158,7 +158,7 @@ def test_symlinks_and_others_files_are_refused(pdir, tmp_path):
         load_profiles(str(pdir))
     (pdir / "py.toml").chmod(0o644)
     pdir.chmod(0o777)
-    with pytest.raises(UsageError, match="not writable by group or others"):
+    with pytest.raises(UsageError, match=r"profile dir .*writable by group or others"):
         load_profiles(str(pdir))
     pdir.chmod(0o755)
     link = tmp_path / "dirlink"
@@ -198,3 +198,16 @@ def test_merge_property(parts, request_list, request_pin):
     assert merged.packages == expected
     first = next((pin for _, pin in parts if pin), None)
     assert merged.nixpkgs == (request_pin if request_pin is not None else first)
+
+
+def test_the_documented_profile_loads(tmp_path):
+    """docs/jobs-config.md's example profile is a real one (its second toml block)."""
+    from tests.conftest import REPO
+
+    text = (REPO / "docs" / "jobs-config.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```toml\n")[1:]]
+    example = next(b for b in blocks if "description" in b)
+    (tmp_path / "doc.toml").write_text(example)
+    (tmp_path / "doc.toml").chmod(0o644)
+    profile = load_profiles(str(tmp_path))["doc"]
+    assert profile.packages == ("python3", "coreutils") and profile.limits["memory"] == 1 << 30

@@ -140,9 +140,10 @@ class Sessions:
         return self._by_cookie.get(value) if value else None
 
 
-def allowed_hosts(local: tuple[str, int]) -> frozenset[str]:
-    """Host header values a TCP listener answers (DNS rebinding: only its own address, and the
-    localhost names when it is on loopback)."""
+def allowed_hosts(local: tuple[str, int], listen: Any = ()) -> frozenset[str]:
+    """Host header values a TCP listener answers (DNS rebinding): its own address, the name it
+    was configured with (``listen``'s ``HOST:PORT`` of the same port), and the localhost names
+    when it is on loopback."""
     host, port = local
     try:
         address = ipaddress.ip_address(host)
@@ -152,6 +153,10 @@ def allowed_hosts(local: tuple[str, int]) -> frozenset[str]:
     names = {shown}
     if address is not None and address.is_loopback:
         names.update(_LOOPBACK_NAMES)
+    for spec in listen or ():
+        name, sep, text = str(spec).rpartition(":")
+        if sep and not str(spec).startswith("unix:") and text == str(port) and name:
+            names.add(name)
     return frozenset(f"{name}:{port}".lower() for name in names)
 
 

@@ -23,6 +23,7 @@ from nixcell.jobs.requestcheck import (
     check_cidrs,
     check_env,
     check_limits,
+    check_text,
     one_line,
     shown,
 )
@@ -92,6 +93,7 @@ def compile_request(
 
     if request.profiles:
         raise JobError("internal: profiles were not applied to the request", status=500)
+    check_text(request.model_dump())
     _check_name(request.name)
     packages = [*_packages(request.packages), *extra_packages]
     if not packages:

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AUDIT_POLL = 0.25  # seconds between reads of a running job's audit file
+START_GRACE = 30.0  # seconds a cancel waits for a starting cell's start before it cancels anyway
+READ_GRACE = 10.0  # seconds the output may take to reach EOF once the cell has gone
 Move = Callable[..., Awaitable[Job | None]]  # the service's transition-and-publish
 
 
@@ -75,6 +77,10 @@ class JobRun:
         self.task: asyncio.Task[Job | None] | None = None
         self._running: asyncio.Future[Job | None] | None = None
         self._fds: list[int] = []
+        self._starting = False  # the cell is being started: a cancel waits for its start
+        self._deferred: asyncio.TimerHandle | None = None
+        self._tail: jobaudit.AuditTail | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self.sink = LogSink(ctx.store, job.id, ctx.hub.notify, redact=_redactor(job.request))
 
     def start(self) -> asyncio.Task[Job | None]:
@@ -87,23 +93,33 @@ class JobRun:
             return False
         if self.cancel_reason is None:
             self.cancel_reason = reason
+        if self._starting:  # bwrap is up but its child's pid is not known yet: see _on_start
+            if self._deferred is None:
+                loop = asyncio.get_running_loop()
+                self._deferred = loop.call_later(START_GRACE, self._cancel_now)
+            return True
         self.task.cancel()
         return True
+
+    def _cancel_now(self) -> None:
+        self._starting = False
+        if self.cancellable and self.task is not None and not self.task.done():
+            self.task.cancel()
 
     async def run(self) -> Job | None:
         """The whole job; returns it in its final state (None if the store lost it)."""
         self.sink.start()
-        tail = jobaudit.AuditTail(os.path.join(self.dir, jobaudit.AUDIT), self._audited)
-        watcher: asyncio.Task[None] | None = None
         exit_code = reason = None
         try:
-            watcher = asyncio.ensure_future(self._watch(tail))
             result = await self._run_cell()
         except asyncio.CancelledError:
             _uncancel()
             state, reason = "cancelled", self.cancel_reason or "cancelled: the server stopped"
         except NixcellError as exc:
-            state, reason = "error", one_line(exc.message)
+            if self.cancel_reason is not None:  # cancelled while it started: what was asked
+                state, reason = "cancelled", self.cancel_reason
+            else:
+                state, reason = "error", one_line(exc.message)
         except Exception:
             log.exception("job %d: internal error", self.job.id)
             state, reason = "error", "internal error"
@@ -117,28 +133,20 @@ class JobRun:
         self.cancellable = False
         if reason is not None:  # no host path of the server's in an answer or a log line
             reason = reason.replace(self.ctx.config.state_dir, "<state dir>")
-        return await self._finish(state, exit_code, reason, tail, watcher)
+        return await self._finish(state, exit_code, reason)
 
-    async def _finish(
-        self,
-        state: str,
-        exit_code: int | None,
-        reason: str | None,
-        tail: jobaudit.AuditTail,
-        watcher: asyncio.Task[None] | None,
-    ) -> Job | None:
-        for fd in self._fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        if watcher is not None:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
-        try:
-            tail.poll()  # the records written since the last poll
-        except OSError as exc:
-            log.warning("job %d: audit: %s", self.job.id, exc)
-        finally:
-            tail.close()
+    async def _finish(self, state: str, exit_code: int | None, reason: str | None) -> Job | None:
+        self._close_fds()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+        if self._tail is not None:
+            try:
+                self._tail.poll()  # the records written since the last poll
+            except OSError as exc:
+                log.warning("job %d: audit: %s", self.job.id, exc)
+            finally:
+                self._tail.close()
         self.sink.add("system", _final_line(state, exit_code, reason))
         try:
             await self.sink.close()
@@ -174,6 +182,9 @@ class JobRun:
         )
         _write_files(self.dir, compiled.files)
         spec = compiled.spec
+        if spec.network is not None and spec.network.audit:  # the proxy stream
+            self._tail = jobaudit.AuditTail(spec.network.audit, self._audited)
+            self._watcher = asyncio.ensure_future(self._watch(self._tail))
         self.sink.add("system", f"resolving packages: {' '.join(spec.packages)}")
         loop = asyncio.get_running_loop()
 
@@ -185,11 +196,13 @@ class JobRun:
             from nixcell.jobs.logpipe import Lines
 
             lines = Lines("stdout", self.sink)  # the pty's output is the job's log
+            self._starting = True
             try:
                 return await terminal.run_interactive(
                     plan, self.job.id, lines.feed, on_start=self._on_start
                 )
             finally:
+                self._starting = False
                 lines.end()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -198,20 +211,39 @@ class JobRun:
             asyncio.ensure_future(read_lines(out_r, "stdout", self.sink)),
             asyncio.ensure_future(read_lines(err_r, "stderr", self.sink)),
         ]
+        self._starting = True
         try:
-            return await runner.execute_async(
+            result = await runner.execute_async(
                 plan,
                 stdin=subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=err_w,
                 on_start=self._on_start,
             )
+            self.cancellable = False  # the cell has ended: its last lines are not cut short
+            return result
         finally:
+            self._starting = False
             self._close_fds()  # the cell is gone: its ends were the last writers, EOF follows
-            await asyncio.gather(*readers, return_exceptions=True)
+            await self._drain(readers)
+
+    async def _drain(self, readers: list[asyncio.Future[None]]) -> None:
+        """The readers' EOF. The engine guarantees the cell's processes are gone, so EOF is
+        immediate; should anything still hold a pipe, the job does not hang on it."""
+        _, held = await asyncio.wait(readers, timeout=READ_GRACE)
+        for reader in held:
+            reader.cancel()
+        if held:
+            log.error("job %d: its output pipes stayed open after its cell ended", self.job.id)
+            self.sink.add("system", "nixcell: the output was still held open after the cell ended")
+        await asyncio.gather(*readers, return_exceptions=True)
 
     def _on_start(self, cell: Any, session: object | None) -> None:
         self._close_fds()  # bwrap holds its copies; ours would keep the readers from EOF
+        self._starting = False
+        if self._deferred is not None:  # a cancel came while it started: now it can kill all
+            self._deferred.cancel()
+            asyncio.get_running_loop().call_soon(self._cancel_now)
         self._mark_running(getattr(cell, "cell_id", None))
 
     def _mark_running(self, cell_id: str | None) -> None:

@@ -68,7 +68,8 @@ class Gate:
             raise Refused(403, "connection of unknown kind refused")  # fail closed
         headers = _headers(scope)
         host = headers.get("host", "").lower()
-        if host not in auth.allowed_hosts(peer.local):
+        config = self.config()
+        if host not in auth.allowed_hosts(peer.local, getattr(config, "listen", ())):
             raise Refused(421, f"wrong Host {one_line(host[:100])!r} for this listener")
         method = scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET"
         origin = headers.get("origin")
@@ -79,7 +80,9 @@ class Gate:
             return caller
         if caller is None:
             raise Refused(401, "a token is required")
-        if by_cookie and method not in _SAFE and headers.get("x-nixcell") != "1":
+        if by_cookie and method == "WEBSOCKET" and origin is None:
+            raise Refused(403, "a web socket with a session cookie needs its Origin")
+        if by_cookie and method not in _SAFE | {"WEBSOCKET"} and headers.get("x-nixcell") != "1":
             raise Refused(403, "a web request that changes state needs the header X-Nixcell: 1")
         return caller
 

@@ -85,11 +85,9 @@ def _check_dir(directory: str) -> None:
         raise UsageError(f"profile dir {directory}: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise UsageError(f"profile dir {directory}: not a directory (or a symbolic link)")
-    if st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o022:
-        raise UsageError(
-            f"profile dir {directory}: must be owned by this server or root and not writable "
-            f"by group or others (mode {stat.S_IMODE(st.st_mode):o})"
-        )
+    from nixcell.jobs.tomlfile import check_owner
+
+    check_owner(st, f"profile dir {directory}")
 
 
 def read_profile(path: str, name: str) -> Profile:

@@ -30,6 +30,23 @@ def shown(value: object) -> str:
     return text if len(text) <= 66 else text[:63] + "..."
 
 
+def check_text(value: object, where: str = "request") -> None:
+    """Every string anywhere in the request encodes as UTF-8: a lone surrogate (``json.loads``
+    accepts ``"\\ud800"``) would otherwise fail deep inside the engine, not here in one line."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise JobError(f"{where}: text must be valid Unicode (no lone surrogates)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():  # only the model's own field names go in messages
+            check_text(key, where)
+            check_text(item, str(key) if where == "request" else where)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            check_text(item, where)
+
+
 def one_line(text: str, limit: int = 300) -> str:
     """One line, and short: the engine's messages may quote a client's value more than once."""
     line = " ".join(text.split())

@@ -40,6 +40,9 @@ class FairQueue:
             jobs.append(job_id)
         self._owner_of[job_id] = owner
 
+    def owner(self, job_id: int) -> str | None:
+        return self._owner_of.get(job_id)
+
     def remove(self, job_id: int) -> bool:
         """Take a job out (cancelled while queued); False when it was not queued here."""
         owner = self._owner_of.pop(job_id, None)

@@ -23,7 +23,9 @@ from nixcell.jobs import jobaudit, recovery
 from nixcell.jobs.contract import Conflict, JobError, NotFound, Terminal, Unavailable
 from nixcell.jobs.executor import Context, JobRun, job_dir, one_line, remove_job_dir
 from nixcell.jobs.hub import Hub
-from nixcell.jobs.model import ACTIVE, STATES, STREAMS, Caller, Event, Job, JobRequest, LogLine
+from nixcell.jobs.jobview import among_states, among_streams, shown
+from nixcell.jobs.model import ACTIVE, Caller, Event, Job, JobRequest, LogLine
+from nixcell.jobs.requestcheck import shown as shown_value
 from nixcell.jobs.scheduler import FairQueue
 from nixcell.jobs.store import JobStore
 from nixcell.jobs.streams import IteratorIO, follow_job, job_events, terminal_event
@@ -51,6 +53,7 @@ class JobService:
         self.accepting = False
         self.decisions = {"allow": 0, "deny": 0}  # proxy decisions since start (metrics)
         self._runs: dict[int, JobRun] = {}
+        self._claims: dict[int, tuple[str, asyncio.Future[None]]] = {}  # being claimed
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -85,6 +88,7 @@ class JobService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await asyncio.gather(*(claim for _, claim in self._claims.values()))
         runs = [run.task for run in self._runs.values() if run.task is not None]
         if mode == "finish" and runs:
             await asyncio.wait(runs, timeout=self.config.shutdown_grace)
@@ -125,19 +129,37 @@ class JobService:
                 log.exception("the scheduler could not start a job")
 
     def _start_some(self) -> None:
-        while self.accepting and len(self._runs) < self.config.concurrency:
+        """Reserve slots for the jobs the rule picks; each is claimed in a worker thread (a
+        durable transition must not stall the loop) and then run."""
+        while self.accepting and len(self._runs) + len(self._claims) < self.config.concurrency:
             running = Counter(run.job.owner for run in self._runs.values())
+            running.update(owner for owner, _ in self._claims.values())
             job_id = self.queue.pick(running, self.config.per_user)
             if job_id is None:
                 return
+            owner = self.queue.owner(job_id) or ""
             self.queue.remove(job_id)
-            job = self.store.transition(job_id, "preparing", expect=("queued",))
-            if job is None:  # cancelled meanwhile
-                continue
-            self._publish(job)
-            run = JobRun(job, self._context())
-            self._runs[job.id] = run
-            run.start().add_done_callback(lambda task, i=job.id: self._ended(i, task))
+            self._claims[job_id] = (owner, asyncio.ensure_future(self._claim(job_id, owner)))
+
+    async def _claim(self, job_id: int, owner: str) -> None:
+        try:
+            job = await self._move(job_id, "preparing", expect=("queued",))
+        except Exception:  # the store failed: the job stays queued, for the next wake
+            log.exception("job %d: could not be claimed", job_id)
+            self._claims.pop(job_id, None)
+            self.queue.push(job_id, owner)
+            return
+        self._claims.pop(job_id, None)
+        self._wake.set()
+        if job is None:  # cancelled meanwhile
+            return
+        if not self.accepting:  # stop began meanwhile: it stays queued for the next start
+            back = await self._move(job_id, "queued", expect=("preparing",))
+            if back is not None:
+                return
+        run = JobRun(job, self._context())
+        self._runs[job.id] = run
+        run.start().add_done_callback(lambda task, i=job.id: self._ended(i, task))
 
     def _context(self) -> Context:
         return Context(
@@ -189,9 +211,7 @@ class JobService:
 
         cutoff = time.time() - self.config.retention
         jobs = dirs = 0
-        for job in self.store.expired(cutoff):
-            if job.id in self._runs:
-                continue
+        for job in self.store.expired(cutoff):  # terminal: no cell uses its dir any more
             if remove_job_dir(job_dir(self.config, job.id), self.workspaces):
                 dirs += 1
             self.store.delete(job.id)
@@ -232,9 +252,9 @@ class JobService:
             raise Unavailable("the server is not accepting jobs (it is stopping)")
 
     def get(self, caller: Caller, job_id: int) -> Job:
-        job = self.store.get(job_id) if isinstance(job_id, int) and job_id > 0 else None
+        job = self.store.get(job_id) if _count(job_id) and job_id > 0 else None
         if job is None or not caller.may_see(job.owner):
-            raise NotFound(f"no job {job_id}")
+            raise NotFound(f"no job {shown_value(job_id) if not _count(job_id) else job_id}")
         return job
 
     def list(
@@ -245,8 +265,8 @@ class JobService:
         limit: int = 100,
         all_users: bool = True,
     ) -> list[Job]:
-        wanted = _states(states)
-        if not 1 <= limit <= MAX_LIST:
+        wanted = among_states(states)
+        if not _count(limit) or not 1 <= limit <= MAX_LIST:
             raise JobError(f"limit must be between 1 and {MAX_LIST}")
         owner = None if caller.admin and all_users else caller.key
         return self.store.list(owner=owner, states=wanted, limit=limit)
@@ -259,12 +279,14 @@ class JobService:
         if job.terminal:
             raise Conflict(f"job {job_id} has already finished ({job.state})")
         reason = f"cancelled by {caller.name}"
-        if job.state == "queued" or job_id in self.queue:
-            self.queue.remove(job_id)
-            done = self.store.transition(job_id, "cancelled", expect=("queued",), reason=reason)
+        if job_id not in self._claims and (job.state == "queued" or job_id in self.queue):
+            self.queue.remove(job_id)  # the scheduler cannot pick it now
+            done = await self._move(job_id, "cancelled", expect=("queued",), reason=reason)
             if done is not None:
-                self._publish(done)
                 return done
+        claim = self._claims.get(job_id)
+        if claim is not None:  # a slot was just given to it: let the claim settle first
+            await asyncio.wait({claim[1]})
         run = self._runs.get(job_id)
         if run is not None and run.task is not None:
             run.cancel(reason)
@@ -288,18 +310,18 @@ class JobService:
         streams: Iterable[str] | None = None,
     ) -> list[LogLine]:
         self.get(caller, job_id)
-        wanted = _streams(streams)
-        if after < 0 or (tail is not None and tail < 0):
-            raise JobError("after and tail must not be negative")
+        wanted = among_streams(streams)
+        if not _count(after) or (tail is not None and not _count(tail)):
+            raise JobError("after and tail must be whole numbers, not negative")
         return self.store.logs(job_id, after=after, streams=wanted, tail=tail)
 
     def follow(
         self, caller: Caller, job_id: int, *, after: int = 0, streams: Iterable[str] | None = None
     ) -> AsyncIterator[LogLine | Event]:
         self.get(caller, job_id)  # now, not at the first item: the HTTP layer answers 404
-        if after < 0:
-            raise JobError("after must not be negative")
-        return follow_job(self.store, self.hub, job_id, after=after, streams=_streams(streams))
+        if not _count(after):
+            raise JobError("after must be a whole number, not negative")
+        return follow_job(self.store, self.hub, job_id, after=after, streams=among_streams(streams))
 
     def events(self, caller: Caller, job_id: int | None = None) -> AsyncIterator[Event]:
         if job_id is not None:
@@ -347,50 +369,6 @@ class JobService:
         )
 
 
-def shown(job: Job, state_dir: str) -> dict[str, Any]:
-    """The job as the API shows it (API.md): secrets hidden, no host path, no cell id."""
-    import time
-
-    try:
-        request = JobRequest.model_validate(job.request).shown()
-    except ValueError:  # stored by another version: show no env value at all
-        request = {**job.request, "env": {k: "<secret>" for k in job.request.get("env") or {}}}
-    end = job.finished if job.finished is not None else time.time()
-    reason = job.reason.replace(state_dir, "<state dir>") if job.reason else job.reason
-    return {
-        "id": job.id,
-        "state": job.state,
-        "owner": job.owner_name,
-        "name": job.request.get("name"),
-        "created": job.created,
-        "started": job.started,
-        "finished": job.finished,
-        "duration": None if job.started is None else max(0.0, end - job.started),
-        "exit_code": job.exit_code,
-        "reason": reason,
-        "host": job.host,
-        "interactive": bool(job.request.get("interactive")),
-        "log_lines": job.log_lines,
-        "log_truncated": job.log_truncated,
-        "request": request,
-    }
-
-
-def _states(states: Iterable[str] | None) -> list[str] | None:
-    if states is None:
-        return None
-    wanted = list(states)
-    for state in wanted:
-        if state not in STATES:
-            raise JobError(f"unknown state {state!r}: one of {', '.join(STATES)}")
-    return wanted or None
-
-
-def _streams(streams: Iterable[str] | None) -> list[str] | None:
-    if streams is None:
-        return None
-    wanted = list(streams)
-    for stream in wanted:
-        if stream not in STREAMS:
-            raise JobError(f"unknown stream {stream!r}: one of {', '.join(STREAMS)}")
-    return wanted or None
+def _count(value: object) -> bool:
+    """A whole number a database column holds (no bool, nothing negative, below 2**63)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63

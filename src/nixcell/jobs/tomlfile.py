@@ -31,6 +31,17 @@ def type_name(value: object) -> str:
     )
 
 
+def check_owner(st: os.stat_result, path: str) -> None:
+    """Refused unless owned by this server's user or root and not writable by group/others."""
+    if st.st_uid not in (os.geteuid(), 0):
+        raise UsageError(f"{path}: owned by uid {st.st_uid}, not by this server or root")
+    if st.st_mode & 0o022:
+        raise UsageError(
+            f"{path}: writable by group or others (mode {stat.S_IMODE(st.st_mode):o}): "
+            f"not used; `chmod go-w {path}`"
+        )
+
+
 def read_trusted(path: str, what: str) -> str:
     """The text of ``path``; refused unless a plain file only we (or root) could have written."""
     try:
@@ -43,13 +54,7 @@ def read_trusted(path: str, what: str) -> str:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise UsageError(f"{path}: {what} is not a regular file")
-        if st.st_uid not in (os.geteuid(), 0):
-            raise UsageError(f"{path}: owned by uid {st.st_uid}, not by this server or root")
-        if st.st_mode & 0o022:
-            raise UsageError(
-                f"{path}: writable by group or others (mode {stat.S_IMODE(st.st_mode):o}): "
-                f"not used; `chmod go-w {path}`"
-            )
+        check_owner(st, path)
         if st.st_size > MAX_FILE:
             raise UsageError(f"{path}: {what} is over {MAX_FILE >> 20} MiB")
         data = os.read(fd, MAX_FILE + 1)
