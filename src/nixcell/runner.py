@@ -382,14 +382,15 @@ async def execute_async(
     cgroup = None
     started = time.monotonic()
     cell = None
+    info = bytearray()
     try:
         if terminal is not None and launch.identity is not None:  # a root-run cell's own tty
             os.fchown(terminal, launch.identity.uid, -1)
         cgroup = _make_cgroup(plan, cell_id)
         io = (stdin, stdout, stderr)
         cell = _spawn(plan, cell_id, program, cgroup, launch, io, pass_fds, ctty_path)
-        info = await aio.read_fd(cell._fds[0])
-        bwrap.release(cell, info)
+        await aio.read_fd(cell._fds[0], info)
+        bwrap.release(cell, bytes(info))
         if on_start is not None:
             on_start(cell, session)
         proc = cell.proc
@@ -416,6 +417,8 @@ async def execute_async(
         return result
     except BaseException:
         if cell is not None:
+            if cell.child_pid is None and cell._fds:  # cancelled before bwrap named its pid-1
+                cell.child_pid = aio.finish_info(cell._fds[0], bytes(info))
             cell.kill()
             with contextlib.suppress(Exception):
                 cell.proc.wait(timeout=10)

@@ -227,3 +227,40 @@ def test_the_engine_refuses_its_own_terminal_and_non_ttys(shell_plan, tmp_path):
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_a_cancel_at_any_moment_of_the_start_leaves_nothing(offline_set):
+    """Cancelling ``execute_async`` while bwrap starts (before it named its pid-1) kills the
+    whole cell, with and without a terminal: the command never runs on as an orphan."""
+    import secrets
+    import subprocess
+
+    from nixcell.runner import execute_async, prepare
+    from nixcell.spec import CellSpec
+
+    marker = f"1000.{secrets.randbelow(10**6):06d}"
+    plan, _ = prepare(CellSpec(packages=["coreutils"], command=["sleep", marker]))
+
+    def left() -> list[str]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(pid)
+        return found
+
+    async def main() -> None:
+        for use_pty in (False, True):
+            for delay in (0, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064):
+                master, slave = os.openpty()
+                io = {"terminal": slave} if use_pty else {"stdin": subprocess.DEVNULL}
+                task = asyncio.ensure_future(execute_async(plan, **io))
+                await asyncio.sleep(delay)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                os.close(master)
+                os.close(slave)
+                assert left() == [], (use_pty, delay)
+
+    asyncio.run(main())
