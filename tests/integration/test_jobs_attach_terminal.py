@@ -78,6 +78,15 @@ class Job:
         return left
 
 
+async def running(plan, job_id: int, line: bytes, pattern) -> tuple[Job, terminal.Attachment]:
+    """A job started, attached, ``line`` typed and ``pattern`` seen."""
+    job = await Job.start(plan, job_id)
+    att = terminal.attach(job_id)
+    await att.write(line)
+    await until(att, pattern)
+    return job, att
+
+
 async def to_the_end(att: terminal.Attachment) -> None:
     while await asyncio.wait_for(att.read(), 60):
         pass
@@ -129,11 +138,8 @@ def test_shell_relay_scrollback_writer_resize_exit(shell_plan):
 
 def test_cancel_kills_the_cell_and_ends_readers(shell_plan):
     async def main():
-        job = await Job.start(shell_plan, 9002)
-        att = terminal.attach(9002)
-        await att.write(b"echo pid=$$; sleep 300\n")
-        seen = await until(att, re.compile(rb"pid=\d+\r\n"))
-        assert b"pid=" in seen
+        line = b"echo pid=$$; sleep 300\n"
+        job, att = await running(shell_plan, 9002, line, re.compile(rb"pid=\d+\r\n"))
         assert len(job.processes()) >= 3  # bwrap's init, bash, sleep
         await job.cancel()
         assert await asyncio.wait_for(att.read(), 10) == b""
@@ -163,10 +169,8 @@ def test_a_reader_far_behind_is_dropped_the_job_goes_on(shell_plan):
 
 def test_keys_a_cell_does_not_read_never_hold_the_daemon(shell_plan):
     async def main():
-        job = await Job.start(shell_plan, 9005)
-        att = terminal.attach(9005)
-        await att.write(b"echo sleeping-$((1+1)); sleep 300\n")
-        await until(att, b"sleeping-2\r\n")
+        line = b"echo sleeping-$((1+1)); sleep 300\n"
+        job, att = await running(shell_plan, 9005, line, b"sleeping-2\r\n")
         for _ in range(64):  # 4 MiB for a cell that reads none: each write returns at once
             await asyncio.wait_for(att.write(b"x" * 65536), 5)
         assert not job.task.done()
