@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.integration.jobsd import jobsd  # noqa: F401 - the fixture
-from tests.unit.jobs_malformed import MALFORMED
+from tests.unit.jobs_malformed import MALFORMED, REFUSED
 
 pytestmark = pytest.mark.integration
 J = {"Content-Type": "application/json"}
@@ -97,7 +97,7 @@ def test_cancel_a_running_job(daemon):
     assert status == 409 and "\n" not in json.loads(raw)["error"]
 
 
-@pytest.mark.parametrize(("method", "url", "body", "headers", "status"), MALFORMED)
+@pytest.mark.parametrize(("method", "url", "body", "headers", "status"), MALFORMED + REFUSED)
 def test_malformed_requests_against_the_daemon(daemon, method, url, body, headers, status):
     got, headers_back, raw = daemon.request(method, url, body, headers)
     assert got == status, raw

@@ -69,6 +69,8 @@ MALFORMED: list[tuple[str, str, bytes | None, dict[str, str], int]] = [
     ("POST", "/api/v1/jobs", _body({"workspace": {"host_path": "/"}}), J, 400),
     ("POST", "/api/v1/jobs", _body({"workspace": "x"}), J, 400),
     ("POST", "/api/v1/jobs", _body({"\n": 1}), J, 400),
+    ("POST", "/api/v1/jobs", b'{"packages": ["bash"], "command": ["\\ud800"]}', J, 400),
+    ("POST", "/api/v1/jobs", b'{"packages": ["bash"], "command": ["true"], "command": 1}', J, 400),
     ("POST", "/api/v1/jobs", _body({"command": ["true"]}), {}, 415),
     ("POST", "/api/v1/jobs", _body({"command": ["true"]}), {"Content-Type": "text/plain"}, 415),
     ("POST", "/api/v1/jobs", b" " * (5 << 20), J, 413),
@@ -82,4 +84,20 @@ MALFORMED: list[tuple[str, str, bytes | None, dict[str, str], int]] = [
         413,
     ),
     ("POST", "/api/v1/session", _body({"token": "x"}), J, 400),  # unix: no web sessions
+]
+
+# Well-formed for the HTTP layer, refused by the service's checks (only the real daemon's test).
+REFUSED: list[tuple[str, str, bytes | None, dict[str, str], int]] = [
+    ("POST", "/api/v1/jobs", b'{"packages": ["bash"], "command": ["a\\u0000b"]}', J, 400),
+    ("POST", "/api/v1/jobs", b'{"packages": ["bash"], "env": {"A\\u0000": "1"}}', J, 400),
+    ("POST", "/api/v1/jobs", _body({"packages": ["bash"], "env": {"NIXCELL_X": "1"}}), J, 400),
+    ("POST", "/api/v1/jobs", _body({"packages": ["bash"], "cwd": "../../etc"}), J, 400),
+    ("POST", "/api/v1/jobs", _body({"packages": ["bash"], "policies": ["/etc/x.toml"]}), J, 400),
+    ("POST", "/api/v1/jobs", _body({"packages": ["bash"], "credentials": ["nope"]}), J, 400),
+    ("POST", "/api/v1/jobs", _body({"packages": ["bash"], "backend": "docker"}), J, 400),
+    ("POST", "/api/v1/jobs", _body({"packages": ["bash"], "profiles": ["../x"]}), J, 400),
+    ("POST", "/api/v1/jobs", _body({"packages": ["bash"], "timeout": "forever"}), J, 400),
+    ("POST", "/api/v1/jobs", _body({"packages": ["bash"], "workspace": {"upload": "u-0"}}), J, 400),
+    ("POST", "/api/v1/jobs", _body({"packages": []}), J, 400),
+    ("GET", "/api/v1/jobs/424242/logs?after=9223372036854775807", None, {}, 404),
 ]

@@ -24,17 +24,17 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from nixcell.errors import NixcellError
-from nixcell.jobs import auth
-from nixcell.jobs.contract import JobError, NotFound, Service
+from nixcell.jobs import auth, params
+from nixcell.jobs.contract import JobError, Service
 from nixcell.jobs.gate import CALLER, Gate, one_line
 from nixcell.jobs.model import STATES, STREAMS, TERMINAL, Caller, Event
-from nixcell.jobs.openapi import MAX_ID as _MAX_ID
+from nixcell.jobs.openapi import MAX_ID
+from nixcell.jobs.params import job_id  # noqa: F401 - attach_api imports it from here
 from nixcell.jobs.sse import event_json, event_stream, line_json
 
 log = logging.getLogger("nixcell.jobs.api")
 JSON_LIMIT = 4 << 20  # a request body (a script rides in it)
 DEFAULT_UPLOAD_LIMIT = 256 << 20
-_ID = re.compile(r"[1-9][0-9]{0,18}")
 _SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
@@ -44,62 +44,6 @@ def caller_of(conn: HTTPConnection) -> Caller:
     if not isinstance(caller, Caller):
         raise JobError("a token is required", status=401)
     return caller
-
-
-def job_id(conn: HTTPConnection) -> int:
-    text = conn.path_params["id"]
-    if not _ID.fullmatch(text):
-        raise JobError(f"bad job id {one_line(text[:40])!r}: a positive integer", status=400)
-    value = int(text)
-    if value > _MAX_ID:
-        raise NotFound(f"no job {value}")
-    return value
-
-
-def _query(request: Request, allowed: set[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for key, value in request.query_params.multi_items():
-        if key not in allowed:
-            raise JobError(f"unknown query parameter {one_line(key[:40])!r}")
-        out.setdefault(key, []).append(value)
-    return out
-
-
-def _one(query: dict[str, list[str]], key: str) -> str | None:
-    values = query.get(key)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise JobError(f"query parameter {key!r} given twice")
-    return values[0]
-
-
-def _int(query: dict[str, list[str]], key: str, default: int | None, lo: int, hi: int) -> Any:
-    text = _one(query, key)
-    if text is None:
-        return default
-    if not re.fullmatch(r"[0-9]{1,19}", text) or not lo <= int(text) <= hi:
-        raise JobError(f"{key} must be an integer from {lo} to {hi}, got {one_line(text[:40])!r}")
-    return int(text)
-
-
-def _flag(query: dict[str, list[str]], key: str) -> bool | None:
-    text = _one(query, key)
-    if text is None:
-        return None
-    if text not in ("0", "1"):
-        raise JobError(f"{key} must be 0 or 1, got {one_line(text[:40])!r}")
-    return text == "1"
-
-
-def _choices(query: dict[str, list[str]], key: str, known: tuple[str, ...]) -> list[str] | None:
-    values = query.get(key)
-    if not values:
-        return None
-    for value in values:
-        if value not in known:
-            raise JobError(f"unknown {key} {one_line(value[:40])!r} (one of {', '.join(known)})")
-    return list(dict.fromkeys(values))
 
 
 def _body(request: Request, limit: int) -> AsyncIterator[bytes]:
@@ -203,7 +147,7 @@ class Api:
 
     async def upload(self, request: Request) -> Response:
         caller = caller_of(request)
-        _query(request, set())
+        params.query(request, set())
         _content_type(request, "application/x-tar")
         limit = int(getattr(self.config(), "upload_limit", None) or DEFAULT_UPLOAD_LIMIT)
         upload_id = await self.service.upload(caller, _body(request, limit))
@@ -214,16 +158,16 @@ class Api:
 
     async def submit(self, request: Request) -> Response:
         caller = caller_of(request)
-        _query(request, set())
+        params.query(request, set())
         job = await self.service.submit(caller, job_request(await raw_json(request)))
         return JSONResponse({"job": self.shown(caller, job)}, status_code=201)
 
     async def list(self, request: Request) -> Response:
         caller = caller_of(request)
-        query = _query(request, {"state", "limit", "all"})
-        states = _choices(query, "state", STATES)
-        limit = _int(query, "limit", 100, 1, 1000)
-        every = _flag(query, "all")
+        query = params.query(request, {"state", "limit", "all"})
+        states = params.choices(query, "state", STATES)
+        limit = params.integer(query, "limit", 100, 1, 1000)
+        every = params.flag(query, "all")
         jobs = self.service.list(
             caller, states=states, limit=limit, all_users=True if every is None else every
         )
@@ -231,8 +175,8 @@ class Api:
 
     async def show(self, request: Request) -> Response:
         caller = caller_of(request)
-        _query(request, set())
-        job = self.service.get(caller, job_id(request))
+        params.query(request, set())
+        job = self.service.get(caller, params.job_id(request))
         events = self._events(caller, job.id)
         code = self.exit_code_of(caller)
         return JSONResponse(
@@ -248,18 +192,18 @@ class Api:
 
     async def cancel(self, request: Request) -> Response:
         caller = caller_of(request)
-        _query(request, set())
-        job = await self.service.cancel(caller, job_id(request))
+        params.query(request, set())
+        job = await self.service.cancel(caller, params.job_id(request))
         return JSONResponse({"job": self.shown(caller, job)})
 
     async def logs(self, request: Request) -> Response:
         caller = caller_of(request)
-        query = _query(request, {"after", "tail", "stream", "follow"})
-        ident = job_id(request)
-        after = _int(query, "after", 0, 0, _MAX_ID)
-        tail = _int(query, "tail", None, 0, 1_000_000)
-        streams = _choices(query, "stream", STREAMS)
-        follow = bool(_flag(query, "follow"))
+        query = params.query(request, {"after", "tail", "stream", "follow"})
+        ident = params.job_id(request)
+        after = params.integer(query, "after", 0, 0, MAX_ID)
+        tail = params.integer(query, "tail", None, 0, 1_000_000)
+        streams = params.choices(query, "stream", STREAMS)
+        follow = bool(params.flag(query, "follow"))
         job = self.service.get(caller, ident)  # 404 before any stream starts
         if not follow:
             lines = self.service.logs(caller, ident, after=after, tail=tail, streams=streams)
@@ -280,21 +224,21 @@ class Api:
 
     async def events(self, request: Request) -> Response:
         caller = caller_of(request)
-        _query(request, set())
+        params.query(request, set())
         items = self.service.events(caller, None)
         stream = event_stream(items, self.closing, self.exit_code_of(caller))
         return StreamingResponse(stream, media_type="text/event-stream", headers=_SSE_HEADERS)
 
     async def audit(self, request: Request) -> Response:
         caller = caller_of(request)
-        _query(request, set())
-        decisions = self.service.audit(caller, job_id(request))
+        params.query(request, set())
+        decisions = self.service.audit(caller, params.job_id(request))
         return JSONResponse({"decisions": list(decisions)})
 
     async def artifacts(self, request: Request) -> Response:
         caller = caller_of(request)
-        _query(request, set())
-        source = await run_in_threadpool(self.service.artifacts, caller, job_id(request))
+        params.query(request, set())
+        source = await run_in_threadpool(self.service.artifacts, caller, params.job_id(request))
         if hasattr(source, "read"):
             chunks = iter(lambda: source.read(1 << 16), b"")
         else:
@@ -303,7 +247,7 @@ class Api:
 
     async def gc(self, request: Request) -> Response:
         caller = caller_of(request)
-        _query(request, set())
+        params.query(request, set())
         if not caller.admin:
             raise JobError("gc is for admins", status=403)
         return JSONResponse(await self.service.gc(caller))
@@ -327,7 +271,7 @@ class Api:
 
     async def metrics(self, request: Request) -> Response:
         caller_of(request)
-        _query(request, set())
+        params.query(request, set())
         text = await run_in_threadpool(self.service.metrics)
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
