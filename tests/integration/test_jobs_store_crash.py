@@ -1,4 +1,4 @@
-"""kill -9 of a process that is creating jobs: every id it was answered with is still there."""
+"""The job store across processes: kill -9 mid-creation loses no answered id; openers agree."""
 
 from __future__ import annotations
 
@@ -65,3 +65,31 @@ def test_every_id_printed_before_kill_9_survives(tmp_path: Path) -> None:
         assert store.create("u", "u", {}).id > printed[-1]
     finally:
         store.close()
+
+
+OPENER = """
+import sys
+from nixcell.jobs.sqlite import SqliteStore
+
+store = SqliteStore(sys.argv[1])
+job = store.create("u", "u", {"env": {"K": "secret-" + sys.argv[2]}, "secret_env": ["K"]})
+print(job.id, flush=True)
+"""
+
+
+def test_processes_opening_one_new_store_at_once_agree(tmp_path: Path) -> None:
+    """Eight processes racing to create the file, its schema and its key: one of each wins,
+    and every job's sealed secret opens with the key that is left."""
+    path = str(tmp_path / "jobs.db")
+    procs = [
+        subprocess.Popen([sys.executable, "-c", OPENER, path, str(n)], stdout=subprocess.PIPE)
+        for n in range(8)
+    ]
+    outs = [p.communicate()[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8
+    assert sorted(int(o) for o in outs) == list(range(1, 9))
+    store = SqliteStore(path)
+    secrets = {job.request["env"]["K"] for job in store.list()}
+    store.close()
+    assert secrets == {f"secret-{n}" for n in range(8)}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []

@@ -114,3 +114,27 @@ def test_redaction(store) -> None:
         redact=lambda t: t.replace("hunter22", "<secret>"),
     )
     assert [line.text for line in store.logs(job.id)] == ["token=<secret> and <secret>"]
+
+
+def test_a_failing_store_drops_lines_but_never_stalls_the_reader(tmp_path) -> None:
+    """The store closed under the sink: every batch fails, the pipe is still read to EOF."""
+    store = SqliteStore(str(tmp_path / "jobs.db"))
+    job = store.create("uid:1", "a", {})
+    store.close()
+    data = b"".join(b"%d\n" % i for i in range(20000))
+    sink_args = {"batch": 10, "max_pending": 20}
+
+    async def main() -> int:
+        r, w = os.pipe()
+        sink = LogSink(store, job.id, lambda _: None, **sink_args)
+        sink.start()
+
+        def writer() -> None:
+            with os.fdopen(w, "wb", buffering=0) as f:
+                f.write(data)
+
+        await asyncio.gather(read_lines(r, "stdout", sink), asyncio.to_thread(writer))
+        await sink.close()
+        return sink.dropped
+
+    assert asyncio.run(main()) == 20000

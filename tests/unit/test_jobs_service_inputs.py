@@ -121,3 +121,19 @@ def test_gc_is_for_admins(svc) -> None:
     with pytest.raises(JobError) as err:
         asyncio.run(svc.gc(ALICE))
     assert err.value.status == 403
+
+
+def test_a_bad_reload_keeps_the_running_configuration(svc, tmp_path) -> None:
+    from nixcell.errors import NixcellError
+
+    bad = tmp_path / "profiles"
+    bad.mkdir()
+    (bad / "x.toml").write_text("packages = [\n")  # broken TOML
+    before = svc.config
+    changed = ServerConfig(state_dir=before.state_dir, profile_dir=str(bad), concurrency=9)
+    with pytest.raises(NixcellError) as err:
+        svc.reload(changed)
+    assert "\n" not in str(err.value)
+    assert svc.config is before and svc.profiles == {}
+    with pytest.raises(JobError, match="state_dir"):
+        svc.reload(ServerConfig(state_dir=str(tmp_path / "elsewhere")))

@@ -45,6 +45,7 @@ class LogSink:
         self.max_pending = max_pending
         self.redact = redact
         self.last_seq = 0
+        self.dropped = 0  # lines lost to store failures
         self._pending: list[tuple[str, str]] = []
         self._ready = asyncio.Event()
         self._full = asyncio.Event()
@@ -91,7 +92,11 @@ class LogSink:
             self._ready.clear()
             self._full.clear()
             if lines:
-                await self._write(lines)
+                try:
+                    await self._write(lines)
+                except Exception:  # the store failed: drop this batch, never stall the cell
+                    self.dropped += len(lines)
+                    log.exception("job %d: %d log line(s) not stored", self.job_id, len(lines))
             self._room.set()
             if self._closing and not self._pending:
                 return
@@ -101,7 +106,7 @@ class LogSink:
         self.notify(self.job_id)
 
     async def close(self) -> None:
-        """Write every pending line, then stop (a store failure is raised here)."""
+        """Write every pending line, then stop."""
         self._closing = True
         self._ready.set()
         task = self._task
