@@ -81,6 +81,10 @@ def test_cancel_while_attached_ends_the_client(jobsd):  # noqa: F811
     outer, ident = _submit_i(d)
     outer.child.sendline("echo pid=$$; sleep 3011 &")
     outer.child.expect(PROMPT)
+    for _ in range(200):  # bash prompts again before its background child has exec'd sleep
+        if _sleeping():
+            break
+        time.sleep(0.05)
     assert _sleeping(), "the job's background sleep is not running"
     cancel = d.cli("cancel", str(ident))
     assert cancel.returncode == 0, cancel.stderr
