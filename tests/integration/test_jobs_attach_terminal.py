@@ -140,6 +140,10 @@ def test_cancel_kills_the_cell_and_ends_readers(shell_plan):
     async def main():
         line = b"echo pid=$$; sleep 300\n"
         job, att = await running(shell_plan, 9002, line, re.compile(rb"pid=\d+\r\n"))
+        for _ in range(200):  # bash forks sleep after it printed the pid
+            if len(job.processes()) >= 3:
+                break
+            await asyncio.sleep(0.05)
         assert len(job.processes()) >= 3  # bwrap's init, bash, sleep
         await job.cancel()
         assert await asyncio.wait_for(att.read(), 10) == b""
