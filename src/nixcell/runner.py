@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from nixcell.spec import CellSpec
 
 
-
 @dataclass(frozen=True)
 class RunResult:
     """What a cell did. ``message`` is the one line nixcell adds (timeout, out of memory)."""
@@ -332,6 +331,7 @@ async def execute_async(
     namespaces: CellNamespaces | None = None,
     on_exit: Callable[[RunResult], object] | None = None,
     on_start: Callable[[CellProcess, object | None], None] | None = None,
+    terminal: int | None = None,
 ) -> RunResult:
     """Run a planned cell without blocking the event loop; cancellation kills the cell.
 
@@ -342,6 +342,10 @@ async def execute_async(
     is called once the command runs (an MCP session watches its counters per call).
     ``on_exit`` gets the result once the cell has ended, before a teardown that then waits on
     the loop (a front answers first: MCP's pool); it still completes before this returns.
+    ``terminal``: the slave of a pseudo-terminal the caller made and holds the master of (the
+    job service's interactive jobs; never a terminal of the caller's own): the cell's stdin,
+    stdout and stderr, and the controlling terminal of the command's session (``ctty.py``),
+    whatever the plan's ``tty``. The caller may close its slave once ``on_start`` ran.
     """
     import asyncio
 
@@ -349,6 +353,14 @@ async def execute_async(
     from nixcell.sandbox import aio, bwrap
 
     check_command(plan)
+    ctty_path = None
+    if terminal is not None:
+        from nixcell.sandbox import pty
+
+        if capture_output or input is not None or (stdin, stdout, stderr) != (None,) * 3:
+            raise NixcellError("internal: a cell on a terminal has no other stdio")
+        ctty_path = pty.given_slave(plan, terminal)
+        stdin = stdout = stderr = terminal
     program = seccomp_program(plan.seccomp_profiles)
     cell_id = new_cell_id()
     if capture_output:
@@ -370,11 +382,15 @@ async def execute_async(
     cgroup = None
     started = time.monotonic()
     cell = None
+    info = bytearray()
     try:
+        if terminal is not None and launch.identity is not None:  # a root-run cell's own tty
+            os.fchown(terminal, launch.identity.uid, -1)
         cgroup = _make_cgroup(plan, cell_id)
-        cell = _spawn(plan, cell_id, program, cgroup, launch, (stdin, stdout, stderr), pass_fds)
-        info = await aio.read_fd(cell._fds[0])
-        bwrap.release(cell, info)
+        io = (stdin, stdout, stderr)
+        cell = _spawn(plan, cell_id, program, cgroup, launch, io, pass_fds, ctty_path)
+        await aio.read_fd(cell._fds[0], info)
+        bwrap.release(cell, bytes(info))
         if on_start is not None:
             on_start(cell, session)
         proc = cell.proc
@@ -401,6 +417,8 @@ async def execute_async(
         return result
     except BaseException:
         if cell is not None:
+            if cell.child_pid is None and cell._fds:  # cancelled before bwrap named its pid-1
+                cell.child_pid = aio.finish_info(cell._fds[0], bytes(info))
             cell.kill()
             with contextlib.suppress(Exception):
                 cell.proc.wait(timeout=10)

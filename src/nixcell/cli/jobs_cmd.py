@@ -7,6 +7,7 @@ the interactive part: ``INTERACTIVE_HOOK`` is where it plugs in.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -90,6 +91,8 @@ def _number(value: str | None) -> Any:
 
 def request_from_flags(command: tuple[str, ...], o: dict[str, Any], upload: str | None) -> dict:
     env = _env_pairs(tuple(o["env"]))
+    if o["interactive"] and "TERM" not in env and os.environ.get("TERM"):
+        env["TERM"] = os.environ["TERM"]  # the job's pty is read by this terminal
     missing = [n for n in o["secret_env"] if n not in env]
     if missing:
         raise click.UsageError(f"--secret-env {missing[0]}: set it with -e {missing[0]}=VALUE")
@@ -221,8 +224,9 @@ def follow(client, job_id: int, *, streams, after: int, tail: int | None) -> int
 
 
 def register(cli: click.Group) -> None:
-    from nixcell.cli import jobs_more
+    from nixcell.cli import attach_cmd, jobs_more
 
     cli.add_command(submit)
+    attach_cmd.register(cli)  # `attach`, and INTERACTIVE_HOOK for `submit -i`
     for command in jobs_more.COMMANDS:
         cli.add_command(command)

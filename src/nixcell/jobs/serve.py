@@ -194,6 +194,7 @@ class Daemon:
                     log_config=None,
                     access_log=False,
                     timeout_graceful_shutdown=5,
+                    ws_max_size=1 << 20,  # one attach frame (keys, a paste): bounded memory
                 )
             )
             self.server = server

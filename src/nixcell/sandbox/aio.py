@@ -14,8 +14,9 @@ if TYPE_CHECKING:
     from nixcell.sandbox.cgroups import CellCgroup
 
 
-async def read_fd(fd: int) -> bytes:
-    """Read an fd to EOF without blocking the loop."""
+async def read_fd(fd: int, into: bytearray | None = None) -> bytes:
+    """Read an fd to EOF without blocking the loop; ``into`` keeps what was read even when
+    the read is cancelled (``finish_info``)."""
     import asyncio
 
     loop = asyncio.get_running_loop()
@@ -33,6 +34,8 @@ async def read_fd(fd: int) -> bytes:
                         done.set_result(None)
                     return
                 chunks.append(chunk)
+                if into is not None:
+                    into.extend(chunk)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -67,6 +70,31 @@ async def wait_exit(proc: subprocess.Popen[bytes]) -> int:
         return proc.wait()
     finally:
         os.close(pidfd)
+
+
+def finish_info(fd: int, got: bytes, limit: float = 5.0) -> int | None:
+    """bwrap's pid-1 after ``read_fd`` of its info was cancelled: the rest read here (blocking,
+    at most ``limit`` s: bwrap writes it at once). Without it, killing bwrap alone would leave
+    its pid-1 running, and closing the block fd would then let the command start."""
+    import select
+    import time
+
+    from nixcell.sandbox.bwrapio import parse_info
+
+    data = bytearray(got)
+    deadline = time.monotonic() + limit
+    with contextlib.suppress(OSError, ValueError):
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([fd], [], [], left)[0]:
+                break
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                break
+            data += chunk
+    return parse_info(bytes(data))
 
 
 def feed(pipe: IO[bytes], data: bytes) -> None:

@@ -152,7 +152,9 @@ def spawn(
     if plan.identity == "subordinate" and user is None and not switches:
         raise SandboxError("internal: a root-run cell needs its own uid")
     if plan.tty == "always" and ctty_path is None:  # asked for, not set up: refused, not ignored
-        raise SandboxError("a pseudo-terminal (tty = always) is only given to blocking runs")
+        raise SandboxError(
+            "a pseudo-terminal (tty = always) needs one set up: a blocking run or a terminal"
+        )
     staged = plan.stage or plan.scratch is not None
     if staged and not (launcher and any(a.startswith("--mount=") for a in launcher)):
         raise SandboxError("internal: a cell with staged mounts needs its mount namespace")

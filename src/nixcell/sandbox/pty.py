@@ -26,7 +26,7 @@ import time
 import tty
 
 from nixcell import ttymode
-from nixcell.errors import LimitUnavailableError, UsageError
+from nixcell.errors import LimitUnavailableError, SandboxError, UsageError
 from nixcell.sandbox import ctty, relay
 from nixcell.sandbox.relay import Link
 
@@ -130,6 +130,38 @@ def for_run(
             term.close()
             raise
     return term
+
+
+def given_slave(plan: Plan, slave: int) -> str:
+    """Check the pty slave an asyncio caller gives its cell (``execute_async(terminal=)``)
+    and return the command's path for the helper. Refused: a descriptor that is no terminal,
+    one of this process's own terminals (its stdio or controlling terminal: TIOCSTI from the
+    cell would type into it), a machine without the helper."""
+    from nixcell.preflight import program_path
+
+    if not os.isatty(slave):
+        raise SandboxError("internal: a cell's terminal must be a pseudo-terminal's slave")
+    if _own_terminal(os.fstat(slave).st_rdev):
+        raise SandboxError("a cell never gets nixcell's own terminal: give it a pty of its own")
+    if ctty.program() is None:
+        raise LimitUnavailableError(f"no pseudo-terminal for cells on {os.uname().machine} yet")
+    return program_path(plan)
+
+
+def _own_terminal(rdev: int) -> bool:
+    """``rdev`` is the terminal of this process's stdio or its controlling terminal."""
+    mine = [0, 1, 2]
+    with contextlib.suppress(OSError):
+        mine.append(os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC))
+    try:
+        for fd in mine:
+            with contextlib.suppress(OSError):
+                if os.isatty(fd) and os.fstat(fd).st_rdev == rdev:
+                    return True
+        return False
+    finally:
+        if len(mine) > 3:
+            os.close(mine[3])
 
 
 def attach(
