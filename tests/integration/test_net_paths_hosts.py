@@ -1,4 +1,4 @@
-# ruff: noqa: E501, RUF001 - embedded cell scripts; full-width spellings are the point
+# ruff: noqa: RUF001 - embedded cell scripts; full-width spellings are the point
 """Encoding differentials end to end: a real cell, the real proxy, loopback upstreams.
 
 Every bypass spelling of a path or a host is sent by a raw client inside the cell (so no client
