@@ -265,7 +265,11 @@ class Api:
             raise JobError("a token is required", status=401)
         response = JSONResponse({"caller": caller.name, "key": caller.key, "admin": caller.admin})
         response.set_cookie(
-            auth.COOKIE, self.sessions.create(caller), httponly=True, samesite="strict", path="/"
+            auth.COOKIE,
+            self.sessions.create(caller, token=token),
+            httponly=True,
+            samesite="strict",
+            path="/",
         )
         return response
 

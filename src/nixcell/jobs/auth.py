@@ -9,6 +9,8 @@ included) a scope with ``scope["nixcell.peer"]`` set. Nothing a client sends can
 from __future__ import annotations
 
 import grp
+import hashlib
+import hmac
 import ipaddress
 import pwd
 import secrets
@@ -122,22 +124,43 @@ def bearer(header: str | None) -> str | None:
 
 
 class Sessions:
-    """Web logins: random cookie values mapped to callers, in memory (a restart logs out)."""
+    """Web logins: random cookie values mapped to the *hash* of the token that signed in, in
+    memory (a restart logs out). The caller is worked out again from the current config on
+    every request, so a SIGHUP that removes, rotates or demotes a token takes its sessions with
+    it (a cookie is never worth more than its token is now)."""
 
     LIMIT = 10_000
 
     def __init__(self) -> None:
-        self._by_cookie: dict[str, Caller] = {}
+        self._by_cookie: dict[str, str] = {}
 
-    def create(self, caller: Caller) -> str:
+    def create(self, caller: Caller, *, token: str) -> str:
+        del caller  # who it is is asked of the config at each request
         if len(self._by_cookie) >= self.LIMIT:  # bounded: drop the oldest
             self._by_cookie.pop(next(iter(self._by_cookie)))
         value = secrets.token_urlsafe(32)
-        self._by_cookie[value] = caller
+        self._by_cookie[value] = _digest(token)
         return value
 
-    def get(self, value: str | None) -> Caller | None:
-        return self._by_cookie.get(value) if value else None
+    def get(self, value: str | None, config: Any = None) -> Caller | None:
+        digest = self._by_cookie.get(value) if value else None
+        if digest is None:
+            return None
+        found = None
+        for token in getattr(config, "tokens", ()):
+            if hmac.compare_digest(str(token.hash), digest) and found is None:
+                found = token
+        if found is None:  # revoked or rotated since the login: signed out for good
+            self._by_cookie.pop(value, None)  # type: ignore[arg-type]
+            return None
+        return Caller(
+            key=f"token:{found.name}", name=f"token {found.name}", admin=bool(found.admin)
+        )
+
+
+def _digest(token: str) -> str:
+    """The ``[[tokens]]`` spelling of a token's hash (``config.Token.verify``'s)."""
+    return "sha256:" + hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def allowed_hosts(local: tuple[str, int], listen: Any = ()) -> frozenset[str]:

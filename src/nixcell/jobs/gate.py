@@ -94,7 +94,7 @@ class Gate:
                 raise Refused(401, "a token is required")  # same answer: wrong == missing
             return caller, False
         cookie = _cookie(headers.get("cookie"))
-        caller = self.sessions.get(cookie)
+        caller = self.sessions.get(cookie, self.config())
         return caller, caller is not None
 
 
