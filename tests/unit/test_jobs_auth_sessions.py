@@ -86,3 +86,85 @@ def test_sessions_keep_no_token_text():
     sessions = auth.Sessions()
     sessions.create(auth.token_caller(BEFORE, A), token=A)
     assert A not in repr(vars(sessions))
+
+
+# -- the cookie alone is not a session -------------------------------------------------------
+# Cookies are not isolated by port (RFC 6265 §8.5): a browser signed in at 127.0.0.1:7878 sends
+# ``nixcell_session`` to *any* server on 127.0.0.1 — another local user's on port 9999 included,
+# which then holds the session (review finding). So a session also needs its proof, which only
+# this origin's script holds (localStorage is per origin, port included): the header
+# ``X-Nixcell-Session`` on fetch(), the query parameter ``session`` where a browser cannot set a
+# header (EventSource), stripped before any route sees the query.
+
+
+def _proof_scope(cookie: str | None, header: str | None = None, query: str = "", **kw) -> dict:
+    scope = _scope(cookie or "", **kw)
+    if cookie is None:
+        scope["headers"] = [h for h in scope["headers"] if h[0] != b"cookie"]
+    if header is not None:
+        scope["headers"].append((b"x-nixcell-session", header.encode()))
+    scope["query_string"] = query.encode()
+    return scope
+
+
+def _signed_in(gate: Gate, token: str = A) -> tuple[str, str]:
+    caller = auth.token_caller(gate.config(), token)
+    return gate.sessions.create(caller, token=token), gate.sessions.proof_of_last
+
+
+@pytest.mark.parametrize(
+    ("how", "ok"),
+    [
+        ("cookie only", False),
+        ("cookie + header", True),
+        ("cookie + query", True),
+        ("cookie + query among others", True),
+        ("cookie + wrong header", False),
+        ("cookie + other session's proof", False),
+        ("cookie + empty header", False),
+        ("proof only, no cookie", False),
+        ("cookie + proof twice in query", False),
+    ],
+)
+@pytest.mark.parametrize("kind", ["http", "websocket"])
+def test_a_cookie_needs_its_proof(how, ok, kind):
+    gate = Gate(None, lambda: BEFORE, auth.Sessions())
+    cookie, proof = _signed_in(gate)
+    _other_cookie, other = _signed_in(gate, B)
+    scope = {
+        "cookie only": lambda: _proof_scope(cookie, kind=kind),
+        "cookie + header": lambda: _proof_scope(cookie, proof, kind=kind),
+        "cookie + query": lambda: _proof_scope(cookie, query=f"session={proof}", kind=kind),
+        "cookie + query among others": lambda: _proof_scope(
+            cookie, query=f"follow=1&session={proof}&after=3", kind=kind
+        ),
+        "cookie + wrong header": lambda: _proof_scope(cookie, proof[:-1] + "x", kind=kind),
+        "cookie + other session's proof": lambda: _proof_scope(cookie, other, kind=kind),
+        "cookie + empty header": lambda: _proof_scope(cookie, "", kind=kind),
+        "proof only, no cookie": lambda: _proof_scope(None, proof, kind=kind),
+        "cookie + proof twice in query": lambda: _proof_scope(
+            cookie, query=f"session={proof}&session={proof}", kind=kind
+        ),
+    }[how]()
+    if ok:
+        assert gate.identify(scope).key == "token:web"
+    else:
+        with pytest.raises(Refused) as refused:
+            gate.identify(scope)
+        assert refused.value.status in (400, 401)
+
+
+def test_the_proof_is_stripped_from_the_query_routes_see():
+    seen = {}
+
+    async def app(scope, receive, send):
+        seen["query"] = scope["query_string"]
+
+    gate = Gate(app, lambda: BEFORE, auth.Sessions())
+    cookie, proof = _signed_in(gate)
+    import asyncio
+
+    scope = _proof_scope(cookie, query=f"follow=1&session={proof}&after=3")
+    asyncio.run(gate(scope, None, None))
+    assert seen["query"] == b"follow=1&after=3"
+    assert proof.encode() not in seen["query"]
