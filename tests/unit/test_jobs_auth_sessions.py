@@ -23,8 +23,13 @@ def _hash(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
+PROOFS: dict[str, str] = {}  # cookie -> its proof, for the tests that are about the cookie
+
+
 def _scope(cookie: str, path: str = "/api/v1/whoami", kind: str = "http") -> dict:
     headers = [(b"host", b"127.0.0.1:7878"), (b"cookie", f"{auth.COOKIE}={cookie}".encode())]
+    if cookie in PROOFS:
+        headers.append((b"x-nixcell-session", PROOFS[cookie].encode()))
     if kind == "websocket":
         headers.append((b"origin", b"http://127.0.0.1:7878"))
     return {"type": kind, "path": path, "method": "GET", "headers": headers,
@@ -36,7 +41,9 @@ BEFORE = ServerConfig(tokens=(Token("web", _hash(A), admin=True), Token("other",
 
 def _login(gate: Gate, token: str) -> str:
     """What ``POST /api/v1/session`` does: the token's caller, then a cookie for it."""
-    return gate.sessions.create(auth.token_caller(gate.config(), token), token=token)
+    cookie = gate.sessions.create(auth.token_caller(gate.config(), token), token=token)
+    PROOFS[cookie] = gate.sessions.proof_of_last
+    return cookie
 
 
 # (what SIGHUP did to the config, the caller the old cookie must be now: None = signed out)
@@ -99,6 +106,7 @@ def test_sessions_keep_no_token_text():
 
 def _proof_scope(cookie: str | None, header: str | None = None, query: str = "", **kw) -> dict:
     scope = _scope(cookie or "", **kw)
+    scope["headers"] = [h for h in scope["headers"] if h[0] != b"x-nixcell-session"]
     if cookie is None:
         scope["headers"] = [h for h in scope["headers"] if h[0] != b"cookie"]
     if header is not None:

@@ -242,19 +242,27 @@ class Sessions:
     LIMIT = 10_000
 
     def __init__(self) -> None:
-        self._by_cookie: dict[str, str] = {}
+        self._by_cookie: dict[str, tuple[str, str]] = {}  # cookie -> (token digest, proof)
+        self.proof_of_last = ""  # the proof of the session ``create`` made last
 
     def create(self, caller: Caller, *, token: str) -> str:
+        """A new session's cookie value; its proof is then ``proof_of_last`` (same thread)."""
         del caller  # who it is is asked of the config at each request
         if len(self._by_cookie) >= self.LIMIT:  # bounded: drop the oldest
             self._by_cookie.pop(next(iter(self._by_cookie)))
         value = secrets.token_urlsafe(32)
-        self._by_cookie[value] = _digest(token)
+        self.proof_of_last = secrets.token_urlsafe(32)
+        self._by_cookie[value] = (_digest(token), self.proof_of_last)
         return value
 
-    def get(self, value: str | None, config: Any = None) -> Caller | None:
-        digest = self._by_cookie.get(value) if value else None
-        if digest is None:
+    def get(self, value: str | None, config: Any = None, proof: str | None = None) -> Caller | None:
+        """The caller of cookie ``value`` shown with its ``proof`` (both, or nobody): the cookie
+        travels to every port of the host, the proof only from this origin's script."""
+        entry = self._by_cookie.get(value) if value else None
+        if entry is None or not proof:
+            return None
+        digest, expected = entry
+        if not hmac.compare_digest(proof.encode(), expected.encode()):
             return None
         found = None
         for token in getattr(config, "tokens", ()):
