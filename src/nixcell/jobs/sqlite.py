@@ -38,6 +38,20 @@ _JOB_COLUMNS = (
 )
 
 
+def _wal(conn: sqlite3.Connection, wait: float = 30.0) -> None:
+    """Switch to WAL. Another process switching a new file at the same moment makes SQLite
+    answer "locked" at once, without its busy handler: wait here instead."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class SqliteStore:
     """``JobStore`` in one SQLite file (created 0600; a symlink at the path is refused). Secret
     env values are sealed with the key in ``PATH.key`` and dropped when a job ends
@@ -74,7 +88,7 @@ class SqliteStore:
             conn = sqlite3.connect(
                 self.path, timeout=30.0, isolation_level=None, check_same_thread=False
             )
-            conn.execute("PRAGMA journal_mode=WAL")
+            _wal(conn)
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA secure_delete=ON")  # deleted jobs' lines leave no residue
         except sqlite3.DatabaseError as exc:
