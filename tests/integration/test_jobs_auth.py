@@ -146,9 +146,17 @@ def test_tcp_tokens_hosts_origins_and_sessions(jobsd):  # noqa: F811
     assert status == 200, raw
     cookie = headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
-    jar = {"Cookie": cookie.split(";")[0]}
+    proof = json.loads(raw)["proof"]
+    # the cookie alone is no session (browsers send it to every port of the host): its proof
+    status, _, raw = req("GET", "/api/v1/whoami", headers={"Cookie": cookie.split(";")[0]})
+    assert status == 401, raw
+    jar = {"Cookie": cookie.split(";")[0], "X-Nixcell-Session": proof}
     status, _, raw = req("GET", "/api/v1/whoami", headers=jar)
     assert status == 200 and json.loads(raw)["key"] == "token:user"
+    status, _, raw = req(
+        "GET", f"/api/v1/jobs?session={proof}&limit=5", headers={"Cookie": jar["Cookie"]}
+    )
+    assert status == 200, raw  # the query form (EventSource), stripped before the route
     # a cookie alone cannot change state (cross-site forms): the custom header is needed
     status, _, raw = req("POST", f"/api/v1/jobs/{ident}/cancel", headers=jar)
     assert status == 403 and "X-Nixcell" in json.loads(raw)["error"]

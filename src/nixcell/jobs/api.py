@@ -263,10 +263,12 @@ class Api:
         caller = auth.token_caller(self.config(), token)
         if caller is None:
             raise JobError("a token is required", status=401)
-        response = JSONResponse({"caller": caller.name, "key": caller.key, "admin": caller.admin})
-        response.set_cookie(
-            auth.COOKIE, self.sessions.create(caller), httponly=True, samesite="strict", path="/"
-        )
+        cookie = self.sessions.create(caller, token=token)
+        response = JSONResponse(
+            {"caller": caller.name, "key": caller.key, "admin": caller.admin,
+             "proof": self.sessions.proof_of_last}
+        )  # fmt: skip
+        response.set_cookie(auth.COOKIE, cookie, httponly=True, samesite="strict", path="/")
         return response
 
     async def metrics(self, request: Request) -> Response:

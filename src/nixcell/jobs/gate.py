@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
+from urllib.parse import parse_qsl
 
 from nixcell.jobs import auth
 from nixcell.jobs.model import Caller
@@ -22,6 +23,8 @@ CALLER = "nixcell.caller"
 log = logging.getLogger("nixcell.jobs.api")
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 _PUBLIC = ("/api/v1/openapi.json", "/api/v1/session")
+PROOF_HEADER = "x-nixcell-session"  # a web session's proof (``auth.Sessions``), on fetch()
+PROOF_PARAM = "session"  # the same as a query parameter, for EventSource
 
 
 class Refused(Exception):
@@ -55,7 +58,7 @@ class Gate:
         except Refused as exc:
             await _refuse(scope, send, exc)
             return
-        await self.app({**scope, CALLER: caller}, receive, send)
+        await self.app({**scope, CALLER: caller, **_without_proof(scope)}, receive, send)
 
     def identify(self, scope: dict) -> Caller | None:
         peer = scope.get(auth.PEER)
@@ -75,7 +78,7 @@ class Gate:
         origin = headers.get("origin")
         if origin is not None and (method not in _SAFE) and origin.lower() != f"http://{host}":
             raise Refused(403, f"cross-origin request refused (Origin {one_line(origin[:100])!r})")
-        caller, by_cookie = self._tcp_caller(headers)
+        caller, by_cookie = self._tcp_caller(headers, _query_proof(scope))
         if not needs_caller:
             return caller
         if caller is None:
@@ -86,7 +89,9 @@ class Gate:
             raise Refused(403, "a web request that changes state needs the header X-Nixcell: 1")
         return caller
 
-    def _tcp_caller(self, headers: dict[str, str]) -> tuple[Caller | None, bool]:
+    def _tcp_caller(
+        self, headers: dict[str, str], query_proof: str | None
+    ) -> tuple[Caller | None, bool]:
         token = auth.bearer(headers.get("authorization"))
         if token is not None:
             caller = auth.token_caller(self.config(), token)
@@ -94,8 +99,27 @@ class Gate:
                 raise Refused(401, "a token is required")  # same answer: wrong == missing
             return caller, False
         cookie = _cookie(headers.get("cookie"))
-        caller = self.sessions.get(cookie)
+        proof = headers.get(PROOF_HEADER) or query_proof
+        caller = self.sessions.get(cookie, self.config(), proof)
         return caller, caller is not None
+
+
+def _query_proof(scope: dict) -> str | None:
+    """The ``session`` query parameter (EventSource cannot send a header); twice is refused."""
+    found = [v for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1"), True)
+             if k == PROOF_PARAM]  # fmt: skip
+    if len(found) > 1:
+        raise Refused(400, f"query parameter {PROOF_PARAM!r} given twice")
+    return found[0] if found else None
+
+
+def _without_proof(scope: dict) -> dict:
+    """The scope's query without ``session=``: no route sees (or logs, or refuses) the proof."""
+    raw = scope.get("query_string", b"")
+    if PROOF_PARAM.encode() not in raw:
+        return {}
+    kept = [p for p in raw.split(b"&") if p.split(b"=", 1)[0] != PROOF_PARAM.encode()]
+    return {"query_string": b"&".join(kept)}
 
 
 def _headers(scope: dict) -> dict[str, str]:

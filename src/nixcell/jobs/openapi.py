@@ -122,6 +122,14 @@ def _schemas() -> dict[str, Any]:
         "Caller": _obj(
             {"caller": {"type": "string"}, "key": {"type": "string"}, "admin": {"type": "boolean"}}
         ),
+        "Session": _obj(
+            {
+                "caller": {"type": "string"},
+                "key": {"type": "string"},
+                "admin": {"type": "boolean"},
+                "proof": {"type": "string"},
+            }
+        ),
     }
 
 
@@ -207,8 +215,9 @@ def _paths() -> dict[str, Any]:
         },
         "/api/v1/session": {
             "post": _op(
-                "web login on TCP: sets an HttpOnly SameSite=Strict cookie",
-                _json(_ref("Caller")),
+                "web login on TCP: an HttpOnly SameSite=Strict cookie, and the proof the page"
+                " sends with it (X-Nixcell-Session, or ?session= on an EventSource)",
+                _json(_ref("Session")),
                 requestBody={
                     "required": True,
                     "content": {

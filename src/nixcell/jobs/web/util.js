@@ -4,6 +4,10 @@
 // Every job-derived string reaches the DOM through textContent (never innerHTML, which the
 // page's Trusted Types policy would refuse anyway). State-changing requests carry the
 // X-Nixcell header, which a cross-site form cannot send.
+//
+// A TCP session is the HttpOnly cookie *and* its proof, kept in this origin's localStorage and
+// sent as X-Nixcell-Session (fetch) or ?session= (EventSource): browsers send cookies to every
+// port of a host, so another local server would otherwise receive a working session.
 "use strict";
 
 const API = "/api/v1";
@@ -19,8 +23,27 @@ class ApiError extends Error {
   }
 }
 
+const PROOF_KEY = "nixcell-session-proof";
+
+function sessionProof() {
+  try {
+    return window.localStorage.getItem(PROOF_KEY) || "";
+  } catch (_) {
+    return "";
+  }
+}
+
+// A URL for an EventSource (which cannot send headers): the session's proof as ?session=.
+function withProof(url) {
+  const proof = sessionProof();
+  if (!proof) return url;
+  return `${url}${url.includes("?") ? "&" : "?"}session=${encodeURIComponent(proof)}`;
+}
+
 async function api(path, options = {}) {
   const headers = { "X-Nixcell": "1", Accept: "application/json" };
+  const proof = sessionProof();
+  if (proof) headers["X-Nixcell-Session"] = proof;
   if (options.body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(API + path, {
     method: options.method || "GET",
@@ -128,7 +151,12 @@ async function signIn() {
       showError("");
       const token = $("token").value;
       try {
-        await api("/session", { method: "POST", body: { token } });
+        const session = await api("/session", { method: "POST", body: { token } });
+        try {
+          window.localStorage.setItem(PROOF_KEY, session.proof);
+        } catch (_) {
+          /* no storage: this page works until it is reloaded */
+        }
         $("token").value = "";
         form.hidden = true;
         resolve(await api("/whoami"));
@@ -146,7 +174,7 @@ function showCaller(who) {
 // An EventSource that tells the user when it drops and says so when it is back.
 function liveStream(url, handlers, onReopen) {
   let opened = false;
-  const source = new EventSource(url);
+  const source = new EventSource(withProof(url));
   source.addEventListener("open", () => {
     setLive("");
     if (opened && onReopen) onReopen();
