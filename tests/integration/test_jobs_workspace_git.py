@@ -430,3 +430,81 @@ def test_a_private_clone_in_the_cache_is_not_given_without_its_credential(
         prepare(ws, tmp_path, repo=url, ref=origin.second)
     again = prepare(ws, tmp_path, repo=url, ref=origin.second, git_credential="gittok")
     assert (Path(again.path) / "README").read_text() == "second\n"
+
+
+def _gitfile(att: Path, victim: Path, sha: str) -> None:  # .git file naming the victim's git dir
+    att.mkdir()
+    (att / ".git").write_text(f"gitdir: {victim}/.git\n")
+
+
+def _git_symlink(att: Path, victim: Path, sha: str) -> None:  # .git a link into the state
+    att.mkdir()
+    os.symlink(f"{victim}/.git", att / ".git")
+
+
+def _objects_symlink(att: Path, victim: Path, sha: str) -> None:  # a bare repo, objects linked
+    git("init", "-q", "--bare", str(att), cwd=att.parent)
+    shutil.rmtree(att / "objects")
+    os.symlink(f"{victim}/.git/objects", att / "objects")
+    (att / "refs" / "heads" / "main").write_text(f"{sha}\n")
+
+
+def _alternates(att: Path, victim: Path, sha: str) -> None:  # objects borrowed from the state
+    git("init", "-q", "--bare", str(att), cwd=att.parent)
+    (att / "objects" / "info" / "alternates").write_text(f"{victim}/.git/objects\n")
+    (att / "refs" / "heads" / "main").write_text(f"{sha}\n")
+
+
+def _commondir(att: Path, victim: Path, sha: str) -> None:  # a "worktree" whose common dir is it
+    att.mkdir()
+    gitdir = att.parent / f"{att.name}-gd"
+    gitdir.mkdir()
+    (gitdir / "commondir").write_text(f"{victim}/.git\n")
+    (gitdir / "HEAD").write_text(f"{sha}\n")
+    (att / ".git").write_text(f"gitdir: {gitdir}\n")
+
+
+@pytest.mark.parametrize("victim_kind", ["workspace", "clone"])
+@pytest.mark.parametrize(
+    "plant", [_gitfile, _git_symlink, _objects_symlink, _alternates, _commondir]
+)
+def test_file_repos_outside_the_state_cannot_reach_into_it(origin, tmp_path, victim_kind, plant):
+    """A file:// path that is not in the state dir, but whose git dir, objects or common dir
+    is (a ``.git`` file or link, linked ``objects``, ``alternates``, ``commondir``): another
+    job's workspace or a cached clone (maybe a private one) must never come out of it."""
+    from nixcell.jobs.config import ServerConfig
+
+    state = tmp_path / "state"
+    ws = Workspaces(ServerConfig(state_dir=str(state), repo_schemes=("file",)))
+    first = prepare(ws, state, repo=origin.url, ref="main")  # state/jobs/1/workspace: a repo
+    victim = Path(first.path) if victim_kind == "workspace" else _cached_clone(state)
+    assert (victim / "sub" / "inner" / "file.txt").read_text() == f"{MARKER}\n"
+    att = tmp_path / "attacker"
+    plant(att, victim, origin.second)
+    with pytest.raises(JobError):  # the attacker's job dir is another one (jobs/1 stays)
+        got = prepare(ws, tmp_path / "other", repo=f"file://{att}")
+        assert MARKER not in tree_bytes(Path(got.path)).decode(errors="replace")
+
+
+def _cached_clone(state: Path) -> Path:
+    (entry,) = [p for p in (state / "clones").iterdir() if not p.name.startswith(".")]
+    return entry
+
+
+def test_file_repos_in_the_state_stay_hidden_even_past_the_path_check(
+    origin, tmp_path, monkeypatch
+):
+    """The path check looks at a path the client controls before git opens it (a symlink can
+    be swapped in between): git itself must not see the state dir, so with the check
+    skipped, a path straight into it still gives nothing."""
+    from nixcell.jobs.config import ServerConfig
+    from nixcell.jobs.gitclone import Cloner
+
+    state = tmp_path / "state"
+    ws = Workspaces(ServerConfig(state_dir=str(state), repo_schemes=("file",)))
+    first = prepare(ws, state, repo=origin.url, ref="main")
+    monkeypatch.setattr(Cloner, "_not_ours", lambda self, url: None)
+    for path in (first.path, str(_cached_clone(state))):
+        with pytest.raises(JobError):
+            got = prepare(ws, tmp_path / "other", repo=f"file://{path}")
+            assert MARKER not in tree_bytes(Path(got.path)).decode(errors="replace")
