@@ -255,6 +255,8 @@ class _Git:
         for item in self.config:
             argv += ["-c", item]
         argv += args
+        if self.url.scheme == "file" and what in ("ls-remote", "fetch"):
+            argv = self._fenced(argv, watch)
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
                 proc = subprocess.Popen(
@@ -284,6 +286,24 @@ class _Git:
                 raise JobError(f"git {what or args[-1]} of {self.url.url} failed: {why}")
             out.seek(0)
             return out.read(1 << 20).decode(errors="replace")
+
+    def _fenced(self, argv: list[str], writable: str | None) -> list[str]:
+        """``argv`` in a mount namespace where the server's state dir is an empty tmpfs (only
+        the askpass dir and the clone being made are bound back) and ``/proc`` is the
+        namespace's own: a ``file://`` remote is a host path the client chose, and whatever it
+        leads through — a ``.git`` file or link, ``commondir``, ``alternates``, a link swapped
+        in after ``_not_ours`` looked, ``/proc/PID/root`` — git cannot open the state."""
+        from nixcell.sandbox.bwrapio import bwrap_path
+
+        state = os.path.realpath(os.path.dirname(self.home))
+        home = os.path.realpath(self.home)
+        fence = [bwrap_path(), "--dev-bind", "/", "/", "--unshare-pid", "--unshare-net"]
+        fence += ["--unshare-ipc", "--die-with-parent", "--proc", "/proc", "--tmpfs", state]
+        fence += ["--ro-bind", home, home]
+        if writable is not None:
+            real = os.path.realpath(writable)
+            fence += ["--bind", real, real]
+        return [*fence, "--chdir", home, "--", *argv]
 
     def _watch(self, proc: subprocess.Popen[bytes], watch: str | None) -> str | None:
         """Wait for git; kill its whole group on timeout or when the tree grows too big."""
