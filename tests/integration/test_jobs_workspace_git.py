@@ -508,3 +508,82 @@ def test_file_repos_in_the_state_stay_hidden_even_past_the_path_check(
         with pytest.raises(JobError):
             got = prepare(ws, tmp_path / "other", repo=f"file://{path}")
             assert MARKER not in tree_bytes(Path(got.path)).decode(errors="replace")
+
+
+def _pids_naming(text: str) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if text.encode() in cmdline and b"import" not in cmdline:
+                found.append(int(name))
+    return found
+
+
+def _hanging_http(tmp_path: Path) -> tuple[str, object]:
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # accepts (in the backlog) and never says a word
+    return f"http://127.0.0.1:{listener.getsockname()[1]}/hang.git", listener
+
+
+def _hanging_file(tmp_path: Path) -> tuple[str, object]:
+    repo = tmp_path / "hang.git"
+    git("init", "-q", "--bare", str(repo), cwd=tmp_path)
+    (repo / "HEAD").unlink()
+    os.mkfifo(repo / "HEAD")  # git blocks opening it, forever
+    return f"file://{repo}", None
+
+
+@pytest.mark.parametrize("remote", [_hanging_http, _hanging_file])
+def test_a_killed_daemon_leaves_no_git_behind(tmp_path, remote):
+    """``kill -9`` of the daemon while git waits on a remote that never answers: its
+    timeout watcher died with it, so git (and its helpers, which hold the credential in their
+    environment) must die too, not hang on for ever."""
+    import signal
+    import sys
+    import time
+
+    url, keep = remote(tmp_path)
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from tests.integration.test_jobs_workspace_git import prepare\n"
+        "from nixcell.jobs.config import ServerConfig\n"
+        "from nixcell.jobs.workspace import Workspaces\n"
+        f"ws = Workspaces(ServerConfig(state_dir={str(tmp_path / 'state')!r},\n"
+        "    repo_schemes=('http', 'file')))\n"
+        f"prepare(ws, Path({str(tmp_path)!r}), repo={url!r})\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    daemon = subprocess.Popen([sys.executable, "-c", script], cwd=root)
+    left: list[int] = []
+    try:
+        deadline = time.monotonic() + 20
+        while not _pids_naming(url) and time.monotonic() < deadline:
+            assert daemon.poll() is None, "the clone ended instead of hanging"
+            time.sleep(0.1)
+        assert _pids_naming(url), "git never started"
+        time.sleep(0.5)
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait()
+        deadline = time.monotonic() + 5
+        while (left := _pids_naming(url)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not left, f"git outlived the daemon: {left}"
+    finally:
+        for pid in _pids_naming(url):  # only what this test started (its unique URL)
+            with suppress_oserror():
+                os.kill(pid, signal.SIGKILL)
+        if keep is not None:
+            keep.close()
+
+
+def suppress_oserror():
+    import contextlib
+
+    return contextlib.suppress(OSError)
