@@ -218,7 +218,8 @@ def test_http_clone_with_a_token_that_never_leaks(origin, tmp_path, server, monk
     real_popen = subprocess.Popen
 
     def recording_popen(argv, *args, **kwargs):  # the real git runs; we only look at it
-        if list(argv)[:1] == ["git"]:  # (the test server's http-backend runs through here too)
+        argv = list(argv)  # git, or git in its bwrap fence (the test's http-backend: never)
+        if argv[:1] == ["git"] or (argv[0].endswith("/bwrap") and "git" in argv):
             launched.append((list(argv), dict(kwargs.get("env") or {})))
         return real_popen(argv, *args, **kwargs)
 

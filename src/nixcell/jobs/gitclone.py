@@ -233,7 +233,7 @@ class _Git:
     def fetch(self, tmp: str, ref: str | None) -> str:
         """Fetch ``ref`` (a name, a commit, or None: HEAD) at depth 1 and check it out into
         ``tmp``; the commit checked out (a branch may have moved since ``resolve``)."""
-        self._run(["init", "-q", "--", tmp], "init", None)
+        self._run(["init", "-q", "--", tmp], "init", tmp)
         want = ref or "HEAD"
         self._run(
             ["-C", tmp, "fetch", "-q", "--depth", "1", "--no-tags", "--", self.url.url, want],
@@ -255,8 +255,7 @@ class _Git:
         for item in self.config:
             argv += ["-c", item]
         argv += args
-        if self.url.scheme == "file" and what in ("ls-remote", "fetch"):
-            argv = self._fenced(argv, watch)
+        argv = self._fenced(argv, watch)
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
                 proc = subprocess.Popen(
@@ -288,17 +287,22 @@ class _Git:
             return out.read(1 << 20).decode(errors="replace")
 
     def _fenced(self, argv: list[str], writable: str | None) -> list[str]:
-        """``argv`` in a mount namespace where the server's state dir is an empty tmpfs (only
-        the askpass dir and the clone being made are bound back) and ``/proc`` is the
-        namespace's own: a ``file://`` remote is a host path the client chose, and whatever it
-        leads through — a ``.git`` file or link, ``commondir``, ``alternates``, a link swapped
-        in after ``_not_ours`` looked, ``/proc/PID/root`` — git cannot open the state."""
+        """``argv`` in bwrap: its own pid namespace and ``--die-with-parent`` (a daemon killed
+        with SIGKILL takes git and its helpers, which hold the credential in their environment,
+        with it: the timeout watcher died), and a mount namespace where the server's state dir
+        is an empty tmpfs (only the askpass dir and the clone being made are bound back). A
+        ``file://`` remote is a host path the client chose: whatever it leads through — a
+        ``.git`` file or link, ``commondir``, ``alternates``, a link swapped in after
+        ``_not_ours`` looked, ``/proc/PID/root`` — git cannot open the state (and has no
+        network)."""
         from nixcell.sandbox.bwrapio import bwrap_path
 
         state = os.path.realpath(os.path.dirname(self.home))
         home = os.path.realpath(self.home)
-        fence = [bwrap_path(), "--dev-bind", "/", "/", "--unshare-pid", "--unshare-net"]
-        fence += ["--unshare-ipc", "--die-with-parent", "--proc", "/proc", "--tmpfs", state]
+        fence = [bwrap_path(), "--dev-bind", "/", "/", "--unshare-pid", "--unshare-ipc"]
+        if self.url.scheme == "file":
+            fence.append("--unshare-net")
+        fence += ["--die-with-parent", "--proc", "/proc", "--tmpfs", state]
         fence += ["--ro-bind", home, home]
         if writable is not None:
             real = os.path.realpath(writable)
