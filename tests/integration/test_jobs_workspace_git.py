@@ -588,3 +588,24 @@ def suppress_oserror():
     import contextlib
 
     return contextlib.suppress(OSError)
+
+
+def test_git_itself_runs_under_the_file_size_limit(tmp_path, monkeypatch):
+    """The tree watcher and the check after the fetch switched off: RLIMIT_FSIZE alone must
+    stop a pack over the cap — set where git starts, not on a parent that already forked."""
+    work = tmp_path / "big"
+    work.mkdir()
+    git("init", "-q", "-b", "main", cwd=work)
+    (work / "blob").write_bytes(os.urandom(400_000))  # incompressible: the pack is as big
+    git("add", "-A", cwd=work)
+    git("commit", "-qm", "big", cwd=work)
+    monkeypatch.setattr("nixcell.jobs.gitclone._size", lambda path: 0)
+    monkeypatch.setattr("nixcell.jobs.gitclone.resource.prlimit", lambda *a: None)
+    ws = Workspaces(
+        SimpleNamespace(
+            state_dir=str(tmp_path / "state"), clone_limit=100_000, repo_schemes=("file",)
+        )
+    )
+    with pytest.raises(JobError, match="over 100000 bytes|failed"):
+        prepare(ws, tmp_path, repo=f"file://{work}")
+    assert os.listdir(tmp_path / "state" / "clones") == []
