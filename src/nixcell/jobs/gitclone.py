@@ -307,7 +307,11 @@ class _Git:
         if writable is not None:
             real = os.path.realpath(writable)
             fence += ["--bind", real, real]
-        return [*fence, "--chdir", home, "--", *argv]
+        # RLIMIT_FSIZE set inside, before git starts: prlimit on bwrap's pid comes too late
+        # for what bwrap has already forked
+        blocks = str(max(1, self.max_bytes // 512))
+        limit = ["/bin/sh", "-c", 'ulimit -f "$0" && exec "$@"', blocks]
+        return [*fence, "--chdir", home, "--", *limit, *argv]
 
     def _watch(self, proc: subprocess.Popen[bytes], watch: str | None) -> str | None:
         """Wait for git; kill its whole group on timeout or when the tree grows too big."""
