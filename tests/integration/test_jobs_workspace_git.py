@@ -606,6 +606,56 @@ def test_git_itself_runs_under_the_file_size_limit(tmp_path, monkeypatch):
             state_dir=str(tmp_path / "state"), clone_limit=100_000, repo_schemes=("file",)
         )
     )
-    with pytest.raises(JobError, match="over 100000 bytes|failed"):
+    with pytest.raises(JobError, match=r"over 100000 bytes|failed"):
         prepare(ws, tmp_path, repo=f"file://{work}")
     assert os.listdir(tmp_path / "state" / "clones") == []
+
+
+def _prepare_as(ws: Workspaces, base: Path, owner: str, **workspace) -> Prepared:
+    job_dir = base / "jobs" / "1"
+    if job_dir.exists():
+        shutil.rmtree(job_dir)
+    job_dir.mkdir(parents=True, mode=0o700)
+    who = Job(id=1, owner=owner, owner_name=owner, request={}, state="preparing", created=0)
+    request = JobRequest(command=["true"], workspace=workspace)
+    return asyncio.run(ws.prepare(who, request, str(job_dir)))
+
+
+@pytest.fixture
+def private_repo(origin):
+    """A copy of the origin repository only uid 1000 may read (0700, its own)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (a repository of another uid)")
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="nixcell-private-", dir="/tmp"))
+    try:
+        os.chmod(top, 0o755)
+        repo = top / "alice.git"
+        shutil.copytree(origin.root / "repo.git", repo, symlinks=True)
+        for path in [repo, *repo.rglob("*")]:
+            os.lchown(path, 1000, 1000)
+        os.chmod(repo, 0o700)
+        yield f"file://{repo}"
+    finally:
+        shutil.rmtree(top)
+
+
+@pytest.mark.parametrize("ref", ["main", "commit", None])
+def test_file_urls_read_only_what_the_caller_may_read(origin, tmp_path, private_repo, ref):
+    """A root server lists ``file``: a client gets a repository only if its own uid may read
+    it (another user's 0700 repository is refused; a token caller has no host identity), and
+    the cache, keyed without the caller, must not hand one caller's clone to another."""
+    from nixcell.jobs.config import ServerConfig
+
+    ws = Workspaces(ServerConfig(state_dir=str(tmp_path / "state"), repo_schemes=("file",)))
+    want = origin.second if ref == "commit" else ref
+    fields = {"repo": private_repo, **({"ref": want} if want else {})}
+    got = _prepare_as(ws, tmp_path, "uid:1000", **fields)  # alice: hers
+    assert (Path(got.path) / "README").read_text() == "second\n"
+    for other in ("uid:1001", "token:ci"):  # bob, a TCP token: not theirs (cached or not)
+        with pytest.raises(JobError) as info:
+            _prepare_as(ws, tmp_path, other, **fields)
+        assert "\n" not in str(info.value)
+    got = _prepare_as(ws, tmp_path, "uid:0", **fields)  # root reads everything anyway
+    assert (Path(got.path) / "README").read_text() == "second\n"
