@@ -622,40 +622,47 @@ def _prepare_as(ws: Workspaces, base: Path, owner: str, **workspace) -> Prepared
 
 
 @pytest.fixture
-def private_repo(origin):
-    """A copy of the origin repository only uid 1000 may read (0700, its own)."""
+def private_repos(origin):
+    """Copies of the origin repository: root's and uid 1000's, each 0700 and its owner's."""
     if os.geteuid() != 0:
-        pytest.skip("needs root (a repository of another uid)")
+        pytest.skip("needs root (repositories of other uids)")
     import tempfile
 
     top = Path(tempfile.mkdtemp(prefix="nixcell-private-", dir="/tmp"))
     try:
         os.chmod(top, 0o755)
-        repo = top / "alice.git"
-        shutil.copytree(origin.root / "repo.git", repo, symlinks=True)
-        for path in [repo, *repo.rglob("*")]:
-            os.lchown(path, 1000, 1000)
-        os.chmod(repo, 0o700)
-        yield f"file://{repo}"
+        urls = {}
+        for uid in (0, 1000):
+            repo = top / f"repo-{uid}.git"
+            shutil.copytree(origin.root / "repo.git", repo, symlinks=True)
+            for path in [repo, *repo.rglob("*")]:
+                os.lchown(path, uid, uid)
+            os.chmod(repo, 0o700)
+            urls[uid] = f"file://{repo}"
+        yield urls
     finally:
         shutil.rmtree(top)
 
 
 @pytest.mark.parametrize("ref", ["main", "commit", None])
-def test_file_urls_read_only_what_the_caller_may_read(origin, tmp_path, private_repo, ref):
+@pytest.mark.parametrize(("uid", "readers"), [(0, ("uid:0",)), (1000, ("uid:1000",))])
+def test_file_urls_read_only_what_the_caller_may_read(
+    origin, tmp_path, private_repos, ref, uid, readers
+):
     """A root server lists ``file``: a client gets a repository only if its own uid may read
-    it (another user's 0700 repository is refused; a token caller has no host identity), and
-    the cache, keyed without the caller, must not hand one caller's clone to another."""
+    it (root's or another user's 0700 repository is refused; a token caller has no host
+    identity), and the cache must not hand one caller's clone to another."""
     from nixcell.jobs.config import ServerConfig
 
     ws = Workspaces(ServerConfig(state_dir=str(tmp_path / "state"), repo_schemes=("file",)))
     want = origin.second if ref == "commit" else ref
-    fields = {"repo": private_repo, **({"ref": want} if want else {})}
-    got = _prepare_as(ws, tmp_path, "uid:1000", **fields)  # alice: hers
-    assert (Path(got.path) / "README").read_text() == "second\n"
-    for other in ("uid:1001", "token:ci"):  # bob, a TCP token: not theirs (cached or not)
-        with pytest.raises(JobError) as info:
+    fields = {"repo": private_repos[uid], **({"ref": want} if want else {})}
+    for reader in readers:  # the owner first: the clone is in the cache after it
+        got = _prepare_as(ws, tmp_path, reader, **fields)
+        assert (Path(got.path) / "README").read_text() == "second\n"
+    for other in ("uid:1000", "uid:1001", "token:ci"):
+        if other in readers:
+            continue
+        with pytest.raises(JobError) as info:  # not theirs to read, cached or not
             _prepare_as(ws, tmp_path, other, **fields)
         assert "\n" not in str(info.value)
-    got = _prepare_as(ws, tmp_path, "uid:0", **fields)  # root reads everything anyway
-    assert (Path(got.path) / "README").read_text() == "second\n"
