@@ -623,7 +623,8 @@ def _prepare_as(ws: Workspaces, base: Path, owner: str, **workspace) -> Prepared
 
 @pytest.fixture
 def private_repos(origin):
-    """Copies of the origin repository: root's and uid 1000's, each 0700 and its owner's."""
+    """Copies of the origin repository: root's and uid 1000's, each 0700 and its owner's, and
+    uid 1002's, 0755 (a shared one: everyone may read it)."""
     if os.geteuid() != 0:
         pytest.skip("needs root (repositories of other uids)")
     import tempfile
@@ -632,12 +633,13 @@ def private_repos(origin):
     try:
         os.chmod(top, 0o755)
         urls = {}
-        for uid in (0, 1000):
+        for uid in (0, 1000, 1002):
             repo = top / f"repo-{uid}.git"
             shutil.copytree(origin.root / "repo.git", repo, symlinks=True)
             for path in [repo, *repo.rglob("*")]:
                 os.lchown(path, uid, uid)
-            os.chmod(repo, 0o700)
+                os.chmod(path, os.lstat(path).st_mode | 0o055)  # readable, if reached
+            os.chmod(repo, 0o755 if uid == 1002 else 0o700)
             urls[uid] = f"file://{repo}"
         yield urls
     finally:
@@ -645,7 +647,10 @@ def private_repos(origin):
 
 
 @pytest.mark.parametrize("ref", ["main", "commit", None])
-@pytest.mark.parametrize(("uid", "readers"), [(0, ("uid:0",)), (1000, ("uid:1000",))])
+@pytest.mark.parametrize(
+    ("uid", "readers"),
+    [(0, ("uid:0",)), (1000, ("uid:1000",)), (1002, ("uid:1000", "uid:1001"))],
+)
 def test_file_urls_read_only_what_the_caller_may_read(
     origin, tmp_path, private_repos, ref, uid, readers
 ):
