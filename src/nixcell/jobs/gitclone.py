@@ -189,6 +189,9 @@ class _Reader:
     groups: tuple[int, ...]
 
     def upload_pack(self) -> str:
+        """The remote side's command, as the caller: any repository it can read is fine to
+        read (``safe.directory``: git's check is for a user reading another's repository
+        unawares; here the caller chose it, and reads with its own rights only)."""
         import shutil
 
         setpriv = shutil.which("setpriv")
@@ -197,7 +200,8 @@ class _Reader:
         groups = ",".join(map(str, self.groups))
         drop = f"--groups={groups}" if groups else "--clear-groups"
         return (
-            f"{setpriv} --reuid={self.uid} --regid={self.gid} {drop} --no-new-privs git upload-pack"
+            f"{setpriv} --reuid={self.uid} --regid={self.gid} {drop} --no-new-privs "
+            "git -c safe.directory=* upload-pack"
         )
 
 
@@ -306,9 +310,9 @@ class _Git:
         ``tmp``; the commit checked out (a branch may have moved since ``resolve``)."""
         self._run(["init", "-q", "--", tmp], "init", tmp)
         want = ref or "HEAD"
+        fetch = ["fetch", "-q", *self.remote_opts, "--depth", "1", "--no-tags"]
         self._run(
-            ["-C", tmp, "fetch", "-q", *self.remote_opts, "--depth", "1", "--no-tags"]
-            + ["--", self.url.url, want],
+            ["-C", tmp, *fetch, "--", self.url.url, want],
             "fetch",
             tmp,
         )
