@@ -218,7 +218,8 @@ def test_http_clone_with_a_token_that_never_leaks(origin, tmp_path, server, monk
     real_popen = subprocess.Popen
 
     def recording_popen(argv, *args, **kwargs):  # the real git runs; we only look at it
-        if list(argv)[:1] == ["git"]:  # (the test server's http-backend runs through here too)
+        argv = list(argv)  # git, or git in its bwrap fence (the test's http-backend: never)
+        if argv[:1] == ["git"] or (argv[0].endswith("/bwrap") and "git" in argv):
             launched.append((list(argv), dict(kwargs.get("env") or {})))
         return real_popen(argv, *args, **kwargs)
 
@@ -430,3 +431,243 @@ def test_a_private_clone_in_the_cache_is_not_given_without_its_credential(
         prepare(ws, tmp_path, repo=url, ref=origin.second)
     again = prepare(ws, tmp_path, repo=url, ref=origin.second, git_credential="gittok")
     assert (Path(again.path) / "README").read_text() == "second\n"
+
+
+def _gitfile(att: Path, victim: Path, sha: str) -> None:  # .git file naming the victim's git dir
+    att.mkdir()
+    (att / ".git").write_text(f"gitdir: {victim}/.git\n")
+
+
+def _git_symlink(att: Path, victim: Path, sha: str) -> None:  # .git a link into the state
+    att.mkdir()
+    os.symlink(f"{victim}/.git", att / ".git")
+
+
+def _objects_symlink(att: Path, victim: Path, sha: str) -> None:  # a bare repo, objects linked
+    git("init", "-q", "--bare", str(att), cwd=att.parent)
+    shutil.rmtree(att / "objects")
+    os.symlink(f"{victim}/.git/objects", att / "objects")
+    (att / "refs" / "heads" / "main").write_text(f"{sha}\n")
+
+
+def _alternates(att: Path, victim: Path, sha: str) -> None:  # objects borrowed from the state
+    git("init", "-q", "--bare", str(att), cwd=att.parent)
+    (att / "objects" / "info" / "alternates").write_text(f"{victim}/.git/objects\n")
+    (att / "refs" / "heads" / "main").write_text(f"{sha}\n")
+
+
+def _commondir(att: Path, victim: Path, sha: str) -> None:  # a "worktree" whose common dir is it
+    att.mkdir()
+    gitdir = att.parent / f"{att.name}-gd"
+    gitdir.mkdir()
+    (gitdir / "commondir").write_text(f"{victim}/.git\n")
+    (gitdir / "HEAD").write_text(f"{sha}\n")
+    (att / ".git").write_text(f"gitdir: {gitdir}\n")
+
+
+@pytest.mark.parametrize("victim_kind", ["workspace", "clone"])
+@pytest.mark.parametrize(
+    "plant", [_gitfile, _git_symlink, _objects_symlink, _alternates, _commondir]
+)
+def test_file_repos_outside_the_state_cannot_reach_into_it(origin, tmp_path, victim_kind, plant):
+    """A file:// path that is not in the state dir, but whose git dir, objects or common dir
+    is (a ``.git`` file or link, linked ``objects``, ``alternates``, ``commondir``): another
+    job's workspace or a cached clone (maybe a private one) must never come out of it."""
+    from nixcell.jobs.config import ServerConfig
+
+    state = tmp_path / "state"
+    ws = Workspaces(ServerConfig(state_dir=str(state), repo_schemes=("file",)))
+    first = prepare(ws, state, repo=origin.url, ref="main")  # state/jobs/1/workspace: a repo
+    victim = Path(first.path) if victim_kind == "workspace" else _cached_clone(state)
+    assert (victim / "sub" / "inner" / "file.txt").read_text() == f"{MARKER}\n"
+    att = tmp_path / "attacker"
+    plant(att, victim, origin.second)
+    with pytest.raises(JobError):  # the attacker's job dir is another one (jobs/1 stays)
+        got = prepare(ws, tmp_path / "other", repo=f"file://{att}")
+        assert MARKER not in tree_bytes(Path(got.path)).decode(errors="replace")
+
+
+def _cached_clone(state: Path) -> Path:
+    (entry,) = [p for p in (state / "clones").iterdir() if not p.name.startswith(".")]
+    return entry
+
+
+def test_file_repos_in_the_state_stay_hidden_even_past_the_path_check(
+    origin, tmp_path, monkeypatch
+):
+    """The path check looks at a path the client controls before git opens it (a symlink can
+    be swapped in between): git itself must not see the state dir, so with the check
+    skipped, a path straight into it still gives nothing."""
+    from nixcell.jobs.config import ServerConfig
+    from nixcell.jobs.gitclone import Cloner
+
+    state = tmp_path / "state"
+    ws = Workspaces(ServerConfig(state_dir=str(state), repo_schemes=("file",)))
+    first = prepare(ws, state, repo=origin.url, ref="main")
+    monkeypatch.setattr(Cloner, "_not_ours", lambda self, url: None)
+    for path in (first.path, str(_cached_clone(state))):
+        with pytest.raises(JobError):
+            got = prepare(ws, tmp_path / "other", repo=f"file://{path}")
+            assert MARKER not in tree_bytes(Path(got.path)).decode(errors="replace")
+
+
+def _pids_naming(text: str) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if text.encode() in cmdline and b"import" not in cmdline:
+                found.append(int(name))
+    return found
+
+
+def _hanging_http(tmp_path: Path) -> tuple[str, object]:
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # accepts (in the backlog) and never says a word
+    return f"http://127.0.0.1:{listener.getsockname()[1]}/hang.git", listener
+
+
+def _hanging_file(tmp_path: Path) -> tuple[str, object]:
+    repo = tmp_path / "hang.git"
+    git("init", "-q", "--bare", str(repo), cwd=tmp_path)
+    (repo / "HEAD").unlink()
+    os.mkfifo(repo / "HEAD")  # git blocks opening it, forever
+    return f"file://{repo}", None
+
+
+@pytest.mark.parametrize("remote", [_hanging_http, _hanging_file])
+def test_a_killed_daemon_leaves_no_git_behind(tmp_path, remote):
+    """``kill -9`` of the daemon while git waits on a remote that never answers: its
+    timeout watcher died with it, so git (and its helpers, which hold the credential in their
+    environment) must die too, not hang on for ever."""
+    import signal
+    import sys
+    import time
+
+    url, keep = remote(tmp_path)
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from tests.integration.test_jobs_workspace_git import prepare\n"
+        "from nixcell.jobs.config import ServerConfig\n"
+        "from nixcell.jobs.workspace import Workspaces\n"
+        f"ws = Workspaces(ServerConfig(state_dir={str(tmp_path / 'state')!r},\n"
+        "    repo_schemes=('http', 'file')))\n"
+        f"prepare(ws, Path({str(tmp_path)!r}), repo={url!r})\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    daemon = subprocess.Popen([sys.executable, "-c", script], cwd=root)
+    left: list[int] = []
+    try:
+        deadline = time.monotonic() + 20
+        while not _pids_naming(url) and time.monotonic() < deadline:
+            assert daemon.poll() is None, "the clone ended instead of hanging"
+            time.sleep(0.1)
+        assert _pids_naming(url), "git never started"
+        time.sleep(0.5)
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait()
+        deadline = time.monotonic() + 5
+        while (left := _pids_naming(url)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not left, f"git outlived the daemon: {left}"
+    finally:
+        for pid in _pids_naming(url):  # only what this test started (its unique URL)
+            with suppress_oserror():
+                os.kill(pid, signal.SIGKILL)
+        if keep is not None:
+            keep.close()
+
+
+def suppress_oserror():
+    import contextlib
+
+    return contextlib.suppress(OSError)
+
+
+def test_git_itself_runs_under_the_file_size_limit(tmp_path, monkeypatch):
+    """The tree watcher and the check after the fetch switched off: RLIMIT_FSIZE alone must
+    stop a pack over the cap — set where git starts, not on a parent that already forked."""
+    work = tmp_path / "big"
+    work.mkdir()
+    git("init", "-q", "-b", "main", cwd=work)
+    (work / "blob").write_bytes(os.urandom(400_000))  # incompressible: the pack is as big
+    git("add", "-A", cwd=work)
+    git("commit", "-qm", "big", cwd=work)
+    monkeypatch.setattr("nixcell.jobs.gitclone._size", lambda path: 0)
+    monkeypatch.setattr("nixcell.jobs.gitclone.resource.prlimit", lambda *a: None)
+    ws = Workspaces(
+        SimpleNamespace(
+            state_dir=str(tmp_path / "state"), clone_limit=100_000, repo_schemes=("file",)
+        )
+    )
+    with pytest.raises(JobError, match=r"over 100000 bytes|failed"):
+        prepare(ws, tmp_path, repo=f"file://{work}")
+    assert os.listdir(tmp_path / "state" / "clones") == []
+
+
+def _prepare_as(ws: Workspaces, base: Path, owner: str, **workspace) -> Prepared:
+    job_dir = base / "jobs" / "1"
+    if job_dir.exists():
+        shutil.rmtree(job_dir)
+    job_dir.mkdir(parents=True, mode=0o700)
+    who = Job(id=1, owner=owner, owner_name=owner, request={}, state="preparing", created=0)
+    request = JobRequest(command=["true"], workspace=workspace)
+    return asyncio.run(ws.prepare(who, request, str(job_dir)))
+
+
+@pytest.fixture
+def private_repos(origin):
+    """Copies of the origin repository: root's and uid 1000's, each 0700 and its owner's, and
+    uid 1002's, 0755 (a shared one: everyone may read it)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (repositories of other uids)")
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="nixcell-private-", dir="/tmp"))
+    try:
+        os.chmod(top, 0o755)
+        urls = {}
+        for uid in (0, 1000, 1002):
+            repo = top / f"repo-{uid}.git"
+            shutil.copytree(origin.root / "repo.git", repo, symlinks=True)
+            for path in [repo, *repo.rglob("*")]:
+                os.lchown(path, uid, uid)
+                os.chmod(path, os.lstat(path).st_mode | 0o055)  # readable, if reached
+            os.chmod(repo, 0o755 if uid == 1002 else 0o700)
+            urls[uid] = f"file://{repo}"
+        yield urls
+    finally:
+        shutil.rmtree(top)
+
+
+@pytest.mark.parametrize("ref", ["main", "commit", None])
+@pytest.mark.parametrize(
+    ("uid", "readers"),
+    [(0, ("uid:0",)), (1000, ("uid:1000",)), (1002, ("uid:1000", "uid:1001"))],
+)
+def test_file_urls_read_only_what_the_caller_may_read(
+    origin, tmp_path, private_repos, ref, uid, readers
+):
+    """A root server lists ``file``: a client gets a repository only if its own uid may read
+    it (root's or another user's 0700 repository is refused; a token caller has no host
+    identity), and the cache must not hand one caller's clone to another."""
+    from nixcell.jobs.config import ServerConfig
+
+    ws = Workspaces(ServerConfig(state_dir=str(tmp_path / "state"), repo_schemes=("file",)))
+    want = origin.second if ref == "commit" else ref
+    fields = {"repo": private_repos[uid], **({"ref": want} if want else {})}
+    for reader in readers:  # the owner first: the clone is in the cache after it
+        got = _prepare_as(ws, tmp_path, reader, **fields)
+        assert (Path(got.path) / "README").read_text() == "second\n"
+    for other in ("uid:1000", "uid:1001", "token:ci"):
+        if other in readers:
+            continue
+        with pytest.raises(JobError) as info:  # not theirs to read, cached or not
+            _prepare_as(ws, tmp_path, other, **fields)
+        assert "\n" not in str(info.value)

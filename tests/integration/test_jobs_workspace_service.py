@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import tarfile
 
-from tests.integration.jobsrig import ALICE, BOB, collect, script, serve, settle
+from tests.integration.jobsrig import ADMIN, ALICE, BOB, collect, script, serve, settle
 from tests.integration.test_jobs_workspace_git import origin  # noqa: F401 - a fixture
 from tests.unit.test_jobs_tar import make_tar, member
 
@@ -55,6 +55,9 @@ def test_an_upload_job_runs_in_its_workspace_and_gives_artifacts(offline_set, tm
 
 
 def test_a_git_job_and_a_failing_clone(offline_set, tmp_path, origin):  # noqa: F811
+    # the origin is root's, in root's 0700 tmp dir: file:// is read as the caller, so root
+    ALICE = ADMIN
+
     async def body(svc):
         job = await svc.submit(
             ALICE,

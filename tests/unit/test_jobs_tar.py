@@ -297,3 +297,70 @@ def test_escape_check_never_says_inside_when_the_kernel_leaves(tmp_path_factory,
         for name in links:
             with __import__("contextlib").suppress(OSError):
                 (root / name).unlink()
+
+
+def _entries(tree: Path) -> int:
+    return sum(len(dirs) + len(files) for _, dirs, files in os.walk(tree))
+
+
+_PART = st.sampled_from(["a", "b", "c", "dd"])
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    names=st.lists(st.lists(_PART, min_size=1, max_size=12).map("/".join), min_size=1, max_size=8),
+    dirs_last=st.booleans(),
+)
+def test_members_bound_what_lands_on_disk_implied_directories_included(
+    tmp_path_factory, names, dirs_last
+):
+    """``upload_members`` bounds the entries made, not only the tar headers: a member
+    ``a/b/.../f`` makes every directory above it (64 levels each: 10k members would be 640k
+    inodes, copied again for every job)."""
+    tmp_path = tmp_path_factory.mktemp("members")
+    ws = workspaces(tmp_path, upload_members=10)
+    seen: set[str] = set()
+    members = []
+    for name in names:
+        if name in seen or any(name.startswith(s + "/") or s.startswith(name + "/") for s in seen):
+            continue  # no duplicates, no file above another member
+        seen.add(name)
+        members.append(member(name))
+    if dirs_last:  # the implied directories named after all: the same entries, no more
+        members += [
+            member(d, tarfile.DIRTYPE)
+            for d in sorted({n.rsplit("/", 1)[0] for n in seen if "/" in n})
+        ]
+    try:
+        upload_id = upload(ws, make_tar(*members))
+    except JobError as exc:
+        assert "more than 10 members" in str(exc)
+        assert leftovers(ws) == []
+        return
+    assert _entries(Path(ws.state_dir, "uploads", upload_id, "tree")) <= 10
+
+
+@pytest.mark.parametrize(
+    ("members", "limit"),
+    [
+        ([member("/".join(["d"] * 63) + "/f")], 10),  # one member, 63 directories implied
+        ([member(f"{i}/x/y/z") for i in range(4)], 10),  # 4 members, 16 entries
+        ([member("a/b/c/d/e/f/g/h/i/j/k")], 10),  # 11 entries exactly past the limit
+    ],
+)
+def test_implied_directories_count_as_members(tmp_path, members, limit):
+    ws = workspaces(tmp_path, upload_members=limit)
+    with pytest.raises(JobError, match=f"more than {limit} members"):
+        upload(ws, make_tar(*members))
+    assert leftovers(ws) == []
+
+
+def test_the_member_limit_still_fits_its_own_directories(tmp_path):
+    ws = workspaces(tmp_path, upload_members=10)  # 10 entries: 5 dirs named, 5 files in them
+    body = make_tar(
+        *[member(f"d{i}", tarfile.DIRTYPE) for i in range(5)],
+        *[member(f"d{i}/f") for i in range(5)],
+    )
+    assert _entries(Path(ws.state_dir, "uploads", upload(ws, body), "tree")) == 10

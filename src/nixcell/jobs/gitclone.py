@@ -73,23 +73,29 @@ class Cloner:
     def clones_dir(self) -> str:
         return private_dir(os.path.join(self.state_dir, "clones"))
 
-    def clone(self, repo: str, ref: str | None, credential: str | None) -> Clone:
-        """The cached clone of ``repo`` at ``ref`` (made now when missing)."""
+    def clone(
+        self, repo: str, ref: str | None, credential: str | None, owner: str | None = None
+    ) -> Clone:
+        """The cached clone of ``repo`` at ``ref`` (made now when missing). ``owner`` (a
+        caller key, ``uid:N``/``token:NAME``) is who reads a ``file://`` repository; None:
+        the server itself."""
         url = check_url(repo, self.schemes)
         ref = check_ref(ref)
+        reader: _Reader | None = None
         if url.scheme == "file":
             self._not_ours(url)
+            reader = _reader_for(owner)
         secret = self._secret(credential, url) if credential else None
-        git = _Git(self._askpass(), url, secret, self.timeout, self.max_bytes)
+        git = _Git(self._askpass(), url, secret, self.timeout, self.max_bytes, reader)
         commit = ref if ref is not None and COMMIT.fullmatch(ref) else git.resolve(ref)
         if commit is not None:
-            cached = self._entry(url, commit, credential)
+            cached = self._entry(url, commit, credential, reader)
             if os.path.isdir(cached) and not os.path.islink(cached):
                 return Clone(cached, commit)
         tmp = tempfile.mkdtemp(prefix=".tmp-", dir=self.clones_dir)
         try:
             fetched = git.fetch(tmp, ref)
-            final = self._entry(url, fetched, credential)
+            final = self._entry(url, fetched, credential, reader)
             os.chmod(tmp, 0o755)
             try:
                 os.rename(tmp, final)
@@ -113,11 +119,16 @@ class Cloner:
         if real == state or real.startswith(state + "/") or state.startswith(real + "/"):
             raise JobError("workspace.repo: a file:// repository may not be in the server's state")
 
-    def _entry(self, url: RepoUrl, commit: str, credential: str | None) -> str:
-        """The cache entry: by URL, commit *and* credential — a private repository fetched
-        with a credential is never handed to a request without it (a known commit id would
-        otherwise skip git, and so the server's access check, entirely)."""
-        key = hashlib.sha256(f"{url.url}\0{commit}\0{credential or ''}".encode()).hexdigest()
+    def _entry(
+        self, url: RepoUrl, commit: str, credential: str | None, reader: _Reader | None = None
+    ) -> str:
+        """The cache entry: by URL, commit *and* credential (and, for ``file://``, the uid
+        that read it) — a private repository is never handed to a request that could not
+        fetch it itself (a known commit id would otherwise skip git, and so the access check
+        — the remote's, or the file system's — entirely)."""
+        who = f"\0uid:{reader.uid}" if reader is not None else ""
+        text = f"{url.url}\0{commit}\0{credential or ''}{who}"
+        key = hashlib.sha256(text.encode()).hexdigest()
         return os.path.join(self.clones_dir, key)
 
     def _secret(self, name: str, url: RepoUrl) -> str:
@@ -169,13 +180,75 @@ class Cloner:
         return removed
 
 
+@dataclass(frozen=True)
+class _Reader:
+    """The host identity a ``file://`` repository is read as (its ``upload-pack``)."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+    def upload_pack(self) -> str:
+        """The remote side's command, as the caller: any repository it can read is fine to
+        read (``safe.directory``: git's check is for a user reading another's repository
+        unawares; here the caller chose it, and reads with its own rights only)."""
+        import shutil
+
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            raise JobError("file:// clones need setpriv (util-linux) on the server", status=500)
+        groups = ",".join(map(str, self.groups))
+        drop = f"--groups={groups}" if groups else "--clear-groups"
+        return (
+            f"{setpriv} --reuid={self.uid} --regid={self.gid} {drop} --no-new-privs "
+            "git -c safe.directory=* upload-pack"
+        )
+
+
+def _reader_for(owner: str | None) -> _Reader | None:
+    """Who reads a ``file://`` repository: the caller's own uid (a root server reads any
+    file, so it must not read for a caller what the caller could not), None: the server."""
+    import pwd
+
+    if owner is None:
+        return None
+    kind, _, ident = owner.partition(":")
+    if kind != "uid" or not ident.isdigit():
+        raise JobError(
+            "workspace.repo: file:// is read as the caller's own uid; this caller has none "
+            "(connect through the unix socket)"
+        )
+    uid = int(ident)
+    if uid == os.geteuid():
+        return None
+    if os.geteuid() != 0:
+        raise JobError(
+            f"workspace.repo: file:// is read as the caller's own uid; this server cannot act "
+            f"as uid {uid}"
+        )
+    try:
+        entry = pwd.getpwuid(uid)
+        gid = entry.pw_gid
+        groups = tuple(sorted(set(os.getgrouplist(entry.pw_name, gid))))
+    except KeyError:
+        gid, groups = 65534, ()
+    return _Reader(uid, gid, groups)
+
+
 class _Git:
     """One repository's git invocations: the fenced environment, the watched process."""
 
     def __init__(
-        self, askpass: str, url: RepoUrl, secret: str | None, timeout: float, max_bytes: int
+        self,
+        askpass: str,
+        url: RepoUrl,
+        secret: str | None,
+        timeout: float,
+        max_bytes: int,
+        reader: _Reader | None = None,
     ) -> None:
         self.url = url
+        self.remote_opts = [f"--upload-pack={reader.upload_pack()}"] if reader else []
         self.secret = secret
         self.deadline = time.monotonic() + timeout
         self.timeout = timeout
@@ -219,7 +292,9 @@ class _Git:
 
     def resolve(self, ref: str | None) -> str | None:
         """The commit ``ref`` names on the remote now (None: let the fetch find out)."""
-        out = self._run(["ls-remote", "--", self.url.url, ref or "HEAD"], "ls-remote", None)
+        out = self._run(
+            ["ls-remote", *self.remote_opts, "--", self.url.url, ref or "HEAD"], "ls-remote", None
+        )
         found = dict(
             (name, sha) for sha, _, name in (ln.partition("\t") for ln in out.splitlines())
         )
@@ -233,10 +308,11 @@ class _Git:
     def fetch(self, tmp: str, ref: str | None) -> str:
         """Fetch ``ref`` (a name, a commit, or None: HEAD) at depth 1 and check it out into
         ``tmp``; the commit checked out (a branch may have moved since ``resolve``)."""
-        self._run(["init", "-q", "--", tmp], "init", None)
+        self._run(["init", "-q", "--", tmp], "init", tmp)
         want = ref or "HEAD"
+        fetch = ["fetch", "-q", *self.remote_opts, "--depth", "1", "--no-tags"]
         self._run(
-            ["-C", tmp, "fetch", "-q", "--depth", "1", "--no-tags", "--", self.url.url, want],
+            ["-C", tmp, *fetch, "--", self.url.url, want],
             "fetch",
             tmp,
         )
@@ -255,6 +331,7 @@ class _Git:
         for item in self.config:
             argv += ["-c", item]
         argv += args
+        argv = self._fenced(argv, watch)
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
                 proc = subprocess.Popen(
@@ -284,6 +361,33 @@ class _Git:
                 raise JobError(f"git {what or args[-1]} of {self.url.url} failed: {why}")
             out.seek(0)
             return out.read(1 << 20).decode(errors="replace")
+
+    def _fenced(self, argv: list[str], writable: str | None) -> list[str]:
+        """``argv`` in bwrap: its own pid namespace and ``--die-with-parent`` (a daemon killed
+        with SIGKILL takes git and its helpers, which hold the credential in their environment,
+        with it: the timeout watcher died), and a mount namespace where the server's state dir
+        is an empty tmpfs (only the askpass dir and the clone being made are bound back). A
+        ``file://`` remote is a host path the client chose: whatever it leads through — a
+        ``.git`` file or link, ``commondir``, ``alternates``, a link swapped in after
+        ``_not_ours`` looked, ``/proc/PID/root`` — git cannot open the state (and has no
+        network)."""
+        from nixcell.sandbox.bwrapio import bwrap_path
+
+        state = os.path.realpath(os.path.dirname(self.home))
+        home = os.path.realpath(self.home)
+        fence = [bwrap_path(), "--dev-bind", "/", "/", "--unshare-pid", "--unshare-ipc"]
+        if self.url.scheme == "file":
+            fence.append("--unshare-net")
+        fence += ["--die-with-parent", "--proc", "/proc", "--tmpfs", state]
+        fence += ["--ro-bind", home, home]
+        if writable is not None:
+            real = os.path.realpath(writable)
+            fence += ["--bind", real, real]
+        # RLIMIT_FSIZE set inside, before git starts: prlimit on bwrap's pid comes too late
+        # for what bwrap has already forked
+        blocks = str(max(1, self.max_bytes // 512))
+        limit = ["/bin/sh", "-c", 'ulimit -f "$0" && exec "$@"', blocks]
+        return [*fence, "--chdir", home, "--", *limit, *argv]
 
     def _watch(self, proc: subprocess.Popen[bytes], watch: str | None) -> str | None:
         """Wait for git; kill its whole group on timeout or when the tree grows too big."""

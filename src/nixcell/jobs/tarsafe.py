@@ -100,6 +100,7 @@ class _Unpacker:
         self.dest_fd = dest_fd
         self.limits = limits
         self.count = 0
+        self.entries = 0  # made on disk: members and the directories their names imply
         self.total = 0
         self.kinds: dict[str, str] = {}  # path -> "dir" | "file" | "symlink" | "implicit"
         self.links: dict[str, str] = {}
@@ -130,6 +131,8 @@ class _Unpacker:
         if kind == "symlink":
             self.check_target(member.linkname, what)
         parent = self.descend(parts[:-1], what)
+        if known is None:
+            self.made()
         try:
             self.write(tar, member, kind, parent, parts[-1], what, known == "implicit")
         finally:
@@ -193,6 +196,7 @@ class _Unpacker:
             for i, part in enumerate(parts):
                 key = "/".join(parts[: i + 1])
                 if key not in self.kinds:
+                    self.made()
                     os.mkdir(part, 0o755, dir_fd=fd)
                     self.kinds[key] = "implicit"
                 try:
@@ -205,6 +209,16 @@ class _Unpacker:
         except BaseException:
             os.close(fd)
             raise
+
+    def made(self) -> None:
+        """One more entry on disk: a member's name implies its directories (``a/b/.../f``:
+        up to 64), so the member limit bounds what is made, not only the headers."""
+        self.entries += 1
+        if self.entries > self.limits.max_members:
+            raise refuse(
+                f"more than {self.limits.max_members} members "
+                "(counting the directories their names imply)"
+            )
 
     def write(
         self,

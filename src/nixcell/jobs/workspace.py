@@ -89,7 +89,7 @@ class Workspaces:
         ws = request.workspace
         source: str | None = None
         if ws.repo:
-            clone = self.cloner.clone(ws.repo, ws.ref, ws.git_credential)
+            clone = self.cloner.clone(ws.repo, ws.ref, ws.git_credential, owner)
             with suppress(OSError):
                 os.utime(clone.path)  # recently used: gc keeps it
             source = clone.path
