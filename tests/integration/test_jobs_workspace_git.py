@@ -84,6 +84,7 @@ def workspaces(tmp_path: Path, **config) -> Workspaces:
     from nixcell.jobs.config import ServerConfig  # the server's real config object
 
     config.setdefault("repo_schemes", ("https", "http", "file"))  # file:// is off by default
+    config.setdefault("repo_cidrs", ("127.0.0.0/8",))  # the loopback git server (repoaddr.py)
     return Workspaces(ServerConfig(state_dir=str(tmp_path / "state"), **config))
 
 
@@ -391,7 +392,10 @@ def test_a_server_that_never_answers_times_out(tmp_path):
         port = listener.getsockname()[1]
         ws = Workspaces(
             SimpleNamespace(
-                state_dir=str(tmp_path / "state"), clone_timeout=1, repo_schemes=("http",)
+                state_dir=str(tmp_path / "state"),
+                clone_timeout=1,
+                repo_schemes=("http",),
+                repo_cidrs=("127.0.0.1/32",),
             )
         )
         with pytest.raises(JobError) as info:
@@ -557,7 +561,7 @@ def test_a_killed_daemon_leaves_no_git_behind(tmp_path, remote):
         "from nixcell.jobs.config import ServerConfig\n"
         "from nixcell.jobs.workspace import Workspaces\n"
         f"ws = Workspaces(ServerConfig(state_dir={str(tmp_path / 'state')!r},\n"
-        "    repo_schemes=('http', 'file')))\n"
+        "    repo_schemes=('http', 'file'), repo_cidrs=('127.0.0.1/32',)))\n"
         f"prepare(ws, Path({str(tmp_path)!r}), repo={url!r})\n"
     )
     root = Path(__file__).resolve().parents[2]

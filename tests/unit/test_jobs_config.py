@@ -145,6 +145,8 @@ BAD = [
     ('shutdown = "finish"', 'shutdown = "ignore"', r":13: \[server\] shutdown: must be one"),
     ('shutdown_grace = "10s"', "shutdown_grace = []", r":14: \[server\] shutdown_grace:"),
     ('repo_schemes = ["https"]', 'repo_schemes = ["ext"]', r":15: \[server\] repo_schemes:"),
+    ('repo_schemes = ["https"]', 'repo_cidrs = ["10/8"]', r":15: \[server\] repo_cidrs:"),
+    ('repo_schemes = ["https"]', 'repo_cidrs = "10.0.0.0/8"', r":15: \[server\] repo_cidrs:"),
     ('nixpkgs = "nixos-24.11"', 'nixpkgs = "nixos-99"', r":16: \[server\] nixpkgs:"),
     ('hardening = ["debugger"]', 'hardening = ["root"]', r":17: \[server\] hardening: unknown"),
     ("concurrency = 8", "concurency = 8", r":4: \[server\] concurency: unknown key"),

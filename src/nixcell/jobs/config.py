@@ -33,7 +33,8 @@ DEFAULT_HARDENING = ("debugger", "jit-runtime")  # nested-sandbox only when the 
 SERVER_KEYS = (
     "state_dir", "listen", "socket_group", "admin_group", "concurrency", "per_user",
     "queue_limit", "backends", "default_backend", "profile_dir", "retention", "log_limit",
-    "upload_limit", "shutdown", "shutdown_grace", "repo_schemes", "nixpkgs", "hardening",
+    "upload_limit", "shutdown", "shutdown_grace", "repo_schemes", "repo_cidrs", "nixpkgs",
+    "hardening",
 )  # fmt: skip
 TABLES = ("server", "defaults", "maxima", "policies", "credentials", "tokens")
 
@@ -110,6 +111,8 @@ class ServerConfig:
     shutdown: str = "cancel"  # what SIGTERM does to running jobs: "cancel" | "finish"
     shutdown_grace: float = 30.0  # "finish" waits this long, then cancels
     repo_schemes: tuple[str, ...] = DEFAULT_SCHEMES
+    # loopback/private/metadata addresses a clone may connect to (none: like the proxy's guard)
+    repo_cidrs: tuple[str, ...] = ()
     nixpkgs: str | None = None  # the pin of requests that name none
     hardening: tuple[str, ...] = DEFAULT_HARDENING  # hardening profiles clients may ask for
     source: str | None = None  # the file this came from

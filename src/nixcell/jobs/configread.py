@@ -119,6 +119,16 @@ def _server(f: TomlFile, table: dict[str, Any]) -> dict[str, Any]:
             if bad:
                 f.fail(at(key), f"{bad[0]!r} is not one of {', '.join(SCHEMES)}")
             out[key] = tuple(dict.fromkeys(items))
+        elif key == "repo_cidrs":
+            from nixcell.net.addresses import canonical_network
+
+            items = f.strings(at(key), value)
+            for item in items:
+                try:
+                    canonical_network(item)
+                except ValueError as exc:
+                    f.fail(at(key), f"{item!r}: {exc}")
+            out[key] = tuple(dict.fromkeys(items))
         elif key == "nixpkgs":
             from nixcell.jobs.compile import pin_problem
 

@@ -66,6 +66,7 @@ class Cloner:
         self.schemes = tuple(getattr(config, "repo_schemes", ("https", "http")))
         self.timeout = float(getattr(config, "clone_timeout", TIMEOUT))
         self.max_bytes = int(getattr(config, "clone_limit", MAX_BYTES))
+        self.cidrs = tuple(getattr(config, "repo_cidrs", ()) or ())
         self._credentials = tuple(getattr(config, "credentials", ()) or ())
         self._source = str(getattr(config, "source", None) or "server config")
 
@@ -86,7 +87,12 @@ class Cloner:
             self._not_ours(url)
             reader = _reader_for(owner)
         secret = self._secret(credential, url) if credential else None
-        git = _Git(self._askpass(), url, secret, self.timeout, self.max_bytes, reader)
+        pinned = None
+        if url.scheme in ("http", "https"):  # resolved once, checked, pinned (repoaddr.py)
+            from nixcell.jobs.repoaddr import pin
+
+            pinned = pin(url.url, url.host, self.cidrs)
+        git = _Git(self._askpass(), url, secret, self.timeout, self.max_bytes, reader, pinned)
         commit = ref if ref is not None and COMMIT.fullmatch(ref) else git.resolve(ref)
         if commit is not None:
             cached = self._entry(url, commit, credential, reader)
@@ -246,6 +252,7 @@ class _Git:
         timeout: float,
         max_bytes: int,
         reader: _Reader | None = None,
+        pinned: str | None = None,
     ) -> None:
         self.url = url
         self.remote_opts = [f"--upload-pack={reader.upload_pack()}"] if reader else []
@@ -289,6 +296,8 @@ class _Git:
             "init.defaultBranch=main",
             "advice.detachedHead=false",
         ]
+        if pinned is not None:  # curl connects to the checked address, whatever DNS says next
+            self.config.append(f"http.curloptResolve={pinned}")
 
     def resolve(self, ref: str | None) -> str | None:
         """The commit ``ref`` names on the remote now (None: let the fetch find out)."""
