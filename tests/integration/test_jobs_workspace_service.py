@@ -78,3 +78,30 @@ def test_a_git_job_and_a_failing_clone(offline_set, tmp_path, origin):  # noqa: 
         assert "\n" not in failed.reason and str(tmp_path) not in failed.reason
 
     serve(tmp_path, body)
+
+
+BAD_AT_SUBMIT = [  # workspace faults a clone would refuse before any git: 400 at submit
+    ({"repo": "ext::sh%20-c%20id"}, "remote-helper"),
+    ({"repo": "-uhttp://x/y"}, "option"),
+    ({"repo": "https://user:pw@git.example/x.git"}, "password"),
+    ({"repo": "ssh://git.example/x.git"}, "scheme ssh"),
+    ({"repo": "https://git.example/x.git", "ref": "--upload-pack=id"}, "workspace.ref"),
+    ({"repo": "https://git.example/x.git", "ref": "a..b"}, "workspace.ref"),
+    ({"repo": "https://git.example/x.git", "path": "../x"}, "workspace.path"),
+    ({"repo": "https://git.example/x.git", "git_credential": "nope"}, "no credential 'nope'"),
+    ({"ref": "main"}, "needs workspace.repo"),
+    ({"repo": "file:///srv/x.git"}, "scheme file"),
+]
+
+
+def test_workspace_faults_are_refused_at_submit_and_not_stored(offline_set, tmp_path):
+    async def body(svc):
+        for workspace, why in BAD_AT_SUBMIT:
+            try:
+                await svc.submit(ALICE, script("true", workspace=workspace))
+                raise AssertionError(f"accepted {workspace}")
+            except JobError as exc:
+                assert exc.status == 400 and why in str(exc) and "\n" not in str(exc), exc
+        assert svc.list(ADMIN) == []  # nothing was stored
+
+    serve(tmp_path, body, repo_schemes=("https", "http"))

@@ -137,8 +137,27 @@ class Cloner:
         key = hashlib.sha256(text.encode()).hexdigest()
         return os.path.join(self.clones_dir, key)
 
+    def check(self, repo: str, ref: str | None, credential: str | None) -> None:
+        """At submit: what ``clone`` would refuse before any network or git (no DNS: the
+        address is checked when the job is prepared)."""
+        url = check_url(repo, self.schemes)
+        check_ref(ref)
+        if url.scheme == "file":
+            self._not_ours(url)
+        if credential:
+            self._credential(credential, url)
+
     def _secret(self, name: str, url: RepoUrl) -> str:
-        from nixcell.net.credsource import load_secret, parse_credentials
+        from nixcell.net.credsource import load_secret
+
+        spec = self._credential(name, url)
+        try:
+            return load_secret(spec)
+        except CredentialError as exc:  # its message never holds the secret
+            raise JobError(f"cannot load credential {name!r}: {exc.message}", status=500) from None
+
+    def _credential(self, name: str, url: RepoUrl):  # -> CredentialSpec
+        from nixcell.net.credsource import parse_credentials
 
         try:
             specs = parse_credentials(list(self._credentials), self._source)
@@ -156,10 +175,7 @@ class Cloner:
                 f"credential {name!r} would cross cleartext http:// to {url.host}; "
                 "use https:// (or allow_plaintext on the credential)"
             )
-        try:
-            return load_secret(spec)
-        except CredentialError as exc:  # its message never holds the secret
-            raise JobError(f"cannot load credential {name!r}: {exc.message}", status=500) from None
+        return spec
 
     def _askpass(self) -> str:
         directory = private_dir(os.path.join(self.state_dir, "git"))

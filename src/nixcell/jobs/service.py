@@ -237,6 +237,7 @@ class JobService:
             raise
         except NixcellError as exc:  # a check below compile's that spoke a CLI error
             raise JobError(one_line(exc.message)) from None
+        self.workspaces.check(request)
         if request.workspace.upload:
             self.workspaces.check_upload(caller, request.workspace.upload)
         job = await asyncio.to_thread(

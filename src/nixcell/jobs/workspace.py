@@ -70,6 +70,13 @@ class Workspaces:
 
     # -- prepare ---------------------------------------------------------------------------
 
+    def check(self, request: JobRequest) -> None:
+        """At submit: a workspace the job could never get is a 400 now, not an error later."""
+        ws = request.workspace
+        _check_shape(ws)
+        if ws.repo:
+            self.cloner.check(ws.repo, ws.ref, ws.git_credential)
+
     async def prepare(self, job: Job, request: JobRequest, job_dir: str) -> Prepared:
         """Make ``job_dir``/workspace from the request (clone, upload, or nothing)."""
         ws = request.workspace
