@@ -133,8 +133,18 @@ def main() -> None:
 
         shells = {
             "run -p bash -- bash -i (no project)": (
-                [NIXCELL, "run", "-p", "bash", "-e", f"PS1={PROMPT.decode()}", "--", "bash",
-                 "--norc", "-i"],
+                [
+                    NIXCELL,
+                    "run",
+                    "-p",
+                    "bash",
+                    "-e",
+                    f"PS1={PROMPT.decode()}",
+                    "--",
+                    "bash",
+                    "--norc",
+                    "-i",
+                ],
                 outside,
             ),
             "project: nixcell shell": ([NIXCELL, "shell"], quiet),

@@ -40,6 +40,8 @@ class HostFacts:
     # the host network: the host's resolver config and CA bundle (real paths), when present
     resolv_conf: str | None = None
     host_ca: str | None = None
+    # the backend that runs the cell: the spec's, with "auto" resolved (sandbox/backends.py)
+    backend: str = "bwrap"
 
 
 def stamp_of(path: str) -> tuple[str, int, int, int] | None:
@@ -135,7 +137,17 @@ def gather(spec, volumes: tuple[str, ...] = (), store=None) -> HostFacts:
         daemon_socket=bool(daemon),
         resolv_conf=_real_file("/etc/resolv.conf") if spec.host_network else None,
         host_ca=_real_file(_CA_BUNDLE) if spec.host_network else None,
+        backend=_backend(spec.backend),
     )
+
+
+def _backend(name: str) -> str:
+    """The backend that runs the cell; "auto" is resolved here (a probe, cached per host)."""
+    if name != "auto":
+        return name
+    from nixcell.sandbox.backends import select_auto
+
+    return select_auto()
 
 
 _CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"

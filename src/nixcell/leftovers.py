@@ -3,7 +3,14 @@
 A ``kill -9`` of nixcell skips every ``finally``. The cell itself dies with it (bwrap's
 ``--die-with-parent``; the namespace helper is short-lived and the namespace lives only as long
 as nixcell's fds), but cell cgroups stay on the host (``sandbox/cgroups.py`` ``sweep_stale``:
-unlocked ones). MCP session workspaces leave nothing: they are volumes held by the server's fds
+unlocked ones). A Docker cell's containers outlive a killed nixcell (Docker has no
+die-with-parent): they are labelled with their owner and swept here (``sandbox/docker.py``);
+so are a gVisor cell's runsc state (its ``--root`` is named after its owner) and bundle
+(``sandbox/gvisor.py``), its sandbox being in its cgroup (killed by ``sweep_stale``) and
+attached to a ``runsc run`` that dies with nixcell (PDEATHSIG).
+A microVM's QEMU dies with nixcell (a parent-death signal); any that did not, named after a
+dead owner, is killed here, its staging mounts going with it (``sandbox/microvm.py``).
+MCP session workspaces leave nothing: they are volumes held by the server's fds
 (``sandbox/holder.create_volume``), gone with the process.
 
 ``sweep_if_due`` runs on every start. It sweeps at once when a killed run left its marker
@@ -59,12 +66,47 @@ def sweep() -> dict[str, list[str]]:
         found["cgroups"] = sweep_stale()
     except (OSError, NixcellError) as exc:
         _log().warning("cannot sweep stale cgroups: %s", exc)
+    if os.path.isdir("/run/systemd/system"):  # the systemd backend's units (sandbox/systemd.py)
+        _sweep_units(found)
+    try:  # Docker cells: containers and host directories of dead runs (one connect if none)
+        from nixcell.sandbox.docker import sweep as sweep_docker
+
+        found["docker"] = sweep_docker()
+    except (OSError, NixcellError) as exc:
+        _log().warning("cannot sweep docker cells: %s", exc)
+    try:  # gVisor cells: runsc state and bundles of dead runs (after their cgroups, above)
+        from nixcell.sandbox.gvisor import sweep as sweep_gvisor
+
+        found["gvisor"] = sweep_gvisor()
+    except (OSError, NixcellError) as exc:
+        _log().warning("cannot sweep gvisor cells: %s", exc)
+    try:  # microVMs: QEMUs named after a dead owner (their staging mounts die with them)
+        from nixcell.sandbox.microvm import sweep as sweep_microvm
+
+        found["microvm"] = sweep_microvm()
+    except (OSError, NixcellError) as exc:
+        _log().warning("cannot sweep microVM cells: %s", exc)
     for path in dead:
         with suppress(OSError):
             os.unlink(path)
     if any(found.values()):
         _log().info("swept leftovers of killed runs: %s", found)
     return found
+
+
+def _sweep_units(found: dict[str, list[str]]) -> None:
+    """Transient units of cells whose nixcell is gone (``kill -9``): stopped and cleared."""
+    import subprocess
+
+    from nixcell.sandbox.systemd import sweep_units
+
+    try:
+        units = sweep_units()
+    except (OSError, NixcellError, subprocess.SubprocessError) as exc:
+        _log().warning("cannot sweep stale systemd units: %s", exc)
+        return
+    if units:
+        found["units"] = units
 
 
 def _runs_dir() -> str:

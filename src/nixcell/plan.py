@@ -171,6 +171,9 @@ class Plan:
     store_dir: str | None = None
     store_stamp: str | None = None
     host_network: bool = False  # the host's network namespace: no "net" in namespaces
+    # the backend that runs it (sandbox/backends.py); the plan itself stays backend-neutral:
+    # each backend turns these same fields into its own argv/spec, or refuses what it cannot
+    backend: str = "bwrap"
 
     def host_source(self, op: MountOp) -> str | None:
         """The host path behind a bind op (a root-run cell's binds come through the stage)."""
@@ -392,6 +395,7 @@ def plan(
         store_dir=spec.store_dir,
         store_stamp=host.store_stamp,
         host_network=spec.host_network,
+        backend=host.backend,
     ).with_command(spec.command)
 
 

@@ -18,7 +18,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from nixcell.plan import Plan
 
-PLAN_FORMAT = 10  # a cached plan of another format is made again, never run (plan.py's)
+PLAN_FORMAT = 11  # a cached plan of another format is made again, never run (plan.py's)
 FORMAT = (1, PLAN_FORMAT)  # the layout of a cache entry, and of the plan in it
 STAGE_DIR = "/run/nixcell/stage"  # sandbox/stage.py STAGE: where idmapped binds wait
 CELL_HOME = "/home/cell"

@@ -218,6 +218,13 @@ def execute(
 ) -> RunResult:
     """Run a planned cell to completion (blocking). ``trace``: under strace from outside, the
     failed calls summarised in ``access`` (``sandbox/tracer.py``; refused without strace)."""
+    if plan.backend != "bwrap":
+        from nixcell import backendrun
+
+        return backendrun.execute(
+            plan, capture_output=capture_output, input=input, stdin=stdin, stdout=stdout,
+            stderr=stderr, trace=trace,
+        )  # fmt: skip
     from nixcell.sandbox import bwrap, stdio
 
     if trace:
@@ -349,6 +356,16 @@ async def execute_async(
     """
     import asyncio
 
+    if plan.backend != "bwrap":
+        from nixcell import backendrun
+
+        backendrun.refuse_unsupported(
+            plan, pass_fds=pass_fds, namespaces=namespaces, terminal=terminal is not None
+        )
+        return await backendrun.execute_async(
+            plan, capture_output=capture_output, input=input, stdin=stdin, stdout=stdout,
+            stderr=stderr, on_exit=on_exit, on_start=on_start,
+        )  # fmt: skip
     from nixcell.net import attach
     from nixcell.sandbox import aio, bwrap
 

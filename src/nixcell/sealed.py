@@ -47,7 +47,13 @@ def _warn(message: str, *args: object) -> None:
 MAGIC = b"nixcell-sealed-1\n"
 TAG_SIZE = 32
 KEY_NAME = "cache.key"
-_key_cache: dict[str, bytes] = {}
+# State roots whose privacy this process checked. The key itself is read again on every use (an
+# open and a 32-byte read, microseconds): a long-running nixcell (the MCP server, the job
+# daemon, a test process) must not go on sealing with a key another process's `nixcell gc`
+# deleted — every entry it wrote would verify for nobody else, and be ignored and rewritten
+# over and over. (A stat of the key is not enough: a new key file can reuse the inode and the
+# coarse timestamp of the one it replaced.)
+_checked_roots: set[str] = set()
 
 
 def key_path() -> Path:
@@ -60,11 +66,11 @@ def _key_file() -> str:  # key_path() without pathlib (the CLI's warm path)
 
 def _key() -> bytes:
     """The sealing key, created on first use. The state dir must be private (StateError)."""
-    where = _key_file()
-    cached = _key_cache.get(where)
-    if cached is not None:
-        return cached
-    private_dir(paths.state_root())
+    root = paths.state_root()
+    if root not in _checked_roots:
+        private_dir(root)
+        _checked_roots.add(root)
+    where = os.path.join(root, KEY_NAME)
     key = _read_key(where)
     if key is None:
         fresh = os.urandom(32)
@@ -79,7 +85,6 @@ def _key() -> bytes:
         key = _read_key(where)
         if key is None:
             raise StateError(f"cannot create the cache key {where}")
-    _key_cache[where] = key
     return key
 
 
@@ -107,7 +112,6 @@ def _read_key(where: str) -> bytes | None:
 
 def forget_key() -> None:
     """Drop the key (gc): every entry sealed so far stops verifying."""
-    _key_cache.clear()
     with suppress(FileNotFoundError):
         os.unlink(_key_file())
 

@@ -137,7 +137,8 @@ class Limits(BaseModel):
             raise ValueError(f"--pids must be a whole number, got {_shown(value)}")
         if number < MIN_PIDS:
             raise ValueError(
-                f"--pids must be at least {MIN_PIDS} (bwrap's own pid 1 plus the command)"
+                f"--pids must be at least {MIN_PIDS} (the command plus one: a sandbox's own init, "
+                "or a process the command starts)"
             )
         if number > MAX_PIDS:
             raise ValueError(f"--pids must be at most {MAX_PIDS} (the kernel's PID_MAX_LIMIT)")
@@ -223,6 +224,10 @@ class CellSpec(BaseModel):
     store_dir: str | None = None
     # The host's own network namespace (no proxy, no policy): only when asked for explicitly.
     host_network: bool = False
+    # Which backend runs the cell (sandbox/backends.py): "auto" picks the first this host can
+    # run (bwrap, then gvisor, then docker). A backend that cannot enforce part of the plan
+    # refuses the run; nixcell never runs a cell weaker than asked.
+    backend: Literal["bwrap", "gvisor", "microvm", "docker", "systemd", "auto"] = "bwrap"
 
     def closure_packages(self) -> list[str]:
         """What the closure is resolved from: the packages, plus dash for /bin/sh (``system()``,

@@ -6,22 +6,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
-from nixcell import CellSpec, RunResult, run
+from tests.integration.backendrig import backend, backend_cell, run_captured  # noqa: F401 - fixtures
+from tests.integration.dockerd import dockerd  # noqa: F401 - the fixture
 
 
 @pytest.fixture
 def cell(offline_set):
     """cell("sh -c …" | [argv], packages=[…], **spec fields) -> RunResult with captured output."""
-
-    def _run(
-        command, *, packages=("bash", "coreutils", "gnugrep"), input: bytes | None = None, **fields
-    ) -> RunResult:
-        argv = ["bash", "-c", command] if isinstance(command, str) else list(command)
-        spec = CellSpec(command=argv, packages=list(packages), **fields)
-        return run(spec, capture_output=True, input=input)
-
-    return _run
+    return run_captured
 
 
 @pytest.fixture

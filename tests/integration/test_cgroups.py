@@ -420,3 +420,22 @@ def test_v2_freeze_and_remove_with_live_processes(v2_base):
     cg.remove()
     assert proc.wait(timeout=30) == -signal.SIGKILL
     assert not cell.exists()
+
+
+def test_a_host_mount_whose_name_is_not_utf8_does_not_stop_limited_cells(tmp_path, offline_set):
+    """/proc/self/mountinfo lists every host mount; one named with a non-UTF-8 byte (a user's
+    directory, a FUSE or Docker volume) once made every limited run an internal error. The mount
+    is made in a private mount namespace of the nixcell run itself, so nothing else sees it."""
+    from tests.conftest import NIXCELL
+
+    odd = os.fsencode(tmp_path) + b"/x-\xff"
+    os.mkdir(odd)
+    script = b'mount --bind "$1" "$1" && exec "$2" run -p coreutils --memory 64M --pids 32 -- true'
+    done = subprocess.run(
+        [b"unshare", b"-m", b"--propagation", b"private", b"sh", b"-c", script, b"sh", odd,
+         os.fsencode(NIXCELL)],
+        capture_output=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    said = [x for x in done.stderr.splitlines() if not x.startswith(b"nixcell: no nixpkgs found")]
+    assert said == [], done.stderr

@@ -23,6 +23,14 @@ def test_no_cell_leftovers():
     assert "nixcell" not in mounts
     tmp = [p.name for p in Path("/tmp").iterdir() if p.name.startswith("nixcell")]
     assert tmp == []
+    from tests.integration.gvisorrig import runsc_processes
+
+    from nixcell.sandbox import dockerhost
+
+    assert runsc_processes() == []  # no gVisor sandbox (runsc, gofer, sentry) left
+    for kind in ("gvisor", "gvisor-state"):  # nor its bundles and runsc state
+        root = Path(dockerhost.root_dir(kind))
+        assert (list(root.iterdir()) if root.is_dir() else []) == [], kind
 
 
 def bwrap_processes() -> list[str]:

@@ -240,3 +240,23 @@ def start(chain: Path | None) -> Upstream:
     upstream.server = server
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return upstream
+
+# The start of a cell's python script reaching the upstreams: ``fetch(url)`` is (status, body)
+# with a proxy refusal as 403; ``direct(port)`` tries 127.0.0.1:port around the proxy.
+FETCH_DEF = """
+import socket, urllib.request, urllib.error
+def fetch(url, timeout=20):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+    except Exception as e:
+        return (403, "") if "403" in str(e) else ("error", repr(e))
+def direct(port):
+    s = socket.socket(); s.settimeout(5)
+    try:
+        s.connect(("127.0.0.1", port)); return "direct: connected"
+    except OSError as e:
+        return f"direct: {e.errno}"
+"""

@@ -222,3 +222,30 @@ def test_compile_refuses_a_request_whose_profiles_were_not_applied():
     with pytest.raises(JobError) as info:
         compiled(profiles=["net"])
     assert info.value.status == 500
+
+
+OFFERING = ServerConfig(
+    state_dir="/srv/nixcell", backends=("bwrap", "gvisor", "systemd"), default_backend="gvisor"
+)
+
+
+@pytest.mark.parametrize("backend", ["bwrap", "gvisor", "systemd"])
+def test_an_offered_backend_reaches_the_spec(backend):
+    assert compiled(OFFERING, backend=backend).spec.backend == backend
+
+
+def test_the_servers_default_backend_applies():
+    assert compiled(OFFERING).spec.backend == "gvisor"
+    assert compiled().spec.backend == "bwrap"
+
+
+@pytest.mark.parametrize("backend", ["docker", "microvm", "auto", "lxc"])
+def test_a_backend_the_server_does_not_offer_is_a_400(backend):
+    assert "is not offered here (backends: bwrap, gvisor, systemd)" in refused(
+        OFFERING, backend=backend
+    )
+
+
+def test_an_interactive_job_needs_bwrap():
+    assert "gives a job no terminal" in refused(OFFERING, interactive=True)
+    assert compiled(OFFERING, interactive=True, backend="bwrap").spec.tty == "always"

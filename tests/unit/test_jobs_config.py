@@ -134,7 +134,7 @@ BAD = [
     ("concurrency = 8", "concurrency = true", r":4: \[server\] concurrency:"),
     ("per_user = 2", "per_user = -1", r":5: \[server\] per_user:"),
     ("queue_limit = 50", "queue_limit = 5.5", r":6: \[server\] queue_limit:"),
-    ('backends = ["bwrap"]', 'backends = ["docker"]', r":7: \[server\] backends: 'docker'"),
+    ('backends = ["bwrap"]', 'backends = ["lxc"]', r":7: \[server\] backends: 'lxc'"),
     ('backends = ["bwrap"]', "backends = []", r":7: \[server\] backends:"),
     ('default_backend = "bwrap"', 'default_backend = "gvisor"', r":8: \[server\] default_b"),
     ('profile_dir = "profiles"', 'profile_dir = "nope"', r":9: \[server\] profile_dir: .* not a"),

@@ -108,7 +108,7 @@ def test_nix_sandbox_mcp_config_reads_as_is(no_user_envs):
         ("[defaults]\nmemory_mb = 2\n", 2, "memory_mb must be a whole number ≥ 4"),
         ("[environments.x]\npreset = 'shell'\nallow_hosts = ['a..b']\n", 3, "allow_hosts"),
         ("[environments.x]\npreset = 'shell'\nnetwork = true\n", 3, "needs allow_hosts"),
-        ("[environments.x]\npreset = 'shell'\nbackend = 'microvm'\n", 3, 'only "jail"'),
+        ("[environments.x]\npreset = 'shell'\nbackend = 'lxc'\n", 3, "unknown backend 'lxc'"),
         ("[project]\nmount_point = '/workspace'\n", 2, "mount_point"),
         ("[defaults\n", 1, ""),
         ("[session]\nshare_sessions = 'yes'\n", 2, "share_sessions must be true or false"),

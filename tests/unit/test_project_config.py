@@ -23,7 +23,7 @@ MALFORMED = [
     ('a = "x\nb = 2\n', "not valid TOML"),
     ('[sandbox]\nlevel = "paranoid"\n', ":2: [sandbox] level: 'paranoid' is not one of"),
     ("[sandbox]\nlevel = 3\n", ":2: [sandbox] level: must be a string"),
-    ('[sandbox]\nbackend = "docker"\n', ":2: [sandbox] backend: 'docker' is not one of bwrap"),
+    ('[sandbox]\nbackend = "lxc"\n', ":2: [sandbox] backend: 'lxc' is not one of bwrap"),
     ('[sandbox]\nlevle = "strict"\n', ":2: [sandbox] levle: unknown key"),
     ('[sandbx]\nlevel = "strict"\n', ":1: [sandbx]: unknown table"),
     ('level = "strict"\n', ":1: level: unknown key outside any table"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,9 +25,9 @@ GOOD = f"/nix/store/{H}-bash-5.2"
 def home(tmp_path: Path, monkeypatch) -> Path:
     home = tmp_path / "h"
     monkeypatch.setenv("NIXCELL_HOME", str(home))
-    sealed._key_cache.clear()
+    sealed._checked_roots.clear()
     yield home
-    sealed._key_cache.clear()
+    sealed._checked_roots.clear()
 
 
 # -- private_dir ------------------------------------------------------------------------------
@@ -132,7 +134,7 @@ def test_sealed_entries_verify_only_for_their_kind_name_and_key(home):
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
 def test_a_key_others_can_read_is_refused(home, mode):
     sealed.seal("x", "y", b"")
-    sealed._key_cache.clear()
+    sealed._checked_roots.clear()
     sealed.key_path().chmod(mode)
     with pytest.raises(StateError):
         sealed.seal("x", "y", b"")
@@ -140,7 +142,7 @@ def test_a_key_others_can_read_is_refused(home, mode):
 
 def test_a_symlinked_key_is_refused(home, tmp_path):
     sealed.seal("x", "y", b"")
-    sealed._key_cache.clear()
+    sealed._checked_roots.clear()
     other = tmp_path / "other.key"
     other.write_bytes(os.urandom(32))
     other.chmod(0o600)
@@ -152,15 +154,46 @@ def test_a_symlinked_key_is_refused(home, tmp_path):
 
 @given(st.binary(max_size=200), st.binary(min_size=1, max_size=40))
 def test_no_unsealed_or_altered_bytes_ever_load(blob, payload):
-    sealed._key_cache[str(sealed.key_path())] = b"k" * 32  # no disk: the property is the MAC's
-    try:
-        assert sealed.unseal("resolve", "k.json", blob) is None or blob.startswith(sealed.MAGIC)
-        good = sealed.seal("resolve", "k.json", payload)
-        for i in range(len(sealed.MAGIC), len(good)):  # any one byte changed: refused
-            bad = good[:i] + bytes([good[i] ^ 0x40]) + good[i + 1 :]
-            assert sealed.unseal("resolve", "k.json", bad) is None
-    finally:
-        sealed._key_cache.clear()
+    assert sealed.unseal("resolve", "k.json", blob) is None or blob.startswith(sealed.MAGIC)
+    good = sealed.seal("resolve", "k.json", payload)
+    for i in range(len(sealed.MAGIC), len(good)):  # any one byte changed: refused
+        bad = good[:i] + bytes([good[i] ^ 0x40]) + good[i + 1 :]
+        assert sealed.unseal("resolve", "k.json", bad) is None
+
+
+def test_a_key_rotated_by_another_process_is_picked_up(home):
+    """A long-running nixcell (MCP server, job daemon) must not go on sealing with a key that
+    another process's `nixcell gc` deleted: its entries would verify for nobody else."""
+    before = sealed.seal("seccomp", "a.bpf", b"program")  # this process now holds the key
+    gc = subprocess.run(
+        [sys.executable, "-c", "from nixcell import sealed; sealed.forget_key()"],
+        env=os.environ.copy(), check=True,
+    )  # fmt: skip
+    assert gc.returncode == 0 and not sealed.key_path().exists()
+    assert sealed.unseal("seccomp", "a.bpf", before) is None  # old entries are void here too
+    after = sealed.seal("seccomp", "a.bpf", b"program")  # sealed with a new key, on disk
+    fresh = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; from nixcell import sealed;"
+         "sys.exit(sealed.unseal('seccomp', 'a.bpf', sys.stdin.buffer.read()) != b'program')"],
+        input=after, env=os.environ.copy(),
+    )  # fmt: skip
+    assert fresh.returncode == 0, "another process does not verify what this one sealed"
+    # the same when the key file is replaced in place by a new one (another gc, then a run)
+    sealed.key_path().unlink()
+    other = subprocess.run(
+        [sys.executable, "-c", "from nixcell import sealed; sealed.seal('x', 'y', b'')"],
+        env=os.environ.copy(), check=True,
+    )  # fmt: skip
+    assert other.returncode == 0
+    assert sealed.unseal("seccomp", "a.bpf", after) is None
+    again = sealed.seal("seccomp", "a.bpf", b"program")
+    assert subprocess.run(
+        [sys.executable, "-c",
+         "import sys; from nixcell import sealed;"
+         "sys.exit(sealed.unseal('seccomp', 'a.bpf', sys.stdin.buffer.read()) != b'program')"],
+        input=again, env=os.environ.copy(),
+    ).returncode == 0  # fmt: skip
 
 
 # -- what a loaded closure may say ------------------------------------------------------------

@@ -16,6 +16,7 @@ class Check:
     ok: bool
     detail: str
     required: bool = True
+    absent: str = "warn"  # the mark of an optional check that fails: "no" for a choice not here
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
@@ -159,6 +160,18 @@ def check_packages() -> Check:
     )
 
 
+def check_backends() -> list[Check]:
+    """Each backend: whether this host can run it, with what, or why not."""
+    from nixcell.sandbox import backends
+
+    checks = []
+    for name in backends.NAMES:
+        found = backends.availability(name)
+        row = f"backend {name}" + (" (default)" if name == "bwrap" else "")
+        checks.append(Check(row, found.ok, found.detail, required=False, absent="no"))
+    return checks
+
+
 def run_doctor() -> int:
     from rich.console import Console
     from rich.table import Table
@@ -180,9 +193,14 @@ def run_doctor() -> int:
             checks.append(fn())
         except Exception as exc:  # a broken check is a failed check, not a crash
             checks.append(Check(fn.__name__.removeprefix("check_"), False, str(exc)))
+    try:
+        checks += check_backends()
+    except Exception as exc:
+        checks.append(Check("backends", False, str(exc), required=False))
     table = Table(box=None, show_header=False)
     for c in checks:
-        mark = "[green]ok[/]" if c.ok else ("[red]MISSING[/]" if c.required else "[yellow]warn[/]")
+        absent = "[yellow]warn[/]" if c.absent == "warn" else f"[dim]{c.absent}[/]"
+        mark = "[green]ok[/]" if c.ok else ("[red]MISSING[/]" if c.required else absent)
         table.add_row(mark, c.name, c.detail)
     Console().print(table)
     return 1 if any(c.required and not c.ok for c in checks) else 0

@@ -5,11 +5,12 @@ same flags ran before (same directory, same user, same package sources), the pla
 the plan for now, with only the command swapped. Loading it skips importing click and pydantic
 (~150 ms here), and the warm executor (``sandbox/direct.py``) starts the cell without ``json``,
 ``dataclasses`` or ``subprocess``: a warm run imports little more than ``os``. Anything unusual
-(no ``--``, --dry-run, --pass-env, a global flag, a terminal on stdin or stdout, a vanished
-closure or mount source) falls through to the normal path, and so does a plan with a network
-(run from the cache by the normal executor). A cached plan is a whole bwrap argv: it is used only
-when this nixcell sealed it (sealed.py), in a private cache dir; anything else is logged and
-re-derived by the normal path. Which cached plan is still valid is decided in ``still_valid``.
+(no ``--``, --dry-run, --pass-env, ``--backend auto``, a global flag, a terminal on stdin or
+stdout, a vanished closure or mount source) falls through to the normal path, and so does a plan
+with a network or for another backend (run from the cache by the normal executor). A cached plan
+is a whole bwrap argv: it is used only when this nixcell sealed it (sealed.py), in a private
+cache dir; anything else is logged and re-derived by the normal path. Which cached plan is still
+valid is decided in ``still_valid``.
 """
 
 from __future__ import annotations
@@ -143,7 +144,16 @@ def _split(args: list[str]) -> tuple[list[str], list[str]] | None:
         return None
     if any(o.startswith(("--pass-env=", "--json=", "--dry-run=")) for o in options):
         return None
+    if _auto_backend(options):
+        return None
     return options, command
+
+
+def _auto_backend(options: list[str]) -> bool:
+    """``--backend auto`` is resolved by probing the host (``backends.select_auto``): its plan is
+    never cached, so a warm run never skips the probe (an explicit --backend is in the key)."""
+    pairs = itertools.pairwise(options)
+    return "--backend=auto" in options or any(a == "--backend" and b == "auto" for a, b in pairs)
 
 
 def still_valid(plan: PlanView) -> bool:
@@ -194,7 +204,8 @@ def try_fast_run(args: list[str]) -> int | None:
     from nixcell import leftovers
 
     leftovers.sweep_if_due()  # (execute runs the preflight of the command and --cwd)
-    if not plan.limits.needs_cgroup:
+    # a run that leaves host state when killed marks itself (cgroups; a Docker cell's containers)
+    if not plan.limits.needs_cgroup and getattr(plan, "backend", "bwrap") == "bwrap":
         return _finish(plan, _execute(plan))
     with leftovers.RunMarker():  # a kill -9 of this run is swept by the next start
         result = _execute(plan)

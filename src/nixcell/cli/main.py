@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -144,6 +145,10 @@ def _run(
     from nixcell.cli.outcome import report
 
     preflight.check(plan)  # nixcell's own one-line error, before bwrap would give its own
+    if plan.backend != "bwrap":  # a backend that refuses the plan: no plan cached for it
+        from nixcell.sandbox import backends
+
+        backends.check(plan)
     fast.remember(plan)
     leftovers.sweep_if_due()
     # --learn prints the policy on stdout: the cell's own stdout goes to stderr then.
@@ -171,7 +176,8 @@ def gc(jobs: bool, server: str | None, token_file: str | None) -> int:
 
     Caches: resolutions, cached plans, seccomp programs, the key that seals them (a new one
     is made on the next run), and the package names shell completion offers (made again on
-    the next TAB). Leftovers: cell cgroups whose owning nixcell is dead. GC roots of
+    the next TAB). Leftovers: cell cgroups (and systemd-backend units, Docker cells'
+    containers and host directories) whose owning nixcell is dead. GC roots of
     resolutions stay (the store keeps those packages).
     """
     if jobs:
@@ -182,16 +188,21 @@ def gc(jobs: bool, server: str | None, token_file: str | None) -> int:
     from nixcell.fsio import remove_tree
 
     found = leftovers.sweep()
-    cleared = []
-    for kind in ("resolve", "plans", "seccomp", "completion"):
-        path = paths.cache_dir() / kind
-        if os.path.lexists(path):
-            remove_tree(path)
-            cleared.append(kind)
+    # The key goes first: an entry a concurrent run seals between these steps is then either
+    # removed with its directory or sealed under the new key, never left behind unverifiable.
     sealed.forget_key()
+    # Every cache, not a list of known ones: a kind left out (the microVM's initramfs and KVM
+    # probe, gVisor's runsc version) would be found unverifiable under the new key and warned of.
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(paths.cache_dir()):
+            remove_tree(paths.cache_dir() / name)
+    units = f"{len(found['units'])} stale systemd unit(s), " if found.get("units") else ""
     click.echo(
-        f"removed {len(found['cgroups'])} stale cgroup(s); "
-        "cleared the resolution, plan, seccomp and completion caches"
+        f"removed {units}{len(found['cgroups'])} stale cgroup(s); "
+        + (f"{len(found['docker'])} docker leftover(s); " if found.get("docker") else "")
+        + (f"{len(found['gvisor'])} gvisor leftover(s); " if found.get("gvisor") else "")
+        + (f"{len(found['microvm'])} microVM leftover(s); " if found.get("microvm") else "")
+        + "cleared every cache (resolutions, plans, seccomp programs, completion, backend probes)"
     )
     return 0
 

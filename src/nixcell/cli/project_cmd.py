@@ -204,6 +204,7 @@ def _print_status(info: dict) -> None:
         ("project", info["root"]),
         ("config", f"{info['config']} ({info['format']})"),
         ("level", info["level"]),
+        ("backend", info["backend"]),
         ("packages", " ".join(info["packages"]) or "(none)"),
         ("nixpkgs", info["nixpkgs"] + (f", flake {info['flake']}" if info["flake"] else "")),
         ("store", info["store_mode"]),

@@ -144,6 +144,13 @@ def run_options(f):
             is_flag=True,
             help="Share the host's network namespace: no proxy, no policy (only when asked).",
         ),
+        click.option(
+            "--backend",
+            type=click.Choice(["bwrap", "gvisor", "microvm", "docker", "systemd", "auto"]),
+            help="What isolates the cell: bubblewrap (default), gVisor, a microVM (QEMU), "
+            "Docker, a systemd unit, or auto (the first that runs here). `nixcell doctor` "
+            "lists which this host can run.",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -212,4 +219,5 @@ def spec_from_flags(command: tuple[str, ...], **o: object):
         if o.get("store_dir")
         else None,
         host_network=bool(o.get("host_network")),
+        backend=o.get("backend") or "bwrap",
     )

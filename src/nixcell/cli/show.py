@@ -11,7 +11,13 @@ from nixcell.units import format_duration, format_size
 
 def show_plan(plan: Plan, *, as_json: bool) -> None:
     if as_json:
-        sys.stdout.write(plan.dumps() + "\n")
+        import json
+
+        from nixcell.backendrun import describe
+
+        data = plan.to_json()
+        data["backend_spec"] = describe(plan)  # the backend's own argv/spec
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     from rich.console import Console
     from rich.table import Table
@@ -27,6 +33,8 @@ def show_plan(plan: Plan, *, as_json: bool) -> None:
         "isolated": f"a frozen copy of the closure in {plan.store_dir}",
     }
     console.print(f"[bold]store[/] {store.get(plan.store, plan.store)}")
+    if plan.backend != "bwrap":
+        console.print(f"[bold]backend[/] {plan.backend}")
     if plan.host_network:
         console.print("[bold]network[/] the host's own (no proxy, no policy)")
     table = Table("mount", "cell path", "source", box=None)

@@ -102,7 +102,7 @@ def compile_request(
     creds = _credentials(request, config)
     env = check_env(request.env, request.secret_env, [c["env"] for c in creds])
     limits = check_limits(request, config)
-    _backend(request, config)
+    backend = _backend(request, config)
     hardening = _hardening(request.hardening, config)
     network = _network(request, config, job_dir, credential_policy, audit)
     try:
@@ -119,6 +119,7 @@ def compile_request(
             hardening_profiles=hardening,
             network=network,
             tty="always" if request.interactive else "never",
+            backend=backend,
         )
     except NixcellError as exc:
         raise JobError(one_line(str(exc))) from None
@@ -214,6 +215,8 @@ def _backend(request: JobRequest, config: ServerConfig) -> str:
     if backend not in config.backends or backend not in BACKENDS:
         offered = ", ".join(config.backends)
         raise JobError(f"backend: {shown(backend)} is not offered here (backends: {offered})")
+    if request.interactive and backend not in ("bwrap", "auto"):  # a job's pty: bwrap's own
+        raise JobError(f"interactive: the {backend} backend gives a job no terminal (use bwrap)")
     return backend
 
 

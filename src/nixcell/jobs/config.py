@@ -23,7 +23,8 @@ from nixcell.errors import UsageError
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 HASH = re.compile(r"sha256:[0-9a-f]{64}")
 GROUP = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?")
-BACKENDS = ("bwrap",)  # the engine's backends that a job can run on today
+# the engine's backends (sandbox/backends.py NAMES) and auto; a server offers some of them
+BACKENDS = ("bwrap", "gvisor", "microvm", "docker", "systemd", "auto")
 SCHEMES = ("https", "http", "file")  # what repo_schemes may list
 # file:// off by default: a root daemon would clone any repository it can read for any client
 DEFAULT_SCHEMES = ("https", "http")

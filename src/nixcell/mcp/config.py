@@ -4,8 +4,12 @@
 ``[project] path mount_point inherit_env.vars``; ``[environments.NAME]`` with ``preset``,
 ``packages`` or ``flake`` (``ref#attr``), ``interpreter`` and any default overridden;
 ``[session] idle_timeout_seconds max_lifetime_seconds share_sessions max_client_sessions``.
-nix-sandbox-mcp's ``[daemon]``, ``[backends.*]``, ``backend = "jail"`` and ``use_flake`` are
-accepted. Strict otherwise: a misspelt key is an error naming ``file:line`` (``TomlLines`` finds
+nix-sandbox-mcp's ``[daemon]``, ``[backends.*]`` and ``use_flake`` are accepted; ``backend``
+(in ``[defaults]`` or an environment) takes theirs (``"jail"`` is bwrap, ``"microvm"``) and
+nixcell's (bwrap, gvisor, microvm, docker, systemd; auto is resolved when the config is read).
+An environment on a backend other than bwrap has no sessions and no pre-started pool (those
+cells hold fds and namespaces only bwrap cells take): ``sessions = true`` or a pool there is an
+error. Strict otherwise: a misspelt key is an error naming ``file:line`` (``TomlLines`` finds
 the line).
 
 A directory of custom environments (one TOML per environment, the file name is its name, the
@@ -106,6 +110,7 @@ class EnvConfig:
     description: str | None = None
     origin: str = "preset"
     pool: int | None = None  # pre-started one-shot cells (mcp/pool.py); None: the server's
+    backend: str = "bwrap"  # what runs its cells (sandbox/backends.py); never "auto" here
 
 
 @dataclass(frozen=True)
@@ -220,7 +225,16 @@ class _Reader(SettingsReader):
         else:
             envs = {n: self.environment(n, {"preset": n}, (), defaults) for n in DEFAULT_PRESETS}
         config = ServerConfig(
-            envs, project, mount, pass_env, idle, life, transport, log_level, self.name, share,
+            envs,
+            project,
+            mount,
+            pass_env,
+            idle,
+            life,
+            transport,
+            log_level,
+            self.name,
+            share,
             per_client,
         )
         return config, defaults
@@ -288,7 +302,9 @@ class _Reader(SettingsReader):
         packages += [p for p in extra if p not in packages]
         if _BASE_PACKAGE[interpreter] not in packages:
             packages.append(_BASE_PACKAGE[interpreter])  # after the others: theirs win collisions
-        settings = {**defaults, **self.settings(at, table)}
+        own = self.settings(at, table)
+        settings = {**defaults, **own}
+        backend, sessions, pool = self.backend_choice(at, settings, own)
         description = table.get("description")
         if description is not None and not isinstance(description, str):
             self.fail((*at, "description"), "description must be a string")
@@ -301,12 +317,40 @@ class _Reader(SettingsReader):
             memory_mb=settings.get("memory_mb", DEFAULT_MEMORY_MB),
             pids=settings.get("pids", DEFAULT_PIDS),
             network=self.network(at, settings),
-            sessions=settings.get("sessions", True),
+            sessions=sessions,
             nixpkgs=settings.get("nixpkgs"),
             description=description,
             origin=origin or f"{self.name}:{self.lines.line(*at)}",
-            pool=settings.get("pool"),
+            pool=pool,
+            backend=backend,
         )
+
+    def backend_choice(
+        self, at: tuple[str, ...], settings: dict[str, Any], own: dict[str, Any]
+    ) -> tuple[str, bool, int | None]:
+        """(backend, sessions, pool): "auto" resolved now; off the bwrap backend, no sessions
+        and no pool (the engine refuses their held fds and namespaces there)."""
+        backend = settings.get("backend", "bwrap")
+        where = at if "backend" in own else ("defaults",)
+        if backend == "auto":
+            from nixcell.errors import SandboxError
+            from nixcell.sandbox.backends import select_auto
+
+            try:
+                backend = select_auto()
+            except SandboxError as exc:
+                self.fail((*where, "backend"), exc.message)
+        if backend == "bwrap":
+            return backend, settings.get("sessions", True), settings.get("pool")
+        for key, off in (("sessions", False), ("pool", 0)):
+            if settings.get(key) not in (None, off):
+                place = at if key in own else ("defaults",)
+                self.fail(
+                    (*place, key),
+                    f"{key} needs the bwrap backend (this environment runs on {backend}): "
+                    f"drop it or set {key} = {str(off).lower()}",
+                )
+        return backend, False, 0
 
     def interpreter(self, at: tuple[str, ...], value: object) -> str | None:
         if value is None:

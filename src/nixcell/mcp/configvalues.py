@@ -14,6 +14,16 @@ from typing import Any, NoReturn
 
 from nixcell.errors import UsageError
 
+# nix-sandbox-mcp's "jail" and "microvm", and nixcell's own (sandbox/backends.py)
+BACKEND_NAMES = {
+    "jail": "bwrap",
+    "bwrap": "bwrap",
+    "gvisor": "gvisor",
+    "microvm": "microvm",
+    "docker": "docker",
+    "systemd": "systemd",
+    "auto": "auto",
+}
 MAX_POOL = 16  # pre-started one-shot cells per environment, at most (mcp/pool.py)
 
 _PRIVATE = ("/workspace", "/tmp", "/home/cell")  # the cell's own writable areas
@@ -75,9 +85,17 @@ class SettingsReader:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_POOL:
                 self.fail((*at, "pool"), f"pool must be a whole number from 0 to {MAX_POOL}")
             out["pool"] = value
-        if table.get("backend", "jail") != "jail":
-            self.fail((*at, "backend"), 'nixcell runs every environment in a cell: only "jail"')
+        if "backend" in table:
+            out["backend"] = self.backend((*at, "backend"), table["backend"])
         return out
+
+    def backend(self, at: tuple[str, ...], value: object) -> str:
+        """nixcell's backend names, and nix-sandbox-mcp's ("jail" is bubblewrap)."""
+        name = BACKEND_NAMES.get(value) if isinstance(value, str) else None
+        if name is None:
+            known = ", ".join(f'"{n}"' for n in BACKEND_NAMES)
+            self.fail(at, f"unknown backend {value!r} (expected {known})")
+        return name
 
     def network(self, at: tuple[str, ...], settings: dict[str, Any]) -> dict[str, Any] | None:
         hosts, policy = settings.get("allow_hosts", []), settings.get("policy")

@@ -63,6 +63,7 @@ def cell_spec(
             "timeout": timeout,
         },
         network=env.network,
+        backend=env.backend,
     )
 
 
@@ -84,6 +85,13 @@ def prepare_env(env: EnvConfig, server: ServerConfig) -> Prepared:
             for name in missing:  # optional extras the package set lacks: go on without them
                 packages.remove(name)
                 notes.append(f"{name.rsplit('.', 1)[-1]} is not in the {exc.where}")
+        except NixcellError as exc:
+            return Prepared(env, error=exc.message)
+    if plan.backend != "bwrap":  # a backend this host cannot run, or that refuses the plan
+        from nixcell.sandbox import backends
+
+        try:
+            backends.check(plan)
         except NixcellError as exc:
             return Prepared(env, error=exc.message)
     program = PROGRAMS[env.interpreter]

@@ -71,10 +71,31 @@ async def _main(app: App, transport: str, host: str, port: int) -> None:
                 idle = max(MCP_SESSION_IDLE, app.idle_timeout)
                 await serve_http(server, host, port, stoppers, idle)
     finally:
+        _exit_if_stuck(SHUTDOWN_LIMIT)
         with anyio.CancelScope(shield=True):
             await app.shutdown()
         for signum in handled:
             loop.remove_signal_handler(signum)
+
+
+# The client is gone or a signal came: the server ends within this, whatever is stuck (a cell
+# that will not die, a helper blocked on a lock a thread held at its fork). A client waits for
+# its server to exit; bwrap cells die with the server, and what else is left the next start's
+# sweep removes.
+SHUTDOWN_LIMIT = 30.0
+
+
+def _exit_if_stuck(limit: float) -> None:
+    import threading
+
+    def stuck() -> None:
+        log.error("shutdown did not finish within %g s: exiting anyway", limit)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(limit, stuck)
+    timer.daemon = True  # a finished shutdown exits without waiting for it
+    timer.start()
 
 
 def _setup_logging(config_level: str | None) -> None:

@@ -258,9 +258,14 @@ class RunTool:
             except NixcellError as exc:
                 raise ToolFailure(f"the cell could not run: {exc.message}") from None
         if not config.sessions:
+            why = (
+                "sessions = false in its configuration"
+                if config.backend == "bwrap"
+                else f"it runs on the {config.backend} backend; sessions need bwrap"
+            )
             raise ToolFailure(
-                f"environment '{env_name}' has no sessions (sessions = false in its "
-                "configuration); call without session for a fresh cell"
+                f"environment '{env_name}' has no sessions ({why}); call without session for "
+                "a fresh cell"
             )
         return await self._session_call(session, prepared, code, client)
 

@@ -212,11 +212,16 @@ def build_credentials(policy, names: list[str]):  # -> CellCredentials | None
 
 
 def prepare_cell_network(
-    network: dict[str, object], cell_id: str, staging: dict[str, object] | None = None
+    network: dict[str, object],
+    cell_id: str,
+    staging: dict[str, object] | None = None,
+    net: netns.CellNetwork | None = None,
 ) -> CellNetworkSession:
     """Everything that can refuse the run, done before the cell starts; no event loop needed.
 
-    ``staging``: what the same namespace helper also does (``CellLaunch.holder_args``)."""
+    ``staging``: what the same namespace helper also does (``CellLaunch.holder_args``).
+    ``net``: a listener a backend made in its own cell's network (Docker's pause container, a
+    microVM's channel) in place of a fresh lo-only namespace; the session owns it from here."""
     policy = None
     credentials = None
     if network.get("policy_files") or network.get("credentials"):
@@ -225,8 +230,9 @@ def prepare_cell_network(
     redact = credentials.redact if credentials is not None else (lambda text: text)  # type: ignore[attr-defined]
     audit = AuditLog(cell_id, network.get("audit"), redact)  # type: ignore[arg-type]
     try:
-        port = int(network.get("port") or netns.DEFAULT_PORT)  # type: ignore[call-overload]
-        net = netns.create(port, **(staging or {}))
+        if net is None:
+            port = int(network.get("port") or netns.DEFAULT_PORT)  # type: ignore[call-overload]
+            net = netns.create(port, **(staging or {}))
     except BaseException:
         audit.close()
         raise
@@ -235,10 +241,13 @@ def prepare_cell_network(
 
 
 async def open_cell_network(
-    network: dict[str, object], cell_id: str, staging: dict[str, object] | None = None
+    network: dict[str, object],
+    cell_id: str,
+    staging: dict[str, object] | None = None,
+    net: netns.CellNetwork | None = None,
 ) -> CellNetworkSession:
     """``prepare_cell_network`` plus the proxy serving it on the running loop."""
-    session = prepare_cell_network(network, cell_id, staging)
+    session = prepare_cell_network(network, cell_id, staging, net)
     try:
         await session.start()
     except BaseException:

@@ -256,4 +256,5 @@ def compile_spec(
         store=store,
         store_dir=store_dir,
         host_network=host_network,
+        backend=flags.get("backend") or config.backend,  # --backend wins over [sandbox] backend
     )

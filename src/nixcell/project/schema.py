@@ -10,7 +10,8 @@ from __future__ import annotations
 import shlex
 
 LEVELS = ("strict", "standard", "relaxed")
-BACKENDS = ("bwrap",)
+# sandbox/backends.py NAMES, and auto (not imported: the CLI's warm path reads this module)
+BACKENDS = ("bwrap", "gvisor", "microvm", "docker", "systemd", "auto")
 NETWORK_MODES = ("none", "proxy", "open", "host")
 STORE_MODES = ("closure", "readonly", "shared", "copy", "isolated")
 

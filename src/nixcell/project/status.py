@@ -24,12 +24,32 @@ ALERTS = {
 }
 
 
+# The host program each backend other than bwrap starts (on PATH: status runs no program; the
+# backend's own probe is `nixcell doctor`'s)
+BACKEND_PROGRAMS = {
+    "gvisor": "runsc",
+    "docker": "docker",
+    "microvm": "qemu-system-x86_64",
+    "systemd": "systemd-run",
+}
+
+
 def dependencies(config: Any | None = None) -> list[dict[str, Any]]:
     """Host programs: bwrap and nix (needed), strace (``--debug``), direnv (the ``.envrc``),
-    the offline package set (needed when the packages come from it)."""
+    the offline package set (needed when the packages come from it), and the program of the
+    project's backend when it is not bwrap (needed)."""
     rows = []
+    backend = getattr(config, "backend", "bwrap")
+    tool = BACKEND_PROGRAMS.get(backend)
+    if tool is not None:
+        path = shutil.which(tool)
+        why = f"runs this project's cells (`nixcell doctor` says whether {backend} works here)"
+        rows.append(
+            {"name": f"backend {backend}", "ok": path is not None, "required": True,
+             "detail": f"{path}: {why}" if path else f"{tool} not found: {why}"}
+        )  # fmt: skip
     for name, program, needed, why in (
-        ("bubblewrap", "bwrap", True, "runs every cell"),
+        ("bubblewrap", "bwrap", tool is None, "runs every cell"),
         ("nix", "nix-build", True, "resolves the packages"),
         ("nix-store", "nix-store", True, "lists closures"),
         ("strace", "strace", False, "needed by --debug"),

@@ -172,7 +172,7 @@ def spawn(
         helper = _with_ctty(args, command, ctty_path)
         fds.append(helper)
         pass_fds.append(helper)
-    args_fd = memfd("nixcell-args", b"\0".join(a.encode() for a in args) + b"\0")
+    args_fd = memfd("nixcell-args", b"\0".join(os.fsencode(a) for a in args) + b"\0")
     pass_fds.append(args_fd)
     argv = [*(launcher or ()), bwrap_path(), "--args", str(args_fd), *command]
     if user is not None:

@@ -166,7 +166,10 @@ def cgroup_dir(mount: Mount, path: str) -> Path | None:
 
 
 def read_text(path: Path) -> str:
-    with open(path, encoding="utf-8") as f:
+    """Undecodable bytes kept as surrogates: /proc/self/mountinfo lists every host mount, and
+    one mount point whose name is not UTF-8 (a user's directory, a FUSE or Docker volume) must
+    not stop nixcell — a path read back this way still names the same bytes to ``os``."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         return f.read()
 
 

@@ -223,6 +223,10 @@ class CellCgroup:
         except OSError:  # no cgroup.kill before Linux 5.14: freeze and kill one by one
             return False
 
+    def wait_empty(self, timeout: float) -> bool:
+        """True once no process is left in the cell (within ``timeout`` seconds)."""
+        return self._wait_empty(timeout)
+
     def _wait_empty(self, timeout: float) -> bool:
         """Wait for the cell's processes to leave; a cell that has just ended is usually empty
         within a millisecond (its killed processes are still being released): poll from

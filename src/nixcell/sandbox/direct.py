@@ -57,7 +57,7 @@ class Outcome:
 
 def supports(plan: PlanView) -> bool:
     """Whether this executor runs the plan (a network needs the proxy: the normal path)."""
-    return plan.network is None
+    return plan.network is None and getattr(plan, "backend", "bwrap") == "bwrap"
 
 
 def execute(plan: PlanView) -> Outcome:

@@ -38,6 +38,10 @@ CLONE_NEWNET = 0x40000000
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
+# The helper is a fork of a process that may run threads (the MCP server, the job daemon): a
+# lock another thread held at the fork stays locked in the child forever. Its work takes
+# milliseconds; past this it is killed and the cell refused, never waited on for ever.
+HELPER_LIMIT = 30.0
 
 
 @dataclass
@@ -257,8 +261,16 @@ def create(
             chan.close()
             _child(child, port, trees, idmap_userns, parent, volume, scratch)
         child.close()
+        chan.settimeout(HELPER_LIMIT)
         try:
             msg, fds, _, _ = socket.recv_fds(chan, 1024, 4)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+            raise SandboxError(
+                f"cannot create the cell's namespaces: the helper did not answer within "
+                f"{HELPER_LIMIT:g} s (killed)"
+            ) from None
         finally:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)

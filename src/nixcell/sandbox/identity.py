@@ -70,6 +70,7 @@ class CellIdentity:
     def release(self) -> None:
         if self._fd is not None:
             with suppress(OSError):
+                os.ftruncate(self._fd, 0)  # left cleanly: the next taker need not look
                 os.close(self._fd)
             self._fd = None
 
@@ -105,9 +106,7 @@ def _ids(text: str, column: int) -> list[tuple[str, int]]:
     return found
 
 
-def check_range(
-    rng: IdRange, subuid: str, subgid: str, passwd: str, group: str
-) -> str | None:
+def check_range(rng: IdRange, subuid: str, subgid: str, passwd: str, group: str) -> str | None:
     """Why ``rng`` is unsafe for cells (a reason to refuse), or None. Pure."""
     end = rng.base + rng.count
     if rng.base < 65536 or end > 0xFFFFFFFF or rng.count < 1:
@@ -177,10 +176,36 @@ def allocate() -> CellIdentity:
                 os.close(fd)
                 continue
             uid = rng.base + slot
+            # A holder that died without ``release`` (kill -9) may have left a cell running
+            # as this uid (a Docker container or gVisor sandbox outlives nixcell until the
+            # sweep): never give its uid to another cell while any process still has it.
+            if os.pread(fd, 32, 0) and uid_in_use(uid):
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             return CellIdentity(uid=uid, gid=uid, _fd=fd)
     finally:
         os.close(dir_fd)
     raise SandboxError(f"all {rng.count} cell uids are in use: too many concurrent cells")
+
+
+def uid_in_use(uid: int) -> bool:
+    """Whether any process on the host has ``uid`` as its real, effective or saved uid."""
+    wanted = str(uid)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Uid:"):
+                        if wanted.encode() in line.split()[1:4]:
+                            return True
+                        break
+        except OSError:  # gone meanwhile
+            continue
+    return False
 
 
 def needs_subordinate() -> bool:

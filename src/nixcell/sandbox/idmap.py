@@ -33,6 +33,7 @@ MOUNT_ATTR_NODEV = 0x4
 MOUNT_ATTR_IDMAP = 0x00100000
 CLONE_NEWUSER = 0x10000000
 
+
 def _nr(index: int) -> int:
     machine = os.uname().machine
     if machine not in _NR:
@@ -49,11 +50,13 @@ _MAPS_LOCK = allocate_lock()
 _MAPS_MAX = 256
 
 
-def mapping_fd(uid_from: int, uid_to: int, gid_from: int, gid_to: int) -> int:
+def mapping_fd(uid_from: int, uid_to: int, gid_from: int, gid_to: int, swap: bool = False) -> int:
     """A user namespace mapping ``uid_from -> uid_to`` (and the gids), made once per process and
     reused: the mapping never changes, and making one costs a fork (a long-lived server starts
-    many cells). The fd belongs to this cache: do not close it."""
-    key = (uid_from, uid_to, gid_from, gid_to)
+    many cells). The fd belongs to this cache: do not close it. ``swap`` maps ``uid_to ->
+    uid_from`` too: a file server creating files as root (gVisor's gofer, then ``fchown`` to
+    the cell's uid) must have its own uid mapped, or creating fails with EOVERFLOW."""
+    key = (uid_from, uid_to, gid_from, gid_to, swap)
     with _MAPS_LOCK:
         fd = _MAPS.get(key)
         if fd is None:
@@ -63,7 +66,7 @@ def mapping_fd(uid_from: int, uid_to: int, gid_from: int, gid_to: int) -> int:
         return fd
 
 
-def userns_fd(uid_from: int, uid_to: int, gid_from: int, gid_to: int) -> int:
+def userns_fd(uid_from: int, uid_to: int, gid_from: int, gid_to: int, swap: bool = False) -> int:
     """An fd of a new user namespace mapping ``uid_from -> uid_to`` (and the gids); root only.
 
     A forked child unshares it and says so on a pipe (a blocking read: on a busy machine a
@@ -86,9 +89,11 @@ def userns_fd(uid_from: int, uid_to: int, gid_from: int, gid_to: int) -> int:
     try:
         if os.read(ready_r, 1) != b"1":  # it died before its namespace was made
             raise SandboxError("cannot create the idmap user namespace")
-        _write(f"/proc/{pid}/uid_map", f"{uid_from} {uid_to} 1\n")
+        back_uid = f"{uid_to} {uid_from} 1\n" if swap and uid_to != uid_from else ""
+        back_gid = f"{gid_to} {gid_from} 1\n" if swap and gid_to != gid_from else ""
+        _write(f"/proc/{pid}/uid_map", f"{uid_from} {uid_to} 1\n{back_uid}")
         _write(f"/proc/{pid}/setgroups", "deny")
-        _write(f"/proc/{pid}/gid_map", f"{gid_from} {gid_to} 1\n")
+        _write(f"/proc/{pid}/gid_map", f"{gid_from} {gid_to} 1\n{back_gid}")
         return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise SandboxError(f"cannot create the idmap user namespace: {e.strerror}") from None
@@ -107,9 +112,7 @@ def _write(path: str, text: str) -> None:
         os.close(fd)
 
 
-def idmapped_tree(
-    path: str, userns: int, *, readonly: bool, fd: int | None = None
-) -> int:
+def idmapped_tree(path: str, userns: int, *, readonly: bool, fd: int | None = None) -> int:
     """A detached, idmapped copy of the mount tree at ``path`` (an O_PATH-like mount fd).
 
     Refused (SandboxError) when its filesystem cannot be idmapped: a root-run cell never gets a

@@ -66,3 +66,18 @@ def reap_orphans() -> int:
         if pid == 0:
             return reaped
         reaped += 1
+
+
+def reap_zombie(pid: int) -> bool:
+    """Reap ``pid`` if it is an exited child of ours (a zombie whose parent is this process: its
+    pid cannot have been reused); True if it was. Another process's, or a live one: untouched."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    if len(fields) < 2 or fields[0] != b"Z" or fields[1] != str(os.getpid()).encode():
+        return False
+    with suppress(ChildProcessError):
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    return False

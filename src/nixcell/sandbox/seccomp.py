@@ -253,6 +253,11 @@ def _rules(profiles: tuple[str, ...]) -> tuple[Rule, ...]:
     return tuple(rule for g in groups for rule in _GROUPS[g])
 
 
+def rules(profiles: tuple[str, ...]) -> tuple[Rule, ...]:
+    """The filter's rules for ``profiles`` (other backends express them their own way)."""
+    return _rules(profiles)
+
+
 def denied_syscalls(profiles: tuple[str, ...]) -> list[str]:
     """What the filter denies, one line per syscall: ``name`` or ``name (condition)``."""
     return sorted(rule.describe() for rule in _rules(profiles))

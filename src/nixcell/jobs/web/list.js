@@ -153,6 +153,8 @@ async function startList() {
           retry();
         },
       },
+      // On every open, the first too: a job made between the first GET and the stream's
+      // subscription would be in neither (seen in CI: a running job never listed).
       () => loadList().catch((err) => showError(err.message)),
     );
   open();

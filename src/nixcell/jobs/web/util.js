@@ -172,12 +172,15 @@ function showCaller(who) {
 }
 
 // An EventSource that tells the user when it drops and says so when it is back.
-function liveStream(url, handlers, onReopen) {
+// onOpen(reopened) runs on every open: whatever the caller shows from a GET made before the
+// stream was open may miss what happened in between (the server subscribes before it answers,
+// so a GET after "open" misses nothing).
+function liveStream(url, handlers, onOpen) {
   let opened = false;
   const source = new EventSource(withProof(url));
   source.addEventListener("open", () => {
     setLive("");
-    if (opened && onReopen) onReopen();
+    if (onOpen) onOpen(opened);
     opened = true;
   });
   source.addEventListener("error", (event) => {
