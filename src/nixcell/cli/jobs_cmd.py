@@ -71,6 +71,12 @@ def submit_options(f):
         click.option("--follow", is_flag=True, help="Stream the logs; exit with the job's code."),
         click.option("--detach", is_flag=True, help="Print the job id alone."),
         click.option("-i", "--interactive", is_flag=True, help="An interactive job; attach."),
+        click.option("--on-host", metavar="NAME", help="Run only on this host of a cluster."),
+        click.option(
+            "--retry",
+            type=click.IntRange(0, 10),
+            help="Re-runs if its host is lost (idempotent jobs only).",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -131,6 +137,8 @@ def request_from_flags(command: tuple[str, ...], o: dict[str, Any], upload: str 
         "profiles": list(o["profiles"]),
         "interactive": bool(o["interactive"]),
         "name": o["name"],
+        "on_host": o["on_host"],
+        "retry": o["retry"] or None,
     }
     return {k: v for k, v in request.items() if v not in (None, [], {})}
 

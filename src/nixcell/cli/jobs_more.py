@@ -46,25 +46,36 @@ def _printable(value: object) -> str:
 @click.command("jobs")
 @click.option("--status", "states", multiple=True, metavar="STATE", help="Only these states.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="The jobs as JSON (id, state, ...).")
+@click.option("--json", "as_json", is_flag=True, help="The jobs as JSON (id, state, host, ...).")
+@click.option("--all-hosts", is_flag=True, help="Every host's jobs (a cluster), not this one's.")
 @server_options
-def jobs(states: tuple[str, ...], limit: int, as_json: bool, server, token_file) -> int:
+def jobs(
+    states: tuple[str, ...], limit: int, as_json: bool, all_hosts: bool, server, token_file
+) -> int:
     """List jobs, newest first (yours; admins see everyone's)."""
     from nixcell.jobs.client import query
 
     found = _client(server, token_file).call(
-        "GET", query("/api/v1/jobs", state=list(states), limit=limit)
+        "GET", query("/api/v1/jobs", state=list(states), limit=limit, all_hosts=all_hosts)
     )["jobs"]
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return 0
-    rows = [("ID", "STATE", "OWNER", "DURATION", "NAME/COMMAND")]
+    rows = [("ID", "STATE", "OWNER", "HOST", "DURATION", "NAME/COMMAND")]
     rows += [
-        (str(j["id"]), j["state"], _printable(j["owner"]), _duration(j), _label(j)) for j in found
+        (
+            str(j["id"]),
+            j["state"],
+            _printable(j["owner"]),
+            _printable(j.get("host") or "-"),
+            _duration(j),
+            _label(j),
+        )
+        for j in found
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for row in rows:
-        click.echo("".join(c.ljust(w + 2) for c, w in zip(row, widths, strict=False)) + row[4])
+        click.echo("".join(c.ljust(w + 2) for c, w in zip(row, widths, strict=False)) + row[5])
     return 0
 
 

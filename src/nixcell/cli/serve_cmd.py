@@ -15,9 +15,15 @@ import click
     help="Listen here (repeatable; replaces the config's listen). Default: the unix socket.",
 )
 @click.option("--state-dir", metavar="DIR", help="Jobs, logs and workspaces (replaces config's).")
+@click.option(
+    "--store",
+    metavar="sqlite:PATH|postgresql://...",
+    help="The job store (default: SQLite in the state dir); PostgreSQL for many hosts.",
+)
+@click.option("--host-name", metavar="NAME", help="This host's name in a cluster (else hostname).")
 @click.option("--new-token", is_flag=True, help="Print a new API token and its [[tokens]] entry.")
 @click.option("--token-name", default="client", show_default=True, help="With --new-token.")
-def serve(config_path, listens, state_dir, new_token, token_name) -> int:
+def serve(config_path, listens, state_dir, store, host_name, new_token, token_name) -> int:
     """Run the job daemon: jobs submitted over its socket run in cells (docs/jobs-api.md)."""
     import logging
 
@@ -29,7 +35,7 @@ def serve(config_path, listens, state_dir, new_token, token_name) -> int:
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     from nixcell.jobs.serve import serve as run
 
-    return run(config_path, tuple(listens), state_dir)
+    return run(config_path, tuple(listens), state_dir, store=store, host_name=host_name)
 
 
 def _print_token(name: str) -> int:

@@ -164,12 +164,17 @@ class Api:
 
     async def list(self, request: Request) -> Response:
         caller = caller_of(request)
-        query = params.query(request, {"state", "limit", "all"})
+        query = params.query(request, {"state", "limit", "all", "all_hosts"})
         states = params.choices(query, "state", STATES)
         limit = params.integer(query, "limit", 100, 1, 1000)
         every = params.flag(query, "all")
+        hosts = params.flag(query, "all_hosts")
         jobs = self.service.list(
-            caller, states=states, limit=limit, all_users=True if every is None else every
+            caller,
+            states=states,
+            limit=limit,
+            all_users=True if every is None else every,
+            all_hosts=bool(hosts),
         )
         return JSONResponse({"jobs": [self.shown(caller, job) for job in jobs]})
 

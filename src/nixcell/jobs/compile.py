@@ -95,6 +95,7 @@ def compile_request(
         raise JobError("internal: profiles were not applied to the request", status=500)
     check_text(request.model_dump())
     _check_name(request.name)
+    check_routing(request)
     packages = [*_packages(request.packages), *extra_packages]
     if not packages:
         raise JobError("packages: name at least one package (a cell holds only what it names)")
@@ -139,6 +140,20 @@ def check_request(
     return compile_request(
         merged, config, job_dir=placeholder, workspace=None, credential_policy=policy, audit=None
     )
+
+
+MAX_RETRY = 10
+
+
+def check_routing(request: JobRequest) -> None:
+    """``on_host`` is a host name as ``[server] host_name`` writes it; ``retry`` a small count."""
+    from nixcell.jobs.config import NAME
+
+    if request.on_host is not None and not NAME.fullmatch(request.on_host):
+        raise JobError(f"on_host: {shown(request.on_host)} is not a host name")
+    retry = request.retry
+    if isinstance(retry, bool) or not isinstance(retry, int) or not 0 <= retry <= MAX_RETRY:
+        raise JobError(f"retry: a whole number from 0 to {MAX_RETRY}, not {shown(retry)}")
 
 
 def _check_name(name: str | None) -> None:

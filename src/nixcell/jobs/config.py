@@ -35,7 +35,7 @@ SERVER_KEYS = (
     "state_dir", "listen", "socket_group", "admin_group", "concurrency", "per_user",
     "queue_limit", "backends", "default_backend", "profile_dir", "retention", "log_limit",
     "upload_limit", "shutdown", "shutdown_grace", "repo_schemes", "repo_cidrs", "nixpkgs",
-    "hardening",
+    "hardening", "store", "store_key", "host_name", "heartbeat", "host_timeout", "closure_hint",
 )  # fmt: skip
 TABLES = ("server", "defaults", "maxima", "policies", "credentials", "tokens")
 
@@ -74,6 +74,37 @@ def default_state_dir() -> str:
         return "/var/lib/nixcell/server"
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return os.path.join(base, "nixcell-server")
+
+
+def default_host_name() -> str:
+    """This host's name in a cluster: the first label of the hostname, as a NAME."""
+    import socket
+
+    name = socket.gethostname().split(".")[0]
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", name).lstrip("._-")[:64]
+    return name or "localhost"
+
+
+def store_problem(text: object) -> str | None:
+    """Why ``text`` is not ``sqlite:/ABS/PATH`` or a ``postgresql://`` URI, or None. The URI is
+    libpq's to parse; only what would make two readers disagree is refused here."""
+    if not isinstance(text, str) or not text:
+        return "expected sqlite:/PATH or postgresql://..."
+    if any(ord(c) < 33 or ord(c) == 127 for c in text):
+        return "no spaces or control characters (percent-encode them)"
+    if text.startswith("sqlite:"):
+        path = text[len("sqlite:") :]
+        if not path.startswith("/"):
+            return "sqlite: needs an absolute path"
+        return None
+    if text.startswith(("postgresql://", "postgres://")):
+        return None
+    return "expected sqlite:/PATH or postgresql://... (a libpq connection URI)"
+
+
+def store_shown(text: str) -> str:
+    """The store URI without its password (for logs and errors)."""
+    return re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", text)
 
 
 def default_socket() -> str:
@@ -116,6 +147,14 @@ class ServerConfig:
     repo_cidrs: tuple[str, ...] = ()
     nixpkgs: str | None = None  # the pin of requests that name none
     hardening: tuple[str, ...] = DEFAULT_HARDENING  # hardening profiles clients may ask for
+    # scale-out (docs/scale-out.md): None = SQLite in the state dir; or "sqlite:PATH" or a
+    # "postgresql://" connection URI (libpq's: put the password in a passfile, not here)
+    store: str | None = None
+    store_key: str | None = None  # the sealing key every host of one database shares
+    host_name: str = field(default_factory=lambda: default_host_name())
+    heartbeat: float = 1.0  # seconds between a host's heartbeats (PostgreSQL store)
+    host_timeout: float = 10.0  # a host silent this long is lost: its jobs end or re-queue
+    closure_hint: float = 2.0  # seconds a job waits for a host that has its closure
     source: str | None = None  # the file this came from
 
     def credential(self, name: str) -> dict[str, Any] | None:
@@ -137,7 +176,7 @@ def load_config(path: str | None, *, overrides: Mapping[str, Any] | None = None)
 
     config = ServerConfig() if path is None else read_config(path)
     extra = dict(overrides or {})
-    unknown = sorted(set(extra) - {"listen", "state_dir"})
+    unknown = sorted(set(extra) - {"listen", "state_dir", "store", "host_name"})
     if unknown:
         raise UsageError(f"unknown server override(s): {', '.join(unknown)}")
     if extra.get("listen"):
@@ -154,7 +193,27 @@ def load_config(path: str | None, *, overrides: Mapping[str, Any] | None = None)
         if problem:
             raise UsageError(f"--state-dir {state}: {problem}")
         config = replace(config, state_dir=state)
+    if extra.get("store"):
+        problem = store_problem(extra["store"])
+        if problem:
+            raise UsageError(f"--store {store_shown(str(extra['store']))}: {problem}")
+        config = replace(config, store=str(extra["store"]))
+    if extra.get("host_name"):
+        if not NAME.fullmatch(str(extra["host_name"])):
+            raise UsageError(
+                f"--host-name {extra['host_name']!r}: letters, digits, '_', '.', '-' (at most 64)"
+            )
+        config = replace(config, host_name=str(extra["host_name"]))
+    if is_postgres(config.store) and not config.store_key:
+        raise UsageError(
+            "a postgresql store needs [server] store_key: the sealing key file every host of "
+            "the database shares (made on first use; copy it to the other hosts)"
+        )
     return config
+
+
+def is_postgres(store: str | None) -> bool:
+    return bool(store) and str(store).startswith(("postgresql://", "postgres://"))
 
 
 def listen_problem(text: object) -> str | None:

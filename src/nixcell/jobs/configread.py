@@ -136,6 +136,21 @@ def _server(f: TomlFile, table: dict[str, Any]) -> dict[str, Any]:
             problem = pin_problem(out[key], local=True)
             if problem:
                 f.fail(at(key), problem)
+        elif key == "store":
+            from nixcell.jobs.config import store_problem
+
+            out[key] = f.string(at(key), value)
+            problem = store_problem(out[key])
+            if problem:
+                f.fail(at(key), problem)
+        elif key == "store_key":
+            out[key] = f.path_value(at(key), value)
+        elif key == "host_name":
+            out[key] = f.string(at(key), value)
+            if not NAME.fullmatch(out[key]):
+                f.fail(at(key), "a host name is letters, digits, '_', '.', '-' (at most 64)")
+        elif key in ("heartbeat", "host_timeout", "closure_hint"):
+            out[key] = f.parsed(at(key), value, parse_duration)
         elif key == "hardening":
             try:
                 out[key] = check_profiles(f.strings(at(key), value))
@@ -146,6 +161,14 @@ def _server(f: TomlFile, table: dict[str, Any]) -> dict[str, Any]:
     if default not in backends:
         f.fail(at("default_backend"), f"{default!r} is not in backends ({', '.join(backends)})")
     out["default_backend"] = default
+    beat = out.get("heartbeat", ServerConfig.heartbeat)
+    if not 0.05 <= beat <= 60:
+        f.fail(at("heartbeat"), "must be between 50ms and 60s")
+    if out.get("host_timeout", ServerConfig.host_timeout) < 3 * beat:
+        f.fail(
+            at("host_timeout" if "host_timeout" in out else "heartbeat"),
+            "host_timeout must be at least three heartbeats",
+        )
     return out
 
 

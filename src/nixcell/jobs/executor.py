@@ -56,6 +56,7 @@ class Context:
     credential_policy: str | None
     move: Move
     decisions: dict[str, int] = field(default_factory=dict)  # proxy decisions (metrics)
+    shared: Any = None  # a cluster's store: the artifacts go there too (clusterfiles.py)
 
 
 def job_dir(config: ServerConfig, job_id: int) -> str:
@@ -147,6 +148,8 @@ class JobRun:
                 log.warning("job %d: audit: %s", self.job.id, exc)
             finally:
                 self._tail.close()
+        if self.ctx.shared is not None:
+            await self._share_artifacts()
         self.sink.add("system", _final_line(state, exit_code, reason))
         try:
             await self.sink.close()
@@ -158,6 +161,27 @@ class JobRun:
         return await self.ctx.move(
             self.job.id, state, expect=ACTIVE, reason=reason, exit_code=exit_code
         )
+
+    async def _share_artifacts(self) -> None:
+        """In a cluster: the workspace's tar into the shared store before the final state, so
+        any host serves it once the job shows finished."""
+        from nixcell.jobs.artifacts import tar_stream
+        from nixcell.jobs.clusterfiles import SHARED_LIMIT, keep_artifacts
+
+        if not os.path.isdir(os.path.join(self.dir, "workspace")):
+            return
+        try:
+            kept = await asyncio.to_thread(
+                keep_artifacts, self.ctx.shared, self.job.id, tar_stream(self.dir)
+            )
+        except Exception as exc:
+            log.warning("job %d: its artifacts were not shared: %s", self.job.id, exc)
+            return
+        if not kept:
+            self.sink.add(
+                "system",
+                f"artifacts over {SHARED_LIMIT >> 20} MiB: only on host {self.job.host}",
+            )
 
     async def _run_cell(self) -> RunResult:
         from nixcell import runner

@@ -94,6 +94,11 @@ class Hub:
             if not fut.done():
                 fut.set_result(None)
 
+    def notify_all(self) -> None:
+        """Every follower reads the store again (a cluster host missed notifications)."""
+        for job_id in list(self._waiters):
+            self.notify(job_id)
+
     def publish(self, event: Event, owner: str) -> None:
         """A new event of a job owned by ``owner``: to its followers and every subscriber."""
         self.notify(event.job_id)

@@ -73,6 +73,8 @@ class JobRequest(BaseModel):
     profiles: list[str] = Field(default_factory=list)
     interactive: bool = False
     name: str | None = None  # a label for listings
+    on_host: str | None = None  # scale-out: only this host runs it (None: any host)
+    retry: int = 0  # scale-out: re-runs allowed when its host is lost (idempotent jobs only)
 
     def shown(self) -> dict[str, Any]:
         """The request as the API shows it: secret env values replaced."""

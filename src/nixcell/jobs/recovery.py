@@ -26,13 +26,18 @@ log = logging.getLogger(__name__)
 RESTARTED = "daemon restarted"
 
 
-def recover(store: JobStore, workspaces: Workspaces, config: ServerConfig) -> list[Job]:
-    """Mark the dead daemon's unfinished jobs ``error``, sweep leftovers; the marked jobs."""
+def recover(
+    store: JobStore, workspaces: Workspaces, config: ServerConfig, *, host: str | None = None
+) -> list[Job]:
+    """Mark the dead daemon's unfinished jobs ``error``, sweep leftovers; the marked jobs.
+    ``host``: in a cluster, only the jobs this host had claimed (the others' are theirs)."""
     from nixcell import leftovers
     from nixcell.jobs.executor import job_dir, remove_job_dir
 
     marked = []
     for job in store.unfinished():
+        if host is not None and job.host != host:
+            continue
         done = store.transition(job.id, "error", expect=ACTIVE, reason=RESTARTED)
         if done is not None:
             marked.append(done)

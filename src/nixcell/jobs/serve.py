@@ -174,12 +174,10 @@ class Daemon:
     async def run(self) -> int:
         from nixcell.fsio import private_dir
         from nixcell.jobs.service import JobService
-        from nixcell.jobs.sqlite import SqliteStore
+        from nixcell.jobs.stores import open_store
 
-        state = private_dir(self.config.state_dir)
-        store = SqliteStore(
-            os.path.join(state, "jobs.db"), log_limit=getattr(self.config, "log_limit", 100_000)
-        )
+        private_dir(self.config.state_dir)
+        store = await asyncio.to_thread(open_store, self.config)
         service = JobService(self.config, store)
         self.service = service
         await service.start()
@@ -254,8 +252,15 @@ class Daemon:
         self.sockets = []
 
 
-def serve(config_path: str | None, listens: tuple[str, ...], state_dir: str | None) -> int:
-    overrides: dict[str, Any] = {}
+def serve(
+    config_path: str | None,
+    listens: tuple[str, ...],
+    state_dir: str | None,
+    *,
+    store: str | None = None,
+    host_name: str | None = None,
+) -> int:
+    overrides: dict[str, Any] = {"store": store, "host_name": host_name}
     if listens:
         overrides["listen"] = tuple(listens)
     if state_dir:

@@ -16,38 +16,39 @@ import logging
 import os
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
-from typing import IO, Any
+from typing import Any
 
 from nixcell.errors import NixcellError
-from nixcell.jobs import jobaudit, recovery
-from nixcell.jobs.contract import Conflict, JobError, NotFound, Terminal, Unavailable
+from nixcell.jobs import recovery
+from nixcell.jobs.contract import Conflict, JobError, Unavailable
 from nixcell.jobs.executor import Context, JobRun, job_dir, one_line, remove_job_dir
 from nixcell.jobs.hub import Hub
-from nixcell.jobs.jobview import among_states, among_streams, shown
-from nixcell.jobs.model import ACTIVE, Caller, Event, Job, JobRequest, LogLine
+from nixcell.jobs.model import ACTIVE, Caller, Event, Job, JobRequest
 from nixcell.jobs.requestcheck import shown as shown_value
 from nixcell.jobs.scheduler import FairQueue
+from nixcell.jobs.servicereads import JobReads
 from nixcell.jobs.store import JobStore
-from nixcell.jobs.streams import IteratorIO, follow_job, job_events, terminal_event
+from nixcell.jobs.streams import terminal_event
 from nixcell.jobs.workspace import Workspaces
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from nixcell.jobs.cluster import Cluster
     from nixcell.jobs.config import ServerConfig
 
 log = logging.getLogger(__name__)
 
 STOPPING = "cancelled: the server stopped"
-MAX_LIST = 1000
 
 
-class JobService:
+class JobService(JobReads):
     def __init__(self, config: ServerConfig, store: JobStore) -> None:
         self.config = config
         self.store = store
         self.hub = Hub()
         self.queue = FairQueue()
-        self.workspaces = Workspaces(config)
+        self.shared = store if hasattr(store, "claim") else None  # a store many hosts share
+        self.workspaces = Workspaces(config, self.shared)
         self.profiles: dict[str, Any] = {}
         self.credential_policy: str | None = None
         self.accepting = False
@@ -56,6 +57,11 @@ class JobService:
         self._claims: dict[int, tuple[str, asyncio.Future[None]]] = {}  # being claimed
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.cluster: Cluster | None = None
+        if self.shared is not None:
+            from nixcell.jobs.cluster import Cluster
+
+            self.cluster = Cluster(self, store)
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -65,11 +71,17 @@ class JobService:
 
         private_dir(os.path.join(self.config.state_dir, "jobs"))
         self._load(self.config)
-        marked = await asyncio.to_thread(recovery.recover, self.store, self.workspaces, self.config)
+        mine = None if self.cluster is None else self.config.host_name
+        marked = await asyncio.to_thread(
+            recovery.recover, self.store, self.workspaces, self.config, host=mine
+        )
         for job in marked:
             self._publish(job)
-        for job in await asyncio.to_thread(self.store.queued):
-            self.queue.push(job.id, job.owner)
+        if self.cluster is None:
+            for job in await asyncio.to_thread(self.store.queued):
+                self.queue.push(job.id, job.owner)
+        else:
+            await self.cluster.start()
         self.accepting = True
         self._tasks = [
             asyncio.ensure_future(self._schedule()),
@@ -95,6 +107,8 @@ class JobService:
         for run in list(self._runs.values()):
             run.cancel(STOPPING)
         await asyncio.gather(*runs, return_exceptions=True)
+        if self.cluster is not None:
+            await self.cluster.stop()
         self.hub.close()
 
     def reload(self, config: ServerConfig) -> None:
@@ -104,7 +118,7 @@ class JobService:
             raise JobError("state_dir cannot change on reload: restart the server")
         self._load(config)
         self.config = config
-        self.workspaces = Workspaces(config)
+        self.workspaces = Workspaces(config, self.shared)
         self._wake.set()
 
     def _load(self, config: ServerConfig) -> None:
@@ -124,9 +138,34 @@ class JobService:
             await self._wake.wait()
             self._wake.clear()
             try:
-                self._start_some()
-            except Exception:  # the store failed: try again at the next wake
-                log.exception("the scheduler could not start a job")
+                if self.cluster is None:
+                    self._start_some()
+                else:
+                    await self.cluster.claim_some(self._run)
+            except Exception as exc:  # the store failed: try again at the next wake
+                if self.cluster is None:
+                    log.exception("the scheduler could not start a job")
+                else:  # the database is away: the heartbeat wakes it again
+                    log.warning("could not claim a job: %s", one_line(str(exc)))
+
+    # what the cluster part uses
+    def wake(self) -> None:
+        self._wake.set()
+
+    def busy(self) -> int:
+        """Jobs this host runs or is claiming."""
+        return len(self._runs) + len(self._claims)
+
+    def run_of(self, job_id: int) -> JobRun | None:
+        return self._runs.get(job_id)
+
+    async def move(
+        self, job_id: int, state: str, *, expect: Iterable[str], **kw: Any
+    ) -> Job | None:
+        return await self._move(job_id, state, expect=expect, **kw)
+
+    def publish(self, job: Job) -> None:
+        self._publish(job)
 
     def _start_some(self) -> None:
         """Reserve slots for the jobs the rule picks; each is claimed in a worker thread (a
@@ -157,6 +196,9 @@ class JobService:
             back = await self._move(job_id, "queued", expect=("preparing",))
             if back is not None:
                 return
+        self._run(job)
+
+    def _run(self, job: Job) -> None:
         run = JobRun(job, self._context())
         self._runs[job.id] = run
         run.start().add_done_callback(lambda task, i=job.id: self._ended(i, task))
@@ -171,6 +213,7 @@ class JobService:
             credential_policy=self.credential_policy,
             move=self._move,
             decisions=self.decisions,
+            shared=self.shared,
         )
 
     def _ended(self, job_id: int, task: asyncio.Task[Job | None]) -> None:
@@ -187,13 +230,24 @@ class JobService:
         )
         if job is not None:
             self._publish(job)
+            if state == "running" and self.cluster is not None:
+                from nixcell.jobs.routing import closure_key
+
+                self.cluster.realised(closure_key(job.request))
         return job
 
     def _publish(self, job: Job) -> None:
         events = self.store.events(job.id)
         if events:
-            event = events[-1]
-            if job.terminal and event.kind == "state":
+            self.publish_events(job, events[-1:])
+
+    def publish_events(self, job: Job, events: Iterable[Event]) -> None:
+        """To followers and event streams; in a cluster each event once (the host that made
+        it publishes it at once, the others when its notification comes)."""
+        for event in events:
+            if self.cluster is not None and not self.cluster.published(job, event.seq):
+                continue
+            if job.terminal and event.kind == "state" and event.state == job.state:
                 event = terminal_event(event, job)
             self.hub.publish(event, job.owner)
 
@@ -229,8 +283,10 @@ class JobService:
         from nixcell.jobs.compile import check_request
 
         self._accept()
-        if len(self.queue) >= self.config.queue_limit:
-            raise Unavailable(f"the queue is full ({len(self.queue)} jobs): try again later")
+        queued = await self._queued()
+        if queued >= self.config.queue_limit:
+            raise Unavailable(f"the queue is full ({queued} jobs): try again later")
+        await self._check_host(request)
         try:
             check_request(request, self.config, self.profiles)
         except JobError:
@@ -243,37 +299,35 @@ class JobService:
         job = await asyncio.to_thread(
             self.store.create, caller.key, caller.name, request.model_dump()
         )
-        self.queue.push(job.id, job.owner)
+        if self.cluster is None:
+            self.queue.push(job.id, job.owner)
         self._publish(job)
         self._wake.set()
         return job
 
+    async def _queued(self) -> int:
+        if self.cluster is None:
+            return len(self.queue)
+        return (await asyncio.to_thread(self.store.counts)).get("queued", 0)
+
+    async def _check_host(self, request: JobRequest) -> None:
+        """``on_host`` names a host that serves this queue (a typo would wait forever)."""
+        wanted = request.on_host
+        if wanted is None or wanted == self.config.host_name:
+            return
+        if self.cluster is None:
+            raise JobError(
+                f"on_host: this server runs its jobs itself (host {self.config.host_name}); "
+                f"{shown_value(wanted)} is not one of its hosts"
+            )
+        hosts = await asyncio.to_thread(self.store.hosts)
+        if wanted not in hosts:
+            known = ", ".join(sorted(hosts)) or "none"
+            raise JobError(f"on_host: no host {shown_value(wanted)} in this cluster ({known})")
+
     def _accept(self) -> None:
         if not self.accepting:
             raise Unavailable("the server is not accepting jobs (it is stopping)")
-
-    def get(self, caller: Caller, job_id: int) -> Job:
-        job = self.store.get(job_id) if _count(job_id) and job_id > 0 else None
-        if job is None or not caller.may_see(job.owner):
-            raise NotFound(f"no job {shown_value(job_id) if not _count(job_id) else job_id}")
-        return job
-
-    def list(
-        self,
-        caller: Caller,
-        *,
-        states: Iterable[str] | None = None,
-        limit: int = 100,
-        all_users: bool = True,
-    ) -> list[Job]:
-        wanted = among_states(states)
-        if not _count(limit) or not 1 <= limit <= MAX_LIST:
-            raise JobError(f"limit must be between 1 and {MAX_LIST}")
-        owner = None if caller.admin and all_users else caller.key
-        return self.store.list(owner=owner, states=wanted, limit=limit)
-
-    def shown(self, caller: Caller, job: Job) -> dict[str, Any]:
-        return shown(job, self.config.state_dir)
 
     async def cancel(self, caller: Caller, job_id: int) -> Job:
         job = self.get(caller, job_id)
@@ -292,6 +346,8 @@ class JobService:
         if run is not None and run.task is not None:
             run.cancel(reason)
             await asyncio.wait({run.task})  # the cell is gone when this returns
+        elif run is None and self.cluster is not None and job.host != self.config.host_name:
+            job = await self._cancel_elsewhere(job, reason)  # its host ends it
         elif run is None:  # active in the store, run by no one here: end it in the store
             done = await self._move(job_id, "cancelled", expect=ACTIVE, reason=reason)
             if done is not None:
@@ -301,75 +357,18 @@ class JobService:
             raise Conflict(f"job {job_id} has already finished ({job.state})")
         return job
 
-    def logs(
-        self,
-        caller: Caller,
-        job_id: int,
-        *,
-        after: int = 0,
-        tail: int | None = None,
-        streams: Iterable[str] | None = None,
-    ) -> list[LogLine]:
-        self.get(caller, job_id)
-        wanted = among_streams(streams)
-        if not _count(after) or (tail is not None and not _count(tail)):
-            raise JobError("after and tail must be whole numbers, not negative")
-        return self.store.logs(job_id, after=after, streams=wanted, tail=tail)
-
-    def follow(
-        self, caller: Caller, job_id: int, *, after: int = 0, streams: Iterable[str] | None = None
-    ) -> AsyncIterator[LogLine | Event]:
-        self.get(caller, job_id)  # now, not at the first item: the HTTP layer answers 404
-        if not _count(after):
-            raise JobError("after must be a whole number, not negative")
-        return follow_job(self.store, self.hub, job_id, after=after, streams=among_streams(streams))
-
-    def events(self, caller: Caller, job_id: int | None = None) -> AsyncIterator[Event]:
-        if job_id is not None:
-            self.get(caller, job_id)
-        return job_events(self.store, self.hub.subscribe(caller.may_see), job_id)
-
-    def audit(self, caller: Caller, job_id: int) -> list[dict[str, Any]]:
-        job = self.get(caller, job_id)
-        path = os.path.join(job_dir(self.config, job.id), jobaudit.AUDIT)
-        try:
-            return [jobaudit.shown(r) for r in jobaudit.records(path)]
-        except OSError:
-            return []
-
-    def artifacts(self, caller: Caller, job_id: int) -> IO[bytes]:
-        job = self.get(caller, job_id)
-        if not job.terminal:
-            raise Conflict(f"job {job_id} has not finished")
-        return IteratorIO(self.workspaces.artifacts(job_dir(self.config, job.id)))
-
-    async def terminal(self, caller: Caller, job_id: int) -> Terminal:
-        from nixcell.jobs import terminal
-
-        job = self.get(caller, job_id)
-        if not job.request.get("interactive"):
-            raise Conflict(f"job {job_id} is not interactive")
-        if job.state != "running":
-            raise Conflict(f"job {job_id} is {job.state}, not running")
-        return terminal.attach(job_id)
-
-    async def gc(self, caller: Caller) -> dict[str, int]:
-        if not caller.admin:
-            raise JobError("only an admin may collect garbage", status=403)
-        return await asyncio.to_thread(self._collect)
-
-    def metrics(self) -> str:
-        from nixcell.jobs.metrics import render
-
-        return render(
-            self.store.counts(),
-            len(self.queue),
-            self.store.durations(),
-            dict(self.decisions),
-            len(self._runs),
-        )
-
-
-def _count(value: object) -> bool:
-    """A whole number a database column holds (no bool, nothing negative, below 2**63)."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63
+    async def _cancel_elsewhere(self, job: Job, reason: str) -> Job:
+        """Ask the host that runs ``job`` to cancel it (NOTIFY; its heartbeat reads it too) and
+        wait until it has; a lost host's job is ended by the liveness check instead."""
+        await asyncio.to_thread(self.store.request_cancel, job.id, reason)
+        limit = asyncio.get_running_loop().time() + self.config.host_timeout + 5
+        while not job.terminal and asyncio.get_running_loop().time() < limit:
+            waiter = self.hub.waiter(job.id)
+            try:
+                fresh = await asyncio.to_thread(self.store.get, job.id)
+                if fresh is None or fresh.terminal:
+                    return fresh or job
+                await asyncio.wait({waiter}, timeout=self.config.heartbeat)
+            finally:
+                self.hub.forget(job.id, waiter)
+        return job

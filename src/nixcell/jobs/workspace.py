@@ -50,9 +50,10 @@ class Prepared:
 class Workspaces:
     """Host-side work on paths a cell controls: every walk is no-follow (THREATS.md)."""
 
-    def __init__(self, config: object) -> None:
+    def __init__(self, config: object, shared: Any = None) -> None:
         self.config = config
         self.cloner = Cloner(config)
+        self.shared = shared  # a cluster's store: uploads move through it (clusterfiles.py)
 
     @property
     def state_dir(self) -> str:
@@ -101,7 +102,7 @@ class Workspaces:
                 os.utime(clone.path)  # recently used: gc keeps it
             source = clone.path
         elif ws.upload:
-            source = os.path.join(self._upload_dir(owner, ws.upload), _TREE)
+            source = os.path.join(self._upload_here(owner, ws.upload), _TREE)
         path = os.path.join(job_dir, "workspace")
         top = _fresh_dir(job_dir, "workspace")
         try:
@@ -136,9 +137,46 @@ class Workspaces:
                     raise tarsafe.refuse(f"the upload is over {raw_limit} bytes", 413)
                 await asyncio.to_thread(spool.write, chunk)
             spool.seek(0)
-            return await asyncio.to_thread(self._unpack, caller, spool, limits)
+            upload_id = await asyncio.to_thread(self._unpack, caller.key, spool, limits)
+            if self.shared is not None:
+                await asyncio.to_thread(self._share, caller.key, upload_id, spool, total)
+            return upload_id
 
-    def _unpack(self, caller: Caller, spool: IO[bytes], limits: tarsafe.Limits) -> str:
+    def _share(self, owner: str, upload_id: str, spool: IO[bytes], size: int) -> None:
+        """Keep the (checked) tar stream in the cluster's store for the host that runs it."""
+        from nixcell.jobs.clusterfiles import SHARED_LIMIT
+
+        if size > SHARED_LIMIT:
+            with suppress(NixcellError, OSError):
+                remove_tree(os.path.join(self._uploads(), upload_id))
+            raise tarsafe.refuse(f"in a cluster an upload is at most {SHARED_LIMIT} bytes", 413)
+        spool.seek(0)
+        self.shared.put_upload(upload_id, owner, spool.read())
+
+    def _upload_here(self, owner: str, upload_id: str) -> str:
+        """The upload's dir on this host; in a cluster, unpacked here from the shared store
+        when another host received it (the same tar checks run again)."""
+        try:
+            return self._upload_dir(owner, upload_id)
+        except JobError:
+            if self.shared is None or not _UPLOAD_ID.fullmatch(upload_id):
+                raise
+        data = self.shared.take_upload(upload_id, owner)
+        if data is None:
+            raise JobError(f"no upload {upload_id}")
+        import io
+
+        self._unpack(owner, io.BytesIO(data), self.limits, upload_id=upload_id)
+        return self._upload_dir(owner, upload_id)
+
+    def _unpack(
+        self,
+        owner: str,
+        spool: IO[bytes],
+        limits: tarsafe.Limits,
+        *,
+        upload_id: str | None = None,
+    ) -> str:
         uploads = self._uploads()
         tmp = tempfile.mkdtemp(prefix=".tmp-", dir=uploads)
         try:
@@ -147,13 +185,18 @@ class Workspaces:
                 tarsafe.unpack(spool, top, limits)
             finally:
                 os.close(top)
-            meta = json.dumps({"owner": caller.key, "created": time.time()})
+            meta = json.dumps({"owner": owner, "created": time.time()})
             fd = os.open(os.path.join(tmp, _META), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(meta)
-            upload_id = f"u-{secrets.token_hex(16)}"
+            upload_id = upload_id or f"u-{secrets.token_hex(16)}"
             os.chmod(tmp, 0o700)
-            os.rename(tmp, os.path.join(uploads, upload_id))
+            try:
+                os.rename(tmp, os.path.join(uploads, upload_id))
+            except OSError:  # another job unpacked the same shared upload first
+                if not os.path.isdir(os.path.join(uploads, upload_id)):
+                    raise
+                remove_tree(tmp)
             return upload_id
         except BaseException:
             with suppress(NixcellError, OSError):
@@ -162,7 +205,13 @@ class Workspaces:
 
     def check_upload(self, caller: Caller, upload_id: str) -> None:
         """At submit: the upload exists and is the caller's (else JobError 400)."""
-        self._upload_dir(caller.key, upload_id)
+        try:
+            self._upload_dir(caller.key, upload_id)
+        except JobError:
+            if self.shared is None or not _UPLOAD_ID.fullmatch(upload_id):
+                raise
+            if not self.shared.has_upload(upload_id, caller.key):
+                raise
 
     def _upload_dir(self, owner: str, upload_id: object) -> str:
         if not isinstance(upload_id, str) or not _UPLOAD_ID.fullmatch(upload_id):

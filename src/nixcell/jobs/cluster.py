@@ -1,0 +1,211 @@
+"""The service's part in a cluster: hosts sharing one PostgreSQL job store (docs/scale-out.md).
+
+Each host claims jobs from the shared queue itself (``ClusterStore.claim``: one transaction,
+``FOR UPDATE SKIP LOCKED``, fair across the cluster), so there is no coordinator to lose. What
+the other hosts do reaches this one as NOTIFY messages (``ClusterStore.listen``, a thread): new
+log lines and events wake this host's followers and web lists, a queued job wakes the claimer, a
+cancel reaches the host that runs the job. NOTIFY is only the fast path: the heartbeat, every
+``heartbeat`` seconds, also claims, takes pending cancels and ends the jobs of hosts silent past
+``host_timeout`` (re-queued when the job allows ``retry``), so a lost notification only costs a
+heartbeat's delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from nixcell.jobs.model import Job
+
+log = logging.getLogger(__name__)
+
+PUBLISHED_LIMIT = 10_000  # jobs whose last published event seq is remembered (dedupe)
+
+
+class Cluster:
+    """Owned by ``JobService`` when its store is a cluster store; runs on the service's loop."""
+
+    def __init__(self, service: Any, store: Any) -> None:
+        self.service = service
+        self.store = store
+        self.closures: list[str] = []  # closure keys this host realised lately (the hint)
+        self._published: dict[int, int] = {}  # job id -> last event seq published here
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listener: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._claiming = False
+        self._pending: set[int] = set()  # jobs another host changed, not yet read here
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def host(self) -> str:
+        return str(self.service.config.host_name)
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._beat)
+        self._listener = self.store.listen(self._from_thread)
+        self._tasks = [asyncio.ensure_future(self._heartbeats())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._listener.stop)
+            self._listener = None
+
+    # -- claiming --------------------------------------------------------------------------
+
+    async def claim_some(self, start: Callable[[Job], None]) -> None:
+        """Claim jobs while this host has free slots; ``start`` runs each claimed job. One
+        claimer at a time: two would claim past the concurrency limit."""
+        if self._claiming:
+            return
+        self._claiming = True
+        try:
+            svc = self.service
+            while svc.accepting and svc.busy() < svc.config.concurrency:
+                job = await asyncio.to_thread(
+                    self.store.claim,
+                    self.host,
+                    per_user=svc.config.per_user,
+                    prefer_after=svc.config.closure_hint,
+                )
+                if job is None:
+                    return
+                if not svc.accepting:  # stop began meanwhile: back to the queue, untouched
+                    await svc.move(job.id, "queued", expect=("preparing",), reason="requeued")
+                    return
+                start(job)
+        finally:
+            self._claiming = False
+
+    def realised(self, key: str | None) -> None:
+        """A job's closure was realised here: hosts prefer jobs whose closure they hold."""
+        if key and key not in self.closures[-64:]:
+            self.closures = [*[k for k in self.closures if k != key], key][-256:]
+
+    # -- heartbeat -------------------------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.service.config.heartbeat)
+            try:
+                lost, cancels = await asyncio.to_thread(self._beat)
+            except Exception as exc:  # the database is away: the listener reconnects
+                log.warning("heartbeat failed: %s", _line(exc))
+                continue
+            for job in lost:
+                self.service.publish(job)
+            self._cancel(cancels)
+            self.service.wake()
+
+    def _beat(self) -> tuple[list[Job], list[tuple[int, str]]]:
+        svc = self.service
+        self.store.heartbeat(
+            self.host,
+            concurrency=svc.config.concurrency,
+            running=svc.busy(),
+            closures=list(self.closures),
+        )
+        lost = self.store.reap_lost(svc.config.host_timeout)
+        return lost, self.store.take_cancels(self.host)
+
+    def _cancel(self, cancels: list[tuple[int, str]]) -> None:
+        for job_id, reason in cancels:
+            run = self.service.run_of(job_id)
+            if run is not None:
+                run.cancel(reason)
+
+    # -- notifications ---------------------------------------------------------------------
+
+    def _from_thread(self, kind: str, payload: str) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._notice, kind, payload)
+
+    def _notice(self, kind: str, payload: str) -> None:
+        svc = self.service
+        fields = payload.split()
+        try:
+            job_id = int(fields[0]) if fields else 0
+        except ValueError:
+            log.warning("ignored a malformed notification %r %r", kind, payload[:80])
+            return
+        if kind == "l":
+            svc.hub.notify(job_id)
+        elif kind == "e":
+            if not self._pending:
+                self._spawn(self._read_pending())
+            self._pending.add(job_id)
+        elif kind == "q":
+            svc.wake()
+        elif kind == "c":
+            self._spawn(self._take_cancels())
+        elif kind == "r":  # reconnected: whatever was missed, read it again
+            svc.wake()
+            svc.hub.notify_all()
+            self._spawn(self._take_cancels())
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _read_pending(self) -> None:
+        """The events of every job named since the last read, one job at a time (a burst of
+        notifications is one pass, not a thread each)."""
+        await asyncio.sleep(0)
+        while self._pending:
+            job_id = self._pending.pop()
+            await self._events_of(job_id)
+
+    async def _take_cancels(self) -> None:
+        try:
+            cancels = await asyncio.to_thread(self.store.take_cancels, self.host)
+        except Exception as exc:
+            log.warning("could not read cancel requests: %s", _line(exc))
+            return
+        self._cancel(cancels)
+
+    async def _events_of(self, job_id: int) -> None:
+        """Another host changed a job: publish what this host has not published yet."""
+        try:
+            job, events = await asyncio.to_thread(self._read_events, job_id)
+        except Exception as exc:
+            log.warning("job %d: could not read its events: %s", job_id, _line(exc))
+            return
+        if job is None:
+            return
+        self.service.publish_events(job, events)
+
+    def _read_events(self, job_id: int) -> tuple[Job | None, list[Any]]:
+        job = self.store.get(job_id)
+        if job is None:
+            return None, []
+        return job, self.store.events(job_id, after=self._published.get(job_id, 0))
+
+    def published(self, job: Job, seq: int) -> bool:
+        """Record that event ``seq`` of ``job`` is out; False if it (or a later one) was."""
+        if seq <= self._published.get(job.id, 0):
+            return False
+        self._published[job.id] = seq
+        if len(self._published) > PUBLISHED_LIMIT:
+            for old in list(self._published)[: PUBLISHED_LIMIT // 10]:
+                del self._published[old]
+        return True
+
+
+def _line(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
