@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RESTARTED = "daemon restarted"
+LOST = "host lost"  # what the other hosts of a cluster mark a silent host's jobs
 
 
 def recover(
@@ -47,9 +48,36 @@ def recover(
         leftovers.sweep()
     except (OSError, NixcellError) as exc:
         log.warning("could not sweep leftovers: %s", exc)
-    for job in marked:
+    gone = list(marked)
+    if host is not None:
+        gone += _taken_away(store, config, host, {job.id for job in marked})
+    for job in gone:
         try:
             remove_job_dir(job_dir(config, job.id), workspaces)
         except (OSError, NixcellError) as exc:
             log.warning("job %d: could not remove its dir: %s", job.id, exc)
     return marked
+
+
+def _taken_away(store: JobStore, config: ServerConfig, host: str, skip: set[int]) -> list[Job]:
+    """In a cluster: jobs this host had begun whose dirs are still here, but that the other
+    hosts ended (``host lost``) or gave to another host (re-queued) while it was away."""
+    import os
+
+    from nixcell.jobs.model import TERMINAL
+
+    try:
+        names = os.listdir(os.path.join(config.state_dir, "jobs"))
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        if not name.isdigit() or int(name) in skip or len(name) > 18:
+            continue
+        job = store.get(int(name))
+        if job is None:
+            continue
+        ended_away = job.state in TERMINAL and job.reason == LOST and job.host == host
+        if ended_away or job.host != host:
+            found.append(job)
+    return found

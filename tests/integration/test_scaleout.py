@@ -1,0 +1,235 @@
+"""Scale-out (issue 13): real ``nixcell serve`` workers on one real PostgreSQL, real cells.
+
+Three workers (w1..w3, own state dirs and sockets) stand in for hosts. Everything a test checks
+is read back through the API of some worker, often not the one that ran the job: that every
+host sees the whole cluster is part of what is tested.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tarfile
+import time
+from collections import Counter
+
+import pytest
+from tests.integration.clusterrig import Workers, cluster, wait_until  # noqa: F401 - fixture
+from tests.integration.jobsd import jobsd  # noqa: F401 - fixture
+from tests.integration.jobsrig import cgroups_of, processes_with
+
+pytestmark = [pytest.mark.integration, pytest.mark.root]
+
+TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "error"}
+HOSTS = ("w1", "w2", "w3")
+
+
+def _numbered(n: int, lines: int = 3) -> dict:
+    """A job printing ``n i`` for i in 1..lines and exiting n % 5."""
+    body = "; ".join(f"echo {n} {i}" for i in range(1, lines + 1))
+    return {"packages": ["bash"], "command": ["bash", "-c", f"{body}; exit {n % 5}"]}
+
+
+def _all_jobs(c: Workers, via: str = "w1") -> list[dict]:
+    return c[via].call("GET", "/api/v1/jobs?all_hosts=1&limit=1000")["jobs"]
+
+
+def _stdout(c: Workers, via: str, job_id: int) -> list[str]:
+    lines = c[via].call("GET", f"/api/v1/jobs/{job_id}/logs?stream=stdout")["lines"]
+    return [line["text"] for line in lines]
+
+
+def _events(c: Workers, via: str, job_id: int) -> list[dict]:
+    return c[via].call("GET", f"/api/v1/jobs/{job_id}")["events"]
+
+
+def test_300_jobs_on_three_workers_each_run_exactly_once(cluster) -> None:  # noqa: F811
+    c = cluster(3)
+    submitted = {}
+    for n in range(300):
+        job = c.submit(HOSTS[n % 3], _numbered(n))
+        submitted[job["id"]] = n
+    done = wait_until(
+        lambda: (jobs := _all_jobs(c, "w2")) and all(j["state"] in TERMINAL for j in jobs) and jobs,
+        wait=600,
+    )
+    assert len(done) == 300
+    ran_on: Counter[str] = Counter()
+    for job in done:
+        n = submitted[job["id"]]
+        assert job["exit_code"] == n % 5, job
+        assert job["state"] == ("succeeded" if n % 5 == 0 else "failed"), job
+        assert job["host"] in HOSTS, job
+        ran_on[job["host"]] += 1
+        via = HOSTS[(n + 1) % 3]  # read through another worker than the submitting one
+        assert _stdout(c, via, job["id"]) == [f"{n} {i}" for i in (1, 2, 3)]
+        states = [e["state"] for e in _events(c, via, job["id"]) if e["kind"] == "state"]
+        assert states.count("preparing") == 1 and states.count("running") == 1, states
+    assert set(ran_on) == set(HOSTS), ran_on  # every worker took part
+
+
+def test_a_pinned_job_runs_on_its_host_only(cluster) -> None:  # noqa: F811
+    c = cluster(3)
+    jobs = [c.submit("w1", {**_numbered(i), "on_host": HOSTS[i % 3]}) for i in range(9)]
+    for i, job in enumerate(jobs):
+        final = c.wait("w3", job["id"], TERMINAL)
+        assert final["host"] == HOSTS[i % 3], final
+    # a host the cluster has never seen is refused at submit, not queued forever
+    status, _, body = c["w1"].request(
+        "POST",
+        "/api/v1/jobs",
+        b'{"packages": ["bash"], "command": ["true"], "on_host": "nowhere"}',
+        {"Content-Type": "application/json"},
+    )
+    assert status == 400 and b"no host 'nowhere'" in body, body
+
+
+def test_a_pinned_job_waits_for_its_host(cluster) -> None:  # noqa: F811
+    c = cluster(2)
+    c.kill("w2")
+    job = c.submit("w1", {**_numbered(7), "on_host": "w2"})
+    time.sleep(1.5)  # w1 is free all along: it must leave the job alone
+    assert c.job("w1", job["id"])["state"] == "queued"
+    c.start("w2")
+    assert c.wait("w1", job["id"], TERMINAL)["host"] == "w2"
+
+
+def test_logs_follow_from_another_host(cluster) -> None:  # noqa: F811
+    c = cluster(2)
+    job = c.submit("w1", {**_numbered(0, lines=400), "on_host": "w2"})
+    out = c["w1"].cli("logs", str(job["id"]), "-f", "--stream", "stdout")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.decode().splitlines() == [f"0 {i}" for i in range(1, 401)]
+
+
+def test_cancel_reaches_the_job_on_another_worker(cluster) -> None:  # noqa: F811
+    c = cluster(2)
+    marker = f"{int(time.time() * 1000) % 100000 + 200000}"
+    job = c.submit(
+        "w1",
+        {"packages": ["bash", "coreutils"], "command": ["sleep", marker], "on_host": "w2"},
+    )
+    c.wait("w1", job["id"], {"running"})
+    assert processes_with(marker)
+    started = time.monotonic()
+    out = c["w1"].cli("cancel", str(job["id"]))
+    assert out.returncode == 0, out.stderr
+    final = c.job("w2", job["id"])
+    assert final["state"] == "cancelled" and final["host"] == "w2", final
+    assert "cancelled by" in (final["reason"] or "")
+    wait_until(lambda: not processes_with(marker), wait=30)
+    assert not processes_with(marker)
+    print(f"cancel across hosts took {time.monotonic() - started:.2f} s")
+
+
+def test_kill_9_of_a_worker_fails_its_jobs_and_its_restart_cleans_up(cluster, pg_dsn, pg) -> None:  # noqa: F811
+    c = cluster(3)
+    marker = f"{int(time.time() * 1000) % 100000 + 300000}"
+    job = c.submit(
+        "w1",
+        {"packages": ["bash", "coreutils"], "command": ["sleep", marker], "on_host": "w3",
+         "memory": "128M"},
+    )  # fmt: skip
+    c.wait("w1", job["id"], {"running"})
+    [(cell_id,)] = pg.query(pg_dsn, "SELECT cell_id FROM jobs WHERE id = %s", (job["id"],))
+    assert cell_id and cgroups_of(cell_id)
+    c.kill("w3")
+    lost = c.wait("w1", job["id"], TERMINAL, wait=60)
+    assert (lost["state"], lost["reason"], lost["host"]) == ("error", "host lost", "w3"), lost
+    other = c.submit("w2", _numbered(10))  # the others keep working meanwhile
+    assert c.wait("w2", other["id"], TERMINAL)["exit_code"] == 0
+    c.start("w3")  # the restarted worker cleans its leftovers: cgroups, processes, job dir
+    wait_until(lambda: not processes_with(marker) and not cgroups_of(cell_id), wait=60)
+    assert not processes_with(marker) and not cgroups_of(cell_id)
+    assert not os.path.lexists(os.path.join(c["w3"].state_dir, "jobs", str(job["id"])))
+    again = c.submit("w1", {**_numbered(3), "on_host": "w3"})  # and it works again
+    assert c.wait("w1", again["id"], TERMINAL)["exit_code"] == 3
+
+
+def test_a_job_with_retry_runs_again_elsewhere_when_its_host_is_lost(cluster) -> None:  # noqa: F811
+    c = cluster(2)
+    marker = f"{int(time.time() * 1000) % 100000 + 400000}"
+    job = c.submit(
+        "w1", {"packages": ["bash", "coreutils"], "command": ["sleep", marker], "retry": 1}
+    )
+    first = c.wait("w1", job["id"], {"running"})
+    loser = first["host"]
+    winner = "w2" if loser == "w1" else "w1"
+    c.kill(loser)
+    again = wait_until(
+        lambda: (j := c.job(winner, job["id"]))["state"] == "running" and j["host"] == winner and j,
+        wait=60,
+    )
+    assert again, c.job(winner, job["id"])
+    events = [e for e in _events(c, winner, job["id"]) if e["kind"] == "state"]
+    assert any("requeued" in (e["detail"] or "") for e in events), events
+    c[winner].cli("cancel", str(job["id"]))
+
+
+def test_a_worker_whose_database_connections_drop_loses_and_doubles_nothing(cluster, pg) -> None:  # noqa: F811
+    c = cluster(2)
+    ids = [c.submit(HOSTS[n % 2], _numbered(n))["id"] for n in range(40)]
+    for _ in range(3):
+        pg.terminate_connections()  # every client connection of the test database
+        time.sleep(0.3)
+    ids += [c.submit(HOSTS[n % 2], _numbered(n))["id"] for n in range(40, 80)]
+    done = wait_until(
+        lambda: all(c.job("w1", i)["state"] in TERMINAL for i in ids), wait=300, every=0.2
+    )
+    assert done
+    for n, job_id in enumerate(ids):
+        job = c.job("w2", job_id)
+        assert job["exit_code"] == n % 5, job
+        assert _stdout(c, "w1", job_id) == [f"{n} {i}" for i in (1, 2, 3)]
+        states = [e["state"] for e in _events(c, "w1", job_id) if e["kind"] == "state"]
+        assert states.count("running") == 1, states
+
+
+def test_an_upload_received_by_one_host_runs_on_another_and_artifacts_come_back(
+    cluster,  # noqa: F811
+    tmp_path,
+) -> None:
+    c = cluster(2)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "in.txt").write_text("from the upload\n")
+    out = c["w1"].cli(
+        "submit", "--upload", str(src), "--on-host", "w2", "-p", "bash", "-p", "coreutils",
+        "--follow", "--", "bash", "-c", "cat in.txt; echo made > out.txt",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.decode().strip() == "from the upload"
+    job = _all_jobs(c, "w1")[0]
+    assert job["host"] == "w2"
+    for via in ("w1", "w2"):
+        status, _, body = c[via].request("GET", f"/api/v1/jobs/{job['id']}/artifacts")
+        assert status == 200, body
+        with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+            names = {m.name.lstrip("./") for m in tar.getmembers()}
+            assert {"in.txt", "out.txt"} <= names, names
+
+
+def test_jobs_lists_this_hosts_jobs_unless_all_hosts(cluster) -> None:  # noqa: F811
+    c = cluster(2)
+    a = c.submit("w1", {**_numbered(0), "on_host": "w1"})
+    b = c.submit("w1", {**_numbered(0), "on_host": "w2"})
+    for job in (a, b):
+        c.wait("w1", job["id"], TERMINAL)
+    listed = {j["id"]: j["host"] for j in json.loads(c["w2"].cli("jobs", "--json").stdout)}
+    assert listed == {b["id"]: "w2"}, listed
+    every = json.loads(c["w2"].cli("jobs", "--json", "--all-hosts").stdout)
+    assert {j["id"]: j["host"] for j in every} == {a["id"]: "w1", b["id"]: "w2"}
+
+
+def test_serve_refuses_a_newer_schema_in_one_line(cluster, pg_dsn, pg) -> None:  # noqa: F811
+    c = cluster(1)
+    c["w1"].stop()
+    pg.execute(pg_dsn, "UPDATE schema_version SET version = version + 1")
+    daemon = c["w1"]
+    proc = subprocess.run(daemon.argv(), capture_output=True, timeout=120)
+    assert proc.returncode != 0
+    err = proc.stderr.decode().strip().splitlines()
+    assert "Traceback" not in proc.stderr.decode(), err
+    assert any("schema version" in line and "newer nixcell" in line for line in err), err
