@@ -31,6 +31,7 @@ from nixcell.jobs.storeparts import (
     check_limits,
     check_state,
     check_stream,
+    check_text,
     count,
     cut,
     encode_request,
@@ -141,6 +142,8 @@ class SqliteStore:
     # -- jobs -------------------------------------------------------------------------------
 
     def create(self, owner: str, owner_name: str, request: dict[str, Any]) -> Job:
+        check_text(owner, "job owner")
+        check_text(owner_name, "job owner name")
         now = time.time()
         body = encode_request(self._sealer, request)
         with self._tx() as conn:
@@ -207,6 +210,8 @@ class SqliteStore:
         cell_id: str | None = None,
     ) -> Job | None:
         check_state(state)
+        check_text(reason, "job reason")
+        check_text(cell_id, "cell id")
         expected = sorted({check_state(s) for s in expect})
         if not expected:
             return None
@@ -273,6 +278,8 @@ class SqliteStore:
     # -- events -----------------------------------------------------------------------------
 
     def add_event(self, job_id: int, kind: str, detail: str | None = None) -> Event:
+        check_text(kind, "event kind")
+        check_text(detail, "event detail")
         now = time.time()
         with self._tx() as conn:
             cur = conn.execute("UPDATE jobs SET event_seq = event_seq + 1 WHERE id = ?", (job_id,))

@@ -126,6 +126,20 @@ def where(clauses: Sequence[str]) -> str:
     return f" WHERE {' AND '.join(clauses)}" if clauses else ""
 
 
+def check_text(value: str | None, what: str) -> str | None:
+    """A text field both databases store as it is: no NUL (PostgreSQL's TEXT cannot hold one),
+    no lone surrogate (not UTF-8)."""
+    if value is None:
+        return None
+    if "\x00" in value:
+        raise StateError(f"{what} cannot be stored: it contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise StateError(f"{what} cannot be stored: it is not valid UTF-8") from None
+    return value
+
+
 def check_state(state: str) -> str:
     if state not in STATES:
         raise StateError(f"unknown job state {state!r} (one of {', '.join(STATES)})")
