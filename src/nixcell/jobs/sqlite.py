@@ -23,19 +23,29 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from nixcell.errors import StateError
-from nixcell.jobs import dbfile, sealing
-from nixcell.jobs.model import ACTIVE, STATES, STREAMS, TERMINAL, Event, Job, LogLine
-from nixcell.jobs.store import TRUNCATED
+from nixcell.jobs import dbfile, sealing, storeparts
+from nixcell.jobs.model import ACTIVE, STATES, TERMINAL, Event, Job, LogLine
+from nixcell.jobs.storeparts import (
+    CUT,
+    JOB_COLUMNS,
+    check_limits,
+    check_state,
+    check_stream,
+    check_text,
+    count,
+    cut,
+    encode_request,
+    filters,
+    hidden_body,
+    plan_logs,
+    where,
+)
 
 log = logging.getLogger(__name__)
 
-CUT = " [cut]"  # the visible end of a line cut at ``line_limit`` bytes
-_IDLE = 8  # pooled connections kept open
+__all__ = ["CUT", "SqliteStore"]
 
-_JOB_COLUMNS = (
-    "id, owner, owner_name, request, state, created, started, finished, exit_code, reason, "
-    "host, cell_id, log_seq, log_dropped"
-)
+_IDLE = 8  # pooled connections kept open
 
 
 def _wal(conn: sqlite3.Connection, wait: float = 30.0) -> None:
@@ -58,10 +68,7 @@ class SqliteStore:
     (``sealing.py``): ``Job.request`` has them while the job may still run, then ``<secret>``."""
 
     def __init__(self, path: str, *, log_limit: int = 100_000, line_limit: int = 16384) -> None:
-        if log_limit < 0:
-            raise StateError(f"log limit must be 0 or more, not {log_limit}")
-        if line_limit <= len(CUT.encode()):
-            raise StateError(f"line limit must be more than {len(CUT)} bytes, not {line_limit}")
+        check_limits(log_limit, line_limit)
         self.path = os.path.abspath(path)
         self.log_limit = log_limit
         self.line_limit = line_limit
@@ -135,11 +142,10 @@ class SqliteStore:
     # -- jobs -------------------------------------------------------------------------------
 
     def create(self, owner: str, owner_name: str, request: dict[str, Any]) -> Job:
+        check_text(owner, "job owner")
+        check_text(owner_name, "job owner name")
         now = time.time()
-        try:  # strict JSON (no NaN): what PostgreSQL's json type takes too
-            body = json.dumps(self._sealer.seal(request), sort_keys=True, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise StateError(f"job request cannot be stored: {exc}") from None
+        body = encode_request(self._sealer, request)
         with self._tx() as conn:
             cur = conn.execute(
                 "INSERT INTO jobs (owner, owner_name, request, state, created, event_seq) "
@@ -161,7 +167,7 @@ class SqliteStore:
             return self._get(conn, job_id)
 
     def _get(self, conn: sqlite3.Connection, job_id: int) -> Job | None:
-        row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return self._job(row) if row else None
 
     def list(
@@ -172,24 +178,24 @@ class SqliteStore:
         limit: int = 100,
         before: int | None = None,
     ) -> list[Job]:
-        where, args = _filters(owner=owner, states=states)
+        clauses, args = filters(owner=owner, states=states)
         if before is not None:
-            where.append("id < ?")
+            clauses.append("id < ?")
             args.append(before)
-        return self._select(where, args, "id DESC LIMIT ?", _count(limit, "limit"))
+        return self._select(clauses, args, "id DESC LIMIT ?", count(limit, "limit"))
 
     def queued(self) -> list[Job]:
-        return self._select(*_filters(states=["queued"]), "id")
+        return self._select(*filters(states=["queued"]), "id")
 
     def unfinished(self) -> list[Job]:
-        return self._select(*_filters(states=ACTIVE), "id")
+        return self._select(*filters(states=ACTIVE), "id")
 
     def expired(self, finished_before: float) -> list[Job]:
-        where, args = _filters(states=TERMINAL)
-        return self._select([*where, "finished < ?"], [*args, finished_before], "id")
+        clauses, args = filters(states=TERMINAL)
+        return self._select([*clauses, "finished < ?"], [*args, finished_before], "id")
 
-    def _select(self, where: list[str], args: list[Any], order: str, *more: Any) -> list[Job]:
-        sql = f"SELECT {_JOB_COLUMNS} FROM jobs{_where(where)} ORDER BY {order}"
+    def _select(self, clauses: list[str], args: list[Any], order: str, *more: Any) -> list[Job]:
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs{where(clauses)} ORDER BY {order}"
         with self._conn() as conn:
             return [self._job(row) for row in conn.execute(sql, [*args, *more])]
 
@@ -203,8 +209,10 @@ class SqliteStore:
         exit_code: int | None = None,
         cell_id: str | None = None,
     ) -> Job | None:
-        _check_state(state)
-        expected = sorted({_check_state(s) for s in expect})
+        check_state(state)
+        check_text(reason, "job reason")
+        check_text(cell_id, "cell id")
+        expected = sorted({check_state(s) for s in expect})
         if not expected:
             return None
         now = time.time()
@@ -231,10 +239,9 @@ class SqliteStore:
             seq, body = conn.execute(
                 "SELECT event_seq, request FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
-            if state in TERMINAL:  # it will not run again: its secrets go, even sealed
-                hidden = json.dumps(sealing.hide(json.loads(body)), sort_keys=True)
-                if hidden != body:
-                    conn.execute("UPDATE jobs SET request = ? WHERE id = ?", (hidden, job_id))
+            hidden = hidden_body(body) if state in TERMINAL else None
+            if hidden is not None:  # it will not run again: its secrets go, even sealed
+                conn.execute("UPDATE jobs SET request = ? WHERE id = ?", (hidden, job_id))
             conn.execute(
                 "INSERT INTO events (job_id, seq, time, kind, state, detail) "
                 "VALUES (?, ?, ?, 'state', ?, ?)",
@@ -264,13 +271,15 @@ class SqliteStore:
             rows = conn.execute(
                 "SELECT state, finished - started FROM jobs WHERE finished IS NOT NULL AND "
                 "started IS NOT NULL ORDER BY finished DESC LIMIT ?",
-                (_count(limit, "limit"),),
+                (count(limit, "limit"),),
             ).fetchall()
         return [(state, max(0.0, seconds)) for state, seconds in rows]
 
     # -- events -----------------------------------------------------------------------------
 
     def add_event(self, job_id: int, kind: str, detail: str | None = None) -> Event:
+        check_text(kind, "event kind")
+        check_text(detail, "event detail")
         now = time.time()
         with self._tx() as conn:
             cur = conn.execute("UPDATE jobs SET event_seq = event_seq + 1 WHERE id = ?", (job_id,))
@@ -295,7 +304,7 @@ class SqliteStore:
     # -- logs -------------------------------------------------------------------------------
 
     def append_logs(self, job_id: int, lines: Sequence[tuple[str, str]]) -> int:
-        rows = [(_check_stream(stream), self._cut(text)) for stream, text in lines]
+        rows = [(check_stream(stream), cut(text, self.line_limit)) for stream, text in lines]
         now = time.time()
         with self._tx(durable=False) as conn:
             row = conn.execute(
@@ -303,44 +312,23 @@ class SqliteStore:
             ).fetchone()
             if row is None:
                 raise StateError(f"no job {job_id}")
-            seq, dropped = row
+            plan = plan_logs(row[0], row[1], rows, self.log_limit)
             if not rows:
-                return seq
-            if not dropped:
-                kept = rows[: max(0, self.log_limit - seq)]
-                conn.executemany(
-                    "INSERT INTO logs (job_id, seq, time, stream, text) VALUES (?, ?, ?, ?, ?)",
-                    [(job_id, seq + i, now, s, t) for i, (s, t) in enumerate(kept, 1)],
-                )
-                seq += len(kept)
-                if len(kept) < len(rows):  # the bound is reached: the marker is the last line
-                    dropped = len(rows) - len(kept)
-                    seq += 1
-                    conn.execute(
-                        "INSERT INTO logs (job_id, seq, time, stream, text) "
-                        "VALUES (?, ?, ?, 'system', ?)",
-                        (job_id, seq, now, TRUNCATED.format(dropped=dropped)),
-                    )
-            else:
-                dropped += len(rows)
+                return plan.seq
+            conn.executemany(
+                "INSERT INTO logs (job_id, seq, time, stream, text) VALUES (?, ?, ?, ?, ?)",
+                [(job_id, seq, now, s, t) for seq, s, t in plan.rows],
+            )
+            if plan.marker is not None:
                 conn.execute(
                     "UPDATE logs SET text = ? WHERE job_id = ? AND seq = ?",
-                    (TRUNCATED.format(dropped=dropped), job_id, seq),
+                    (plan.marker, job_id, plan.seq),
                 )
             conn.execute(
                 "UPDATE jobs SET log_seq = ?, log_dropped = ? WHERE id = ?",
-                (seq, dropped, job_id),
+                (plan.seq, plan.dropped, job_id),
             )
-        return seq
-
-    def _cut(self, text: str) -> str:
-        """The line as stored: valid UTF-8 (lone surrogates replaced), at most ``line_limit``
-        bytes, a cut one ending in ``CUT``."""
-        data = text.encode("utf-8", "replace")
-        if len(data) <= self.line_limit:
-            return data.decode("utf-8")
-        keep = data[: self.line_limit - len(CUT.encode())]
-        return keep.decode("utf-8", "ignore") + CUT  # "ignore": a char split by the cut goes
+        return plan.seq
 
     def logs(
         self,
@@ -351,86 +339,22 @@ class SqliteStore:
         tail: int | None = None,
         limit: int = 10000,
     ) -> list[LogLine]:
-        where = ["job_id = ?", "seq > ?"]
+        clauses = ["job_id = ?", "seq > ?"]
         args: list[Any] = [job_id, after]
         if streams is not None:
-            chosen = sorted({_check_stream(s) for s in streams})
+            chosen = sorted({check_stream(s) for s in streams})
             if not chosen:
                 return []
-            where.append(f"stream IN ({', '.join('?' * len(chosen))})")
+            clauses.append(f"stream IN ({', '.join('?' * len(chosen))})")
             args.extend(chosen)
-        sql = f"SELECT job_id, seq, time, stream, text FROM logs{_where(where)}"
+        sql = f"SELECT job_id, seq, time, stream, text FROM logs{where(clauses)}"
         if tail is not None:
             sql = f"SELECT * FROM ({sql} ORDER BY seq DESC LIMIT ?) AS last"
-            args.append(_count(tail, "tail"))
+            args.append(count(tail, "tail"))
         sql += " ORDER BY seq LIMIT ?"
-        args.append(_count(limit, "limit"))
+        args.append(count(limit, "limit"))
         with self._conn() as conn:
             return [LogLine(*row) for row in conn.execute(sql, args)]
 
     def _job(self, row: Sequence[Any]) -> Job:
-        return _job(row, self._sealer.unseal(json.loads(row[3]), row[0]))
-
-
-# -- helpers ------------------------------------------------------------------------------------
-
-
-def _job(row: Sequence[Any], request: dict[str, Any]) -> Job:
-    (job_id, owner, owner_name, _, state, created, started, finished, exit_code, reason,
-     host, cell_id, log_seq, log_dropped) = row  # fmt: skip
-    return Job(
-        id=job_id,
-        owner=owner,
-        owner_name=owner_name,
-        request=request,
-        state=state,
-        created=created,
-        started=started,
-        finished=finished,
-        exit_code=exit_code,
-        reason=reason,
-        host=host,
-        cell_id=cell_id,
-        log_lines=log_seq,
-        log_truncated=log_dropped > 0,
-    )
-
-
-def _filters(
-    *, owner: str | None = None, states: Iterable[str] | None = None
-) -> tuple[list[str], list[Any]]:
-    where: list[str] = []
-    args: list[Any] = []
-    if owner is not None:
-        where.append("owner = ?")
-        args.append(owner)
-    if states is not None:
-        chosen = sorted({_check_state(s) for s in states})
-        if not chosen:
-            where.append("0 = 1")  # an empty choice selects nothing (not everything)
-        else:
-            where.append(f"state IN ({', '.join('?' * len(chosen))})")
-            args.extend(chosen)
-    return where, args
-
-
-def _where(clauses: Sequence[str]) -> str:
-    return f" WHERE {' AND '.join(clauses)}" if clauses else ""
-
-
-def _check_state(state: str) -> str:
-    if state not in STATES:
-        raise StateError(f"unknown job state {state!r} (one of {', '.join(STATES)})")
-    return state
-
-
-def _check_stream(stream: str) -> str:
-    if stream not in STREAMS:
-        raise StateError(f"unknown log stream {stream!r} (one of {', '.join(STREAMS)})")
-    return stream
-
-
-def _count(value: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise StateError(f"{what} must be a whole number, 0 or more, not {value!r}")
-    return value
+        return storeparts.job(row, self._sealer.unseal(json.loads(row[3]), row[0]))

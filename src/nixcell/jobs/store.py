@@ -1,7 +1,8 @@
 """The job store interface: jobs, their events and their log lines.
 
-``sqlite.py`` implements it for one host (WAL); the scale-out issue puts PostgreSQL behind the
-same methods, so nothing above this layer knows which database it talks to. Every method is
+``sqlite.py`` implements it for one host (WAL); ``pgstore.py`` puts PostgreSQL behind the same
+methods (and the ``ClusterStore`` ones of several hosts), so nothing above this layer knows which
+database it talks to. Every method is
 synchronous and short; the service calls them from a worker thread when it must not block.
 
 Durability: ``create`` returns only once the job is committed (a submit answered with an id is
@@ -11,8 +12,8 @@ another; a cancelled job does not become running).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from nixcell.jobs.model import Event, Job, LogLine
 
@@ -88,3 +89,86 @@ class JobStore(Protocol):
         """(state, seconds from started to finished) of recent finished jobs (metrics)."""
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ClusterStore(JobStore, Protocol):
+    """A ``JobStore`` shared by several job hosts (``pgstore.PgStore``): the service claims from
+    it instead of its in-memory queue whenever a store has these (``store.cluster`` is True).
+    Times are the database's clock; every change is NOTIFYed (``listen``)."""
+
+    cluster: bool
+
+    def create(
+        self,
+        owner: str,
+        owner_name: str,
+        request: dict[str, Any],
+        *,
+        target: str | None = None,  # only this host takes it (``--on-host``); None: any host
+        closure_key: str | None = None,  # the closure hint (hash of packages + nixpkgs)
+        retries: int = 0,  # re-runs allowed after its host was lost (idempotent jobs)
+    ) -> Job: ...
+
+    def transition(
+        self,
+        job_id: int,
+        state: str,
+        *,
+        expect: Iterable[str],
+        reason: str | None = None,
+        exit_code: int | None = None,
+        cell_id: str | None = None,
+        host: str | None = None,  # the job must be claimed by this host (a host moves its own)
+    ) -> Job | None: ...
+
+    def claim(
+        self,
+        host: str,
+        *,
+        per_user: int | None = None,
+        prefer_after: float = 5.0,
+        live_within: float = 30.0,
+    ) -> Job | None:
+        """In one transaction: the next queued job ``host`` may run (target None or ``host``),
+        by cluster-wide fairness (owner with the fewest preparing/running jobs, then smallest
+        id; owners at ``per_user`` skipped; a job whose closure only another live host has
+        waits ``prefer_after`` s for it), locked SKIP LOCKED, moved to ``preparing`` on
+        ``host`` (attempts + 1, event, NOTIFY). None when there is none."""
+
+    def heartbeat(
+        self, host: str, *, concurrency: int, running: int, closure: str | None = None
+    ) -> None:
+        """Upsert the host's row (seen = the database's clock; ``closure`` added to its recent
+        closure keys)."""
+
+    def hosts(self) -> list[dict[str, Any]]:
+        """Every host: name, age (s since seen), started, concurrency, running, closures."""
+
+    def reap_lost(self, timeout: float) -> list[Job]:
+        """Active jobs whose host is silent past ``timeout`` s (or unknown): re-queued while
+        attempts <= retries (event "requeued: host X lost"), else error "host lost"; cancelled
+        when a cancel was requested. Returns them as they are now."""
+
+    def request_cancel(self, job_id: int, reason: str) -> None:
+        """Record a cancel for the host running the job and NOTIFY ``c <id>``."""
+
+    def take_cancels(self, host: str) -> list[tuple[int, str]]:
+        """(job id, reason) of cancels of active jobs claimed by ``host``, each returned once."""
+
+    def put_upload(self, upload_id: str, owner: str, data: bytes) -> None: ...
+
+    def take_upload(self, upload_id: str, owner: str) -> bytes | None:
+        """The owner's upload, removed from the store (None: no such upload of theirs)."""
+
+    def drop_upload(self, upload_id: str) -> None: ...
+
+    def put_artifacts(self, job_id: int, data: bytes) -> None: ...
+
+    def get_artifacts(self, job_id: int) -> bytes | None: ...
+
+    def listen(self, callback: Callable[[str, str], None]) -> Any:
+        """Call ``callback(kind, rest)`` from a daemon thread for every NOTIFY on channel
+        ``nixcell``: ``e <job> <seq> <host|->`` an event, ``l <job> <seq>`` log lines,
+        ``q <job> <target|->`` queued, ``c <job>`` cancel requested; ``("r", "")`` after a
+        reconnect (read again: some may be missed). Returns a handle with ``stop()``."""

@@ -1,0 +1,154 @@
+"""Connections of the PostgreSQL job store: a small pool, one transaction per use, and errors
+turned into one-line ``StateError``s that never carry the DSN's password.
+
+Own pool (no psycopg_pool dependency): at most ``size`` connections open at once, idle ones
+kept; one idle for more than a second is pinged before use (a server restart or a terminated
+backend costs no caller an error); a connection that failed is dropped with every idle one (they
+most likely died together).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from nixcell.errors import StateError
+
+_PING_AFTER = 1.0  # seconds idle before a pooled connection is checked
+_WAIT = 30.0  # seconds a caller waits for a free connection
+
+
+def redact(dsn: str) -> str:
+    """The DSN as shown in messages: ``postgresql://user@host:port/db``, no password."""
+    import psycopg.conninfo
+
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(dsn)
+    except Exception:  # unparsable: show its shape without anything after "scheme://user"
+        found = re.match(r"^(postgres(?:ql)?://)([^:@/]*)", dsn)
+        return f"{found[1]}{found[2]}@…" if found else "(an unreadable DSN)"
+    user = parts.get("user")
+    host = parts.get("host") or "localhost"
+    port = parts.get("port")
+    where = f"{host}:{port}" if port else str(host)
+    return f"postgresql://{user + '@' if user else ''}{where}/{parts.get('dbname') or ''}"
+
+
+def _secrets_of(dsn: str) -> list[str]:
+    """The password in the DSN (every spelling of it) to scrub from messages."""
+    found: list[str] = []
+    with contextlib.suppress(Exception):
+        import psycopg.conninfo
+
+        password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
+        if password:
+            found.append(str(password))
+    for pattern in (r"://[^:@/]*:([^@]*)@", r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)"):
+        found.extend(m for m in re.findall(pattern, dsn) if m)
+    return sorted(set(found), key=len, reverse=True)
+
+
+class Pool:
+    def __init__(self, dsn: str, *, size: int = 8) -> None:
+        self.dsn = dsn
+        self.shown = redact(dsn)
+        self._secrets = _secrets_of(dsn)
+        self._slots = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+        self._idle: list[tuple[Any, float]] = []
+        self._closed = False
+
+    def error(self, what: str, exc: BaseException) -> StateError:
+        """A one-line StateError about ``exc``; the password never in it."""
+        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return StateError(f"job store {self.shown}: {what}: {text}")
+
+    def connect(self, *, autocommit: bool = False) -> Any:
+        import psycopg
+
+        try:
+            return psycopg.connect(self.dsn, autocommit=autocommit, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise self.error("cannot connect", exc) from None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A connection in a fresh transaction, committed at the end (rolled back on error).
+        psycopg errors become StateError; the connection goes back to the pool."""
+        import psycopg
+
+        if not self._slots.acquire(timeout=_WAIT):
+            raise StateError(f"job store {self.shown}: no free connection after {_WAIT:.0f}s")
+        try:
+            conn = self._take()
+            try:
+                yield conn
+                conn.commit()
+            except BaseException as exc:
+                broken = conn.closed or conn.broken
+                if not broken:
+                    try:
+                        conn.rollback()
+                    except psycopg.Error:
+                        broken = True
+                if broken:
+                    self._drop(conn)
+                    conn = None
+                if isinstance(exc, psycopg.Error):
+                    what = "connection lost" if broken else "query failed"
+                    raise self.error(what, exc) from None
+                raise
+            finally:
+                if conn is not None:
+                    self._give(conn)
+        finally:
+            self._slots.release()
+
+    def _take(self) -> Any:
+        import psycopg
+
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise StateError("the job store is closed")
+                conn, since = self._idle.pop() if self._idle else (None, 0.0)
+            if conn is None:
+                return self.connect()
+            if conn.closed or conn.broken:
+                continue
+            if time.monotonic() - since < _PING_AFTER:
+                return conn
+            try:  # opens the caller's transaction; nothing of theirs is lost if it fails
+                conn.execute("SELECT 1")
+                return conn
+            except psycopg.Error:
+                self._drop(conn)
+
+    def _give(self, conn: Any) -> None:
+        with self._lock:
+            if not self._closed and not conn.closed:
+                self._idle.append((conn, time.monotonic()))
+                return
+        conn.close()
+
+    def _drop(self, conn: Any) -> None:
+        """``conn`` failed: close it and every idle one (a restarted server killed them all)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for c, _ in [(conn, 0.0), *idle]:
+            with contextlib.suppress(Exception):
+                c.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
