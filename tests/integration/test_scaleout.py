@@ -32,6 +32,19 @@ def _numbered(n: int, lines: int = 3) -> dict:
     return {"packages": ["bash"], "command": ["bash", "-c", f"{body}; exit {n % 5}"]}
 
 
+def _db(dsn: str) -> str:
+    return dsn.rsplit("/", 1)[1]
+
+
+def _drop_connections(server, dsn: str) -> int:
+    rows = server.admin(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = %s AND pid <> pg_backend_pid()",
+        _db(dsn),
+    )
+    return len(rows)
+
+
 def _all_jobs(c: Workers, via: str = "w1") -> list[dict]:
     return c[via].call("GET", "/api/v1/jobs?all_hosts=1&limit=1000")["jobs"]
 
@@ -124,7 +137,11 @@ def test_cancel_reaches_the_job_on_another_worker(cluster) -> None:  # noqa: F81
     print(f"cancel across hosts took {time.monotonic() - started:.2f} s")
 
 
-def test_kill_9_of_a_worker_fails_its_jobs_and_its_restart_cleans_up(cluster, pg_dsn, pg) -> None:  # noqa: F811
+def test_kill_9_of_a_worker_fails_its_jobs_and_its_restart_cleans_up(
+    cluster,  # noqa: F811
+    pg_server,
+    pg_dsn,
+) -> None:
     c = cluster(3)
     marker = f"{int(time.time() * 1000) % 100000 + 300000}"
     job = c.submit(
@@ -133,7 +150,9 @@ def test_kill_9_of_a_worker_fails_its_jobs_and_its_restart_cleans_up(cluster, pg
          "memory": "128M"},
     )  # fmt: skip
     c.wait("w1", job["id"], {"running"})
-    [(cell_id,)] = pg.query(pg_dsn, "SELECT cell_id FROM jobs WHERE id = %s", (job["id"],))
+    [(cell_id,)] = pg_server.admin(
+        "SELECT cell_id FROM jobs WHERE id = %s", job["id"], dbname=_db(pg_dsn)
+    )
     assert cell_id and cgroups_of(cell_id)
     c.kill("w3")
     lost = c.wait("w1", job["id"], TERMINAL, wait=60)
@@ -168,11 +187,15 @@ def test_a_job_with_retry_runs_again_elsewhere_when_its_host_is_lost(cluster) ->
     c[winner].cli("cancel", str(job["id"]))
 
 
-def test_a_worker_whose_database_connections_drop_loses_and_doubles_nothing(cluster, pg) -> None:  # noqa: F811
+def test_a_worker_whose_database_connections_drop_loses_and_doubles_nothing(
+    cluster,  # noqa: F811
+    pg_server,
+    pg_dsn,
+) -> None:
     c = cluster(2)
     ids = [c.submit(HOSTS[n % 2], _numbered(n))["id"] for n in range(40)]
     for _ in range(3):
-        pg.terminate_connections()  # every client connection of the test database
+        _drop_connections(pg_server, pg_dsn)  # every client connection of the test database
         time.sleep(0.3)
     ids += [c.submit(HOSTS[n % 2], _numbered(n))["id"] for n in range(40, 80)]
     done = wait_until(
@@ -223,10 +246,10 @@ def test_jobs_lists_this_hosts_jobs_unless_all_hosts(cluster) -> None:  # noqa: 
     assert {j["id"]: j["host"] for j in every} == {a["id"]: "w1", b["id"]: "w2"}
 
 
-def test_serve_refuses_a_newer_schema_in_one_line(cluster, pg_dsn, pg) -> None:  # noqa: F811
+def test_serve_refuses_a_newer_schema_in_one_line(cluster, pg_server, pg_dsn) -> None:  # noqa: F811  # noqa: F811
     c = cluster(1)
     c["w1"].stop()
-    pg.execute(pg_dsn, "UPDATE schema_version SET version = version + 1")
+    pg_server.admin("UPDATE schema_version SET version = version + 1", dbname=_db(pg_dsn))
     daemon = c["w1"]
     proc = subprocess.run(daemon.argv(), capture_output=True, timeout=120)
     assert proc.returncode != 0

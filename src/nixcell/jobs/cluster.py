@@ -31,7 +31,8 @@ class Cluster:
     def __init__(self, service: Any, store: Any) -> None:
         self.service = service
         self.store = store
-        self.closures: list[str] = []  # closure keys this host realised lately (the hint)
+        self._realised: list[str] = []  # closure keys realised here since the last heartbeat
+        self._early: dict[int, str] = {}  # cancels taken before their job's run was made
         self._published: dict[int, int] = {}  # job id -> last event seq published here
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: Any = None
@@ -78,20 +79,41 @@ class Cluster:
                     self.host,
                     per_user=svc.config.per_user,
                     prefer_after=svc.config.closure_hint,
+                    live_within=svc.config.host_timeout,
                 )
                 if job is None:
                     return
                 if not svc.accepting:  # stop began meanwhile: back to the queue, untouched
-                    await svc.move(job.id, "queued", expect=("preparing",), reason="requeued")
+                    await self.move(job.id, "queued", expect=("preparing",), reason="requeued")
                     return
                 start(job)
+                early = self._early.pop(job.id, None)
+                if early is not None:  # its cancel came while it was being claimed
+                    self._cancel([(job.id, early)])
         finally:
             self._claiming = False
 
     def realised(self, key: str | None) -> None:
-        """A job's closure was realised here: hosts prefer jobs whose closure they hold."""
-        if key and key not in self.closures[-64:]:
-            self.closures = [*[k for k in self.closures if k != key], key][-256:]
+        """A job's closure was realised here: hosts prefer jobs whose closure they hold (sent
+        with the next heartbeats, one key each)."""
+        if key and key not in self._realised:
+            self._realised = [*self._realised, key][-64:]
+
+    def create(self, owner: str, owner_name: str, body: dict[str, Any]) -> Job:
+        from nixcell.jobs import routing
+
+        return self.store.create(
+            owner,
+            owner_name,
+            body,
+            target=routing.target(body),
+            closure_key=routing.closure_key(body),
+            retries=routing.retries(body),
+        )
+
+    async def move(self, job_id: int, state: str, *, expect: Any, **kw: Any) -> Job | None:
+        """A move of a job this host claimed (the store refuses it for another host's)."""
+        return await self.service.move(job_id, state, expect=expect, host=self.host, **kw)
 
     # -- heartbeat -------------------------------------------------------------------------
 
@@ -110,11 +132,9 @@ class Cluster:
 
     def _beat(self) -> tuple[list[Job], list[tuple[int, str]]]:
         svc = self.service
+        key = self._realised.pop(0) if self._realised else None
         self.store.heartbeat(
-            self.host,
-            concurrency=svc.config.concurrency,
-            running=svc.busy(),
-            closures=list(self.closures),
+            self.host, concurrency=svc.config.concurrency, running=svc.busy(), closure=key
         )
         lost = self.store.reap_lost(svc.config.host_timeout)
         return lost, self.store.take_cancels(self.host)
@@ -124,6 +144,10 @@ class Cluster:
             run = self.service.run_of(job_id)
             if run is not None:
                 run.cancel(reason)
+            else:  # claimed in this instant, its run not made yet: cancelled once it is
+                self._early[job_id] = reason
+                while len(self._early) > 1000:
+                    self._early.pop(next(iter(self._early)))
 
     # -- notifications ---------------------------------------------------------------------
 

@@ -147,8 +147,14 @@ class PgStore(ClusterMethods):
         states: Iterable[str] | None = None,
         limit: int = 100,
         before: int | None = None,
+        host: str | None = None,
     ) -> list[Job]:
+        """As ``JobStore.list``; ``host``: only the jobs that host claimed and the queued ones
+        it may take."""
         clauses, args = filters(owner=owner, states=states, mark="%s")
+        if host is not None:
+            clauses.append("(host = %s OR (state = 'queued' AND (target IS NULL OR target = %s)))")
+            args += [host, host]
         if before is not None:
             clauses.append("id < %s")
             args.append(before)
@@ -194,6 +200,8 @@ class PgStore(ClusterMethods):
             sets.append("started = now.t")
         if state in TERMINAL:
             sets.append("finished = now.t")
+        if state == "queued":  # back in the queue: any host may claim it again
+            sets += ["host = NULL", "started = NULL", "cell_id = NULL"]
         for column, value in (("reason", reason), ("exit_code", exit_code), ("cell_id", cell_id)):
             if value is not None:
                 sets.append(f"{column} = %s")
@@ -213,6 +221,9 @@ class PgStore(ClusterMethods):
             ).fetchone()
             if row is None:
                 return None
+            if state == "queued":
+                target = conn.execute("SELECT target FROM jobs WHERE id = %s", (job_id,)).fetchone()
+                notify(conn, f"q {job_id} {(target and target[0]) or '-'}")
             return self.record(conn, row, state, reason)
 
     def record(self, conn: Any, row: Sequence[Any], state: str, detail: str | None) -> Job:

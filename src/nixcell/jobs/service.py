@@ -211,7 +211,7 @@ class JobService(JobReads):
             workspaces=self.workspaces,
             profiles=self.profiles,
             credential_policy=self.credential_policy,
-            move=self._move,
+            move=self._move if self.cluster is None else self.cluster.move,
             decisions=self.decisions,
             shared=self.shared,
         )
@@ -296,11 +296,12 @@ class JobService(JobReads):
         self.workspaces.check(request)
         if request.workspace.upload:
             self.workspaces.check_upload(caller, request.workspace.upload)
-        job = await asyncio.to_thread(
-            self.store.create, caller.key, caller.name, request.model_dump()
-        )
+        body = request.model_dump()
         if self.cluster is None:
+            job = await asyncio.to_thread(self.store.create, caller.key, caller.name, body)
             self.queue.push(job.id, job.owner)
+        else:
+            job = await asyncio.to_thread(self.cluster.create, caller.key, caller.name, body)
         self._publish(job)
         self._wake.set()
         return job
@@ -320,7 +321,7 @@ class JobService(JobReads):
                 f"on_host: this server runs its jobs itself (host {self.config.host_name}); "
                 f"{shown_value(wanted)} is not one of its hosts"
             )
-        hosts = await asyncio.to_thread(self.store.hosts)
+        hosts = {h["name"] for h in await asyncio.to_thread(self.store.hosts)}
         if wanted not in hosts:
             known = ", ".join(sorted(hosts)) or "none"
             raise JobError(f"on_host: no host {shown_value(wanted)} in this cluster ({known})")
