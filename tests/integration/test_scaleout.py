@@ -7,6 +7,7 @@ host sees the whole cluster is part of what is tested.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -192,17 +193,39 @@ def test_a_worker_whose_database_connections_drop_loses_and_doubles_nothing(
     pg_server,
     pg_dsn,
 ) -> None:
+    import threading
+
     c = cluster(2)
     ids = [c.submit(HOSTS[n % 2], _numbered(n))["id"] for n in range(40)]
-    for _ in range(3):
-        _drop_connections(pg_server, pg_dsn)  # every client connection of the test database
-        time.sleep(0.3)
-    ids += [c.submit(HOSTS[n % 2], _numbered(n))["id"] for n in range(40, 80)]
+    stop = threading.Event()
+    dropped = []
+
+    def cut() -> None:  # every client connection of the test database, again and again
+        while not stop.wait(0.15):
+            dropped.append(_drop_connections(pg_server, pg_dsn))
+
+    cutter = threading.Thread(target=cut)
+    cutter.start()
+    try:
+        time.sleep(2)
+        more = []
+        for n in range(40, 80):  # submits while connections drop: each answered is stored
+            with contextlib.suppress(AssertionError):  # a submit refused (503) is not stored
+                more.append((n, c.submit(HOSTS[n % 2], _numbered(n))["id"]))
+        time.sleep(2)
+    finally:
+        stop.set()
+        cutter.join()
+    assert sum(dropped) > 10, dropped  # the cuts really happened
+    ids += [job_id for _, job_id in more]
+    numbers = list(range(40)) + [n for n, _ in more]
     done = wait_until(
         lambda: all(c.job("w1", i)["state"] in TERMINAL for i in ids), wait=300, every=0.2
     )
     assert done
-    for n, job_id in enumerate(ids):
+    listed = {j["id"] for j in _all_jobs(c)}
+    assert listed == set(ids), listed ^ set(ids)  # no job made that was not answered
+    for n, job_id in zip(numbers, ids, strict=True):
         job = c.job("w2", job_id)
         assert job["exit_code"] == n % 5, job
         assert _stdout(c, "w1", job_id) == [f"{n} {i}" for i in (1, 2, 3)]

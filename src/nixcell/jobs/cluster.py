@@ -23,6 +23,8 @@ from nixcell.jobs.model import Job
 log = logging.getLogger(__name__)
 
 PUBLISHED_LIMIT = 10_000  # jobs whose last published event seq is remembered (dedupe)
+ORPHAN_QUEUED = "requeued: its claim's answer was lost with the database connection"
+ORPHAN_LOST = "its end was lost with the database connection"
 
 
 class Cluster:
@@ -100,15 +102,22 @@ class Cluster:
             self._realised = [*self._realised, key][-64:]
 
     def create(self, owner: str, owner_name: str, body: dict[str, Any]) -> Job:
-        from nixcell.jobs import routing
+        """Store a submit, exactly once: asked again after a dropped connection with the same
+        submit key, the store answers the job the first ask made (if it did)."""
+        import secrets
 
-        return self.store.create(
+        from nixcell.jobs import routing
+        from nixcell.jobs.pgconn import retrying
+
+        return retrying(
+            self.store.create,
             owner,
             owner_name,
             body,
             target=routing.target(body),
             closure_key=routing.closure_key(body),
             retries=routing.retries(body),
+            submit_key=secrets.token_hex(16),
         )
 
     async def move(self, job_id: int, state: str, *, expect: Any, **kw: Any) -> Job | None:
@@ -126,9 +135,36 @@ class Cluster:
                 log.warning("heartbeat failed: %s", _line(exc))
                 continue
             for job in lost:
-                self.service.publish(job)
+                await self.service.publish(job)
             self._cancel(cancels)
+            if not self._claiming:
+                await self._orphans(set(self.service.claimed()))
             self.service.wake()
+
+    async def _orphans(self, known: set[int]) -> None:
+        """Jobs the store says this host has but it does not run: a claim or a final state
+        whose commit happened while the connection dropped (the answer never came). A
+        ``preparing`` one goes back to the queue; a ``running`` one's end was lost with the
+        connection, so it is an error (what it did is in its log)."""
+        from nixcell.jobs.model import ACTIVE
+
+        try:
+            mine = await asyncio.to_thread(
+                self.store.list, states=ACTIVE, host=self.host, limit=1000
+            )
+        except Exception as exc:
+            log.warning("could not look for orphaned jobs: %s", _line(exc))
+            return
+        if self._claiming:  # a claim began meanwhile: its job may be in the answer
+            return
+        for job in mine:
+            if job.id in known or job.host != self.host or job.id in self.service.claimed():
+                continue
+            log.warning("job %d: %s here but not run by this host: ended", job.id, job.state)
+            if job.state == "preparing":
+                await self.move(job.id, "queued", expect=("preparing",), reason=ORPHAN_QUEUED)
+            else:
+                await self.move(job.id, "error", expect=("running",), reason=ORPHAN_LOST)
 
     def _beat(self) -> tuple[list[Job], list[tuple[int, str]]]:
         svc = self.service

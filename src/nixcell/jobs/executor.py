@@ -83,6 +83,7 @@ class JobRun:
         self._tail: jobaudit.AuditTail | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.sink = LogSink(ctx.store, job.id, ctx.hub.notify, redact=_redactor(job.request))
+        self.sink.last_seq = job.log_lines  # a re-run (retry) goes on after the first's lines
 
     def start(self) -> asyncio.Task[Job | None]:
         self.task = asyncio.ensure_future(self.run())

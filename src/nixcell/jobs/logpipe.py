@@ -102,8 +102,24 @@ class LogSink:
                 return
 
     async def _write(self, lines: Sequence[tuple[str, str]]) -> None:
-        self.last_seq = await asyncio.to_thread(self.store.append_logs, self.job_id, lines)
+        self.last_seq = await asyncio.to_thread(self._append, lines)
         self.notify(self.job_id)
+
+    def _append(self, lines: Sequence[tuple[str, str]]) -> int:
+        """One batch; a store that dropped its connection (a cluster's database) is asked
+        again, unless the batch had landed before the connection went (the job's stored line
+        count moved on from ours: each line is stored once)."""
+        try:
+            return self.store.append_logs(self.job_id, lines)
+        except Exception as exc:
+            if type(exc).__name__ != "StoreUnavailable":
+                raise
+        from nixcell.jobs.pgconn import retrying
+
+        job = retrying(self.store.get, self.job_id)
+        if job is not None and job.log_lines > self.last_seq:
+            return int(job.log_lines)
+        return int(retrying(self.store.append_logs, self.job_id, lines))
 
     async def close(self) -> None:
         """Write every pending line, then stop."""

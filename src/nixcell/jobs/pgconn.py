@@ -19,6 +19,27 @@ from typing import Any
 from nixcell.errors import StateError
 
 _PING_AFTER = 1.0  # seconds idle before a pooled connection is checked
+RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0, 3.0, 5.0)  # ~12 s of a database away, then give up
+
+
+class StoreUnavailable(StateError):
+    """The database could not be reached or the connection dropped: the change may be tried
+    again (every store write that callers retry is a compare-and-set or checks what landed)."""
+
+
+def retrying(work: Any, *args: Any, **kw: Any) -> Any:
+    """``work(*args, **kw)``, tried again while the store is unavailable (a restart, a
+    dropped connection), for about ``sum(RETRY_DELAYS)`` seconds."""
+    for delay in (*RETRY_DELAYS, None):
+        try:
+            return work(*args, **kw)
+        except StoreUnavailable:
+            if delay is None:
+                raise
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 _WAIT = 30.0  # seconds a caller waits for a free connection
 
 
@@ -63,11 +84,18 @@ class Pool:
         self._closed = False
 
     def error(self, what: str, exc: BaseException) -> StateError:
-        """A one-line StateError about ``exc``; the password never in it."""
+        """A one-line StateError about ``exc``; the password never in it. A connection that
+        could not be made or dropped is ``StoreUnavailable`` (worth trying again)."""
+        import psycopg
+
         text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         for secret in self._secrets:
             text = text.replace(secret, "***")
-        return StateError(f"job store {self.shown}: {what}: {text}")
+        away = what in ("cannot connect", "connection lost") or isinstance(
+            exc, psycopg.OperationalError
+        )
+        kind = StoreUnavailable if away else StateError
+        return kind(f"job store {self.shown}: {what}: {text}")
 
     def connect(self, *, autocommit: bool = False) -> Any:
         import psycopg
@@ -84,7 +112,7 @@ class Pool:
         import psycopg
 
         if not self._slots.acquire(timeout=_WAIT):
-            raise StateError(f"job store {self.shown}: no free connection after {_WAIT:.0f}s")
+            raise StoreUnavailable(f"job store {self.shown}: no free connection after {_WAIT:.0f}s")
         try:
             conn = self._take()
             try:

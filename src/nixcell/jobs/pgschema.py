@@ -43,7 +43,8 @@ MIGRATIONS: tuple[str, ...] = (
         target TEXT,
         closure_key TEXT,
         retries INTEGER NOT NULL DEFAULT 0,
-        attempts INTEGER NOT NULL DEFAULT 0
+        attempts INTEGER NOT NULL DEFAULT 0,
+        submit_key TEXT UNIQUE
     );
     CREATE INDEX jobs_state ON jobs (state, id);
     CREATE INDEX jobs_owner ON jobs (owner, id);

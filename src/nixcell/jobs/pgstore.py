@@ -111,24 +111,38 @@ class PgStore(ClusterMethods):
         target: str | None = None,
         closure_key: str | None = None,
         retries: int = 0,
+        submit_key: str | None = None,
     ) -> Job:
         """As ``JobStore.create``; ``target``: only that host takes it (None: any host);
-        ``closure_key``: the closure hint; ``retries``: re-runs allowed after a lost host."""
+        ``closure_key``: the closure hint; ``retries``: re-runs allowed after a lost host.
+        ``submit_key``: the submit's own random key — asked again with the same key (the first
+        answer was lost with the connection) it returns the job the first ask made, never a
+        second one."""
         check_text(owner, "job owner")
         check_text(owner_name, "job owner name")
         check_text(target, "target host")
         check_text(closure_key, "closure key")
+        check_text(submit_key, "submit key")
         count(retries, "retries")
         body = encode_request(self._sealer, request)
         with self._tx() as conn:
             row = conn.execute(
                 f"WITH j AS (INSERT INTO jobs (owner, owner_name, request, state, created, "
-                f"event_seq, target, closure_key, retries) VALUES (%s, %s, %s, 'queued', {NOW}, "
-                f"1, %s, %s, %s) RETURNING *), "
+                f"event_seq, target, closure_key, retries, submit_key) VALUES (%s, %s, %s, "
+                f"'queued', {NOW}, 1, %s, %s, %s, %s) ON CONFLICT (submit_key) DO NOTHING "
+                f"RETURNING *), "
                 f"e AS (INSERT INTO events (job_id, seq, time, kind, state) "
                 f"SELECT id, 1, created, 'state', 'queued' FROM j) SELECT {JOB_COLUMNS} FROM j",
-                (owner, owner_name, body, target, closure_key, retries),
+                (owner, owner_name, body, target, closure_key, retries, submit_key),
             ).fetchone()
+            if row is None:  # this submit's first ask made it
+                row = conn.execute(
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE submit_key = %s AND owner = %s",
+                    (submit_key, owner),
+                ).fetchone()
+                if row is None:
+                    raise StateError("a job with this submit key exists already")
+                return self._job(row)
             notify(conn, f"q {row[0]} {target or '-'}", f"e {row[0]} 1 -")
         return self._job(row)
 

@@ -76,7 +76,7 @@ class JobService(JobReads):
             recovery.recover, self.store, self.workspaces, self.config, host=mine
         )
         for job in marked:
-            self._publish(job)
+            await self.publish(job)
         if self.cluster is None:
             for job in await asyncio.to_thread(self.store.queued):
                 self.queue.push(job.id, job.owner)
@@ -156,6 +156,10 @@ class JobService(JobReads):
         """Jobs this host runs or is claiming."""
         return len(self._runs) + len(self._claims)
 
+    def claimed(self) -> list[int]:
+        """Jobs this host runs or is claiming (their ids)."""
+        return [*self._runs, *self._claims]
+
     def run_of(self, job_id: int) -> JobRun | None:
         return self._runs.get(job_id)
 
@@ -164,8 +168,13 @@ class JobService(JobReads):
     ) -> Job | None:
         return await self._move(job_id, state, expect=expect, **kw)
 
-    def publish(self, job: Job) -> None:
-        self._publish(job)
+    async def publish(self, job: Job) -> None:
+        """``_publish`` off the loop's thread when the store is a database over the network."""
+        if self.cluster is None:
+            self._publish(job)
+            return
+        events = await asyncio.to_thread(self.store.events, job.id)
+        self.publish_events(job, events[-1:])
 
     def _start_some(self) -> None:
         """Reserve slots for the jobs the rule picks; each is claimed in a worker thread (a
@@ -225,11 +234,18 @@ class JobService(JobReads):
     async def _move(
         self, job_id: int, state: str, *, expect: Iterable[str], **kw: Any
     ) -> Job | None:
-        job = await asyncio.to_thread(
-            self.store.transition, job_id, state, expect=tuple(expect), **kw
-        )
+        if self.cluster is None:
+            job = await asyncio.to_thread(
+                self.store.transition, job_id, state, expect=tuple(expect), **kw
+            )
+        else:  # a compare-and-set: trying it again after a dropped connection is safe
+            from nixcell.jobs.pgconn import retrying
+
+            job = await asyncio.to_thread(
+                retrying, self.store.transition, job_id, state, expect=tuple(expect), **kw
+            )
         if job is not None:
-            self._publish(job)
+            await self.publish(job)
             if state == "running" and self.cluster is not None:
                 from nixcell.jobs.routing import closure_key
 
@@ -302,8 +318,11 @@ class JobService(JobReads):
             self.queue.push(job.id, job.owner)
         else:
             job = await asyncio.to_thread(self.cluster.create, caller.key, caller.name, body)
-        self._publish(job)
         self._wake.set()
+        try:  # stored: from here on, nothing may make the answer an error
+            await self.publish(job)
+        except Exception as exc:
+            log.warning("job %d: its queued event was not published: %s", job.id, exc)
         return job
 
     async def _queued(self) -> int:
