@@ -322,6 +322,10 @@ def _plugged(service: Service) -> list[BaseRoute]:
 async def _error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, JobError):
         return JSONResponse({"error": one_line(exc.message)}, status_code=exc.status)
+    if type(exc).__name__ == "StoreUnavailable":  # a cluster's database is away: not the caller's
+        return JSONResponse(
+            {"error": one_line(exc.message)}, status_code=503, headers={"Retry-After": "1"}
+        )
     if isinstance(exc, NixcellError):  # a check deeper down refused the request
         return JSONResponse({"error": one_line(exc.message)}, status_code=400)
     if isinstance(exc, HTTPException):

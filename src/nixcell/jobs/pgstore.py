@@ -381,3 +381,29 @@ class PgStore(ClusterMethods):
 
     def _job(self, row: Sequence[Any]) -> Job:
         return storeparts.job(row, self._sealer.unseal(json.loads(row[3]), row[0]))
+
+
+def _once_more(read: Any) -> Any:
+    """A read asked a second time when its connection turned out dead (the pool then drops
+    every idle one, so the second ask gets a fresh connection). Reads only: they change
+    nothing, so asking twice is always safe; no sleep (the API calls some on its loop)."""
+    import functools
+
+    from nixcell.jobs.pgconn import StoreUnavailable
+
+    @functools.wraps(read)
+    def again(*args: Any, **kw: Any) -> Any:
+        try:
+            return read(*args, **kw)
+        except StoreUnavailable:
+            return read(*args, **kw)
+
+    return again
+
+
+_READS = (
+    "get", "list", "queued", "unfinished", "expired", "counts", "durations", "events", "logs",
+    "hosts", "get_artifacts",
+)  # fmt: skip
+for _name in _READS:
+    setattr(PgStore, _name, _once_more(getattr(PgStore, _name)))
