@@ -205,6 +205,11 @@ class Cluster:
         if kind == "l":
             svc.hub.notify(job_id)
         elif kind == "e":
+            seq = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+            if seq is not None and seq <= self._published.get(job_id, 0):
+                return  # this host made it and published it already
+            if not svc.hub.listened(job_id):
+                return  # nobody here follows it or watches the event streams: nothing to do
             if not self._pending:
                 self._spawn(self._read_pending())
             self._pending.add(job_id)

@@ -94,6 +94,10 @@ class Hub:
             if not fut.done():
                 fut.set_result(None)
 
+    def listened(self, job_id: int) -> bool:
+        """Someone here would hear of this job's events (a follower or an event stream)."""
+        return bool(self._subs) or bool(self._waiters.get(job_id))
+
     def notify_all(self) -> None:
         """Every follower reads the store again (a cluster host missed notifications)."""
         for job_id in list(self._waiters):
