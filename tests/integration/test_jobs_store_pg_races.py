@@ -2,4 +2,4 @@
 (tests/storecontract/contract_races.py), on a real PostgreSQL."""
 
 from tests.storecontract.contract_races import *  # noqa: F403 - the contract's tests run here
-from tests.storecontract.postgres import make_store, raw  # noqa: F401 - the contract's fixtures
+from tests.storecontract.postgres import pg_make_store, pg_raw  # noqa: F401 - the contract's fixtures

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from tests.storecontract.contract_secrets import *  # noqa: F403 - the contract's tests run here
-from tests.storecontract.postgres import make_store, raw  # noqa: F401 - the contract's fixtures
+from tests.storecontract.postgres import pg_make_store, pg_raw  # noqa: F401 - the contract's fixtures
 
 from nixcell.jobs.model import JobRequest
 

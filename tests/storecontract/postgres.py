@@ -14,8 +14,8 @@ from nixcell.jobs.pgstore import PgStore
 TABLES = ("jobs", "events", "logs", "hosts", "uploads", "artifacts", "cancels")
 
 
-@pytest.fixture
-def make_store(pg_dsn: str) -> Iterator[Callable[..., PgStore]]:
+@pytest.fixture(name="make_store")
+def pg_make_store(pg_dsn: str) -> Iterator[Callable[..., PgStore]]:
     made: list[PgStore] = []
     key = [os.urandom(32)]  # one key per database, as a cluster's hosts share one
 
@@ -54,6 +54,6 @@ class PgRaw:
             self._run("UPDATE jobs SET request = %s WHERE id = %s", change(body), job_id)
 
 
-@pytest.fixture
-def raw(pg_dsn: str) -> PgRaw:
+@pytest.fixture(name="raw")
+def pg_raw(pg_dsn: str) -> PgRaw:
     return PgRaw(pg_dsn)

@@ -12,8 +12,8 @@ import pytest
 from nixcell.jobs.sqlite import SqliteStore
 
 
-@pytest.fixture
-def make_store(tmp_path: Path) -> Iterator[Callable[..., SqliteStore]]:
+@pytest.fixture(name="make_store")
+def sqlite_make_store(tmp_path: Path) -> Iterator[Callable[..., SqliteStore]]:
     path = tmp_path / "jobs.db"
     made: list[SqliteStore] = []
 
@@ -46,6 +46,6 @@ class SqliteRaw:
                 conn.execute("UPDATE jobs SET request = ? WHERE id = ?", (change(body), job_id))
 
 
-@pytest.fixture
-def raw(tmp_path: Path) -> SqliteRaw:
+@pytest.fixture(name="raw")
+def sqlite_raw(tmp_path: Path) -> SqliteRaw:
     return SqliteRaw(tmp_path / "jobs.db")

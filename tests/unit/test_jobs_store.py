@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from tests.storecontract.contract_store import *  # noqa: F403 - the contract's tests run here
-from tests.storecontract.sqlite import make_store, raw  # noqa: F401 - the contract's fixtures
+from tests.storecontract.sqlite import sqlite_make_store, sqlite_raw  # noqa: F401 - the contract's fixtures
 
 from nixcell.jobs.sqlite import SqliteStore
 

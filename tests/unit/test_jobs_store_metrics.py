@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.storecontract.contract_metrics import parse_metrics, test_the_store_feeds_render  # noqa: F401
-from tests.storecontract.sqlite import make_store  # noqa: F401 - the contract's fixture
+from tests.storecontract.sqlite import sqlite_make_store  # noqa: F401 - the contract's fixture
 
 from nixcell.jobs import metrics
 from nixcell.jobs.model import STATES, TERMINAL

@@ -2,4 +2,4 @@
 shared with PgStore)."""
 
 from tests.storecontract.contract_races import *  # noqa: F403 - the contract's tests run here
-from tests.storecontract.sqlite import make_store, raw  # noqa: F401 - the contract's fixtures
+from tests.storecontract.sqlite import sqlite_make_store, sqlite_raw  # noqa: F401 - the contract's fixtures

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from tests.storecontract.contract_secrets import *  # noqa: F403 - the contract's tests run here
-from tests.storecontract.sqlite import make_store, raw  # noqa: F401 - the contract's fixtures
+from tests.storecontract.sqlite import sqlite_make_store, sqlite_raw  # noqa: F401 - the contract's fixtures
 
 from nixcell.errors import StateError
 from nixcell.jobs.sqlite import SqliteStore
