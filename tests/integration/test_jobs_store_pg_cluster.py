@@ -229,3 +229,16 @@ def test_claims_and_creates_from_threads_of_one_store(store: PgStore) -> None:
     results = together(6, work)
     assert not [r for r in results if isinstance(r, Exception)]
     assert sorted(j for r in results for j in r) == list(range(1, 101))
+
+
+def test_a_host_finds_its_own_leftovers_not_its_peers(store: PgStore) -> None:
+    for _ in range(4):
+        store.create("u", "u", {})
+    store.claim("h1")
+    store.claim("h2")
+    store.claim("h1")
+    assert [j.id for j in store.unfinished(host="h1")] == [1, 3]
+    assert [j.id for j in store.unfinished()] == [1, 2, 3]
+    assert [j.id for j in store.list(host="h2")] == [2]
+    assert [j.id for j in store.list(host="h3")] == []
+    assert [j.id for j in store.list()] == [4, 3, 2, 1]

@@ -29,9 +29,12 @@ _J_COLUMNS = ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
 
 
 def notify(conn: Any, *payloads: str) -> None:
-    """NOTIFY channel ``nixcell``; delivered when (and only if) the transaction commits."""
-    for payload in payloads:
-        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+    """NOTIFY channel ``nixcell`` (in this order, one round trip); delivered when (and only
+    if) the transaction commits."""
+    conn.execute(
+        "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) WITH ORDINALITY AS x(p, n) ORDER BY n",
+        (CHANNEL, list(payloads)),
+    )
 
 
 class ClusterMethods:
