@@ -169,8 +169,9 @@ def _alive(conn: Any) -> bool:
     nothing unasked to a connection that does not LISTEN, but its goodbye and EOF)."""
     if conn.closed or conn.broken:
         return False
-    try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    try:  # poll, not select: a daemon's fds pass FD_SETSIZE
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN | select.POLLPRI)
+        return not poller.poll(0)
     except (OSError, ValueError):
         return False
-    return not readable
