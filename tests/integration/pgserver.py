@@ -150,8 +150,8 @@ class PgServer:
         self.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
     def terminate(self, pid: int) -> bool:
-        """pg_terminate_backend of one backend (a dropped connection, as a network cut is)."""
-        [(done,)] = self.admin("SELECT pg_terminate_backend(%s)", pid)
+        """pg_terminate_backend of one backend (a dropped connection), waiting until it is gone."""
+        [(done,)] = self.admin("SELECT pg_terminate_backend(%s, 10000)", pid)
         return bool(done)
 
     def cleanup(self) -> None:

@@ -1,30 +1,18 @@
-"""metrics.render read back by prometheus_client's own text parser (not string compares)."""
+"""metrics.render read back by prometheus_client's own text parser (not string compares); the
+store's part is tests/storecontract/contract_metrics.py (shared with PgStore)."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client.parser import text_string_to_metric_families
+from tests.storecontract.contract_metrics import parse_metrics, test_the_store_feeds_render  # noqa: F401
+from tests.storecontract.sqlite import sqlite_make_store  # noqa: F401 - the contract's fixture
 
 from nixcell.jobs import metrics
 from nixcell.jobs.model import STATES, TERMINAL
-from nixcell.jobs.sqlite import SqliteStore
-
-
-def _parse(text: str) -> dict[str, dict[tuple, float]]:
-    """{family name: {(sample name, sorted labels): value}}, with each family's type checked."""
-    found: dict[str, dict[tuple, float]] = {}
-    for family in text_string_to_metric_families(text):
-        samples = found.setdefault(f"{family.name}:{family.type}", {})
-        for s in family.samples:
-            key = (s.name, tuple(sorted(s.labels.items())))
-            assert key not in samples, f"duplicate sample {key}"
-            samples[key] = s.value
-    return found
 
 
 def test_every_family_with_its_type() -> None:
@@ -35,7 +23,7 @@ def test_every_family_with_its_type() -> None:
         {"allow": 12, "deny": 2},
         2,
     )
-    found = _parse(text)
+    found = parse_metrics(text)
     assert set(found) == {
         "nixcell_jobs:gauge",
         "nixcell_queue_length:gauge",
@@ -68,7 +56,7 @@ def test_every_family_with_its_type() -> None:
 
 
 def test_nothing_yet_is_all_zeros_and_still_parses() -> None:
-    found = _parse(metrics.render({}, 0, [], {}, 0))
+    found = parse_metrics(metrics.render({}, 0, [], {}, 0))
     assert all(v == 0 for family in found.values() for v in family.values())
     states = {dict(k[1]).get("state") for k in found["nixcell_job_duration_seconds:histogram"]}
     assert states == set(TERMINAL)
@@ -85,7 +73,7 @@ HOSTILE = {
 @pytest.mark.parametrize("name", HOSTILE.values(), ids=HOSTILE.keys())
 def test_label_values_cannot_forge_samples(name: str) -> None:
     text = metrics.render({name: 1}, 0, [(name, 1.0)], {name: 5}, 0)
-    found = _parse(text)
+    found = parse_metrics(text)
     jobs = {dict(k[1])["state"]: v for k, v in found["nixcell_jobs:gauge"].items()}
     assert jobs[name] == 1 and len(jobs) == len(STATES) + 1
     assert "forged" not in jobs
@@ -103,7 +91,9 @@ BAD_NUMBERS = {
 
 @pytest.mark.parametrize("durations", BAD_NUMBERS.values(), ids=BAD_NUMBERS.keys())
 def test_odd_numbers_still_give_a_valid_page(durations) -> None:
-    found = _parse(metrics.render({"queued": -1, "failed": True}, -2, durations, {"deny": -1}, -1))
+    found = parse_metrics(
+        metrics.render({"queued": -1, "failed": True}, -2, durations, {"deny": -1}, -1)
+    )
     hist = found["nixcell_job_duration_seconds:histogram"]
     assert all(v >= 0 and math.isfinite(v) for v in hist.values())
     assert all(v == 0 for v in found["nixcell_jobs:gauge"].values())
@@ -114,7 +104,9 @@ def test_odd_numbers_still_give_a_valid_page(durations) -> None:
     st.lists(st.tuples(st.sampled_from(sorted(TERMINAL)), st.floats(0, 1e6)), max_size=50),
 )
 def test_buckets_are_cumulative_and_end_at_the_count(durations) -> None:
-    hist = _parse(metrics.render({}, 0, durations, {}, 0))["nixcell_job_duration_seconds:histogram"]
+    hist = parse_metrics(metrics.render({}, 0, durations, {}, 0))[
+        "nixcell_job_duration_seconds:histogram"
+    ]
     for state in TERMINAL:
         buckets = sorted(
             (float(dict(k[1])["le"]), v)
@@ -124,18 +116,3 @@ def test_buckets_are_cumulative_and_end_at_the_count(durations) -> None:
         values = [v for _, v in buckets]
         assert values == sorted(values)
         assert values[-1] == sum(1 for s, _ in durations if s == state)
-
-
-def test_the_store_feeds_render(tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "j.db"))
-    for _ in range(3):
-        store.create("u", "u", {})
-    store.transition(1, "running", expect=["queued"])
-    store.transition(1, "succeeded", expect=["running"], exit_code=0)
-    text = metrics.render(store.counts(), len(store.queued()), store.durations(), {}, 0)
-    store.close()
-    found = _parse(text)
-    jobs = {dict(k[1])["state"]: v for k, v in found["nixcell_jobs:gauge"].items()}
-    assert (jobs["queued"], jobs["succeeded"]) == (2, 1)
-    hist = found["nixcell_job_duration_seconds:histogram"]
-    assert hist[("nixcell_job_duration_seconds_count", (("state", "succeeded"),))] == 1

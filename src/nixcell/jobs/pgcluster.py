@@ -29,9 +29,12 @@ _J_COLUMNS = ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
 
 
 def notify(conn: Any, *payloads: str) -> None:
-    """NOTIFY channel ``nixcell``; delivered when (and only if) the transaction commits."""
-    for payload in payloads:
-        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+    """NOTIFY channel ``nixcell`` (in this order, one round trip); delivered when (and only
+    if) the transaction commits."""
+    conn.execute(
+        "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) WITH ORDINALITY AS x(p, n) ORDER BY n",
+        (CHANNEL, list(payloads)),
+    )
 
 
 class ClusterMethods:
@@ -238,7 +241,8 @@ class ClusterMethods:
     def listen(self, callback: Callable[[str, str], None]) -> Listener:
         """Call ``callback(kind, rest)`` from a daemon thread for every NOTIFY (kind ``e``,
         ``l``, ``q`` or ``c``), and ``("r", "")`` after a reconnect (notifications may have been
-        missed: read again). Listening has begun when this returns."""
+        missed: read again). Listening has begun when this returns. (psycopg >= 3.2: its
+        ``notifies(timeout=)`` lets the thread see ``stop``.)"""
         listener = Listener(self.pool, callback)
         self._listeners.append(listener)
         return listener
@@ -280,11 +284,7 @@ class Listener:
             except Exception as exc:  # the connection dropped: reconnect, then say so
                 if self._stop.is_set():
                     return
-                log.warning(
-                    "job store %s: LISTEN connection lost: %s",
-                    self._pool.shown,
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                )
+                log.warning("%s", self._pool.error("LISTEN connection lost", exc))
                 with contextlib.suppress(Exception):
                     self._conn.close()
                 while not self._stop.wait(delay):

@@ -2,23 +2,26 @@
 turned into one-line ``StateError``s that never carry the DSN's password.
 
 Own pool (no psycopg_pool dependency): at most ``size`` connections open at once, idle ones
-kept; one idle for more than a second is pinged before use (a server restart or a terminated
-backend costs no caller an error); a connection that failed is dropped with every idle one (they
-most likely died together).
+kept. An idle connection whose socket is readable has been closed by the server (a restart, a
+terminated backend: the server says so and hangs up) and is replaced before use, so that costs no
+caller an error; one idle for long is pinged (a silent network cut). A connection that failed in
+use is dropped with every idle one (they most likely died together).
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import select
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
 from nixcell.errors import StateError
 
-_PING_AFTER = 1.0  # seconds idle before a pooled connection is checked
+_PING_AFTER = 30.0  # seconds idle before a pooled connection is pinged
 RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0, 3.0, 5.0)  # ~12 s of a database away, then give up
 
 
@@ -69,7 +72,8 @@ def _secrets_of(dsn: str) -> list[str]:
         if password:
             found.append(str(password))
     for pattern in (r"://[^:@/]*:([^@]*)@", r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)"):
-        found.extend(m for m in re.findall(pattern, dsn) if m)
+        for m in re.findall(pattern, dsn):
+            found.extend(v for v in (m, urllib.parse.unquote(m), m.strip("'")) if v)
     return sorted(set(found), key=len, reverse=True)
 
 
@@ -148,7 +152,8 @@ class Pool:
                 conn, since = self._idle.pop() if self._idle else (None, 0.0)
             if conn is None:
                 return self.connect()
-            if conn.closed or conn.broken:
+            if not _alive(conn):
+                self._close(conn)
                 continue
             if time.monotonic() - since < _PING_AFTER:
                 return conn
@@ -157,6 +162,11 @@ class Pool:
                 return conn
             except psycopg.Error:
                 self._drop(conn)
+
+    @staticmethod
+    def _close(conn: Any) -> None:
+        with contextlib.suppress(Exception):
+            conn.close()
 
     def _give(self, conn: Any) -> None:
         with self._lock:
@@ -180,3 +190,16 @@ class Pool:
         for conn, _ in idle:
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+def _alive(conn: Any) -> bool:
+    """An idle connection the server has not hung up: nothing to read on its socket (it sends
+    nothing unasked to a connection that does not LISTEN, but its goodbye and EOF)."""
+    if conn.closed or conn.broken:
+        return False
+    try:  # poll, not select: a daemon's fds pass FD_SETSIZE
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN | select.POLLPRI)
+        return not poller.poll(0)
+    except (OSError, ValueError):
+        return False

@@ -22,7 +22,7 @@ from typing import Any
 from nixcell.errors import StateError
 from nixcell.jobs import pgschema, sealing, storeparts
 from nixcell.jobs.model import ACTIVE, STATES, TERMINAL, Event, Job, LogLine
-from nixcell.jobs.pgcluster import ClusterMethods, notify
+from nixcell.jobs.pgcluster import CHANNEL, ClusterMethods, notify
 from nixcell.jobs.pgconn import Pool
 from nixcell.jobs.storeparts import (
     JOB_COLUMNS,
@@ -177,8 +177,14 @@ class PgStore(ClusterMethods):
     def queued(self) -> list[Job]:
         return self._select(*filters(states=["queued"], mark="%s"), "id")
 
-    def unfinished(self) -> list[Job]:
-        return self._select(*filters(states=ACTIVE, mark="%s"), "id")
+    def unfinished(self, host: str | None = None) -> list[Job]:
+        """As ``JobStore.unfinished``; ``host``: only that host's (what a restarted host finds
+        left of its own; the others' are its peers' to run, or ``reap_lost``'s)."""
+        clauses, args = filters(states=ACTIVE, mark="%s")
+        if host is not None:
+            clauses.append("host = %s")
+            args.append(host)
+        return self._select(clauses, args, "id")
 
     def expired(self, finished_before: float) -> list[Job]:
         clauses, args = filters(states=TERMINAL, mark="%s")
@@ -250,11 +256,18 @@ class PgStore(ClusterMethods):
             conn.execute("UPDATE jobs SET request = %s WHERE id = %s", (hidden, columns[0]))
             columns[3] = hidden
         conn.execute(
-            "INSERT INTO events (job_id, seq, time, kind, state, detail) "
-            "VALUES (%s, %s, %s, 'state', %s, %s)",
-            (columns[0], seq, now, state, detail),
+            "WITH e AS (INSERT INTO events (job_id, seq, time, kind, state, detail) "
+            "VALUES (%s, %s, %s, 'state', %s, %s)) SELECT pg_notify(%s, %s)",
+            (
+                columns[0],
+                seq,
+                now,
+                state,
+                detail,
+                CHANNEL,
+                f"e {columns[0]} {seq} {columns[10] or '-'}",
+            ),
         )
-        notify(conn, f"e {columns[0]} {seq} {columns[10] or '-'}")
         return self._job(columns)
 
     def delete(self, job_id: int) -> None:
@@ -299,10 +312,10 @@ class PgStore(ClusterMethods):
                 raise StateError(f"no job {job_id}")
             seq, now, host = row
             conn.execute(
-                "INSERT INTO events (job_id, seq, time, kind, detail) VALUES (%s, %s, %s, %s, %s)",
-                (job_id, seq, now, kind, detail),
+                "WITH e AS (INSERT INTO events (job_id, seq, time, kind, detail) "
+                "VALUES (%s, %s, %s, %s, %s)) SELECT pg_notify(%s, %s)",
+                (job_id, seq, now, kind, detail, CHANNEL, f"e {job_id} {seq} {host or '-'}"),
             )
-            notify(conn, f"e {job_id} {seq} {host or '-'}")
         return Event(job_id=job_id, seq=seq, time=now, kind=kind, detail=detail)
 
     def events(self, job_id: int, *, after: int = 0) -> list[Event]:

@@ -122,6 +122,20 @@ class ClusterStore(JobStore, Protocol):
         host: str | None = None,  # the job must be claimed by this host (a host moves its own)
     ) -> Job | None: ...
 
+    def list(
+        self,
+        *,
+        owner: str | None = None,
+        states: Iterable[str] | None = None,
+        limit: int = 100,
+        before: int | None = None,
+        host: str | None = None,  # only jobs this host claimed; None: the whole cluster's
+    ) -> list[Job]: ...
+
+    def unfinished(self, host: str | None = None) -> list[Job]:
+        """Jobs in preparing/running (``host``: only those it claimed: a restarted host's own
+        leftovers, not its peers' running jobs)."""
+
     def claim(
         self,
         host: str,
