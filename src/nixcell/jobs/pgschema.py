@@ -16,13 +16,14 @@ import logging
 from typing import Any
 
 from nixcell.errors import StateError
+from nixcell.jobs.pgroles import SECURE
 
 log = logging.getLogger(__name__)
 
 LOCK = 0x6E6978636531  # pg_advisory_xact_lock key of migrations ("nixce1")
 
 # Entry N takes version N to N+1. Append only; never edit a shipped one.
-MIGRATIONS: tuple[str, ...] = (
+MIGRATIONS: tuple[str | tuple[str, ...], ...] = (
     """
     CREATE TABLE jobs (
         id BIGSERIAL PRIMARY KEY,
@@ -92,7 +93,10 @@ MIGRATIONS: tuple[str, ...] = (
         requested DOUBLE PRECISION NOT NULL
     )
     """,
+    SECURE,  # 2: every host its own role, held to its own jobs (pgroles.py)
 )
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -101,6 +105,9 @@ def migrate(conn: Any, where: str = "the job database") -> int:
     connection, autocommit off, no transaction open); returns the version found before.
     ``where`` names the database in messages (a DSN without its password)."""
     try:
+        if _current(conn, where):  # nothing to do: no lock, no DDL (a host role may not)
+            conn.commit()
+            return SCHEMA_VERSION
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         row = conn.execute("SELECT max(version), count(*) FROM schema_version").fetchone()
@@ -111,7 +118,8 @@ def migrate(conn: Any, where: str = "the job database") -> int:
                 f"to {SCHEMA_VERSION} (use a newer nixcell)"
             )
         for n in range(found, SCHEMA_VERSION):
-            for statement in MIGRATIONS[n].split(";"):
+            step = MIGRATIONS[n]
+            for statement in step.split(";") if isinstance(step, str) else step:
                 if statement.strip():
                     conn.execute(statement)
             log.info("job store %s: schema version %d", where, n + 1)
@@ -123,3 +131,17 @@ def migrate(conn: Any, where: str = "the job database") -> int:
         raise
     conn.commit()
     return found
+
+
+def _current(conn: Any, where: str) -> bool:
+    """The schema is at this code's version (checked without DDL); a newer one is refused."""
+    if conn.execute("SELECT to_regclass('public.schema_version')").fetchone()[0] is None:
+        return False
+    row = conn.execute("SELECT max(version), count(*) FROM schema_version").fetchone()
+    found = row[0] if row[1] else 0
+    if found > SCHEMA_VERSION:
+        raise StateError(
+            f"job store {where} has schema version {found}; this nixcell knows versions up "
+            f"to {SCHEMA_VERSION} (use a newer nixcell)"
+        )
+    return found == SCHEMA_VERSION and row[1] == 1
