@@ -3,8 +3,9 @@ cancel requests, uploads, artifacts, and LISTEN/NOTIFY.
 
 A claim is one transaction: the next queued job this host may run by the cluster-wide fairness
 rule, locked ``FOR UPDATE SKIP LOCKED`` (hosts claiming at once take different jobs and never
-wait on each other), moved to ``preparing`` by the same statement. With ``per_user`` set, claims take one advisory transaction lock: two hosts
-counting an owner's running jobs at once would otherwise both start one past the cap.
+wait on each other), moved to ``preparing`` by the same statement. With ``per_user`` set,
+claims take one advisory transaction lock: two hosts counting an owner's running jobs at once
+would otherwise both start one past the cap.
 """
 
 from __future__ import annotations
