@@ -242,3 +242,18 @@ def test_a_host_finds_its_own_leftovers_not_its_peers(store: PgStore) -> None:
     assert [j.id for j in store.list(host="h2")] == [2]
     assert [j.id for j in store.list(host="h3")] == []
     assert [j.id for j in store.list()] == [4, 3, 2, 1]
+
+
+def test_a_job_another_transaction_holds_is_skipped_not_waited_for(store: PgStore, pg_dsn) -> None:
+    import psycopg
+
+    for _ in range(3):
+        store.create("a", "a", {})
+    store.create("b", "b", {})
+    with psycopg.connect(pg_dsn) as other:  # holds a's first job and b's only one
+        other.execute("SELECT id FROM jobs WHERE id IN (1, 4) FOR UPDATE")
+        assert store.claim("h1").id == 2  # the next in fairness order that is free
+        assert store.claim("h1").id == 3
+        assert store.claim("h1") is None
+    assert store.claim("h1").id == 4  # b has none running: before a's 1
+    assert store.claim("h1").id == 1

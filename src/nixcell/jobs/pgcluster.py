@@ -1,10 +1,11 @@
 """The cluster methods of ``PgStore`` (``store.ClusterStore``): claiming, heartbeats, lost hosts,
 cancel requests, uploads, artifacts, and LISTEN/NOTIFY.
 
-A claim is one statement: the next queued job this host may run by the cluster-wide fairness
+A claim is one transaction: the next queued job this host may run by the cluster-wide fairness
 rule, locked ``FOR UPDATE SKIP LOCKED`` (hosts claiming at once take different jobs and never
-wait on each other). With ``per_user`` set, claims take one advisory transaction lock: two hosts
-counting an owner's running jobs at once would otherwise both start one past the cap.
+wait on each other), moved to ``preparing`` by the same statement. With ``per_user`` set,
+claims take one advisory transaction lock: two hosts counting an owner's running jobs at once
+would otherwise both start one past the cap.
 """
 
 from __future__ import annotations
@@ -26,6 +27,45 @@ CLAIM_LOCK = 0x6E6978636532  # pg_advisory_xact_lock key of claims under a per-u
 CLOSURES = 256  # closure keys a host row keeps (most recent first)
 _NOW = "extract(epoch FROM clock_timestamp())::float8"
 _J_COLUMNS = ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+
+
+# A claim: the queued jobs this host may run (target, closure hint), fairness order (owners'
+# preparing/running jobs anywhere, then id), the first not locked by another claimer. First
+# tried on each owner's oldest eligible job only (an aggregate over the queue, then a join of a
+# few rows); when those are all taken by concurrent claimers, on every eligible job.
+_ELIGIBLE = (
+    "j.state = 'queued' AND (j.target IS NULL OR j.target = %(host)s) "
+    "AND NOT (j.closure_key IS NOT NULL AND j.created > now.t - %(prefer)s "
+    "AND j.closure_key IN (SELECT k FROM theirs) AND j.closure_key NOT IN (SELECT k FROM mine))"
+)
+_CAP = "(%(cap)s::int IS NULL OR coalesce(b.n, 0) < %(cap)s::int)"
+_FIRSTS = (
+    f"firsts AS (SELECT j.owner, min(j.id) AS id FROM jobs j, now WHERE {_ELIGIBLE} "
+    "GROUP BY j.owner), "
+    "pick AS (SELECT j.id FROM jobs j JOIN firsts f ON f.id = j.id "
+    f"LEFT JOIN busy b ON b.owner = f.owner WHERE j.state = 'queued' AND {_CAP} "
+    "ORDER BY coalesce(b.n, 0), j.id LIMIT 1 FOR UPDATE OF j SKIP LOCKED)"
+)
+_EVERY = (
+    "pick AS (SELECT j.id FROM jobs j CROSS JOIN now LEFT JOIN busy b ON b.owner = j.owner "
+    f"WHERE {_ELIGIBLE} AND {_CAP} "
+    "ORDER BY coalesce(b.n, 0), j.id LIMIT 1 FOR UPDATE OF j SKIP LOCKED)"
+)
+
+
+def _claim_sql(pick: str) -> str:
+    return (
+        f"WITH now AS MATERIALIZED (SELECT {_NOW} AS t), "
+        "busy AS MATERIALIZED (SELECT owner, count(*) AS n FROM jobs "
+        "WHERE state IN ('preparing', 'running') GROUP BY owner), "
+        "theirs AS MATERIALIZED (SELECT DISTINCT unnest(closures) AS k FROM hosts, now "
+        "WHERE name <> %(host)s AND seen >= now.t - %(live)s), "
+        "mine AS MATERIALIZED (SELECT unnest(closures) AS k FROM hosts "
+        f"WHERE name = %(host)s), {pick} "
+        "UPDATE jobs j SET state = 'preparing', host = %(host)s, "
+        "attempts = j.attempts + 1, event_seq = j.event_seq + 1 FROM pick, now "
+        f"WHERE j.id = pick.id RETURNING {_J_COLUMNS}, now.t, j.event_seq"
+    )
 
 
 def notify(conn: Any, *payloads: str) -> None:
@@ -64,29 +104,13 @@ class ClusterMethods:
         check_text(host, "host name")
         if per_user is not None:
             count(per_user, "per_user")
+        args = {"host": host, "live": live_within, "cap": per_user, "prefer": prefer_after}
         with self._tx() as conn:
             if per_user is not None:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
-            row = conn.execute(
-                f"WITH now AS (SELECT {_NOW} AS t), "
-                "busy AS (SELECT owner, count(*) AS n FROM jobs "
-                "WHERE state IN ('preparing', 'running') GROUP BY owner), "
-                "theirs AS (SELECT DISTINCT unnest(closures) AS k FROM hosts, now "
-                "WHERE name <> %(host)s AND seen >= now.t - %(live)s), "
-                "mine AS (SELECT unnest(closures) AS k FROM hosts WHERE name = %(host)s), "
-                "pick AS (SELECT j.id FROM jobs j CROSS JOIN now "
-                "LEFT JOIN busy b ON b.owner = j.owner "
-                "WHERE j.state = 'queued' AND (j.target IS NULL OR j.target = %(host)s) "
-                "AND (%(cap)s::int IS NULL OR coalesce(b.n, 0) < %(cap)s::int) "
-                "AND NOT (j.closure_key IS NOT NULL AND j.created > now.t - %(prefer)s "
-                "AND j.closure_key IN (SELECT k FROM theirs) "
-                "AND j.closure_key NOT IN (SELECT k FROM mine)) "
-                "ORDER BY coalesce(b.n, 0), j.id LIMIT 1 FOR UPDATE OF j SKIP LOCKED) "
-                "UPDATE jobs j SET state = 'preparing', host = %(host)s, "
-                "attempts = j.attempts + 1, event_seq = j.event_seq + 1 FROM pick, now "
-                f"WHERE j.id = pick.id RETURNING {_J_COLUMNS}, now.t, j.event_seq",
-                {"host": host, "live": live_within, "cap": per_user, "prefer": prefer_after},
-            ).fetchone()
+            row = conn.execute(_claim_sql(_FIRSTS), args).fetchone()
+            if row is None:  # every owner's first job locked by another claimer, or none
+                row = conn.execute(_claim_sql(_EVERY), args).fetchone()
             if row is None:
                 return None
             return self.record(conn, row, "preparing", None)
