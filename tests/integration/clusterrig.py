@@ -36,10 +36,12 @@ class Workers:
         self.key = key
         self.hosts: dict[str, Daemon] = {}
 
-    def config(self, name: str, concurrency: int = 4, extra: str = "") -> str:
+    def config(
+        self, name: str, concurrency: int = 4, extra: str = "", dsn: str | None = None
+    ) -> str:
         return (
             "[server]\n"
-            f'store = "{self.dsn}"\n'
+            f'store = "{dsn or self.dsn}"\n'
             f'store_key = "{self.key}"\n'
             f'host_name = "{name}"\n'
             f"concurrency = {concurrency}\n"
@@ -51,9 +53,15 @@ class Workers:
         )
 
     def add(
-        self, name: str, *, concurrency: int = 4, extra: str = "", start: bool = True
+        self,
+        name: str,
+        *,
+        concurrency: int = 4,
+        extra: str = "",
+        start: bool = True,
+        dsn: str | None = None,
     ) -> Daemon:
-        daemon = self._make(config=self.config(name, concurrency, extra), start=False)
+        daemon = self._make(config=self.config(name, concurrency, extra, dsn), start=False)
         self.hosts[name] = daemon
         return daemon.start() if start else daemon
 
@@ -100,7 +108,7 @@ def cluster(jobsd, pg_dsn):
 
     def make(n: int = 3, **kw: Any) -> Workers:
         workers = Workers(jobsd, pg_dsn, key)
-        for i in range(1, n + 1):
+        for i in range(1, n + 1):  # n=0: none yet (the test adds its own)
             workers.add(f"w{i}", **kw)
         made.append(workers)
         return workers

@@ -28,6 +28,7 @@ from nixcell.cli.runflags import (  # noqa: F401 - re-exported: project_cmd and 
     spec_from_flags,
 )
 from nixcell.cli.serve_cmd import serve
+from nixcell.cli.store_cmd import store
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -235,6 +236,7 @@ _register_offline()
 cli.add_command(policy)
 cli.add_command(mcp)
 cli.add_command(serve)
+cli.add_command(store)
 register_job_commands(cli)
 register_project_commands(cli)
 

@@ -164,10 +164,10 @@ def _server(f: TomlFile, table: dict[str, Any]) -> dict[str, Any]:
     beat = out.get("heartbeat", ServerConfig.heartbeat)
     if not 0.05 <= beat <= 60:
         f.fail(at("heartbeat"), "must be between 50ms and 60s")
-    if out.get("host_timeout", ServerConfig.host_timeout) < 3 * beat:
+    if out.get("host_timeout", ServerConfig.host_timeout) < max(3 * beat, 3.0):
         f.fail(
             at("host_timeout" if "host_timeout" in out else "heartbeat"),
-            "host_timeout must be at least three heartbeats",
+            "host_timeout must be at least 3s and three heartbeats",
         )
     return out
 

@@ -59,8 +59,7 @@ SECURE: tuple[str, ...] = (
         END IF;
         RETURN NEW;
     END $$""",
-    "CREATE TRIGGER jobs_guard BEFORE UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION "
-    "nixcell_guard()",
+    "CREATE TRIGGER jobs_guard BEFORE UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION nixcell_guard()",
     *(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY" for table in TABLES),
     *(f"CREATE POLICY {table}_read ON {table} FOR SELECT USING (true)" for table in TABLES),
     "CREATE POLICY jobs_submit ON jobs FOR INSERT WITH CHECK (state = 'queued' AND host IS NULL)",
@@ -68,7 +67,10 @@ SECURE: tuple[str, ...] = (
     "USING ((host IS NULL AND state = 'queued') OR host = nixcell_host() OR nixcell_lost(host)) "
     "WITH CHECK (host IS NULL OR host = nixcell_host() OR nixcell_lost(host))",
     f"CREATE POLICY jobs_remove ON jobs FOR DELETE USING (state IN {TERMINAL_SQL})",
-    "CREATE POLICY events_write ON events FOR INSERT WITH CHECK (nixcell_may_write(job_id))",
+    # a new job's first event comes in the statement that makes the job (not yet visible to
+    # nixcell_may_write); every job has its seq 1 already, so this admits no other
+    "CREATE POLICY events_write ON events FOR INSERT WITH CHECK (nixcell_may_write(job_id) "
+    "OR (seq = 1 AND kind = 'state' AND state = 'queued'))",
     "CREATE POLICY logs_write ON logs FOR INSERT WITH CHECK (nixcell_may_write(job_id))",
     "CREATE POLICY logs_mark ON logs FOR UPDATE USING (nixcell_may_write(job_id))",
     "CREATE POLICY hosts_own ON hosts FOR INSERT WITH CHECK (name = nixcell_host())",
@@ -100,8 +102,7 @@ def check_host(conn: Any, host: str | None, where: str) -> None:
     ).fetchone()
     if mapped is not None and host is not None and mapped != host:
         raise StateError(
-            f"job store {where}: this database role is host {mapped!r}'s, not {host!r} "
-            "(host_name)"
+            f"job store {where}: this database role is host {mapped!r}'s, not {host!r} (host_name)"
         )
     if mapped is None and not owner:
         raise StateError(

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from nixcell.errors import StateError
-from nixcell.jobs import pgschema, sealing, storeparts
+from nixcell.jobs import pgroles, pgschema, sealing, storeparts
 from nixcell.jobs.model import ACTIVE, STATES, TERMINAL, Event, Job, LogLine
 from nixcell.jobs.pgcluster import CHANNEL, ClusterMethods, notify
 from nixcell.jobs.pgconn import Pool
@@ -58,7 +58,9 @@ class PgStore(ClusterMethods):
         line_limit: int = 16384,
         key: bytes,
         pool_size: int = 8,
+        host: str | None = None,
     ) -> None:
+        """``host``: the host this store serves; a host role (``pgroles``) must be its own."""
         check_limits(log_limit, line_limit)
         if not isinstance(key, bytes) or len(key) != 32:
             raise StateError("the job store's sealing key must be 32 bytes")
@@ -71,9 +73,17 @@ class PgStore(ClusterMethods):
         conn = self.pool.connect()
         try:
             pgschema.migrate(conn, self.shown)
+            pgroles.check_host(conn, host, self.shown)
+            conn.commit()
         except Exception as exc:
             if isinstance(exc, StateError):
                 raise
+            if "permission denied" in str(exc) or "must be owner" in str(exc):
+                raise StateError(
+                    f"job store {self.shown}: its schema is older than this nixcell's and this "
+                    "role may not change it: run `nixcell store migrate --store URI` as the "
+                    "database's owner"
+                ) from None
             raise self.pool.error("cannot migrate", exc) from None
         finally:
             conn.close()

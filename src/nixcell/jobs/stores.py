@@ -21,7 +21,12 @@ def open_store(config: ServerConfig) -> JobStore:
         from nixcell.jobs.pgstore import PgStore
 
         assert config.store_key is not None  # load_config refuses a postgresql store without
-        return PgStore(str(store), log_limit=config.log_limit, key=load_key(config.store_key))
+        return PgStore(
+            str(store),
+            log_limit=config.log_limit,
+            key=load_key(config.store_key),
+            host=config.host_name,
+        )
     from nixcell.jobs.sqlite import SqliteStore
 
     path = store[len("sqlite:") :] if store else os.path.join(config.state_dir, "jobs.db")
