@@ -75,8 +75,9 @@ def test_any_value_of_any_flag_gets_a_plan_or_one_line_naming_the_flag(flag, cap
         out = capsys.readouterr()
         code = exit_.value.code
         assert code in (0, 1, 2), (argv, code, out.err)
-        for leak in LEAKS:
-            assert leak not in out.err, (argv, out.err)
+        for leak in LEAKS:  # (hypothesis also tries this file's own literals as values: a
+            # message that quotes the value back is not a leak of the word the value holds)
+            assert leak not in out.err.replace(value, "") or leak in value, (argv, out.err)
         if code:
             lines = [ln for ln in out.err.split("\n")[:-1] if "offline package set (host" not in ln]
             assert len(lines) == 1 and lines[0].startswith("nixcell: "), (argv, out.err)
