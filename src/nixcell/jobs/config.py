@@ -36,6 +36,7 @@ SERVER_KEYS = (
     "queue_limit", "backends", "default_backend", "profile_dir", "retention", "log_limit",
     "upload_limit", "shutdown", "shutdown_grace", "repo_schemes", "repo_cidrs", "nixpkgs",
     "hardening", "store", "store_key", "host_name", "heartbeat", "host_timeout", "closure_hint",
+    "substituters", "trusted_public_keys",
 )  # fmt: skip
 TABLES = ("server", "defaults", "maxima", "policies", "credentials", "tokens")
 
@@ -155,6 +156,8 @@ class ServerConfig:
     heartbeat: float = 1.0  # seconds between a host's heartbeats (PostgreSQL store)
     host_timeout: float = 10.0  # a host silent this long is lost: its jobs end or re-queue
     closure_hint: float = 2.0  # seconds a job waits for a host that has its closure
+    substituters: tuple[str, ...] = ()  # binary caches nix may fetch closures from (signed)
+    trusted_public_keys: tuple[str, ...] = ()  # the keys their paths must be signed with
     source: str | None = None  # the file this came from
 
     def credential(self, name: str) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grp
 import os
+import re
 from typing import Any
 
 from nixcell.errors import NixcellError, UsageError
@@ -149,6 +150,18 @@ def _server(f: TomlFile, table: dict[str, Any]) -> dict[str, Any]:
             out[key] = f.string(at(key), value)
             if not NAME.fullmatch(out[key]):
                 f.fail(at(key), "a host name is letters, digits, '_', '.', '-' (at most 64)")
+        elif key == "substituters":
+            items = f.strings(at(key), value)
+            for item in items:
+                if not re.fullmatch(r"(file|https?)://[^\s'\"\\]+", item):
+                    f.fail(at(key), f"{item!r}: a file://, http:// or https:// binary cache URL")
+            out[key] = tuple(dict.fromkeys(items))
+        elif key == "trusted_public_keys":
+            items = f.strings(at(key), value)
+            for item in items:
+                if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}:[A-Za-z0-9+/]{43}=", item):
+                    f.fail(at(key), f"{item!r}: a nix public key, NAME:BASE64 (nix key convert)")
+            out[key] = tuple(dict.fromkeys(items))
         elif key in ("heartbeat", "host_timeout", "closure_hint"):
             out[key] = f.parsed(at(key), value, parse_duration)
         elif key == "hardening":
@@ -161,6 +174,8 @@ def _server(f: TomlFile, table: dict[str, Any]) -> dict[str, Any]:
     if default not in backends:
         f.fail(at("default_backend"), f"{default!r} is not in backends ({', '.join(backends)})")
     out["default_backend"] = default
+    if out.get("substituters") and not out.get("trusted_public_keys"):
+        f.fail(at("substituters"), "needs trusted_public_keys (nix verifies what it fetches)")
     beat = out.get("heartbeat", ServerConfig.heartbeat)
     if not 0.05 <= beat <= 60:
         f.fail(at("heartbeat"), "must be between 50ms and 60s")

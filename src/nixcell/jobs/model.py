@@ -74,7 +74,9 @@ class JobRequest(BaseModel):
     interactive: bool = False
     name: str | None = None  # a label for listings
     on_host: str | None = None  # scale-out: only this host runs it (None: any host)
-    retry: int = 0  # scale-out: re-runs allowed when its host is lost (idempotent jobs only)
+    # scale-out: re-runs allowed when its host is lost (idempotent jobs only); strict: a JSON
+    # true or "3" is refused, not read as a count
+    retry: int = Field(default=0, strict=True)
 
     def shown(self) -> dict[str, Any]:
         """The request as the API shows it: secret env values replaced."""

@@ -165,6 +165,7 @@ def _paths() -> dict[str, Any]:
                     states,
                     _param("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
                     _param("all", {"enum": ["0", "1"]}),
+                    _param("all_hosts", {"enum": ["0", "1"]}),  # a cluster: every host's
                 ],
             ),
         },

@@ -177,6 +177,9 @@ class Daemon:
         from nixcell.jobs.stores import open_store
 
         private_dir(self.config.state_dir)
+        if self.config.substituters:  # the engine's nix calls read these (nix.resolve)
+            os.environ["NIXCELL_SUBSTITUTERS"] = " ".join(self.config.substituters)
+            os.environ["NIXCELL_TRUSTED_PUBLIC_KEYS"] = " ".join(self.config.trusted_public_keys)
         store = await asyncio.to_thread(open_store, self.config)
         service = JobService(self.config, store)
         self.service = service

@@ -33,7 +33,21 @@ from nixcell.nix.pins import PackageSource, _nix_string, source_for
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 3  # 2: closures record site_packages; 3: and tools
-NIX_OPTIONS = ("--option", "substituters", "")
+NIX_OPTIONS = ("--option", "substituters", "")  # nix fetches nothing (no binary cache here)
+
+
+def nix_options() -> tuple[str, ...]:
+    """``NIX_OPTIONS``, or the binary caches a job server names (``[server] substituters``,
+    passed as ``NIXCELL_SUBSTITUTERS``/``NIXCELL_TRUSTED_PUBLIC_KEYS``): a cluster host may
+    receive closures from one instead of building them. Nix checks every fetched path's
+    signature against the trusted keys (require-sigs stays on): an unsigned path is refused."""
+    caches = os.environ.get("NIXCELL_SUBSTITUTERS", "").strip()
+    if not caches:
+        return NIX_OPTIONS
+    keys = os.environ.get("NIXCELL_TRUSTED_PUBLIC_KEYS", "").strip()
+    return ("--option", "substituters", caches, "--option", "trusted-public-keys", keys)
+
+
 FLAKE_FEATURES = ("--extra-experimental-features", "nix-command flakes")
 _ATTR_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_'+-]*(\.[A-Za-z0-9_][A-Za-z0-9_'+-]*)*$")
 _STORE_PATH = re.compile(r"^(/nix/store/[0-9a-z]{32}-[^/]+)(/.*)?$")
@@ -293,7 +307,7 @@ def _nix_build(
     expr: str, gcroot: Path, *, flakes: bool, source: PackageSource, progress: Progress | None
 ) -> list[str]:
     gcroot.parent.mkdir(parents=True, exist_ok=True)
-    argv = [nix_tool("nix-build"), *NIX_OPTIONS, "--out-link", str(gcroot)]
+    argv = [nix_tool("nix-build"), *nix_options(), "--out-link", str(gcroot)]
     if flakes:
         argv += FLAKE_FEATURES
     argv += ["-E", expr]
@@ -355,7 +369,7 @@ def _known_names(source: PackageSource) -> list[str]:
         out = subprocess.run(
             [
                 nix_tool("nix-instantiate"),
-                *NIX_OPTIONS,
+                *nix_options(),
                 "--eval",
                 "--json",
                 "-E",
