@@ -171,3 +171,30 @@ def test_nix_is_told_of_binary_caches_only_with_keys(monkeypatch) -> None:
     assert nix_options() == (
         "--option", "substituters", "file:///srv/cache", "--option", "trusted-public-keys", KEY,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("given_", "server"),
+    [
+        ("build-1", "http://build-1:7878"),
+        ("build-1:9000", "http://build-1:9000"),
+        ("10.0.0.7", "http://10.0.0.7:7878"),
+        ("unix:/run/nixcell/nixcell.sock", "unix:/run/nixcell/nixcell.sock"),
+        ("http://build-1:7878", "http://build-1:7878"),
+    ],
+)
+def test_a_bare_server_name_is_that_hosts_tcp_listener(given_: str, server: str) -> None:
+    from nixcell.jobs.client import Client
+
+    assert Client(given_).server == server
+
+
+@pytest.mark.parametrize(
+    "given_", ["a b", "-x", "build-1:0", "build-1:99999", "build-1:", "[::1]", "b@h", "h/x"]
+)
+def test_a_bad_bare_server_name_is_one_line(given_: str) -> None:
+    from nixcell.jobs.client import Client, ClientError
+
+    with pytest.raises(ClientError) as caught:
+        Client(given_)
+    assert "\n" not in str(caught.value)

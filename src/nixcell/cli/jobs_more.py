@@ -61,21 +61,16 @@ def jobs(
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return 0
-    rows = [("ID", "STATE", "OWNER", "HOST", "DURATION", "NAME/COMMAND")]
-    rows += [
-        (
-            str(j["id"]),
-            j["state"],
-            _printable(j["owner"]),
-            _printable(j.get("host") or "-"),
-            _duration(j),
-            _label(j),
+    hosts = any(j.get("host") for j in found)  # a cluster's jobs: which host ran each
+    rows = [("ID", "STATE", "OWNER", *(("HOST",) if hosts else ()), "DURATION", "NAME/COMMAND")]
+    for j in found:
+        host = (_printable(j.get("host") or "-"),) if hosts else ()
+        rows.append(
+            (str(j["id"]), j["state"], _printable(j["owner"]), *host, _duration(j), _label(j))
         )
-        for j in found
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        click.echo("".join(c.ljust(w + 2) for c, w in zip(row, widths, strict=False)) + row[5])
+        click.echo("".join(c.ljust(w + 2) for c, w in zip(row, widths, strict=False)) + row[-1])
     return 0
 
 

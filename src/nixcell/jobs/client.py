@@ -43,6 +43,19 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+DEFAULT_PORT = 7878  # a bare ``--server HOST``: the port docs/scale-out.md has hosts listen on
+
+
+def _bare_host(text: str) -> str:
+    """``HOST`` or ``HOST:PORT`` (a name or an IPv4 address) -> ``http://HOST:PORT``."""
+    import re
+
+    found = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9.-]{0,252})(?::([0-9]{1,5}))?", text)
+    if not found or (found[2] and not 0 < int(found[2]) < 65536):
+        raise ClientError(f"--server {text!r}: write unix:/path, http://host:port or a host name")
+    return f"http://{found[1]}:{found[2] or DEFAULT_PORT}"
+
+
 def _token(token_file: str | None) -> str | None:
     if token_file:
         try:
@@ -67,6 +80,8 @@ class Client:
         self.server = server or os.environ.get("NIXCELL_SERVER") or f"unix:{default_socket()}"
         self.timeout = timeout
         self.token = _token(token_file)
+        if "://" not in self.server and not self.server.startswith("unix:"):
+            self.server = _bare_host(self.server)  # a cluster host's name: its TCP listener
         if self.server.startswith("unix:"):
             self.unix: str | None = self.server[5:]
             self.host = self.port = None
