@@ -9,6 +9,7 @@ user is the same 404 as a job that does not exist. ``gate.Gate`` runs first (who
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -169,7 +170,8 @@ class Api:
         limit = params.integer(query, "limit", 100, 1, 1000)
         every = params.flag(query, "all")
         hosts = params.flag(query, "all_hosts")
-        jobs = self.service.list(
+        jobs = await run_in_threadpool(  # off the loop: a cluster's store is a remote database
+            self.service.list,
             caller,
             states=states,
             limit=limit,
@@ -181,8 +183,8 @@ class Api:
     async def show(self, request: Request) -> Response:
         caller = caller_of(request)
         params.query(request, set())
-        job = self.service.get(caller, params.job_id(request))
-        events = self._events(caller, job.id)
+        job = await run_in_threadpool(self.service.get, caller, params.job_id(request))
+        events = await run_in_threadpool(self._events, caller, job.id)
         code = self.exit_code_of(caller)
         return JSONResponse(
             {"job": self.shown(caller, job), "events": [event_json(e, code(e)) for e in events]}
@@ -209,9 +211,13 @@ class Api:
         tail = params.integer(query, "tail", None, 0, 1_000_000)
         streams = params.choices(query, "stream", STREAMS)
         follow = bool(params.flag(query, "follow"))
-        job = self.service.get(caller, ident)  # 404 before any stream starts
+        job = await run_in_threadpool(self.service.get, caller, ident)  # 404 before a stream
         if not follow:
-            lines = self.service.logs(caller, ident, after=after, tail=tail, streams=streams)
+            lines = await run_in_threadpool(
+                functools.partial(
+                    self.service.logs, caller, ident, after=after, tail=tail, streams=streams
+                )
+            )
             return JSONResponse(
                 {"lines": [line_json(x) for x in lines], "truncated": job.log_truncated}
             )
@@ -221,7 +227,9 @@ class Api:
                 raise JobError("Last-Event-ID must be a log line's seq")
             after = max(after, int(resume))
         if tail is not None:  # start from the last N lines, then follow
-            last = self.service.logs(caller, ident, tail=tail, streams=streams)
+            last = await run_in_threadpool(
+                functools.partial(self.service.logs, caller, ident, tail=tail, streams=streams)
+            )
             after = max(after, last[0].seq - 1) if last else after
         items = self.service.follow(caller, ident, after=after, streams=streams)
         stream = event_stream(items, self.closing, self.exit_code_of(caller))
@@ -237,7 +245,7 @@ class Api:
     async def audit(self, request: Request) -> Response:
         caller = caller_of(request)
         params.query(request, set())
-        decisions = self.service.audit(caller, params.job_id(request))
+        decisions = await run_in_threadpool(self.service.audit, caller, params.job_id(request))
         return JSONResponse({"decisions": list(decisions)})
 
     async def artifacts(self, request: Request) -> Response:

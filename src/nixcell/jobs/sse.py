@@ -44,6 +44,24 @@ def frame(kind: str, data: dict[str, Any], ident: int | None = None) -> str:
     return f"{head}event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
+DRAIN = 1.0  # seconds a stream still forwards what its source had to say once shutdown began
+
+
+async def _drained(queue: asyncio.Queue[Any]) -> AsyncIterator[list[Any]]:
+    """At shutdown: what the source still delivers within ``DRAIN`` s (the followers were
+    woken by the service's stop and read their job's last lines and final state)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN
+    while (left := deadline - loop.time()) > 0:
+        try:
+            item = await asyncio.wait_for(queue.get(), left)
+        except TimeoutError:
+            return
+        if item is _DONE or isinstance(item, Exception):
+            return
+        yield [item]
+
+
 async def pumped(
     source: AsyncIterator[Any], closing: asyncio.Event, ping: float = PING
 ) -> AsyncIterator[list[Any]]:
@@ -73,11 +91,15 @@ async def pumped(
                 if getter not in done:
                     getter.cancel()
                     if closer in done:
+                        async for last in _drained(queue):
+                            yield last
                         return
                     yield []
                     continue
                 batch = [getter.result()]
             elif closer.done():
+                async for last in _drained(queue):
+                    yield last
                 return
             else:
                 batch = [queue.get_nowait()]

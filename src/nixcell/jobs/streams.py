@@ -32,30 +32,39 @@ async def follow_job(
     ones on a resume), then the terminal state's event last."""
     wanted = list(streams) if streams is not None else None
     seq = after
-    seen = 0 if after == 0 else _sent_before(store, job_id)
+    seen = 0 if after == 0 else await asyncio.to_thread(_sent_before, store, job_id)
     final: Event | None = None
     while True:
         waiter = hub.waiter(job_id)
-        try:
-            lines = store.logs(job_id, after=seq, streams=wanted, limit=BATCH)
+        try:  # every read off the loop: a cluster's store is a database over the network
+            lines = await asyncio.to_thread(
+                store.logs, job_id, after=seq, streams=wanted, limit=BATCH
+            )
             for line in lines:
                 seq = line.seq
                 yield line
             if len(lines) >= BATCH:
                 continue
-            job = store.get(job_id)
+            job, events = await asyncio.to_thread(_job_and_events, store, job_id, seen)
             if job is None:  # deleted (retention) while followed
                 return
-            for event in store.events(job_id, after=seen):
+            for event in events:
                 seen = event.seq
                 if _is_final(event):
                     final = terminal_event(event, job)
                 else:
                     yield event
             if job.terminal:
-                if store.logs(job_id, after=seq, streams=wanted, limit=1):
+                more = await asyncio.to_thread(
+                    store.logs, job_id, after=seq, streams=wanted, limit=1
+                )
+                if more:
                     continue
-                yield final if final is not None else _stored_final(store, job)
+                yield (
+                    final
+                    if final is not None
+                    else await asyncio.to_thread(_stored_final, store, job)
+                )
                 return
             if hub.closed:
                 return
@@ -85,6 +94,11 @@ async def job_events(
                 return
     finally:
         sub.close()
+
+
+def _job_and_events(store: JobStore, job_id: int, seen: int) -> tuple[Job | None, list[Event]]:
+    job = store.get(job_id)
+    return job, ([] if job is None else store.events(job_id, after=seen))
 
 
 def terminal_event(event: Event, job: Job) -> Event:
