@@ -16,7 +16,10 @@ from nixcell.jobs import pgschema
 from nixcell.jobs.pgstore import PgStore
 
 KEY = os.urandom(32)
-TABLES = {"jobs", "events", "logs", "hosts", "uploads", "artifacts", "cancels", "schema_version"}
+TABLES = {
+    "jobs", "events", "logs", "hosts", "uploads", "artifacts", "cancels", "schema_version",
+    "host_roles",
+}  # fmt: skip
 
 
 def _rows(dsn: str, sql: str, *args) -> list[tuple]:

@@ -50,8 +50,14 @@ class PgRaw:
         return [body for (body,) in self._run("SELECT request FROM jobs ORDER BY id")]
 
     def edit_requests(self, change: Callable[[str], str]) -> None:
-        for job_id, body in self._run("SELECT id, request FROM jobs"):
-            self._run("UPDATE jobs SET request = %s WHERE id = %s", change(body), job_id)
+        """Tampering as the database's superuser, past the guard trigger (which keeps a
+        queued job's request fixed for every role): session_replication_role skips it."""
+        import psycopg
+
+        with psycopg.connect(self.dsn) as conn:
+            conn.execute("SET session_replication_role = replica")
+            for job_id, body in conn.execute("SELECT id, request FROM jobs").fetchall():
+                conn.execute("UPDATE jobs SET request = %s WHERE id = %s", (change(body), job_id))
 
 
 @pytest.fixture(name="raw")
