@@ -77,6 +77,22 @@ def _secrets_of(dsn: str) -> list[str]:
     return sorted(set(found), key=len, reverse=True)
 
 
+def once_more(read: Any) -> Any:
+    """A read asked a second time when its connection turned out dead (the pool then drops
+    every idle one, so the second ask gets a fresh connection). Reads only: they change
+    nothing, so asking twice is always safe; no sleep (the API calls some on its loop)."""
+    import functools
+
+    @functools.wraps(read)
+    def again(*args: Any, **kw: Any) -> Any:
+        try:
+            return read(*args, **kw)
+        except StoreUnavailable:
+            return read(*args, **kw)
+
+    return again
+
+
 class Pool:
     def __init__(self, dsn: str, *, size: int = 8) -> None:
         self.dsn = dsn

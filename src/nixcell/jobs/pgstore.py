@@ -23,7 +23,7 @@ from nixcell.errors import StateError
 from nixcell.jobs import pgroles, pgschema, sealing, storeparts
 from nixcell.jobs.model import ACTIVE, STATES, TERMINAL, Event, Job, LogLine
 from nixcell.jobs.pgcluster import CHANNEL, ClusterMethods, notify
-from nixcell.jobs.pgconn import Pool
+from nixcell.jobs.pgconn import Pool, once_more
 from nixcell.jobs.storeparts import (
     JOB_COLUMNS,
     check_limits,
@@ -406,27 +406,9 @@ class PgStore(ClusterMethods):
         return storeparts.job(row, self._sealer.unseal(json.loads(row[3]), row[0]))
 
 
-def _once_more(read: Any) -> Any:
-    """A read asked a second time when its connection turned out dead (the pool then drops
-    every idle one, so the second ask gets a fresh connection). Reads only: they change
-    nothing, so asking twice is always safe; no sleep (the API calls some on its loop)."""
-    import functools
-
-    from nixcell.jobs.pgconn import StoreUnavailable
-
-    @functools.wraps(read)
-    def again(*args: Any, **kw: Any) -> Any:
-        try:
-            return read(*args, **kw)
-        except StoreUnavailable:
-            return read(*args, **kw)
-
-    return again
-
-
 _READS = (
     "get", "list", "queued", "unfinished", "expired", "counts", "durations", "events", "logs",
     "hosts", "get_artifacts",
 )  # fmt: skip
 for _name in _READS:
-    setattr(PgStore, _name, _once_more(getattr(PgStore, _name)))
+    setattr(PgStore, _name, once_more(getattr(PgStore, _name)))
