@@ -180,14 +180,17 @@ def test_take_cancels_gives_each_host_its_own_once(store: PgStore) -> None:
         store.request_cancel(99, "x")
 
 
-def test_uploads_are_taken_once_by_their_owner(store: PgStore) -> None:
+def test_uploads_are_read_by_their_owners_jobs_and_kept_until_they_expire(store: PgStore) -> None:
     data = bytes(range(256)) * 1000
     store.put_upload("up-1", "uid:1", data)
-    with pytest.raises(StateError, match="exists"):
+    with pytest.raises(StateError, match="duplicate key"):
         store.put_upload("up-1", "uid:1", b"other")
     assert store.take_upload("up-1", "uid:2") is None  # another owner's id is not theirs
+    assert not store.has_upload("up-1", "uid:2") and store.has_upload("up-1", "uid:1")
     assert store.take_upload("up-1", "uid:1") == data
-    assert store.take_upload("up-1", "uid:1") is None
+    assert store.take_upload("up-1", "uid:1") == data  # a second job (or a re-run) reads it too
+    assert store.expire_uploads(0) == 0  # younger than the hour every upload is kept
+    assert store.take_upload("up-1", "uid:1") == data
     store.put_upload("up-2", "uid:1", b"x")
     store.drop_upload("up-2")
     store.drop_upload("up-2")

@@ -13,7 +13,9 @@ heartbeat's delay.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -23,8 +25,11 @@ from nixcell.jobs.model import Job
 log = logging.getLogger(__name__)
 
 PUBLISHED_LIMIT = 10_000  # jobs whose last published event seq is remembered (dedupe)
+PENDING_LIMIT = 2048  # jobs whose events wait to be read here (more: dropped, see _notice)
 ORPHAN_QUEUED = "requeued: its claim's answer was lost with the database connection"
 ORPHAN_LOST = "its end was lost with the database connection"
+FENCED = "stopped: this host lost the job store (its jobs may run elsewhere)"
+TAKEN = "stopped: another host took the job over (this host was seen lost)"
 
 
 class Cluster:
@@ -42,6 +47,13 @@ class Cluster:
         self._claiming = False
         self._pending: set[int] = set()  # jobs another host changed, not yet read here
         self._background: set[asyncio.Task[None]] = set()
+        self._cancels: asyncio.Task[None] | None = None  # the one reader of cancel requests
+        self._cancels_again = False
+        # the heartbeat's own thread: a flood of notifications (anyone who can connect may
+        # NOTIFY) fills the default executor, and a heartbeat queued behind it would make this
+        # live host look lost
+        self._beats = concurrent.futures.ThreadPoolExecutor(1, "nixcell-heartbeat")
+        self._last_beat = 0.0
 
     @property
     def host(self) -> str:
@@ -51,7 +63,8 @@ class Cluster:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        await asyncio.to_thread(self._beat)
+        await self._loop.run_in_executor(self._beats, self._beat)
+        self._last_beat = self._loop.time()
         self._listener = self.store.listen(self._from_thread)
         self._tasks = [asyncio.ensure_future(self._heartbeats())]
 
@@ -64,6 +77,7 @@ class Cluster:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self._listener.stop)
             self._listener = None
+        self._beats.shutdown(wait=False)
 
     # -- claiming --------------------------------------------------------------------------
 
@@ -127,36 +141,59 @@ class Cluster:
     # -- heartbeat -------------------------------------------------------------------------
 
     async def _heartbeats(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.service.config.heartbeat)
             try:
-                lost, cancels = await asyncio.to_thread(self._beat)
+                lost, cancels = await loop.run_in_executor(self._beats, self._beat)
             except Exception as exc:  # the database is away: the listener reconnects
                 log.warning("heartbeat failed: %s", _line(exc))
+                self._fence(loop.time() - self._last_beat)
                 continue
+            self._last_beat = loop.time()
             for job in lost:
                 await self.service.publish(job)
             self._cancel(cancels)
             if not self._claiming:
-                await self._orphans(set(self.service.claimed()))
+                await self._reconcile(set(self.service.claimed()))
             self.service.wake()
 
-    async def _orphans(self, known: set[int]) -> None:
-        """Jobs the store says this host has but it does not run: a claim or a final state
-        whose commit happened while the connection dropped (the answer never came). A
+    def _fence(self, silent: float) -> None:
+        """This host's heartbeats have failed for most of ``host_timeout``: the others will
+        soon end or re-run its jobs (``retry``), so it stops their cells itself — a job must
+        never run on two hosts at once."""
+        if silent < 0.8 * self.service.config.host_timeout:
+            return
+        for job_id in self.service.claimed():
+            run = self.service.run_of(job_id)
+            if run is not None and run.cancel(FENCED):
+                log.warning("job %d: stopped: %s", job_id, FENCED)
+
+    async def _reconcile(self, known: set[int]) -> None:
+        """This host's jobs as the store sees them against what it runs. One it runs that the
+        store no longer gives it (another host ended or re-queued it: this host was seen lost)
+        is stopped. One the store gives it that it does not run is a claim or a final state
+        whose commit happened while the connection dropped (the answer never came): a
         ``preparing`` one goes back to the queue; a ``running`` one's end was lost with the
         connection, so it is an error (what it did is in its log)."""
         from nixcell.jobs.model import ACTIVE
 
+        limit = max(1000, 2 * self.service.config.concurrency)
         try:
-            mine = await asyncio.to_thread(
-                self.store.list, states=ACTIVE, host=self.host, limit=1000
+            mine = await asyncio.get_running_loop().run_in_executor(
+                self._beats,
+                functools.partial(self.store.list, states=ACTIVE, host=self.host, limit=limit),
             )
         except Exception as exc:
-            log.warning("could not look for orphaned jobs: %s", _line(exc))
+            log.warning("could not compare this host's jobs with the store's: %s", _line(exc))
             return
         if self._claiming:  # a claim began meanwhile: its job may be in the answer
             return
+        theirs = {job.id for job in mine}
+        for job_id in known:
+            run = self.service.run_of(job_id)
+            if job_id not in theirs and run is not None and run.cancel(TAKEN):
+                log.warning("job %d: stopped: %s", job_id, TAKEN)
         for job in mine:
             if job.id in known or job.host != self.host or job.id in self.service.claimed():
                 continue
@@ -205,22 +242,23 @@ class Cluster:
         if kind == "l":
             svc.hub.notify(job_id)
         elif kind == "e":
-            seq = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+            seq = int(fields[1]) if len(fields) > 1 and fields[1][:12].isdigit() else None
             if seq is not None and seq <= self._published.get(job_id, 0):
                 return  # this host made it and published it already
             if not svc.hub.listened(job_id):
                 return  # nobody here follows it or watches the event streams: nothing to do
             if not self._pending:
                 self._spawn(self._read_pending())
-            self._pending.add(job_id)
+            if len(self._pending) < PENDING_LIMIT:  # a flood: followers' own rereads cover it
+                self._pending.add(job_id)
         elif kind == "q":
             svc.wake()
         elif kind == "c":
-            self._spawn(self._take_cancels())
+            self._want_cancels()
         elif kind == "r":  # reconnected: whatever was missed, read it again
             svc.wake()
             svc.hub.notify_all()
-            self._spawn(self._take_cancels())
+            self._want_cancels()
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.ensure_future(work)
@@ -235,13 +273,25 @@ class Cluster:
             job_id = self._pending.pop()
             await self._events_of(job_id)
 
-    async def _take_cancels(self) -> None:
-        try:
-            cancels = await asyncio.to_thread(self.store.take_cancels, self.host)
-        except Exception as exc:
-            log.warning("could not read cancel requests: %s", _line(exc))
+    def _want_cancels(self) -> None:
+        """Read the cancel requests: one reader at a time, once more if asked meanwhile (a
+        flood of ``c`` notifications is one or two reads, not a thread each)."""
+        if self._cancels is not None and not self._cancels.done():
+            self._cancels_again = True
             return
-        self._cancel(cancels)
+        self._cancels = asyncio.ensure_future(self._take_cancels())
+
+    async def _take_cancels(self) -> None:
+        while True:
+            self._cancels_again = False
+            try:
+                cancels = await asyncio.to_thread(self.store.take_cancels, self.host)
+            except Exception as exc:
+                log.warning("could not read cancel requests: %s", _line(exc))
+                return
+            self._cancel(cancels)
+            if not self._cancels_again:
+                return
 
     async def _events_of(self, job_id: int) -> None:
         """Another host changed a job: publish what this host has not published yet."""

@@ -104,8 +104,21 @@ def store_problem(text: object) -> str | None:
 
 
 def store_shown(text: str) -> str:
-    """The store URI without its password (for logs and errors)."""
-    return re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", text)
+    """The store URI without its password (for logs and errors): in the userinfo and as a
+    ``password=`` query parameter (any case, percent-encoded or not)."""
+    from urllib.parse import unquote
+
+    text = re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", text)
+    base, sep, query = text.partition("?")
+    if not sep:
+        return text
+    query, hash_, fragment = query.partition("#")
+    pairs = []
+    for pair in query.split("&"):
+        key, eq, _ = pair.partition("=")
+        secret = unquote(key).strip().lower() in ("password", "passfile_password")
+        pairs.append(f"{key}{eq}***" if eq and secret else pair)
+    return f"{base}?{'&'.join(pairs)}{hash_}{fragment}"
 
 
 def default_socket() -> str:

@@ -122,17 +122,10 @@ class ClusterMethods:
         it now has (kept among its last ``CLOSURES``)."""
         check_text(host, "host name")
         check_text(closure, "closure key")
-        with self._tx() as conn:
+        with self._tx() as conn:  # nixcell_beat: a host role may write only its own row
             conn.execute(
-                f"INSERT INTO hosts AS h (name, seen, started, concurrency, running, closures) "
-                f"VALUES (%(host)s, {_NOW}, {_NOW}, %(conc)s, %(run)s, "
-                "CASE WHEN %(key)s::text IS NULL THEN '{}'::text[] ELSE ARRAY[%(key)s::text] END) "
-                "ON CONFLICT (name) DO UPDATE SET seen = EXCLUDED.seen, "
-                "concurrency = EXCLUDED.concurrency, running = EXCLUDED.running, "
-                "closures = CASE WHEN %(key)s::text IS NULL THEN h.closures ELSE "
-                f"(array_prepend(%(key)s::text, array_remove(h.closures, %(key)s::text)))"
-                f"[1:{CLOSURES}] END",
-                {"host": host, "conc": concurrency, "run": running, "key": closure},
+                "SELECT nixcell_beat(%s, %s::int, %s::int, %s::text)",
+                (host, concurrency, running, closure),
             )
 
     def hosts(self) -> list[dict[str, Any]]:
@@ -223,23 +216,35 @@ class ClusterMethods:
     def put_upload(self, upload_id: str, owner: str, data: bytes) -> None:
         check_text(upload_id, "upload id")
         check_text(owner, "upload owner")
+        # a plain INSERT: a host may not read the row it adds (no RETURNING, no ON CONFLICT:
+        # both need to see it); an id taken already is the primary key's one-line error
         with self._tx() as conn:
-            row = conn.execute(
-                f"INSERT INTO uploads (id, owner, created, data) VALUES (%s, %s, {_NOW}, %s) "
-                "ON CONFLICT (id) DO NOTHING RETURNING id",
+            conn.execute(
+                f"INSERT INTO uploads (id, owner, created, data) VALUES (%s, %s, {_NOW}, %s)",
                 (upload_id, owner, data),
-            ).fetchone()
-            if row is None:
-                raise StateError(f"upload {upload_id} exists already")
+            )
 
     def take_upload(self, upload_id: str, owner: str) -> bytes | None:
-        """The upload's data, removed; None when there is none of this owner's by that id."""
-        with self._tx() as conn:
+        """The upload's data (kept: several jobs, on several hosts, may use one upload, and a
+        re-queued job needs it again; ``expire_uploads`` removes old ones); None when there is
+        none of this owner's by that id."""
+        with self._conn() as conn:
             row = conn.execute(
-                "DELETE FROM uploads WHERE id = %s AND owner = %s RETURNING data",
-                (upload_id, owner),
+                "SELECT data FROM uploads WHERE id = %s AND owner = %s", (upload_id, owner)
             ).fetchone()
         return bytes(row[0]) if row else None
+
+    def has_upload(self, upload_id: str, owner: str) -> bool:
+        """Whether ``owner`` has this upload (a host may not read another's upload bytes)."""
+        with self._conn() as conn:
+            row = conn.execute("SELECT nixcell_has_upload(%s, %s)", (upload_id, owner)).fetchone()
+        return bool(row and row[0])
+
+    def expire_uploads(self, before: float) -> int:
+        """Uploads made before ``before`` (unix time, the database's clock) removed; how many."""
+        with self._tx() as conn:  # a function: a host role cannot see others' uploads
+            row = conn.execute("SELECT nixcell_expire_uploads(%s::float8)", (before,)).fetchone()
+        return int(row[0]) if row else 0
 
     def drop_upload(self, upload_id: str) -> None:
         with self._tx() as conn:

@@ -71,7 +71,17 @@ def _secrets_of(dsn: str) -> list[str]:
         password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
         if password:
             found.append(str(password))
-    for pattern in (r"://[^:@/]*:([^@]*)@", r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)"):
+    uri = dsn.startswith(("postgresql://", "postgres://"))
+    patterns = [r"://[^:@/]*:([^@]*)@"]
+    if uri:  # ?password=... (the key may be percent-encoded too): up to the next & or #
+        query = dsn.partition("?")[2].partition("#")[0]
+        for pair in query.split("&"):
+            key, eq, value = pair.partition("=")
+            if eq and urllib.parse.unquote(key).strip().lower() == "password" and value:
+                found.extend({value, urllib.parse.unquote(value)})
+    else:
+        patterns.append(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+    for pattern in patterns:
         for m in re.findall(pattern, dsn):
             found.extend(v for v in (m, urllib.parse.unquote(m), m.strip("'")) if v)
     return sorted(set(found), key=len, reverse=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import secrets
@@ -32,6 +33,8 @@ from nixcell.jobs.gitrefs import check_subpath, shown
 from nixcell.jobs.model import Caller, Job, JobRequest, Workspace
 from nixcell.jobs.treewalk import DIR_FLAGS, copy_tree
 from nixcell.quiet import suppress
+
+log = logging.getLogger(__name__)
 
 UPLOAD_LIMIT = 256 << 20
 UPLOAD_MEMBERS = 10_000
@@ -249,6 +252,11 @@ class Workspaces:
                 with suppress(NixcellError):
                     remove_tree(path)
                     uploads += meta is not None
+        if self.shared is not None:  # a cluster's uploads in the database: by age too
+            try:
+                uploads += self.shared.expire_uploads(cutoff)
+            except NixcellError as exc:
+                log.warning("could not expire the shared uploads: %s", exc)
         return {"uploads": uploads, "clones": self.cloner.gc(cutoff)}
 
 
