@@ -110,20 +110,14 @@ def migrate(conn: Any, where: str = "the job database") -> int:
             return SCHEMA_VERSION
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = conn.execute("SELECT max(version), count(*) FROM schema_version").fetchone()
-        found = row[0] if row[1] else 0
-        if found > SCHEMA_VERSION:
-            raise StateError(
-                f"job store {where} has schema version {found}; this nixcell knows versions up "
-                f"to {SCHEMA_VERSION} (use a newer nixcell)"
-            )
+        found, rows = _found(conn, where)
         for n in range(found, SCHEMA_VERSION):
             step = MIGRATIONS[n]
             for statement in step.split(";") if isinstance(step, str) else step:
                 if statement.strip():
                     conn.execute(statement)
             log.info("job store %s: schema version %d", where, n + 1)
-        if found != SCHEMA_VERSION or row[1] != 1:
+        if found != SCHEMA_VERSION or rows != 1:
             conn.execute("DELETE FROM schema_version")
             conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
     except BaseException:
@@ -137,6 +131,12 @@ def _current(conn: Any, where: str) -> bool:
     """The schema is at this code's version (checked without DDL); a newer one is refused."""
     if conn.execute("SELECT to_regclass('public.schema_version')").fetchone()[0] is None:
         return False
+    found, rows = _found(conn, where)
+    return found == SCHEMA_VERSION and rows == 1
+
+
+def _found(conn: Any, where: str) -> tuple[int, int]:
+    """(the stored version, its rows); a version newer than this code's is refused."""
     row = conn.execute("SELECT max(version), count(*) FROM schema_version").fetchone()
     found = row[0] if row[1] else 0
     if found > SCHEMA_VERSION:
@@ -144,4 +144,4 @@ def _current(conn: Any, where: str) -> bool:
             f"job store {where} has schema version {found}; this nixcell knows versions up "
             f"to {SCHEMA_VERSION} (use a newer nixcell)"
         )
-    return found == SCHEMA_VERSION and row[1] == 1
+    return found, int(row[1])
