@@ -68,7 +68,7 @@ def _run_as() -> tuple[int, int] | None:
 class PgServer:
     def __init__(self, bindir: str) -> None:
         self.bindir = bindir
-        self.top = tempfile.mkdtemp(prefix="nixcell-pg-", dir="/tmp")
+        self.top = tempfile.mkdtemp(prefix="suite-pg-", dir="/tmp")
         self.data = f"{self.top}/data"
         self.log = f"{self.top}/server.log"
         self.password = secrets.token_urlsafe(18)

@@ -31,13 +31,30 @@ END_WAIT = 60.0  # s the service may take to store the state of a job whose cell
 EARLY_INPUT = 64 * 1024  # bytes typed before the job's terminal exists that are kept
 CONTROL_LIMIT = 1024  # a text frame is a small JSON control
 INBOX = 4  # client messages taken ahead of the relay (each at most uvicorn's ws_max_size)
+LIVE: set[asyncio.Task[Any]] = set()  # attachments being served (shutdown lets them end)
+
+
+async def settle(limit: float) -> None:
+    """At shutdown, after the service stopped (every job's end is stored): let the attached
+    clients get their job's exit frame before the server closes their sockets (under load the
+    close could come first, and the client would not know how its job ended)."""
+    live = {t for t in LIVE if not t.done()}
+    if live:
+        await asyncio.wait(live, timeout=limit)
 
 
 def websocket_route(service: Service) -> WebSocketRoute:
     """The route ``api.create_app`` plugs in."""
 
     async def endpoint(ws: WebSocket) -> None:
-        await Attach(service, ws).run()
+        task = asyncio.current_task()
+        if task is not None:
+            LIVE.add(task)
+        try:
+            await Attach(service, ws).run()
+        finally:
+            if task is not None:
+                LIVE.discard(task)
 
     return WebSocketRoute(PATH, endpoint)
 

@@ -225,6 +225,9 @@ class Daemon:
             await self.service.stop()
         except Exception:
             log.exception("the service did not stop cleanly")
+        from nixcell.jobs.attach_api import settle
+
+        await settle(3.0)
         self.api.closing.set()
         self.server.should_exit = True
 
