@@ -60,8 +60,9 @@ async def follow_job(
                 )
                 if more:
                     continue
-                yield (
-                    final
+                yield (  # with the job as read now: the final event may have been read
+                    # with a job read just before it ended (no exit code yet)
+                    terminal_event(final, job)
                     if final is not None
                     else await asyncio.to_thread(_stored_final, store, job)
                 )
