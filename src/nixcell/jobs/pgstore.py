@@ -21,11 +21,12 @@ from typing import Any
 
 from nixcell.errors import StateError
 from nixcell.jobs import pgroles, pgschema, sealing, storeparts
-from nixcell.jobs.model import ACTIVE, STATES, TERMINAL, Event, Job, LogLine
+from nixcell.jobs.model import ACTIVE, TERMINAL, Event, Job, LogLine
 from nixcell.jobs.pgcluster import CHANNEL, ClusterMethods, notify
 from nixcell.jobs.pgconn import Pool, once_more
 from nixcell.jobs.storeparts import (
     JOB_COLUMNS,
+    SharedReads,
     check_limits,
     check_state,
     check_stream,
@@ -44,11 +45,12 @@ log = logging.getLogger(__name__)
 NOW = "extract(epoch FROM clock_timestamp())::float8"  # the database's clock, unix seconds
 
 
-class PgStore(ClusterMethods):
+class PgStore(ClusterMethods, SharedReads):
     """``JobStore`` (and ``ClusterStore``) in a PostgreSQL database. ``key``: the 32-byte
     sealing key of secret env values (every host of a cluster needs the same one)."""
 
     cluster = True
+    MARK = "%s"
 
     def __init__(
         self,
@@ -290,22 +292,6 @@ class PgStore(ClusterMethods):
             if row[0] not in TERMINAL:
                 raise StateError(f"job {job_id} is {row[0]}: only finished jobs are deleted")
             conn.execute("DELETE FROM jobs WHERE id = %s", (job_id,))  # the rest cascades
-
-    def counts(self) -> dict[str, int]:
-        result = dict.fromkeys(STATES, 0)
-        with self._conn() as conn:
-            for state, n in conn.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
-                result[state] = n
-        return result
-
-    def durations(self, *, limit: int = 1000) -> list[tuple[str, float]]:
-        with self._conn() as conn:
-            rows = conn.execute(
-                "SELECT state, finished - started FROM jobs WHERE finished IS NOT NULL AND "
-                "started IS NOT NULL ORDER BY finished DESC LIMIT %s",
-                (count(limit, "limit"),),
-            ).fetchall()
-        return [(state, max(0.0, seconds)) for state, seconds in rows]
 
     # -- events -----------------------------------------------------------------------------
 

@@ -24,10 +24,11 @@ from typing import Any
 
 from nixcell.errors import StateError
 from nixcell.jobs import dbfile, sealing, storeparts
-from nixcell.jobs.model import ACTIVE, STATES, TERMINAL, Event, Job, LogLine
+from nixcell.jobs.model import ACTIVE, TERMINAL, Event, Job, LogLine
 from nixcell.jobs.storeparts import (
     CUT,
     JOB_COLUMNS,
+    SharedReads,
     check_limits,
     check_state,
     check_stream,
@@ -62,7 +63,7 @@ def _wal(conn: sqlite3.Connection, wait: float = 30.0) -> None:
             time.sleep(0.01)
 
 
-class SqliteStore:
+class SqliteStore(SharedReads):
     """``JobStore`` in one SQLite file (created 0600; a symlink at the path is refused). Secret
     env values are sealed with the key in ``PATH.key`` and dropped when a job ends
     (``sealing.py``): ``Job.request`` has them while the job may still run, then ``<secret>``."""
@@ -258,22 +259,6 @@ class SqliteStore:
                 raise StateError(f"job {job_id} is {row[0]}: only finished jobs are deleted")
             for table, column in (("logs", "job_id"), ("events", "job_id"), ("jobs", "id")):
                 conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (job_id,))
-
-    def counts(self) -> dict[str, int]:
-        result = dict.fromkeys(STATES, 0)
-        with self._conn() as conn:
-            for state, n in conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
-                result[state] = n
-        return result
-
-    def durations(self, *, limit: int = 1000) -> list[tuple[str, float]]:
-        with self._conn() as conn:
-            rows = conn.execute(
-                "SELECT state, finished - started FROM jobs WHERE finished IS NOT NULL AND "
-                "started IS NOT NULL ORDER BY finished DESC LIMIT ?",
-                (count(limit, "limit"),),
-            ).fetchall()
-        return [(state, max(0.0, seconds)) for state, seconds in rows]
 
     # -- events -----------------------------------------------------------------------------
 

@@ -4,8 +4,9 @@ and how a row becomes a ``Job``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,3 +157,27 @@ def count(value: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise StateError(f"{what} must be a whole number, 0 or more, not {value!r}")
     return value
+
+
+class SharedReads:
+    """The queries both stores ask alike, mixed into each (``MARK``: its driver's placeholder;
+    ``_conn``: its pooled read connection)."""
+
+    MARK = "?"
+    _conn: Callable[[], contextlib.AbstractContextManager[Any]]
+
+    def counts(self) -> dict[str, int]:
+        result = dict.fromkeys(STATES, 0)
+        with self._conn() as conn:
+            for state, n in conn.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
+                result[state] = n
+        return result
+
+    def durations(self, *, limit: int = 1000) -> list[tuple[str, float]]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT state, finished - started FROM jobs WHERE finished IS NOT NULL AND "
+                f"started IS NOT NULL ORDER BY finished DESC LIMIT {self.MARK}",
+                (count(limit, "limit"),),
+            ).fetchall()
+        return [(state, max(0.0, seconds)) for state, seconds in rows]
