@@ -35,6 +35,7 @@ class HostFacts:
     # store modes (planstore.py): the copy's directory bound at /nix/store and its manifest's
     # stamp; whether the Nix daemon's socket is there (shared)
     store_root: str | None = None
+    nix_root: str | None = None  # a Nix root of this host's own (nix/storeroot.py)
     store_stamp: str | None = None
     daemon_socket: bool = False
     # the host network: the host's resolver config and CA bundle (real paths), when present
@@ -116,6 +117,7 @@ def gather(spec, volumes: tuple[str, ...] = (), store=None) -> HostFacts:
         from nixcell.net.tls import CertificateAuthority
 
         ca_pem = CertificateAuthority.load_or_create().cert_pem.decode()
+    from nixcell.nix.storeroot import nix_root
     from nixcell.plan import PROC_MASKED, PROC_READ_ONLY
     from nixcell.sandbox import holder
 
@@ -133,6 +135,7 @@ def gather(spec, volumes: tuple[str, ...] = (), store=None) -> HostFacts:
         checked=tuple(checked),
         stamps=tuple(stamps),
         store_root=store.root if store is not None else None,
+        nix_root=nix_root(),
         store_stamp=store.stamp if store is not None else None,
         daemon_socket=bool(daemon),
         resolv_conf=_real_file("/etc/resolv.conf") if spec.host_network else None,

@@ -174,6 +174,12 @@ class Plan:
     # the backend that runs it (sandbox/backends.py); the plan itself stays backend-neutral:
     # each backend turns these same fields into its own argv/spec, or refuses what it cannot
     backend: str = "bwrap"
+    # a Nix root of the host's own (nix/storeroot.py): closure path P is bound from nix_root + P
+    nix_root: str | None = None
+
+    def store_source(self, path: str) -> str:
+        """The host file behind the store path ``path`` (under the host's Nix root, if any)."""
+        return (self.nix_root or "") + path
 
     def host_source(self, op: MountOp) -> str | None:
         """The host path behind a bind op (a root-run cell's binds come through the stage)."""
@@ -276,9 +282,7 @@ def _render_mount(op: MountOp, fd) -> list[str]:
 # -- the planner -------------------------------------------------------------------------------
 
 
-def plan(
-    spec: CellSpec, closure: Closure, host: HostFacts, proxied_cidrs: tuple = ()
-) -> Plan:
+def plan(spec: CellSpec, closure: Closure, host: HostFacts, proxied_cidrs: tuple = ()) -> Plan:
     """Decide everything about the cell. Pure: no I/O, no clock, no randomness.
 
     ``proxied_cidrs``: the networks the compiled policy's allow rules grant (policy files
@@ -286,7 +290,7 @@ def plan(
     disk = spec.limits.disk
     profiles = tuple(spec.hardening_profiles)
     _check_disk_bounds(spec, host.volumes)
-    mounts: list[MountOp] = store_mounts(spec, closure)
+    mounts: list[MountOp] = store_mounts(spec, closure, host.nix_root)
     mounts.append(MountOp("proc", "/proc"))
     if "nested-sandbox" not in profiles:  # a covered /proc stops a nested sandbox's own /proc
         mounts += _proc_covers(host)
@@ -396,6 +400,7 @@ def plan(
         store_stamp=host.store_stamp,
         host_network=spec.host_network,
         backend=host.backend,
+        nix_root=host.nix_root,
     ).with_command(spec.command)
 
 

@@ -52,7 +52,7 @@ def stale_reason(plan: Plan) -> str | None:
         if op.kind not in ("bind", "ro-bind") or made_by_nixcell(plan, op) is not None:
             continue  # (the --disk scratch exists only in the cell's own mount namespace)
         src = plan.host_source(op)
-        if src and not src.startswith("/nix/store/") and not os.path.exists(src):
+        if src and not src.startswith(plan.store_source("/nix/store/")) and not os.path.exists(src):
             return f"mount source {src} is gone"
     return None
 

@@ -26,15 +26,31 @@ RESOLV_CONF = "/etc/resolv.conf"
 COPY_MODES = ("copy", "isolated")
 
 
-def store_mounts(spec: CellSpec, closure: Closure) -> list[MountOp]:
-    """The mount ops of the store itself (a copy's bind is ``store_binds``)."""
+def store_mounts(spec: CellSpec, closure: Closure, root: str | None = None) -> list[MountOp]:
+    """The mount ops of the store itself (a copy's bind is ``store_binds``); with a Nix root of
+    the host's own, each store path is bound from below it (nix/storeroot.py)."""
     from nixcell.plan import MountOp
 
+    check_root_mode(spec.store, root)
+    top = root or ""
     if spec.store == "closure":
-        return [MountOp("ro-bind", p, src=p) for p in sorted(closure.paths)]
+        return [MountOp("ro-bind", p, src=top + p) for p in sorted(closure.paths)]
     if spec.store in ("readonly", "shared"):
-        return [MountOp("ro-bind", STORE, src=STORE)]
+        return [MountOp("ro-bind", STORE, src=top + STORE)]
     return []
+
+
+def check_root_mode(store: str, root: str | None) -> None:
+    """Refuse a store mode that would show the machine's store instead of the Nix root's (fail
+    closed): the daemon serves the machine's store, and a copy is made from it."""
+    from nixcell.errors import SpecError
+
+    if root is not None and store not in ("closure", "readonly"):
+        why = "the daemon serves" if store == "shared" else "its copy is made from"
+        raise SpecError(
+            f"store mode {store!r} cannot take its store from the Nix root {root} ({why} the "
+            "machine's /nix/store): use store mode 'closure' or 'readonly'"
+        )
 
 
 def store_binds(spec: CellSpec, host: HostFacts) -> list[tuple[str, str, bool]]:

@@ -82,6 +82,10 @@ def prepare(
             from nixcell.net.tls import upstream_context
 
             upstream_context(spec.network.upstream_ca)
+    from nixcell.nix.storeroot import nix_root
+    from nixcell.planstore import check_root_mode
+
+    check_root_mode(spec.store, nix_root())  # (before anything is built in the root)
     packages = spec.closure_packages()
     tools = spec.closure_tools()
     frozen = None

@@ -9,8 +9,10 @@
         c.kill("w3")                          # SIGKILL; c.start("w3") brings it back
 
 Each worker is a ``jobsd.Daemon`` (its own state dir, socket and log) whose server.toml names
-the store, a host name and the sealing key every worker shares. Heartbeats are fast (0.2 s) and
-a host is lost after 3 s, so liveness tests take seconds, not minutes.
+the store, a host name and the sealing key every worker shares, and a Nix root of its own
+(``nix_root``: it starts empty, so each worker receives the closures it runs from the session's
+signed binary cache on loopback, ``nixcache.py``, and builds their envs in its own store).
+Heartbeats are fast (0.2 s) and a host is lost after 3 s, so liveness tests take seconds.
 """
 
 from __future__ import annotations
@@ -30,15 +32,19 @@ HOST_TIMEOUT = "3s"
 
 
 class Workers:
-    def __init__(self, make: Any, dsn: str, key: str) -> None:
+    def __init__(self, make: Any, dsn: str, key: str, cache: Any, roots: Any) -> None:
         self._make = make
         self.dsn = dsn
         self.key = key
+        self.cache = cache
+        self._roots = roots
+        self.roots: dict[str, str] = {}  # host name -> its Nix root
         self.hosts: dict[str, Daemon] = {}
 
     def config(
         self, name: str, concurrency: int = 4, extra: str = "", dsn: str | None = None
     ) -> str:
+        root = self.roots.setdefault(name, self._roots())
         return (
             "[server]\n"
             f'store = "{dsn or self.dsn}"\n'
@@ -49,6 +55,9 @@ class Workers:
             f'host_timeout = "{HOST_TIMEOUT}"\n'
             'closure_hint = "100ms"\n'
             'repo_schemes = ["https", "http", "file"]\n'
+            f'nix_root = "{root}"\n'
+            f'substituters = ["{self.cache.url}"]\n'
+            f'trusted_public_keys = ["{self.cache.public_key}"]\n'
             f"{extra}"
         )
 
@@ -97,7 +106,7 @@ def wait_until(check: Any, wait: float = 120, every: float = 0.05) -> Any:
 
 
 @pytest.fixture
-def cluster(jobsd, pg_dsn):
+def cluster(jobsd, pg_dsn, nix_cache, nix_roots):
     """``cluster(n) -> Workers`` with workers w1..wn started on a fresh database."""
     key_dir = Path(tempfile.mkdtemp(prefix="nixcell-cluster-key-", dir="/tmp"))
     key = str(key_dir / "store.key")
@@ -107,7 +116,7 @@ def cluster(jobsd, pg_dsn):
     made: list[Workers] = []
 
     def make(n: int = 3, **kw: Any) -> Workers:
-        workers = Workers(jobsd, pg_dsn, key)
+        workers = Workers(jobsd, pg_dsn, key, nix_cache, nix_roots)
         for i in range(1, n + 1):  # n=0: none yet (the test adds its own)
             workers.add(f"w{i}", **kw)
         made.append(workers)

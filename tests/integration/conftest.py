@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from tests.integration.backendrig import backend, backend_cell, run_captured  # noqa: F401 - fixtures
 from tests.integration.dockerd import dockerd  # noqa: F401 - the fixture
+from tests.integration.nixcache import nix_cache, nix_roots  # noqa: F401 - the fixtures
 from tests.integration.pgserver import pg_dsn, pg_server  # noqa: F401 - the fixtures
 
 

@@ -102,6 +102,45 @@ def test_a_pinned_job_runs_on_its_host_only(cluster) -> None:  # noqa: F811
     assert status == 400 and b"no host 'nowhere'" in body, body
 
 
+LIST_STORE = 'shopt -s dotglob; for f in /nix/store/*; do echo "${f##*/}"; done'
+
+
+def test_each_worker_realises_closures_in_its_own_nix_root(cluster) -> None:  # noqa: F811
+    """Every root starts empty: each host fetches the paths from the signed cache and builds the
+    env in its own store; same pin, same store paths; a cell sees its host's root only."""
+    c = cluster(3)
+    jobs = {h: c.submit("w1", {"packages": ["bash"], "command": ["bash", "-c", LIST_STORE],
+                               "on_host": h}) for h in HOSTS}  # fmt: skip
+    seen = {}
+    for host, job in jobs.items():
+        assert c.wait("w2", job["id"], TERMINAL)["state"] == "succeeded"
+        seen[host] = set(_stdout(c, "w3", job["id"]))
+    envs = {h: {n for n in names if n.endswith("-nixcell-env")} for h, names in seen.items()}
+    assert len({frozenset(e) for e in envs.values()}) == 1 and len(envs["w1"]) == 1, envs
+    env = next(iter(envs["w1"]))
+    machine = set(os.listdir("/nix/store"))
+    for host, names in seen.items():
+        root = c.roots[host]
+        assert os.path.isdir(f"{root}/nix/store/{env}"), host  # built there
+        in_root = set(os.listdir(f"{root}/nix/store"))
+        assert names <= in_root, (host, names - in_root)
+        assert "python3" not in " ".join(in_root)  # only what its jobs needed came
+    # a file planted in w2's copy of bash is seen by w2's cells only
+    bash = next(n for n in seen["w2"] if "-bash-" in n)
+    where = f"{c.roots['w2']}/nix/store/{bash}"
+    os.chmod(where, 0o755)
+    with open(f"{where}/planted", "w") as f:
+        f.write("w2-root\n")
+    os.chmod(where, 0o555)
+    show = f"echo $(<'/nix/store/{bash}/planted')"
+    read = {"packages": ["bash"], "command": ["bash", "-c", show]}
+    for host in ("w1", "w2"):
+        job = c.submit("w3", {**read, "on_host": host})
+        c.wait("w3", job["id"], TERMINAL)
+        assert (_stdout(c, "w3", job["id"]) == ["w2-root"]) == (host == "w2"), host
+    assert not os.path.exists(f"/nix/store/{bash}/planted") and bash in machine
+
+
 def test_a_pinned_job_waits_for_its_host(cluster) -> None:  # noqa: F811
     c = cluster(2)
     c.kill("w2")
@@ -286,3 +325,14 @@ def test_serve_refuses_a_newer_schema_in_one_line(cluster, pg_server, pg_dsn) ->
     err = proc.stderr.decode().strip().splitlines()
     assert "Traceback" not in proc.stderr.decode(), err
     assert any("schema version" in line and "newer nixcell" in line for line in err), err
+
+
+def test_serve_refuses_a_nix_root_others_could_write_in_one_line(cluster) -> None:  # noqa: F811
+    c = cluster(1)
+    c["w1"].stop()
+    os.chmod(c.roots["w1"], 0o777)
+    proc = subprocess.run(c["w1"].argv(), capture_output=True, timeout=120)
+    err = proc.stderr.decode()
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    assert any("Nix root" in line and "writable by group or others" in line
+               for line in err.splitlines()), err  # fmt: skip

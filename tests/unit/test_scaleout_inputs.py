@@ -123,8 +123,9 @@ def test_the_cluster_keys_are_read(tmp_path) -> None:
         '[server]\nstore = "postgresql://jobs@db/nixcell"\nstore_key = "/etc/nixcell/jobs.key"\n'
         'host_name = "build-1"\nheartbeat = "500ms"\nhost_timeout = "5s"\nclosure_hint = "1s"\n'
         f'substituters = ["file:///srv/cache", "https://cache.example"]\n'
-        f'trusted_public_keys = ["{KEY}"]\n',
+        f'trusted_public_keys = ["{KEY}"]\nnix_root = "roots/build-1"\n',
     )
+    assert config.nix_root == str(tmp_path / "roots/build-1")  # (relative: to the file's dir)
     assert (config.store, config.store_key, config.host_name) == (
         "postgresql://jobs@db/nixcell",
         "/etc/nixcell/jobs.key",
@@ -146,6 +147,15 @@ def test_the_cluster_keys_are_read(tmp_path) -> None:
         ('substituters = ["file:///srv/ca che"]', "substituters"),
         ('substituters = ["file:///srv/cache"]', "substituters"),  # no keys: never unsigned
         ('substituters = ["file:///c"]\ntrusted_public_keys = ["not a key"]', "trusted_public"),
+        (
+            'substituters = ["https://u:secret-pw@cache"]\ntrusted_public_keys = ["' + KEY + '"]',
+            "substituters",
+        ),
+        (
+            'substituters = ["https://secret-pw@cache/x"]\ntrusted_public_keys = ["' + KEY + '"]',
+            "substituters",
+        ),
+        ("nix_root = 3", "nix_root"),
     ],
 )
 def test_a_bad_cluster_key_is_one_line_naming_it(tmp_path, text: str, key: str) -> None:

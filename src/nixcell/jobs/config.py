@@ -36,7 +36,7 @@ SERVER_KEYS = (
     "queue_limit", "backends", "default_backend", "profile_dir", "retention", "log_limit",
     "upload_limit", "shutdown", "shutdown_grace", "repo_schemes", "repo_cidrs", "nixpkgs",
     "hardening", "store", "store_key", "host_name", "heartbeat", "host_timeout", "closure_hint",
-    "substituters", "trusted_public_keys",
+    "substituters", "trusted_public_keys", "nix_root",
 )  # fmt: skip
 TABLES = ("server", "defaults", "maxima", "policies", "credentials", "tokens")
 
@@ -171,6 +171,7 @@ class ServerConfig:
     closure_hint: float = 2.0  # seconds a job waits for a host that has its closure
     substituters: tuple[str, ...] = ()  # binary caches nix may fetch closures from (signed)
     trusted_public_keys: tuple[str, ...] = ()  # the keys their paths must be signed with
+    nix_root: str | None = None  # a Nix store of this host's own (nix/storeroot.py)
     source: str | None = None  # the file this came from
 
     def credential(self, name: str) -> dict[str, Any] | None:

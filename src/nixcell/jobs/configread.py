@@ -144,7 +144,7 @@ def _server(f: TomlFile, table: dict[str, Any]) -> dict[str, Any]:
             problem = store_problem(out[key])
             if problem:
                 f.fail(at(key), problem)
-        elif key == "store_key":
+        elif key in ("store_key", "nix_root"):
             out[key] = f.path_value(at(key), value)
         elif key == "host_name":
             out[key] = f.string(at(key), value)
@@ -153,7 +153,9 @@ def _server(f: TomlFile, table: dict[str, Any]) -> dict[str, Any]:
         elif key == "substituters":
             items = f.strings(at(key), value)
             for item in items:
-                if not re.fullmatch(r"(file|https?)://[^\s'\"\\]+", item):
+                if re.fullmatch(r"(file|https?)://[^/@]*@.*", item):
+                    f.fail(at(key), "a binary cache URL holds no credentials (nix's netrc-file)")
+                elif not re.fullmatch(r"(file|https?)://[^\s'\"\\]+", item):
                     f.fail(at(key), f"{item!r}: a file://, http:// or https:// binary cache URL")
             out[key] = tuple(dict.fromkeys(items))
         elif key == "trusted_public_keys":

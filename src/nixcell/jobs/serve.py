@@ -177,6 +177,10 @@ class Daemon:
         from nixcell.jobs.stores import open_store
 
         private_dir(self.config.state_dir)
+        if self.config.nix_root:  # every nix call and every cell of this host use it
+            from nixcell.nix.storeroot import ENV, check_root
+
+            os.environ[ENV] = check_root(self.config.nix_root)
         if self.config.substituters:  # the engine's nix calls read these (nix.resolve)
             os.environ["NIXCELL_SUBSTITUTERS"] = " ".join(self.config.substituters)
             os.environ["NIXCELL_TRUSTED_PUBLIC_KEYS"] = " ".join(self.config.trusted_public_keys)

@@ -29,6 +29,7 @@ from nixcell.errors import (
 from nixcell.fsio import private_dir
 from nixcell.nix.closure import STORE_PATH, Closure
 from nixcell.nix.pins import PackageSource, _nix_string, source_for
+from nixcell.nix.storeroot import logical_real, nix_root, physical, store_args
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,10 @@ FLAKE_FEATURES = ("--extra-experimental-features", "nix-command flakes")
 _ATTR_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_'+-]*(\.[A-Za-z0-9_][A-Za-z0-9_'+-]*)*$")
 _STORE_PATH = re.compile(r"^(/nix/store/[0-9a-z]{32}-[^/]+)(/.*)?$")
 _UNKNOWN = re.compile(r"nixcell-unknown-packages: ([^\n]+)")
+_NOT_IN_ROOT = re.compile(
+    r"path '(/nix/store/[0-9a-z]{32}-[^']+)' does not exist and cannot be created"
+)
+_UNSIGNED = re.compile(r"substitute for '(/nix/store/[^']+)' from '([^']+)' is not signed by any")
 _BUILDING = re.compile(r"building '/nix/store/[0-9a-z]{32}-(.+?)\.drv'")
 
 Progress = Callable[[str], None]
@@ -151,8 +156,10 @@ def build_expression(source: PackageSource, exprs: Sequence[str], tools: Sequenc
     )
 
 
-def cache_key(source: PackageSource, key_parts: Sequence[str]) -> str:
+def cache_key(source: PackageSource, key_parts: Sequence[str], root: str | None = None) -> str:
     material = json.dumps([CACHE_VERSION, source.ident, list(key_parts), system()])
+    if root is not None:  # (the machine's own store keeps the keys it always had)
+        material += json.dumps(["root", root])
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
@@ -170,12 +177,13 @@ def resolve(
     (``spec.closure_tools``); built in the same nix-build, and a tool's closure joins the cell's
     only when env/bin has no program of that name."""
     source = source_for(pin)
+    root = nix_root()
     tools = dict(tools or {})
     parts = [package_expr(p, cwd) for p in packages]
     tool_parts = [f"tool:{name}={pkg}" for name, pkg in sorted(tools.items())]
-    key = cache_key(source, [k for _, _, k in parts] + tool_parts)
+    key = cache_key(source, [k for _, _, k in parts] + tool_parts, root)
     cache_file = sealed.cache_file("resolve", f"{key}.json")
-    cached = _read_cache(cache_file) if cache_file is not None else None
+    cached = _read_cache(cache_file, root) if cache_file is not None else None
     if cached is not None:
         return cached
     if source.kind == "offline":  # exact answers with no nix call (and no network try)
@@ -187,7 +195,7 @@ def resolve(
     expr = build_expression(source, [e for e, _, _ in parts], tool_pkgs)
     flakes = any(f for _, f, _ in parts)
     gcroot = Path(private_dir(paths.state_dir() / "gcroots")) / key
-    outs = _nix_build(expr, gcroot, flakes=flakes, source=source, progress=progress)
+    outs = _nix_build(expr, gcroot, flakes=flakes, source=source, progress=progress, root=root)
     if len(outs) != 1 + bool(tool_pkgs):
         raise NixError(f"nix-build gave {len(outs)} outputs", detail="\n".join(outs))
     env_path = outs[0]
@@ -196,46 +204,63 @@ def resolve(
             "no nixpkgs found on this host: using nixcell's offline package set (host binaries); "
             "use --nixpkgs nixos-24.11 or NIX_PATH=nixpkgs=PATH for real nixpkgs"
         )
-    closure_paths = _query_closure(env_path)
-    try:
-        programs = tuple(sorted(os.listdir(Path(env_path, "bin"))))
-    except OSError:
-        programs = ()
-    sites = tuple(sorted(str(p) for p in Path(env_path, "lib").glob("python3.*/site-packages")))
+    closure_paths = _query_closure(env_path, root)
+    programs = _listing(root, f"{env_path}/bin")
+    sites = tuple(
+        f"{env_path}/lib/{name}/site-packages"
+        for name in _listing(root, f"{env_path}/lib")
+        if name.startswith("python3.") and _is_dir(root, f"{env_path}/lib/{name}/site-packages")
+    )
     links: dict[str, str] = {}
     for name in sorted(tools):
         if name not in programs:
-            links[name] = _tool_program(outs[1], name)
-            if not os.path.lexists(links[name]):
+            links[name] = _tool_program(outs[1], name, root)
+            if not os.path.lexists(physical(root, links[name])):
                 raise NixError(f"the {source.description}'s {tools[name]} has no bin/{name}")
     if links:  # the tools' packages, not the tools env (the links point past it)
         closure_paths = tuple(
-            sorted({*closure_paths, *(p for p in _query_closure(outs[1]) if p != outs[1])})
+            sorted({*closure_paths, *(p for p in _query_closure(outs[1], root) if p != outs[1])})
         )
     closure = Closure(
         env_path, closure_paths, tuple(packages), source.description, programs, sites, links
     )
-    verify_in_store(closure)
+    verify_in_store(closure, root)
     if cache_file is not None:
         sealed.store("resolve", cache_file, json.dumps(closure.to_json()).encode())
     return closure
 
 
-def _tool_program(tools_env: str, name: str) -> str:
+def _listing(root: str | None, path: str) -> tuple[str, ...]:
+    """The names in a store directory, its links followed as in the cell (a buildEnv links a
+    directory only one package has)."""
+    try:
+        return tuple(sorted(os.listdir(physical(root, logical_real(root, path)))))
+    except OSError:
+        return ()
+
+
+def _is_dir(root: str | None, path: str) -> bool:
+    try:
+        return os.path.isdir(physical(root, logical_real(root, path)))
+    except OSError:
+        return False
+
+
+def _tool_program(tools_env: str, name: str, root: str | None = None) -> str:
     """``<package>/bin/<name>`` behind the tools env's ``bin/<name>``: buildEnv links it with an
     absolute link (the offline set's) or links the whole ``bin`` (nixpkgs' when one package has
     it); a relative link (busybox's applets) stays, it points within the package. The cell's
     link keeps the name: busybox picks its applet from it. Closure.check holds the result to a
     closure path."""
-    here = os.path.join(os.path.realpath(os.path.join(tools_env, "bin")), name)
+    here = os.path.join(logical_real(root, os.path.join(tools_env, "bin")), name)
     for _ in range(8):
         try:
-            target = os.readlink(here)
+            target = os.readlink(physical(root, here))
         except OSError:
             break  # a file (or nothing: the caller says so)
         if not target.startswith("/"):
             break
-        here = os.path.join(os.path.realpath(os.path.dirname(target)), os.path.basename(target))
+        here = os.path.join(logical_real(root, os.path.dirname(target)), os.path.basename(target))
     return here
 
 
@@ -253,7 +278,7 @@ def _first_notice(name: str) -> bool:
     return True
 
 
-def _read_cache(cache_file: Path) -> Closure | None:
+def _read_cache(cache_file: Path, root: str | None = None) -> Closure | None:
     """The cached closure if this nixcell sealed it and it still makes sense; else None (logged).
 
     The entry was verified against the store when written (``verify_in_store``); here the seal,
@@ -268,23 +293,25 @@ def _read_cache(cache_file: Path) -> Closure | None:
     except (ValueError, KeyError, TypeError, AttributeError, NixError) as exc:
         log.warning("ignoring the resolve cache entry %s: %s", cache_file, exc)
         return None
-    if not os.path.exists(closure.env):  # garbage-collected or store wiped: resolve again
+    if not os.path.exists(physical(root, closure.env)):  # collected or wiped: resolve again
         return None
     return closure
 
 
-def verify_in_store(closure: Closure) -> None:
-    """Every closure path is a real (not symlinked-away) store path that Nix registered valid.
+def verify_in_store(closure: Closure, root: str | None = None) -> None:
+    """Every closure path is a real (not symlinked-away) store path that Nix registered valid
+    (in the Nix root's store when there is one: a path fetched there was checked against the
+    trusted keys by nix as it arrived).
 
     Run when a resolution is written to the cache, so a warm run can trust the sealed entry.
     """
     closure.check()
     for path in closure.paths:
-        real = os.path.realpath(path)
+        real = logical_real(root, path)
         if real != path and not STORE_PATH.fullmatch("/".join(real.split("/", 4)[:4])):
             raise NixError(f"store path {path} points outside the store ({real})")
     proc = subprocess.run(
-        [nix_tool("nix-store"), "--check-validity", *closure.paths],
+        [nix_tool("nix-store"), *store_args(root), "--check-validity", *closure.paths],
         capture_output=True,
         text=True,
         errors="replace",
@@ -304,10 +331,16 @@ def nix_tool(name: str) -> str:
 
 
 def _nix_build(
-    expr: str, gcroot: Path, *, flakes: bool, source: PackageSource, progress: Progress | None
+    expr: str,
+    gcroot: Path,
+    *,
+    flakes: bool,
+    source: PackageSource,
+    progress: Progress | None,
+    root: str | None = None,
 ) -> list[str]:
     gcroot.parent.mkdir(parents=True, exist_ok=True)
-    argv = [nix_tool("nix-build"), *nix_options(), "--out-link", str(gcroot)]
+    argv = [nix_tool("nix-build"), *store_args(root), *nix_options(), "--out-link", str(gcroot)]
     if flakes:
         argv += FLAKE_FEATURES
     argv += ["-E", expr]
@@ -324,11 +357,11 @@ def _nix_build(
             progress(f"building {building.group(1)}")
     out = [ln for ln in proc.stdout.read().split() if STORE_PATH.fullmatch(ln)]
     if proc.wait() != 0 or not out:
-        raise _build_error(lines, source)
+        raise _build_error(lines, source, root)
     return out
 
 
-def _build_error(lines: list[str], source: PackageSource) -> NixError:
+def _build_error(lines: list[str], source: PackageSource, root: str | None = None) -> NixError:
     from nixcell.nix.missing import unknown_packages
 
     text = "\n".join(lines)
@@ -346,6 +379,21 @@ def _build_error(lines: list[str], source: PackageSource) -> NixError:
                 "elsewhere)",
                 detail=text,
             )
+    missing = _NOT_IN_ROOT.search(text)
+    unsigned = _UNSIGNED.search(text)
+    if missing and unsigned:
+        return NixError(
+            f"refused {unsigned.group(1)} from the binary cache "
+            f"{re.sub(r'//[^/@]*@', '//', unsigned.group(2))}: it is not "
+            "signed by any of the trusted public keys (trusted_public_keys)",
+            detail=text,
+        )
+    if root is not None and missing:
+        return NixError(
+            f"store path {missing.group(1)} is not in the Nix root {root} and no binary cache "
+            "gave it: copy it there (nix copy --to ROOT) or name a cache ([server] substituters)",
+            detail=text,
+        )
     if "unable to download" in text or "Could not resolve host" in text:
         return NixError(
             f"cannot fetch the {source.description}: no network or wrong pin", detail=text
@@ -386,9 +434,12 @@ def _known_names(source: PackageSource) -> list[str]:
         return []
 
 
-def _query_closure(env_path: str) -> tuple[str, ...]:
+def _query_closure(env_path: str, root: str | None = None) -> tuple[str, ...]:
     proc = subprocess.run(
-        [nix_tool("nix-store"), "-qR", env_path], capture_output=True, text=True, errors="replace"
+        [nix_tool("nix-store"), *store_args(root), "-qR", env_path],
+        capture_output=True,
+        text=True,
+        errors="replace",
     )
     if proc.returncode != 0:
         raise NixError(f"cannot query the closure of {env_path}", detail=proc.stderr)

@@ -247,6 +247,9 @@ def _limit_notes(plan: Plan) -> list[str]:
         if value is not None
     ]
     store = getattr(plan, "store", "closure")  # (the store modes' plans carry it)
+    if getattr(plan, "nix_root", None):
+        notes.append(comment(f"for the backend: a Nix root of its own ({plan.nix_root}): "
+                             "its paths cannot be shown at /nix/store here (refuse)"))  # fmt: skip
     if store in ("copy", "isolated"):
         notes.append(comment(f"for the backend: store mode {store}: no copy can be shown at "
                              "/nix/store without a mount namespace (refuse)"))  # fmt: skip

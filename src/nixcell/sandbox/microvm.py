@@ -158,9 +158,11 @@ class MicrovmBackend:
                 continue  # a 9p share of its own, idmapped to the cell's uid
             if op.kind in ("bind", "ro-bind"):
                 src = str(op.src)
-                if op.kind == "ro-bind" and (src in ("/dev/null", op.dest) and (
-                    src == "/dev/null" or op.dest.startswith("/proc/") or _closure(plan, src)
-                )):  # fmt: skip
+                if op.kind == "ro-bind" and (
+                    src == "/dev/null"
+                    or (src == op.dest and op.dest.startswith("/proc/"))
+                    or (src == plan.store_source(op.dest) and _closure(plan, op.dest))
+                ):
                     continue
                 if (
                     op.kind == "ro-bind"
@@ -217,7 +219,9 @@ def _render_user() -> tuple[int, int]:
 
 
 def _closure(plan: Plan, path: str) -> bool:
-    return any(path == p or path.startswith(p + "/") for p in plan.closure)
+    from nixcell.sandbox import microvmguest
+
+    return microvmguest._in_closure(plan, path)
 
 
 def sweep() -> list[str]:

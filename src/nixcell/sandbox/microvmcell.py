@@ -173,7 +173,7 @@ class MicrovmCell:
             spec = {
                 "stage": microvm.STAGE, "closure": list(plan.closure), "files": files,
                 "uid": uid, "gid": gid, "groups": groups, "argv": argv, "parent": os.getpid(),
-                "blobs": blobs,
+                "blobs": blobs, "nix_root": plan.nix_root,
             }  # fmt: skip
             binds = self._trees(plan, user)
             spec["binds"] = binds

@@ -163,7 +163,7 @@ def cell_script(
     for op in plan.mounts:
         dest = posixpath.normpath(op.dest)
         d = _q(dest)
-        if op.kind == "ro-bind" and op.src == dest and _in_closure(plan, dest):
+        if op.kind == "ro-bind" and op.src == plan.store_source(dest) and _in_closure(plan, dest):
             continue  # the store share holds exactly the closure
         if op.kind == "proc":
             lines.append(f"mkdir -p {d}; mountpoint -q {d} || mount -t proc proc {d}")
@@ -332,4 +332,9 @@ def scratch_area(plan: Plan, op: object) -> str | None:
 
 
 def _in_closure(plan: Plan, path: str) -> bool:
+    """``path`` (a store path, or the host file behind one under the Nix root) is the
+    closure's."""
+    root = plan.nix_root
+    if root and path.startswith(root + "/nix/store/"):
+        path = path[len(root) :]
     return any(path == p or path.startswith(p + "/") for p in plan.closure)

@@ -49,20 +49,21 @@ def stage(spec: dict) -> None:
     mount("nixcell-stage", top, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=16m")
     store = os.path.join(top, "store")
     os.mkdir(store, 0o755)
+    root = spec.get("nix_root") or ""  # a Nix root of the host's own: its files back the paths
     for path in spec["closure"]:
         name = os.path.basename(path)
-        if not path.startswith("/nix/store/") or "/" in name or name in ("", ".", ".."):
+        if not path.startswith("/nix/store/") or "/" in path[11:] or name in ("", ".", ".."):
             raise OSError(0, f"not a store path: {path}")
         target = os.path.join(store, name)
-        st = os.lstat(path)
+        st = os.lstat(root + path)
         if stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(path), target)
+            os.symlink(os.readlink(root + path), target)
             continue
         if stat.S_ISDIR(st.st_mode):
             os.mkdir(target, 0o755)
         else:
             os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-        mount(path, target, None, MS_BIND)
+        mount(root + path, target, None, MS_BIND)
         mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     for index, fd in spec.get("binds", []):
         target = os.path.join(top, "binds", str(index))

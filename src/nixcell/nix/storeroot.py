@@ -1,0 +1,130 @@
+"""A Nix root of this host's own: a chroot store at ``ROOT``, whose ``/nix/store/X`` is the file
+``ROOT/nix/store/X`` (Nix's ``--store ROOT``, i.e. ``local?root=ROOT``).
+
+A job host of a cluster (``[server] nix_root``) or a user (``NIXCELL_NIX_ROOT``) keeps its
+closures there rather than in the machine's ``/nix/store``: every nix call of the engine gets
+``--store ROOT``, and a cell sees each closure path ``ROOT/nix/store/X`` bound at ``/nix/store/X``.
+Store paths name the same things in every root (same pin, same paths), so a closure resolved,
+copied or substituted into one root is the same closure as anywhere else.
+
+Store symlinks are absolute (``/nix/store/...``): read on the host, they would lead into the
+machine's store, not the root's. ``logical_real`` resolves them the way the cell will see them,
+inside the root, and the physical file is only ever reached through ``physical``.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+
+from nixcell.errors import UsageError
+
+ENV = "NIXCELL_NIX_ROOT"
+STORE_DIR = "/nix/store"
+_MAX_LINKS = 40
+
+
+def nix_root() -> str | None:
+    """The root this process's nix calls and cells use (``NIXCELL_NIX_ROOT``), checked; None:
+    the machine's own store."""
+    value = os.environ.get(ENV, "")
+    return check_root(value) if value else None
+
+
+def check_root(value: str) -> str:
+    """An absolute, plain path to a directory this uid owns and only it may write, reached
+    through no symbolic link (the cells' closures are bound from below it: whoever could write
+    there could change what every cell runs). Missing: made (0755, its parent must exist)."""
+    where = f"Nix root {value!r}"
+    if not value.startswith("/") or "\0" in value or any(c in value for c in "\n\r\t"):
+        raise UsageError(f"{where}: must be an absolute path")
+    if posixpath.normpath(value) != value.rstrip("/") or value.rstrip("/") in ("", "/nix"):
+        raise UsageError(f"{where}: must be a plain absolute path (no '.', '..', '//' or '/')")
+    value = value.rstrip("/")
+    link = _first_link(value)
+    if link is not None:
+        raise UsageError(f"{where}: {link} is a symbolic link (name the real path)")
+    try:
+        os.mkdir(value, 0o755)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise UsageError(f"{where}: cannot make it: {exc.strerror}") from None
+    st = os.lstat(value)
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{where}: is not a directory")
+    if st.st_uid != os.geteuid():
+        raise UsageError(f"{where}: is owned by uid {st.st_uid}, not by this user")
+    if st.st_mode & 0o022:
+        raise UsageError(f"{where}: is writable by group or others (chmod go-w)")
+    if os.geteuid() == 0:  # a root-run cell is another uid: it must reach the store's files
+        closed = _first_closed(value)
+        if closed is not None:
+            raise UsageError(
+                f"{where}: {closed} is not searchable by others, and cells run as their own "
+                "uid (chmod o+x, or put the root elsewhere)"
+            )
+    return value
+
+
+def _first_closed(path: str) -> str | None:
+    here = ""
+    for part in [p for p in path.split("/") if p]:
+        here += "/" + part
+        if not os.stat(here).st_mode & 0o001:
+            return here
+    return None
+
+
+def store_args(root: str | None) -> tuple[str, ...]:
+    """What every nix call of the engine adds: ``--store ROOT`` (nothing for the machine's)."""
+    return ("--store", root) if root else ()
+
+
+def physical(root: str | None, path: str) -> str:
+    """The host file behind the store path ``path`` (a logical ``/nix/store/...`` path)."""
+    return root + path if root else path
+
+
+def logical_real(root: str | None, path: str) -> str:
+    """``path`` with every symbolic link resolved as the cell sees it: an absolute target is
+    looked up inside the root again, never on the host. Without a root: ``os.path.realpath``."""
+    if root is None:
+        return os.path.realpath(path)
+    parts = [p for p in path.split("/") if p]
+    done: list[str] = []
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        here = "/" + "/".join([*done, part])
+        try:
+            target = os.readlink(root + here)
+        except OSError:  # not a link (or missing: the rest is taken as it is written)
+            done.append(part)
+            continue
+        links += 1
+        if links > _MAX_LINKS:
+            raise OSError(f"too many symbolic links below {path}")
+        parts = [p for p in target.split("/") if p] + parts
+        if target.startswith("/"):
+            done = []
+    return "/" + "/".join(done)
+
+
+def _first_link(path: str) -> str | None:
+    here = ""
+    for part in [p for p in path.split("/") if p]:
+        here += "/" + part
+        try:
+            if stat.S_ISLNK(os.lstat(here).st_mode):
+                return here
+        except FileNotFoundError:
+            return None
+    return None
