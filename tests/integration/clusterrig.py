@@ -42,9 +42,26 @@ class Workers:
         self.hosts: dict[str, Daemon] = {}
 
     def config(
-        self, name: str, concurrency: int = 4, extra: str = "", dsn: str | None = None
+        self,
+        name: str,
+        concurrency: int = 4,
+        extra: str = "",
+        dsn: str | None = None,
+        root: bool | str = True,
+        cache: bool = True,
     ) -> str:
-        root = self.roots.setdefault(name, self._roots())
+        """``root``: True a new empty Nix root, a path that root, False the machine's store;
+        ``cache``: the session's signed cache as the worker's substituter."""
+        if root:
+            self.roots.setdefault(name, root if isinstance(root, str) else self._roots())
+        if root and not cache:
+            extra += f'nix_root = "{self.roots[name]}"\n'
+        elif root:
+            extra += (
+                f'nix_root = "{self.roots[name]}"\n'
+                f'substituters = ["{self.cache.url}"]\n'
+                f'trusted_public_keys = ["{self.cache.public_key}"]\n'
+            )
         return (
             "[server]\n"
             f'store = "{dsn or self.dsn}"\n'
@@ -55,9 +72,6 @@ class Workers:
             f'host_timeout = "{HOST_TIMEOUT}"\n'
             'closure_hint = "100ms"\n'
             'repo_schemes = ["https", "http", "file"]\n'
-            f'nix_root = "{root}"\n'
-            f'substituters = ["{self.cache.url}"]\n'
-            f'trusted_public_keys = ["{self.cache.public_key}"]\n'
             f"{extra}"
         )
 
@@ -69,8 +83,17 @@ class Workers:
         extra: str = "",
         start: bool = True,
         dsn: str | None = None,
+        root: bool | str = True,
+        cache: bool = True,
+        serve_cache: bool = False,
     ) -> Daemon:
-        daemon = self._make(config=self.config(name, concurrency, extra, dsn), start=False)
+        """``serve_cache``: the worker listens on loopback TCP too and serves its store to the
+        others there (``cache_url``): jobs submitted through it carry that address."""
+        text = self.config(name, concurrency, extra, dsn, root, cache)
+        daemon = self._make(config=text, start=False, tcp=serve_cache)
+        if serve_cache:
+            daemon.config_text = text + f'cache_url = "{daemon.url}/nix-cache"\n'
+            daemon.write_config(daemon.config_text)
         self.hosts[name] = daemon
         return daemon.start() if start else daemon
 

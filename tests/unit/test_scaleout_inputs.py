@@ -156,6 +156,9 @@ def test_the_cluster_keys_are_read(tmp_path) -> None:
             "substituters",
         ),
         ("nix_root = 3", "nix_root"),
+        ('cache_url = "http://build-1:7878/nix-cache/"', "cache_url"),
+        ('cache_url = "http://u:secret-pw@build-1/nix-cache"', "cache_url"),
+        ('cache_url = "http://build-1/a http://b"', "cache_url"),
     ],
 )
 def test_a_bad_cluster_key_is_one_line_naming_it(tmp_path, text: str, key: str) -> None:

@@ -309,6 +309,12 @@ class Api:
         ]
 
 
+def _cache_routes(service: Service) -> list[BaseRoute]:
+    """This host's store as the cluster's binary cache, when it has a ``cache_url``."""
+    cache = getattr(service, "host_cache", None)
+    return cache.routes() if cache is not None and cache.url else []
+
+
 def _plugged(service: Service) -> list[BaseRoute]:
     """Routes of the parts that plug in when present: the web page, interactive attach."""
     routes: list[BaseRoute] = []
@@ -358,7 +364,7 @@ def create_app(
     getter = config if callable(config) else (lambda: config)
     api = Api(service, getter, sessions or auth.Sessions())
     app = Starlette(
-        routes=[*api.routes(), *_plugged(service)],
+        routes=[*api.routes(), *_plugged(service), *_cache_routes(service)],
         middleware=[Middleware(Gate, config=getter, sessions=api.sessions)],
         exception_handlers={Exception: _error, HTTPException: _error, NixcellError: _error},
     )

@@ -36,9 +36,23 @@ SERVER_KEYS = (
     "queue_limit", "backends", "default_backend", "profile_dir", "retention", "log_limit",
     "upload_limit", "shutdown", "shutdown_grace", "repo_schemes", "repo_cidrs", "nixpkgs",
     "hardening", "store", "store_key", "host_name", "heartbeat", "host_timeout", "closure_hint",
-    "substituters", "trusted_public_keys", "nix_root",
+    "substituters", "trusted_public_keys", "nix_root", "cache_url",
 )  # fmt: skip
 TABLES = ("server", "defaults", "maxima", "policies", "credentials", "tokens")
+
+
+_CACHE_URL = re.compile(r"https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/-]*)?")
+
+
+def cache_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a host's cache address (None: it can). No credentials, whitespace,
+    quotes or query: nix reads ``substituters`` as a space-separated list."""
+    if not _CACHE_URL.fullmatch(url) or url.endswith("/") or "//" in url[8:]:
+        return (
+            "must be an http:// or https:// URL: a host, a port, a path; no credentials, "
+            "query or trailing '/'"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -172,6 +186,7 @@ class ServerConfig:
     substituters: tuple[str, ...] = ()  # binary caches nix may fetch closures from (signed)
     trusted_public_keys: tuple[str, ...] = ()  # the keys their paths must be signed with
     nix_root: str | None = None  # a Nix store of this host's own (nix/storeroot.py)
+    cache_url: str | None = None  # where the other hosts fetch this host's store (hostcache.py)
     source: str | None = None  # the file this came from
 
     def credential(self, name: str) -> dict[str, Any] | None:

@@ -158,6 +158,13 @@ def _server(f: TomlFile, table: dict[str, Any]) -> dict[str, Any]:
                 elif not re.fullmatch(r"(file|https?)://[^\s'\"\\]+", item):
                     f.fail(at(key), f"{item!r}: a file://, http:// or https:// binary cache URL")
             out[key] = tuple(dict.fromkeys(items))
+        elif key == "cache_url":
+            from nixcell.jobs.config import cache_url_problem
+
+            out[key] = f.string(at(key), value)
+            problem = cache_url_problem(out[key])
+            if problem:
+                f.fail(at(key), problem)
         elif key == "trusted_public_keys":
             items = f.strings(at(key), value)
             for item in items:

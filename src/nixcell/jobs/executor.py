@@ -57,6 +57,7 @@ class Context:
     move: Move
     decisions: dict[str, int] = field(default_factory=dict)  # proxy decisions (metrics)
     shared: Any = None  # a cluster's store: the artifacts go there too (clusterfiles.py)
+    host_cache: Any = None  # a cluster's caches of its hosts' stores (hostcache.py)
 
 
 def job_dir(config: ServerConfig, job_id: int) -> str:
@@ -216,7 +217,15 @@ class JobRun:
         def progress(text: str) -> None:
             self.sink.add_threadsafe(loop, "system", text)
 
-        plan, _ = await asyncio.to_thread(runner.prepare, spec, progress=progress)
+        from nixcell.jobs.hostcache import context_for
+        from nixcell.nix.resolve import JOB_CACHES
+
+        caches = context_for(ctx.host_cache, request)  # the submitting host's, if any
+        try:  # (to_thread runs it in a copy of this context: this job's nix calls only)
+            plan, _ = await asyncio.to_thread(runner.prepare, spec, progress=progress)
+        finally:
+            if caches is not None:
+                JOB_CACHES.reset(caches)
         if request.interactive:
             from nixcell.jobs.logpipe import Lines
 

@@ -77,6 +77,9 @@ class JobRequest(BaseModel):
     # scale-out: re-runs allowed when its host is lost (idempotent jobs only); strict: a JSON
     # true or "3" is refused, not read as a count
     retry: int = Field(default=0, strict=True)
+    # scale-out: the cache of the host that took the submit (set by that host, never a client:
+    # hostcache.py); the host that runs the job fetches the closure paths it lacks from there
+    via_cache: str | None = None
 
     def shown(self) -> dict[str, Any]:
         """The request as the API shows it: secret env values replaced."""

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from nixcell.errors import NixcellError
+from nixcell.errors import NixcellError, UsageError
 from nixcell.jobs import recovery
 from nixcell.jobs.contract import Conflict, JobError, Unavailable
 from nixcell.jobs.executor import Context, JobRun, job_dir, one_line, remove_job_dir
@@ -35,6 +35,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from nixcell.jobs.cluster import Cluster
     from nixcell.jobs.config import ServerConfig
+    from nixcell.jobs.hostcache import HostCache
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,19 @@ class JobService(JobReads):
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.cluster: Cluster | None = None
+        self.host_cache: HostCache | None = None
         if self.shared is not None:
             from nixcell.jobs.cluster import Cluster
+            from nixcell.jobs.dbfile import load_key
+            from nixcell.jobs.hostcache import HostCache
 
             self.cluster = Cluster(self, store)
+            assert config.store_key is not None  # (load_config refuses a cluster without)
+            self.host_cache = HostCache(config, load_key(config.store_key))
+        elif config.cache_url:
+            raise UsageError(
+                "[server] cache_url needs a postgresql store: the cluster's store_key signs it"
+            )
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -223,6 +233,7 @@ class JobService(JobReads):
             move=self._move if self.cluster is None else self.cluster.move,
             decisions=self.decisions,
             shared=self.shared,
+            host_cache=self.host_cache,
         )
 
     def _ended(self, job_id: int, task: asyncio.Task[Job | None]) -> None:
@@ -309,6 +320,10 @@ class JobService(JobReads):
             raise
         except NixcellError as exc:  # a check below compile's that spoke a CLI error
             raise JobError(one_line(exc.message)) from None
+        if request.via_cache is not None:
+            raise JobError("via_cache is set by the server that takes the submit")
+        if self.host_cache is not None and self.config.cache_url:  # the others fetch from here
+            request = request.model_copy(update={"via_cache": self.config.cache_url})
         self.workspaces.check(request)
         if request.workspace.upload:
             self.workspaces.check_upload(caller, request.workspace.upload)

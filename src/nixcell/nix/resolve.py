@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 
 from nixcell import paths, sealed
@@ -37,16 +38,28 @@ CACHE_VERSION = 3  # 2: closures record site_packages; 3: and tools
 NIX_OPTIONS = ("--option", "substituters", "")  # nix fetches nothing (no binary cache here)
 
 
+# (caches, keys, netrc file) one job's nix calls add: the cache of the host that took its
+# submit (jobs/hostcache.py); a context variable, so concurrent jobs never share them
+JOB_CACHES: ContextVar[tuple[tuple[str, ...], tuple[str, ...], str | None]] = ContextVar(
+    "nixcell_job_caches", default=((), (), None)
+)
+
+
 def nix_options() -> tuple[str, ...]:
     """``NIX_OPTIONS``, or the binary caches a job server names (``[server] substituters``,
-    passed as ``NIXCELL_SUBSTITUTERS``/``NIXCELL_TRUSTED_PUBLIC_KEYS``): a cluster host may
-    receive closures from one instead of building them. Nix checks every fetched path's
-    signature against the trusted keys (require-sigs stays on): an unsigned path is refused."""
-    caches = os.environ.get("NIXCELL_SUBSTITUTERS", "").strip()
+    passed as ``NIXCELL_SUBSTITUTERS``/``NIXCELL_TRUSTED_PUBLIC_KEYS``) and this job's
+    submitting host's (``JOB_CACHES``): a cluster host may receive closures from one instead of
+    building them. Nix checks every fetched path's signature against the trusted keys
+    (require-sigs stays on): an unsigned path is refused."""
+    caches = os.environ.get("NIXCELL_SUBSTITUTERS", "").split()
+    keys = os.environ.get("NIXCELL_TRUSTED_PUBLIC_KEYS", "").split()
+    extra, extra_keys, netrc = JOB_CACHES.get()
+    caches, keys = [*caches, *extra], [*keys, *extra_keys]
     if not caches:
         return NIX_OPTIONS
-    keys = os.environ.get("NIXCELL_TRUSTED_PUBLIC_KEYS", "").strip()
-    return ("--option", "substituters", caches, "--option", "trusted-public-keys", keys)
+    options = ("--option", "substituters", " ".join(caches))
+    options += ("--option", "trusted-public-keys", " ".join(keys))
+    return options + (("--option", "netrc-file", netrc) if netrc else ())
 
 
 FLAKE_FEATURES = ("--extra-experimental-features", "nix-command flakes")
@@ -57,6 +70,7 @@ _NOT_IN_ROOT = re.compile(
     r"path '(/nix/store/[0-9a-z]{32}-[^']+)' does not exist and cannot be created"
 )
 _UNSIGNED = re.compile(r"substitute for '(/nix/store/[^']+)' from '([^']+)' is not signed by any")
+_MISMATCH = re.compile(r"hash mismatch importing path '(/nix/store/[^']+)'")
 _BUILDING = re.compile(r"building '/nix/store/[0-9a-z]{32}-(.+?)\.drv'")
 
 Progress = Callable[[str], None]
@@ -386,6 +400,13 @@ def _build_error(lines: list[str], source: PackageSource, root: str | None = Non
             f"refused {unsigned.group(1)} from the binary cache "
             f"{re.sub(r'//[^/@]*@', '//', unsigned.group(2))}: it is not "
             "signed by any of the trusted public keys (trusted_public_keys)",
+            detail=text,
+        )
+    mismatch = _MISMATCH.search(text)
+    if missing and mismatch:
+        return NixError(
+            f"refused {mismatch.group(1)} from a binary cache: its contents do not match the "
+            "hash its signed narinfo names (a corrupt or tampered cache)",
             detail=text,
         )
     if root is not None and missing:

@@ -49,7 +49,10 @@ def find_set(dest: Path | None = None) -> OfflineSet | None:
     if state is None or not state.packages or not nix_file.exists():
         return None
     packages = state.attrs()
-    if not all(os.path.exists(p) for p in set(packages.values())):
+    from nixcell.nix.storeroot import nix_root
+
+    # (a Nix root of the host's own receives the set's paths as it needs them, from a cache)
+    if nix_root() is None and not all(os.path.exists(p) for p in set(packages.values())):
         return None
     return OfflineSet(nix_file=nix_file, ident=state.ident, packages=packages)
 
