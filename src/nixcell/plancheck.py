@@ -25,8 +25,16 @@ def stale_reason(plan: Plan) -> str | None:
         reason = _copy_stale(plan)
         if reason is not None:
             return reason
-    elif not plan.path_dirs or not os.path.isdir(plan.path_dirs[0]):
+    elif not plan.path_dirs or not os.path.isdir(plan.store_source(plan.path_dirs[0])):
         return "its closure is gone from the store"
+    if plan.nix_root is not None:  # the root is checked again: it may have become writable
+        from nixcell.errors import NixcellError
+        from nixcell.nix.storeroot import check_root
+
+        try:
+            check_root(plan.nix_root)
+        except NixcellError as exc:
+            return exc.message
     for role, path, kind in plan.checked:
         now = path_kind(path)
         if now != kind:

@@ -59,6 +59,12 @@ class PlanView:
         self.record = record
         self.command = command_for(tuple(command), self)
 
+    nix_root: str | None = None  # (a plan cached before roots existed has none)
+
+    def store_source(self, path: str) -> str:
+        """The host file behind a store path: ``Plan.store_source``."""
+        return (self.nix_root or "") + path
+
     def host_source(self, op: Record) -> str | None:
         return staged_source(self.stage, op.src)
 
