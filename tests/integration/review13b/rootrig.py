@@ -1,5 +1,5 @@
 """Helpers of the issue-13 review probes: a seeded Nix root, and store paths planted in it the
-way any path reaches a root (``nix-store --add``: registered valid, as a signed cache's would be)."""
+way any path reaches a root (``nix-store --add``: registered valid, as a cache's would be)."""
 
 from __future__ import annotations
 
