@@ -4,9 +4,11 @@ refused before any cell starts, in one line (no traceback, no "internal error").
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from tests.conftest import cli
-from tests.integration.nixcache import remove_root, seeded_root
+from tests.integration.nixcache import nix_roots, remove_root, seeded_root  # noqa: F401
 from tests.integration.review13b.rootrig import add_link, base_closure, by_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
@@ -50,3 +52,17 @@ def test_a_chain_of_too_many_links_is_one_line(root) -> None:
     assert proc.returncode != 0 and b"ran" not in proc.stdout, err
     assert "Traceback" not in err and "internal error" not in err, err
     assert len(_errors(err)) == 1, err
+
+
+@pytest.mark.parametrize("store", ["closure", "readonly"])
+def test_a_root_whose_nix_dir_is_a_link_to_the_machines_is_refused(nix_roots, store) -> None:  # noqa: F811
+    """check_root looks at the root's own path only; ROOT/nix -> /nix would make the root the
+    machine's store under another name (nix refuses a store reached through a link)."""
+    root = nix_roots()
+    os.symlink("/nix", f"{root}/nix")
+    env = {"NIXCELL_NIX_ROOT": root}
+    proc = cli("run", "--store", store, "-p", "bash", "--", "bash", "-c", "echo ran", env=env,
+               input=b"")  # fmt: skip
+    err = proc.stderr.decode()
+    assert proc.returncode != 0 and b"ran" not in proc.stdout, err
+    assert "Traceback" not in err and len(_errors(err)) == 1, err
