@@ -44,3 +44,13 @@ def test_a_link_store_path_never_shows_the_machines_store(backend, linked_root, 
         f"backend {backend}: the cell sees the machine's {target} through {link} "
         f"(bound from {root}{link}, a link the host followed): {out!r}"
     )
+
+
+def test_a_link_store_path_under_readonly_stays_the_roots(linked_root, monkeypatch):
+    """readonly binds ROOT/nix/store as one directory: the link is resolved in the cell, among
+    the root's paths (the machine's gawk is not there)."""
+    root, link, _ = linked_root
+    monkeypatch.setenv("NIXCELL_NIX_ROOT", root)
+    script = f'for f in {link}/bin/*; do [ -e "$f" ] && echo "seen:${{f##*/}}"; done; echo done'
+    result = run_captured(script, packages=["bash", "coreutils", link], store="readonly")
+    assert result.exit_code == 0 and result.stdout.decode() == "done\n", result.stdout
