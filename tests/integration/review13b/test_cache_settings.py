@@ -69,3 +69,24 @@ def test_a_cache_password_is_never_in_the_error(
     assert proc.returncode != 0 and "Traceback" not in err, err
     assert SECRET not in err, f"the cache password in nixcell's error: {err}"
     assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("ambient", ["keys", "both"])
+def test_ambient_nix_config_adds_no_cache_or_key(nix_cache, nix_roots, tmp_path, ambient):  # noqa: F811
+    """``extra-`` settings (nix.conf, NIX_CONFIG) append to what nixcell sets: "without
+    [substituters] nix fetches nothing", and only ``trusted_public_keys`` are trusted."""
+    root = nix_roots()
+    _, other = make_key(tmp_path, "not-the-cache-1")
+    env = {"NIXCELL_NIX_ROOT": root}
+    if ambient == "keys":  # nixcell names the cache with another key; nix.conf trusts the cache's
+        env |= {"NIXCELL_SUBSTITUTERS": nix_cache.url, "NIXCELL_TRUSTED_PUBLIC_KEYS": other}
+        env["NIX_CONFIG"] = f"extra-trusted-public-keys = {nix_cache.public_key}"
+    else:  # nixcell names no cache; nix.conf names one and its key
+        env["NIX_CONFIG"] = (
+            f"extra-substituters = {nix_cache.url}\n"
+            f"extra-trusted-public-keys = {nix_cache.public_key}"
+        )
+    proc = cli("run", "-p", "bash", "--", "bash", "-c", "echo ran", env=env, input=b"")
+    assert b"ran" not in proc.stdout and not os.path.exists(root + by_name("bash")), (
+        f"the ambient nix config ({env['NIX_CONFIG']!r}) let nix fetch into the root"
+    )
