@@ -89,11 +89,11 @@ def auth_cache(directory: Path, login: str, secret: str) -> Iterator[AuthCache]:
                 return False
             return True
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             if self._gate():
                 super().do_GET()
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             if self._gate():
                 super().do_HEAD()
 

@@ -79,14 +79,22 @@ def test_no_spelling_serves_a_path_outside_the_cells_closures(cluster, seeded) -
 
     other = _add(seeded, secret)[11:43]  # in w1's root; no cell of w1's was ever given it
     for name in (
-        f"/nix-cache/{other}.narinfo", f"/nix-cache//{other}.narinfo",
-        f"/nix-cache/./{other}.narinfo", f"/nix-cache/nar/../{other}.narinfo",
-        f"/nix-cache/nar/{other}.nar", f"/nix-cache/nar//{other}.nar",
-        f"/nix-cache/%6ear/{other}.nar", f"/nix-cache/nar%2f{other}.nar",
-        f"/NIX-CACHE/{other}.narinfo", f"/nix-cache/{other}.narinfo/",
-        f"/nix-cache/{other}.narinfo?x=1", f"/nix-cache/{other}.narinfo;x",
-        f"/nix-cache/{other.upper()}.narinfo", "/nix-cache/nar/..%2f..%2f..%2fetc%2fpasswd",
-        "/nix-cache/../../../../etc/passwd", "/nix-cache/nar/%2e%2e/%2e%2e/etc/passwd",
+        f"/nix-cache/{other}.narinfo",
+        f"/nix-cache//{other}.narinfo",
+        f"/nix-cache/./{other}.narinfo",
+        f"/nix-cache/nar/../{other}.narinfo",
+        f"/nix-cache/nar/{other}.nar",
+        f"/nix-cache/nar//{other}.nar",
+        f"/nix-cache/%6ear/{other}.nar",
+        f"/nix-cache/nar%2f{other}.nar",
+        f"/NIX-CACHE/{other}.narinfo",
+        f"/nix-cache/{other}.narinfo/",
+        f"/nix-cache/{other}.narinfo?x=1",
+        f"/nix-cache/{other}.narinfo;x",
+        f"/nix-cache/{other.upper()}.narinfo",
+        "/nix-cache/nar/..%2f..%2f..%2fetc%2fpasswd",
+        "/nix-cache/../../../../etc/passwd",
+        "/nix-cache/nar/%2e%2e/%2e%2e/etc/passwd",
     ):  # fmt: skip  (a trailing '/' is Starlette's 307 to the name without it: 404 there)
         for method in ("GET", "HEAD"):
             status, body = raw_get(w1.port, name, auth, method)
@@ -95,7 +103,7 @@ def test_no_spelling_serves_a_path_outside_the_cells_closures(cluster, seeded) -
             assert b"nix-archive" not in body and b"r13c-not" not in body, name
 
 
-def _add(root: str, build) -> str:  # noqa: ANN001
+def _add(root: str, build) -> str:
     """A store path (in ``root``) made from what ``build(dir)`` writes."""
     with tempfile.TemporaryDirectory(prefix="r13c-") as tmp:
         top = build(tmp)

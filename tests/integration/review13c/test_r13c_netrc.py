@@ -16,7 +16,14 @@ import pytest
 from tests.integration.clusterrig import Workers, cluster  # noqa: F401 - fixture
 from tests.integration.jobsd import jobsd  # noqa: F401 - fixture
 from tests.integration.nixcache import remove_root, seeded_root
-from tests.integration.review13c.rig import TERMINAL, AuthCache, auth_cache, basic, closure, password
+from tests.integration.review13c.rig import (
+    TERMINAL,
+    AuthCache,
+    auth_cache,
+    basic,
+    closure,
+    password,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
@@ -55,9 +62,7 @@ def _run(c: Workers, via: str, on: str) -> dict:
     return c.wait(via, job["id"], TERMINAL)
 
 
-def test_a_job_from_a_serving_host_keeps_the_workers_own_cache_credentials(
-    cluster, seeded, private  # noqa: F811
-) -> None:
+def test_a_via_job_keeps_the_workers_own_netrc(cluster, seeded, private) -> None:  # noqa: F811
     """Expected: a job submitted through w1 and run on w2 gets coreutils from w2's private
     cache exactly as a job submitted through w3 does on w3. Found: the job's
     ``--option netrc-file STATE/cache.netrc`` replaces the host's netrc file for every transfer
@@ -75,9 +80,7 @@ def test_a_job_from_a_serving_host_keeps_the_workers_own_cache_credentials(
     assert via["state"] == "succeeded", ("a via job lost the host's own netrc", via.get("reason"))
 
 
-def test_the_cluster_password_goes_to_no_other_cache_on_that_host_name(
-    cluster, seeded, private  # noqa: F811
-) -> None:
+def test_the_cluster_password_reaches_no_other_cache(cluster, seeded, private) -> None:  # noqa: F811
     """Expected (docs: the netrc names "that cache's host alone, so no other cache ever
     receives it"): only w1's cache sees the cluster's password. Found: netrc entries are per
     host *name*, not per port or URL, so a job's nix sends ``nixcell:PASSWORD`` to every

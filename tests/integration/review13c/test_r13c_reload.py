@@ -39,4 +39,7 @@ def test_sighup_without_cache_url_stops_serving_the_store(cluster, seeded) -> No
     assert job["request"]["via_cache"] is None  # the reload took: jobs no longer name the cache
     status, body = raw_get(w1.port, target, auth)
     assert status == 404 and b"StorePath" not in body, (
-        "cache_url removed and reloaded, but /nix-cache/ still serves the store", status, body[:80])
+        "cache_url removed and reloaded, but /nix-cache/ still serves the store",
+        status,
+        body[:80],
+    )
