@@ -35,6 +35,8 @@ def stale_reason(plan: Plan) -> str | None:
             check_root(plan.nix_root)
         except NixcellError as exc:
             return exc.message
+        if not os.path.exists(f"{plan.nix_root}/nix/var/nix/db/db.sqlite"):
+            return "the Nix root's store was wiped"
     for role, path, kind in plan.checked:
         now = path_kind(path)
         if now != kind:

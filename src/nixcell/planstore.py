@@ -40,10 +40,21 @@ def store_mounts(spec: CellSpec, closure: Closure, root: str | None = None) -> l
     return []
 
 
-def check_root_mode(store: str, root: str | None) -> None:
+def check_root_mode(store: str, root: str | None, spec: CellSpec | None = None) -> None:
     """Refuse a store mode that would show the machine's store instead of the Nix root's (fail
-    closed): the daemon serves the machine's store, and a copy is made from it."""
+    closed): the daemon serves the machine's store, and a copy is made from it. And a root the
+    cell could write through one of its binds (it would change what every later cell runs)."""
     from nixcell.errors import SpecError
+
+    if root is not None and spec is not None:
+        from nixcell.nix.storecopy import writable_bind
+
+        cover = writable_bind(spec, root)
+        if cover is not None:
+            raise SpecError(
+                f"the Nix root {root} is inside {cover}, which the cell may write (or holds "
+                "a part the cell may write): put the root elsewhere, or bind that part read-only"
+            )
 
     if root is not None and store not in ("closure", "readonly"):
         why = "the daemon serves" if store == "shared" else "its copy is made from"

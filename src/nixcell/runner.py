@@ -85,7 +85,7 @@ def prepare(
     from nixcell.nix.storeroot import nix_root
     from nixcell.planstore import check_root_mode
 
-    check_root_mode(spec.store, nix_root())  # (before anything is built in the root)
+    check_root_mode(spec.store, nix_root(), spec)  # (before anything is built in the root)
     packages = spec.closure_packages()
     tools = spec.closure_tools()
     frozen = None

@@ -110,11 +110,11 @@ def _get(url: str, password: str | None) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def _password(c: Workers) -> str:
+def _password(c: Workers, via: str = "w1") -> str:
     from nixcell.nix.narinfo import cluster_password
 
     with open(c.key, "rb") as f:
-        return cluster_password(f.read())
+        return cluster_password(f.read(), c[via].url + "/nix-cache")
 
 
 def test_the_cache_answers_the_cluster_only_and_only_for_cell_paths(cluster, seeded) -> None:  # noqa: F811

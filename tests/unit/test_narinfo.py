@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nixcell.jobs.config import cache_url_problem
@@ -30,6 +30,7 @@ def test_base32_is_nixs() -> None:
 
 
 @pytest.mark.skipif(shutil.which("nix-hash") is None, reason="nix-hash is not installed")
+@settings(max_examples=30, deadline=None)  # (one nix-hash process each)
 @given(st.binary(min_size=1, max_size=64))
 def test_base32_agrees_with_nix_hash(data: bytes) -> None:
     digest = hashlib.sha256(data).hexdigest()
@@ -47,8 +48,10 @@ def test_a_hash_nix_did_not_give_is_refused(bad: str) -> None:
 def test_the_cluster_key_is_one_per_store_key_and_signs_the_fingerprint() -> None:
     one, two = SigningKey.for_cluster(b"a" * 32), SigningKey.for_cluster(b"b" * 32)
     assert one.public == SigningKey.for_cluster(b"a" * 32).public != two.public
-    assert cluster_password(b"a" * 32) != cluster_password(b"b" * 32)
-    assert cluster_password(b"a" * 32) not in one.public
+    url = "http://build-1:7878/nix-cache"
+    assert cluster_password(b"a" * 32, url) != cluster_password(b"b" * 32, url)
+    assert cluster_password(b"a" * 32, url) != cluster_password(b"a" * 32, url + "x")
+    assert cluster_password(b"a" * 32, url) not in one.public
     info = {
         "path": "/nix/store/a5vsz6l9l5109nrh0gzkbliy9z6yl39s-bash-5.2.15",
         "narHash": "sha256-rbAcIZUG/pQr2oh8JWZU47ZcdogrR+9p49WSxyW6mys=",
@@ -76,8 +79,8 @@ def test_the_cluster_key_is_one_per_store_key_and_signs_the_fingerprint() -> Non
     "url",
     [
         "http://build-1:7878/nix-cache",
-        "https://cache.example/nix",
-        "http://127.0.0.1:8080",
+        "https://cache.example/nix-cache",
+        "http://127.0.0.1:8080/nix-cache",
         "http://[::1]:7878/nix-cache",
     ],
 )
@@ -103,7 +106,10 @@ def test_a_cache_address_is_taken(url: str) -> None:
         "file:///srv/cache",
         "build-1:7878",
         "http://",
-        "http://build-1//x",
+        "http://build-1//nix-cache",
+        "http://build-1/nix",
+        "http://build-1/nix-cache/x",
+        "http://127.0.0.1:8080",
         "http://bu%69ld-1/x",
         "http://build-1/x%20y",
         "http://build-1/é",
@@ -114,8 +120,8 @@ def test_a_cache_address_nix_could_read_otherwise_is_refused(url: str) -> None:
     assert cache_url_problem(url) is not None
 
 
-@given(st.text(max_size=40))
-def test_no_taken_address_holds_a_separator_or_credential(text: str) -> None:
-    url = f"http://build-1/{text}"
+@given(st.text(max_size=40), st.text(max_size=10))
+def test_no_taken_address_holds_a_separator_or_credential(host: str, tail: str) -> None:
+    url = f"http://{host}/nix-cache{tail}"
     if cache_url_problem(url) is None:
-        assert not any(c.isspace() or c in "@?#'\"\\%" for c in url)
+        assert tail == "" and not any(c.isspace() or c in "@?#'\"\\%/" for c in host)

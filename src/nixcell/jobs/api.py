@@ -310,9 +310,10 @@ class Api:
 
 
 def _cache_routes(service: Service) -> list[BaseRoute]:
-    """This host's store as the cluster's binary cache, when it has a ``cache_url``."""
+    """This host's store as the cluster's binary cache (answered while it has a ``cache_url``:
+    a SIGHUP may add or drop it)."""
     cache = getattr(service, "host_cache", None)
-    return cache.routes() if cache is not None and cache.url else []
+    return cache.routes() if cache is not None else []
 
 
 def _plugged(service: Service) -> list[BaseRoute]:

@@ -41,16 +41,16 @@ SERVER_KEYS = (
 TABLES = ("server", "defaults", "maxima", "policies", "credentials", "tokens")
 
 
-_CACHE_URL = re.compile(r"https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/-]*)?")
+_CACHE_URL = re.compile(r"https?://[A-Za-z0-9.:\[\]-]+/nix-cache")
 
 
 def cache_url_problem(url: str) -> str | None:
     """Why ``url`` cannot be a host's cache address (None: it can). No credentials, whitespace,
     quotes or query: nix reads ``substituters`` as a space-separated list."""
-    if not _CACHE_URL.fullmatch(url) or url.endswith("/") or "//" in url[8:]:
+    if not _CACHE_URL.fullmatch(url):
         return (
-            "must be an http:// or https:// URL: a host, a port, a path; no credentials, "
-            "query or trailing '/'"
+            "must be http(s)://HOST[:PORT]/nix-cache (where the other hosts reach this one's "
+            "API; no credentials, query or other path)"
         )
     return None
 

@@ -14,7 +14,9 @@ one terminal state: a NixcellError is ``error`` with its one line; anything else
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
 import logging
 import os
 import subprocess
@@ -58,6 +60,19 @@ class Context:
     decisions: dict[str, int] = field(default_factory=dict)  # proxy decisions (metrics)
     shared: Any = None  # a cluster's store: the artifacts go there too (clusterfiles.py)
     host_cache: Any = None  # a cluster's caches of its hosts' stores (hostcache.py)
+
+
+_PREPARE: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _prepare_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """Resolutions (nix builds, fetches: seconds, cold) run on threads of their own, never on
+    the loop's default pool, which the API's store reads need (a burst of cold jobs starved
+    them: submits waited minutes). Job concurrency bounds how many run at once."""
+    global _PREPARE
+    if _PREPARE is None:
+        _PREPARE = concurrent.futures.ThreadPoolExecutor(64, thread_name_prefix="nixcell-prepare")
+    return _PREPARE
 
 
 def job_dir(config: ServerConfig, job_id: int) -> str:
@@ -221,11 +236,16 @@ class JobRun:
         from nixcell.nix.resolve import JOB_CACHES
 
         caches = context_for(ctx.host_cache, request)  # the submitting host's, if any
-        try:  # (to_thread runs it in a copy of this context: this job's nix calls only)
-            plan, _ = await asyncio.to_thread(runner.prepare, spec, progress=progress)
+        try:  # in a copy of this context: this job's nix calls only
+            call = contextvars.copy_context().run
+            plan, closure = await loop.run_in_executor(
+                _prepare_pool(), lambda: call(runner.prepare, spec, progress=progress)
+            )
         finally:
             if caches is not None:
                 JOB_CACHES.reset(caches)
+        if ctx.host_cache is not None:
+            ctx.host_cache.note_resolved(closure.paths)
         if request.interactive:
             from nixcell.jobs.logpipe import Lines
 

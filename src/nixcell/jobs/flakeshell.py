@@ -126,10 +126,10 @@ def package_names(nixpkgs: str | None) -> list[str]:
 
         found = find_set()
         return sorted(found.packages) if found else []
-    from nixcell.nix.resolve import _known_names
+    from nixcell.nix.builderror import known_names
 
     return sorted(
-        n for n in _known_names(source) if n.replace("_", "a").replace("-", "a").isalnum()
+        n for n in known_names(source) if n.replace("_", "a").replace("-", "a").isalnum()
     )
 
 

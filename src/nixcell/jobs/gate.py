@@ -72,7 +72,9 @@ class Gate:
         headers = _headers(scope)
         host = headers.get("host", "").lower()
         config = self.config()
-        if host not in auth.allowed_hosts(peer.local, getattr(config, "listen", ())):
+        if host not in auth.allowed_hosts(peer.local, getattr(config, "listen", ())) and not (
+            path.startswith("/nix-cache/") and host == _cache_host(config)
+        ):  # (the cache is reached by the name the other hosts know it by: its own password)
             raise Refused(421, f"wrong Host {one_line(host[:100])!r} for this listener")
         method = scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET"
         origin = headers.get("origin")
@@ -102,6 +104,16 @@ class Gate:
         proof = headers.get(PROOF_HEADER) or query_proof
         caller = self.sessions.get(cookie, self.config(), proof)
         return caller, caller is not None
+
+
+def _cache_host(config: Any) -> str | None:
+    """``host[:port]`` of this host's ``cache_url`` (lower case), or None."""
+    url = getattr(config, "cache_url", None)
+    if not url:
+        return None
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).netloc.lower() or None
 
 
 def _query_proof(scope: dict) -> str | None:

@@ -25,7 +25,7 @@ import uvicorn
 from nixcell.errors import UsageError
 from nixcell.jobs.api import create_app
 from nixcell.jobs.auth import PeerProtocol, is_loopback
-from nixcell.jobs.config import default_socket
+from nixcell.jobs.config import ServerConfig, default_socket
 
 log = logging.getLogger("nixcell.serve")
 
@@ -177,13 +177,7 @@ class Daemon:
         from nixcell.jobs.stores import open_store
 
         private_dir(self.config.state_dir)
-        if self.config.nix_root:  # every nix call and every cell of this host use it
-            from nixcell.nix.storeroot import ENV, check_root
-
-            os.environ[ENV] = check_root(self.config.nix_root)
-        if self.config.substituters:  # the engine's nix calls read these (nix.resolve)
-            os.environ["NIXCELL_SUBSTITUTERS"] = " ".join(self.config.substituters)
-            os.environ["NIXCELL_TRUSTED_PUBLIC_KEYS"] = " ".join(self.config.trusted_public_keys)
+        apply_nix_settings(self.config)
         store = await asyncio.to_thread(open_store, self.config)
         service = JobService(self.config, store)
         self.service = service
@@ -241,6 +235,10 @@ class Daemon:
 
         try:
             config = load_config(self.config_path, overrides=self.overrides)
+            for key in ("nix_root",):  # (the store every cell binds from stays)
+                if getattr(config, key) != getattr(self.config, key):
+                    raise UsageError(f"{key} changes only at a restart")
+            apply_nix_settings(config)  # (a revoked key is not trusted by the next job)
             self.service.reload(config)
         except NixcellError as exc:
             log.error("SIGHUP: config not reloaded, the old one stays: %s", exc.message)
@@ -281,3 +279,20 @@ def serve(
         return asyncio.run(daemon.run())
     finally:
         daemon.close()
+
+
+def apply_nix_settings(config: ServerConfig) -> None:
+    """The engine's nix calls read the host's Nix root and binary caches from the environment
+    (``nix.storeroot``, ``nix.resolve.nix_options``): set them, or clear them, for this config."""
+    from nixcell.nix.storeroot import ENV, check_root
+
+    settings = {
+        ENV: check_root(config.nix_root) if config.nix_root else "",
+        "NIXCELL_SUBSTITUTERS": " ".join(config.substituters),
+        "NIXCELL_TRUSTED_PUBLIC_KEYS": " ".join(config.trusted_public_keys),
+    }
+    for name, value in settings.items():
+        if value:
+            os.environ[name] = value
+        else:
+            os.environ.pop(name, None)

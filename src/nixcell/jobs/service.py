@@ -126,9 +126,13 @@ class JobService(JobReads):
         profile dir raises and leaves the running configuration as it was."""
         if config.state_dir != self.config.state_dir:
             raise JobError("state_dir cannot change on reload: restart the server")
+        if config.cache_url and self.host_cache is None:
+            raise JobError("cache_url needs a postgresql store: the cluster's store_key signs it")
         self._load(config)
         self.config = config
         self.workspaces = Workspaces(config, self.shared)
+        if self.host_cache is not None:  # (served from now on, or no more)
+            self.host_cache.serve_at(config.cache_url)
         self._wake.set()
 
     def _load(self, config: ServerConfig) -> None:

@@ -105,7 +105,9 @@ def read_artifact(entry: str, where: str) -> Artifact:
 
 def _closure(path: str, fail: Fail) -> frozenset[str]:
     from nixcell.nix.resolve import nix_tool
+    from nixcell.nix.storeroot import refuse_root
 
+    refuse_root("MCP artifacts")  # (they are read from the machine's store)
     try:
         proc = subprocess.run(
             [nix_tool("nix-store"), "-qR", path],

@@ -65,7 +65,9 @@ def build(ref: str, cwd: str, roots: Path, impure: bool = False) -> str:
     attribute and a relative path, and writes a missing flake.lock, evaluation pure), plus
     nixcell's substituter setting; ``impure``: ``--impure`` with a scrubbed environment."""
     from nixcell.nix.resolve import FLAKE_FEATURES, NIX_OPTIONS, nix_tool
+    from nixcell.nix.storeroot import refuse_root
 
+    refuse_root("MCP flake artifacts")  # (they are read from the machine's store)
     digest = hashlib.sha256(f"{cwd}\0{ref}".encode()).hexdigest()[:24]
     gcroot = roots / f"artifact-{digest}"  # keeps the artifact alive (a GC root)
     argv = [nix_tool("nix"), *FLAKE_FEATURES, *NIX_OPTIONS, "build", *(["--impure"] * impure)]

@@ -8,7 +8,8 @@ wrong byte anywhere is refused by the fetching host's nix, not by us.
 
 Cluster hosts need no key management of their own: the signing key is derived from the
 cluster's shared ``store_key`` (HMAC, one label), so every host signs with, and trusts, the
-same key; whoever holds the store_key is a host of the cluster anyway (docs/scale-out.md).
+same key; whoever holds the store_key is a host of the cluster anyway (docs/scale-out.md). The
+password a host presents is derived from it too, one per cache address.
 """
 
 from __future__ import annotations
@@ -74,9 +75,11 @@ class SigningKey:
         return f"{self.name}:{base64.b64encode(signature).decode()}"
 
 
-def cluster_password(store_key: bytes) -> str:
-    """What a host presents to another's cache (HTTP basic auth, through nix's netrc file)."""
-    return hmac.new(store_key, _PASSWORD, hashlib.sha256).hexdigest()
+def cluster_password(store_key: bytes, cache_url: str) -> str:
+    """What a host presents to the cache at ``cache_url`` (HTTP basic auth, through nix's netrc
+    file): one per cache address, so a password sent to a wrong address (a forged job row, another
+    cache on the same host name) opens no real host's cache."""
+    return hmac.new(store_key, _PASSWORD + b"\0" + cache_url.encode(), hashlib.sha256).hexdigest()
 
 
 def _public_raw(private: Ed25519PrivateKey) -> bytes:

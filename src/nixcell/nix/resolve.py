@@ -15,19 +15,20 @@ import platform
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 
 from nixcell import paths, sealed
 from nixcell.errors import (
-    EvaluationError,
     NixError,
     NixMissingError,
     StateError,
     UsageError,
 )
 from nixcell.fsio import private_dir
+from nixcell.nix.builderror import build_error, offline_names
 from nixcell.nix.closure import STORE_PATH, Closure
 from nixcell.nix.pins import PackageSource, _nix_string, source_for
 from nixcell.nix.storeroot import logical_real, nix_root, physical, store_args
@@ -59,18 +60,16 @@ def nix_options() -> tuple[str, ...]:
         return NIX_OPTIONS
     options = ("--option", "substituters", " ".join(caches))
     options += ("--option", "trusted-public-keys", " ".join(keys))
+    options += ("--option", "require-sigs", "true")  # (whatever NIX_CONFIG or nix.conf says)
     return options + (("--option", "netrc-file", netrc) if netrc else ())
 
 
 FLAKE_FEATURES = ("--extra-experimental-features", "nix-command flakes")
 _ATTR_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_'+-]*(\.[A-Za-z0-9_][A-Za-z0-9_'+-]*)*$")
 _STORE_PATH = re.compile(r"^(/nix/store/[0-9a-z]{32}-[^/]+)(/.*)?$")
-_UNKNOWN = re.compile(r"nixcell-unknown-packages: ([^\n]+)")
-_NOT_IN_ROOT = re.compile(
-    r"path '(/nix/store/[0-9a-z]{32}-[^']+)' does not exist and cannot be created"
-)
-_UNSIGNED = re.compile(r"substitute for '(/nix/store/[^']+)' from '([^']+)' is not signed by any")
-_MISMATCH = re.compile(r"hash mismatch importing path '(/nix/store/[^']+)'")
+# nix 2.8's first use of a new binary cache by two processes at once: one loses on the
+# narinfo cache's SQLite rows ("constraint failed"); trying again finds them
+_RACE = re.compile(r"binary-cache-v6\.sqlite.*(constraint failed|database is locked)")
 _BUILDING = re.compile(r"building '/nix/store/[0-9a-z]{32}-(.+?)\.drv'")
 
 Progress = Callable[[str], None]
@@ -204,7 +203,7 @@ def resolve(
         from nixcell.nix.missing import check_offline
 
         refs = [k.split("#", 1)[0] if flake else "" for _, flake, k in parts]
-        check_offline(packages, _offline_names(), refs)
+        check_offline(packages, offline_names(), refs)
     tool_pkgs = sorted(set(tools.values()))
     expr = build_expression(source, [e for e, _, _ in parts], tool_pkgs)
     flakes = any(f for _, f, _ in parts)
@@ -228,7 +227,10 @@ def resolve(
     links: dict[str, str] = {}
     for name in sorted(tools):
         if name not in programs:
-            links[name] = _tool_program(outs[1], name, root)
+            try:
+                links[name] = _tool_program(outs[1], name, root)
+            except OSError as exc:  # (a link loop in the store)
+                raise NixError(f"the {source.description}'s {tools[name]}: {exc}") from None
             if not os.path.lexists(physical(root, links[name])):
                 raise NixError(f"the {source.description}'s {tools[name]} has no bin/{name}")
     if links:  # the tools' packages, not the tools env (the links point past it)
@@ -309,6 +311,8 @@ def _read_cache(cache_file: Path, root: str | None = None) -> Closure | None:
         return None
     if not os.path.exists(physical(root, closure.env)):  # collected or wiped: resolve again
         return None
+    if root is not None and not os.path.exists(f"{root}/nix/var/nix/db/db.sqlite"):
+        return None  # the root's store was wiped under its files: nix knows none of them
     return closure
 
 
@@ -321,7 +325,15 @@ def verify_in_store(closure: Closure, root: str | None = None) -> None:
     """
     closure.check()
     for path in closure.paths:
-        real = logical_real(root, path)
+        if root is not None and os.path.islink(physical(root, path)):
+            raise NixError(  # a backend would bind what the link names on the host: refuse
+                f"store path {path} is a symbolic link: with a Nix root of its own, nixcell "
+                "does not run closures holding link store paths"
+            )
+        try:
+            real = logical_real(root, path)
+        except OSError as exc:
+            raise NixError(f"store path {path}: {exc}") from None
         if real != path and not STORE_PATH.fullmatch("/".join(real.split("/", 4)[:4])):
             raise NixError(f"store path {path} points outside the store ({real})")
     proc = subprocess.run(
@@ -354,11 +366,27 @@ def _nix_build(
     root: str | None = None,
 ) -> list[str]:
     gcroot.parent.mkdir(parents=True, exist_ok=True)
+    if root is not None:
+        from nixcell.nix.storeroot import ensure_store
+
+        ensure_store(root)
     argv = [nix_tool("nix-build"), *store_args(root), *nix_options(), "--out-link", str(gcroot)]
     if flakes:
         argv += FLAKE_FEATURES
     argv += ["-E", expr]
     log.debug("nix-build expression:\n%s", expr)
+    for attempt in range(3):
+        lines, out, code = _run_build(argv, progress)
+        if code == 0 and out:
+            return out
+        if attempt == 2 or not _RACE.search("\n".join(lines)):
+            break
+        log.info("nix-build met a concurrent nix's first use of a cache: trying again")
+        time.sleep(0.2 * (attempt + 1))
+    raise build_error(lines, source, root)
+
+
+def _run_build(argv: list[str], progress: Progress | None) -> tuple[list[str], list[str], int]:
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace"
     )
@@ -370,89 +398,7 @@ def _nix_build(
         if building and progress is not None:
             progress(f"building {building.group(1)}")
     out = [ln for ln in proc.stdout.read().split() if STORE_PATH.fullmatch(ln)]
-    if proc.wait() != 0 or not out:
-        raise _build_error(lines, source, root)
-    return out
-
-
-def _build_error(lines: list[str], source: PackageSource, root: str | None = None) -> NixError:
-    from nixcell.nix.missing import unknown_packages
-
-    text = "\n".join(lines)
-    unknown = _UNKNOWN.search(text)
-    if unknown:
-        names = unknown.group(1).strip().split(" ")
-        error = unknown_packages(names, _known_names(source), source.description)
-        error.detail = text
-        return error
-    for full in ("No space left on device", "Read-only file system", "Disk quota exceeded"):
-        if full in text and str(paths.state_dir()) in text:
-            return NixError(
-                f"cannot keep the resolution's GC root in {paths.state_dir()}: {full.lower()} "
-                "(nixcell's state dir; free space, or point XDG_STATE_HOME or NIXCELL_HOME "
-                "elsewhere)",
-                detail=text,
-            )
-    missing = _NOT_IN_ROOT.search(text)
-    unsigned = _UNSIGNED.search(text)
-    if missing and unsigned:
-        return NixError(
-            f"refused {unsigned.group(1)} from the binary cache "
-            f"{re.sub(r'//[^/@]*@', '//', unsigned.group(2))}: it is not "
-            "signed by any of the trusted public keys (trusted_public_keys)",
-            detail=text,
-        )
-    mismatch = _MISMATCH.search(text)
-    if missing and mismatch:
-        return NixError(
-            f"refused {mismatch.group(1)} from a binary cache: its contents do not match the "
-            "hash its signed narinfo names (a corrupt or tampered cache)",
-            detail=text,
-        )
-    if root is not None and missing:
-        return NixError(
-            f"store path {missing.group(1)} is not in the Nix root {root} and no binary cache "
-            "gave it: copy it there (nix copy --to ROOT) or name a cache ([server] substituters)",
-            detail=text,
-        )
-    if "unable to download" in text or "Could not resolve host" in text:
-        return NixError(
-            f"cannot fetch the {source.description}: no network or wrong pin", detail=text
-        )
-    first = next((ln for ln in lines if "error:" in ln), lines[-1] if lines else "nix-build failed")
-    excerpt = first.split("error:", 1)[-1].strip() or "nix-build failed"
-    return EvaluationError(f"nix evaluation failed: {excerpt}", detail=text)
-
-
-def _offline_names() -> dict[str, str]:
-    from nixcell.nix.offline import find_set
-
-    found = find_set()
-    return dict(found.packages) if found else {}
-
-
-def _known_names(source: PackageSource) -> list[str]:
-    if source.kind == "offline":
-        return sorted(_offline_names())
-    try:
-        out = subprocess.run(
-            [
-                nix_tool("nix-instantiate"),
-                *nix_options(),
-                "--eval",
-                "--json",
-                "-E",
-                f"builtins.attrNames {source.expr}",
-            ],
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=120,
-            check=True,
-        ).stdout
-        return list(json.loads(out))
-    except (subprocess.SubprocessError, ValueError, OSError):
-        return []
+    return lines, out, proc.wait()
 
 
 def _query_closure(env_path: str, root: str | None = None) -> tuple[str, ...]:

@@ -83,7 +83,7 @@ def check_store_dir(spec: CellSpec) -> None:
     before the copy is made, and by the plan)."""
     from nixcell.errors import SpecError
 
-    writable = _writable_bind(spec, spec.store_dir) if spec.store_dir is not None else None
+    writable = writable_bind(spec, spec.store_dir) if spec.store_dir is not None else None
     if writable is not None:
         raise SpecError(
             f"store dir {spec.store_dir} is inside {writable}, which the cell may write: "
@@ -91,7 +91,7 @@ def check_store_dir(spec: CellSpec) -> None:
         )
 
 
-def _writable_bind(spec: CellSpec, path: str) -> str | None:
+def writable_bind(spec: CellSpec, path: str) -> str | None:
     """The source of a writable bind through which the cell could write ``path`` or anything
     under it: one exposing it (or a part) at a cell path that no later bind covers. (bwrap
     mounts in order, the workdir first: the last bind whose target holds a cell path is the one

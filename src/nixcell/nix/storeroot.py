@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import stat
 
 from nixcell.errors import UsageError
@@ -23,6 +24,11 @@ from nixcell.errors import UsageError
 ENV = "NIXCELL_NIX_ROOT"
 STORE_DIR = "/nix/store"
 _MAX_LINKS = 40
+# nix reads ``--store`` as a URI when it can (``?`` starts parameters, ``%`` escapes): a root
+# is spelled only with characters every reader (nix, bwrap, docker, systemd) takes literally
+_PLAIN = re.compile(r"/[A-Za-z0-9._+-]+(/[A-Za-z0-9._+-]+)*")
+# what nix makes below a root; ``nix/store`` is nix's own 1775 (build users add paths there)
+_BELOW = ("nix", "nix/var", "nix/var/nix", "nix/var/nix/db", "nix/var/nix/gcroots")
 
 
 def nix_root() -> str | None:
@@ -42,6 +48,11 @@ def check_root(value: str) -> str:
     if posixpath.normpath(value) != value.rstrip("/") or value.rstrip("/") in ("", "/nix"):
         raise UsageError(f"{where}: must be a plain absolute path (no '.', '..', '//' or '/')")
     value = value.rstrip("/")
+    if not _PLAIN.fullmatch(value):
+        raise UsageError(
+            f"{where}: must be a plain absolute path of letters, digits and '._+-' (nix would "
+            "read '?', '%' and the like in it as a store URI's)"
+        )
     link = _first_link(value)
     if link is not None:
         raise UsageError(f"{where}: {link} is a symbolic link (name the real path)")
@@ -58,6 +69,9 @@ def check_root(value: str) -> str:
         raise UsageError(f"{where}: is owned by uid {st.st_uid}, not by this user")
     if st.st_mode & 0o022:
         raise UsageError(f"{where}: is writable by group or others (chmod go-w)")
+    problem = _unsafe_above(value) or _unsafe_below(value)
+    if problem is not None:
+        raise UsageError(f"{where}: {problem}")
     if os.geteuid() == 0:  # a root-run cell is another uid: it must reach the store's files
         closed = _first_closed(value)
         if closed is not None:
@@ -68,6 +82,36 @@ def check_root(value: str) -> str:
     return value
 
 
+def _unsafe_above(path: str) -> str | None:
+    """A directory above the root that someone else could change (rename the root away, put
+    another in its place): owned by another user, or writable by others without the sticky
+    bit (``/tmp`` is fine)."""
+    here = path
+    while here != "/":
+        here = posixpath.dirname(here)
+        st = os.stat(here)
+        if st.st_uid not in (0, os.geteuid()):
+            return f"{here} is owned by uid {st.st_uid} (whoever owns it can replace the root)"
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            return f"{here} is writable by group or others (chmod go-w, or the sticky bit)"
+    return None
+
+
+def _unsafe_below(root: str) -> str | None:
+    """nix's own directories below the root (its database, its roots), when they exist: owned
+    by this user, writable by nobody else, and no symbolic link among them."""
+    for part in _BELOW:
+        try:
+            st = os.lstat(f"{root}/{part}")
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            return f"{root}/{part} is not a directory (a symbolic link, or a file)"
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            return f"{root}/{part} is writable by someone else (chmod go-w, chown)"
+    return None
+
+
 def _first_closed(path: str) -> str | None:
     here = ""
     for part in [p for p in path.split("/") if p]:
@@ -75,6 +119,34 @@ def _first_closed(path: str) -> str | None:
         if not os.stat(here).st_mode & 0o001:
             return here
     return None
+
+
+def ensure_store(root: str) -> None:
+    """Make the root's store (database, roots) once, under a lock: two nix processes making a
+    fresh root at the same moment race on its first directories ("File exists")."""
+    import fcntl
+    import subprocess
+
+    if os.path.exists(f"{root}/nix/var/nix/db/db.sqlite"):
+        return
+    fd = os.open(f"{root}/.nixcell-init.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if not os.path.exists(f"{root}/nix/var/nix/db/db.sqlite"):
+            proc = subprocess.run(["nix-store", "--store", root, "--init"], capture_output=True,
+                                  text=True)  # fmt: skip
+            if proc.returncode != 0:
+                from nixcell.errors import NixError
+
+                raise NixError(f"cannot make the Nix store in {root}", detail=proc.stderr)
+    finally:
+        os.close(fd)
+
+
+def refuse_root(what: str) -> None:
+    """Fail closed where a part reads the machine's store itself (MCP artifacts)."""
+    if os.environ.get(ENV):
+        raise UsageError(f"{what} take the machine's /nix/store: unset {ENV} for them")
 
 
 def store_args(root: str | None) -> tuple[str, ...]:

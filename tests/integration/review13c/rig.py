@@ -30,11 +30,13 @@ def closure(names: list[str]) -> list[str]:
     return sorted(set(out.stdout.split()))
 
 
-def password(key_file: str) -> str:
+def password(key_file: str, server) -> str:
+    """The password of ``server``'s cache address (a daemon with ``cache_url``): one per
+    address since the review (a forged or borrowed address gets one that opens nothing)."""
     from nixcell.nix.narinfo import cluster_password
 
     with open(key_file, "rb") as f:
-        return cluster_password(f.read())
+        return cluster_password(f.read(), server.url + "/nix-cache")
 
 
 def basic(login: str, secret: str) -> str:

@@ -88,7 +88,7 @@ def test_parallel_nar_readers_are_bounded(cluster, seeded) -> None:  # noqa: F81
     however many (a slow or stuck reader keeps its child, pipe and buffers)."""
     c = cluster(0)
     w1 = c.add("w1", root=seeded, cache=False, serve_cache=True)
-    auth = basic("nixcell", password(c.key))
+    auth = basic("nixcell", password(c.key, c["w1"]))
     target = f"/nix-cache/nar/{path_of('coreutils')[11:43]}.nar"
     conns = []
     try:

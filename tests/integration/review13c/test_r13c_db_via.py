@@ -25,6 +25,7 @@ def test_a_via_cache_written_into_the_database_gets_no_password(cluster, tmp_pat
     Found: a row naming any ``http://…/nix-cache`` makes the worker's nix send
     ``nixcell:PASSWORD`` there (a netrc entry for that host)."""
     c = cluster(0)
+    c.add("w1", cache=False, serve_cache=True)  # a real cache, whose password must not leak
     c.add("w2", cache=False)
     with auth_cache(tmp_path, "x", "y") as evil:  # records what it is sent; serves nothing
         seed = c.submit("w2", {"packages": ["bash"], "command": ["true"], "on_host": "w2"})
@@ -43,5 +44,5 @@ def test_a_via_cache_written_into_the_database_gets_no_password(cluster, tmp_pat
             ).fetchone()[0]  # fmt: skip
             db.execute("SELECT pg_notify('nixcell', %s)", (f"q {new} w2",))
         c.wait("w2", new, {"succeeded", "failed", "error", "cancelled"})
-        leaked = basic("nixcell", password(c.key))
+        leaked = basic("nixcell", password(c.key, c["w1"]))
         assert leaked not in evil.seen, "a database row made a worker send the cluster password"

@@ -73,7 +73,7 @@ def test_a_via_job_keeps_the_workers_own_netrc(cluster, seeded, private) -> None
     assert control["state"] == "succeeded", control
     via = _run(c, "w1", "w2")
     assert via["request"]["via_cache"] == c["w1"].url + "/nix-cache"
-    secret = password(c.key)
+    secret = password(c.key, c["w1"])
     for name in ("w1", "w2", "w3"):
         assert secret not in c[name].log()
     assert secret not in json.dumps(via)
@@ -88,5 +88,5 @@ def test_the_cluster_password_reaches_no_other_cache(cluster, seeded, private) -
     cache, _ = private
     c = _rig(cluster, seeded, private)
     _run(c, "w1", "w2")
-    leaked = basic("nixcell", password(c.key))
+    leaked = basic("nixcell", password(c.key, c["w1"]))
     assert leaked not in cache.seen, "the cluster's cache password was sent to a private cache"

@@ -28,7 +28,8 @@ def test_sighup_without_cache_url_stops_serving_the_store(cluster, seeded) -> No
     the HostCache were made at start and keep serving every closure path."""
     c = cluster(0)
     w1 = c.add("w1", root=seeded, cache=False, serve_cache=True)
-    auth = {"Authorization": basic("nixcell", password(c.key)), "Host": f"127.0.0.1:{w1.port}"}
+    secret = password(c.key, c["w1"])
+    auth = {"Authorization": basic("nixcell", secret), "Host": f"127.0.0.1:{w1.port}"}
     target = f"/nix-cache/{path_of('bash')[11:43]}.narinfo"
     assert raw_get(w1.port, target, auth)[0] == 200
     off = "".join(ln for ln in w1.config_text.splitlines(True) if not ln.startswith("cache_url"))

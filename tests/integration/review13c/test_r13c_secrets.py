@@ -37,7 +37,7 @@ def test_the_cache_password_stays_in_the_netrc_file(cluster, seeded) -> None:  #
                           "on_host": "w2"})  # fmt: skip
     done = c.wait("w1", job["id"], TERMINAL)
     assert done["state"] == "succeeded", done
-    secret = password(c.key)
+    secret = password(c.key, c["w1"])
     st = os.lstat(netrc)
     assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
     with open(netrc) as f:

@@ -46,7 +46,8 @@ def test_a_cli_run_on_the_serving_host_does_not_widen_what_it_serves(cluster, se
     secret = _secret_path(seeded)
     c = cluster(0)
     w1 = c.add("w1", root=seeded, cache=False, serve_cache=True)
-    auth = {"Authorization": basic("nixcell", password(c.key)), "Host": f"127.0.0.1:{w1.port}"}
+    pw = password(c.key, c["w1"])
+    auth = {"Authorization": basic("nixcell", pw), "Host": f"127.0.0.1:{w1.port}"}
     target = f"/nix-cache/{secret[11:43]}.narinfo"
     assert raw_get(w1.port, target, auth)[0] == 404
     env = {**os.environ, "NIXCELL_NIX_ROOT": seeded}

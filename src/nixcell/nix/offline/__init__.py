@@ -49,10 +49,11 @@ def find_set(dest: Path | None = None) -> OfflineSet | None:
     if state is None or not state.packages or not nix_file.exists():
         return None
     packages = state.attrs()
-    from nixcell.nix.storeroot import nix_root
+    from nixcell.nix.storeroot import ENV
 
-    # (a Nix root of the host's own receives the set's paths as it needs them, from a cache)
-    if nix_root() is None and not all(os.path.exists(p) for p in set(packages.values())):
+    # (a Nix root of the host's own receives the set's paths as it needs them, from a cache;
+    # a bad root is refused where it is used, not here)
+    if not os.environ.get(ENV) and not all(os.path.exists(p) for p in set(packages.values())):
         return None
     return OfflineSet(nix_file=nix_file, ident=state.ident, packages=packages)
 
