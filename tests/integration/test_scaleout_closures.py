@@ -162,3 +162,18 @@ def test_a_single_host_server_with_a_cache_url_is_refused_in_one_line(jobsd) -> 
     err = proc.stderr.decode()
     assert proc.returncode != 0 and "Traceback" not in err, err
     assert any("cache_url needs a postgresql store" in line for line in err.splitlines()), err
+
+
+def test_a_burst_of_cold_jobs_on_a_fresh_root_all_run(cluster) -> None:  # noqa: F811
+    """Eight jobs at once on a worker whose root is empty: nix 2.8's first use of the root and
+    of the cache by several processes at once races (its narinfo cache's SQLite rows, the
+    root's first directories); every job runs, and the API answers meanwhile."""
+    c = cluster(1, concurrency=8)
+    jobs = [c.submit("w1", {"packages": ["bash"], "command": ["bash", "-c", f"echo {i}"]})
+            for i in range(8)]  # fmt: skip
+    assert c["w1"].call("GET", "/api/v1/jobs?limit=5")["jobs"]  # (not starved by the builds)
+    for i, job in enumerate(jobs):
+        done = c.wait("w1", job["id"], TERMINAL)
+        assert done["state"] == "succeeded", done.get("reason")
+        lines = c["w1"].call("GET", f"/api/v1/jobs/{job['id']}/logs?stream=stdout")["lines"]
+        assert [x["text"] for x in lines] == [str(i)]

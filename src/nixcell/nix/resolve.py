@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import platform
+import random
 import re
 import shutil
 import subprocess
@@ -69,7 +70,7 @@ _ATTR_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_'+-]*(\.[A-Za-z0-9_][A-Za-z0-9
 _STORE_PATH = re.compile(r"^(/nix/store/[0-9a-z]{32}-[^/]+)(/.*)?$")
 # nix 2.8's first use of a new binary cache by two processes at once: one loses on the
 # narinfo cache's SQLite rows ("constraint failed"); trying again finds them
-_RACE = re.compile(r"binary-cache-v6\.sqlite.*(constraint failed|database is locked)")
+_RACE = re.compile(r"(constraint failed|database is locked)[^\n]*binary-cache-v6\.sqlite")
 _BUILDING = re.compile(r"building '/nix/store/[0-9a-z]{32}-(.+?)\.drv'")
 
 Progress = Callable[[str], None]
@@ -366,23 +367,38 @@ def _nix_build(
     root: str | None = None,
 ) -> list[str]:
     gcroot.parent.mkdir(parents=True, exist_ok=True)
-    if root is not None:
-        from nixcell.nix.storeroot import ensure_store
+    if root is not None:  # one nix-build at a time in a root (nix 2.8 processes building and
+        # substituting into one fresh chroot store at once were seen to wait on each other for
+        # minutes); warm runs call no nix, so only cold resolutions queue here
+        from nixcell.nix.storeroot import ensure_store, locked
 
         ensure_store(root)
+        with locked(root, "build"):
+            return _build_in(expr, gcroot, flakes, source, progress, root)
+    return _build_in(expr, gcroot, flakes, source, progress, root)
+
+
+def _build_in(
+    expr: str,
+    gcroot: Path,
+    flakes: bool,
+    source: PackageSource,
+    progress: Progress | None,
+    root: str | None,
+) -> list[str]:
     argv = [nix_tool("nix-build"), *store_args(root), *nix_options(), "--out-link", str(gcroot)]
     if flakes:
         argv += FLAKE_FEATURES
     argv += ["-E", expr]
     log.debug("nix-build expression:\n%s", expr)
-    for attempt in range(3):
+    for attempt in range(5):
         lines, out, code = _run_build(argv, progress)
         if code == 0 and out:
             return out
-        if attempt == 2 or not _RACE.search("\n".join(lines)):
+        if attempt == 4 or not _RACE.search("\n".join(lines)):
             break
         log.info("nix-build met a concurrent nix's first use of a cache: trying again")
-        time.sleep(0.2 * (attempt + 1))
+        time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))  # (apart: not in step again)
     raise build_error(lines, source, root)
 
 

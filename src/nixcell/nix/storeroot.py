@@ -14,10 +14,12 @@ inside the root, and the physical file is only ever reached through ``physical``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import re
 import stat
+from collections.abc import Iterator
 
 from nixcell.errors import UsageError
 
@@ -53,7 +55,9 @@ def check_root(value: str) -> str:
             f"{where}: must be a plain absolute path of letters, digits and '._+-' (nix would "
             "read '?', '%' and the like in it as a store URI's)"
         )
-    link = _first_link(value)
+    from nixcell.plancheck import first_link
+
+    link = first_link(value)
     if link is not None:
         raise UsageError(f"{where}: {link} is a symbolic link (name the real path)")
     try:
@@ -119,6 +123,19 @@ def _first_closed(path: str) -> str | None:
         if not os.stat(here).st_mode & 0o001:
             return here
     return None
+
+
+@contextlib.contextmanager
+def locked(root: str, name: str) -> Iterator[None]:
+    """An exclusive flock on ``ROOT/.nixcell-NAME.lock`` (between processes and threads)."""
+    import fcntl
+
+    fd = os.open(f"{root}/.nixcell-{name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def ensure_store(root: str) -> None:
@@ -188,15 +205,3 @@ def logical_real(root: str | None, path: str) -> str:
         if target.startswith("/"):
             done = []
     return "/" + "/".join(done)
-
-
-def _first_link(path: str) -> str | None:
-    here = ""
-    for part in [p for p in path.split("/") if p]:
-        here += "/" + part
-        try:
-            if stat.S_ISLNK(os.lstat(here).st_mode):
-                return here
-        except FileNotFoundError:
-            return None
-    return None
