@@ -79,7 +79,10 @@ def _serve_host_cache(state: Path) -> tuple[str, object, object]:
     while not server.started:
         time.sleep(0.02)
     port = server.servers[0].sockets[0].getsockname()[1]
-    return f"http://127.0.0.1:{port}/nix-cache", cache, server
+    url = f"http://127.0.0.1:{port}/nix-cache"
+    cache.serve_at(url)  # (its password is this address's)
+    fetcher = HostCache(SimpleNamespace(cache_url=None, nix_root=None, state_dir=str(state)), key)
+    return url, fetcher, server  # (another host of the cluster fetches: the same store_key)
 
 
 def main() -> int:
