@@ -183,7 +183,8 @@ def test_nix_is_told_of_binary_caches_only_with_keys(monkeypatch) -> None:
     monkeypatch.setenv("NIXCELL_TRUSTED_PUBLIC_KEYS", KEY)
     assert nix_options() == (
         "--option", "substituters", "file:///srv/cache", "--option", "trusted-public-keys", KEY,
-        "--option", "require-sigs", "true",
+        "--option", "require-sigs", "true", "--option", "narinfo-cache-positive-ttl", "0",
+        "--option", "narinfo-cache-negative-ttl", "0",
     )  # fmt: skip
 
 

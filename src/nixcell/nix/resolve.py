@@ -62,6 +62,11 @@ def nix_options() -> tuple[str, ...]:
     options = ("--option", "substituters", " ".join(caches))
     options += ("--option", "trusted-public-keys", " ".join(keys))
     options += ("--option", "require-sigs", "true")  # (whatever NIX_CONFIG or nix.conf says)
+    # nix keeps narinfos by cache URL for 30 days (misses for an hour): a cache whose key was
+    # rotated, or a new one on an old address, would be judged by stale signatures, and a path a
+    # submitting host serves only since a minute ago would stay "missing"
+    options += ("--option", "narinfo-cache-positive-ttl", "0")
+    options += ("--option", "narinfo-cache-negative-ttl", "0")
     return options + (("--option", "netrc-file", netrc) if netrc else ())
 
 
