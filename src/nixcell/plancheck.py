@@ -29,13 +29,13 @@ def stale_reason(plan: Plan) -> str | None:
         return "its closure is gone from the store"
     if plan.nix_root is not None:  # the root is checked again: it may have become writable
         from nixcell.errors import NixcellError
-        from nixcell.nix.storeroot import check_root
+        from nixcell.nix.storeroot import check_root, has_database
 
         try:
             check_root(plan.nix_root)
         except NixcellError as exc:
             return exc.message
-        if not os.path.exists(f"{plan.nix_root}/nix/var/nix/db/db.sqlite"):
+        if not has_database(plan.nix_root):
             return "the Nix root's store was wiped"
     for role, path, kind in plan.checked:
         now = path_kind(path)

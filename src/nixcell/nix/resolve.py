@@ -32,7 +32,7 @@ from nixcell.fsio import private_dir
 from nixcell.nix.builderror import build_error, offline_names
 from nixcell.nix.closure import STORE_PATH, Closure
 from nixcell.nix.pins import PackageSource, _nix_string, source_for
-from nixcell.nix.storeroot import logical_real, nix_root, physical, store_args
+from nixcell.nix.storeroot import has_database, logical_real, nix_root, physical, store_args
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +317,7 @@ def _read_cache(cache_file: Path, root: str | None = None) -> Closure | None:
         return None
     if not os.path.exists(physical(root, closure.env)):  # collected or wiped: resolve again
         return None
-    if root is not None and not os.path.exists(f"{root}/nix/var/nix/db/db.sqlite"):
+    if root is not None and not has_database(root):
         return None  # the root's store was wiped under its files: nix knows none of them
     return closure
 

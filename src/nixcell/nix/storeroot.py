@@ -141,23 +141,23 @@ def locked(root: str, name: str) -> Iterator[None]:
 def ensure_store(root: str) -> None:
     """Make the root's store (database, roots) once, under a lock: two nix processes making a
     fresh root at the same moment race on its first directories ("File exists")."""
-    import fcntl
     import subprocess
 
-    if os.path.exists(f"{root}/nix/var/nix/db/db.sqlite"):
+    if has_database(root):
         return
-    fd = os.open(f"{root}/.nixcell-init.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        if not os.path.exists(f"{root}/nix/var/nix/db/db.sqlite"):
+    with locked(root, "init"):
+        if not has_database(root):
             proc = subprocess.run(["nix-store", "--store", root, "--init"], capture_output=True,
                                   text=True)  # fmt: skip
             if proc.returncode != 0:
                 from nixcell.errors import NixError
 
                 raise NixError(f"cannot make the Nix store in {root}", detail=proc.stderr)
-    finally:
-        os.close(fd)
+
+
+def has_database(root: str) -> bool:
+    """The root's store exists (nix made its database): without it nix knows none of its paths."""
+    return os.path.exists(f"{root}/nix/var/nix/db/db.sqlite")
 
 
 def refuse_root(what: str) -> None:
