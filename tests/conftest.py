@@ -13,6 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 NIXCELL = str(Path(sys.executable).with_name("nixcell"))
+# What /tmp held before the suite: the last test complains only of what this run left.
+TMP_AT_START = frozenset(p.name for p in Path("/tmp").iterdir() if p.name.startswith("nixcell"))
 
 
 def skip_reason() -> str | None:

@@ -220,4 +220,18 @@ def jobsd(offline_set):
     for daemon in made:
         daemon.stop()
         daemon._log.close()
-        shutil.rmtree(daemon.root, ignore_errors=True)
+        remove_tree(daemon.root)
+
+
+def remove_tree(root: Path, wait: float = 10) -> None:
+    """Remove a daemon's directory, or fail saying what stayed (a process the daemon left
+    writing there outlives it: that is a finding, not a thing to ignore)."""
+    deadline = time.monotonic() + wait
+    while True:
+        shutil.rmtree(root, ignore_errors=True)
+        if not root.exists():
+            return
+        if time.monotonic() > deadline:
+            left = sorted(str(p.relative_to(root)) for p in root.rglob("*"))[:10]
+            raise AssertionError(f"{root} could not be removed; left: {left}")
+        time.sleep(0.2)

@@ -104,7 +104,7 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 def nix_cache():
     if shutil.which("nix") is None:
         pytest.skip("nix is not installed")
-    directory = Path(tempfile.mkdtemp(prefix="nixcell-cache-", dir="/tmp"))
+    directory = Path(tempfile.mkdtemp(prefix="suite-cache-", dir="/tmp"))
     try:
         secret, public = make_key(directory, "nixcell-test-cache-1")
         paths = [p for p in offline_paths() if not any(f"-{b}" in p for b in BIG)]

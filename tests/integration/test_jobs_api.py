@@ -39,18 +39,17 @@ def _sse(raw: bytes) -> list[tuple[str, str | None, dict]]:
 @pytest.fixture(scope="module")
 def daemon(offline_set, tmp_path_factory):
     """One daemon for this module's read-mostly tests (each test that needs its own makes it)."""
-    import shutil
     import tempfile
     from pathlib import Path
 
-    from tests.integration.jobsd import Daemon
+    from tests.integration.jobsd import Daemon, remove_tree
 
     root = Path(tempfile.mkdtemp(prefix="nixcell-jobsd-", dir="/tmp"))
     root.chmod(0o755)
     d = Daemon(root, "[server]\nconcurrency = 2\n", tcp=True).start()
     yield d
     assert d.stop() == 0, d.log()
-    shutil.rmtree(root, ignore_errors=True)
+    remove_tree(root)
 
 
 def test_submit_follow_list_logs(daemon):

@@ -15,7 +15,7 @@ import socket
 
 import pytest
 from tests.conftest import cli
-from tests.integration.nixcache import make_key, nix_cache, nix_roots  # noqa: F401
+from tests.integration.nixcache import make_key
 from tests.integration.review13b.rootrig import by_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
@@ -24,8 +24,8 @@ SECRET = "s3cr3t-review13b-pw"
 
 
 def test_a_wrong_key_is_refused_even_if_nix_config_drops_require_sigs(
-    nix_cache,  # noqa: F811
-    nix_roots,  # noqa: F811
+    nix_cache,
+    nix_roots,
     tmp_path,
 ) -> None:
     root = nix_roots()
@@ -51,8 +51,8 @@ def _closed_port() -> int:
 
 @pytest.mark.parametrize("where", ["wrong-key", "closed-port"])
 def test_a_cache_password_is_never_in_the_error(
-    nix_cache,  # noqa: F811
-    nix_roots,  # noqa: F811
+    nix_cache,
+    nix_roots,
     tmp_path,
     where,
 ) -> None:
@@ -72,7 +72,7 @@ def test_a_cache_password_is_never_in_the_error(
 
 
 @pytest.mark.parametrize("ambient", ["keys", "both"])
-def test_ambient_nix_config_adds_no_cache_or_key(nix_cache, nix_roots, tmp_path, ambient):  # noqa: F811
+def test_ambient_nix_config_adds_no_cache_or_key(nix_cache, nix_roots, tmp_path, ambient):
     """``extra-`` settings (nix.conf, NIX_CONFIG) append to what nixcell sets: "without
     [substituters] nix fetches nothing", and only ``trusted_public_keys`` are trusted."""
     root = nix_roots()

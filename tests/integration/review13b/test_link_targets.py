@@ -8,7 +8,7 @@ import os
 
 import pytest
 from tests.conftest import cli
-from tests.integration.nixcache import nix_roots, remove_root, seeded_root  # noqa: F401
+from tests.integration.nixcache import remove_root, seeded_root
 from tests.integration.review13b.rootrig import add_link, base_closure, by_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
@@ -56,7 +56,7 @@ def test_a_chain_of_too_many_links_is_one_line(root) -> None:
 
 
 @pytest.mark.parametrize("store", ["closure", "readonly"])
-def test_a_root_whose_nix_dir_is_a_link_to_the_machines_is_refused(nix_roots, store) -> None:  # noqa: F811
+def test_a_root_whose_nix_dir_is_a_link_to_the_machines_is_refused(nix_roots, store) -> None:
     """check_root looks at the root's own path only; ROOT/nix -> /nix would make the root the
     machine's store under another name (nix refuses a store reached through a link)."""
     root = nix_roots()

@@ -12,13 +12,12 @@ import os
 
 import pytest
 from tests.conftest import cli
-from tests.integration.nixcache import nix_roots  # noqa: F401 - the fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
 
 @pytest.mark.parametrize("name", ["r?b", "s?real=PARENT/real"])
-def test_a_root_nix_would_parse_as_a_uri_is_refused(nix_roots, name) -> None:  # noqa: F811
+def test_a_root_nix_would_parse_as_a_uri_is_refused(nix_roots, name) -> None:
     """``s?real=PARENT/real``: a plain directory path (made here), which nix reads as the store
     whose database is PARENT/s and whose files are PARENT/real."""
     parent = nix_roots()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 from tests.integration.jobsd import jobsd  # noqa: F401 - the fixture
-from tests.integration.nixcache import make_key, nix_cache, nix_roots  # noqa: F401
+from tests.integration.nixcache import make_key
 from tests.integration.review13b.rootrig import by_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
