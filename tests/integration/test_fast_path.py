@@ -36,7 +36,7 @@ echo --- maps; cat /proc/self/uid_map /proc/self/gid_map /proc/self/setgroups /p
 echo --- mounts; while read -r _ _ _ root point opts rest; do
   echo "$root $point $opts ${{rest#*- }}"; done < /proc/self/mountinfo
 echo --- env; env | sort
-echo --- place; pwd; umask; id; cat /proc/sys/kernel/hostname
+echo --- place; pwd; umask; id; cat /proc/sys/kernel/hostname; tty; test -t 1 && echo out-tty
 ls -1a /; ls -ln /workspace /data 2>&1
 echo --- limits; ulimit -a
 """
@@ -94,6 +94,8 @@ def _flag_sets(tmp: Path) -> dict[str, list[str]]:
             "-e", "LOOKS=<fd:seccomp>", "-e", "DASH=--", "--cwd", "/data",
         ],
         "debugger profile": ["--hardening-profile", "debugger"],
+        "own pty (-i)": ["-i"],  # stdin a pipe: the cell's pty is nixcell's own, on both paths
+        "no pty (-T)": ["-T"],
         "disk": ["--disk", "64M"],
         "host network": ["--host-network"],
         "whole store": ["--store", "readonly"],

@@ -56,7 +56,12 @@ class Outcome:
 
 
 def supports(plan: PlanView) -> bool:
-    """Whether this executor runs the plan (a network needs the proxy: the normal path)."""
+    """Whether this executor runs the plan: it hands the cell this process's stdio as they are,
+    so a cell with a network (the proxy) or a PTY of its own (``-i``) takes the normal one."""
+    from nixcell.ttymode import wants_pty
+
+    if wants_pty(getattr(plan, "tty", "never"), False, False):  # (no terminal: cli/fast.py)
+        return False
     return plan.network is None and getattr(plan, "backend", "bwrap") == "bwrap"
 
 
