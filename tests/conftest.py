@@ -13,8 +13,30 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 NIXCELL = str(Path(sys.executable).with_name("nixcell"))
-# What /tmp held before the suite: the last test complains only of what this run left.
-TMP_AT_START = frozenset(p.name for p in Path("/tmp").iterdir() if p.name.startswith("nixcell"))
+# What /tmp held before the suite (./test lists it before its first pytest): the last test
+# complains only of what this run left.
+_BASELINE = os.environ.get("NIXCELL_SUITE_TMP_BASELINE")
+TMP_AT_START = frozenset(
+    Path(_BASELINE).read_text().split()
+    if _BASELINE
+    else (p.name for p in Path("/tmp").iterdir() if p.name.startswith("nixcell"))
+)
+# Files that look at the whole host (every cell cgroup, every gVisor sandbox, the host's
+# mounts): a cell of a test running beside them would be a false finding.
+HOST_WIDE = {
+    "test_limits.py",
+    "test_warm_stage.py",
+    "test_backend_gvisor.py",
+    "test_backend_gvisor_runs.py",
+    "test_backend_gvisor_mounts.py",
+    "test_zz_cleanup.py",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in HOST_WIDE:
+            item.add_marker(pytest.mark.host_wide)
 
 
 def skip_reason() -> str | None:

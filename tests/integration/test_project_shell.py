@@ -19,6 +19,7 @@ def _shell(cwd: Path, *args: str, timeout: float = 120) -> pexpect.spawn:
     return pexpect.spawn(
         NIXCELL, ["shell", *args], cwd=str(cwd), env={**os.environ, "TERM": "xterm"},
         encoding="utf-8", codec_errors="replace", timeout=timeout,
+        dimensions=(24, 250),  # a long tmp path in the prompt must not wrap (readline's \r)
     )  # fmt: skip
 
 
