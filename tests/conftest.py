@@ -22,13 +22,15 @@ TMP_AT_START = frozenset(
     else (p.name for p in Path("/tmp").iterdir() if p.name.startswith("nixcell"))
 )
 # Files that look at the whole host (every cell cgroup, every gVisor sandbox, the host's
-# mounts): a cell of a test running beside them would be a false finding.
+# mounts, the next free uid slot): a cell of a test running beside them would be a false
+# finding. A single test of that kind elsewhere is marked ``@pytest.mark.host_wide``.
 HOST_WIDE = {
     "test_limits.py",
     "test_warm_stage.py",
     "test_backend_gvisor.py",
     "test_backend_gvisor_runs.py",
     "test_backend_gvisor_mounts.py",
+    "test_identity_orphans.py",  # (which uid slot is free next: no other cell may take one)
     "test_zz_cleanup.py",
 }
 

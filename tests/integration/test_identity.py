@@ -215,6 +215,7 @@ def test_ordinary_user_cell_has_the_users_uid_and_the_same_isolation(user_home, 
     assert seen and all(ids == (NOBODY, NOBODY) for ids in seen.values()), seen
 
 
+@pytest.mark.host_wide  # the first free slot: no cell of another test may take it meanwhile
 def test_identity_slots_are_released(offline_set):
     """A slot is held for the cell's life only: after many runs, the first slot is free again."""
     if os.geteuid() != 0:
