@@ -27,8 +27,9 @@ class HostFacts:
     # (``holder.create_volume``): writable, yet within the disk bound
     volumes: tuple[str, ...] = ()
     scratch_dir: str = "/run/nixcell/scratch"  # sandbox/holder.scratch_dir(): --disk's tmpfs
-    # (role, host path, kind) the plan was made for: "bind" sources and "hide" paths with
-    # "dir" | "file" | "missing"; a cached plan is stale when one differs (plancheck.py)
+    # (role, host path, kind) the plan was made for: "bind" sources, "hide" paths and the
+    # "proc" entries it masks, with "dir" | "file" | "missing"; a cached plan is stale when one
+    # differs (plancheck.py)
     checked: tuple[tuple[str, str, str], ...] = ()
     # (path, mtime_ns, size, inode) of the policy files: what the plan read of them (cidrs)
     stamps: tuple[tuple[str, int, int, int], ...] = ()
@@ -121,7 +122,12 @@ def gather(spec, volumes: tuple[str, ...] = (), store=None) -> HostFacts:
     from nixcell.plan import PROC_MASKED, PROC_READ_ONLY
     from nixcell.sandbox import holder
 
-    proc = {p: k for p in (*PROC_READ_ONLY, *PROC_MASKED) if (k := _kind(p)) is not None}
+    proc: dict[str, str] = {}
+    for path in (*PROC_READ_ONLY, *PROC_MASKED):  # a module loaded since adds one: replan
+        kind = _kind(path)
+        if kind is not None:
+            proc[path] = kind
+        checked.append(("proc", path, kind or "missing"))
     return HostFacts(
         uid=os.getuid(),
         gid=os.getgid(),

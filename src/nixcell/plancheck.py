@@ -38,7 +38,7 @@ def stale_reason(plan: Plan) -> str | None:
         if not has_database(plan.nix_root):
             return "the Nix root's store was wiped"
     for role, path, kind in plan.checked:
-        now = path_kind(path)
+        now = link_kind(path) if role == "project" else path_kind(path)
         if now != kind:
             return f"{role} path {path} was {kind} and is {now} now"
         if role == "daemon" and connect_error(path) is not None:
@@ -71,8 +71,14 @@ def _copy_stale(plan: Plan) -> str | None:
     """A copy store mode's plan runs only on the copy it was made for: the manifest written
     with it (each refresh renames a new one in) and every closure entry still there (what the
     normal path's refresh would copy again)."""
+    from nixcell.errors import NixcellError
+    from nixcell.nix.storecopy import check_copy_dir
     from nixcell.nix.storestamp import manifest_stamp, missing_entry
 
+    try:  # ours and writable by us alone, reached through no link: else another could swap it
+        check_copy_dir(plan.store_dir)
+    except NixcellError as exc:
+        return exc.message
     if manifest_stamp(plan.store_dir) != plan.store_stamp:
         return f"the store copy in {plan.store_dir} changed"
     missing = missing_entry(plan.store_dir, plan.closure)
@@ -104,6 +110,15 @@ def path_kind(path: str) -> str:
     except OSError:
         return "missing"
     return "dir" if stat.S_ISDIR(mode) else "file"
+
+
+def link_kind(path: str) -> str:
+    """``path_kind``, but a symbolic link is "link:" and where it points: a project's hidden
+    ``~/.ssh -> dotfiles/ssh`` re-pointed (or a link planted, dangling) changes the plan."""
+    try:
+        return "link:" + os.readlink(path)
+    except OSError:
+        return path_kind(path)
 
 
 def first_link(path: str) -> str | None:

@@ -150,7 +150,8 @@ def _run(
         from nixcell.sandbox import backends
 
         backends.check(plan)
-    fast.remember(plan)
+    if spec.backend != "auto":  # (a project's "auto" is probed again each run, as the flag's)
+        fast.remember(plan)
     leftovers.sweep_if_due()
     # --learn prints the policy on stdout: the cell's own stdout goes to stderr then.
     stdout = 2 if learn and learn_dir is None else None

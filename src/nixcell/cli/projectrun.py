@@ -71,7 +71,7 @@ def project_spec(found, command: tuple[str, ...], flags: dict[str, object], warn
 def project_spec_checked(found, command: tuple[str, ...], flags: dict[str, object], warn=None):
     """``project_spec`` and the host paths the spec was made for, as plan ``checked`` entries:
     give them to ``_run`` when the plan may be cached (it is stale when one changes)."""
-    from nixcell.plancheck import path_kind
+    from nixcell.plancheck import link_kind
     from nixcell.project.compile import compile_spec, draft
     from nixcell.project.load import load
     from nixcell.project.state import ensure_state
@@ -90,7 +90,7 @@ def project_spec_checked(found, command: tuple[str, ...], flags: dict[str, objec
         raise UsageError(f"{found.path}: [nix] packages is empty: {hint.split(': ', 1)[1]}")
     net = network_from_flags(flags)
     spec = compile_spec(project, command, {**flags, "net": net}, os.getcwd())
-    checked = tuple(("project", p, path_kind(p)) for p in dict.fromkeys(made.considered))
+    checked = tuple(("project", p, link_kind(p)) for p in dict.fromkeys(made.considered))
     return spec, checked
 
 

@@ -191,6 +191,13 @@ def current(store_dir: str) -> StoreCopy:
 # -- the directory -----------------------------------------------------------------------------
 
 
+def check_copy_dir(store_dir: str) -> None:
+    """Refuse ``store_dir`` as ``_open_store_dir`` would (a cached plan's, on the warm path)."""
+    fd = _open_store_dir(store_dir, create=False)
+    if fd is not None:
+        os.close(fd)
+
+
 def _open_store_dir(store_dir: str, create: bool) -> int | None:
     """An fd of ``store_dir`` reached without following any link; created (0755) when asked and
     missing (its parent must exist). Refused when it is not the invoking user's (or root's), or
