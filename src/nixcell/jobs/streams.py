@@ -34,6 +34,7 @@ async def follow_job(
     seq = after
     seen = 0 if after == 0 else await asyncio.to_thread(_sent_before, store, job_id)
     final: Event | None = None
+    last_pass = False  # the hub closed: one more read (a state stored just before it closed)
     while True:
         waiter = hub.waiter(job_id)
         try:  # every read off the loop: a cluster's store is a database over the network
@@ -67,8 +68,11 @@ async def follow_job(
                     else await asyncio.to_thread(_stored_final, store, job)
                 )
                 return
-            if hub.closed:
-                return
+            if hub.closed:  # the service stops: it stored every state it ends before this
+                if last_pass:
+                    return
+                last_pass = True
+                continue
             await asyncio.wait({waiter}, timeout=RECHECK)
         finally:
             hub.forget(job_id, waiter)
