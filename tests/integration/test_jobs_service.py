@@ -286,6 +286,31 @@ def test_cancel_at_every_moment_of_the_claim(tmp_path) -> None:
     assert not processes_with("987681")
 
 
+def test_a_cancel_before_the_runs_first_step_ends_the_job_cancelled(tmp_path) -> None:
+    """The moment the claim hands the job to its run (task made, not yet stepped): a cancel
+    there once left the job 'preparing' for ever and answered 'already finished (preparing)'
+    (seen under load in the suite's cancel-at-every-moment test; made exact here)."""
+    from nixcell.jobs.executor import JobRun
+
+    async def body(svc):
+        blocker = await svc.submit(ALICE, script("sleep 987683"))
+        await settle(svc, blocker.id, {"running"})  # the one slot is taken: the next job waits
+        job = await svc.submit(ALICE, script("sleep 987682"))
+        assert job.id in svc.queue
+        svc.queue.remove(job.id)  # claimed here as the scheduler's claim does, then handed over
+        moved = await svc._move(job.id, "preparing", expect=("queued",))
+        run = JobRun(moved, svc._context())
+        svc._runs[job.id] = run
+        run.start().add_done_callback(lambda task, i=job.id: svc._ended(i, task))
+        ended = await svc.cancel(ALICE, job.id)  # no step of the run's task has run yet
+        return ended, svc.store.events(job.id)
+
+    ended, events = serve(tmp_path, body, concurrency=1)
+    assert (ended.state, ended.reason) == ("cancelled", "cancelled by alice")
+    assert [e.state for e in events].count("cancelled") == 1 and events[-1].state == "cancelled"
+    assert not processes_with("987682") and not processes_with("987683")
+
+
 def test_out_of_memory_is_failed_with_the_reason(tmp_path) -> None:
     async def body(svc):
         hog = 'x=$(head -c 400000000 /dev/zero | tr "\\0" a); echo "${#x}"'

@@ -84,6 +84,10 @@ def one_line(text: str) -> str:
     return lines[0] if lines else "failed"
 
 
+class _CancelledFirst(Exception):
+    """A cancel reached the job before its task's first step: nothing was started."""
+
+
 class JobRun:
     def __init__(self, job: Job, ctx: Context) -> None:
         self.job = job
@@ -95,6 +99,7 @@ class JobRun:
         self._running: asyncio.Future[Job | None] | None = None
         self._fds: list[int] = []
         self._starting = False  # the cell is being started: a cancel waits for its start
+        self._entered = False  # run() has begun: before, a task.cancel() would skip its ending
         self._deferred: asyncio.TimerHandle | None = None
         self._tail: jobaudit.AuditTail | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -111,6 +116,8 @@ class JobRun:
             return False
         if self.cancel_reason is None:
             self.cancel_reason = reason
+        if not self._entered:  # its first step ends it (a cancelled task would never run it)
+            return True
         if self._starting:  # bwrap is up but its child's pid is not known yet: see _on_start
             if self._deferred is None:
                 loop = asyncio.get_running_loop()
@@ -126,10 +133,15 @@ class JobRun:
 
     async def run(self) -> Job | None:
         """The whole job; returns it in its final state (None if the store lost it)."""
+        self._entered = True
         self.sink.start()
         exit_code = reason = None
         try:
+            if self.cancel_reason is not None:  # cancelled before this first step
+                raise _CancelledFirst
             result = await self._run_cell()
+        except _CancelledFirst:
+            state, reason = "cancelled", self.cancel_reason
         except asyncio.CancelledError:
             _uncancel()
             state, reason = "cancelled", self.cancel_reason or "cancelled: the server stopped"
