@@ -84,10 +84,6 @@ def one_line(text: str) -> str:
     return lines[0] if lines else "failed"
 
 
-class _CancelledFirst(Exception):
-    """A cancel reached the job before its task's first step: nothing was started."""
-
-
 class JobRun:
     def __init__(self, job: Job, ctx: Context) -> None:
         self.job = job
@@ -135,13 +131,12 @@ class JobRun:
         """The whole job; returns it in its final state (None if the store lost it)."""
         self._entered = True
         self.sink.start()
+        if self.cancel_reason is not None:  # cancelled before this first step: nothing started
+            self.cancellable = False
+            return await self._finish("cancelled", None, self.cancel_reason)
         exit_code = reason = None
         try:
-            if self.cancel_reason is not None:  # cancelled before this first step
-                raise _CancelledFirst
             result = await self._run_cell()
-        except _CancelledFirst:
-            state, reason = "cancelled", self.cancel_reason
         except asyncio.CancelledError:
             _uncancel()
             state, reason = "cancelled", self.cancel_reason or "cancelled: the server stopped"
